@@ -1,0 +1,33 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= config
+
+.PHONY: run test bench check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(BIN)/python pyproject.toml examples/fenliu-example-plugin/pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]' -e examples/fenliu-example-plugin
+	touch $(VENV)/.installed $@
+
+run: $(VENV)/.installed
+	$(BIN)/fenliu serve --config $(CONFIG) --simulate
+
+check: $(VENV)/.installed
+	$(BIN)/fenliu check --config $(CONFIG)
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

@@ -1,0 +1,1 @@
+"""Channel adapters: one per kind of shop channel."""

@@ -1,0 +1,21 @@
+"""``least_load``: the available agent with the fewest open conversations (ties: longest since
+last assignment, then agent id)."""
+
+from __future__ import annotations
+
+from policies import Strategy
+from router.hookspecs import hookimpl
+from router.models import AgentState
+
+
+class LeastLoad(Strategy):
+    name = "least_load"
+
+    @staticmethod
+    def key(agent: AgentState) -> tuple[int, int, str]:
+        return (agent.load, agent.last_seq, agent.id)
+
+
+@hookimpl
+def fenliu_strategies():
+    return {LeastLoad.name: LeastLoad}

@@ -1,0 +1,20 @@
+"""``round_robin``: the available agent who has waited longest since their last assignment."""
+
+from __future__ import annotations
+
+from policies import Strategy
+from router.hookspecs import hookimpl
+from router.models import AgentState
+
+
+class RoundRobin(Strategy):
+    name = "round_robin"
+
+    @staticmethod
+    def key(agent: AgentState) -> tuple[int, str]:
+        return (agent.last_seq, agent.id)
+
+
+@hookimpl
+def fenliu_strategies():
+    return {RoundRobin.name: RoundRobin}

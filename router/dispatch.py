@@ -1,0 +1,615 @@
+"""Where the agent is picked: conversations, agents, queues and the dispatch clock.
+
+Data structures, chosen so that every operation is O(log n) in the number of agents:
+
+- one *pool* per ``(shop, skill)``: a heap of the agents who could take a conversation there,
+  keyed by the shop's strategy (:mod:`policies`). Entries are invalidated lazily: each carries
+  the agent's ``version`` when pushed, and an agent whose state changes is pushed again;
+- one *queue* per ``(shop, skill)``: a heap of waiting conversations keyed by
+  ``priority - aging_per_minute × queued_at / 60`` (the effective priority's time-invariant part,
+  so aging needs no re-sorting), then arrival;
+- one *timer* heap for shift and business-hour boundaries, skill-expansion timeouts and
+  reservation timeouts, run whenever the clock advances.
+
+The semantics are those of DESIGN.md "Dispatch semantics". Every method that can move
+conversations returns the :class:`router.models.Decision` s for them, with their ``cause``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from router.models import AgentState, Conversation, Decision
+
+if TYPE_CHECKING:
+    from router.config import Config, DispatchConfig
+
+_COMPACT_MIN = 64
+
+
+class DispatchError(ValueError):
+    """An event that cannot be applied (unknown conversation, agent at capacity …)."""
+
+
+class _Pool:
+    """Available agents of one (shop, skill), smallest strategy key first."""
+
+    __slots__ = ("heap", "key", "members")
+
+    def __init__(self, key: Any) -> None:
+        self.heap: list[tuple[Any, int, str]] = []
+        self.key = key
+        self.members = 0
+
+
+class Dispatcher:
+    """The routing state of every shop and agent, driven by messages, events and the clock."""
+
+    def __init__(self, config: Config, *, reservations: bool = False) -> None:
+        self.reservations = reservations
+        self.now: float | None = None
+        self.agents: dict[str, AgentState] = {}
+        self.conversations: dict[str, Conversation] = {}
+        self.last_agent: dict[str, tuple[str, float]] = {}
+        self._seq = itertools.count(1)
+        self._conv_seq = itertools.count(1)
+        self._timer_seq = itertools.count()
+        self._timers: list[tuple[float, int, str, str, int]] = []
+        self._shop_open: dict[str, bool] = {}
+        self._shop_online: dict[str, int] = {}
+        self.config = config
+        self._apply_config(config)
+
+    # -- configuration --------------------------------------------------------------------------
+
+    def _apply_config(self, config: Config) -> None:
+        self.config = config
+        self._policy = {sid: config.policy_for(sid).dispatch for sid in config.shops}
+        self._pools: dict[tuple[str, str], _Pool] = {}
+        self._queues: dict[tuple[str, str], list[tuple[float, int, int, str]]] = {}
+        self._agent_pools: dict[str, list[_Pool]] = {}
+        self._agent_queue_keys: dict[str, list[tuple[str, str]]] = {}
+        self._agent_shops: dict[str, tuple[str, ...]] = {}
+        all_shops = tuple(config.shops)
+        for aid, acfg in config.agents.items():
+            st = self.agents.get(aid)
+            if st is None:
+                st = self.agents[aid] = AgentState(aid, acfg.max_concurrent, acfg.weight)
+            st.max_concurrent, st.weight = acfg.max_concurrent, acfg.weight
+            shops = all_shops if "*" in acfg.shops else tuple(s for s in acfg.shops if s in config.shops)
+            self._agent_shops[aid] = shops
+            pools = []
+            keys = []
+            for sid in shops:
+                strategy = config.strategies[self._policy[sid].strategy]
+                for skill in acfg.skills:
+                    pool = self._pools.get((sid, skill))
+                    if pool is None:
+                        pool = self._pools[(sid, skill)] = _Pool(strategy.key)
+                    pool.members += 1
+                    pools.append(pool)
+                    keys.append((sid, skill))
+            self._agent_pools[aid] = pools
+            self._agent_queue_keys[aid] = keys
+        if self.now is not None:
+            self._init_clocked(self.now)
+        self._recount_online()
+        for st in self.agents.values():
+            self._touch(st)
+
+    def _recount_online(self) -> None:
+        counts = {sid: 0 for sid in self.config.shops}
+        for aid, shops in self._agent_shops.items():
+            st = self.agents[aid]
+            if st.status == "online" and st.in_shift:
+                for sid in shops:
+                    counts[sid] += 1
+        self._shop_online = counts
+
+    def update_config(self, config: Config) -> list[Decision]:
+        """Swap in a new configuration. Open conversations keep their agents; agents removed
+        from the config lose theirs (re-routed); queues are rebuilt and drained under the new
+        policy."""
+        removed = [a for a in self.agents if a not in config.agents]
+        decisions: list[Decision] = []
+        orphans = []
+        for aid in removed:
+            st = self.agents.pop(aid)
+            orphans.extend(self.conversations[c] for c in st.conversations if c in self.conversations)
+        for conv in list(self.conversations.values()):
+            if conv.shop_id not in config.shops:
+                self._forget(conv)
+        self._timers = [t for t in self._timers if t[2] in ("expand", "reserve")]
+        heapq.heapify(self._timers)
+        self._apply_config(config)
+        for conv in orphans:
+            conv.agent_id = None
+            conv.state = "bot"
+            decisions.append(self._route_again(conv, "agent_offline", exclude=None))
+        for conv in sorted(self.conversations.values(), key=lambda c: c.seq):
+            if conv.state == "queued":
+                conv.version += 1
+                self._enqueue(conv)
+        decisions.extend(self._drain_all())
+        return decisions
+
+    # -- clock --------------------------------------------------------------------------------
+
+    def _init_clocked(self, now: float) -> None:
+        for sid, shop in self.config.shops.items():
+            self._shop_open[sid] = shop.is_open(now)
+            self._schedule_change("shop", sid, shop.hours.next_change(now))
+        for aid, acfg in self.config.agents.items():
+            st = self.agents[aid]
+            st.in_shift = acfg.shift.is_open(now)
+            self._schedule_change("shift", aid, acfg.shift.next_change(now))
+
+    def _schedule_change(self, kind: str, ident: str, when: float | None) -> None:
+        if when is not None:
+            heapq.heappush(self._timers, (when, next(self._timer_seq), kind, ident, 0))
+
+    def advance(self, now: float) -> list[Decision]:
+        """Move the clock to ``now`` (never backwards) and run what fell due, in time order."""
+        if self.now is None:
+            self.now = now
+            self._init_clocked(now)
+            self._recount_online()
+            for st in self.agents.values():
+                self._touch(st)
+            return []
+        if now < self.now:
+            return []
+        decisions: list[Decision] = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            when, _, kind, ident, version = heapq.heappop(timers)
+            self.now = max(self.now, when)
+            decisions.extend(self._fire(kind, ident, version))
+        self.now = now
+        return decisions
+
+    def _fire(self, kind: str, ident: str, version: int) -> list[Decision]:
+        now = self.now
+        assert now is not None
+        if kind == "shift":
+            acfg = self.config.agents.get(ident)
+            st = self.agents.get(ident)
+            if acfg is None or st is None:
+                return []
+            self._set_online_count(st, lambda: setattr(st, "in_shift", acfg.shift.is_open(now)))
+            self._schedule_change("shift", ident, acfg.shift.next_change(now))
+            self._touch(st)
+            return self._drain_agent(st) if st.available else []
+        if kind == "shop":
+            shop = self.config.shops.get(ident)
+            if shop is None:
+                return []
+            self._shop_open[ident] = shop.is_open(now)
+            self._schedule_change("shop", ident, shop.hours.next_change(now))
+            return self._drain_shop(ident) if self._shop_open[ident] else []
+        conv = self.conversations.get(ident)
+        if conv is None or conv.version != version:
+            return []
+        if kind == "expand":
+            return self._expand(conv)
+        if kind == "reserve" and conv.state == "reserved":
+            agent = conv.agent_id
+            self._release(conv)
+            conv.history.append({"event": "reservation_timeout", "agent_id": agent, "ts": now})
+            out = [self._route_again(conv, "reservation_timeout", exclude=agent)]
+            st = self.agents.get(agent or "")
+            if st is not None:
+                out.extend(self._drain_agent(st, exclude_conv=conv.id))
+            return out
+        return []
+
+    # -- agents ---------------------------------------------------------------------------------
+
+    def _set_online_count(self, st: AgentState, change: Any) -> None:
+        before = st.status == "online" and st.in_shift
+        change()
+        after = st.status == "online" and st.in_shift
+        if before != after:
+            for sid in self._agent_shops.get(st.id, ()):
+                self._shop_online[sid] += 1 if after else -1
+
+    def _touch(self, st: AgentState) -> None:
+        """Re-key the agent in all its pools after any change to its state."""
+        st.version += 1
+        if not st.available:
+            return
+        for pool in self._agent_pools.get(st.id, ()):
+            heap = pool.heap
+            heapq.heappush(heap, (pool.key(st), st.version, st.id))
+            if len(heap) > _COMPACT_MIN and len(heap) > 4 * pool.members:
+                self._compact(pool)
+
+    def _compact(self, pool: _Pool) -> None:
+        agents = self.agents
+        pool.heap = [e for e in pool.heap if (a := agents.get(e[2])) is not None and a.version == e[1] and a.available]
+        heapq.heapify(pool.heap)
+
+    def _top(self, pool: _Pool) -> tuple[Any, int, str] | None:
+        heap = pool.heap
+        agents = self.agents
+        while heap:
+            entry = heap[0]
+            a = agents.get(entry[2])
+            if a is not None and a.version == entry[1] and a.available:
+                return entry
+            heapq.heappop(heap)
+        return None
+
+    def _pick(self, shop_id: str, skills: Iterable[str], exclude: str | None = None) -> AgentState | None:
+        """The strategy's choice among available agents of any of ``skills`` at the shop."""
+        if not self._shop_open.get(shop_id, True):
+            return None
+        best = None
+        for skill in skills:
+            pool = self._pools.get((shop_id, skill))
+            if pool is None:
+                continue
+            entry = self._top(pool)
+            if entry is not None and entry[2] == exclude:
+                entry = self._second(pool, exclude)
+            if entry is not None and (best is None or entry < best):
+                best = entry
+        return self.agents[best[2]] if best is not None else None
+
+    def _second(self, pool: _Pool, exclude: str) -> tuple[Any, int, str] | None:
+        held = []
+        heap = pool.heap
+        found = None
+        while (entry := self._top(pool)) is not None:
+            if entry[2] != exclude:
+                found = entry
+                break
+            held.append(heapq.heappop(heap))
+        for e in held:
+            heapq.heappush(heap, e)
+        return found
+
+    def _eligible(self, st: AgentState | None, shop_id: str) -> bool:
+        return (
+            st is not None
+            and st.available
+            and shop_id in self._agent_shops.get(st.id, ())
+            and self._shop_open.get(shop_id, True)
+        )
+
+    def online_count(self, shop_id: str) -> int:
+        """Agents online and in shift who may serve this shop (loaded or not)."""
+        return self._shop_online.get(shop_id, 0)
+
+    def available_count(self, shop_id: str, skill: str | None = None) -> int:
+        if skill is None:
+            return self.online_count(shop_id)
+        pool = self._pools.get((shop_id, skill))
+        return 0 if pool is None else len({e[2] for e in pool.heap if self._eligible(self.agents.get(e[2]), shop_id)})
+
+    def set_status(self, agent_id: str, status: str) -> list[Decision]:
+        st = self.agents.get(agent_id)
+        if st is None:
+            raise DispatchError(f"unknown agent {agent_id!r}")
+        if st.status == status:
+            return []
+        self._set_online_count(st, lambda: setattr(st, "status", status))
+        self._touch(st)
+        decisions: list[Decision] = []
+        if status == "offline":
+            for cid in list(st.conversations):
+                conv = self.conversations[cid]
+                if self._policy[conv.shop_id].on_agent_offline == "reroute" or conv.state == "reserved":
+                    self._release(conv)
+                    conv.history.append({"event": "agent_offline", "agent_id": agent_id, "ts": self.now})
+                    decisions.append(self._route_again(conv, "agent_offline", exclude=agent_id))
+        elif status == "online":
+            decisions.extend(self._drain_agent(st))
+        return decisions
+
+    # -- conversations --------------------------------------------------------------------------
+
+    def conversation(self, shop_id: str, buyer_id: str) -> Conversation | None:
+        return self.conversations.get(f"{shop_id}:{buyer_id}")
+
+    def open(self, shop_id: str, buyer_id: str, now: float, buyer_tags: tuple[str, ...] = ()) -> Conversation:
+        cid = f"{shop_id}:{buyer_id}"
+        conv = Conversation(cid, shop_id, buyer_id, now, seq=next(self._conv_seq), buyer_tags=buyer_tags, last_ts=now)
+        self.conversations[cid] = conv
+        return conv
+
+    def targets(self, conv: Conversation) -> tuple[tuple[tuple[str, ...], float | None], ...]:
+        """The conversation's routing targets with ``@skill`` resolved."""
+        policy = self._policy[conv.shop_id]
+        skill = conv.skill or policy.default_skill
+        return tuple(
+            (tuple(dict.fromkeys(skill if s == "@skill" else s for s in t.skills)), t.timeout_s)
+            for t in policy.targets_for(skill)
+        )
+
+    def route_new(self, conv: Conversation) -> tuple[str, str | None, list[str]]:
+        """Find an agent for a conversation that needs a human: sticky, dedicated, then targets.
+        Returns ``(action, agent_id, flags)``."""
+        now = self.now or conv.opened_at
+        policy = self._policy[conv.shop_id]
+        last = self.last_agent.get(conv.id)
+        if last is not None and policy.sticky_hours > 0 and now - last[1] <= policy.sticky_hours * 3600:
+            st = self.agents.get(last[0])
+            if self._eligible(st, conv.shop_id):
+                self._assign(conv, st)  # type: ignore[arg-type]
+                return conv.state, st.id, ["sticky"]  # type: ignore[union-attr]
+        dedicated = self._dedicated(conv, policy)
+        if dedicated:
+            cands = [self.agents[a] for a in dedicated if self._eligible(self.agents.get(a), conv.shop_id)]
+            if cands:
+                key = self.config.strategies[policy.strategy].key
+                st = min(cands, key=key)
+                self._assign(conv, st)
+                return conv.state, st.id, ["dedicated"]
+        conv.target = 0
+        conv.target_since = now
+        return self._try_targets(conv, exclude=None)
+
+    def _dedicated(self, conv: Conversation, policy: DispatchConfig) -> list[str]:
+        out: list[str] = []
+        for d in policy.dedicated:
+            if conv.buyer_id in d.buyers or any(t in d.tags for t in conv.buyer_tags):
+                out.extend(a for a in d.agents if a not in out)
+        return out
+
+    def _try_targets(self, conv: Conversation, exclude: str | None) -> tuple[str, str | None, list[str]]:
+        targets = self.targets(conv)
+        skills, _ = targets[min(conv.target, len(targets) - 1)]
+        st = self._pick(conv.shop_id, skills, exclude)
+        if st is not None:
+            self._assign(conv, st)
+            return conv.state, st.id, []
+        self._enqueue(conv)
+        return "queued", None, []
+
+    def _assign(self, conv: Conversation, st: AgentState) -> None:
+        conv.version += 1
+        conv.agent_id = st.id
+        conv.queued_at = None
+        if self.reservations:
+            conv.state = "reserved"
+            conv.reserved_until = (self.now or 0) + self._policy[conv.shop_id].accept_timeout_s
+            heapq.heappush(self._timers, (conv.reserved_until, next(self._timer_seq), "reserve", conv.id, conv.version))
+        else:
+            conv.state = "assigned"
+        st.load += 1
+        st.assigned += 1
+        st.last_seq = next(self._seq)
+        st.conversations[conv.id] = None
+        self._touch(st)
+
+    def accept(self, conversation_id: str, agent_id: str) -> None:
+        conv = self.conversations.get(conversation_id)
+        if conv is None or conv.agent_id != agent_id or conv.state not in ("reserved", "assigned"):
+            raise DispatchError(f"conversation {conversation_id!r} is not reserved for {agent_id!r}")
+        if conv.state == "reserved":
+            conv.state = "assigned"
+            conv.reserved_until = None
+            conv.version += 1
+
+    def _release(self, conv: Conversation) -> None:
+        """Take the conversation off its agent (the caller drains the agent afterwards)."""
+        st = self.agents.get(conv.agent_id or "")
+        if st is not None and conv.id in st.conversations:
+            del st.conversations[conv.id]
+            st.load -= 1
+            self._touch(st)
+        conv.agent_id = None
+        conv.state = "bot"
+        conv.version += 1
+
+    def _enqueue(self, conv: Conversation) -> None:
+        now = self.now or conv.opened_at
+        if conv.queued_at is None:
+            conv.queued_at = now
+        conv.state = "queued"
+        conv.version += 1
+        policy = self._policy[conv.shop_id]
+        key = -(conv.priority - policy.aging_per_minute * conv.queued_at / 60.0)
+        targets = self.targets(conv)
+        idx = min(conv.target, len(targets) - 1)
+        skills, timeout = targets[idx]
+        for skill in skills:
+            heapq.heappush(self._queues.setdefault((conv.shop_id, skill), []), (key, conv.seq, conv.version, conv.id))
+        if timeout is not None and idx + 1 < len(targets):
+            heapq.heappush(self._timers, (conv.target_since + timeout, next(self._timer_seq), "expand", conv.id, conv.version))
+
+    def _expand(self, conv: Conversation) -> list[Decision]:
+        targets = self.targets(conv)
+        if conv.target + 1 >= len(targets):
+            return []
+        conv.target += 1
+        conv.target_since = self.now or conv.target_since
+        conv.history.append({"event": "expansion", "target": conv.target, "ts": self.now})
+        action, agent, _ = self._try_targets(conv, exclude=None)
+        return [self._decision(conv, action, agent, "expansion")] if action != "queued" else []
+
+    def reprioritise(self, conv: Conversation, priority: int) -> None:
+        """Raise a queued conversation's priority (a later message of a VIP, an urgent word)."""
+        if priority > conv.priority:
+            conv.priority = priority
+            if conv.state == "queued":
+                self._enqueue(conv)
+
+    def _route_again(self, conv: Conversation, cause: str, exclude: str | None) -> Decision:
+        conv.target = 0
+        conv.target_since = self.now or conv.opened_at
+        action, agent, _ = self._try_targets(conv, exclude=exclude)
+        return self._decision(conv, action, agent, cause)
+
+    def _queue_top(self, key: tuple[str, str]) -> tuple[float, int, int, str] | None:
+        q = self._queues.get(key)
+        while q:
+            entry = q[0]
+            conv = self.conversations.get(entry[3])
+            if conv is not None and conv.version == entry[2] and conv.state == "queued":
+                return entry
+            heapq.heappop(q)
+        return None
+
+    def _effective(self, conv: Conversation) -> float:
+        aging = self._policy[conv.shop_id].aging_per_minute
+        return conv.priority + aging * ((self.now or 0) - (conv.queued_at or 0)) / 60.0
+
+    def _drain_agent(self, st: AgentState, exclude_conv: str | None = None) -> list[Decision]:
+        """Give the agent waiting conversations while it has room, highest effective priority
+        first (arrival breaks ties)."""
+        decisions: list[Decision] = []
+        keys = self._agent_queue_keys.get(st.id, ())
+        while st.available:
+            best: tuple[float, int, Conversation] | None = None
+            for key in keys:
+                if not self._shop_open.get(key[0], True):
+                    continue
+                entry = self._queue_top(key)
+                if entry is None:
+                    continue
+                conv = self.conversations[entry[3]]
+                if conv.id == exclude_conv:
+                    continue
+                cand = (-self._effective(conv), conv.seq, conv)
+                if best is None or cand[:2] < best[:2]:
+                    best = cand
+            if best is None:
+                break
+            conv = best[2]
+            self._assign(conv, st)
+            decisions.append(self._decision(conv, conv.state, st.id, "queue_drain"))
+        return decisions
+
+    def _drain_shop(self, shop_id: str) -> list[Decision]:
+        decisions: list[Decision] = []
+        for (sid, _skill), _q in list(self._queues.items()):
+            if sid != shop_id:
+                continue
+            while (entry := self._queue_top((sid, _skill))) is not None:
+                conv = self.conversations[entry[3]]
+                skills, _ = self.targets(conv)[min(conv.target, len(self.targets(conv)) - 1)]
+                st = self._pick(sid, skills)
+                if st is None:
+                    break
+                self._assign(conv, st)
+                decisions.append(self._decision(conv, conv.state, st.id, "queue_drain"))
+        return decisions
+
+    def _drain_all(self) -> list[Decision]:
+        out: list[Decision] = []
+        for aid in sorted(self.agents):
+            out.extend(self._drain_agent(self.agents[aid]))
+        return out
+
+    def close(self, conversation_id: str) -> list[Decision]:
+        conv = self.conversations.get(conversation_id)
+        if conv is None:
+            raise DispatchError(f"no open conversation {conversation_id!r}")
+        agent = conv.agent_id
+        if agent is not None and conv.state == "assigned":
+            self.last_agent[conv.id] = (agent, self.now or conv.last_ts)
+        self._release(conv)
+        self._forget(conv)
+        st = self.agents.get(agent or "")
+        return self._drain_agent(st) if st is not None else []
+
+    def _forget(self, conv: Conversation) -> None:
+        if conv.agent_id is not None:
+            self._release(conv)
+        conv.version += 1
+        self.conversations.pop(conv.id, None)
+
+    def transfer(self, conversation_id: str, to_agent: str | None = None, to_skill: str | None = None) -> list[Decision]:
+        conv = self.conversations.get(conversation_id)
+        if conv is None:
+            raise DispatchError(f"no open conversation {conversation_id!r}")
+        old = conv.agent_id
+        if to_agent is not None:
+            st = self.agents.get(to_agent)
+            if st is None:
+                raise DispatchError(f"unknown agent {to_agent!r}")
+            if to_agent == old:
+                raise DispatchError(f"conversation {conversation_id!r} is already with {to_agent!r}")
+            if conv.shop_id not in self._agent_shops.get(to_agent, ()):
+                raise DispatchError(f"agent {to_agent!r} may not serve shop {conv.shop_id!r}")
+            if st.status != "online" or not st.in_shift:
+                raise DispatchError(f"agent {to_agent!r} is not online")
+            if st.load >= st.max_concurrent:
+                raise DispatchError(f"agent {to_agent!r} is at capacity ({st.max_concurrent})")
+            self._release(conv)
+            reservations, self.reservations = self.reservations, False
+            self._assign(conv, st)
+            self.reservations = reservations
+            decisions = [self._decision(conv, "assigned", st.id, "transfer")]
+        else:
+            assert to_skill is not None
+            if not any(skill == to_skill for (_, skill) in self._pools):
+                raise DispatchError(f"no agent has skill {to_skill!r}")
+            self._release(conv)
+            conv.skill = to_skill
+            conv.queued_at = None
+            decisions = [self._route_again(conv, "transfer", exclude=old)]
+        conv.history.append({"event": "transfer", "from": old, "to_agent": to_agent, "to_skill": to_skill, "ts": self.now})
+        prev = self.agents.get(old or "")
+        if prev is not None:
+            decisions.extend(self._drain_agent(prev))
+        return decisions
+
+    def change_skill(self, conv: Conversation, skill: str) -> tuple[str, str | None] | None:
+        """A message moved an open conversation to another skill group: keep its agent when the
+        agent has that skill, else route it again. Returns the new (action, agent) if it moved."""
+        conv.skill = skill
+        agent = conv.agent_id
+        if agent is None:
+            if conv.state == "queued":
+                conv.target = 0
+                conv.target_since = self.now or conv.opened_at
+                self._enqueue(conv)
+            return None
+        acfg = self.config.agents.get(agent)
+        if acfg is not None and skill in acfg.skills:
+            return None
+        self._release(conv)
+        conv.queued_at = None
+        d = self._route_again(conv, "message", exclude=agent)
+        conv.history.append({"event": "skill_change", "from": agent, "to_skill": skill, "ts": self.now})
+        prev = self.agents.get(agent)
+        self._pending = self._drain_agent(prev) if prev is not None else []
+        return d.action, d.agent_id
+
+    def take_pending(self) -> list[Decision]:
+        out, self._pending = getattr(self, "_pending", []), []
+        return out
+
+    def _decision(self, conv: Conversation, action: str, agent_id: str | None, cause: str) -> Decision:
+        return Decision(
+            msg_id=None, shop_id=conv.shop_id, conversation_id=conv.id, action=action if action != "reserved" else "assigned",  # type: ignore[arg-type]
+            agent_id=agent_id, skill=conv.skill, priority=conv.priority, cause=cause,  # type: ignore[arg-type]
+        )
+
+    # -- introspection (invariant checks, stats, the workbench) ---------------------------------
+
+    def queued(self) -> list[Conversation]:
+        return [c for c in self.conversations.values() if c.state == "queued"]
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the state breaks a routing invariant (used by tests)."""
+        owners: dict[str, str] = {}
+        for st in self.agents.values():
+            assert st.load == len(st.conversations), f"{st.id}: load {st.load} != {len(st.conversations)}"
+            assert st.load <= st.max_concurrent, f"{st.id} over capacity"
+            for cid in st.conversations:
+                assert cid not in owners, f"{cid} held by {owners.get(cid)} and {st.id}"
+                owners[cid] = st.id
+                assert self.conversations[cid].agent_id == st.id
+        for conv in self.conversations.values():
+            if conv.agent_id is not None:
+                assert owners.get(conv.id) == conv.agent_id, f"{conv.id} agent mismatch"
+            if conv.state == "queued":
+                skills, _ = self.targets(conv)[min(conv.target, len(self.targets(conv)) - 1)]
+                assert self._pick(conv.shop_id, skills) is None, f"{conv.id} queued while an agent has room"

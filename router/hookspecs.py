@@ -1,0 +1,159 @@
+"""The hook contract between the router and its plugins.
+
+Every hook is named ``fenliu_*``. An implementation may return its value directly or an
+awaitable of it (an ``async def`` hook): the router awaits what needs awaiting, so write plain
+functions unless you do I/O. Implementations may accept any prefix of the documented arguments
+by name, as with any pluggy hook.
+
+Inbound hooks run in this order for each message: ``fenliu_inbound_enrich`` →
+``fenliu_inbound_filter`` → ``fenliu_classify_skill`` → ``fenliu_priority`` →
+``fenliu_bot_reply`` → dispatch. A hook implementation that raises, or that overruns the
+configured time budget (``plugins.hook_timeout_ms``), is logged, counted, flagged on the decision
+as ``plugin_error:NAME`` and skipped; the message goes on.
+
+``ctx`` is a :class:`router.context.HookContext`: the shop, its policy (with each plugin's
+config section as an attribute, e.g. ``ctx.policy.sensitive``), the open conversation if any,
+the clock, and the ``flags`` list a plugin may append findings to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import msgspec
+
+    from router.config import Config
+    from router.context import HookContext
+    from router.models import BotReply, Decision, FilterVerdict, Message, Reply
+    from policies import Strategy
+    from router.dispatch import Conversation
+
+hookspec = pluggy.HookspecMarker("fenliu")
+hookimpl = pluggy.HookimplMarker("fenliu")
+
+
+@hookspec
+def fenliu_policy_sections() -> Mapping[str, type[msgspec.Struct]]:
+    """Declare the policy-file sections this plugin reads.
+
+    Called once when plugins are loaded, before any configuration is validated. Return a mapping
+    of section name to a ``msgspec.Struct`` type whose fields all have defaults; policy files may
+    then contain ``[name]`` tables, validated against it (unknown keys and wrong types are
+    reported as ``file: name.key: reason``). The validated section is ``ctx.policy.<name>``.
+    All results are merged; two plugins claiming one name is a configuration error.
+    """
+
+
+@hookspec
+def fenliu_strategies() -> Mapping[str, type[Strategy]]:
+    """Register dispatch strategies by name.
+
+    Called once when plugins are loaded. Return a mapping of strategy name (as used in a policy's
+    ``dispatch.strategy``) to a :class:`policies.Strategy` subclass. All results are merged.
+    """
+
+
+@hookspec
+def fenliu_configure(config: Config) -> None:
+    """Prepare for a new configuration before it goes live.
+
+    Called at start and on every reload, after validation and before the new configuration is
+    swapped in. Build derived state here (automata, compiled patterns) so that the first message
+    does not pay for it. Raise :class:`router.config.ConfigError` to reject the configuration;
+    the running router then keeps its previous one. Return value ignored.
+    """
+
+
+@hookspec
+def fenliu_inbound_enrich(message: Message, ctx: HookContext) -> Message | None:
+    """Add context to an inbound message (buyer profile, order status, tags).
+
+    Called first for every accepted, non-duplicate message. Return a new ``Message`` (made with
+    ``msgspec.structs.replace``) to replace it for the later hooks, or ``None`` to leave it.
+    All implementations run, each seeing the previous one's result.
+    """
+
+
+@hookspec
+def fenliu_inbound_filter(message: Message, ctx: HookContext) -> FilterVerdict | None:
+    """Check a buyer's message before an agent sees it.
+
+    Called after enrichment. Return a :class:`router.models.FilterVerdict`: ``block`` stops the
+    message (decision ``blocked``, never delivered), ``mask`` replaces the text the agent sees,
+    ``flag`` only adds ``flags``; return ``None`` for a clean message. All implementations run;
+    a block from any of them wins, masks apply in order.
+    """
+
+
+@hookspec(firstresult=True)
+def fenliu_classify_skill(message: Message, ctx: HookContext) -> str | None:
+    """Name the skill group (售前 ``presale``, 售后 ``aftersale``, 物流 ``logistics`` …) that
+    should handle the conversation.
+
+    Called for every message that was not blocked; ``ctx.conversation`` is the open conversation
+    (with its current ``skill``) or ``None`` for a new one. Return the skill, or ``None`` to let
+    another plugin decide. The first non-``None`` result wins. Returning a different skill for an
+    open conversation moves it to that skill group when its agent lacks the skill.
+    """
+
+
+@hookspec
+def fenliu_priority(message: Message, ctx: HookContext) -> int | None:
+    """Contribute to the conversation's priority (higher is served first).
+
+    Called after skill classification (``ctx.skill`` is set). Return an integer contribution or
+    ``None``. All results are added up; the sum orders the queue, together with aging.
+    """
+
+
+@hookspec(firstresult=True)
+def fenliu_bot_reply(message: Message, ctx: HookContext) -> BotReply | None:
+    """Let a bot answer the buyer.
+
+    Called after priority, for messages not blocked. Return a :class:`router.models.BotReply`:
+    with ``handoff=False`` the bot settles the message (decision ``answered``, no human needed);
+    with ``handoff=True`` the reply is sent and the conversation still goes to a human.
+    Return ``None`` to stay silent. The first non-``None`` result wins.
+    """
+
+
+@hookspec
+def fenliu_outbound_filter(reply: Reply, ctx: HookContext) -> FilterVerdict | None:
+    """Check an agent's reply before it leaves through the shop's adapter.
+
+    Called for every reply and by ``fenliu check-reply``. Return a ``FilterVerdict``: ``block``
+    refuses the reply (the agent is shown ``reason`` and ``hits``), ``mask`` sends ``text``
+    instead, ``None`` passes it. All implementations run; a block from any of them wins.
+    """
+
+
+@hookspec
+def fenliu_assigned(decision: Decision, ctx: HookContext) -> None:
+    """Observe a conversation being given to an agent (or queued again).
+
+    Called after each ``assigned`` decision, including those caused by events (queue drain,
+    transfer, expansion). Return value ignored. Use it for metrics, audit logs, notifications.
+    """
+
+
+@hookspec
+def fenliu_closed(conversation: Conversation, ctx: HookContext) -> None:
+    """Observe a conversation being closed. Return value ignored."""
+
+
+def hook_names() -> list[str]:
+    """The names of all hooks, in the order they are documented."""
+    return [name for name in globals() if name.startswith("fenliu_")]
+
+
+def spec_signature(name: str) -> str:
+    """``name(arg, …)``: the signature plugin authors implement, as the docs show it."""
+    import inspect
+
+    fn: Any = globals()[name]
+    params = ", ".join(inspect.signature(fn).parameters)
+    return f"{name}({params})"

@@ -1,0 +1,63 @@
+"""Decoding inbound payloads: one message, a JSON array of them, or JSONL lines of messages and
+events. msgspec validates while it decodes (≈1 µs for a 300-byte message), and every failure is
+turned into a short reason a user can act on, without a traceback."""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+from router.models import Event, Message
+
+_message = msgspec.json.Decoder(Message)
+_event = msgspec.json.Decoder(Event)
+_batch = msgspec.json.Decoder(Union[list[msgspec.Raw], msgspec.Raw])  # noqa: UP007
+_TYPE = b'"type"'
+
+
+def explain(exc: Exception) -> str:
+    """A one-line reason for a decode or validation error."""
+    text = str(exc)
+    if isinstance(exc, msgspec.ValidationError):
+        reason, sep, where = text.rpartition(" - at `")
+        if not sep:
+            reason, where = text, ""
+        reason = reason.replace("`", "")
+        reason = reason[:1].lower() + reason[1:]
+        path = where.rstrip("`").removeprefix("$").removeprefix(".")
+        if reason.startswith("object missing required field "):
+            field = reason.rsplit(" ", 1)[1]
+            return f"missing required field {(path + '.' if path else '') + field!r}"
+        if reason.startswith("object contains unknown field "):
+            field = reason.rsplit(" ", 1)[1]
+            return f"unknown field {(path + '.' if path else '') + field!r}"
+        return f"{path}: {reason}" if path else reason
+    if isinstance(exc, msgspec.DecodeError):
+        return "not valid JSON: " + text.removeprefix("JSON is malformed: ")
+    return text
+
+
+def decode_line(line: bytes) -> Message | Event:
+    """A JSONL line: an event when it has a ``type``, else a message."""
+    if _TYPE in line:
+        try:
+            return _event.decode(line)
+        except msgspec.ValidationError as exc:
+            if "type" in str(exc) and "missing" not in str(exc).lower() and "Invalid value" in str(exc):
+                raise msgspec.ValidationError(
+                    "unknown event type (expected agent_status, close, transfer, accept or tick)"
+                ) from None
+            if "Object missing required field `type`" not in str(exc):
+                raise
+    return _message.decode(line)
+
+
+def decode_message(data: bytes) -> Message:
+    return _message.decode(data)
+
+
+def decode_batch(body: bytes) -> list[msgspec.Raw]:
+    """Split a body holding one message or an array of them into raw items."""
+    items = _batch.decode(body)
+    return items if isinstance(items, list) else [items]

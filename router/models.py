@@ -1,0 +1,221 @@
+"""The data that flows through Fenliu, defined once.
+
+Wire shapes (messages, events, decisions) are frozen ``msgspec.Struct``s so decoding validates
+them and names the bad field, and so plugins cannot change a message behind the router's back:
+an enrichment hook returns a new message instead (``msgspec.structs.replace``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+Kind = Literal["text", "image", "voice", "video", "goods_card", "order_card", "system"]
+Action = Literal["answered", "assigned", "queued", "blocked", "duplicate"]
+Cause = Literal[
+    "message", "queue_drain", "expansion", "agent_offline", "transfer", "reservation_timeout"
+]
+AgentStatus = Literal["online", "break", "offline"]
+
+
+class Buyer(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """What the shop knows of the buyer (客户信息); adapters and plugins enrich it."""
+
+    nick: str | None = None
+    tags: tuple[str, ...] = ()
+    level: int = 0
+    lifetime_spend: float = 0.0
+
+
+class Order(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """The order a message is about, when the channel tells us."""
+
+    order_id: str | None = None
+    status: str | None = None
+    amount: float = 0.0
+    goods: str | None = None
+
+
+class Message(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """One inbound buyer message, normalised from any channel."""
+
+    shop_id: NonEmpty
+    msg_id: NonEmpty
+    buyer_id: NonEmpty
+    text: Annotated[str, msgspec.Meta(max_length=10_000)] = ""
+    kind: Kind = "text"
+    ts: float | None = None
+    buyer: Buyer | None = None
+    order: Order | None = None
+
+    @property
+    def conversation_id(self) -> str:
+        return f"{self.shop_id}:{self.buyer_id}"
+
+
+class Decision(msgspec.Struct):
+    """What the router did with a message, or with a conversation an event moved.
+
+    Field order is the wire order of ``fenliu route`` output and must stay stable.
+    """
+
+    msg_id: str | None
+    shop_id: str
+    conversation_id: str
+    action: Action
+    agent_id: str | None = None
+    skill: str | None = None
+    priority: int = 0
+    reply: str | None = None
+    text: str | None = None
+    flags: list[str] = msgspec.field(default_factory=list)
+    cause: Cause = "message"
+
+
+class FilterVerdict(msgspec.Struct, frozen=True):
+    """A filter hook's answer about one text (inbound or outbound).
+
+    ``action``: ``flag`` delivers and records ``flags``; ``mask`` delivers ``text`` (the masked
+    version); ``block`` stops delivery with ``reason``. ``hits`` are the findings with positions
+    in the original text, for the workbench to highlight.
+    """
+
+    action: Literal["flag", "mask", "block"]
+    text: str | None = None
+    flags: tuple[str, ...] = ()
+    reason: str | None = None
+    hits: tuple[Hit, ...] = ()
+
+
+class Hit(msgspec.Struct, frozen=True):
+    """One forbidden word found: ``word`` as listed, ``[start, end)`` in the original text,
+    ``source`` the word list (or pattern) that matched."""
+
+    word: str
+    start: int
+    end: int
+    source: str = ""
+
+
+class BotReply(msgspec.Struct, frozen=True):
+    """The bot's answer. ``handoff=False`` settles the message (``answered``); ``True`` sends the
+    reply and still routes the conversation to a human (a welcome, or "转人工中")."""
+
+    text: str
+    handoff: bool = False
+    kind: str = "faq"
+
+
+class Reply(msgspec.Struct, frozen=True):
+    """An agent's outbound reply, before it passes the outbound filter."""
+
+    shop_id: str
+    conversation_id: str
+    text: str
+    agent_id: str | None = None
+
+
+class OutboundResult(msgspec.Struct, frozen=True):
+    """The outcome of the outbound check: ``ok`` with the text to send, or refused with hits."""
+
+    ok: bool
+    text: str
+    hits: tuple[Hit, ...] = ()
+    flags: tuple[str, ...] = ()
+    reason: str | None = None
+
+
+class AgentStatusEvent(msgspec.Struct, frozen=True, tag="agent_status", tag_field="type",
+                       forbid_unknown_fields=True):
+    agent_id: NonEmpty
+    status: AgentStatus
+    ts: float | None = None
+
+
+class CloseEvent(msgspec.Struct, frozen=True, tag="close", tag_field="type",
+                 forbid_unknown_fields=True):
+    conversation_id: NonEmpty
+    ts: float | None = None
+
+
+class TransferEvent(msgspec.Struct, frozen=True, tag="transfer", tag_field="type",
+                    forbid_unknown_fields=True):
+    conversation_id: NonEmpty
+    to_agent: str | None = None
+    to_skill: str | None = None
+    ts: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.to_agent is None) == (self.to_skill is None):
+            raise ValueError("give exactly one of to_agent or to_skill")
+
+
+class AcceptEvent(msgspec.Struct, frozen=True, tag="accept", tag_field="type",
+                  forbid_unknown_fields=True):
+    """An agent accepts a reserved conversation (``serve``; ``route`` auto-accepts)."""
+
+    conversation_id: NonEmpty
+    agent_id: NonEmpty
+    ts: float | None = None
+
+
+class TickEvent(msgspec.Struct, frozen=True, tag="tick", tag_field="type",
+                forbid_unknown_fields=True):
+    ts: float
+
+
+Event = AgentStatusEvent | CloseEvent | TransferEvent | AcceptEvent | TickEvent
+
+
+class AgentState(msgspec.Struct):
+    """An agent's live routing state (the config's :class:`router.config.Agent` says who they are).
+
+    ``load`` counts open conversations (assigned or reserved) across all shops; ``last_seq`` is
+    the router-wide sequence number of their last assignment (round-robin order); ``version``
+    changes whenever anything a strategy key or availability depends on changes.
+    """
+
+    id: str
+    max_concurrent: int = 5
+    weight: int = 100
+    status: AgentStatus = "online"
+    in_shift: bool = True
+    load: int = 0
+    assigned: int = 0
+    last_seq: int = 0
+    version: int = 0
+    conversations: dict[str, None] = msgspec.field(default_factory=dict)
+
+    @property
+    def available(self) -> bool:
+        return self.status == "online" and self.in_shift and self.load < self.max_concurrent
+
+
+ConversationState = Literal["bot", "queued", "reserved", "assigned"]
+
+
+class Conversation(msgspec.Struct):
+    """One buyer's open conversation at one shop, from first message to close."""
+
+    id: str
+    shop_id: str
+    buyer_id: str
+    opened_at: float
+    state: ConversationState = "bot"
+    agent_id: str | None = None
+    skill: str | None = None
+    priority: int = 0
+    buyer_tags: tuple[str, ...] = ()
+    queued_at: float | None = None
+    target: int = 0
+    target_since: float = 0.0
+    version: int = 0
+    seq: int = 0
+    reserved_until: float | None = None
+    messages: int = 0
+    last_ts: float = 0.0
+    history: list[dict[str, object]] = msgspec.field(default_factory=list)
+    meta: dict[str, object] = msgspec.field(default_factory=dict)

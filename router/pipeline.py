@@ -1,0 +1,245 @@
+"""The routing pipeline: ingest → hooks → dispatch, for one message or event at a time.
+
+:class:`Router` is the one object ``route``, ``simulate`` and ``serve`` all drive, so there is a
+single implementation of routing. It does no I/O: storage and transport live in the service.
+Calls must not overlap (the service feeds it from one task), which is what makes a reload
+"between messages" atomic: :meth:`Router.reload` swaps config, plugin chains and policies in one
+synchronous step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+import msgspec
+import structlog
+
+from router.config import Config
+from router.context import HookContext
+from router.dispatch import DispatchError, Dispatcher
+from router.models import (
+    AcceptEvent,
+    AgentStatusEvent,
+    CloseEvent,
+    Decision,
+    Event,
+    Message,
+    OutboundResult,
+    Reply,
+    TickEvent,
+    TransferEvent,
+)
+
+log = structlog.get_logger("fenliu.router")
+
+_bind = structlog.contextvars.bind_contextvars
+_clear = structlog.contextvars.clear_contextvars
+
+
+class InputError(ValueError):
+    """A message or event that cannot be routed as given (unknown shop, unknown agent …)."""
+
+
+class Router:
+    """Routes messages and events under one live configuration."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        reservations: bool = False,
+        clock: Callable[[], float] | None = None,
+        dedupe: Callable[[str, str], bool] | None = None,
+    ) -> None:
+        self.config = config
+        self.plugins = config.plugins
+        self.dispatcher = Dispatcher(config, reservations=reservations)
+        self._clock = clock
+        self._seen: set[tuple[str, str]] = set()
+        self._is_duplicate = dedupe or self._seen_before
+        self.on_decision: list[Callable[[Decision], None]] = []
+
+    def _seen_before(self, shop_id: str, msg_id: str) -> bool:
+        key = (shop_id, msg_id)
+        if key in self._seen:
+            return True
+        self._seen.add(key)
+        return False
+
+    # -- clock ---------------------------------------------------------------------------------
+
+    def _now(self, ts: float | None) -> float:
+        """Wall clock when the router has one (``serve``); else the virtual clock that the
+        inputs' ``ts`` drive (``route``, ``simulate``)."""
+        if self._clock is not None:
+            return self._clock()
+        if ts is not None:
+            return ts
+        return self.dispatcher.now if self.dispatcher.now is not None else time.time()
+
+    async def advance(self, now: float) -> list[Decision]:
+        """Move the clock; returns what timers (expansion, shifts, reservations) decided."""
+        moved = self.dispatcher.advance(now)
+        if moved:
+            await self._observe(moved)
+        return moved
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def handle_message(self, msg: Message) -> list[Decision]:
+        """Route one message. Returns the decisions caused by the clock reaching ``msg.ts`` first,
+        then the message's own decision (always exactly one), then any it caused for others."""
+        shop = self.config.shops.get(msg.shop_id)
+        if shop is None:
+            raise InputError(f"unknown shop {msg.shop_id!r}")
+        now = self._now(msg.ts)
+        out = await self.advance(now)
+        now = self.dispatcher.now if self.dispatcher.now is not None else now
+        _clear()
+        _bind(shop_id=msg.shop_id, conversation_id=msg.conversation_id, msg_id=msg.msg_id)
+        if self._is_duplicate(msg.shop_id, msg.msg_id):
+            out.append(Decision(msg.msg_id, msg.shop_id, msg.conversation_id, "duplicate", text=None))
+            return out
+
+        d = self.dispatcher
+        conv = d.conversations.get(msg.conversation_id)
+        ctx = HookContext(self.config, shop, now, conv, d, msg.text)
+        plugins = self.plugins
+        msg = await plugins.inbound_enrich(msg, ctx)
+        verdict = await plugins.inbound_filter(msg, ctx)
+        if verdict is not None and verdict.action == "block":
+            out.append(Decision(msg.msg_id, msg.shop_id, msg.conversation_id, "blocked",
+                                agent_id=conv.agent_id if conv else None,
+                                skill=conv.skill if conv else None, flags=ctx.flags))
+            return out
+
+        policy = ctx.policy.dispatch
+        ctx.skill = await plugins.classify_skill(msg, ctx) or ctx.skill or policy.default_skill
+        ctx.priority = await plugins.priority(msg, ctx)
+        bot = await plugins.bot_reply(msg, ctx)
+        reply = bot.text if bot is not None else None
+        tags = msg.buyer.tags if msg.buyer is not None else ()
+
+        extra: list[Decision] = []
+        new_assignment = False
+        if conv is not None and conv.state != "bot":
+            d.reprioritise(conv, ctx.priority)
+            if ctx.skill != conv.skill:
+                d.change_skill(conv, ctx.skill)
+                extra = d.take_pending()
+                new_assignment = conv.agent_id is not None
+            action = "queued" if conv.state == "queued" else "assigned"
+            agent_id = conv.agent_id
+        elif bot is not None and not bot.handoff:
+            if conv is None:
+                conv = d.open(msg.shop_id, msg.buyer_id, now, tags)
+            conv.skill = ctx.skill
+            action, agent_id = "answered", None
+        else:
+            if conv is None:
+                conv = d.open(msg.shop_id, msg.buyer_id, now, tags)
+            conv.skill = ctx.skill
+            conv.priority = ctx.priority
+            conv.buyer_tags = tags
+            state, agent_id, route_flags = d.route_new(conv)
+            action = "queued" if state == "queued" else "assigned"
+            new_assignment = action == "assigned"
+            for f in route_flags:
+                ctx.flag(f)
+        conv.messages += 1
+        conv.last_ts = now
+        decision = Decision(
+            msg.msg_id, msg.shop_id, msg.conversation_id, action, agent_id, conv.skill,  # type: ignore[arg-type]
+            conv.priority if action != "answered" else ctx.priority, reply, ctx.text, ctx.flags,
+        )
+        out.append(decision)
+        out.extend(extra)
+        if new_assignment and plugins.has_observers:
+            await plugins.assigned(decision, ctx)
+        if extra:
+            await self._observe(extra)
+        return out
+
+    # -- events ----------------------------------------------------------------------------------
+
+    async def handle_event(self, event: Event) -> list[Decision]:
+        """Apply an event; returns the decisions for every conversation it moved."""
+        now = self._now(event.ts)
+        out = await self.advance(now)
+        d = self.dispatcher
+        try:
+            match event:
+                case TickEvent():
+                    moved: list[Decision] = []
+                case AgentStatusEvent(agent_id=aid, status=status):
+                    _clear()
+                    _bind(agent_id=aid)
+                    moved = d.set_status(aid, status)
+                case CloseEvent(conversation_id=cid):
+                    conv = d.conversations.get(cid)
+                    moved = d.close(cid)
+                    if conv is not None and self.plugins.has_observers:
+                        shop = self.config.shops[conv.shop_id]
+                        await self.plugins.closed(conv, HookContext(self.config, shop, now, conv, d))
+                case TransferEvent(conversation_id=cid, to_agent=to_agent, to_skill=to_skill):
+                    moved = d.transfer(cid, to_agent=to_agent, to_skill=to_skill)
+                case AcceptEvent(conversation_id=cid, agent_id=aid):
+                    d.accept(cid, aid)
+                    moved = []
+                case _:
+                    raise InputError(f"unsupported event {type(event).__name__}")
+        except DispatchError as exc:
+            raise InputError(str(exc)) from None
+        if moved:
+            await self._observe(moved)
+        out.extend(moved)
+        return out
+
+    async def _observe(self, decisions: list[Decision]) -> None:
+        if not self.plugins.has_observers:
+            return
+        for dec in decisions:
+            if dec.action == "assigned":
+                conv = self.dispatcher.conversations.get(dec.conversation_id)
+                shop = self.config.shops[dec.shop_id]
+                await self.plugins.assigned(dec, HookContext(self.config, shop, self.dispatcher.now or 0.0, conv, self.dispatcher))
+
+    # -- outbound ----------------------------------------------------------------------------------
+
+    async def check_reply(self, shop_id: str, text: str, conversation_id: str | None = None,
+                          agent_id: str | None = None) -> OutboundResult:
+        """Run an agent's reply through the outbound filters: refused with the forbidden words, or
+        the text to send (masked where a filter masks)."""
+        shop = self.config.shops.get(shop_id)
+        if shop is None:
+            raise InputError(f"unknown shop {shop_id!r}")
+        conv = self.dispatcher.conversations.get(conversation_id or "")
+        ctx = HookContext(self.config, shop, self._now(None), conv, self.dispatcher, text)
+        reply = Reply(shop_id, conversation_id or "", text, agent_id)
+        verdicts = await self.plugins.outbound_filter(reply, ctx)
+        hits = tuple(h for v in verdicts for h in v.hits)
+        flags = tuple(dict.fromkeys(f for v in verdicts for f in v.flags))
+        for v in verdicts:
+            if v.action == "block":
+                return OutboundResult(False, text, hits, flags, v.reason)
+        out = text
+        for v in verdicts:
+            if v.action == "mask" and v.text is not None:
+                out = v.text
+        return OutboundResult(True, out, hits, flags)
+
+    # -- reload ------------------------------------------------------------------------------------
+
+    def reload(self, config: Config) -> list[Decision]:
+        """Swap in a validated configuration between two messages. Conversations keep their
+        agents; new routing uses the new policies."""
+        self.config = config
+        self.plugins = config.plugins
+        return self.dispatcher.update_config(config)
+
+
+def decode_message(data: bytes | str) -> Message:
+    return msgspec.json.decode(data, type=Message)
+
+
+__all__ = ["InputError", "Router", "decode_message"]

@@ -1,0 +1,337 @@
+"""Loading plugins and calling their hooks.
+
+:class:`PluginSet` owns one pluggy ``PluginManager``. At load time (and on every reload) it
+resolves each hook's implementations into a plain tuple in pluggy's call order, so the hot path
+calls functions directly (≈0.3 µs for four) instead of going through ``pm.hook`` (≈3 µs) — and
+so each call can be isolated: an implementation that raises or overruns its time budget is
+logged, counted, flagged ``plugin_error:NAME`` and skipped. The core calls hooks only through the
+typed methods of this class.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+import pluggy
+import structlog
+
+from router import hookspecs
+from router.config import ConfigError
+from router.models import BotReply, FilterVerdict, Message
+
+if TYPE_CHECKING:
+    from router.config import Config, PluginsConfig
+    from router.context import HookContext
+
+ENTRY_POINT_GROUP = "fenliu"
+
+#: The built-in plugins, registered in this order (later ones are called first, as in pluggy).
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "policies.round_robin",
+    "policies.least_load",
+    "policies.weighted",
+    "plugins.vip",
+    "plugins.skills",
+    "plugins.bot",
+    "plugins.sensitive",
+)
+
+log = structlog.get_logger("fenliu.plugins")
+
+
+class PluginInfo(msgspec.Struct):
+    """What ``fenliu plugins`` shows about one plugin."""
+
+    name: str
+    origin: str
+    module: str
+    hooks: list[str]
+    status: str = "loaded"
+
+
+class _Impl:
+    """One resolved hook implementation, callable with the spec's full argument list."""
+
+    __slots__ = ("plugin", "call")
+
+    def __init__(self, plugin: str, call: Callable[..., Any]) -> None:
+        self.plugin = plugin
+        self.call = call
+
+
+def _binder(impl: pluggy.HookImpl, spec_args: tuple[str, ...]) -> Callable[..., Any]:
+    fn = impl.function
+    names = tuple(impl.argnames)
+    if names == spec_args[: len(names)]:
+        if len(names) == len(spec_args):
+            return fn
+        n = len(names)
+        return lambda *args: fn(*args[:n])
+    index = [spec_args.index(a) for a in names]
+    return lambda *args: fn(*[args[i] for i in index])
+
+
+class PluginSet:
+    """The loaded plugins, their config sections and strategies, and the resolved hook chains."""
+
+    def __init__(self, timeout_ms: float = 50.0) -> None:
+        self.pm = pluggy.PluginManager("fenliu")
+        self.pm.add_hookspecs(hookspecs)
+        self.timeout = timeout_ms / 1000.0
+        self.infos: list[PluginInfo] = []
+        self.errors: Counter[str] = Counter()
+        self.sections: dict[str, type] = {}
+        self.strategies: dict[str, type] = {}
+        self._chains: dict[str, tuple[_Impl, ...]] = {}
+
+    # -- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        settings: PluginsConfig | None = None,
+        *,
+        errors: list[ConfigError] | None = None,
+        config_file: Any = "fenliu.toml",
+        extra: Iterable[object] = (),
+    ) -> PluginSet:
+        """Built-ins (minus ``disabled``), then the ``enabled`` third-party plugins, then
+        ``extra`` plugin objects (the test harness uses these)."""
+        from router.config import PluginsConfig
+
+        settings = settings or PluginsConfig()
+        errors = errors if errors is not None else []
+        self = cls(settings.hook_timeout_ms)
+        for modname in BUILTIN_PLUGINS:
+            short = modname.rsplit(".", 1)[1]
+            if short in settings.disabled or modname in settings.disabled:
+                self.infos.append(PluginInfo(short, "builtin", modname, [], "disabled"))
+                continue
+            self.register(importlib.import_module(modname), short, "builtin")
+        self._load_third_party(settings, errors, config_file)
+        for i, obj in enumerate(extra):
+            name = getattr(obj, "__name__", None) or f"{type(obj).__name__}-{i}"
+            self.register(obj, name, "test")
+        self._collect(errors, config_file)
+        self.resolve()
+        return self
+
+    def _load_third_party(self, settings: PluginsConfig, errors: list[ConfigError], config_file: Any) -> None:
+        found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        wanted = list(found) if "*" in settings.enabled else list(settings.enabled)
+        for ep_name, ep in sorted(found.items()):
+            if ep_name not in wanted:
+                dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else ep.value
+                self.infos.append(PluginInfo(ep_name, f"entry point ({dist})", ep.value, [], "not enabled"))
+        for i, name in enumerate(wanted):
+            if name == "*" or name in settings.disabled:
+                continue
+            ep = found.get(name)
+            try:
+                if ep is not None:
+                    obj = ep.load()
+                    origin = f"entry point ({ep.dist.name} {ep.dist.version})" if ep.dist else "entry point"
+                elif "." in name or name.isidentifier():
+                    obj = importlib.import_module(name)
+                    origin = "module"
+                else:
+                    raise ImportError(f"no plugin named {name!r}")
+            except ModuleNotFoundError as exc:
+                if ep is None and exc.name == name.split(".")[0]:
+                    known = ", ".join(sorted(found)) or "none installed"
+                    errors.append(ConfigError(config_file, f"plugins.enabled[{i}]",
+                                              f"no plugin named {name!r} (entry points: {known})"))
+                    continue
+                self._failed(name, exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the router
+                self._failed(name, exc)
+                continue
+            self.register(obj, name, origin)
+
+    def _failed(self, name: str, exc: BaseException) -> None:
+        log.error("plugin_load_failed", plugin=name, error=f"{type(exc).__name__}: {exc}")
+        self.errors[name] += 1
+        self.infos.append(PluginInfo(name, "third-party", name, [], f"failed: {type(exc).__name__}: {exc}"))
+
+    def register(self, obj: object, name: str, origin: str = "test") -> None:
+        try:
+            self.pm.register(obj, name=name)
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            self._failed(name, exc)
+            return
+        module = obj.__name__ if isinstance(obj, ModuleType) else type(obj).__module__
+        hooks = sorted(c.name for c in self.pm.get_hookcallers(obj) or ())
+        self.infos.append(PluginInfo(name, origin, module, hooks))
+
+    def _collect(self, errors: list[ConfigError], config_file: Any) -> None:
+        for name, hook in (("sections", self.pm.hook.fenliu_policy_sections),
+                           ("strategies", self.pm.hook.fenliu_strategies)):
+            target: dict[str, type] = getattr(self, name)
+            for impl in hook.get_hookimpls():
+                try:
+                    result = impl.function()
+                except Exception as exc:  # noqa: BLE001
+                    self._failed(impl.plugin_name, exc)
+                    continue
+                for key, value in (result or {}).items():
+                    if key in target and target[key] is not value:
+                        errors.append(ConfigError(config_file, "plugins", f"{name[:-1]} {key!r} is declared by two plugins"))
+                    target[key] = value
+
+    def resolve(self) -> None:
+        """(Re)build the call chains from the registered implementations."""
+        chains = {}
+        for name in hookspecs.hook_names():
+            caller = getattr(self.pm.hook, name)
+            spec_args = tuple(caller.spec.argnames) if caller.spec else ()
+            impls = []
+            for impl in reversed(caller.get_hookimpls()):
+                if impl.hookwrapper or impl.wrapper:
+                    log.warning("plugin_wrapper_ignored", plugin=impl.plugin_name, hook=name)
+                    continue
+                impls.append(_Impl(impl.plugin_name, _binder(impl, spec_args)))
+            chains[name] = tuple(impls)
+        self._chains = chains
+        self._enrich = chains["fenliu_inbound_enrich"]
+        self._filter = chains["fenliu_inbound_filter"]
+        self._skill = chains["fenliu_classify_skill"]
+        self._priority = chains["fenliu_priority"]
+        self._bot = chains["fenliu_bot_reply"]
+        self._outbound = chains["fenliu_outbound_filter"]
+        self._assigned = chains["fenliu_assigned"]
+        self._closed = chains["fenliu_closed"]
+
+    def chain(self, hook: str) -> tuple[str, ...]:
+        """The plugin names implementing ``hook``, in call order."""
+        return tuple(i.plugin for i in self._chains[hook])
+
+    def configure(self, config: Config, errors: list[ConfigError]) -> None:
+        for impl in self._chains["fenliu_configure"]:
+            try:
+                impl.call(config)
+            except ConfigError as exc:
+                errors.append(exc)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(ConfigError(config.dir, f"plugins.{impl.plugin}", f"configure failed: {type(exc).__name__}: {exc}"))
+
+    # -- isolated calls ------------------------------------------------------------------------
+
+    async def _call(self, impl: _Impl, hook: str, ctx: HookContext | None, *args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            result = impl.call(*args)
+            if inspect.isawaitable(result):
+                with anyio.fail_after(max(self.timeout - (time.perf_counter() - start), 0.0)):
+                    result = await result
+            elif time.perf_counter() - start > self.timeout:
+                raise TimeoutError
+        except TimeoutError:
+            self._fault(impl, hook, ctx, "timeout", f"over its {self.timeout * 1000:.0f} ms budget")
+            return None
+        except Exception as exc:  # noqa: BLE001 - isolation is the point
+            self._fault(impl, hook, ctx, type(exc).__name__, str(exc))
+            return None
+        return result
+
+    def _fault(self, impl: _Impl, hook: str, ctx: HookContext | None, kind: str, detail: str) -> None:
+        self.errors[impl.plugin] += 1
+        log.warning("plugin_error", plugin=impl.plugin, hook=hook, error=kind, detail=detail)
+        if ctx is not None:
+            ctx.flag(f"plugin_error:{impl.plugin}")
+
+    async def inbound_enrich(self, message: Message, ctx: HookContext) -> Message:
+        for impl in self._enrich:
+            result = await self._call(impl, "fenliu_inbound_enrich", ctx, message, ctx)
+            if result is not None:
+                if isinstance(result, Message):
+                    message = result
+                else:
+                    self._fault(impl, "fenliu_inbound_enrich", ctx, "TypeError", "did not return a Message")
+        return message
+
+    async def inbound_filter(self, message: Message, ctx: HookContext) -> FilterVerdict | None:
+        """Run every filter; return the first ``block``, else the last verdict (masks applied to
+        ``ctx.text`` in turn, flags added to ``ctx.flags``)."""
+        last = None
+        for impl in self._filter:
+            v = await self._call(impl, "fenliu_inbound_filter", ctx, message, ctx)
+            if v is None:
+                continue
+            if not isinstance(v, FilterVerdict):
+                self._fault(impl, "fenliu_inbound_filter", ctx, "TypeError", "did not return a FilterVerdict")
+                continue
+            for f in v.flags:
+                ctx.flag(f)
+            if v.action == "block":
+                return v
+            if v.action == "mask" and v.text is not None:
+                ctx.text = v.text
+            last = v
+        return last
+
+    async def classify_skill(self, message: Message, ctx: HookContext) -> str | None:
+        for impl in self._skill:
+            result = await self._call(impl, "fenliu_classify_skill", ctx, message, ctx)
+            if result is not None:
+                return str(result)
+        return None
+
+    async def priority(self, message: Message, ctx: HookContext) -> int:
+        total = 0
+        for impl in self._priority:
+            result = await self._call(impl, "fenliu_priority", ctx, message, ctx)
+            if result is not None:
+                try:
+                    total += int(result)
+                except (TypeError, ValueError):
+                    self._fault(impl, "fenliu_priority", ctx, "TypeError", "did not return an int")
+        return total
+
+    async def bot_reply(self, message: Message, ctx: HookContext) -> BotReply | None:
+        for impl in self._bot:
+            result = await self._call(impl, "fenliu_bot_reply", ctx, message, ctx)
+            if isinstance(result, BotReply):
+                return result
+            if result is not None:
+                self._fault(impl, "fenliu_bot_reply", ctx, "TypeError", "did not return a BotReply")
+        return None
+
+    async def outbound_filter(self, reply: Any, ctx: HookContext) -> list[FilterVerdict]:
+        out = []
+        for impl in self._outbound:
+            v = await self._call(impl, "fenliu_outbound_filter", ctx, reply, ctx)
+            if isinstance(v, FilterVerdict):
+                out.append(v)
+        return out
+
+    async def assigned(self, decision: Any, ctx: HookContext) -> None:
+        for impl in self._assigned:
+            await self._call(impl, "fenliu_assigned", ctx, decision, ctx)
+
+    async def closed(self, conversation: Any, ctx: HookContext) -> None:
+        for impl in self._closed:
+            await self._call(impl, "fenliu_closed", ctx, conversation, ctx)
+
+    @property
+    def has_observers(self) -> bool:
+        return bool(self._assigned or self._closed)
+
+    def describe(self) -> list[PluginInfo]:
+        return list(self.infos)
+
+
+async def await_me_maybe(value: Any) -> Any:
+    """Await ``value`` if it is awaitable (datasette's pattern), else return it."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
