@@ -22,11 +22,13 @@ class HookContext:
     - ``now``: the router's clock (epoch seconds; virtual in ``route`` and ``simulate``).
     - ``text``: the text the agent will see (after masks); ``skill`` and ``priority`` as set by
       the earlier hooks; ``flags``: findings that end up on the decision.
+    - ``meta``: per-conversation plugin state: the conversation's ``meta``, or for a new
+      conversation a dict the pipeline copies into it once it is opened.
     """
 
     __slots__ = (
         "config", "shop", "policy", "conversation", "now", "text", "skill", "priority", "flags",
-        "_dispatcher",
+        "meta", "_dispatcher",
     )
 
     def __init__(
@@ -47,6 +49,7 @@ class HookContext:
         self.skill: str | None = conversation.skill if conversation is not None else None
         self.priority = 0
         self.flags: list[str] = []
+        self.meta: dict[str, object] = conversation.meta if conversation is not None else {}
         self._dispatcher = dispatcher
 
     @property

@@ -148,6 +148,8 @@ class Router:
                 ctx.flag(f)
         conv.messages += 1
         conv.last_ts = now
+        if ctx.meta is not conv.meta:
+            conv.meta.update(ctx.meta)
         decision = Decision(
             msg.msg_id, msg.shop_id, msg.conversation_id, action, agent_id, conv.skill,  # type: ignore[arg-type]
             conv.priority if action != "answered" else ctx.priority, reply, ctx.text, ctx.flags,
