@@ -124,10 +124,6 @@ class Shop(Struct, dict=True):
         return value.encode() if value else None
 
 
-class ShopsFile(Struct):
-    shops: tuple[Shop, ...] = ()
-
-
 class Agent(Struct, dict=True):
     id: Id
     name: str = ""
@@ -142,10 +138,6 @@ class Agent(Struct, dict=True):
     @cached_property
     def shift(self) -> Schedule:
         return Schedule(self.schedule, self.timezone or "Asia/Shanghai")
-
-
-class AgentsFile(Struct):
-    agents: tuple[Agent, ...] = ()
 
 
 class Target(Struct):
@@ -227,6 +219,23 @@ def decode_section(file: Path | str, data: Any, type_: type, errors: list[Config
         return None
 
 
+def _decode_list(file: Path, raw: dict[str, Any], key: str, type_: type, errors: list[ConfigError]) -> list[tuple[int, Any]]:
+    """Decode ``[[key]]`` entries one by one, so one run reports a problem in every entry."""
+    for other in raw:
+        if other != key:
+            errors.append(ConfigError(file, other, "unknown key"))
+    items = raw.get(key, [])
+    if not isinstance(items, list):
+        errors.append(ConfigError(file, key, f"expected an array of tables [[{key}]]"))
+        return []
+    out = []
+    for i, item in enumerate(items):
+        value = decode_section(file, item, type_, errors, prefix=f"{key}[{i}]")
+        if value is not None:
+            out.append((i, value))
+    return out
+
+
 def policy_type(sections: Mapping[str, type]) -> type:
     """The struct type of a policy file: ``dispatch`` plus every plugin's section."""
     fields: list[tuple[str, type, Any]] = [
@@ -299,8 +308,8 @@ def load_config(directory: str | os.PathLike[str], plugins: PluginSet | None = N
     shops_path = root / "shops.toml"
     shops: dict[str, Shop] = {}
     raw = _read_toml(shops_path, errors)
-    if raw is not None and (sf := decode_section(shops_path, raw, ShopsFile, errors)) is not None:
-        for i, shop in enumerate(sf.shops):
+    if raw is not None:
+        for i, shop in _decode_list(shops_path, raw, "shops", Shop, errors):
             if shop.id in shops:
                 errors.append(ConfigError(shops_path, f"shops[{i}].id", f"duplicate shop id {shop.id!r}"))
             try:
@@ -312,8 +321,8 @@ def load_config(directory: str | os.PathLike[str], plugins: PluginSet | None = N
     agents_path = root / "agents.toml"
     agents: dict[str, Agent] = {}
     raw = _read_toml(agents_path, errors)
-    if raw is not None and (af := decode_section(agents_path, raw, AgentsFile, errors)) is not None:
-        for i, agent in enumerate(af.agents):
+    if raw is not None:
+        for i, agent in _decode_list(agents_path, raw, "agents", Agent, errors):
             if agent.id in agents:
                 errors.append(ConfigError(agents_path, f"agents[{i}].id", f"duplicate agent id {agent.id!r}"))
             for j, sid in enumerate(agent.shops):

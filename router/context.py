@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from router.config import Config, Shop
-    from router.dispatch import Conversation, Dispatcher
+    from router.dispatch import Dispatcher
+    from router.models import Conversation
 
 
 class HookContext:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from router.context import HookContext
     from router.models import BotReply, Decision, FilterVerdict, Message, Reply
     from policies import Strategy
-    from router.dispatch import Conversation
+    from router.models import Conversation
 
 hookspec = pluggy.HookspecMarker("fenliu")
 hookimpl = pluggy.HookimplMarker("fenliu")
@@ -142,7 +142,12 @@ def fenliu_assigned(decision: Decision, ctx: HookContext) -> None:
 
 @hookspec
 def fenliu_closed(conversation: Conversation, ctx: HookContext) -> None:
-    """Observe a conversation being closed. Return value ignored."""
+    """Observe a conversation being closed.
+
+    Called after a ``close`` event (agent, supervisor or buyer timeout) has released the
+    conversation's agent, before the freed capacity drains the queue. ``conversation`` is the
+    closed :class:`router.models.Conversation` with its history. Return value ignored.
+    """
 
 
 def hook_names() -> list[str]:

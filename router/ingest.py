@@ -4,11 +4,13 @@ turned into a short reason a user can act on, without a traceback."""
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Union, get_args
 
 import msgspec
 
-from router.models import Event, Message
+from router.models import AgentStatus, Event, Kind, Message
+
+_CHOICES = {"kind": get_args(Kind), "status": get_args(AgentStatus)}
 
 _message = msgspec.json.Decoder(Message)
 _event = msgspec.json.Decoder(Event)
@@ -32,6 +34,9 @@ def explain(exc: Exception) -> str:
         if reason.startswith("object contains unknown field "):
             field = reason.rsplit(" ", 1)[1]
             return f"unknown field {(path + '.' if path else '') + field!r}"
+        if reason.startswith("invalid enum value") and path in _CHOICES:
+            got = reason.removeprefix("invalid enum value ")
+            return f"{path}: expected one of {', '.join(_CHOICES[path])}; got {got}"
         return f"{path}: {reason}" if path else reason
     if isinstance(exc, msgspec.DecodeError):
         return "not valid JSON: " + text.removeprefix("JSON is malformed: ")

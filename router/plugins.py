@@ -131,7 +131,7 @@ class PluginSet:
         for ep_name, ep in sorted(found.items()):
             if ep_name not in wanted:
                 dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else ep.value
-                self.infos.append(PluginInfo(ep_name, f"entry point ({dist})", ep.value, [], "not enabled"))
+                self.infos.append(PluginInfo(ep_name, f"entry point ({dist})", ep.value, _declared_hooks(ep), "not enabled"))
         for i, name in enumerate(wanted):
             if name == "*" or name in settings.disabled:
                 continue
@@ -328,6 +328,15 @@ class PluginSet:
 
     def describe(self) -> list[PluginInfo]:
         return list(self.infos)
+
+
+def _declared_hooks(ep: Any) -> list[str]:
+    """The hooks an installed but not enabled plugin implements, for ``fenliu plugins``."""
+    try:
+        obj = ep.load()
+    except Exception:  # noqa: BLE001 - listing must not fail on a broken plugin
+        return []
+    return sorted(n for n in dir(obj) if n.startswith("fenliu_") and hasattr(getattr(obj, n), "fenliu_impl"))
 
 
 async def await_me_maybe(value: Any) -> Any:

@@ -1,0 +1,158 @@
+"""Plugin loading, fault isolation and discovery through entry points."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import anyio
+import pytest
+
+from router.hookspecs import hookimpl
+from router.models import BotReply, FilterVerdict
+from router.plugins import BUILTIN_PLUGINS, PluginSet
+from tests.conftest import T0
+
+pytestmark = pytest.mark.anyio
+
+
+class Raises:
+    @hookimpl
+    def fenliu_classify_skill(self, message, ctx):
+        raise RuntimeError("kaboom")
+
+
+class SlowAsync:
+    @hookimpl
+    async def fenliu_priority(self, message, ctx):
+        await anyio.sleep(5)
+        return 100
+
+
+class SlowSync:
+    @hookimpl
+    def fenliu_priority(self, message, ctx):
+        time.sleep(0.08)
+        return 50
+
+
+class AsyncBot:
+    @hookimpl(tryfirst=True)
+    async def fenliu_bot_reply(self, message, ctx):
+        await anyio.sleep(0)
+        return BotReply("亲,在的~", handoff=True) if "在吗" in message.text else None
+
+
+class WrongType:
+    @hookimpl
+    def fenliu_inbound_filter(self, message, ctx):
+        return "block please"
+
+
+async def test_raising_and_slow_plugins_are_isolated(fenliu_harness, fenliu_logs):
+    h = fenliu_harness(Raises(), SlowAsync(), SlowSync())
+    d = await h.send(shop_id="pdd-1001", buyer_id="b-1", text="这个有货吗")
+    assert d.action == "assigned" and d.agent_id
+    assert {"plugin_error:Raises-0", "plugin_error:SlowAsync-1", "plugin_error:SlowSync-2"} <= set(d.flags)
+    assert d.priority == 0
+    errors = {(e["plugin"], e["error"]) for e in fenliu_logs if e["event"] == "plugin_error"}
+    assert errors == {("Raises-0", "RuntimeError"), ("SlowAsync-1", "timeout"), ("SlowSync-2", "timeout")}
+    assert h.router.plugins.errors["Raises-0"] == 1
+
+
+async def test_async_hook_results_are_awaited(fenliu_harness):
+    h = fenliu_harness(AsyncBot())
+    d = await h.send(shop_id="pdd-1001", buyer_id="b-2", text="在吗")
+    assert d.reply == "亲,在的~" and d.action == "assigned"
+
+
+async def test_wrong_return_type_is_a_plugin_error(fenliu_harness):
+    h = fenliu_harness(WrongType())
+    d = await h.send(shop_id="pdd-1001", buyer_id="b-3", text="在吗")
+    assert d.action != "blocked"
+    assert "plugin_error:WrongType-0" in d.flags
+
+
+async def test_block_wins_over_later_filters(fenliu_harness):
+    class Block:
+        @hookimpl
+        def fenliu_inbound_filter(self, message, ctx):
+            return FilterVerdict("block", reason="test", flags=("test:block",))
+
+    h = fenliu_harness(Block())
+    d = await h.send(shop_id="pdd-1001", buyer_id="b-4", text="随便")
+    assert d.action == "blocked" and d.agent_id is None and d.text is None
+    assert "test:block" in d.flags
+
+
+def test_builtins_are_registered_in_order():
+    ps = PluginSet.load()
+    names = [i.name for i in ps.infos if i.origin == "builtin"]
+    assert names == [m.rsplit(".", 1)[1] for m in BUILTIN_PLUGINS]
+    assert {"round_robin", "least_load", "weighted"} <= set(ps.strategies)
+
+
+def test_chains_follow_pluggy_order():
+    class First:
+        @hookimpl(tryfirst=True)
+        def fenliu_priority(self, message, ctx):
+            return 1
+
+    class Last:
+        @hookimpl(trylast=True)
+        def fenliu_priority(self, message, ctx):
+            return 2
+
+    ps = PluginSet.load(extra=[Last(), First()])
+    chain = ps.chain("fenliu_priority")
+    assert chain[0] == "First-1" and chain[-1] == "Last-0"
+
+
+def _enable(cfg, names):
+    path = cfg / "fenliu.toml"
+    path.write_text(path.read_text(encoding="utf-8").replace("enabled = []", f"enabled = {json.dumps(names)}"), encoding="utf-8")
+
+
+def test_example_plugin_loads_through_its_entry_point(fenliu, fenliu_config_dir):
+    _enable(fenliu_config_dir, ["example"])
+    r = fenliu("plugins", "--config", str(fenliu_config_dir), "--json")
+    assert r.returncode == 0, r.stderr
+    info = {p["name"]: p for p in json.loads(r.stdout)}
+    assert info["example"]["status"] == "loaded"
+    assert info["example"]["origin"].startswith("entry point (fenliu-example-plugin")
+    assert info["example"]["hooks"] == ["fenliu_assigned", "fenliu_policy_sections", "fenliu_priority", "fenliu_strategies"]
+    line = json.dumps({"shop_id": "pdd-1001", "msg_id": "m1", "buyer_id": "b1", "text": "加急!今天能发货吗", "ts": T0})
+    r = fenliu("route", "--config", str(fenliu_config_dir), input=line)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert "example:rush:加急" in d["flags"] and d["priority"] >= 5
+
+
+def test_plugins_command_lists_builtins_and_example(fenliu, demo_config):
+    r = fenliu("plugins", "--config", str(demo_config))
+    assert r.returncode == 0, r.stderr
+    for name in ("sensitive", "bot", "skills", "vip", "round_robin", "least_load", "weighted", "example"):
+        assert name in r.stdout
+    assert "fenliu_priority" in r.stdout and "not enabled" in r.stdout
+
+
+def test_example_strategy_is_usable_in_a_policy(fenliu, fenliu_config_dir):
+    _enable(fenliu_config_dir, ["example"])
+    pol = fenliu_config_dir / "policies/default.toml"
+    pol.write_text(pol.read_text(encoding="utf-8").replace('strategy = "round_robin"', 'strategy = "fewest_today"'), encoding="utf-8")
+    r = fenliu("check", "--config", str(fenliu_config_dir))
+    assert r.returncode == 0, r.stderr
+
+
+def test_broken_third_party_plugin_is_skipped_not_fatal(fenliu, fenliu_config_dir, tmp_path):
+    (tmp_path / "broken_plugin.py").write_text("raise ImportError('missing dependency foo')\n")
+    _enable(fenliu_config_dir, ["broken_plugin"])
+    env = {"PYTHONPATH": str(tmp_path)}
+    r = fenliu("check", "--config", str(fenliu_config_dir), env=env)
+    assert r.returncode == 0
+    assert "warning: plugin broken_plugin: failed: ImportError: missing dependency foo" in r.stderr
+    line = json.dumps({"shop_id": "pdd-1001", "msg_id": "m1", "buyer_id": "b1", "text": "在吗", "ts": T0})
+    r = fenliu("route", "--config", str(fenliu_config_dir), input=line, env=env)
+    assert r.returncode == 0
+    assert json.loads(r.stdout.splitlines()[0])["msg_id"] == "m1"
+    assert "plugin_load_failed" in r.stderr
