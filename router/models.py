@@ -219,3 +219,141 @@ class Conversation(msgspec.Struct):
     last_ts: float = 0.0
     history: list[dict[str, object]] = msgspec.field(default_factory=list)
     meta: dict[str, object] = msgspec.field(default_factory=dict)
+
+
+# -- agent WebSocket protocol (``GET /v1/agents/ws``) ---------------------------------------------
+# Every frame is one JSON object with a ``type``. ``ref`` is the client's own id for a request;
+# the server's ``result`` frame echoes it.
+
+
+class WsAccept(msgspec.Struct, frozen=True, tag="accept", tag_field="type", forbid_unknown_fields=True):
+    """Take a reserved conversation before ``accept_timeout_s`` runs out."""
+
+    conversation_id: NonEmpty
+    ref: str | None = None
+
+
+class WsReply(msgspec.Struct, frozen=True, tag="reply", tag_field="type", forbid_unknown_fields=True):
+    """Answer the buyer; checked by the outbound filters before it is sent."""
+
+    conversation_id: NonEmpty
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
+    ref: str | None = None
+
+
+class WsTransfer(msgspec.Struct, frozen=True, tag="transfer", tag_field="type", forbid_unknown_fields=True):
+    """Hand the conversation to another agent or skill group (转接)."""
+
+    conversation_id: NonEmpty
+    to_agent: str | None = None
+    to_skill: str | None = None
+    ref: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.to_agent is None) == (self.to_skill is None):
+            raise ValueError("give exactly one of to_agent or to_skill")
+
+
+class WsClose(msgspec.Struct, frozen=True, tag="close", tag_field="type", forbid_unknown_fields=True):
+    conversation_id: NonEmpty
+    ref: str | None = None
+
+
+class WsStatus(msgspec.Struct, frozen=True, tag="status", tag_field="type", forbid_unknown_fields=True):
+    """在线 / 小休 / 离线."""
+
+    status: AgentStatus
+    ref: str | None = None
+
+
+class WsNote(msgspec.Struct, frozen=True, tag="note", tag_field="type", forbid_unknown_fields=True):
+    """An internal note (备注) on the conversation's buyer, optionally with tags (客户标签);
+    never sent to the buyer."""
+
+    conversation_id: NonEmpty
+    text: Annotated[str, msgspec.Meta(max_length=2_000)] = ""
+    tags: tuple[Annotated[str, msgspec.Meta(min_length=1, max_length=64)], ...] = ()
+    ref: str | None = None
+
+
+WsClientFrame = WsAccept | WsReply | WsTransfer | WsClose | WsStatus | WsNote
+
+
+class WsHistoryItem(msgspec.Struct, omit_defaults=True):
+    """One line of a conversation's history: the buyer's message, a reply or a bot answer."""
+
+    who: Literal["buyer", "agent", "bot"]
+    text: str
+    ts: float
+    msg_id: str | None = None
+    agent_id: str | None = None
+    kind: str = "text"
+
+
+class WsAssigned(msgspec.Struct, tag="assigned", tag_field="type", omit_defaults=True):
+    """A conversation is now this agent's (reserved until ``reserved_until`` unless accepted)."""
+
+    conversation_id: str
+    shop_id: str
+    buyer_id: str
+    state: str
+    skill: str | None = None
+    priority: int = 0
+    cause: str = "message"
+    reserved_until: float | None = None
+    buyer: Buyer | None = None
+    order: Order | None = None
+    history: list[WsHistoryItem] = msgspec.field(default_factory=list)
+
+
+class WsMessage(msgspec.Struct, tag="message", tag_field="type", omit_defaults=True):
+    """A new buyer message in one of the agent's conversations (``text`` as masked)."""
+
+    conversation_id: str
+    msg_id: str
+    text: str
+    ts: float
+    kind: str = "text"
+    flags: list[str] = msgspec.field(default_factory=list)
+
+
+class WsTransferred(msgspec.Struct, tag="transferred", tag_field="type", omit_defaults=True):
+    """The conversation left this agent (transfer, reservation timeout, offline)."""
+
+    conversation_id: str
+    cause: str
+    to_agent: str | None = None
+
+
+class WsClosed(msgspec.Struct, tag="closed", tag_field="type", omit_defaults=True):
+    conversation_id: str
+
+
+class WsContext(msgspec.Struct, tag="context", tag_field="type", omit_defaults=True):
+    """New order or refund information about the buyer of an open conversation."""
+
+    conversation_id: str
+    order: Order
+
+
+class WsHello(msgspec.Struct, tag="hello", tag_field="type", omit_defaults=True):
+    """First frame after connecting: who you are and what you hold (after a reconnect too)."""
+
+    agent_id: str
+    status: str
+    conversations: list[WsAssigned] = msgspec.field(default_factory=list)
+
+
+class WsResult(msgspec.Struct, tag="result", tag_field="type", omit_defaults=True):
+    """The answer to a client frame: ``ok``, or the reason (and forbidden words) it was refused."""
+
+    op: str
+    ok: bool
+    ref: str | None = None
+    conversation_id: str | None = None
+    reason: str | None = None
+    text: str | None = None
+    hits: tuple[Hit, ...] = ()
+
+
+WsServerFrame = WsHello | WsAssigned | WsMessage | WsTransferred | WsClosed | WsContext | WsResult

@@ -1,0 +1,181 @@
+"""Accounts (主账号 / 子账号), roles, shop permissions and bearer tokens.
+
+A main account (``"acme"``) owns sub-accounts named ``"acme:小美"``, as on the platforms'
+workbenches where a sub-account logs in with the main account's id plus its own name. Roles:
+
+- ``agent``: works conversations as one agent (``agent_id``, or the agent whose ``account`` in
+  agents.toml is this account); sees only its permitted shops;
+- ``supervisor``: sees and moves every conversation of its shops, sets agents' status, edits
+  buyer profiles;
+- ``admin``: everything, including reloading the configuration.
+
+Passwords are argon2id hashes (argon2-cffi). Tokens are HMAC-SHA256-signed
+``name.generation.expiry`` triples with a key kept in the store, so they survive restarts without
+a token table, expire after ``server.token_ttl_s``, and die when the password changes (the
+generation moves).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import time
+from typing import Literal
+
+import msgspec
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from router.store import meta_get, meta_set
+
+Role = Literal["agent", "supervisor", "admin"]
+ROLES: tuple[str, ...] = ("agent", "supervisor", "admin")
+
+_hasher = PasswordHasher()
+# Verifying against this keeps the time of a login for an unknown name like that of a known one.
+_DUMMY_HASH = _hasher.hash("fenliu-no-such-account")
+
+
+class AccountError(ValueError):
+    """A bad account operation (unknown account, bad role, shop outside the main account's)."""
+
+
+class Account(msgspec.Struct):
+    name: str
+    role: Role
+    shops: tuple[str, ...]
+    main: str | None = None
+    agent_id: str | None = None
+    generation: int = 1
+
+    def may_see_shop(self, shop_id: str) -> bool:
+        return "*" in self.shops or shop_id in self.shops
+
+    @property
+    def is_supervisor(self) -> bool:
+        return self.role in ("supervisor", "admin")
+
+
+def _row(row: tuple) -> Account:
+    name, main, role, shops, agent_id, generation = row
+    return Account(name, role, tuple(json.loads(shops)), main, agent_id, generation)
+
+
+_COLS = "name, main, role, shops, agent_id, generation"
+
+
+def get(conn: sqlite3.Connection, name: str) -> Account | None:
+    row = conn.execute(f"SELECT {_COLS} FROM accounts WHERE name = ?", (name,)).fetchone()
+    return _row(row) if row else None
+
+
+def list_accounts(conn: sqlite3.Connection) -> list[Account]:
+    return [_row(r) for r in conn.execute(f"SELECT {_COLS} FROM accounts ORDER BY name")]
+
+
+def check_password_strength(password: str) -> None:
+    if len(password) < 4:
+        raise AccountError("password must have at least 4 characters")
+
+
+def add(conn: sqlite3.Connection, name: str, password: str, role: str = "agent",
+        shops: tuple[str, ...] | None = None, agent_id: str | None = None) -> Account:
+    """Create an account. ``main:sub`` names a sub-account of ``main``, which must exist and
+    whose shops bound the sub-account's."""
+    if not name or name.count(":") > 1 or name.startswith(":") or name.endswith(":"):
+        raise AccountError(f"bad account name {name!r}: use MAIN or MAIN:SUB")
+    if role not in ROLES:
+        raise AccountError(f"bad role {role!r}: expected one of {', '.join(ROLES)}")
+    check_password_strength(password)
+    if get(conn, name) is not None:
+        raise AccountError(f"account {name!r} already exists")
+    main = None
+    if ":" in name:
+        main = name.split(":", 1)[0]
+        owner = get(conn, main)
+        if owner is None:
+            raise AccountError(f"main account {main!r} does not exist; create it first")
+        shops = shops if shops is not None else owner.shops
+        if "*" not in owner.shops:
+            outside = [s for s in shops if s not in owner.shops]
+            if outside:
+                raise AccountError(f"shops {', '.join(outside)} are not permitted to main account {main!r}")
+    else:
+        shops = shops if shops is not None else ("*",)
+    if role == "agent" and not agent_id:
+        agent_id = None
+    conn.execute(
+        "INSERT INTO accounts (name, main, role, shops, agent_id, password_hash, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (name, main, role, json.dumps(list(shops)), agent_id, _hasher.hash(password), time.time()),
+    )
+    account = get(conn, name)
+    assert account is not None
+    return account
+
+
+def passwd(conn: sqlite3.Connection, name: str, password: str) -> None:
+    """Set a new password; tokens issued before stop working."""
+    check_password_strength(password)
+    cur = conn.execute("UPDATE accounts SET password_hash = ?, generation = generation + 1 WHERE name = ?",
+                       (_hasher.hash(password), name))
+    if cur.rowcount == 0:
+        raise AccountError(f"no account {name!r}")
+
+
+def verify(conn: sqlite3.Connection, name: str, password: str) -> Account | None:
+    """The account if the password matches, else ``None`` (same cost either way)."""
+    row = conn.execute("SELECT password_hash FROM accounts WHERE name = ?", (name,)).fetchone()
+    try:
+        _hasher.verify(row[0] if row else _DUMMY_HASH, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return None
+    if row is None:
+        return None
+    if _hasher.check_needs_rehash(row[0]):
+        conn.execute("UPDATE accounts SET password_hash = ? WHERE name = ?", (_hasher.hash(password), name))
+    return get(conn, name)
+
+
+def token_key(conn: sqlite3.Connection) -> bytes:
+    """The signing key for tokens, created once per store."""
+    key = meta_get(conn, "token_key")
+    if key is None:
+        key = secrets.token_hex(32)
+        meta_set(conn, "token_key", key)
+    return bytes.fromhex(key)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def issue_token(key: bytes, account: Account, ttl_s: float, now: float | None = None) -> tuple[str, float]:
+    expires = (now if now is not None else time.time()) + ttl_s
+    payload = _b64(json.dumps([account.name, account.generation, int(expires)], ensure_ascii=False).encode())
+    sig = _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+    return f"{payload}.{sig}", float(int(expires))
+
+
+def read_token(key: bytes, token: str, now: float | None = None) -> tuple[str, int] | None:
+    """``(account name, generation)`` for a valid unexpired token, else ``None``."""
+    payload, sep, sig = token.partition(".")
+    if not sep:
+        return None
+    expected = _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+    if not hmac.compare_digest(expected, sig):
+        return None
+    try:
+        name, generation, expires = json.loads(_unb64(payload))
+    except (ValueError, TypeError):
+        return None
+    if expires < (now if now is not None else time.time()):
+        return None
+    return str(name), int(generation)
