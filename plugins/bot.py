@@ -1,1 +1,390 @@
-"""Built-in plugin: bot (placeholder)."""
+"""Built-in plugin ``bot``: the 机器人 that greets, answers FAQs and knows when to step aside.
+
+What it says, in order of precedence (the first that applies wins):
+
+1. A human already holds the conversation (queued, reserved, assigned): silence, unless the
+   reply kind is listed in ``while_human``.
+2. Hand-off to a human (``BotReply(handoff=True)``: the reply goes out with the assignment):
+   after-sales or another ``handoff_skills`` skill, an explicit request (``handoff_words``:
+   人工, 转人工, 客服), negative sentiment (``negative_words``: 投诉, 差评, 骗子 …), or the buyer
+   asking again a question the bot already answered in this conversation.
+3. An FAQ answer (``config/faq/*.toml``, matched by keywords; the longest keyword wins): the
+   message is settled (``answered``), even outside business hours.
+4. The offline reply when the shop is closed or none of its agents is online (hand-off: the
+   conversation waits in the queue for the first agent).
+5. The welcome on first contact (hand-off).
+
+When the shop is offline, hand-off replies are replaced by the offline reply: promising "正在为您
+转接人工客服" to a buyer at 3 a.m. is worse than saying when someone will be there.
+The bot never sends the same text twice in a row in one conversation (state in ``ctx.meta``).
+
+Quick replies (话术库) live in the same FAQ files; :func:`list_quick_replies`,
+:func:`suggest_quick_replies` and :func:`render_quick_reply` are for the agents' workbench.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+import structlog
+
+from plugins.skills import KeywordIndex
+from router.config import ConfigError, _error_from_validation, _read_toml
+from router.hookspecs import hookimpl
+from router.models import BotReply, Buyer, Message, Order
+
+if TYPE_CHECKING:
+    from router.config import Config, Shop
+    from router.context import HookContext
+
+log = structlog.get_logger("fenliu.bot")
+
+#: Placeholders a template may use, and where their values come from.
+PLACEHOLDERS: tuple[str, ...] = ("shop", "buyer", "order_id", "goods", "amount", "status")
+
+ReplyKind = Literal["welcome", "offline", "faq", "request", "negative", "repeat", "skill"]
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+class ShopTexts(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Per-shop overrides of the policy's texts (``[bot.shops."pdd-1001"]``)."""
+
+    welcome: str | None = None
+    offline: str | None = None
+
+
+class BotConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, dict=True):
+    """``[bot]``. Empty texts switch that reply off."""
+
+    enabled: bool = True
+    welcome: str = ""
+    offline: str = ""
+    shops: dict[str, ShopTexts] = {}
+    faq_groups: tuple[str, ...] = ()
+    handoff_words: tuple[str, ...] = ("转人工", "人工", "客服", "真人")
+    handoff_reply: str = "好的，正在为您转接人工客服，请稍候~"
+    negative_words: tuple[str, ...] = ("投诉", "差评", "骗子", "垃圾", "举报", "12315", "坑人", "欺诈")
+    negative_reply: str = "非常抱歉给您带来不好的体验，正在为您转接人工客服，请稍候。"
+    handoff_skills: dict[str, str] = msgspec.field(
+        default_factory=lambda: {"aftersale": "您好，您的售后问题已收到，正在为您转接售后客服，请稍候。"})
+    repeat_handoff: bool = True
+    repeat_reply: str = "抱歉刚才的回答没能帮到您，正在为您转接人工客服，请稍候。"
+    while_human: tuple[Literal["faq", "offline"], ...] = ()
+    fallbacks: dict[str, str] = msgspec.field(default_factory=lambda: {"buyer": "亲"})
+
+
+class FaqEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One bot answer: sent when the buyer's message contains any of ``keywords``."""
+
+    id: str
+    keywords: tuple[str, ...]
+    answer: str
+    shops: tuple[str, ...] = ()
+
+
+class QuickReply(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One 话术: a template an agent inserts by clicking it or typing one of its ``keywords``."""
+
+    id: str
+    text: str
+    title: str = ""
+    keywords: tuple[str, ...] = ()
+    group: str = ""
+
+
+class FaqFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A file in ``config/faq/``: a group (default: the file name) of answers and quick replies."""
+
+    group: str = ""
+    faq: tuple[FaqEntry, ...] = ()
+    quick: tuple[QuickReply, ...] = ()
+
+
+class FaqLibrary(msgspec.Struct, frozen=True):
+    """Every FAQ file of a configuration, validated."""
+
+    faq: tuple[tuple[str, FaqEntry], ...] = ()
+    quick: tuple[QuickReply, ...] = ()
+    groups: frozenset[str] = frozenset()
+
+
+def _check_template(file: str, key: str, text: str) -> ConfigError | None:
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError as exc:
+        return ConfigError(file, key, f"bad template: {exc} (write {{{{ and }}}} for literal braces)")
+    for f in fields:
+        if f not in PLACEHOLDERS:
+            return ConfigError(file, key, f"unknown placeholder {{{f}}} (known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)})")
+    return None
+
+
+def load_faq(config_dir: Path, shops: Mapping[str, Any] = {}) -> FaqLibrary:
+    """Read and validate ``config_dir/faq/*.toml``; raise the first :class:`ConfigError`."""
+    faq: list[tuple[str, FaqEntry]] = []
+    quick: list[QuickReply] = []
+    groups: set[str] = set()
+    ids: dict[str, str] = {}
+    folder = config_dir / "faq"
+    for path in sorted(folder.glob("*.toml")) if folder.is_dir() else ():
+        file = str(path)
+        errors: list[ConfigError] = []
+        raw = _read_toml(path, errors)
+        if errors:
+            raise errors[0]
+        try:
+            data = msgspec.convert(raw, FaqFile, strict=True)
+        except msgspec.ValidationError as exc:
+            raise _error_from_validation(file, exc) from None
+        group = data.group or path.stem
+        groups.add(group)
+        for kind, items in (("faq", data.faq), ("quick", data.quick)):
+            for i, item in enumerate(items):
+                key = f"{kind}[{i}]"
+                if not item.id.strip():
+                    raise ConfigError(file, f"{key}.id", "empty id")
+                seen = ids.get(f"{kind}:{item.id}")
+                if seen is not None:
+                    raise ConfigError(file, f"{key}.id", f"duplicate id {item.id!r} (also in {seen})")
+                ids[f"{kind}:{item.id}"] = file
+                for j, word in enumerate(item.keywords):
+                    if not word.strip():
+                        raise ConfigError(file, f"{key}.keywords[{j}]", "empty keyword")
+                text_key = "answer" if kind == "faq" else "text"
+                text = getattr(item, text_key)
+                if not text.strip():
+                    raise ConfigError(file, f"{key}.{text_key}", "empty text")
+                if (err := _check_template(file, f"{key}.{text_key}", text)) is not None:
+                    raise err
+        for i, entry in enumerate(data.faq):
+            if not entry.keywords:
+                raise ConfigError(file, f"faq[{i}].keywords", "an FAQ entry needs at least one keyword")
+            for j, sid in enumerate(entry.shops):
+                if shops and sid not in shops:
+                    raise ConfigError(file, f"faq[{i}].shops[{j}]", f"unknown shop {sid!r}")
+            faq.append((group, entry))
+        quick.extend(msgspec.structs.replace(q, group=q.group or group) for q in data.quick)
+    return FaqLibrary(tuple(faq), tuple(quick), frozenset(groups))
+
+
+# -- compiled per policy -------------------------------------------------------------------------
+
+
+class _BotState:
+    """A policy's bot, ready for the hot path: keyword indexes and the FAQ and quick replies of
+    its groups. Built in ``fenliu_configure`` and stored on the policy's ``BotConfig``, so it
+    swaps with the configuration."""
+
+    __slots__ = ("cfg", "faq", "faq_index", "quick", "quick_by_id", "quick_index", "handoff", "negative")
+
+    def __init__(self, cfg: BotConfig, library: FaqLibrary) -> None:
+        wanted = set(cfg.faq_groups) if cfg.faq_groups else None
+        self.cfg = cfg
+        self.faq = [e for g, e in library.faq if wanted is None or g in wanted]
+        self.faq_index: KeywordIndex[int] = KeywordIndex((k, i) for i, e in enumerate(self.faq) for k in e.keywords)
+        self.quick = [q for q in library.quick if wanted is None or q.group in wanted]
+        self.quick_by_id = {q.id: q for q in self.quick}
+        self.quick_index: KeywordIndex[QuickReply] = KeywordIndex((k, q) for q in self.quick for k in q.keywords)
+        self.handoff: KeywordIndex[None] = KeywordIndex((w, None) for w in cfg.handoff_words)
+        self.negative: KeywordIndex[None] = KeywordIndex((w, None) for w in cfg.negative_words)
+
+    def match_faq(self, lowered: str, shop_id: str) -> FaqEntry | None:
+        """The entry whose matched keyword is longest (most specific); file order breaks ties."""
+        best: tuple[int, int] | None = None
+        for n in self.faq_index.hits(lowered):
+            i = self.faq_index.values[n]
+            entry = self.faq[i]
+            if entry.shops and shop_id not in entry.shops:
+                continue
+            cand = (-len(self.faq_index.keywords[n]), i)
+            if best is None or cand < best:
+                best = cand
+        return self.faq[best[1]] if best is not None else None
+
+
+def _state(cfg: BotConfig, config: Config) -> _BotState:
+    state = cfg.__dict__.get("state")
+    if state is None:
+        state = cfg.__dict__["state"] = _BotState(cfg, load_faq(config.dir, config.shops))
+    return state  # type: ignore[no-any-return]
+
+
+# -- placeholders --------------------------------------------------------------------------------
+
+
+class _Values(dict[str, str]):
+    def __init__(self, values: Mapping[str, str], keep_missing: bool) -> None:
+        super().__init__(values)
+        self.keep_missing = keep_missing
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}" if self.keep_missing else ""
+
+
+def placeholder_values(shop: Shop | None, buyer: Buyer | None = None, order: Order | None = None,
+                       fallbacks: Mapping[str, str] = {}) -> dict[str, str]:
+    """What ``{shop}``, ``{buyer}``, ``{order_id}``, ``{goods}``, ``{amount}``, ``{status}`` stand
+    for, from the message's buyer and order context; ``fallbacks`` fill what is unknown."""
+    values = dict(fallbacks)
+    if shop is not None:
+        values["shop"] = shop.name or shop.id
+    if buyer is not None and buyer.nick:
+        values["buyer"] = buyer.nick
+    if order is not None:
+        if order.order_id:
+            values["order_id"] = order.order_id
+        if order.goods:
+            values["goods"] = order.goods
+        if order.amount:
+            values["amount"] = f"{order.amount:.2f}"
+        if order.status:
+            values["status"] = order.status
+    return values
+
+
+def render(template: str, values: Mapping[str, str], keep_missing: bool = False) -> str:
+    """Fill a template; unknown values become empty, or stay as ``{name}`` with ``keep_missing``
+    (the workbench shows the agent what is left to fill in)."""
+    return template.format_map(_Values(values, keep_missing))
+
+
+# -- the workbench's quick replies ---------------------------------------------------------------
+
+
+def list_quick_replies(config: Config, shop_id: str, group: str | None = None) -> list[QuickReply]:
+    """The shop's quick replies (its policy's groups), optionally of one group, in file order."""
+    state = _state(config.policy_for(shop_id).bot, config)
+    return [q for q in state.quick if group is None or q.group == group]
+
+
+def suggest_quick_replies(config: Config, shop_id: str, typed: str) -> list[QuickReply]:
+    """Quick replies whose keyword occurs in what the agent typed (输入关键词即可调出)."""
+    state = _state(config.policy_for(shop_id).bot, config)
+    out: list[QuickReply] = []
+    for _, q in state.quick_index.matches(typed.lower()):
+        if q not in out:
+            out.append(q)
+    return out
+
+
+def render_quick_reply(config: Config, shop_id: str, reply_id: str, message: Message | None = None,
+                       *, keep_missing: bool = True, **values: str) -> str:
+    """The text of quick reply ``reply_id`` for a conversation: placeholders filled from the
+    message's buyer and order (and ``values``, which win). Raises ``KeyError`` for an unknown id."""
+    cfg: BotConfig = config.policy_for(shop_id).bot
+    q = _state(cfg, config).quick_by_id[reply_id]
+    shop = config.shops.get(shop_id)
+    filled = placeholder_values(shop, message.buyer if message else None, message.order if message else None, cfg.fallbacks)
+    filled.update(values)
+    return render(q.text, filled, keep_missing)
+
+
+# -- the bot ----------------------------------------------------------------------------------------
+
+_HELD = frozenset(("queued", "reserved", "assigned"))
+
+
+def decide(message: Message, ctx: HookContext) -> BotReply | None:
+    """The bot's reply to ``message`` (see the module docstring for the precedence)."""
+    cfg: BotConfig = ctx.policy.bot
+    if not cfg.enabled:
+        return None
+    state = _state(cfg, ctx.config)
+    conv = ctx.conversation
+    held = conv is not None and conv.state in _HELD
+    if held and not cfg.while_human:
+        return None
+    memory: dict[str, Any] = ctx.meta.setdefault("bot", {"answered": [], "last": None})  # type: ignore[assignment]
+    lowered = message.text.lower()
+    sid = ctx.shop.id
+    values = placeholder_values(ctx.shop, message.buyer, message.order, cfg.fallbacks)
+    offline = not ctx.in_business_hours() or ctx.agents_available() == 0
+    shop_texts = cfg.shops.get(sid)
+    offline_text = (shop_texts.offline if shop_texts and shop_texts.offline is not None else cfg.offline)
+
+    kind: ReplyKind | None = None
+    text = ""
+    handoff = True
+    faq: FaqEntry | None = None
+    if not held:
+        if ctx.skill in cfg.handoff_skills:
+            kind, text = "skill", cfg.handoff_skills[ctx.skill]  # type: ignore[index]
+        elif state.handoff and state.handoff.hits(lowered):
+            kind, text = "request", cfg.handoff_reply
+        elif state.negative and state.negative.hits(lowered):
+            kind, text = "negative", cfg.negative_reply
+    if kind is None and (not held or "faq" in cfg.while_human):
+        faq = state.match_faq(lowered, sid)
+        if faq is not None:
+            if faq.id in memory["answered"] and cfg.repeat_handoff and not held:
+                kind, text = "repeat", cfg.repeat_reply
+            else:
+                kind, text, handoff = "faq", faq.answer, held
+    if (offline and offline_text and (kind is None or (kind != "faq" and handoff))
+            and (not held or "offline" in cfg.while_human)):
+        kind, text, handoff = "offline", offline_text, True
+    if kind is None and conv is None:
+        welcome = shop_texts.welcome if shop_texts and shop_texts.welcome is not None else cfg.welcome
+        kind, text = "welcome", welcome
+    if kind is None or not text:
+        return None
+    reply = render(text, values)
+    if reply == memory["last"]:
+        log.debug("bot_repeat_suppressed", kind=kind)
+        return None
+    memory["last"] = reply
+    if faq is not None and kind == "faq":
+        memory["answered"].append(faq.id)
+    log.debug("bot_reply", kind=kind, handoff=handoff, faq=faq.id if faq is not None else None)
+    return BotReply(reply, handoff=handoff, kind=kind)
+
+
+@hookimpl
+def fenliu_policy_sections() -> Mapping[str, type[msgspec.Struct]]:
+    return {"bot": BotConfig}
+
+
+@hookimpl
+def fenliu_configure(config: Config) -> None:
+    """Validate the FAQ files and every policy's ``[bot]``, and build each policy's bot."""
+    library = load_faq(config.dir, config.shops)
+    for name, policy in config.policies.items():
+        cfg: BotConfig = policy.bot
+        file = str(config.policy_file(name))
+        texts = [("welcome", cfg.welcome), ("offline", cfg.offline), ("handoff_reply", cfg.handoff_reply),
+                 ("negative_reply", cfg.negative_reply), ("repeat_reply", cfg.repeat_reply)]
+        texts += [(f"handoff_skills.{k}", v) for k, v in cfg.handoff_skills.items()]
+        for sid, st in cfg.shops.items():
+            if sid not in config.shops:
+                raise ConfigError(file, f"bot.shops.{sid}", f"unknown shop {sid!r}")
+            texts += [(f"shops.{sid}.{k}", v) for k, v in (("welcome", st.welcome), ("offline", st.offline)) if v]
+        for key, text in texts:
+            if (err := _check_template(file, f"bot.{key}", text)) is not None:
+                raise err
+        for i, group in enumerate(cfg.faq_groups):
+            if group not in library.groups:
+                known = ", ".join(sorted(library.groups)) or "none"
+                raise ConfigError(file, f"bot.faq_groups[{i}]", f"no FAQ group {group!r} in {config.dir / 'faq'} (groups: {known})")
+        for key, words in (("handoff_words", cfg.handoff_words), ("negative_words", cfg.negative_words)):
+            for i, word in enumerate(words):
+                if not word.strip():
+                    raise ConfigError(file, f"bot.{key}[{i}]", "empty keyword")
+        cfg.__dict__["state"] = _BotState(cfg, library)
+
+
+@hookimpl
+def fenliu_bot_reply(message: Message, ctx: HookContext) -> BotReply | None:
+    return decide(message, ctx)
+
+
+__all__ = [
+    "PLACEHOLDERS", "BotConfig", "FaqEntry", "FaqFile", "FaqLibrary", "QuickReply", "ShopTexts",
+    "decide", "list_quick_replies", "load_faq", "placeholder_values", "render", "render_quick_reply",
+    "suggest_quick_replies",
+]

@@ -1,1 +1,205 @@
-"""Built-in plugin: skills (placeholder)."""
+"""Built-in plugin ``skills``: which skill group (售前, 售后, 物流 …) handles a conversation.
+
+Ordered rules per policy (``[skills]``), first match wins, a default skill. An open conversation
+keeps its skill — agents hate a chat changing hands because one word matched — unless the
+matching rule says ``switch = true`` (a presale chat that turns into 退款 moves to aftersale).
+
+Also home of :class:`KeywordIndex`, the keyword matcher the bot and vip plugins share: a few
+keywords are fastest as plain ``in`` checks, many as one ahocorasick-rs automaton (measured on
+20-character messages: ``in`` wins up to about 8 keywords, the automaton stays at ≈0.45 µs).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import ahocorasick_rs
+import msgspec
+import structlog
+
+from router.config import ConfigError, Platform
+from router.hookspecs import hookimpl
+from router.models import Kind
+
+if TYPE_CHECKING:
+    from router.config import Config
+    from router.context import HookContext
+    from router.models import Message
+
+log = structlog.get_logger("fenliu.skills")
+
+T = TypeVar("T")
+
+
+class KeywordIndex(Generic[T]):
+    """Finds which of many ``(keyword, value)`` pairs occur in a text, in pair order.
+
+    Keywords are matched case-insensitively: callers pass ``text.lower()``.
+    """
+
+    SMALL = 8
+
+    __slots__ = ("words", "owners", "values", "keywords", "_ac")
+
+    def __init__(self, pairs: Iterable[tuple[str, T]]) -> None:
+        index: dict[str, int] = {}
+        self.words: list[str] = []
+        self.owners: list[list[int]] = []
+        self.values: list[T] = []
+        self.keywords: list[str] = []
+        for n, (word, value) in enumerate(pairs):
+            self.values.append(value)
+            self.keywords.append(word)
+            w = word.lower()
+            if not w:
+                continue
+            if w not in index:
+                index[w] = len(self.words)
+                self.words.append(w)
+                self.owners.append([])
+            self.owners[index[w]].append(n)
+        self._ac = (ahocorasick_rs.AhoCorasick(self.words, matchkind=ahocorasick_rs.MatchKind.Standard)
+                    if len(self.words) > self.SMALL else None)
+
+    def __bool__(self) -> bool:
+        return bool(self.words)
+
+    def hits(self, text: str) -> list[int]:
+        """Indexes of the pairs whose keyword occurs in ``text``, ascending."""
+        if self._ac is None:
+            found = [i for i, w in enumerate(self.words) if w in text]
+        else:
+            found = list({i for i, _, _ in self._ac.find_matches_as_indexes(text, overlapping=True)})
+        if not found:
+            return []
+        return sorted(n for i in found for n in self.owners[i])
+
+    def matches(self, text: str) -> list[tuple[str, T]]:
+        """The ``(keyword, value)`` pairs found (keywords as configured), in pair order."""
+        return [(self.keywords[n], self.values[n]) for n in self.hits(text)]
+
+
+class SkillRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One rule. Conditions of different kinds must all hold; inside one kind any value does.
+    ``keywords`` and ``regex`` together form the text condition (either may match)."""
+
+    skill: str = ""
+    name: str = ""
+    keywords: tuple[str, ...] = ()
+    regex: str = ""
+    kinds: tuple[Kind, ...] = ()
+    order_status: tuple[str, ...] = ()
+    platforms: tuple[Platform, ...] = ()
+    switch: bool = False
+
+
+class SkillsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, dict=True):
+    """``[skills]``: ordered rules, first match wins; ``default`` when none matches (empty:
+    defer to other plugins and the policy's ``dispatch.default_skill``)."""
+
+    enabled: bool = True
+    default: str = ""
+    rules: tuple[SkillRule, ...] = ()
+
+    @cached_property
+    def compiled(self) -> _Compiled:
+        return _Compiled(self)
+
+
+class _Compiled:
+    """A policy's rules with keywords in one index and regexes compiled, built once per config."""
+
+    __slots__ = ("rules", "regex", "text_rules", "keywords")
+
+    def __init__(self, cfg: SkillsConfig) -> None:
+        self.rules = cfg.rules
+        self.regex: list[re.Pattern[str] | None] = [re.compile(r.regex) if r.regex else None for r in cfg.rules]
+        self.text_rules = [bool(r.keywords or r.regex) for r in cfg.rules]
+        self.keywords: KeywordIndex[int] = KeywordIndex((k, i) for i, r in enumerate(cfg.rules) for k in r.keywords)
+
+    def match(self, message: Message, platform: str) -> SkillRule | None:
+        lowered = message.text.lower()
+        keyword_rules = set(self.keywords.values[n] for n in self.keywords.hits(lowered)) if self.keywords else ()
+        status = message.order.status if message.order is not None else None
+        for i, rule in enumerate(self.rules):
+            if rule.kinds and message.kind not in rule.kinds:
+                continue
+            if rule.order_status and status not in rule.order_status:
+                continue
+            if rule.platforms and platform not in rule.platforms:
+                continue
+            if self.text_rules[i] and i not in keyword_rules:
+                pattern = self.regex[i]
+                if pattern is None or pattern.search(message.text) is None:
+                    continue
+            return rule
+        return None
+
+
+def validate(file: str, cfg: SkillsConfig, known_skills: set[str] | None = None) -> ConfigError | None:
+    """The first problem in a ``[skills]`` section, as ``file: skills.rules[3].regex: reason``."""
+    for i, rule in enumerate(cfg.rules):
+        key = f"skills.rules[{i}]"
+        if not rule.skill:
+            return ConfigError(file, f"{key}.skill", "required key is missing")
+        if rule.regex:
+            try:
+                re.compile(rule.regex)
+            except re.error as exc:
+                return ConfigError(file, f"{key}.regex", f"invalid regular expression: {exc}")
+        if not (rule.keywords or rule.regex or rule.kinds or rule.order_status or rule.platforms):
+            return ConfigError(file, key, "a rule needs at least one condition (keywords, regex, kinds, order_status, platforms)")
+        for j, word in enumerate(rule.keywords):
+            if not word.strip():
+                return ConfigError(file, f"{key}.keywords[{j}]", "empty keyword")
+        if known_skills and rule.skill not in known_skills:
+            return ConfigError(file, f"{key}.skill", f"no agent has skill {rule.skill!r}")
+    if known_skills and cfg.default and cfg.default not in known_skills:
+        return ConfigError(file, "skills.default", f"no agent has skill {cfg.default!r}")
+    return None
+
+
+def classify(message: Message, ctx: HookContext) -> str | None:
+    """The skill for ``message`` under the shop's ``[skills]`` rules (``None``: no opinion)."""
+    cfg: SkillsConfig = ctx.policy.skills
+    if not cfg.enabled:
+        return None
+    rule = cfg.compiled.match(message, ctx.shop.platform)
+    conv = ctx.conversation
+    current = conv.skill if conv is not None else None
+    if current is not None:
+        if rule is not None and rule.switch and rule.skill != current:
+            log.debug("skill_switch", rule=rule.name or rule.skill, old=current, new=rule.skill)
+            return rule.skill
+        return None
+    if rule is not None:
+        return rule.skill
+    return cfg.default or None
+
+
+@hookimpl
+def fenliu_policy_sections() -> Mapping[str, type[msgspec.Struct]]:
+    return {"skills": SkillsConfig}
+
+
+@hookimpl
+def fenliu_configure(config: Config) -> None:
+    """Reject bad rules and compile every policy's rules before the config goes live."""
+    skills = {s for a in config.agents.values() for s in a.skills}
+    for name, policy in config.policies.items():
+        cfg: SkillsConfig = policy.skills
+        error = validate(str(config.policy_file(name)), cfg, skills)
+        if error is not None:
+            raise error
+        cfg.compiled  # noqa: B018 - compile now, not on the first message
+
+
+@hookimpl
+def fenliu_classify_skill(message: Message, ctx: HookContext) -> str | None:
+    return classify(message, ctx)
+
+
+__all__ = ["KeywordIndex", "SkillRule", "SkillsConfig", "classify", "validate"]
