@@ -8,4 +8,8 @@ from typing import Any
 
 
 def register(add: Callable[[str, str], Any], command: Callable[[str], Any]) -> None:
+    from router.simulate import add_arguments as _simulate_arguments
+
+    _simulate_arguments(add("simulate", "replay traffic against policies on a virtual clock and report"))
+    command("simulate")(lambda args: __import__("router.simulate").simulate.run_command(args))
     return None

@@ -1,0 +1,387 @@
+"""Scenario files for ``fenliu simulate``: who writes, when, about what, and how people behave.
+
+A scenario is TOML validated by msgspec (unknown keys are errors, reported like the config's
+``file: key.path: reason``). Every key has a default, so an empty file is a valid scenario: the
+config's shops, a weekday-shaped arrival curve and plausible agent behaviour. The synthetic
+traffic built from it depends only on the scenario and the seed (``random.Random(seed)``), never
+on the policy being simulated, so every policy sees exactly the same buyers.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+import tomllib
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from statistics import NormalDist
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+from router.config import Config, ConfigError, ConfigErrors, decode_section
+from router.models import Buyer, Order
+
+NonNeg = Annotated[float, msgspec.Meta(ge=0)]
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+Share = Annotated[float, msgspec.Meta(ge=0, le=1)]
+HHMM = Annotated[str, msgspec.Meta(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")]
+
+_inv_cdf = NormalDist().inv_cdf
+
+
+class _Struct(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class Fixed(_Struct, tag="fixed", tag_field="dist"):
+    """Always ``value``."""
+
+    value: NonNeg
+
+    def quantile(self, u: float) -> float:
+        return self.value
+
+
+class Exponential(_Struct, tag="exponential", tag_field="dist"):
+    """Memoryless, for gaps between independent events."""
+
+    mean: Positive
+
+    def quantile(self, u: float) -> float:
+        return -self.mean * math.log1p(-u)
+
+
+class Lognormal(_Struct, tag="lognormal", tag_field="dist"):
+    """Right-skewed durations (handle times, patience): ``median`` and ``sigma`` of ``ln x``,
+    optionally capped at ``max``."""
+
+    median: Positive
+    sigma: NonNeg = 0.5
+    max: Positive | None = None
+
+    def quantile(self, u: float) -> float:
+        x = self.median * math.exp(self.sigma * _inv_cdf(min(max(u, 1e-12), 1 - 1e-12)))
+        return x if self.max is None else min(x, self.max)
+
+
+class Empirical(_Struct, tag="empirical", tag_field="dist"):
+    """Measured values (e.g. exported handle times), drawn with equal probability."""
+
+    values: Annotated[tuple[NonNeg, ...], msgspec.Meta(min_length=1)]
+
+    def quantile(self, u: float) -> float:
+        ordered = sorted(self.values)
+        return ordered[min(int(u * len(ordered)), len(ordered) - 1)]
+
+
+Dist = Fixed | Exponential | Lognormal | Empirical
+
+
+class Burst(_Struct):
+    """A sale-day rush (大促): arrivals multiplied by ``multiplier`` between local ``start`` and
+    ``end`` of every simulated day."""
+
+    start: HHMM
+    end: HHMM
+    multiplier: Positive = 3.0
+
+
+DEFAULT_PROFILE = (
+    0.6, 0.35, 0.2, 0.12, 0.1, 0.12, 0.25, 0.5, 0.9, 1.3, 1.5, 1.4,
+    1.2, 1.3, 1.4, 1.4, 1.3, 1.2, 1.2, 1.4, 1.7, 1.8, 1.5, 1.0,
+)
+
+
+class Traffic(_Struct):
+    shops: tuple[str, ...] = ()
+    conversations_per_shop: NonNeg = 400.0
+    shop_weights: dict[str, NonNeg] = {}
+    hourly_profile: tuple[NonNeg, ...] = DEFAULT_PROFILE
+    bursts: tuple[Burst, ...] = ()
+    mix: dict[str, Share] = msgspec.field(
+        default_factory=lambda: {"presale": 0.5, "logistics": 0.22, "aftersale": 0.2, "vip": 0.08})
+    texts: dict[str, tuple[str, ...]] = {}
+    messages: Dist = Empirical(values=(1, 2, 2, 3, 3, 3, 4, 4, 5, 6, 8))
+    message_gap_s: Dist = Exponential(mean=25.0)
+
+
+class Buyers(_Struct):
+    patience_s: Dist = Lognormal(median=150.0, sigma=0.8)
+    bot_close_after_s: NonNeg = 120.0
+    vip_tags: tuple[str, ...] = ("vip",)
+
+
+class Agents(_Struct):
+    reservations: bool = True
+    accept_s: Dist = Lognormal(median=4.0, sigma=0.9)
+    first_reply_s: Dist = Lognormal(median=12.0, sigma=0.6)
+    speed: dict[str, Positive] = {}
+    transfer_share: Share = 0.02
+
+
+DEFAULT_HANDLE: dict[str, Dist] = {
+    "presale": Lognormal(median=180.0, sigma=0.6),
+    "logistics": Lognormal(median=120.0, sigma=0.5),
+    "aftersale": Lognormal(median=420.0, sigma=0.7),
+    "vip": Lognormal(median=300.0, sigma=0.6),
+    "default": Lognormal(median=240.0, sigma=0.6),
+}
+
+
+class Metrics(_Struct):
+    reply_target_s: Positive = 180.0
+    window_start: HHMM = "08:00"
+    window_end: HHMM = "23:00"
+    bucket_s: Annotated[float, msgspec.Meta(ge=10)] = 300.0
+
+
+class Scenario(_Struct):
+    name: str = "scenario"
+    seed: int = 1
+    start: date = date(2025, 11, 11)
+    duration_h: Annotated[float, msgspec.Meta(gt=0, le=24 * 31)] = 24.0
+    timezone: str = "Asia/Shanghai"
+    traffic: Traffic = Traffic()
+    buyers: Buyers = Buyers()
+    agents: Agents = Agents()
+    handle_s: dict[str, Dist] = {}
+    metrics: Metrics = Metrics()
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def start_ts(self) -> float:
+        return datetime.combine(self.start, time(), self.tz).timestamp()
+
+    def handle_dist(self, skill: str | None) -> Dist:
+        table = self.handle_s
+        key = skill or "default"
+        return table.get(key) or DEFAULT_HANDLE.get(key) or table.get("default") or DEFAULT_HANDLE["default"]
+
+
+TEXTS: dict[str, tuple[str, ...]] = {
+    "presale": (
+        "这件羽绒服有XL码吗", "请问这款有黑色的吗?", "160斤穿多大码合适", "今天下单有优惠吗",
+        "买两件可以便宜点吗", "这个芒果甜不甜", "这款手机支持5G吗", "尺码偏大还是偏小?",
+        "下单送赠品吗", "面料是纯棉的吗", "有现货吗,想买给我妈", "这个和上一代有什么区别",
+    ),
+    "logistics": (
+        "我的快递到哪了", "什么时候发货?", "物流三天没更新了", "单号是多少,查不到物流",
+        "能发顺丰吗", "快递显示签收了但我没收到", "可以改一下收货地址吗", "发货太慢了,帮我催一下",
+    ),
+    "aftersale": (
+        "我要退款,质量太差了", "收到的衣服有破洞,怎么退货", "尺码不合适想换货",
+        "申请了售后一直没人处理", "少发了一件,怎么补发", "商品和描述不符,要求退款",
+        "退货运费谁出?", "坏了一个,能赔吗",
+    ),
+    "vip": (
+        "我是老客户了,这次买的有点问题想换一下", "会员价是多少,想再订十件", "帮我看看订单,着急用",
+        "上次买的很好,这次能优先发货吗", "我要退款,包装压坏了", "还有别的颜色吗,想送人",
+    ),
+}
+
+_ORDERS = {
+    "logistics": Order(order_id="sim-order", status="shipped", amount=199.0),
+    "aftersale": Order(order_id="sim-order", status="delivered", amount=89.0),
+}
+
+
+class ConvSpec(msgspec.Struct, frozen=True, array_like=True):
+    """One synthetic conversation: when each message comes, what it says, and the buyer's
+    pre-drawn randomness (so every policy meets the same buyer)."""
+
+    index: int
+    shop_id: str
+    buyer_id: str
+    category: str
+    times: tuple[float, ...]
+    texts: tuple[str, ...]
+    buyer: Buyer | None
+    order: Order | None
+    patience: float
+    handle_u: float
+    transfer_u: float
+
+
+def load_scenario(path: str | Path | None, config: Config | None = None) -> Scenario:
+    """Read and validate a scenario file (``None``: all defaults). Raises
+    :class:`router.config.ConfigErrors` with ``file: key.path: reason`` lines."""
+    if path is None:
+        scenario = Scenario()
+        file = Path("<defaults>")
+    else:
+        file = Path(path)
+        try:
+            with file.open("rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigErrors([ConfigError(file, "", "file not found")]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigErrors([ConfigError(file, "", f"TOML syntax error: {exc}")]) from None
+        except OSError as exc:
+            raise ConfigErrors([ConfigError(file, "", f"cannot read: {exc.strerror}")]) from None
+        errors: list[ConfigError] = []
+        scenario = decode_section(file, raw, Scenario, errors)
+        if scenario is None:
+            raise ConfigErrors(errors)
+    errors = check_scenario(file, scenario, config)
+    if errors:
+        raise ConfigErrors(errors)
+    return scenario
+
+
+def check_scenario(file: Path, s: Scenario, config: Config | None) -> list[ConfigError]:
+    """What msgspec cannot see: cross-references to the config and shapes of lists."""
+    errors: list[ConfigError] = []
+
+    def err(key: str, reason: str) -> None:
+        errors.append(ConfigError(file, key, reason))
+
+    try:
+        ZoneInfo(s.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        err("timezone", f"unknown time zone {s.timezone!r}")
+    t = s.traffic
+    if len(t.hourly_profile) != 24:
+        err("traffic.hourly_profile", f"expected 24 values (one per hour), got {len(t.hourly_profile)}")
+    elif not any(t.hourly_profile):
+        err("traffic.hourly_profile", "at least one hour needs a rate above 0")
+    if not any(t.mix.values()):
+        err("traffic.mix", "at least one category needs a share above 0")
+    for cat in t.mix:
+        if cat not in TEXTS and not t.texts.get(cat):
+            err(f"traffic.mix.{cat}", f"no texts for category {cat!r}: add traffic.texts.{cat}")
+    for cat, texts in t.texts.items():
+        if not texts:
+            err(f"traffic.texts.{cat}", "needs at least one text")
+    for i, b in enumerate(t.bursts):
+        if b.start == b.end:
+            err(f"traffic.bursts[{i}]", "start and end are the same time")
+    if config is not None:
+        for i, sid in enumerate(t.shops):
+            if sid not in config.shops:
+                err(f"traffic.shops[{i}]", f"unknown shop {sid!r}")
+        for sid in t.shop_weights:
+            if sid not in config.shops:
+                err(f"traffic.shop_weights.{sid}", f"unknown shop {sid!r}")
+        for aid in s.agents.speed:
+            if aid not in config.agents:
+                err(f"agents.speed.{aid}", f"unknown agent {aid!r}")
+        if not config.shops:
+            err("traffic.shops", "the configuration has no shops")
+    return errors
+
+
+def _minutes(hhmm: str) -> int:
+    h, m = hhmm.split(":")
+    return int(h) * 60 + int(m)
+
+
+def daily_windows(s: Scenario, start: str, end: str, t0: float, t1: float) -> list[tuple[float, float]]:
+    """``[a, b)`` epoch intervals of the local daily window ``start``–``end`` covering
+    ``[t0, t1]`` (an ``end`` at or before ``start`` runs past midnight)."""
+    tz = s.tz
+    a, b = _minutes(start), _minutes(end)
+    if b <= a:
+        b += 24 * 60
+    day = datetime.fromtimestamp(t0, tz).date() - timedelta(days=1)
+    last = datetime.fromtimestamp(t1, tz).date()
+    out = []
+    while day <= last:
+        midnight = datetime.combine(day, time(), tz)
+        out.append(((midnight + timedelta(minutes=a)).timestamp(), (midnight + timedelta(minutes=b)).timestamp()))
+        day += timedelta(days=1)
+    return out
+
+
+def in_windows(windows: list[tuple[float, float]], starts: list[float], ts: float) -> bool:
+    i = bisect.bisect_right(starts, ts) - 1
+    return i >= 0 and ts < windows[i][1]
+
+
+def _rate_segments(s: Scenario, total_per_day: float) -> list[tuple[float, float, float]]:
+    """Piecewise-constant arrival rate (per second) over the horizon: ``(from, to, rate)``."""
+    t0 = s.start_ts
+    t1 = t0 + s.duration_h * 3600
+    tz = s.tz
+    profile = s.traffic.hourly_profile
+    mean = sum(profile) / 24
+    bursts = [(w, b.multiplier) for b in s.traffic.bursts for w in daily_windows(s, b.start, b.end, t0, t1)]
+    cuts = {t0, t1}
+    hour = datetime.fromtimestamp(t0, tz).replace(minute=0, second=0, microsecond=0)
+    while hour.timestamp() < t1:
+        hour = (hour + timedelta(hours=1)).astimezone(tz)
+        cuts.add(hour.timestamp())
+    for (a, b), _ in bursts:
+        cuts.update((a, b))
+    points = sorted(c for c in cuts if t0 <= c <= t1)
+    segs = []
+    for a, b in zip(points, points[1:]):
+        mid = (a + b) / 2
+        h = datetime.fromtimestamp(mid, tz).hour
+        rate = total_per_day / 86400 * profile[h] / mean
+        for (ba, bb), mult in bursts:
+            if ba <= mid < bb:
+                rate *= mult
+        segs.append((a, b, rate))
+    return segs
+
+
+def generate(s: Scenario, config: Config, seed: int) -> list[ConvSpec]:
+    """The synthetic conversations of a scenario, in arrival order. Depends only on the scenario,
+    the config's shop list and ``seed``."""
+    rng = random.Random(seed)
+    t = s.traffic
+    shops = list(t.shops) or list(config.shops)
+    weights = [t.shop_weights.get(sid, 1.0) for sid in shops]
+    total_w = sum(weights)
+    if total_w <= 0:
+        return []
+    cum_w = []
+    acc = 0.0
+    for w in weights:
+        acc += w
+        cum_w.append(acc)
+    cats = [c for c, share in t.mix.items() if share > 0]
+    cum_c = []
+    acc = 0.0
+    for c in cats:
+        acc += t.mix[c]
+        cum_c.append(acc)
+    texts = {c: t.texts.get(c) or TEXTS[c] for c in cats}
+    vip_buyer = Buyer(tags=tuple(s.buyers.vip_tags), level=5, lifetime_spend=12800.0)
+    per_day = t.conversations_per_shop * len(shops)
+    random_ = rng.random
+    msgs_q = t.messages.quantile
+    gap_q = t.message_gap_s.quantile
+    pat_q = s.buyers.patience_s.quantile
+    out: list[ConvSpec] = []
+    n = 0
+    for a, b, rate in _rate_segments(s, per_day):
+        if rate <= 0:
+            continue
+        now = a
+        while True:
+            now += -math.log1p(-random_()) / rate
+            if now >= b:
+                break
+            shop = shops[bisect.bisect_left(cum_w, random_() * total_w)]
+            cat = cats[min(bisect.bisect_left(cum_c, random_() * acc), len(cats) - 1)]
+            count = max(1, round(msgs_q(random_())))
+            times = [now]
+            for _ in range(count - 1):
+                times.append(times[-1] + gap_q(random_()))
+            pool = texts[cat]
+            said = tuple(pool[int(random_() * len(pool))] for _ in range(count))
+            n += 1
+            out.append(ConvSpec(
+                n, shop, f"sb-{n}", cat, tuple(times), said,
+                vip_buyer if cat == "vip" else None, _ORDERS.get(cat),
+                pat_q(random_()), random_(), random_(),
+            ))
+    return out

@@ -1,0 +1,644 @@
+"""``fenliu simulate``: what a policy would do to waits, reply rates and agents, before it goes live.
+
+A discrete-event simulation on a virtual clock. Buyers (synthetic, from a scenario, or recorded
+JSONL as ``route`` takes) send messages; the real :class:`router.pipeline.Router` routes them
+(plugins, dispatch, timers), and simulated agents accept, reply and close after drawn delays,
+which frees capacity and drains queues through the real dispatcher. There is no second
+implementation of routing here: the simulator only plays buyers and agents and measures.
+
+The clock jumps from event to event: the next buyer message, the next agent or buyer action, or
+the dispatcher's next timer (expansion, shift, business hours, reservation), whichever is first,
+so a decision made by a timer is stamped with the timer's own time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import math
+import random
+import sys
+from collections.abc import Callable
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from router.config import Config, ConfigError, ConfigErrors, load_config
+from router.scenario import ConvSpec, Scenario, daily_windows, generate, in_windows, load_scenario
+
+INF = math.inf
+_MSG, _ACCEPT, _REPLY, _CLOSE, _LEAVE, _IDLE, _TRANSFER = range(7)
+_A_SPEC, _A_MSG, _A_EVENT = range(3)
+REROUTE_CAUSES = ("agent_offline", "reservation_timeout", "transfer")
+WAIT_EDGES = tuple(range(0, 615, 15))
+TRANSFER_DELAY_S = 30.0
+
+
+class _Conv:
+    """The simulator's view of one open conversation (the router keeps its own)."""
+
+    __slots__ = ("cid", "spec", "t0", "need_at", "agent", "ver", "qskill", "skill", "replied",
+                 "closed", "patience", "handle_u", "transfer_u", "nmsg", "answered", "transferred")
+
+    def __init__(self, cid: str, t0: float, patience: float, handle_u: float, transfer_u: float,
+                 spec: ConvSpec | None = None) -> None:
+        self.cid = cid
+        self.spec = spec
+        self.t0 = t0
+        self.need_at: float | None = None
+        self.agent: str | None = None
+        self.ver = 0
+        self.qskill: str | None = None
+        self.skill: str | None = None
+        self.replied: float | None = None
+        self.closed = False
+        self.patience = patience
+        self.handle_u = handle_u
+        self.transfer_u = transfer_u
+        self.nmsg = 0
+        self.answered = 0
+        self.transferred = False
+
+
+class Traffic(msgspec.Struct, frozen=True):
+    """What the buyers do, shared by every policy of a run: synthetic conversations or recorded
+    lines (``(ts, order, item)``), and the horizon ``[start, end]``."""
+
+    start: float
+    end: float
+    source: str
+    conversations: list[ConvSpec] = []
+    recorded: list[tuple[float, int, Any]] = []
+
+
+class Simulation:
+    """One policy's run over the shared traffic."""
+
+    def __init__(self, config: Config, scenario: Scenario, traffic: Traffic, seed: int,
+                 label: str = "", progress: Callable[[float], None] | None = None) -> None:
+        self.config = config
+        self.s = scenario
+        self.traffic = traffic
+        self.label = label or config.dir.name
+        self.progress = progress
+        self.rng = random.Random(f"fenliu-agents-{seed}")
+        self.heap: list[tuple[float, int, int, _Conv, int]] = []
+        self._seq = count()
+        self.live: dict[str, _Conv] = {}
+        a = scenario.agents
+        self.reservations = a.reservations
+        self.accept_q = a.accept_s.quantile
+        self.reply_q = a.first_reply_s.quantile
+        self.speed = dict(a.speed)
+        self.transfer_share = a.transfer_share
+        self.bot_close = scenario.buyers.bot_close_after_s
+        self.patience_q = scenario.buyers.patience_s.quantile
+        self.handle = {}
+        self.skills = sorted({s for ag in config.agents.values() for s in ag.skills})
+        self.tally: dict[str, list[float]] = {aid: [0, traffic.start, 0.0, 0, 0] for aid in sorted(config.agents)}
+        self.messages = 0
+        self.bad_inputs = 0
+        self.ignored_events = 0
+        self.actions: dict[str, int] = {}
+        self.causes: dict[str, int] = {}
+        self.outcomes = {"human": 0, "abandoned": 0, "bot": 0, "blocked": 0, "unfinished": 0}
+        self.waits: list[float] = []
+        self.eligible = 0
+        self.in_time = 0
+        self.depth: dict[str, int] = {}
+        self.series: dict[str, list[int]] = {}
+        self.bucket = scenario.metrics.bucket_s
+        m = scenario.metrics
+        self.target = m.reply_target_s
+        self.windows = daily_windows(scenario, m.window_start, m.window_end, traffic.start, traffic.end)
+        self.window_starts = [w[0] for w in self.windows]
+        self.now = traffic.start
+
+    # -- scheduling helpers ------------------------------------------------------------------------
+
+    def _push(self, t: float, kind: int, conv: _Conv, ver: int) -> None:
+        heapq.heappush(self.heap, (t, next(self._seq), kind, conv, ver))
+
+    def _handle_time(self, conv: _Conv) -> float:
+        q = self.handle.get(conv.skill)
+        if q is None:
+            q = self.handle[conv.skill] = self.s.handle_dist(conv.skill).quantile
+        return q(conv.handle_u) * self.speed.get(conv.agent, 1.0)  # type: ignore[arg-type]
+
+    def _set_depth(self, skill: str, delta: int, now: float) -> None:
+        b = int((now - self.traffic.start) // self.bucket)
+        cur = self.depth.get(skill, 0)
+        ser = self.series.get(skill)
+        if ser is None:
+            ser = self.series[skill] = []
+        while len(ser) <= b:
+            ser.append(cur)
+        new = cur + delta
+        self.depth[skill] = new
+        if new > ser[b]:
+            ser[b] = new
+
+    def _tally(self, aid: str, delta: int, now: float) -> list[float] | None:
+        t = self.tally.get(aid)
+        if t is not None:
+            t[2] += t[0] * (now - t[1])
+            t[1] = now
+            t[0] += delta
+        return t
+
+    # -- what decisions mean for buyers and agents ------------------------------------------------
+
+    def _apply(self, decisions: list[Any], now: float) -> None:
+        live = self.live
+        for dec in decisions:
+            cause = dec.cause
+            if cause != "message":
+                self.causes[cause] = self.causes.get(cause, 0) + 1
+            else:
+                self.actions[dec.action] = self.actions.get(dec.action, 0) + 1
+            conv = live.get(dec.conversation_id)
+            if conv is None:
+                continue
+            action = dec.action
+            if action == "assigned":
+                if dec.agent_id != conv.agent:
+                    self._assign(conv, dec.agent_id, dec.skill, now)
+            elif action == "queued":
+                if conv.agent is not None:
+                    self._unassign(conv, now)
+                    conv.ver += 1
+                if conv.need_at is None:
+                    self._need(conv, now)
+                skill = dec.skill
+                conv.skill = skill
+                if conv.qskill != skill:
+                    if conv.qskill is not None:
+                        self._set_depth(conv.qskill, -1, now)
+                    self._set_depth(skill, 1, now)
+                    conv.qskill = skill
+            elif action == "answered":
+                conv.answered += 1
+
+    def _need(self, conv: _Conv, now: float) -> None:
+        conv.need_at = now
+        leave = conv.t0 + conv.patience
+        self._push(leave if leave > now else now + conv.patience, _LEAVE, conv, 0)
+
+    def _assign(self, conv: _Conv, aid: str, skill: str | None, now: float) -> None:
+        if conv.agent is not None:
+            self._unassign(conv, now)
+        if conv.qskill is not None:
+            self._set_depth(conv.qskill, -1, now)
+            conv.qskill = None
+        if conv.need_at is None:
+            self._need(conv, now)
+        conv.agent = aid
+        conv.skill = skill
+        conv.ver += 1
+        t = self._tally(aid, 1, now)
+        if t is not None:
+            t[3] += 1
+        if self.reservations:
+            self._push(now + self.accept_q(self.rng.random()), _ACCEPT, conv, conv.ver)
+        else:
+            self._accepted(conv, now)
+
+    def _unassign(self, conv: _Conv, now: float) -> None:
+        self._tally(conv.agent, -1, now)  # type: ignore[arg-type]
+        conv.agent = None
+
+    def _accepted(self, conv: _Conv, now: float) -> None:
+        busy = 0.0
+        if conv.replied is None:
+            busy = self.reply_q(self.rng.random())
+            self._push(now + busy, _REPLY, conv, conv.ver)
+        self._push(now + max(self._handle_time(conv), busy + 1.0), _CLOSE, conv, conv.ver)
+
+    def _finish(self, conv: _Conv, now: float, outcome: str) -> None:
+        conv.closed = True
+        if conv.agent is not None:
+            self._unassign(conv, now)
+        if conv.qskill is not None:
+            self._set_depth(conv.qskill, -1, now)
+            conv.qskill = None
+        self.live.pop(conv.cid, None)
+        self._record(conv, outcome)
+
+    def _record(self, conv: _Conv, outcome: str) -> None:
+        self.outcomes[outcome] += 1
+        if outcome == "blocked":
+            return
+        if conv.replied is not None:
+            self.waits.append(conv.replied - conv.t0)
+        if in_windows(self.windows, self.window_starts, conv.t0):
+            self.eligible += 1
+            if conv.replied is not None and conv.replied - conv.t0 <= self.target:
+                self.in_time += 1
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        from router.models import AcceptEvent, CloseEvent, Message, TransferEvent
+        from router.pipeline import InputError, Router
+
+        router = Router(self.config, reservations=self.reservations)
+        d = router.dispatcher
+        await router.advance(self.traffic.start)
+        handle_message = router.handle_message
+        handle_event = router.handle_event
+        apply = self._apply
+        heap = self.heap
+        heappop = heapq.heappop
+        live = self.live
+        push = self._push
+        rng = self.rng
+        patience_q = self.patience_q
+        arrivals: list[tuple[float, int, Any]]
+        if self.traffic.conversations:
+            arrivals = [(c.times[0], _A_SPEC, c) for c in self.traffic.conversations]
+        else:
+            arrivals = [(t, _A_EVENT if not isinstance(item, Message) else _A_MSG, item)
+                        for t, _, item in self.traffic.recorded]
+        n = len(arrivals)
+        i = 0
+        steps = 0
+        progress = self.progress
+
+        async def send(conv: _Conv, msg: Message, now: float) -> None:
+            conv.nmsg += 1
+            try:
+                decisions = await handle_message(msg)
+            except InputError:
+                self.bad_inputs += 1
+                return
+            self.messages += 1
+            apply(decisions, now)
+            if conv.need_at is None and not conv.closed:
+                push(now + self.bot_close, _IDLE, conv, conv.nmsg)
+
+        async def close(conv: _Conv, now: float) -> list[Any]:
+            try:
+                return await handle_event(CloseEvent(conv.cid, now))
+            except InputError:
+                return []
+
+        while True:
+            ta = arrivals[i][0] if i < n else INF
+            th = heap[0][0] if heap else INF
+            t = ta if ta < th else th
+            if t == INF:
+                break
+            timers = d._timers
+            if timers and timers[0][0] <= t:
+                tt = timers[0][0]
+                if d.now is not None and tt < d.now:
+                    tt = d.now
+                moved = await router.advance(tt)
+                if moved:
+                    apply(moved, tt)
+                continue
+            self.now = t
+            steps += 1
+            if progress is not None and not steps & 4095:
+                progress(t)
+            if th <= ta:
+                _, _, kind, conv, ver = heappop(heap)
+                if conv.closed:
+                    continue
+                if kind == _MSG:
+                    spec = conv.spec
+                    k = conv.nmsg
+                    await send(conv, Message(spec.shop_id, f"sm-{spec.index}-{k}", spec.buyer_id,
+                                             spec.texts[k], "text", t, spec.buyer, spec.order), t)
+                    if k + 1 < len(spec.times) and not conv.closed:
+                        push(spec.times[k + 1], _MSG, conv, 0)
+                elif ver != conv.ver and kind in (_ACCEPT, _REPLY, _CLOSE, _TRANSFER):
+                    continue
+                elif kind == _ACCEPT:
+                    try:
+                        await handle_event(AcceptEvent(conv.cid, conv.agent, t))  # type: ignore[arg-type]
+                    except InputError:
+                        continue
+                    self._accepted(conv, t)
+                elif kind == _REPLY:
+                    conv.replied = t
+                    if conv.transfer_u < self.transfer_share and not conv.transferred:
+                        push(t + TRANSFER_DELAY_S, _TRANSFER, conv, ver)
+                elif kind == _CLOSE:
+                    t_agent = self.tally.get(conv.agent)  # type: ignore[arg-type]
+                    if t_agent is not None:
+                        t_agent[4] += 1
+                    moved = await close(conv, t)
+                    self._finish(conv, t, "human")
+                    apply(moved, t)
+                elif kind == _LEAVE:
+                    if conv.replied is None:
+                        moved = await close(conv, t)
+                        self._finish(conv, t, "abandoned")
+                        apply(moved, t)
+                elif kind == _IDLE:
+                    if ver == conv.nmsg and conv.need_at is None:
+                        moved = await close(conv, t) if conv.cid in d.conversations else []
+                        self._finish(conv, t, "bot" if conv.answered else "blocked")
+                        apply(moved, t)
+                elif kind == _TRANSFER:
+                    conv.transferred = True
+                    others = [s for s in self.skills if s != conv.skill]
+                    if others:
+                        to = others[int(rng.random() * len(others))]
+                        try:
+                            apply(await handle_event(TransferEvent(conv.cid, to_skill=to, ts=t)), t)
+                        except InputError:
+                            self.bad_inputs += 1
+                continue
+            kind, item = arrivals[i][1], arrivals[i][2]
+            i += 1
+            if kind == _A_SPEC:
+                spec = item
+                conv = _Conv(f"{spec.shop_id}:{spec.buyer_id}", t, spec.patience, spec.handle_u, spec.transfer_u, spec)
+                live[conv.cid] = conv
+                await send(conv, Message(spec.shop_id, f"sm-{spec.index}-0", spec.buyer_id, spec.texts[0],
+                                         "text", t, spec.buyer, spec.order), t)
+                if len(spec.times) > 1 and not conv.closed:
+                    push(spec.times[1], _MSG, conv, 0)
+            elif kind == _A_MSG:
+                cid = item.conversation_id
+                conv = live.get(cid)
+                if conv is None:
+                    conv = live[cid] = _Conv(cid, t, patience_q(rng.random()), rng.random(), rng.random())
+                await send(conv, item, t)
+            else:
+                try:
+                    apply(await handle_event(item), t)
+                except InputError:
+                    self.bad_inputs += 1
+        for conv in list(live.values()):
+            self._finish(conv, self.now, "unfinished")
+        if progress is not None:
+            progress(self.now)
+        return self.figures()
+
+    # -- figures -------------------------------------------------------------------------------------
+
+    def figures(self) -> dict[str, Any]:
+        end = max(self.now, self.traffic.end)
+        nb = max(1, math.ceil((end - self.traffic.start) / self.bucket))
+        for skill in self.series:
+            self._set_depth(skill, 0, self.traffic.start + (nb - 1) * self.bucket)
+        for aid in self.tally:
+            self._tally(aid, 0, end)
+        agents = {}
+        for aid, (_, _, area, assignments, handled) in self.tally.items():
+            acfg = self.config.agents[aid]
+            on = shift_seconds(acfg.shift, self.traffic.start, end)
+            util = area / (acfg.max_concurrent * on) if on > 0 else 0.0
+            agents[aid] = {"assignments": int(assignments), "handled": int(handled),
+                           "shift_h": _r(on / 3600), "utilisation": _r(util)}
+        active = [a for a, v in agents.items() if v["shift_h"] > 0]
+        handled = [agents[a]["handled"] for a in active]
+        utils = [agents[a]["utilisation"] for a in active]
+        waits = sorted(self.waits)
+        total = sum(self.outcomes.values())
+        hist = [0] * len(WAIT_EDGES)
+        for w in waits:
+            hist[min(int(w // 15), len(WAIT_EDGES) - 1)] += 1
+        reroutes = {c: self.causes.get(c, 0) for c in REROUTE_CAUSES}
+        m = self.s.metrics
+        return {
+            "policy": self.label,
+            "config": str(self.config.dir),
+            "strategies": {name: p.dispatch.strategy for name, p in sorted(self.config.policies.items())},
+            "messages": self.messages,
+            "bad_inputs": self.bad_inputs,
+            "conversations": total,
+            "actions": dict(sorted(self.actions.items())),
+            "outcomes": self.outcomes,
+            "abandoned": self.outcomes["abandoned"],
+            "abandoned_share": _r(self.outcomes["abandoned"] / total if total else 0.0),
+            "wait_s": {
+                "count": len(waits),
+                "mean": _r(sum(waits) / len(waits)) if waits else None,
+                "p50": _r(percentile(waits, 50)),
+                "p90": _r(percentile(waits, 90)),
+                "p99": _r(percentile(waits, 99)),
+                "max": _r(waits[-1]) if waits else None,
+            },
+            "wait_histogram": {"bin_s": 15, "edges": list(WAIT_EDGES), "counts": hist},
+            "reply_rate": {
+                "target_s": self.target,
+                "window": f"{m.window_start}-{m.window_end}",
+                "eligible": self.eligible,
+                "replied_in_time": self.in_time,
+                "rate": _r(self.in_time / self.eligible) if self.eligible else None,
+            },
+            "causes": dict(sorted(self.causes.items())),
+            "expansions": self.causes.get("expansion", 0),
+            "reroutes": reroutes,
+            "queue": {
+                "bucket_s": self.bucket,
+                "start": self.traffic.start,
+                "max": {k: max(v) for k, v in sorted(self.series.items())},
+                "series": {k: v[:nb] for k, v in sorted(self.series.items())},
+            },
+            "agents": agents,
+            "load_spread": {
+                "handled_max_minus_min": (max(handled) - min(handled)) if handled else 0,
+                "handled_gini": _r(gini(handled)),
+                "utilisation_mean": _r(sum(utils) / len(utils)) if utils else 0.0,
+                "utilisation_max_minus_min": _r(max(utils) - min(utils)) if utils else 0.0,
+                "utilisation_gini": _r(gini(utils)),
+            },
+        }
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    """Nearest rank: the smallest value with at least ``p`` % of the values at or below it."""
+    if not sorted_values:
+        return None
+    k = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[k - 1]
+
+
+def gini(values: list[float]) -> float:
+    """0 when everyone has the same, towards 1 when one has everything."""
+    n = len(values)
+    total = sum(values)
+    if n == 0 or total <= 0:
+        return 0.0
+    ordered = sorted(values)
+    weighted = sum((i + 1) * v for i, v in enumerate(ordered))
+    return 2 * weighted / (n * total) - (n + 1) / n
+
+
+def shift_seconds(schedule: Any, start: float, end: float) -> float:
+    """Seconds of ``[start, end]`` inside a :class:`router.schedule.Schedule`."""
+    if schedule.always:
+        return end - start
+    on = 0.0
+    t = start
+    while t < end:
+        nxt = schedule.next_change(t)
+        stop = end if nxt is None else min(nxt, end)
+        if schedule.is_open(t):
+            on += stop - t
+        t = stop
+    return on
+
+
+# -- traffic ----------------------------------------------------------------------------------------
+
+
+def read_traffic(path: Path) -> tuple[list[tuple[float, int, Any]], list[str]]:
+    """Recorded JSONL: messages and ``agent_status``/``tick`` events in time order. ``close``,
+    ``transfer`` and ``accept`` lines are dropped: the simulated agents make those decisions."""
+    from router.ingest import decode_line, explain
+    from router.models import AgentStatusEvent, Message, TickEvent
+
+    items: list[tuple[float, int, Any]] = []
+    errors: list[str] = []
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return [], [f"{path}: {exc.strerror}"]
+    for n, raw in enumerate(data.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        try:
+            item = decode_line(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            errors.append(f"{path}: line {n}: {explain(exc)}")
+            continue
+        if item.ts is None:  # type: ignore[union-attr]
+            errors.append(f"{path}: line {n}: ts: needed to simulate")
+            continue
+        if isinstance(item, Message | AgentStatusEvent | TickEvent):
+            items.append((item.ts, n, item))  # type: ignore[arg-type]
+    items.sort(key=lambda x: (x[0], x[1]))
+    return items, errors
+
+
+def build_traffic(scenario: Scenario, config: Config, seed: int, traffic_file: Path | None) -> tuple[Traffic, list[str]]:
+    if traffic_file is not None:
+        recorded, errors = read_traffic(traffic_file)
+        if not recorded:
+            return Traffic(0.0, 0.0, str(traffic_file)), errors or [f"{traffic_file}: no messages"]
+        return Traffic(recorded[0][0], recorded[-1][0], str(traffic_file), recorded=recorded), errors
+    start = scenario.start_ts
+    convs = generate(scenario, config, seed)
+    return Traffic(start, start + scenario.duration_h * 3600, f"scenario {scenario.name}", conversations=convs), []
+
+
+async def simulate(config: Config, scenario: Scenario, traffic: Traffic, seed: int, label: str = "",
+                   progress: Callable[[float], None] | None = None) -> dict[str, Any]:
+    """Run one policy (one config) over ``traffic`` and return its figures."""
+    return await Simulation(config, scenario, traffic, seed, label, progress).run()
+
+
+def encode_results(results: dict[str, Any]) -> bytes:
+    """Stable JSON: sorted keys, so the same seed gives byte-identical files."""
+    return msgspec.json.format(msgspec.json.encode(results, order="sorted"), indent=2) + b"\n"
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", type=Path, help="scenario TOML (default: built-in defaults)")
+    p.add_argument("--traffic", type=Path, help="recorded JSONL to replay instead of synthetic arrivals")
+    p.add_argument("--compare", type=Path, nargs="+", action="extend", default=[], metavar="DIR",
+                   help="further config folders (policies) to run on the same traffic")
+    p.add_argument("--report", type=Path, metavar="FILE.html", help="write a self-contained HTML report")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON ('-' for stdout)")
+    p.add_argument("--seed", type=int, help="random seed (default: the scenario's seed)")
+
+
+def _labels(dirs: list[Path]) -> list[str]:
+    names = [d.resolve().name or str(d) for d in dirs]
+    return [str(d) if names.count(n) > 1 else n for d, n in zip(dirs, names)]
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The ``simulate`` command: exit 0, or 1 with ``file: key.path: reason`` lines."""
+    import anyio
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    dirs = [args.config, *args.compare]
+    configs: list[Config] = []
+    problems: list[str] = []
+    for d in dirs:
+        try:
+            configs.append(load_config(d))
+        except ConfigErrors as exc:
+            problems.extend(map(str, exc.errors))
+    scenario = None
+    if not problems:
+        try:
+            scenario = load_scenario(args.scenario, configs[0])
+            for c in configs[1:]:
+                extra = _check_other(args.scenario, scenario, c)
+                problems.extend(map(str, extra))
+        except ConfigErrors as exc:
+            problems.extend(map(str, exc.errors))
+    if problems or scenario is None:
+        for line in problems:
+            print(line, file=sys.stderr)
+        return 1
+    seed = scenario.seed if args.seed is None else args.seed
+    traffic, bad = build_traffic(scenario, configs[0], seed, args.traffic)
+    if bad:
+        for line in bad:
+            print(line, file=sys.stderr)
+        return 1
+    labels = _labels(dirs)
+    results = anyio.run(_run_all, configs, scenario, traffic, seed, labels, err)
+    doc = {
+        "scenario": {"name": scenario.name, "source": traffic.source, "seed": seed,
+                     "start": traffic.start, "end": traffic.end, "timezone": scenario.timezone},
+        "policies": results,
+    }
+    from router.report import print_summary, write_html
+
+    print_summary(doc, Console())
+    if args.json is not None:
+        data = encode_results(doc)
+        if str(args.json) == "-":
+            sys.stdout.buffer.write(data)
+        else:
+            args.json.write_bytes(data)
+    if args.report is not None:
+        write_html(doc, args.report)
+        err.print(f"report written to {args.report}")
+    return 0
+
+
+def _check_other(file: Path | None, scenario: Scenario, config: Config) -> list[ConfigError]:
+    from router.scenario import check_scenario
+
+    return check_scenario(Path(file or "<defaults>"), scenario, config)
+
+
+async def _run_all(configs: list[Config], scenario: Scenario, traffic: Traffic, seed: int,
+                   labels: list[str], err: Any) -> list[dict[str, Any]]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    span = max(traffic.end - traffic.start, 1.0)
+    out = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=err, disable=not err.is_terminal, transient=False) as bar:
+        for config, label in zip(configs, labels):
+            task = bar.add_task(f"simulating {label}", total=span)
+
+            def tick(t: float, task: Any = task) -> None:
+                bar.update(task, completed=min(t - traffic.start, span))
+
+            out.append(await simulate(config, scenario, traffic, seed, label, tick))
+            bar.update(task, completed=span)
+    return out
