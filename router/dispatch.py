@@ -71,6 +71,8 @@ class Dispatcher:
         self._pools: dict[tuple[str, str], _Pool] = {}
         self._queues: dict[tuple[str, str], list[tuple[float, int, int, str]]] = {}
         self._agent_pools: dict[str, list[_Pool]] = {}
+        self._agent_groups: dict[str, tuple[tuple[Any, tuple[_Pool, ...]], ...]] = {}
+        self._targets: dict[tuple[str, str], tuple[tuple[tuple[str, ...], float | None], ...]] = {}
         self._agent_queue_keys: dict[str, list[tuple[str, str]]] = {}
         self._agent_shops: dict[str, tuple[str, ...]] = {}
         all_shops = tuple(config.shops)
@@ -94,6 +96,10 @@ class Dispatcher:
                     keys.append((sid, skill))
             self._agent_pools[aid] = pools
             self._agent_queue_keys[aid] = keys
+            groups: dict[Any, list[_Pool]] = {}
+            for pool in pools:
+                groups.setdefault(pool.key, []).append(pool)
+            self._agent_groups[aid] = tuple((k, tuple(v)) for k, v in groups.items())
         if self.now is not None:
             self._init_clocked(self.now)
         self._recount_online()
@@ -217,15 +223,19 @@ class Dispatcher:
                 self._shop_online[sid] += 1 if after else -1
 
     def _touch(self, st: AgentState) -> None:
-        """Re-key the agent in all its pools after any change to its state."""
+        """Re-key the agent in all its pools after any change to its state (stale entries are
+        skipped when they reach the top, and swept when a heap grows past 4× its members)."""
         st.version += 1
         if not st.available:
             return
-        for pool in self._agent_pools.get(st.id, ()):
-            heap = pool.heap
-            heapq.heappush(heap, (pool.key(st), st.version, st.id))
-            if len(heap) > _COMPACT_MIN and len(heap) > 4 * pool.members:
-                self._compact(pool)
+        push = heapq.heappush
+        for key, pools in self._agent_groups.get(st.id, ()):
+            entry = (key(st), st.version, st.id)
+            for pool in pools:
+                heap = pool.heap
+                push(heap, entry)
+                if len(heap) > 4 * pool.members + _COMPACT_MIN:
+                    self._compact(pool)
 
     def _compact(self, pool: _Pool) -> None:
         agents = self.agents
@@ -322,13 +332,17 @@ class Dispatcher:
         return conv
 
     def targets(self, conv: Conversation) -> tuple[tuple[tuple[str, ...], float | None], ...]:
-        """The conversation's routing targets with ``@skill`` resolved."""
-        policy = self._policy[conv.shop_id]
-        skill = conv.skill or policy.default_skill
-        return tuple(
-            (tuple(dict.fromkeys(skill if s == "@skill" else s for s in t.skills)), t.timeout_s)
-            for t in policy.targets_for(skill)
-        )
+        """The conversation's routing targets with ``@skill`` resolved (cached per shop and skill)."""
+        key = (conv.shop_id, conv.skill or "")
+        found = self._targets.get(key)
+        if found is None:
+            policy = self._policy[conv.shop_id]
+            skill = conv.skill or policy.default_skill
+            found = self._targets[key] = tuple(
+                (tuple(dict.fromkeys(skill if s == "@skill" else s for s in t.skills)), t.timeout_s)
+                for t in policy.targets_for(skill)
+            )
+        return found
 
     def route_new(self, conv: Conversation) -> tuple[str, str | None, list[str]]:
         """Find an agent for a conversation that needs a human: sticky, dedicated, then targets.

@@ -6,9 +6,29 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from contextvars import ContextVar
+from typing import Any, Literal
 
 import structlog
+
+_message: ContextVar[tuple[str, str, str | None] | None] = ContextVar("fenliu_message", default=None)
+
+
+def bind_message(shop_id: str, conversation_id: str, msg_id: str | None) -> None:
+    """Bind the message being routed to every log line until the next one: a single
+    ``ContextVar.set`` on the hot path, expanded into fields only when something is logged."""
+    _message.set((shop_id, conversation_id, msg_id))
+
+
+def add_message_context(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    bound = _message.get()
+    if bound is not None:
+        event.setdefault("shop_id", bound[0])
+        event.setdefault("conversation_id", bound[1])
+        if bound[2] is not None:
+            event.setdefault("msg_id", bound[2])
+    return event
+
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -23,6 +43,7 @@ def configure_logging(level: str = "info", fmt: Literal["auto", "json", "console
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_message_context,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info if as_json else structlog.dev.set_exc_info,

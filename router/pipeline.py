@@ -17,6 +17,7 @@ import structlog
 from router.config import Config
 from router.context import HookContext
 from router.dispatch import DispatchError, Dispatcher
+from router.logging import bind_message
 from router.models import (
     AcceptEvent,
     AgentStatusEvent,
@@ -32,8 +33,6 @@ from router.models import (
 
 log = structlog.get_logger("fenliu.router")
 
-_bind = structlog.contextvars.bind_contextvars
-_clear = structlog.contextvars.clear_contextvars
 
 
 class InputError(ValueError):
@@ -95,28 +94,31 @@ class Router:
         now = self._now(msg.ts)
         out = await self.advance(now)
         now = self.dispatcher.now if self.dispatcher.now is not None else now
-        _clear()
-        _bind(shop_id=msg.shop_id, conversation_id=msg.conversation_id, msg_id=msg.msg_id)
+        cid = msg.conversation_id
+        bind_message(msg.shop_id, cid, msg.msg_id)
         if self._is_duplicate(msg.shop_id, msg.msg_id):
-            out.append(Decision(msg.msg_id, msg.shop_id, msg.conversation_id, "duplicate", text=None))
+            out.append(Decision(msg.msg_id, msg.shop_id, cid, "duplicate", text=None))
             return out
 
         d = self.dispatcher
-        conv = d.conversations.get(msg.conversation_id)
+        conv = d.conversations.get(cid)
         ctx = HookContext(self.config, shop, now, conv, d, msg.text)
         plugins = self.plugins
-        msg = await plugins.inbound_enrich(msg, ctx)
-        verdict = await plugins.inbound_filter(msg, ctx)
+        if plugins._enrich:
+            msg = await plugins.inbound_enrich(msg, ctx)
+        verdict = await plugins.inbound_filter(msg, ctx) if plugins._filter else None
         if verdict is not None and verdict.action == "block":
-            out.append(Decision(msg.msg_id, msg.shop_id, msg.conversation_id, "blocked",
+            out.append(Decision(msg.msg_id, msg.shop_id, cid, "blocked",
                                 agent_id=conv.agent_id if conv else None,
                                 skill=conv.skill if conv else None, flags=ctx.flags))
             return out
 
         policy = ctx.policy.dispatch
-        ctx.skill = await plugins.classify_skill(msg, ctx) or ctx.skill or policy.default_skill
-        ctx.priority = await plugins.priority(msg, ctx)
-        bot = await plugins.bot_reply(msg, ctx)
+        skill = await plugins.classify_skill(msg, ctx) if plugins._skill else None
+        ctx.skill = skill or ctx.skill or policy.default_skill
+        if plugins._priority:
+            ctx.priority = await plugins.priority(msg, ctx)
+        bot = await plugins.bot_reply(msg, ctx) if plugins._bot else None
         reply = bot.text if bot is not None else None
         tags = msg.buyer.tags if msg.buyer is not None else ()
 
@@ -151,7 +153,7 @@ class Router:
         if ctx.meta is not conv.meta:
             conv.meta.update(ctx.meta)
         decision = Decision(
-            msg.msg_id, msg.shop_id, msg.conversation_id, action, agent_id, conv.skill,  # type: ignore[arg-type]
+            msg.msg_id, msg.shop_id, cid, action, agent_id, conv.skill,  # type: ignore[arg-type]
             conv.priority if action != "answered" else ctx.priority, reply, ctx.text, ctx.flags,
         )
         out.append(decision)
@@ -174,8 +176,6 @@ class Router:
                 case TickEvent():
                     moved: list[Decision] = []
                 case AgentStatusEvent(agent_id=aid, status=status):
-                    _clear()
-                    _bind(agent_id=aid)
                     moved = d.set_status(aid, status)
                 case CloseEvent(conversation_id=cid):
                     conv = d.conversations.get(cid)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import time
+from time import perf_counter
 from collections import Counter
 from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
@@ -56,6 +56,16 @@ class PluginInfo(msgspec.Struct):
     module: str
     hooks: list[str]
     status: str = "loaded"
+
+
+class _Pending:
+    """An awaitable returned by a hook implementation, with the time its call started."""
+
+    __slots__ = ("awaitable", "start")
+
+    def __init__(self, awaitable: Any, start: float) -> None:
+        self.awaitable = awaitable
+        self.start = start
 
 
 class _Impl:
@@ -225,23 +235,34 @@ class PluginSet:
                 errors.append(ConfigError(config.dir, f"plugins.{impl.plugin}", f"configure failed: {type(exc).__name__}: {exc}"))
 
     # -- isolated calls ------------------------------------------------------------------------
+    #
+    # ``_call`` is synchronous so that the common case (a plain function) costs no coroutine;
+    # an implementation that returned an awaitable comes back wrapped in ``_Pending`` and the
+    # hook method awaits it under the remaining time budget.
 
-    async def _call(self, impl: _Impl, hook: str, ctx: HookContext | None, *args: Any) -> Any:
-        start = time.perf_counter()
+    def _call(self, impl: _Impl, hook: str, ctx: HookContext | None, *args: Any) -> Any:
+        start = perf_counter()
         try:
             result = impl.call(*args)
-            if inspect.isawaitable(result):
-                with anyio.fail_after(max(self.timeout - (time.perf_counter() - start), 0.0)):
-                    result = await result
-            elif time.perf_counter() - start > self.timeout:
-                raise TimeoutError
-        except TimeoutError:
-            self._fault(impl, hook, ctx, "timeout", f"over its {self.timeout * 1000:.0f} ms budget")
-            return None
         except Exception as exc:  # noqa: BLE001 - isolation is the point
             self._fault(impl, hook, ctx, type(exc).__name__, str(exc))
             return None
+        if result is not None and hasattr(type(result), "__await__"):
+            return _Pending(result, start)
+        if perf_counter() - start > self.timeout:
+            self._fault(impl, hook, ctx, "timeout", f"over its {self.timeout * 1000:.0f} ms budget")
+            return None
         return result
+
+    async def _finish(self, impl: _Impl, hook: str, ctx: HookContext | None, pending: _Pending) -> Any:
+        try:
+            with anyio.fail_after(max(self.timeout - (perf_counter() - pending.start), 0.0)):
+                return await pending.awaitable
+        except TimeoutError:
+            self._fault(impl, hook, ctx, "timeout", f"over its {self.timeout * 1000:.0f} ms budget")
+        except Exception as exc:  # noqa: BLE001
+            self._fault(impl, hook, ctx, type(exc).__name__, str(exc))
+        return None
 
     def _fault(self, impl: _Impl, hook: str, ctx: HookContext | None, kind: str, detail: str) -> None:
         self.errors[impl.plugin] += 1
@@ -249,9 +270,17 @@ class PluginSet:
         if ctx is not None:
             ctx.flag(f"plugin_error:{impl.plugin}")
 
+    async def _run(self, impl: _Impl, hook: str, ctx: HookContext | None, *args: Any) -> Any:
+        result = self._call(impl, hook, ctx, *args)
+        if type(result) is _Pending:
+            return await self._finish(impl, hook, ctx, result)
+        return result
+
     async def inbound_enrich(self, message: Message, ctx: HookContext) -> Message:
         for impl in self._enrich:
-            result = await self._call(impl, "fenliu_inbound_enrich", ctx, message, ctx)
+            result = self._call(impl, "fenliu_inbound_enrich", ctx, message, ctx)
+            if type(result) is _Pending:
+                result = await self._finish(impl, "fenliu_inbound_enrich", ctx, result)
             if result is not None:
                 if isinstance(result, Message):
                     message = result
@@ -264,7 +293,9 @@ class PluginSet:
         ``ctx.text`` in turn, flags added to ``ctx.flags``)."""
         last = None
         for impl in self._filter:
-            v = await self._call(impl, "fenliu_inbound_filter", ctx, message, ctx)
+            v = self._call(impl, "fenliu_inbound_filter", ctx, message, ctx)
+            if type(v) is _Pending:
+                v = await self._finish(impl, "fenliu_inbound_filter", ctx, v)
             if v is None:
                 continue
             if not isinstance(v, FilterVerdict):
@@ -281,7 +312,9 @@ class PluginSet:
 
     async def classify_skill(self, message: Message, ctx: HookContext) -> str | None:
         for impl in self._skill:
-            result = await self._call(impl, "fenliu_classify_skill", ctx, message, ctx)
+            result = self._call(impl, "fenliu_classify_skill", ctx, message, ctx)
+            if type(result) is _Pending:
+                result = await self._finish(impl, "fenliu_classify_skill", ctx, result)
             if result is not None:
                 return str(result)
         return None
@@ -289,17 +322,24 @@ class PluginSet:
     async def priority(self, message: Message, ctx: HookContext) -> int:
         total = 0
         for impl in self._priority:
-            result = await self._call(impl, "fenliu_priority", ctx, message, ctx)
+            result = self._call(impl, "fenliu_priority", ctx, message, ctx)
+            if type(result) is _Pending:
+                result = await self._finish(impl, "fenliu_priority", ctx, result)
             if result is not None:
-                try:
-                    total += int(result)
-                except (TypeError, ValueError):
-                    self._fault(impl, "fenliu_priority", ctx, "TypeError", "did not return an int")
+                if type(result) is int:
+                    total += result
+                else:
+                    try:
+                        total += int(result)
+                    except (TypeError, ValueError):
+                        self._fault(impl, "fenliu_priority", ctx, "TypeError", "did not return an int")
         return total
 
     async def bot_reply(self, message: Message, ctx: HookContext) -> BotReply | None:
         for impl in self._bot:
-            result = await self._call(impl, "fenliu_bot_reply", ctx, message, ctx)
+            result = self._call(impl, "fenliu_bot_reply", ctx, message, ctx)
+            if type(result) is _Pending:
+                result = await self._finish(impl, "fenliu_bot_reply", ctx, result)
             if isinstance(result, BotReply):
                 return result
             if result is not None:
@@ -309,18 +349,18 @@ class PluginSet:
     async def outbound_filter(self, reply: Any, ctx: HookContext) -> list[FilterVerdict]:
         out = []
         for impl in self._outbound:
-            v = await self._call(impl, "fenliu_outbound_filter", ctx, reply, ctx)
+            v = await self._run(impl, "fenliu_outbound_filter", ctx, reply, ctx)
             if isinstance(v, FilterVerdict):
                 out.append(v)
         return out
 
     async def assigned(self, decision: Any, ctx: HookContext) -> None:
         for impl in self._assigned:
-            await self._call(impl, "fenliu_assigned", ctx, decision, ctx)
+            await self._run(impl, "fenliu_assigned", ctx, decision, ctx)
 
     async def closed(self, conversation: Any, ctx: HookContext) -> None:
         for impl in self._closed:
-            await self._call(impl, "fenliu_closed", ctx, conversation, ctx)
+            await self._run(impl, "fenliu_closed", ctx, conversation, ctx)
 
     @property
     def has_observers(self) -> bool:

@@ -1,0 +1,1 @@
+"""Fenliu's benchmarks: ``python -m bench`` runs every ``bench_*.py`` here (``make bench``)."""

@@ -1,0 +1,119 @@
+"""Decisions per second of ``fenliu route``'s core (decode → hooks → dispatch → encode, no file
+I/O) with 10, 1,000 and 10,000 agents.
+
+The workload keeps fewer conversations open than the smallest team can hold, so every run does the
+same work per message (no queueing) and only the number of agents changes: picking an agent is a
+heap operation, so the 10,000-agent figure should stay close to the 10-agent one.
+Run: ``.venv/bin/python bench/bench_dispatch.py``.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import save, show  # noqa: E402
+from router.config import load_config  # noqa: E402
+from router.pipeline import Router  # noqa: E402
+from router.route import route_lines  # noqa: E402
+
+SHOPS = 10
+SKILLS = ("presale", "aftersale", "logistics")
+T0 = 1763880000.0
+
+
+def make_config(root: Path, agents: int, builtins: bool) -> Path:
+    rng = random.Random(7)
+    root.mkdir(parents=True, exist_ok=True)
+    disabled = "[]" if builtins else '["sensitive", "bot", "skills", "vip"]'
+    (root / "fenliu.toml").write_text(f"[plugins]\ndisabled = {disabled}\n")
+    (root / "shops.toml").write_text("".join(f'[[shops]]\nid = "s{i}"\npolicy = "p"\n' for i in range(SHOPS)))
+    lines = []
+    for i in range(agents):
+        skills = rng.sample(SKILLS, 2) if i >= len(SKILLS) else list(SKILLS)
+        shops = [f"s{j}" for j in rng.sample(range(SHOPS), 3)] if i >= SHOPS else ["*"]
+        lines.append(f'[[agents]]\nid = "a{i:05d}"\nskills = {skills!r}\nshops = {shops!r}\nmax_concurrent = 5\n'.replace("'", '"'))
+    (root / "agents.toml").write_text("".join(lines))
+    (root / "policies").mkdir(exist_ok=True)
+    (root / "policies" / "p.toml").write_text(
+        '[dispatch]\nstrategy = "least_load"\ndefault_skill = "presale"\n'
+        'targets = [{ skills = ["@skill"], timeout_s = 60 }, { skills = ["presale", "aftersale", "logistics"] }]\n'
+    )
+    return root
+
+
+def workload(n_messages: int, open_max: int = 8) -> list[bytes]:
+    """Buyers write 1–4 messages each, then the agent closes; ``open_max`` conversations at once."""
+    rng = random.Random(11)
+    texts = ["在吗?这件有货吗", "我的快递到哪了", "我要退款,东西坏了", "能便宜点吗", "什么时候发货", "尺码怎么选"]
+    enc = msgspec.json.encode
+    out: list[bytes] = []
+    open_convs: list[tuple[str, str, int]] = []
+    buyer = 0
+    ts = T0
+    n = 0
+    while n < n_messages:
+        ts += 0.01
+        if len(open_convs) < open_max and (not open_convs or rng.random() < 0.4):
+            buyer += 1
+            open_convs.append((f"s{rng.randrange(SHOPS)}", f"b{buyer}", rng.randint(1, 4)))
+        i = rng.randrange(len(open_convs))
+        shop, b, left = open_convs[i]
+        n += 1
+        out.append(enc({"shop_id": shop, "msg_id": f"m{n}", "buyer_id": b, "text": rng.choice(texts), "ts": ts}))
+        if left <= 1:
+            open_convs.pop(i)
+            out.append(enc({"type": "close", "conversation_id": f"{shop}:{b}", "ts": ts + 0.001}))
+        else:
+            open_convs[i] = (shop, b, left - 1)
+    return out
+
+
+def run(agents: int, lines: list[bytes], builtins: bool) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load_config(make_config(Path(tmp) / "c", agents, builtins))
+    best = float("inf")
+    decisions = 0
+    for _ in range(3):
+        router = Router(config)
+        out = io.BytesIO()
+        err = io.StringIO()
+        gc.collect()
+        start = time.perf_counter()
+        bad = anyio.run(route_lines, router, lines, out, err)
+        elapsed = time.perf_counter() - start
+        assert bad == 0, err.getvalue()[:500]
+        decisions = out.getvalue().count(b"\n")
+        best = min(best, elapsed)
+    return {"agents": agents, "plugins": "built-ins" if builtins else "none",
+            "decisions": decisions, "seconds": round(best, 3), "decisions_per_s": decisions / best}
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 60_000
+    lines = workload(n)
+    rows = []
+    for builtins in (False, True):
+        for agents in (10, 1_000, 10_000):
+            rows.append(run(agents, lines, builtins))
+    for builtins in ("none", "built-ins"):
+        group = [r for r in rows if r["plugins"] == builtins]
+        base = group[0]["decisions_per_s"]
+        for r in group:
+            r["vs_10_agents"] = round(r["decisions_per_s"] / base, 3)
+    show("fenliu route core: decisions per second", rows)
+    print(f"results: {save('dispatch', rows, messages=n)}")
+
+
+if __name__ == "__main__":
+    main()
