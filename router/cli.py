@@ -67,7 +67,10 @@ def _route(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"{args.file}: {exc.strerror}", file=sys.stderr)
             return 1
+    from router.runtime import tune_gc
+
     router = Router(config)
+    tune_gc()
     out = sys.stdout.buffer
     try:
         bad = anyio.run(route_lines, router, source, out, sys.stderr)
