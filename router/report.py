@@ -84,7 +84,11 @@ def _svg(fig: Any) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg"):]
+    text = text[text.index("<svg"):]
+    start, end = text.find("<metadata>"), text.find("</metadata>")
+    if start >= 0 and end > start:
+        text = text[:start] + text[end + len("</metadata>"):]
+    return text
 
 
 def _setup() -> Any:

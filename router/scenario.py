@@ -16,7 +16,7 @@ import tomllib
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from statistics import NormalDist
-from typing import Annotated
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -228,11 +228,38 @@ def load_scenario(path: str | Path | None, config: Config | None = None) -> Scen
         errors: list[ConfigError] = []
         scenario = decode_section(file, raw, Scenario, errors)
         if scenario is None:
+            for e in errors:
+                e.key = _name_dict_key(file, raw, e.key)
+                if e.key.endswith(".dist") and e.reason.startswith("invalid value"):
+                    e.reason = f"expected one of fixed, exponential, lognormal, empirical; got {e.reason.split()[-1]}"
             raise ConfigErrors(errors)
     errors = check_scenario(file, scenario, config)
     if errors:
         raise ConfigErrors(errors)
     return scenario
+
+
+def _name_dict_key(file: Path, raw: dict[str, Any], key: str) -> str:
+    """msgspec names a bad dict entry ``a.b[...].c``; find which entry it is by decoding the
+    dict's entries one at a time."""
+    head, sep, tail = key.partition("[...]")
+    if not sep:
+        return key
+    parts = head.split(".")
+    parent: Any = raw
+    for part in parts[:-1]:
+        parent = parent.get(part) if isinstance(parent, dict) else None
+    entries = parent.get(parts[-1]) if isinstance(parent, dict) else None
+    if not isinstance(entries, dict):
+        return key
+    for name, value in entries.items():
+        parent[parts[-1]] = {name: value}
+        try:
+            if decode_section(file, raw, Scenario, []) is None:
+                return f"{head}.{name}{tail}"
+        finally:
+            parent[parts[-1]] = entries
+    return key
 
 
 def check_scenario(file: Path, s: Scenario, config: Config | None) -> list[ConfigError]:

@@ -606,10 +606,11 @@ def run_command(args: argparse.Namespace) -> int:
     }
     from router.report import print_summary, write_html
 
-    print_summary(doc, Console())
+    to_stdout = args.json is not None and str(args.json) == "-"
+    print_summary(doc, err if to_stdout else Console())
     if args.json is not None:
         data = encode_results(doc)
-        if str(args.json) == "-":
+        if to_stdout:
             sys.stdout.buffer.write(data)
         else:
             args.json.write_bytes(data)
