@@ -1,1 +1,118 @@
-"""Channel adapters: one per kind of shop channel."""
+"""Channel adapters: how messages come in from a shop's channel and how replies go back out.
+
+An adapter class is registered by name; a shop picks one with ``adapter = "..."`` in shops.toml,
+and ``POST /v1/webhooks/{platform}/{shop_id}`` picks one by its ``platform`` path segment. The
+built-ins are below; a package can add its own through the ``fenliu.adapters`` entry-point group
+(name → ``module:Class``), without touching the router.
+
+The contract is small on purpose:
+
+- :meth:`Adapter.send` delivers one reply and returns when the channel acknowledged it; raising
+  :class:`DeliveryError` makes the service retry with backoff (the reply stays journaled);
+- :meth:`Adapter.parse_webhook` maps a platform's own envelope to messages and order context,
+  after checking the platform's signature; :class:`WebhookError` becomes a clear HTTP error.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from router.models import Message, Order
+
+if TYPE_CHECKING:
+    from router.config import Shop
+
+ENTRY_POINT_GROUP = "fenliu.adapters"
+
+
+class OutboundReply(msgspec.Struct, frozen=True):
+    """One agent reply on its way to the buyer (a row of the ``outbox`` table)."""
+
+    id: int
+    shop_id: str
+    conversation_id: str
+    buyer_id: str
+    text: str
+    ts: float
+    agent_id: str | None = None
+
+
+class OrderContext(msgspec.Struct, frozen=True):
+    """Order or refund news from a platform push, attached to the buyer's conversation."""
+
+    shop_id: str
+    order: Order
+    buyer_id: str | None = None
+    event: str = ""
+
+
+class DeliveryError(Exception):
+    """A reply could not be delivered now; the service retries with backoff."""
+
+
+class WebhookError(Exception):
+    """A webhook request that cannot be accepted: ``status`` and a reason for the caller."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class WebhookResult(msgspec.Struct):
+    """What a platform push carried, and what to answer the platform."""
+
+    messages: list[Message] = msgspec.field(default_factory=list)
+    context: list[OrderContext] = msgspec.field(default_factory=list)
+    response: Any = None
+
+
+class Adapter:
+    """Base class. ``service`` is the running :class:`router.service.Service` (or ``None`` in
+    tools); ``shop`` the shop's config."""
+
+    name = ""
+
+    def __init__(self, shop: Shop, service: Any = None) -> None:
+        self.shop = shop
+        self.service = service
+
+    async def send(self, reply: OutboundReply) -> None:
+        raise DeliveryError(f"adapter {self.name!r} cannot send replies")
+
+    def parse_webhook(self, headers: Any, body: bytes) -> WebhookResult:
+        raise WebhookError(404, f"adapter {self.name!r} takes no webhooks")
+
+    async def close(self) -> None:
+        return None
+
+
+_BUILTIN = {
+    "bridge": "adapters.bridge:BridgeAdapter",
+    "simulator": "adapters.simulator:SimulatorAdapter",
+    "replay": "adapters.replay:ReplayAdapter",
+    "pinduoduo": "adapters.pinduoduo:PinduoduoAdapter",
+    "doudian": "adapters.doudian:DoudianAdapter",
+}
+
+
+def _load(target: str) -> type[Adapter]:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def registry() -> dict[str, str]:
+    """Adapter name → ``module:Class``: the built-ins plus the ``fenliu.adapters`` entry points."""
+    found = dict(_BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def adapter_class(name: str) -> type[Adapter] | None:
+    target = registry().get(name)
+    return _load(target) if target else None

@@ -12,4 +12,7 @@ def register(add: Callable[[str, str], Any], command: Callable[[str], Any]) -> N
 
     _simulate_arguments(add("simulate", "replay traffic against policies on a virtual clock and report"))
     command("simulate")(lambda args: __import__("router.simulate").simulate.run_command(args))
+    from router.serve_cli import register as _serve_register
+
+    _serve_register(add, command)
     return None

@@ -4,7 +4,7 @@ Durability rests on a journal: every input the router processed (a message, an e
 tick that moved something) is a row with a sequence number and the clock value the router used,
 written in the same transaction as the decisions it caused. The router is deterministic given its
 inputs and clock values, so the service rebuilds its in-memory state on start by replaying the
-journal through a fresh router. Tables beside the journal (decisions, conversations, agents,
+journal through a fresh router. Tables beside the journal (decisions, conversations,
 accounts, buyer profiles, the outbox) are what people and tools query.
 
 Nothing here runs on the event loop: :class:`Store` owns a writer thread that takes jobs (plain
@@ -67,12 +67,6 @@ CREATE TABLE IF NOT EXISTS conversations (
     skill TEXT,
     priority INTEGER NOT NULL DEFAULT 0,
     reserved_until REAL,
-    updated_seq INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS agents (
-    id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    load INTEGER NOT NULL,
     updated_seq INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS accounts (

@@ -1,0 +1,137 @@
+"""``fenliu serve`` and ``fenliu accounts``: argument parsing and the commands' bodies. The
+heavy modules (aiohttp, the service) are imported only when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from router.logging import configure_logging
+
+
+def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callable[[str], Any]) -> None:
+    p = add("serve", "run the service: ingest, agents' WebSocket, accounts, metrics")
+    p.add_argument("--host", default=None, help="listen address (default: server.host)")
+    p.add_argument("--port", type=int, default=None, help="listen port (default: server.port; 0 picks a free one)")
+    p.add_argument("--simulate", action="store_true",
+                   help="demo mode: simulated buyers and agents, demo secrets and accounts when missing")
+    p.add_argument("--rate", type=float, default=2.0, help="with --simulate: buyer messages per second (default 2)")
+    p.add_argument("--buyers", type=int, default=200, help="with --simulate: buyers per shop (default 200)")
+    p.add_argument("--store", default=None, help="SQLite file (default: storage.path)")
+    command("serve")(serve_command)
+
+    p = add("accounts", "manage accounts: main accounts (主账号) and sub-accounts (子账号)")
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = sub.add_parser("add", help="create an account")
+    a.add_argument("name", help="MAIN for a main account, MAIN:SUB for a sub-account")
+    a.add_argument("--role", choices=("agent", "supervisor", "admin"), default=None,
+                   help="default: admin for a main account, agent for a sub-account")
+    a.add_argument("--shops", default=None, help="comma-separated shop ids, or * (default: the main account's)")
+    a.add_argument("--agent", default=None, help="agent id this account works as (role agent)")
+    a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    sub.add_parser("list", help="list accounts")
+    w = sub.add_parser("passwd", help="set a new password (existing tokens stop working)")
+    w.add_argument("name")
+    w.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    for q in (p,):
+        q.add_argument("--store", default=None, help="SQLite file (default: storage.path)")
+    command("accounts")(accounts_command)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from router.config import ConfigErrors, load_config
+
+    try:
+        return load_config(args.config)
+    except ConfigErrors as exc:
+        for e in exc.errors:
+            print(e, file=sys.stderr)
+        return None
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from router.server import ensure_demo, serve_forever
+
+    config = _config(args)
+    if config is None:
+        return 1
+    if "FENLIU_LOG_LEVEL" not in os.environ:
+        configure_logging(config.main.logging.level, config.main.logging.format)
+    if args.simulate:
+        for line in ensure_demo(config, args.store):
+            print(line, flush=True)
+    else:
+        for shop in config.shops.values():
+            if shop.secret is None:
+                print(f"warning: shop {shop.id}: no secret ({shop.secret_env or 'secret_env unset'}); "
+                      f"its ingest requests will be refused with 401", file=sys.stderr)
+    if args.store:
+        import msgspec
+
+        config.main.storage = msgspec.structs.replace(config.main.storage, path=args.store)
+    try:
+        return asyncio.run(serve_forever(config, args.host, args.port, args.simulate,
+                                         {"rate": args.rate, "buyers": args.buyers}))
+    except OSError as exc:
+        print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        return line.rstrip("\r\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        print("error: passwords differ", file=sys.stderr)
+        return None
+    return first
+
+
+def accounts_command(args: argparse.Namespace) -> int:
+    from router import accounts as acct
+    from router.store import Store
+
+    config = _config(args)
+    if config is None:
+        return 1
+    store = Store(args.store or config.main.storage.path)
+    try:
+        if args.action == "list":
+            rows = store.run_sync(acct.list_accounts)
+            if not rows:
+                print("no accounts (create one: fenliu accounts add NAME)")
+            for a in rows:
+                agent = a.agent_id or next((i for i, ag in config.agents.items() if ag.account == a.name), None)
+                print(f"{a.name}\t{a.role}\tshops={','.join(a.shops)}" + (f"\tagent={agent}" if agent else ""))
+            return 0
+        password = _password(args)
+        if password is None:
+            return 1
+        if args.action == "add":
+            shops = None if args.shops is None else tuple(s.strip() for s in args.shops.split(",") if s.strip())
+            for s in shops or ():
+                if s != "*" and s not in config.shops:
+                    print(f"error: unknown shop {s!r}", file=sys.stderr)
+                    return 1
+            if args.agent is not None and args.agent not in config.agents:
+                print(f"error: unknown agent {args.agent!r}", file=sys.stderr)
+                return 1
+            role = args.role or ("agent" if ":" in args.name else "admin")
+            a = store.run_sync(lambda c: acct.add(c, args.name, password, role, shops, args.agent))
+            print(f"created {a.name} ({a.role}, shops {','.join(a.shops)})")
+        else:
+            store.run_sync(lambda c: acct.passwd(c, args.name, password))
+            print(f"password changed for {args.name}")
+        return 0
+    except acct.AccountError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close_sync()

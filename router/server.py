@@ -1,0 +1,613 @@
+"""The HTTP face of ``fenliu serve`` (aiohttp): ingest, webhooks, accounts, the agent
+WebSocket, the workbench and ops endpoints. Handlers only check, decode and wait; routing and
+storage happen in :class:`router.service.Service`.
+
+Every refusal is a JSON body ``{"error": "..."}`` with a reason a caller can act on, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from adapters import WebhookError, adapter_class
+from router import accounts as acct
+from router.accounts import Account
+from router.config import Config, ConfigErrors, load_config
+from router.ingest import decode_message, explain
+from router.models import AgentStatusEvent, Message
+from router.pipeline import InputError
+from router.service import Overloaded, Service
+
+log = structlog.get_logger("fenliu.server")
+
+SIGNATURE_HEADER = "X-Fenliu-Signature"
+DEMO_SECRET = "fenliu-demo-secret"
+DEMO_PASSWORD = "demo1234"
+
+_encode = msgspec.json.Encoder().encode
+
+SERVICE = web.AppKey("service", Service)
+SOCKETS = web.AppKey("sockets", set)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=_encode(data), status=status, content_type="application/json", headers=headers)
+
+
+def error(status: int, reason: str, **extra: Any) -> web.Response:
+    return json_response({"error": reason, **extra}, status)
+
+
+_batch = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def split_batch(body: bytes) -> list[msgspec.Raw] | list[bytes]:
+    """One message or a JSON array of them, as raw items (validated one by one later, so one
+    bad item does not sink the others)."""
+    if body.lstrip()[:1] == b"[":
+        return _batch.decode(body)
+    msgspec.json.decode(body)
+    return [body]
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The ``X-Fenliu-Signature`` value for ``body``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def check_signature(secret: bytes, body: bytes, header: str | None) -> str | None:
+    """``None`` when the signature matches, else why not."""
+    if not header:
+        return f"missing {SIGNATURE_HEADER} header (sha256=<hex HMAC-SHA256 of the body>)"
+    scheme, _, digest = header.partition("=")
+    if scheme.strip().lower() != "sha256" or not digest:
+        return f"{SIGNATURE_HEADER} must look like sha256=<hex>"
+    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, digest.strip().lower()):
+        return "signature does not match the body"
+    return None
+
+
+# -- authentication ------------------------------------------------------------------------------
+
+
+class _Accounts:
+    """Accounts cached for a few seconds, so a token check is not a store round trip; a
+    generation change (new password) shows within the TTL."""
+
+    TTL = 3.0
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.cache: dict[str, tuple[float, Account | None]] = {}
+
+    async def get(self, name: str) -> Account | None:
+        hit = self.cache.get(name)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self.TTL:
+            return hit[1]
+        account = await self.service.store.call(lambda c: acct.get(c, name))
+        self.cache[name] = (now, account)
+        return account
+
+
+ACCOUNTS = web.AppKey("accounts", _Accounts)
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+
+
+async def authenticate(request: web.Request) -> Account:
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else request.query.get("token", "")
+    if not token:
+        raise HTTPError(401, "missing bearer token (POST /v1/auth/login, then Authorization: Bearer <token>)")
+    service = request.app[SERVICE]
+    found = acct.read_token(service.token_key, token)
+    if found is None:
+        raise HTTPError(401, "invalid or expired token")
+    account = await request.app[ACCOUNTS].get(found[0])
+    if account is None or account.generation != found[1]:
+        raise HTTPError(401, "token no longer valid (account removed or password changed)")
+    return account
+
+
+def agent_of(service: Service, account: Account) -> str | None:
+    """The agent an account works as: its ``agent_id``, or the agent whose ``account`` names it."""
+    if account.agent_id and account.agent_id in service.config.agents:
+        return account.agent_id
+    for aid, agent in service.config.agents.items():
+        if agent.account == account.name:
+            return aid
+    return None
+
+
+def require_shop(account: Account, shop_id: str) -> None:
+    if not account.may_see_shop(shop_id):
+        raise HTTPError(403, f"forbidden: shop {shop_id!r} is not permitted to account {account.name!r}")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HTTPError as exc:
+        return error(exc.status, exc.reason)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return error(exc.status, exc.reason, path=request.path)
+        raise
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception:  # noqa: BLE001 - the caller gets a reason, the log gets the traceback
+        log.exception("handler_failed", path=request.path)
+        return error(500, "internal error (logged)")
+
+
+# -- ingest ----------------------------------------------------------------------------------------
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | web.Response:
+    if request.content_length is not None and request.content_length > limit:
+        return error(413, f"body of {request.content_length} bytes is over the limit of {limit} (server.max_body_bytes)")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, f"body is over the limit of {limit} bytes (server.max_body_bytes)")
+
+
+async def ingest(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    server = service.config.main.server
+    shop_id = request.match_info["shop_id"]
+    shop = service.config.shops.get(shop_id)
+    if shop is None:
+        return error(404, f"unknown shop {shop_id!r}")
+    body = await _read_body(request, server.max_body_bytes)
+    if isinstance(body, web.Response):
+        service.metrics.rejected.labels("413").inc()
+        return body
+    secret = shop.secret
+    if secret is None:
+        service.metrics.rejected.labels("401").inc()
+        return error(401, f"shop {shop_id!r} has no secret configured (set the environment variable "
+                          f"{shop.secret_env or '<secret_env in shops.toml>'}); unsigned ingest is refused")
+    why = check_signature(secret, body, request.headers.get(SIGNATURE_HEADER))
+    if why is not None:
+        service.metrics.rejected.labels("401").inc()
+        return error(401, why)
+    try:
+        items = split_batch(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        service.metrics.rejected.labels("400").inc()
+        return error(400, explain(exc))
+    if not items:
+        return error(400, "empty batch: send one message or a non-empty array")
+    if len(items) > server.max_batch:
+        service.metrics.rejected.labels("413").inc()
+        return error(413, f"batch of {len(items)} messages is over the limit of {server.max_batch} (server.max_batch)")
+    good: list[Message] = []
+    index: list[int] = []
+    errors: list[dict[str, Any]] = []
+    for i, raw in enumerate(items):
+        try:
+            msg = decode_message(raw)  # type: ignore[arg-type]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            errors.append({"index": i, "reason": explain(exc)})
+            continue
+        if msg.shop_id != shop_id:
+            errors.append({"index": i, "msg_id": msg.msg_id,
+                           "reason": f"shop_id {msg.shop_id!r} does not match the URL's shop {shop_id!r}"})
+            continue
+        good.append(msg)
+        index.append(i)
+    return await _submit(service, good, index, errors)
+
+
+async def _submit(service: Service, good: list[Message], index: list[int], errors: list[dict[str, Any]],
+                  ok_body: Any = None) -> web.Response:
+    result = None
+    if good:
+        try:
+            result = await service.ingest(good)
+        except Overloaded:
+            service.metrics.rejected.labels("503").inc()
+            return json_response({"error": "overloaded: the ingest queue is full, retry later",
+                                  "queue_max": service.config.main.server.ingest_queue_max},
+                                 503, headers={"Retry-After": "1"})
+        for j, reason in result.errors:
+            errors.append({"index": index[j], "msg_id": good[j].msg_id, "reason": reason})
+    body: dict[str, Any] = {
+        "accepted": len(result.accepted) if result else 0,
+        "duplicates": len(result.duplicates) if result else 0,
+    }
+    if errors:
+        errors.sort(key=lambda e: e["index"])
+        service.metrics.rejected.labels("400").inc()
+        first = errors[0]
+        body = {"error": f"item {first['index']}: {first['reason']}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""),
+                "errors": errors, **body,
+                "accepted_ids": result.accepted if result else [],
+                "duplicate_ids": result.duplicates if result else []}
+        return json_response(body, 400)
+    if ok_body is not None:
+        return json_response(ok_body, 200)
+    return json_response(body, 202)
+
+
+async def webhook(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    platform = request.match_info["platform"]
+    shop_id = request.match_info["shop_id"]
+    shop = service.config.shops.get(shop_id)
+    if shop is None:
+        return error(404, f"unknown shop {shop_id!r}")
+    cls = adapter_class(platform)
+    if cls is None:
+        return error(404, f"unknown platform adapter {platform!r}")
+    body = await _read_body(request, service.config.main.server.max_body_bytes)
+    if isinstance(body, web.Response):
+        return body
+    adapter = service.adapters.get(shop_id)
+    if adapter is None or adapter.name != platform:
+        adapter = cls(shop, service)
+    try:
+        result = adapter.parse_webhook(request.headers, body)
+    except WebhookError as exc:
+        return error(exc.status, exc.reason)
+    if result.context:
+        await service.order_context(result.context)
+    good = [m for m in result.messages if m.shop_id == shop_id]
+    return await _submit(service, good, list(range(len(good))), [], ok_body=result.response)
+
+
+# -- accounts ----------------------------------------------------------------------------------------
+
+
+class LoginRequest(msgspec.Struct, forbid_unknown_fields=True):
+    account: str
+    password: str
+
+
+async def login(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    try:
+        req = msgspec.json.decode(await request.read(), type=LoginRequest)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return error(400, explain(exc) + ' (expected {"account": "main" or "main:sub", "password": "..."})')
+    account = await service.store.call(lambda c: acct.verify(c, req.account, req.password))
+    if account is None:
+        log.info("login_failed", account=req.account)
+        return error(401, "wrong account or password")
+    token, expires = acct.issue_token(service.token_key, account, service.config.main.server.token_ttl_s)
+    log.info("login", account=account.name, role=account.role)
+    return json_response({"token": token, "expires": expires, "account": account.name, "role": account.role,
+                          "shops": list(account.shops), "agent_id": agent_of(service, account)})
+
+
+# -- workbench and ops -----------------------------------------------------------------------------
+
+
+def _conv_json(service: Service, conv: Any) -> dict[str, Any]:
+    return {"id": conv.id, "shop_id": conv.shop_id, "buyer_id": conv.buyer_id, "state": conv.state,
+            "agent_id": conv.agent_id, "skill": conv.skill, "priority": conv.priority,
+            "opened_at": conv.opened_at, "queued_at": conv.queued_at, "reserved_until": conv.reserved_until,
+            "messages": conv.messages, "last_ts": conv.last_ts}
+
+
+async def conversations(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    account = await authenticate(request)
+    shop = request.query.get("shop_id")
+    if shop is not None:
+        require_shop(account, shop)
+    state = request.query.get("state")
+    agent = request.query.get("agent_id")
+    out = []
+    for conv in service.router.dispatcher.conversations.values():
+        if not account.may_see_shop(conv.shop_id) or (shop and conv.shop_id != shop):
+            continue
+        if (state and conv.state != state) or (agent and conv.agent_id != agent):
+            continue
+        out.append(_conv_json(service, conv))
+    out.sort(key=lambda c: (c["shop_id"], c["opened_at"]))
+    return json_response({"conversations": out})
+
+
+async def conversation(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    account = await authenticate(request)
+    cid = request.match_info["cid"]
+    require_shop(account, cid.split(":", 1)[0])
+    conv = service.router.dispatcher.conversations.get(cid)
+    if conv is None:
+        return error(404, f"no open conversation {cid!r}")
+    snap = service.snapshot(cid)
+    return json_response({**_conv_json(service, conv), "history": snap.history if snap else [],
+                          "buyer": snap.buyer if snap else None, "order": snap.order if snap else None})
+
+
+async def agents(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    account = await authenticate(request)
+    d = service.router.dispatcher
+    out = []
+    for aid, cfg in service.config.agents.items():
+        shops = [s for s in (service.config.shops if "*" in cfg.shops else cfg.shops) if account.may_see_shop(s)]
+        if not shops:
+            continue
+        st = d.agents.get(aid)
+        out.append({"id": aid, "name": cfg.name, "skills": list(cfg.skills), "shops": shops,
+                    "status": st.status if st else "offline", "in_shift": st.in_shift if st else False,
+                    "load": st.load if st else 0, "max_concurrent": cfg.max_concurrent,
+                    "connected": aid in service.sessions,
+                    "conversations": list(st.conversations) if st else []})
+    return json_response({"agents": out})
+
+
+class StatusRequest(msgspec.Struct, forbid_unknown_fields=True):
+    status: str
+
+
+async def agent_status(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    account = await authenticate(request)
+    aid = request.match_info["agent_id"]
+    cfg = service.config.agents.get(aid)
+    if cfg is None:
+        return error(404, f"unknown agent {aid!r}")
+    own = agent_of(service, account) == aid
+    shops = service.config.shops if "*" in cfg.shops else cfg.shops
+    if not own and not (account.is_supervisor and any(account.may_see_shop(s) for s in shops)):
+        return error(403, f"forbidden: account {account.name!r} may not set the status of agent {aid!r}")
+    try:
+        req = msgspec.json.decode(await request.read(), type=StatusRequest)
+        event = AgentStatusEvent(aid, req.status)  # type: ignore[arg-type]
+        event = msgspec.convert(msgspec.to_builtins(event), AgentStatusEvent)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return error(400, explain(exc) + ' (expected {"status": "online" | "break" | "offline"})')
+    try:
+        moved = await service.event(event)
+    except InputError as exc:
+        return error(409, str(exc))
+    return json_response({"agent_id": aid, "status": event.status, "moved": moved})
+
+
+async def stats(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    account = await authenticate(request)
+    d = service.router.dispatcher
+    shops: dict[str, dict[str, Any]] = {}
+    for sid in service.config.shops:
+        if account.may_see_shop(sid):
+            shops[sid] = {"open": 0, "queued": 0, "reserved": 0, "assigned": 0, "agents_online": d.online_count(sid)}
+    for conv in d.conversations.values():
+        s = shops.get(conv.shop_id)
+        if s is not None:
+            s["open"] += 1
+            if conv.state in s:
+                s[conv.state] += 1
+    body: dict[str, Any] = {"shops": shops, "ingest_queue": service.pending_ingest,
+                            "outbox_pending": service.outbox_pending(), "journal_seq": service._seq}
+    if account.role == "admin":
+        try:
+            d.check_invariants()
+            body["invariants"] = "ok"
+        except AssertionError as exc:
+            body["invariants"] = f"broken: {exc}"
+    return json_response(body)
+
+
+class ProfileRequest(msgspec.Struct, forbid_unknown_fields=True):
+    tags: list[str] | None = None
+    add_tags: list[str] = []
+    note: str | None = None
+
+
+async def get_profile(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    account = await authenticate(request)
+    shop_id, buyer_id = request.match_info["shop_id"], request.match_info["buyer_id"]
+    require_shop(account, shop_id)
+    p = service.profiles.get((shop_id, buyer_id))
+    order = service.orders.get((shop_id, buyer_id))
+    return json_response({"shop_id": shop_id, "buyer_id": buyer_id, "tags": p.tags if p else [],
+                          "notes": p.notes if p else [], "order": order})
+
+
+async def put_profile(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    account = await authenticate(request)
+    shop_id, buyer_id = request.match_info["shop_id"], request.match_info["buyer_id"]
+    require_shop(account, shop_id)
+    if shop_id not in service.config.shops:
+        return error(404, f"unknown shop {shop_id!r}")
+    try:
+        req = msgspec.json.decode(await request.read(), type=ProfileRequest)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return error(400, explain(exc))
+    if req.tags is not None and account.role == "agent":
+        return error(403, "forbidden: agents may add tags (add_tags) but only supervisors replace them")
+    p = await service.set_profile(shop_id, buyer_id, tags=req.tags, add_tags=tuple(req.add_tags), note=req.note,
+                                  author=account.name)
+    return json_response({"shop_id": shop_id, "buyer_id": buyer_id, "tags": p.tags, "notes": p.notes})
+
+
+async def reload(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    account = await authenticate(request)
+    if account.role != "admin":
+        return error(403, "forbidden: reloading needs the admin role")
+    try:
+        config = await asyncio.to_thread(load_config, service.config.dir)
+    except ConfigErrors as exc:
+        return json_response({"error": "configuration rejected; the running one is kept",
+                              "errors": [str(e) for e in exc.errors]}, 422)
+    moved = await service.reload(config)
+    log.info("reloaded", by=account.name, moved=len(moved))
+    return json_response({"reloaded": True, "shops": len(config.shops), "agents": len(config.agents), "moved": moved})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    ok = service.ready
+    return json_response({"status": "ok" if ok else "starting", "uptime_s": round(time.time() - service.started, 3),
+                          "journal_seq": service._seq, "ingest_queue": service.pending_ingest,
+                          "connected_agents": len(service.sessions)}, 200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    body = await asyncio.get_running_loop().run_in_executor(None, service.metrics.render)
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def agent_ws(request: web.Request) -> web.StreamResponse:
+    from router.ws import agent_socket
+
+    service = request.app[SERVICE]
+    account = await authenticate(request)
+    aid = agent_of(service, account)
+    if aid is None:
+        return error(403, f"account {account.name!r} is not an agent (set agent_id, or account in agents.toml)")
+    return await agent_socket(request, service, account, aid)
+
+
+async def _close_sockets(app: web.Application) -> None:
+    for ws in list(app[SOCKETS]):
+        with contextlib.suppress(Exception):
+            await ws.close(code=1001, message=b"server shutting down")
+
+
+def make_app(service: Service) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware],
+                          client_max_size=service.config.main.server.max_body_bytes)
+    app[SERVICE] = service
+    app[ACCOUNTS] = _Accounts(service)
+    app[SOCKETS] = set()
+    app.on_shutdown.append(_close_sockets)
+    r = app.router
+    r.add_post("/v1/shops/{shop_id}/messages", ingest)
+    r.add_post("/v1/webhooks/{platform}/{shop_id}", webhook)
+    r.add_get("/healthz", healthz)
+    r.add_get("/metrics", metrics)
+    r.add_post("/v1/auth/login", login)
+    r.add_get("/v1/agents/ws", agent_ws)
+    r.add_get("/v1/conversations", conversations)
+    r.add_get("/v1/conversations/{cid}", conversation)
+    r.add_get("/v1/agents", agents)
+    r.add_put("/v1/agents/{agent_id}/status", agent_status)
+    r.add_get("/v1/stats", stats)
+    r.add_get("/v1/shops/{shop_id}/buyers/{buyer_id}", get_profile)
+    r.add_put("/v1/shops/{shop_id}/buyers/{buyer_id}", put_profile)
+    r.add_post("/v1/admin/reload", reload)
+    return app
+
+
+# -- running ------------------------------------------------------------------------------------------
+
+
+class Server:
+    """A started service plus its HTTP site; used by ``serve`` and by tests in-process."""
+
+    def __init__(self, service: Service, runner: web.AppRunner, host: str, port: int) -> None:
+        self.service = service
+        self.runner = runner
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @classmethod
+    async def start(cls, config: Config, *, host: str | None = None, port: int | None = None,
+                    simulate: bool = False, store_path: str | None = None) -> Server:
+        service = Service(config, store_path=store_path, simulate=simulate)
+        await service.start()
+        runner = web.AppRunner(make_app(service), access_log=None, shutdown_timeout=10.0)
+        await runner.setup()
+        host = host or config.main.server.host
+        site = web.TCPSite(runner, host, config.main.server.port if port is None else port, backlog=1024)
+        await site.start()
+        addr = runner.addresses[0]
+        return cls(service, runner, host, addr[1])
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish, drain the router, close the store."""
+        await self.runner.cleanup()
+        await self.service.stop()
+
+
+def ensure_demo(config: Config, store_path: str | None = None) -> list[str]:
+    """For ``--simulate``: demo secrets for shops whose secret variable is unset, and demo
+    accounts when the store has none. Returns lines to print."""
+    from router.store import Store
+
+    lines = []
+    for shop in config.shops.values():
+        if shop.secret_env and not os.environ.get(shop.secret_env):
+            os.environ[shop.secret_env] = DEMO_SECRET
+            lines.append(f"  {shop.id}: {shop.secret_env} unset, using the demo secret {DEMO_SECRET!r}")
+    store = Store(store_path or config.main.storage.path)
+    try:
+        if not store.run_sync(acct.list_accounts):
+            def create(conn: Any) -> None:
+                acct.add(conn, "demo", DEMO_PASSWORD, "admin", ("*",))
+                acct.add(conn, "demo:lead", DEMO_PASSWORD, "supervisor", ("*",))
+                for aid in config.agents:
+                    acct.add(conn, f"demo:{aid}", DEMO_PASSWORD, "agent", None, aid)
+            store.run_sync(create)
+            lines.append(f"  created demo accounts: demo (admin), demo:lead (supervisor), demo:<agent id> (agents); "
+                         f"password {DEMO_PASSWORD!r}")
+    finally:
+        store.close_sync()
+    return lines
+
+
+async def serve_forever(config: Config, host: str | None, port: int | None, simulate: bool,
+                        sim_options: dict[str, Any] | None = None) -> int:
+    server = await Server.start(config, host=host, port=port, simulate=simulate)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"fenliu: listening on {server.url}", flush=True)
+    print(f"  ingest   POST {server.url}/v1/shops/<shop_id>/messages  (X-Fenliu-Signature: sha256=<hmac>)")
+    print(f"  health   GET  {server.url}/healthz     metrics GET {server.url}/metrics")
+    print(f"  login    POST {server.url}/v1/auth/login  then GET {server.url}/v1/conversations, /v1/agents, /v1/stats")
+    print(f"  agents   WS   {server.url.replace('http', 'ws')}/v1/agents/ws?token=<token>")
+    print(f"  store    {server.service.store.path}", flush=True)
+    sim = None
+    if simulate:
+        from adapters.simulator import Simulation
+
+        sim = Simulation(server.service, server.url, **(sim_options or {}))
+        sim.start()
+        print(f"  simulator: {sim.describe()}  (demo login: demo / {DEMO_PASSWORD})", flush=True)
+    await stop.wait()
+    print("fenliu: shutting down (draining)", file=sys.stderr, flush=True)
+    if sim is not None:
+        await sim.stop()
+    await server.stop()
+    return 0

@@ -1,0 +1,891 @@
+"""The running service behind ``fenliu serve``: one router, one store, agents' sessions.
+
+Why it is shaped this way:
+
+- **One consumer task feeds the router** from one queue (ingest batches, agents' events, replies,
+  clock ticks, reloads), so router calls never overlap. Ingest is bounded by a count of messages
+  waiting (``server.ingest_queue_max``): past it the HTTP layer answers ``503``.
+- **Journal, then acknowledge.** The consumer routes a batch of jobs in memory, hands the journal
+  rows (each input with its clock value and decisions) to the store's writer thread, and goes on
+  routing the next batch while the commit runs. Only when the commit is done are the HTTP callers
+  answered and the agents told, so nothing acknowledged or shown can be lost by a crash.
+- **Recovery is replay.** The router is deterministic given its inputs and clock values, so on
+  start a fresh router replays the journal with the recorded clock. Inputs that only advanced
+  the clock without moving anything are not journaled: firing the same timers at the next
+  journaled input gives the same state (the first clock value is always journaled).
+- **Buyer profiles** (客户标签, 备注) and order context from platform pushes are merged into each
+  new message before it is routed *and journaled*, so replay does not depend on profiles that
+  changed since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import heapq
+import json
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+import structlog
+
+from adapters import Adapter, DeliveryError, OrderContext, OutboundReply, adapter_class
+from router.config import Config
+from router.metrics import Metrics
+from router.models import (
+    AcceptEvent,
+    AgentStatusEvent,
+    Buyer,
+    CloseEvent,
+    Decision,
+    Event,
+    Message,
+    Order,
+    OutboundResult,
+    TransferEvent,
+    WsAssigned,
+    WsClosed,
+    WsContext,
+    WsHistoryItem,
+    WsMessage,
+    WsTransferred,
+)
+from router.pipeline import InputError, Router
+from router.store import Store, journal_page, last_seq
+
+log = structlog.get_logger("fenliu.service")
+
+_encode = msgspec.json.Encoder().encode
+_message = msgspec.json.Decoder(Message)
+_event = msgspec.json.Decoder(Event)
+_order = msgspec.json.Decoder(Order)
+
+HISTORY = 50
+TICK_S = 0.2
+BATCH = 512
+
+
+class Session(Protocol):
+    """Where an agent's frames go: a WebSocket, or a simulated agent in-process."""
+
+    agent_id: str
+
+    def deliver(self, frame: msgspec.Struct) -> None: ...
+
+
+class Overloaded(Exception):
+    """The ingest queue is at its bound."""
+
+
+class NotYours(Exception):
+    """The agent does not hold that conversation."""
+
+
+@dataclass
+class Profile:
+    tags: list[str] = field(default_factory=list)
+    notes: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class IngestResult:
+    accepted: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+class _Job:
+    __slots__ = ("kind", "args", "future")
+
+    def __init__(self, kind: str, args: tuple, future: asyncio.Future | None = None) -> None:
+        self.kind = kind
+        self.args = args
+        self.future = future
+
+
+class Service:
+    """Everything ``serve`` runs, minus HTTP: see :mod:`router.server` for the endpoints."""
+
+    def __init__(self, config: Config, *, store_path: str | Path | None = None, simulate: bool = False) -> None:
+        self.config = config
+        self.simulate = simulate
+        self.store = Store(store_path or config.main.storage.path)
+        self._clock = time.time()
+        self.router = Router(config, reservations=True, clock=lambda: self._clock)
+        self.metrics = Metrics(lambda: self.router)
+        self.sessions: dict[str, Session] = {}
+        self.owner: dict[str, str] = {}
+        self.history: dict[str, deque[WsHistoryItem]] = {}
+        self.context: dict[str, tuple[Buyer | None, Order | None]] = {}
+        self.waiting_since: dict[str, float] = {}
+        self.profiles: dict[tuple[str, str], Profile] = {}
+        self.orders: dict[tuple[str, str], Order] = {}
+        self.order_buyer: dict[tuple[str, str], str] = {}
+        self.adapters: dict[str, Adapter] = {}
+        self.pending_ingest = 0
+        self.started = time.time()
+        self.ready = False
+        self._seq = 0
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+        self._grace: dict[str, asyncio.TimerHandle] = {}
+        self._tick_pending = False
+        self._outbox: list[tuple[float, int]] = []
+        self._outbox_items: dict[int, OutboundReply] = {}
+        self._outbox_attempts: dict[int, int] = {}
+        self._sending: set[int] = set()
+        self._stopping = False
+        self.token_key = b""
+        self.on_committed: list[Callable[[list[Decision]], None]] = []
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, replay the journal, and start the consumer and the clock."""
+        from router.accounts import token_key
+
+        self.store.start()
+        self.token_key = await self.store.call(token_key)
+        replayed = await self._replay()
+        await self._load_side_tables()
+        self._make_adapters()
+        self._tasks = [
+            asyncio.create_task(self._consume(), name="fenliu-consumer"),
+            asyncio.create_task(self._ticker(), name="fenliu-ticker"),
+            asyncio.create_task(self._outbox_loop(), name="fenliu-outbox"),
+        ]
+        if replayed == 0:
+            for aid, st in sorted(self.router.dispatcher.agents.items()):
+                if st.status != "offline":
+                    self._enqueue(_Job("event", (AgentStatusEvent(aid, "offline"), None)))
+        else:
+            for aid, st in self.router.dispatcher.agents.items():
+                if st.status != "offline":
+                    self._start_grace(aid)
+        gc.collect()
+        gc.freeze()
+        self.ready = True
+        log.info("service_started", replayed=replayed, seq=self._seq, store=str(self.store.path))
+
+    async def stop(self) -> None:
+        """Drain what is queued, commit it, then close the store."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.ready = False
+        for handle in self._grace.values():
+            handle.cancel()
+        self._queue.put_nowait(None)
+        consumer = self._tasks[0] if self._tasks else None
+        if consumer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer
+        for task in self._tasks[1:]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for adapter in self.adapters.values():
+            with contextlib.suppress(Exception):
+                await adapter.close()
+        await self.store.close()
+        log.info("service_stopped", seq=self._seq)
+
+    def _make_adapters(self) -> None:
+        adapters: dict[str, Adapter] = {}
+        for sid, shop in self.config.shops.items():
+            name = "simulator" if self.simulate and not shop.callback_url else shop.adapter
+            cls = adapter_class(name)
+            if cls is None:
+                log.error("unknown_adapter", shop_id=sid, adapter=name)
+                continue
+            adapters[sid] = cls(shop, self)
+        self.adapters = adapters
+
+    # -- replay -----------------------------------------------------------------------------------
+
+    async def _replay(self) -> int:
+        """Rebuild the router from the journal, feeding it the recorded clock values."""
+        router = self.router
+        count = 0
+        after = 0
+        self._seq = await self.store.call(last_seq)
+        while True:
+            rows = await self.store.call(lambda c, a=after: journal_page(c, a))
+            if not rows:
+                break
+            for seq, kind, clock, body in rows:
+                after = seq
+                self._clock = clock
+                await router.advance(clock)
+                try:
+                    if kind == "message":
+                        msg = _message.decode(body)
+                        decisions = await router.handle_message(msg)
+                        own = next((d for d in decisions if d.msg_id == msg.msg_id), None)
+                        self._remember_message(msg, own, clock)
+                    elif kind == "event":
+                        event = _event.decode(body)
+                        await router.handle_event(event)
+                        if isinstance(event, CloseEvent):
+                            self._forget_conversation(event.conversation_id)
+                except InputError as exc:
+                    log.warning("replay_input_refused", seq=seq, reason=str(exc))
+                count += 1
+        open_ids = set(router.dispatcher.conversations)
+        for cid in list(self.history):
+            if cid not in open_ids:
+                self._forget_conversation(cid)
+        for cid, conv in router.dispatcher.conversations.items():
+            if conv.agent_id is not None:
+                self.owner[cid] = conv.agent_id
+        self._clock = time.time()
+        return count
+
+    async def _load_side_tables(self) -> None:
+        open_ids = list(self.router.dispatcher.conversations)
+
+        def read(conn: sqlite3.Connection) -> tuple[list, list, list, list]:
+            profiles = conn.execute("SELECT shop_id, buyer_id, tags, notes FROM profiles").fetchall()
+            orders = conn.execute("SELECT shop_id, order_id, buyer_id, body, updated FROM orders ORDER BY updated").fetchall()
+            replies = []
+            for i in range(0, len(open_ids), 500):
+                chunk = open_ids[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                replies += conn.execute(
+                    f"SELECT conversation_id, agent_id, text, ts FROM outbox WHERE conversation_id IN ({marks})", chunk
+                ).fetchall()
+            pending = conn.execute(
+                "SELECT id, shop_id, conversation_id, buyer_id, text, ts, agent_id, attempts, next_at "
+                "FROM outbox WHERE acked IS NULL"
+            ).fetchall()
+            return profiles, orders, replies, pending
+
+        profiles, orders, replies, pending = await self.store.call(read)
+        for shop_id, buyer_id, tags, notes in profiles:
+            self.profiles[(shop_id, buyer_id)] = Profile(json.loads(tags), json.loads(notes))
+        for shop_id, order_id, buyer_id, body, _ in orders:
+            if buyer_id:
+                self.order_buyer[(shop_id, order_id)] = buyer_id
+                self.orders[(shop_id, buyer_id)] = _order.decode(body)
+        for cid, agent_id, text, ts in replies:
+            hist = self.history.setdefault(cid, deque(maxlen=HISTORY))
+            hist.append(WsHistoryItem("agent", text, ts, agent_id=agent_id))
+        for cid, hist in self.history.items():
+            self.history[cid] = deque(sorted(hist, key=lambda h: h.ts), maxlen=HISTORY)
+        for rid, shop_id, cid, buyer_id, text, ts, agent_id, attempts, next_at in pending:
+            self._queue_outbox(OutboundReply(rid, shop_id, cid, buyer_id, text, ts, agent_id), next_at, attempts)
+
+    # -- submitting work (HTTP handlers, WebSocket sessions, adapters) ------------------------------
+
+    def _enqueue(self, job: _Job) -> None:
+        self._queue.put_nowait(job)
+
+    def _future(self) -> asyncio.Future:
+        return asyncio.get_running_loop().create_future()
+
+    async def ingest(self, messages: list[Message]) -> IngestResult:
+        """Route and journal messages; returns once they are committed."""
+        limit = self.config.main.server.ingest_queue_max
+        if self.pending_ingest + len(messages) > limit or self._stopping:
+            raise Overloaded
+        self.pending_ingest += len(messages)
+        self.metrics.ingest_queue.set(self.pending_ingest)
+        fut = self._future()
+        self._enqueue(_Job("messages", (messages,), fut))
+        return await fut
+
+    async def event(self, event: Event) -> list[Decision]:
+        """Apply an event (accept, close, transfer, status); raises InputError if refused."""
+        fut = self._future()
+        self._enqueue(_Job("event", (event, fut)))
+        return await fut
+
+    async def reply(self, agent_id: str, conversation_id: str, text: str) -> OutboundResult:
+        """An agent's reply: checked by the outbound filters, journaled, then sent."""
+        fut = self._future()
+        self._enqueue(_Job("reply", (agent_id, conversation_id, text), fut))
+        return await fut
+
+    async def order_context(self, items: list[OrderContext]) -> None:
+        fut = self._future()
+        self._enqueue(_Job("context", (items,), fut))
+        await fut
+
+    async def reload(self, config: Config) -> list[Decision]:
+        fut = self._future()
+        self._enqueue(_Job("reload", (config,), fut))
+        return await fut
+
+    # -- the consumer -------------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        queue = self._queue
+        while True:
+            job = await queue.get()
+            batch: list[_Job] = []
+            stop = job is None
+            if job is not None:
+                batch.append(job)
+            while len(batch) < BATCH and not queue.empty():
+                nxt = queue.get_nowait()
+                if nxt is None:
+                    stop = True
+                    continue
+                batch.append(nxt)
+            if batch:
+                rows: list[tuple] = []
+                afters: list[Callable[[dict[int, int]], None]] = []
+                for j in batch:
+                    try:
+                        await self._process(j, rows, afters)
+                    except Exception as exc:  # noqa: BLE001 - one bad job must not stop routing
+                        log.exception("job_failed", kind=j.kind)
+                        fut = j.future or (j.args[-1] if j.kind == "event" else None)
+                        if fut is not None and not fut.done():
+                            fut.set_exception(exc)
+                self._commit(rows, afters)
+            if stop:
+                await self.store.call(lambda c: None)
+                return
+
+    def _commit(self, rows: list[tuple], afters: list[Callable[[dict[int, int]], None]]) -> None:
+        if not rows and not afters:
+            return
+
+        def write(conn: sqlite3.Connection) -> dict[int, int]:
+            return _write_rows(conn, rows)
+
+        def done(result: dict[int, int] | None, error: BaseException | None) -> None:
+            self.metrics.commits.inc()
+            if error is not None:
+                log.error("journal_write_failed", error=str(error))
+                for a in afters:
+                    with contextlib.suppress(Exception):
+                        a.fail(error)  # type: ignore[attr-defined]
+                return
+            for a in afters:
+                try:
+                    a(result or {})
+                except Exception:  # noqa: BLE001
+                    log.exception("after_commit_failed")
+
+        self.store.submit(write, done)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    async def _advance(self, rows: list[tuple]) -> list[Decision]:
+        """Set the clock for the next input and run due timers; journal a tick if it moved
+        anything, or if it is the router's first clock value."""
+        self._clock = now = max(time.time(), self._clock)
+        first = self.router.dispatcher.now is None
+        moved = await self.router.advance(now)
+        if moved or first:
+            rows.append(("tick", self._next_seq(), now, None, None, None, None, moved))
+        return moved
+
+    async def _process(self, job: _Job, rows: list[tuple], afters: list) -> None:
+        kind = job.kind
+        if kind == "messages":
+            await self._process_messages(job, rows, afters)
+        elif kind == "event":
+            await self._process_event(job, rows, afters)
+        elif kind == "tick":
+            self._tick_pending = False
+            moved = await self._advance(rows)
+            if moved:
+                afters.append(_After(lambda ids, m=moved: self._push(m)))
+        elif kind == "reply":
+            await self._process_reply(job, rows, afters)
+        elif kind == "context":
+            self._process_context(job, rows, afters)
+        elif kind == "reload":
+            (config,) = job.args
+            moved = await self._advance(rows)
+            changed = self.router.reload(config)
+            self.config = config
+            self._make_adapters()
+            if changed:
+                rows.append(("tick", self._next_seq(), self._clock, None, None, None, None, changed))
+            fut = job.future
+
+            def after(ids: dict[int, int], m=moved + changed) -> None:
+                self._push(m)
+                self._after_reload()
+                if fut is not None and not fut.done():
+                    fut.set_result(m)
+
+            afters.append(_After(after, fut))
+
+    async def _process_messages(self, job: _Job, rows: list[tuple], afters: list) -> None:
+        (messages,) = job.args
+        result = IngestResult()
+        pushed: list[Decision] = []
+        seen: list[tuple[Message, Decision | None, float]] = []
+        router = self.router
+        for i, msg in enumerate(messages):
+            msg = self._enrich(msg)
+            moved = await self._advance(rows)
+            pushed.extend(moved)
+            try:
+                decisions = await router.handle_message(msg)
+            except InputError as exc:
+                result.errors.append((i, str(exc)))
+                continue
+            own = None
+            for d in decisions:
+                if d.msg_id == msg.msg_id:
+                    own = d
+                    break
+            if own is not None and own.action == "duplicate":
+                result.duplicates.append(msg.msg_id)
+                self.metrics.duplicates.labels(msg.shop_id).inc()
+                continue
+            rows.append(("message", self._next_seq(), self._clock, msg.shop_id, msg.msg_id, msg.conversation_id,
+                         _encode(msg), decisions))
+            result.accepted.append(msg.msg_id)
+            self.metrics.messages.labels(msg.shop_id).inc()
+            pushed.extend(decisions)
+            seen.append((msg, own, self._clock))
+        self.pending_ingest -= len(messages)
+        self.metrics.ingest_queue.set(self.pending_ingest)
+        fut = job.future
+
+        def after(ids: dict[int, int]) -> None:
+            for msg, own, clock in seen:
+                self._remember_message(msg, own, clock)
+                if msg.order is not None and msg.order.order_id:
+                    self.order_buyer[(msg.shop_id, msg.order.order_id)] = msg.buyer_id
+            self._push(pushed, {m.msg_id: m for m, _, _ in seen})
+            if fut is not None and not fut.done():
+                fut.set_result(result)
+
+        afters.append(_After(after, fut))
+        orders = [(m.shop_id, m.order.order_id, m.buyer_id, _encode(m.order).decode(), c)
+                  for m, _, c in seen if m.order is not None and m.order.order_id]
+        if orders:
+            rows.append(("orders", orders))
+
+    async def _process_event(self, job: _Job, rows: list[tuple], afters: list) -> None:
+        event, fut = job.args
+        self._clock = now = max(time.time(), self._clock)
+        first = self.router.dispatcher.now is None
+        moved = await self.router.advance(now)
+        closing = self.owner.get(event.conversation_id) if isinstance(event, CloseEvent) else None
+        try:
+            decisions = await self.router.handle_event(event)
+        except InputError as exc:
+            if moved or first:
+                rows.append(("tick", self._next_seq(), now, None, None, None, None, moved))
+            afters.append(_After(lambda ids: self._push(moved)))
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+            return
+        cid = getattr(event, "conversation_id", None)
+        shop_id = cid.split(":", 1)[0] if cid else None
+        rows.append(("event", self._next_seq(), now, shop_id, None, cid, _encode(event), moved + decisions))
+
+        def after(ids: dict[int, int]) -> None:
+            if isinstance(event, CloseEvent):
+                if closing is not None:
+                    self._send(closing, WsClosed(event.conversation_id))
+                self.owner.pop(event.conversation_id, None)
+                self._forget_conversation(event.conversation_id)
+            self._push(moved + decisions)
+            if isinstance(event, AcceptEvent):
+                structlog.get_logger("fenliu.service").info(
+                    "accepted", agent_id=event.agent_id, conversation_id=event.conversation_id)
+            if fut is not None and not fut.done():
+                fut.set_result(moved + decisions)
+
+        afters.append(_After(after, fut))
+
+    async def _process_reply(self, job: _Job, rows: list[tuple], afters: list) -> None:
+        agent_id, cid, text = job.args
+        fut = job.future
+        conv = self.router.dispatcher.conversations.get(cid)
+        if conv is None or conv.agent_id != agent_id:
+            fut.set_exception(NotYours(f"conversation {cid!r} is not yours"))
+            return
+        if conv.state == "reserved":
+            fut.set_exception(NotYours(f"accept conversation {cid!r} before replying"))
+            return
+        self._clock = max(time.time(), self._clock)
+        result = await self.router.check_reply(conv.shop_id, text, cid, agent_id)
+        if not result.ok:
+            self.metrics.replies.labels("refused").inc()
+            log.info("reply_refused", agent_id=agent_id, conversation_id=cid, shop_id=conv.shop_id,
+                     reason=result.reason, words=[h.word for h in result.hits])
+            fut.set_result(result)
+            return
+        now = self._clock
+        index = len(rows)
+        rows.append(("reply", conv.shop_id, cid, conv.buyer_id, agent_id, result.text, now))
+
+        def after(ids: dict[int, int]) -> None:
+            rid = ids.get(index)
+            self.metrics.replies.labels("sent").inc()
+            since = self.waiting_since.pop(cid, None)
+            if since is not None:
+                self.metrics.reply_latency.observe(max(0.0, now - since))
+            self.history.setdefault(cid, deque(maxlen=HISTORY)).append(
+                WsHistoryItem("agent", result.text, now, agent_id=agent_id))
+            if rid is not None:
+                self._queue_outbox(OutboundReply(rid, conv.shop_id, cid, conv.buyer_id, result.text, now, agent_id), now, 0)
+            if not fut.done():
+                fut.set_result(result)
+
+        afters.append(_After(after, fut))
+
+    def _process_context(self, job: _Job, rows: list[tuple], afters: list) -> None:
+        (items,) = job.args
+        writes = []
+        pushes: list[tuple[str, Order]] = []
+        for item in items:
+            order = item.order
+            buyer = item.buyer_id or (self.order_buyer.get((item.shop_id, order.order_id or "")))
+            if buyer is None:
+                continue
+            key = (item.shop_id, buyer)
+            old = self.orders.get(key)
+            if old is not None and old.order_id == order.order_id:
+                order = msgspec.structs.replace(
+                    old, **{f: getattr(order, f) for f in order.__struct_fields__ if getattr(order, f) not in (None, 0.0)})
+            self.orders[key] = order
+            if order.order_id:
+                self.order_buyer[(item.shop_id, order.order_id)] = buyer
+                writes.append((item.shop_id, order.order_id, buyer, _encode(order).decode(), self._clock))
+            pushes.append((f"{item.shop_id}:{buyer}", order))
+        if writes:
+            rows.append(("orders", writes))
+        fut = job.future
+
+        def after(ids: dict[int, int]) -> None:
+            for cid, order in pushes:
+                buyer, _ = self.context.get(cid, (None, None))
+                if cid in self.router.dispatcher.conversations:
+                    self.context[cid] = (buyer, order)
+                agent = self.owner.get(cid)
+                if agent is not None:
+                    self._send(agent, WsContext(cid, order))
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+        afters.append(_After(after, fut))
+
+    # -- enrichment: buyer profiles and order context ----------------------------------------------
+
+    def _enrich(self, msg: Message) -> Message:
+        key = (msg.shop_id, msg.buyer_id)
+        profile = self.profiles.get(key)
+        order = self.orders.get(key)
+        changes: dict[str, Any] = {}
+        if profile is not None and profile.tags:
+            buyer = msg.buyer or Buyer()
+            tags = tuple(dict.fromkeys((*buyer.tags, *profile.tags)))
+            if tags != buyer.tags:
+                changes["buyer"] = msgspec.structs.replace(buyer, tags=tags)
+        if order is not None:
+            if msg.order is None:
+                changes["order"] = order
+            elif msg.order.order_id == order.order_id and msg.order.status is None and order.status:
+                changes["order"] = msgspec.structs.replace(msg.order, status=order.status)
+        return msgspec.structs.replace(msg, **changes) if changes else msg
+
+    async def set_profile(self, shop_id: str, buyer_id: str, *, tags: list[str] | None = None,
+                          add_tags: tuple[str, ...] = (), note: str | None = None,
+                          author: str | None = None) -> Profile:
+        """Set or extend a buyer's tags and add a note; applies to the buyer's next message."""
+        key = (shop_id, buyer_id)
+        current = self.profiles.get(key) or Profile()
+        new_tags = list(tags) if tags is not None else list(current.tags)
+        for t in add_tags:
+            if t not in new_tags:
+                new_tags.append(t)
+        notes = list(current.notes)
+        if note:
+            notes.append({"text": note, "by": author, "ts": time.time()})
+            notes = notes[-200:]
+        profile = Profile(new_tags, notes)
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO profiles (shop_id, buyer_id, tags, notes, updated) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(shop_id, buyer_id) DO UPDATE SET tags = excluded.tags, notes = excluded.notes, "
+                "updated = excluded.updated",
+                (shop_id, buyer_id, json.dumps(new_tags, ensure_ascii=False), json.dumps(notes, ensure_ascii=False), time.time()),
+            )
+
+        await self.store.call(write)
+        self.profiles[key] = profile
+        return profile
+
+    async def add_note(self, agent_id: str | None, conversation_id: str, text: str, tags: tuple[str, ...] = ()) -> Profile:
+        conv = self.router.dispatcher.conversations.get(conversation_id)
+        if conv is None:
+            raise NotYours(f"no open conversation {conversation_id!r}")
+        if text:
+            now = time.time()
+
+            def write(conn: sqlite3.Connection) -> None:
+                conn.execute("INSERT INTO notes (shop_id, conversation_id, agent_id, text, ts) VALUES (?, ?, ?, ?, ?)",
+                             (conv.shop_id, conversation_id, agent_id, text, now))
+
+            await self.store.call(write)
+        return await self.set_profile(conv.shop_id, conv.buyer_id, add_tags=tags, note=text or None, author=agent_id)
+
+    # -- telling agents ------------------------------------------------------------------------------
+
+    def _remember_message(self, msg: Message, own: Decision | None, clock: float) -> None:
+        cid = msg.conversation_id
+        if own is not None and own.action == "blocked":
+            return
+        text = own.text if own is not None and own.text is not None else msg.text
+        hist = self.history.setdefault(cid, deque(maxlen=HISTORY))
+        hist.append(WsHistoryItem("buyer", text, msg.ts or clock, msg_id=msg.msg_id, kind=msg.kind))
+        if own is not None and own.reply:
+            hist.append(WsHistoryItem("bot", own.reply, clock))
+        prev_buyer, prev_order = self.context.get(cid, (None, None))
+        self.context[cid] = (msg.buyer or prev_buyer, msg.order or prev_order)
+        if own is not None and own.action in ("assigned", "queued"):
+            self.waiting_since.setdefault(cid, clock)
+
+    def _forget_conversation(self, cid: str) -> None:
+        self.history.pop(cid, None)
+        self.context.pop(cid, None)
+        self.waiting_since.pop(cid, None)
+
+    def snapshot(self, cid: str, cause: str = "message") -> WsAssigned | None:
+        conv = self.router.dispatcher.conversations.get(cid)
+        if conv is None:
+            return None
+        buyer, order = self.context.get(cid, (None, None))
+        return WsAssigned(cid, conv.shop_id, conv.buyer_id, conv.state, conv.skill, conv.priority, cause,
+                          conv.reserved_until, buyer, order, list(self.history.get(cid, ())))
+
+    def _send(self, agent_id: str, frame: msgspec.Struct) -> None:
+        session = self.sessions.get(agent_id)
+        if session is not None:
+            session.deliver(frame)
+
+    def _push(self, decisions: list[Decision], messages: dict[str, Message] | None = None) -> None:
+        """Tell agents what committed decisions mean for them, and count them."""
+        for d in decisions:
+            self.metrics.decisions.labels(d.action, d.cause).inc()
+            cid = d.conversation_id
+            prev = self.owner.get(cid)
+            if d.action == "assigned" and d.agent_id:
+                if prev != d.agent_id:
+                    if prev is not None:
+                        self._send(prev, WsTransferred(cid, d.cause, d.agent_id))
+                    self.owner[cid] = d.agent_id
+                    snap = self.snapshot(cid, d.cause)
+                    if snap is not None:
+                        self._send(d.agent_id, snap)
+                    log.info("assigned", shop_id=d.shop_id, conversation_id=cid, agent_id=d.agent_id, cause=d.cause)
+                elif d.msg_id is not None:
+                    msg = (messages or {}).get(d.msg_id)
+                    ts = (msg.ts if msg is not None else None) or self._clock
+                    kind = msg.kind if msg is not None else "text"
+                    self._send(d.agent_id, WsMessage(cid, d.msg_id, d.text or "", ts, kind, list(d.flags)))
+            elif d.action == "queued" and prev is not None:
+                self._send(prev, WsTransferred(cid, d.cause))
+                self.owner.pop(cid, None)
+        for cb in self.on_committed:
+            cb(decisions)
+
+    # -- sessions and reconnect grace -------------------------------------------------------------------
+
+    async def attach(self, session: Session) -> Session | None:
+        """An agent connected: cancel its grace timer, bring it online if it was offline.
+        Returns the session it replaces, if any."""
+        aid = session.agent_id
+        handle = self._grace.pop(aid, None)
+        if handle is not None:
+            handle.cancel()
+        old = self.sessions.get(aid)
+        self.sessions[aid] = session
+        self.metrics.ws_agents.set(len(self.sessions))
+        st = self.router.dispatcher.agents.get(aid)
+        if st is not None and st.status == "offline":
+            with contextlib.suppress(InputError):
+                await self.event(AgentStatusEvent(aid, "online"))
+        log.info("agent_connected", agent_id=aid)
+        return old
+
+    def detach(self, session: Session) -> None:
+        aid = session.agent_id
+        if self.sessions.get(aid) is not session:
+            return
+        del self.sessions[aid]
+        self.metrics.ws_agents.set(len(self.sessions))
+        if not self._stopping:
+            self._start_grace(aid)
+        log.info("agent_disconnected", agent_id=aid, grace_s=self.config.main.server.reconnect_grace_s)
+
+    def _start_grace(self, agent_id: str) -> None:
+        old = self._grace.pop(agent_id, None)
+        if old is not None:
+            old.cancel()
+        grace = self.config.main.server.reconnect_grace_s
+        self._grace[agent_id] = asyncio.get_running_loop().call_later(grace, self._grace_over, agent_id)
+
+    def _grace_over(self, agent_id: str) -> None:
+        self._grace.pop(agent_id, None)
+        if agent_id in self.sessions or self._stopping:
+            return
+        st = self.router.dispatcher.agents.get(agent_id)
+        if st is not None and st.status != "offline":
+            log.info("agent_grace_over", agent_id=agent_id)
+            self._enqueue(_Job("event", (AgentStatusEvent(agent_id, "offline"), None)))
+
+    def _after_reload(self) -> None:
+        for aid, st in self.router.dispatcher.agents.items():
+            if st.status != "offline" and aid not in self.sessions and aid not in self._grace:
+                self._enqueue(_Job("event", (AgentStatusEvent(aid, "offline"), None)))
+
+    def conversations_of(self, agent_id: str) -> list[str]:
+        st = self.router.dispatcher.agents.get(agent_id)
+        return list(st.conversations) if st is not None else []
+
+    # -- the clock ---------------------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            if not self._tick_pending:
+                self._tick_pending = True
+                self._enqueue(_Job("tick", ()))
+
+    # -- outbound ------------------------------------------------------------------------------------------
+
+    def _queue_outbox(self, item: OutboundReply, when: float, attempts: int) -> None:
+        self._outbox_items[item.id] = item
+        self._outbox_attempts[item.id] = attempts
+        heapq.heappush(self._outbox, (when, item.id))
+        if when <= time.time():
+            self._deliver_soon(item.id)
+
+    def _deliver_soon(self, rid: int) -> None:
+        if rid in self._sending or rid not in self._outbox_items:
+            return
+        self._sending.add(rid)
+        asyncio.get_running_loop().create_task(self._deliver(rid))
+
+    async def _deliver(self, rid: int) -> None:
+        item = self._outbox_items.get(rid)
+        try:
+            if item is None:
+                return
+            adapter = self.adapters.get(item.shop_id)
+            error: str | None = None
+            try:
+                if adapter is None:
+                    raise DeliveryError(f"no adapter for shop {item.shop_id!r}")
+                await adapter.send(item)
+            except DeliveryError as exc:
+                error = str(exc) or type(exc).__name__
+            except Exception as exc:  # noqa: BLE001 - an adapter bug must not lose the reply
+                error = f"{type(exc).__name__}: {exc}"
+            if self._stopping:
+                return
+            if error is None:
+                self.metrics.outbound.labels("acked").inc()
+                now = time.time()
+                await self.store.call(lambda c: c.execute("UPDATE outbox SET acked = ?, failed = NULL WHERE id = ?", (now, rid)))
+                self._outbox_items.pop(rid, None)
+                self._outbox_attempts.pop(rid, None)
+                return
+            attempts = self._outbox_attempts.get(rid, 0) + 1
+            self._outbox_attempts[rid] = attempts
+            delay = min(60.0, 0.5 * 2 ** (attempts - 1))
+            next_at = time.time() + delay
+            self.metrics.outbound.labels("failed").inc()
+            log.warning("delivery_failed", shop_id=item.shop_id, conversation_id=item.conversation_id,
+                        reply_id=rid, attempts=attempts, retry_in_s=delay, error=error)
+            await self.store.call(lambda c: c.execute(
+                "UPDATE outbox SET attempts = ?, next_at = ?, failed = ? WHERE id = ?", (attempts, next_at, error, rid)))
+            heapq.heappush(self._outbox, (next_at, rid))
+        finally:
+            self._sending.discard(rid)
+
+    async def _outbox_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.time()
+            while self._outbox and self._outbox[0][0] <= now:
+                _, rid = heapq.heappop(self._outbox)
+                self._deliver_soon(rid)
+
+    def outbox_pending(self) -> int:
+        return len(self._outbox_items)
+
+
+class _After:
+    """A post-commit callback that can also fail its caller's future when the commit fails."""
+
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[dict[int, int]], None], future: asyncio.Future | None = None) -> None:
+        self.fn = fn
+        self.future = future
+
+    def __call__(self, ids: dict[int, int]) -> None:
+        self.fn(ids)
+
+    def fail(self, error: BaseException) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_exception(error)
+
+
+def _write_rows(conn: sqlite3.Connection, rows: list[tuple]) -> dict[int, int]:
+    """Write one batch of journal rows, their decisions and side tables. Returns the outbox ids
+    of reply rows by their index in ``rows``."""
+    journal = []
+    decisions = []
+    convs: dict[str, tuple] = {}
+    ids: dict[int, int] = {}
+    for index, row in enumerate(rows):
+        kind = row[0]
+        if kind in ("message", "event", "tick"):
+            _, seq, clock, shop_id, msg_id, cid, body, decs = row
+            journal.append((seq, kind, clock, shop_id, msg_id, cid, body))
+            for d in decs:
+                decisions.append((seq, d.msg_id, d.shop_id, d.conversation_id, d.action, d.agent_id, d.cause, _encode(d)))
+                convs[d.conversation_id] = (d.conversation_id, d.shop_id, d.conversation_id.split(":", 1)[1],
+                                            "assigned" if d.action == "assigned" else d.action,
+                                            d.agent_id, d.skill, d.priority, seq)
+            if kind == "event" and body is not None and b'"type":"close"' in body and cid:
+                convs[cid] = (cid, shop_id, cid.split(":", 1)[1], "closed", None, None, 0, seq)
+        elif kind == "reply":
+            _, shop_id, cid, buyer_id, agent_id, text, ts = row
+            cur = conn.execute(
+                "INSERT INTO outbox (shop_id, conversation_id, buyer_id, agent_id, text, ts, next_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (shop_id, cid, buyer_id, agent_id, text, ts, ts))
+            ids[index] = cur.lastrowid  # type: ignore[assignment]
+        elif kind == "orders":
+            conn.executemany(
+                "INSERT INTO orders (shop_id, order_id, buyer_id, body, updated) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(shop_id, order_id) DO UPDATE SET buyer_id = excluded.buyer_id, body = excluded.body, "
+                "updated = excluded.updated", row[1])
+    if journal:
+        conn.executemany("INSERT INTO journal (seq, kind, clock, shop_id, msg_id, conversation_id, body) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)", journal)
+    if decisions:
+        conn.executemany("INSERT INTO decisions (seq, msg_id, shop_id, conversation_id, action, agent_id, cause, body) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", decisions)
+    if convs:
+        conn.executemany(
+            "INSERT INTO conversations (id, shop_id, buyer_id, state, agent_id, skill, priority, updated_seq) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET state = excluded.state, "
+            "agent_id = excluded.agent_id, skill = COALESCE(excluded.skill, conversations.skill), "
+            "priority = excluded.priority, updated_seq = excluded.updated_seq", list(convs.values()))
+    return ids
