@@ -15,6 +15,7 @@ import pytest
 from plugins import bot
 from router.config import ConfigErrors, load_config
 from router.models import Buyer, Message, Order
+from router.testing import Harness
 from tests.conftest import DATA, ROOT, T0, run_fenliu
 
 pytestmark = pytest.mark.anyio
@@ -42,9 +43,16 @@ def test_corpus_is_big_and_covers_every_reply_kind():
     assert {c["expect"]["skill"] for c in CORPUS} == {"presale", "aftersale", "logistics", "vip"}
 
 
+@pytest.fixture(scope="module")
+def demo_loaded():
+    """The demo configuration, loaded once: a configuration is immutable once loaded, and each
+    case gets its own router (conversations, agents, queues)."""
+    return load_config(ROOT / "config")
+
+
 @pytest.mark.parametrize("case", CORPUS, ids=[c["id"] for c in CORPUS])
-async def test_corpus(case, fenliu_harness):
-    h = fenliu_harness()
+async def test_corpus(case, demo_loaded):
+    h = Harness(demo_loaded)
     for item in case["setup"]:
         if "type" in item:
             await h.event(item)
@@ -255,3 +263,12 @@ def test_route_sample_still_routes_every_message(demo_config):
     assert by_id["m-000003"]["skill"] == "aftersale" and by_id["m-000003"]["agent_id"] == "a-03"
     assert by_id["m-000005"]["reply"] == "抱歉刚才的回答没能帮到您，正在为您转接人工客服，请稍候。"
     assert by_id["m-000010"]["reply"] == REQUEST
+
+
+def test_docs_name_every_key_and_placeholder():
+    doc = (ROOT / "docs" / "plugins" / "bot.md").read_text(encoding="utf-8")
+    for struct in (bot.BotConfig, bot.ShopTexts, bot.FaqEntry, bot.QuickReply, bot.FaqFile):
+        for field in msgspec.structs.fields(struct):
+            assert f"`{field.name}`" in doc or f"{field.name} =" in doc, field.name
+    for name in bot.PLACEHOLDERS:
+        assert f"`{{{name}}}`" in doc

@@ -185,3 +185,13 @@ def test_route_switches_a_presale_chat_to_aftersale(demo_config):
         ("s-3", "assigned", "a-03", "aftersale", None),
         ("s-4", "assigned", "a-04", "aftersale", "您好，您的售后问题已收到，正在为您转接售后客服，请稍候。"),
     ]
+
+
+def test_docs_name_every_key():
+    from plugins.skills import SkillRule
+    from tests.conftest import ROOT
+
+    doc = (ROOT / "docs" / "plugins" / "skills.md").read_text(encoding="utf-8")
+    for struct in (SkillsConfig, SkillRule):
+        for field in msgspec.structs.fields(struct):
+            assert f"| `{field.name}` |" in doc, field.name

@@ -149,3 +149,11 @@ def test_route_vip_priority_and_flags_end_to_end(demo_config):
          "skill": "vip", "priority": 60, "reply": "尊敬的会员您好，正在为您转接专属客服，请稍候~",
          "text": "在吗", "flags": ["vip_skill:vip", "vip:svip", "vip:level>=8"], "cause": "message"},
     ]
+
+
+def test_docs_name_every_key():
+    from tests.conftest import ROOT
+
+    doc = (ROOT / "docs" / "plugins" / "vip.md").read_text(encoding="utf-8")
+    for field in msgspec.structs.fields(VipConfig):
+        assert f"| `{field.name}` |" in doc, field.name
