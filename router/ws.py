@@ -130,7 +130,11 @@ async def _handle(service: Service, session: WsSession, data: bytes) -> WsResult
     try:
         frame = _decode.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        return WsResult("invalid", False, reason=_frame_reason(exc))
+        ref = None
+        with contextlib.suppress(msgspec.DecodeError):
+            raw = msgspec.json.decode(data)
+            ref = raw.get("ref") if isinstance(raw, dict) and isinstance(raw.get("ref"), str) else None
+        return WsResult("invalid", False, ref, reason=_frame_reason(exc))
     op = type(frame).__struct_config__.tag  # type: ignore[attr-defined]
     ref = frame.ref
     cid = getattr(frame, "conversation_id", None)

@@ -1,0 +1,181 @@
+"""Pinduoduo PMC (消息服务) frames → order and refund context for conversations.
+
+PMC is a WebSocket the platform pushes JSON frames on::
+
+    {"commandType": "Common", "id": 7311, "time": 1763880000123, "sendTime": 1763880000456,
+     "message": {"type": "pdd_refund_RefundCreated", "mallID": 1001,
+                 "content": "{\\"tid\\":\\"231123-01\\",\\"refund_id\\":88,\\"refund_fee\\":1990}"}}
+
+``commandType`` is ``Common`` (a message; the client acks its ``id``), ``HeartBeat`` (keep-alive,
+sent by the client every 5–10 s), ``Ack`` or ``Fail``. ``content`` is itself a JSON string. PMC
+carries order and refund events, not chats: this adapter turns them into
+:class:`adapters.OrderContext` (order status → after-sales routing, shown to the agent), matched to
+a buyer by the order id the buyer's messages carried, or by ``buyer_id``/``open_id`` when the
+content has one.
+
+Two ways in: :class:`PmcClient` keeps the WebSocket itself (heartbeats, acks), or a relay POSTs
+frames (one or an array) to ``/v1/webhooks/pinduoduo/{shop_id}``, signed like the bridge
+(``X-Fenliu-Signature``), and gets the ack frames back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any, Literal
+
+import msgspec
+import structlog
+
+from adapters import Adapter, OrderContext, WebhookError, WebhookResult
+from router.models import Order
+
+log = structlog.get_logger("fenliu.pinduoduo")
+
+
+class PmcMessage(msgspec.Struct):
+    type: str
+    mallID: int | str | None = None  # noqa: N815 - the platform's field name
+    content: str = "{}"
+
+
+class PmcFrame(msgspec.Struct):
+    commandType: Literal["Common", "HeartBeat", "Ack", "Fail"]  # noqa: N815
+    id: int | str | None = None
+    time: int | None = None
+    sendTime: int | None = None  # noqa: N815
+    message: PmcMessage | None = None
+
+
+_frame = msgspec.json.Decoder(PmcFrame)
+_frames = msgspec.json.Decoder(list[PmcFrame])
+
+#: PMC message type → the order status the conversation shows (and routing reads).
+STATUS = {
+    "pdd_trade_TradeConfirmed": "paid",
+    "pdd_trade_TradeSellerShip": "shipped",
+    "pdd_trade_TradeSuccess": "completed",
+    "pdd_trade_TradeLogisticsAddressChanged": "address_changed",
+    "pdd_trade_TradeCancelled": "cancelled",
+    "pdd_refund_RefundCreated": "refund_requested",
+    "pdd_refund_RefundAgreeAgreement": "refund_agreed",
+    "pdd_refund_RefundReturnGoods": "return_shipped",
+    "pdd_refund_RefundSuccess": "refunded",
+    "pdd_refund_RefundClosed": "refund_closed",
+}
+
+
+def to_context(shop_id: str, frame: PmcFrame) -> OrderContext | None:
+    """The order context a ``Common`` frame carries, or ``None`` for other frames and types."""
+    if frame.commandType != "Common" or frame.message is None:
+        return None
+    status = STATUS.get(frame.message.type)
+    try:
+        content = msgspec.json.decode(frame.message.content or "{}")
+    except msgspec.DecodeError:
+        log.warning("pmc_bad_content", shop_id=shop_id, id=frame.id)
+        return None
+    if not isinstance(content, dict) or status is None:
+        return None
+    order_id = content.get("tid") or content.get("order_sn")
+    if not order_id:
+        return None
+    fee = content.get("refund_fee") or content.get("pay_amount") or 0
+    amount = float(fee) / 100.0 if isinstance(fee, int | float) else 0.0
+    buyer = content.get("buyer_id") or content.get("open_id")
+    return OrderContext(shop_id, Order(order_id=str(order_id), status=status, amount=amount),
+                        str(buyer) if buyer else None, frame.message.type)
+
+
+def ack(frame_id: int | str | None) -> dict[str, Any]:
+    return {"commandType": "Ack", "id": frame_id, "sendTime": int(time.time() * 1000)}
+
+
+def heartbeat() -> dict[str, Any]:
+    return {"commandType": "HeartBeat", "sendTime": int(time.time() * 1000)}
+
+
+class PinduoduoAdapter(Adapter):
+    name = "pinduoduo"
+
+    def parse_frames(self, body: bytes) -> tuple[list[OrderContext], list[dict[str, Any]]]:
+        """Context items and the ack frames to answer, for one frame or an array of them."""
+        try:
+            frames = _frames.decode(body) if body.lstrip()[:1] == b"[" else [_frame.decode(body)]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            from router.ingest import explain
+
+            raise WebhookError(400, f"not a PMC frame: {explain(exc)}") from None
+        items, acks = [], []
+        for f in frames:
+            if f.commandType == "Common":
+                acks.append(ack(f.id))
+                ctx = to_context(self.shop.id, f)
+                if ctx is not None:
+                    items.append(ctx)
+            elif f.commandType == "Fail":
+                log.warning("pmc_fail", shop_id=self.shop.id, id=f.id)
+        return items, acks
+
+    def parse_webhook(self, headers: Any, body: bytes) -> WebhookResult:
+        from router.server import SIGNATURE_HEADER, check_signature
+
+        secret = self.shop.secret
+        if secret is None:
+            raise WebhookError(401, f"shop {self.shop.id!r} has no secret configured; unsigned pushes are refused")
+        why = check_signature(secret, body, headers.get(SIGNATURE_HEADER))
+        if why is not None:
+            raise WebhookError(401, why)
+        items, acks = self.parse_frames(body)
+        return WebhookResult(context=items, response=acks)
+
+    async def send(self, reply: Any) -> None:
+        from adapters import DeliveryError
+
+        raise DeliveryError("PMC carries no chat replies; give the shop a bridge callback_url")
+
+
+class PmcClient:
+    """Keeps a PMC WebSocket: hands each ``Common`` frame's context to the service, acks its id,
+    sends a heartbeat every ``heartbeat_s``, reconnects with backoff."""
+
+    def __init__(self, adapter: PinduoduoAdapter, url: str, heartbeat_s: float = 8.0) -> None:
+        self.adapter = adapter
+        self.url = url
+        self.heartbeat_s = heartbeat_s
+        self.received = 0
+
+    async def run(self) -> None:
+        import aiohttp
+
+        delay = 1.0
+        async with aiohttp.ClientSession() as http:
+            while True:
+                try:
+                    async with http.ws_connect(self.url) as ws:
+                        delay = 1.0
+                        beat = asyncio.create_task(self._beat(ws))
+                        try:
+                            async for msg in ws:
+                                if msg.type != aiohttp.WSMsgType.TEXT:
+                                    continue
+                                items, acks = self.adapter.parse_frames(msg.data.encode())
+                                if items and self.adapter.service is not None:
+                                    await self.adapter.service.order_context(items)
+                                self.received += len(acks)
+                                for a in acks:
+                                    await ws.send_json(a)
+                        finally:
+                            beat.cancel()
+                            with contextlib.suppress(asyncio.CancelledError):
+                                await beat
+                except (aiohttp.ClientError, WebhookError, OSError) as exc:
+                    log.warning("pmc_disconnected", shop_id=self.adapter.shop.id, error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(60.0, delay * 2)
+
+    async def _beat(self, ws: Any) -> None:
+        while True:
+            await ws.send_json(heartbeat())
+            await asyncio.sleep(self.heartbeat_s)

@@ -1,0 +1,296 @@
+"""End-to-end tests of ``fenliu serve``: a real aiohttp server on a free loopback port, a real
+SQLite file, real aiohttp clients and WebSocket agents."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from tests.router.serve_support import (
+    ENV,
+    Agent,
+    Client,
+    NoWechat,
+    add_accounts,
+    db_rows,
+    message,
+    start_server,
+    write_config,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def env(monkeypatch):
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+
+
+@pytest.fixture
+def make_server(tmp_path, env):
+    """``await make_server(**config)`` → (server, client); the caller stops them."""
+
+    async def make(**kw):
+        cfg = write_config(tmp_path, **kw)
+        add_accounts(tmp_path / "fenliu.db")
+        server = await start_server(cfg, NoWechat())
+        return server, Client(server.url, aiohttp.ClientSession())
+
+    return make
+
+
+@pytest.fixture
+async def server(make_server):
+    srv, client = await make_server()
+    try:
+        yield srv, client
+    finally:
+        await client.http.close()
+        await srv.stop()
+
+
+@pytest.fixture
+async def fast_server(make_server):
+    srv, client = await make_server(accept_timeout_s=0.6, grace_s=0.8)
+    try:
+        yield srv, client
+    finally:
+        await client.http.close()
+        await srv.stop()
+
+
+async def test_signed_ingest_is_journaled_and_idempotent(server, tmp_path):
+    srv, c = server
+    status, body = await c.post_messages("pdd-a", message("m-1"))
+    assert (status, body) == (202, {"accepted": 1, "duplicates": 0})
+    rows = db_rows(tmp_path / "fenliu.db", "SELECT shop_id, msg_id, conversation_id FROM messages")
+    assert rows == [("pdd-a", "m-1", "pdd-a:b-1")]
+    decided = db_rows(tmp_path / "fenliu.db", "SELECT action FROM decisions WHERE msg_id = 'm-1'")
+    assert decided == [("queued",)]  # nobody is connected yet: agents start offline in serve
+    status, body = await c.post_messages("pdd-a", [message("m-1"), message("m-2", "b-2")])
+    assert (status, body) == (202, {"accepted": 1, "duplicates": 1})
+    assert db_rows(tmp_path / "fenliu.db", "SELECT count(*) FROM decisions WHERE msg_id = 'm-1'") == [(1,)]
+
+
+async def test_refusals_have_clear_bodies(server, tmp_path):
+    srv, c = server
+    status, body = await c.post_messages("pdd-a", message("m-1"), secret="wrong")
+    assert status == 401 and "signature" in body["error"]
+    async with c.http.post(f"{c.url}/v1/shops/pdd-a/messages", json=message("m-1")) as r:
+        assert r.status == 401 and "X-Fenliu-Signature" in (await r.json())["error"]
+    status, body = await c.post_messages("nope", message("m-1", shop="nope"))
+    assert status == 404 and "nope" in body["error"]
+    status, body = await c.post_messages("pdd-a", None, raw=b'{"shop_id": "pdd-a", "msg_id": ')
+    assert status == 400 and "JSON" in body["error"]
+    status, body = await c.post_messages("pdd-a", None, raw=b"x" * 5000)
+    assert status == 413 and "max_body_bytes" in body["error"]
+    status, body = await c.post_messages("pdd-a", [message(f"m-{i}", f"b-{i}") for i in range(21)])
+    assert status == 413 and "max_batch" in body["error"]
+    status, body = await c.post_messages("pdd-a", [])
+    assert status == 400
+    assert db_rows(tmp_path / "fenliu.db", "SELECT count(*) FROM messages") == [(0,)]
+
+
+async def test_bad_items_are_named_and_good_ones_go_through(server, tmp_path):
+    srv, c = server
+    batch = [message("g-1"), {"shop_id": "pdd-a", "buyer_id": "b-9"}, message("g-2", "b-2", kind="sticker"),
+             message("g-3", shop="tb-b"), message("g-4", "b-4")]
+    status, body = await c.post_messages("pdd-a", batch)
+    assert status == 400
+    assert [(e["index"]) for e in body["errors"]] == [1, 2, 3]
+    assert "msg_id" in body["errors"][0]["reason"]
+    assert "kind" in body["errors"][1]["reason"]
+    assert "does not match" in body["errors"][2]["reason"]
+    assert body["error"].startswith("item 1:")
+    assert body["accepted"] == 2 and body["accepted_ids"] == ["g-1", "g-4"]
+    assert sorted(r[0] for r in db_rows(tmp_path / "fenliu.db", "SELECT msg_id FROM messages")) == ["g-1", "g-4"]
+
+
+async def test_agent_accepts_replies_and_forbidden_reply_is_refused(server, tmp_path):
+    srv, c = server
+    token = await c.login("acme:a01")
+    agent = await Agent.connect(c, token)
+    hello = await agent.next("hello")
+    assert hello["agent_id"] == "a-01" and hello["status"] == "online"
+
+    order = {"order_id": "240101-88", "status": "shipped", "amount": 199.0, "goods": "羽绒服"}
+    status, _ = await c.post_messages("pdd-a", message("m-1", "b-42", text="在吗?我的快递到哪了", order=order))
+    assert status == 202
+    assigned = await agent.next("assigned", conversation_id="pdd-a:b-42")
+    assert assigned["state"] == "reserved" and assigned["reserved_until"]
+    assert assigned["order"]["order_id"] == "240101-88"
+    assert [h["text"] for h in assigned["history"]] == ["在吗?我的快递到哪了"]
+
+    result = await agent.request({"type": "accept", "conversation_id": "pdd-a:b-42"})
+    assert result["ok"], result
+    await c.post_messages("pdd-a", message("m-2", "b-42", text="单号是多少"))
+    follow = await agent.next("message", conversation_id="pdd-a:b-42")
+    assert follow["text"] == "单号是多少"
+
+    ok = await agent.request({"type": "reply", "conversation_id": "pdd-a:b-42", "text": "亲,已经帮您催件了"})
+    assert ok["ok"] and ok["text"] == "亲,已经帮您催件了"
+    refused = await agent.request({"type": "reply", "conversation_id": "pdd-a:b-42", "text": "加我微信发你优惠"})
+    assert not refused["ok"]
+    assert "微信" in refused["reason"] and refused["hits"][0]["word"] == "微信"
+    texts = [r[0] for r in db_rows(tmp_path / "fenliu.db", "SELECT text FROM outbox")]
+    assert texts == ["亲,已经帮您催件了"]
+
+    note = await agent.request({"type": "note", "conversation_id": "pdd-a:b-42", "text": "老客户,催过两次",
+                                "tags": ["急躁"]})
+    assert note["ok"]
+    assert db_rows(tmp_path / "fenliu.db", "SELECT text FROM notes") == [("老客户,催过两次",)]
+    assert texts == [r[0] for r in db_rows(tmp_path / "fenliu.db", "SELECT text FROM outbox")]
+
+    bad = await agent.request({"type": "dance", "conversation_id": "pdd-a:b-42"})
+    assert not bad["ok"] and "unknown frame type" in bad["reason"]
+    closed = await agent.request({"type": "close", "conversation_id": "pdd-a:b-42"})
+    assert closed["ok"]
+    await agent.next("closed", conversation_id="pdd-a:b-42")
+    await agent.close()
+
+
+async def test_reservation_timeout_reroutes(fast_server):
+    srv, c = fast_server
+    a1 = await Agent.connect(c, await c.login("acme:a01"))
+    await a1.next("hello")
+    a2 = await Agent.connect(c, await c.login("acme:a02"))
+    await a2.next("hello")
+    await c.post_messages("pdd-a", message("m-1", "b-7"))
+    first = srv.service.router.dispatcher.conversations["pdd-a:b-7"].agent_id
+    holder, other = (a1, a2) if first == "a-01" else (a2, a1)
+    await holder.next("assigned", conversation_id="pdd-a:b-7")
+    moved = await holder.next("transferred", conversation_id="pdd-a:b-7")
+    assert moved["cause"] == "reservation_timeout"
+    again = await other.next("assigned", conversation_id="pdd-a:b-7")
+    assert again["cause"] == "reservation_timeout"
+    assert srv.service.router.dispatcher.conversations["pdd-a:b-7"].agent_id != first
+    await a1.close()
+    await a2.close()
+
+
+async def test_reconnect_within_grace_keeps_conversations_and_after_it_goes_offline(fast_server):
+    srv, c = fast_server
+    token = await c.login("acme:a01")
+    agent = await Agent.connect(c, token)
+    await agent.next("hello")
+    await c.post_messages("pdd-a", message("m-1", "b-3"))
+    await agent.next("assigned", conversation_id="pdd-a:b-3")
+    assert (await agent.request({"type": "accept", "conversation_id": "pdd-a:b-3"}))["ok"]
+    await agent.close()
+
+    agent = await Agent.connect(c, token)
+    hello = await agent.next("hello")
+    assert [x["conversation_id"] for x in hello["conversations"]] == ["pdd-a:b-3"]
+    await agent.close()
+
+    admin = await c.login("acme")
+    async with asyncio.timeout(10):
+        while True:
+            status, body = await c.call("GET", "/v1/agents", admin)
+            a01 = next(a for a in body["agents"] if a["id"] == "a-01")
+            if a01["status"] == "offline":
+                break
+            await asyncio.sleep(0.1)
+    assert a01["conversations"] == []
+    conv = srv.service.router.dispatcher.conversations["pdd-a:b-3"]
+    assert conv.agent_id != "a-01"
+
+
+async def test_permissions(server):
+    srv, c = server
+    await c.post_messages("pdd-a", message("m-1", "b-1"))
+    b_agent = await c.login("acme:b01")
+    lead_a = await c.login("acme:lead-a")
+    status, body = await c.call("GET", "/v1/conversations/pdd-a:b-1", b_agent)
+    assert status == 403 and "pdd-a" in body["error"]
+    status, _ = await c.call("GET", "/v1/conversations?shop_id=pdd-a", b_agent)
+    assert status == 403
+    status, body = await c.call("GET", "/v1/conversations", b_agent)
+    assert status == 200 and body["conversations"] == []
+    status, body = await c.call("GET", "/v1/conversations", lead_a)
+    assert [x["id"] for x in body["conversations"]] == ["pdd-a:b-1"]
+    status, body = await c.call("GET", "/v1/conversations/pdd-a:b-1", lead_a)
+    assert status == 200 and body["history"][0]["text"]
+    status, _ = await c.call("GET", "/v1/conversations")
+    assert status == 401
+    status, _ = await c.call("GET", "/v1/conversations", "forged.token")
+    assert status == 401
+    status, _ = await c.call("PUT", "/v1/agents/a-01/status", b_agent, json={"status": "online"})
+    assert status == 403
+    status, body = await c.call("PUT", "/v1/agents/a-01/status", lead_a, json={"status": "break"})
+    assert status == 200 and body["status"] == "break"
+    status, body = await c.call("PUT", "/v1/agents/a-01/status", lead_a, json={"status": "asleep"})
+    assert status == 400
+    status, _ = await c.call("POST", "/v1/admin/reload", lead_a)
+    assert status == 403
+    status, _ = await c.call("PUT", "/v1/shops/pdd-a/buyers/b-1", b_agent, json={"add_tags": ["x"]})
+    assert status == 403
+
+    agent = await Agent.connect(c, b_agent)
+    await agent.next("hello")
+    r = await agent.request({"type": "reply", "conversation_id": "pdd-a:b-1", "text": "你好"})
+    assert not r["ok"] and "forbidden" in r["reason"]
+    r = await agent.request({"type": "close", "conversation_id": "tb-b:b-1"})
+    assert not r["ok"] and "no open conversation" in r["reason"]
+    await agent.close()
+
+
+async def test_buyer_profile_tags_reach_the_next_message(server, tmp_path):
+    srv, c = server
+    lead = await c.login("acme:lead-a")
+    status, body = await c.call("PUT", "/v1/shops/pdd-a/buyers/b-5", lead, json={"tags": ["svip"], "note": "大客户"})
+    assert status == 200 and body["tags"] == ["svip"]
+    await c.post_messages("pdd-a", message("m-1", "b-5", buyer={"nick": "小王", "tags": ["vip"]}))
+    (body,) = db_rows(tmp_path / "fenliu.db", "SELECT body FROM messages WHERE msg_id = 'm-1'")[0]
+    assert json.loads(body)["buyer"]["tags"] == ["vip", "svip"]
+    status, body = await c.call("GET", "/v1/shops/pdd-a/buyers/b-5", lead)
+    assert body["notes"][0]["text"] == "大客户"
+
+
+async def test_reload_keeps_old_config_on_errors(server):
+    srv, c = server
+    admin = await c.login("acme")
+    cfg = srv.service.config.dir
+    good = (cfg / "policies" / "default.toml").read_text()
+    (cfg / "policies" / "default.toml").write_text(good.replace('"round_robin"', '"roundrobin"'))
+    status, body = await c.call("POST", "/v1/admin/reload", admin)
+    assert status == 422 and any("dispatch.strategy" in e for e in body["errors"])
+    (cfg / "policies" / "default.toml").write_text(good.replace("accept_timeout_s = 30.0", "accept_timeout_s = 40.0"))
+    status, body = await c.call("POST", "/v1/admin/reload", admin)
+    assert status == 200 and body["reloaded"]
+    assert srv.service.config.policy_for("pdd-a").dispatch.accept_timeout_s == 40.0
+
+
+async def test_health_metrics_and_stats(server):
+    srv, c = server
+    await c.post_messages("pdd-a", message("m-1"))
+    async with c.http.get(f"{c.url}/healthz") as r:
+        assert r.status == 200 and (await r.json())["status"] == "ok"
+    async with c.http.get(f"{c.url}/metrics") as r:
+        text = await r.text()
+    assert 'fenliu_messages_total{shop="pdd-a"} 1.0' in text
+    assert 'fenliu_decisions_total{action="queued",cause="message"} 1.0' in text
+    assert "fenliu_queue_depth" in text and "fenliu_agent_load" in text and "fenliu_reply_latency_seconds" in text
+    status, body = await c.call("GET", "/v1/stats", await c.login("acme"))
+    assert body["shops"]["pdd-a"]["queued"] == 1 and body["invariants"] == "ok"
+
+
+async def test_ingest_bound_gives_503(make_server):
+    srv, c = await make_server(queue_max=2)
+    try:
+        async def one(i):
+            return await c.post_messages("pdd-a", message(f"m-{i}", f"b-{i % 40}"))
+
+        results = await asyncio.gather(*(one(i) for i in range(150)))
+        statuses = {s for s, _ in results}
+        assert statuses <= {202, 503} and 503 in statuses
+        assert srv.service.pending_ingest == 0
+        refused = [b for s, b in results if s == 503]
+        assert "overloaded" in refused[0]["error"]
+    finally:
+        await c.http.close()
+        await srv.stop()
