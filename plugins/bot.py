@@ -303,7 +303,6 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
     memory: dict[str, Any] = ctx.meta.setdefault("bot", {"answered": [], "last": None})  # type: ignore[assignment]
     lowered = message.text.lower()
     sid = ctx.shop.id
-    values = placeholder_values(ctx.shop, message.buyer, message.order, cfg.fallbacks)
     offline = not ctx.in_business_hours() or ctx.agents_available() == 0
     shop_texts = cfg.shops.get(sid)
     offline_text = (shop_texts.offline if shop_texts and shop_texts.offline is not None else cfg.offline)
@@ -334,7 +333,7 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
         kind, text = "welcome", welcome
     if kind is None or not text:
         return None
-    reply = render(text, values)
+    reply = render(text, placeholder_values(ctx.shop, message.buyer, message.order, cfg.fallbacks))
     if reply == memory["last"]:
         log.debug("bot_repeat_suppressed", kind=kind)
         return None
