@@ -63,7 +63,8 @@ def fenliu_configure(config: Config) -> None:
 
     Called at start and on every reload, after validation and before the new configuration is
     swapped in. Build derived state here (automata, compiled patterns) so that the first message
-    does not pay for it. Raise :class:`router.config.ConfigError` to reject the configuration;
+    does not pay for it. Raise :class:`router.config.ConfigError` (or
+    :class:`router.config.ConfigErrors` to report several at once) to reject the configuration;
     the running router then keeps its previous one. Return value ignored.
     """
 

@@ -25,7 +25,7 @@ import pluggy
 import structlog
 
 from router import hookspecs
-from router.config import ConfigError
+from router.config import ConfigError, ConfigErrors
 from router.models import BotReply, FilterVerdict, Message
 
 if TYPE_CHECKING:
@@ -126,7 +126,12 @@ class PluginSet:
             if short in settings.disabled or modname in settings.disabled:
                 self.infos.append(PluginInfo(short, "builtin", modname, [], "disabled"))
                 continue
-            self.register(importlib.import_module(modname), short, "builtin")
+            try:
+                module = importlib.import_module(modname)
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the router
+                self._failed(short, exc, "builtin")
+                continue
+            self.register(module, short, "builtin")
         self._load_third_party(settings, errors, config_file)
         for i, obj in enumerate(extra):
             name = getattr(obj, "__name__", None) or f"{type(obj).__name__}-{i}"
@@ -168,10 +173,10 @@ class PluginSet:
                 continue
             self.register(obj, name, origin)
 
-    def _failed(self, name: str, exc: BaseException) -> None:
+    def _failed(self, name: str, exc: BaseException, origin: str = "third-party") -> None:
         log.error("plugin_load_failed", plugin=name, error=f"{type(exc).__name__}: {exc}")
         self.errors[name] += 1
-        self.infos.append(PluginInfo(name, "third-party", name, [], f"failed: {type(exc).__name__}: {exc}"))
+        self.infos.append(PluginInfo(name, origin, name, [], f"failed: {type(exc).__name__}: {exc}"))
 
     def register(self, obj: object, name: str, origin: str = "test") -> None:
         try:
@@ -231,6 +236,8 @@ class PluginSet:
                 impl.call(config)
             except ConfigError as exc:
                 errors.append(exc)
+            except ConfigErrors as exc:
+                errors.extend(exc.errors)
             except Exception as exc:  # noqa: BLE001
                 errors.append(ConfigError(config.dir, f"plugins.{impl.plugin}", f"configure failed: {type(exc).__name__}: {exc}"))
 

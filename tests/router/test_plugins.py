@@ -156,3 +156,16 @@ def test_broken_third_party_plugin_is_skipped_not_fatal(fenliu, fenliu_config_di
     assert r.returncode == 0
     assert json.loads(r.stdout.splitlines()[0])["msg_id"] == "m1"
     assert "plugin_load_failed" in r.stderr
+
+
+def test_configure_may_report_several_errors(fenliu_config_dir):
+    from router.config import ConfigError, ConfigErrors, load_config
+
+    class Picky:
+        @hookimpl
+        def fenliu_configure(self, config):
+            raise ConfigErrors([ConfigError("a.toml", "x.y", "bad"), ConfigError("b.toml", "z", "worse")])
+
+    with pytest.raises(ConfigErrors) as exc:
+        load_config(fenliu_config_dir, PluginSet.load(extra=[Picky()]))
+    assert [str(e) for e in exc.value.errors] == ["a.toml: x.y: bad", "b.toml: z: worse"]
