@@ -1,0 +1,102 @@
+"""Accounts: the ``fenliu accounts`` command, argon2 hashes, main/sub-account rules, tokens."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from router import accounts as acct
+from router.server import ACCOUNTS
+from router.store import Store
+from tests.router.serve_support import ENV, Client, start_server, write_config
+
+pytestmark = pytest.mark.anyio
+
+
+def test_cli_add_list_passwd(tmp_path, fenliu):
+    cfg = write_config(tmp_path)
+    db = tmp_path / "fenliu.db"
+    r = fenliu("accounts", "--config", str(cfg), "add", "acme", "--password-stdin", input="boss-pass\n")
+    assert r.returncode == 0, r.stderr
+    assert "created acme (admin, shops *)" in r.stdout
+    r = fenliu("accounts", "--config", str(cfg), "add", "acme:小美", "--shops", "pdd-a", "--agent", "a-01",
+               "--password-stdin", input="mei-pass\n")
+    assert r.returncode == 0, r.stderr
+    r = fenliu("accounts", "--config", str(cfg), "add", "other:x", "--password-stdin", input="abcd\n")
+    assert r.returncode == 1 and "main account 'other' does not exist" in r.stderr
+    r = fenliu("accounts", "--config", str(cfg), "add", "acme:y", "--shops", "nope", "--password-stdin", input="abcd\n")
+    assert r.returncode == 1 and "unknown shop 'nope'" in r.stderr
+    r = fenliu("accounts", "--config", str(cfg), "add", "acme", "--password-stdin", input="abcd\n")
+    assert r.returncode == 1 and "already exists" in r.stderr
+    r = fenliu("accounts", "--config", str(cfg), "list")
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == ["acme\tadmin\tshops=*", "acme:小美\tagent\tshops=pdd-a\tagent=a-01"]
+
+    store = Store(db)
+    try:
+        hashed = store.conn.execute("SELECT password_hash FROM accounts WHERE name = 'acme'").fetchone()[0]
+        assert hashed.startswith("$argon2id$") and "boss-pass" not in hashed
+        assert store.run_sync(lambda c: acct.verify(c, "acme:小美", "mei-pass")).agent_id == "a-01"
+        assert store.run_sync(lambda c: acct.verify(c, "acme:小美", "wrong")) is None
+        assert store.run_sync(lambda c: acct.verify(c, "ghost", "mei-pass")) is None
+    finally:
+        store.close_sync()
+    r = fenliu("accounts", "--config", str(cfg), "passwd", "acme:小美", "--password-stdin", input="new-pass\n")
+    assert r.returncode == 0, r.stderr
+    store = Store(db)
+    try:
+        assert store.run_sync(lambda c: acct.verify(c, "acme:小美", "new-pass")) is not None
+        assert store.run_sync(lambda c: acct.verify(c, "acme:小美", "mei-pass")) is None
+    finally:
+        store.close_sync()
+
+
+def test_sub_account_shops_are_bounded_by_the_main_account(tmp_path):
+    store = Store(tmp_path / "a.db")
+    try:
+        store.run_sync(lambda c: acct.add(c, "shopco", "pass1", "admin", ("pdd-a",)))
+        with pytest.raises(acct.AccountError, match="not permitted"):
+            store.run_sync(lambda c: acct.add(c, "shopco:x", "pass1", "agent", ("tb-b",)))
+        sub = store.run_sync(lambda c: acct.add(c, "shopco:y", "pass1", "agent"))
+        assert sub.shops == ("pdd-a",) and sub.main == "shopco"
+        with pytest.raises(acct.AccountError, match="bad role"):
+            store.run_sync(lambda c: acct.add(c, "z", "pass1", "boss"))
+    finally:
+        store.close_sync()
+
+
+def test_tokens_are_signed_and_expire():
+    key = b"k" * 32
+    account = acct.Account("acme:a", "agent", ("pdd-a",))
+    token, expires = acct.issue_token(key, account, 60, now=1000.0)
+    assert acct.read_token(key, token, now=1030.0) == ("acme:a", 1)
+    assert acct.read_token(key, token, now=expires + 1) is None
+    assert acct.read_token(b"x" * 32, token, now=1030.0) is None
+    payload, sig = token.split(".")
+    assert acct.read_token(key, payload[:-2] + "AA." + sig, now=1030.0) is None
+
+
+async def test_login_and_password_change_revokes_tokens(tmp_path, monkeypatch):
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    cfg = write_config(tmp_path)
+    store = Store(tmp_path / "fenliu.db")
+    store.run_sync(lambda c: acct.add(c, "acme", "old-pass", "admin"))
+    store.close_sync()
+    server = await start_server(cfg)
+    try:
+        async with aiohttp.ClientSession() as http:
+            c = Client(server.url, http)
+            status, body = await c.call("POST", "/v1/auth/login", json={"account": "acme", "password": "nope"})
+            assert status == 401 and body["error"] == "wrong account or password"
+            status, body = await c.call("POST", "/v1/auth/login", data=b"{")
+            assert status == 400
+            token = await c.login("acme", "old-pass")
+            assert (await c.call("GET", "/v1/agents", token))[0] == 200
+            await server.service.store.call(lambda conn: acct.passwd(conn, "acme", "new-pass"))
+            server.runner.app[ACCOUNTS].cache.clear()
+            status, body = await c.call("GET", "/v1/agents", token)
+            assert status == 401 and "password changed" in body["error"]
+            assert (await c.call("GET", "/v1/agents", await c.login("acme", "new-pass")))[0] == 200
+    finally:
+        await server.stop()
