@@ -191,6 +191,9 @@ def _error_from_validation(file: Path | str, exc: msgspec.ValidationError, prefi
         field = reason.split()[-1]
         path = f"{path}.{field}" if path else field
         reason = "required key is missing"
+    elif reason.startswith("field ") and ": " in reason:  # a __post_init__ check naming its key
+        field, _, reason = reason[6:].partition(": ")
+        path = f"{path}.{field}" if path else field
     return ConfigError(file, path, reason)
 
 
