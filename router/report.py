@@ -115,7 +115,7 @@ def queue_chart(doc: dict[str, Any]) -> str:
 
     pols = doc["policies"]
     tz = ZoneInfo(doc["scenario"]["timezone"])
-    fig, axes = plt.subplots(1, len(pols), figsize=(5.2 * len(pols), 3.2), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(pols), figsize=(5.6 * len(pols), 3.2), sharey=True, squeeze=False)
     skills = sorted({k for p in pols for k in p["queue"]["series"]})
     colours = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(skills)}
     for ax, p in zip(axes[0], pols):
@@ -127,12 +127,13 @@ def queue_chart(doc: dict[str, Any]) -> str:
             xs = [datetime.fromtimestamp(q["start"] + i * q["bucket_s"], tz) for i in range(len(ys))]
             ax.step(xs, ys, where="post", label=skill, color=colours[skill], linewidth=1.2)
         ax.set_title(f"{p['policy']} — waiting conversations")
+        ax.xaxis.set_major_locator(mdates.AutoDateLocator(tz=tz, minticks=3, maxticks=6))
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=tz))
         ax.set_xlabel(f"local time ({doc['scenario']['timezone']}), max per {q['bucket_s']:.0f} s")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("queue depth")
     if skills:
-        axes[0][-1].legend(title="skill", fontsize=8, loc="upper right")
+        axes[0][-1].legend(title="skill", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _svg(fig)
 
 

@@ -10,6 +10,7 @@ on the policy being simulated, so every policy sees exactly the same buyers.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import random
 import tomllib
@@ -44,6 +45,9 @@ class Fixed(_Struct, tag="fixed", tag_field="dist"):
     def quantile(self, u: float) -> float:
         return self.value
 
+    def sample(self, rng: random.Random) -> float:
+        return self.value
+
 
 class Exponential(_Struct, tag="exponential", tag_field="dist"):
     """Memoryless, for gaps between independent events."""
@@ -52,6 +56,9 @@ class Exponential(_Struct, tag="exponential", tag_field="dist"):
 
     def quantile(self, u: float) -> float:
         return -self.mean * math.log1p(-u)
+
+    def sample(self, rng: random.Random) -> float:
+        return rng.expovariate(1.0 / self.mean)
 
 
 class Lognormal(_Struct, tag="lognormal", tag_field="dist"):
@@ -66,6 +73,10 @@ class Lognormal(_Struct, tag="lognormal", tag_field="dist"):
         x = self.median * math.exp(self.sigma * _inv_cdf(min(max(u, 1e-12), 1 - 1e-12)))
         return x if self.max is None else min(x, self.max)
 
+    def sample(self, rng: random.Random) -> float:
+        x = self.median * math.exp(self.sigma * rng.gauss(0.0, 1.0))
+        return x if self.max is None else min(x, self.max)
+
 
 class Empirical(_Struct, tag="empirical", tag_field="dist"):
     """Measured values (e.g. exported handle times), drawn with equal probability."""
@@ -73,8 +84,16 @@ class Empirical(_Struct, tag="empirical", tag_field="dist"):
     values: Annotated[tuple[NonNeg, ...], msgspec.Meta(min_length=1)]
 
     def quantile(self, u: float) -> float:
-        ordered = sorted(self.values)
+        ordered = _sorted(self.values)
         return ordered[min(int(u * len(ordered)), len(ordered) - 1)]
+
+    def sample(self, rng: random.Random) -> float:
+        return self.values[int(rng.random() * len(self.values))]
+
+
+@functools.lru_cache(maxsize=64)
+def _sorted(values: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(sorted(values))
 
 
 Dist = Fixed | Exponential | Lognormal | Empirical
@@ -384,9 +403,9 @@ def generate(s: Scenario, config: Config, seed: int) -> list[ConvSpec]:
     vip_buyer = Buyer(tags=tuple(s.buyers.vip_tags), level=5, lifetime_spend=12800.0)
     per_day = t.conversations_per_shop * len(shops)
     random_ = rng.random
-    msgs_q = t.messages.quantile
-    gap_q = t.message_gap_s.quantile
-    pat_q = s.buyers.patience_s.quantile
+    msgs = t.messages.sample
+    gap = t.message_gap_s.sample
+    patience = s.buyers.patience_s.sample
     out: list[ConvSpec] = []
     n = 0
     for a, b, rate in _rate_segments(s, per_day):
@@ -399,16 +418,16 @@ def generate(s: Scenario, config: Config, seed: int) -> list[ConvSpec]:
                 break
             shop = shops[bisect.bisect_left(cum_w, random_() * total_w)]
             cat = cats[min(bisect.bisect_left(cum_c, random_() * acc), len(cats) - 1)]
-            count = max(1, round(msgs_q(random_())))
+            count = max(1, round(msgs(rng)))
             times = [now]
             for _ in range(count - 1):
-                times.append(times[-1] + gap_q(random_()))
+                times.append(times[-1] + gap(rng))
             pool = texts[cat]
             said = tuple(pool[int(random_() * len(pool))] for _ in range(count))
             n += 1
             out.append(ConvSpec(
                 n, shop, f"sb-{n}", cat, tuple(times), said,
                 vip_buyer if cat == "vip" else None, _ORDERS.get(cat),
-                pat_q(random_()), random_(), random_(),
+                patience(rng), random_(), random_(),
             ))
     return out

@@ -1,0 +1,130 @@
+"""Simulated buyer messages per second of ``fenliu simulate`` on one core: 100 shops, 300 agents,
+one sale day (arrival curve, bursts, patience, reservations, transfers), the real router.
+
+"Messages" are buyer messages routed; "inputs" add the events the simulated people cause
+(accept, close, transfer, buyers leaving) and the dispatcher's timer wake-ups. Traffic
+generation is timed separately: it is done once and shared by every policy compared.
+
+Run: ``.venv/bin/python bench/bench_simulate.py [--conversations N] [--plugins on|off|both]
+[--profile]``; results go to ``bench/results/simulate.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import save, show  # noqa: E402
+from router.config import load_config  # noqa: E402
+from router.scenario import load_scenario  # noqa: E402
+from router.simulate import Simulation, build_traffic  # noqa: E402
+
+SHOPS = 100
+SORT = "tottime"
+AGENTS = 300
+SKILL_SETS = (("presale", "logistics"), ("presale", "aftersale"), ("aftersale", "logistics", "vip"))
+SHIFTS = ("", 'schedule = [{ days = "mon-sun", start = "08:00", end = "17:00" }]\n',
+          'schedule = [{ days = "mon-sun", start = "14:00", end = "24:00" }]\n')
+SCENARIO = """
+name = "bench-100-shops"
+seed = 42
+start = 2025-11-11
+duration_h = 24
+[traffic]
+conversations_per_shop = {per_shop}
+bursts = [{{ start = "20:00", end = "22:00", multiplier = 2.5 }}]
+[agents]
+transfer_share = 0.02
+"""
+
+
+def make_config(root: Path, plugins: bool) -> Path:
+    """100 shops with business hours; 300 agents, each serving two neighbouring shops, three
+    skill mixes and three shift patterns."""
+    root.mkdir(parents=True, exist_ok=True)
+    disabled = "[]" if plugins else '["sensitive", "bot", "skills", "vip"]'
+    (root / "fenliu.toml").write_text(f'[plugins]\ndisabled = {disabled}\n[defaults]\npolicy = "p"\n')
+    (root / "shops.toml").write_text("".join(
+        f'[[shops]]\nid = "s{i:03d}"\nplatform = "pinduoduo"\n'
+        f'business_hours = [{{ days = "mon-sun", start = "07:00", end = "24:00" }}]\n' for i in range(SHOPS)))
+    agents = []
+    for i in range(AGENTS):
+        shop = i * SHOPS // AGENTS
+        shops = f'["s{shop:03d}", "s{(shop + 1) % SHOPS:03d}"]'
+        skills = ", ".join(f'"{s}"' for s in SKILL_SETS[i % 3])
+        agents.append(f'[[agents]]\nid = "a{i:03d}"\nskills = [{skills}]\nshops = {shops}\nmax_concurrent = 5\n'
+                      f"{SHIFTS[(i // 3) % 3]}")
+    (root / "agents.toml").write_text("\n".join(agents))
+    (root / "policies").mkdir(exist_ok=True)
+    (root / "policies" / "p.toml").write_text(
+        '[dispatch]\nstrategy = "round_robin"\naccept_timeout_s = 45\n'
+        'targets = [{ skills = ["@skill"], timeout_s = 60 }, { skills = ["@skill", "presale", "aftersale"] }]\n'
+        '[dispatch.skill_targets]\nvip = [{ skills = ["vip"], timeout_s = 30 }, { skills = ["aftersale", "presale"] }]\n')
+    return root
+
+
+def run(plugins: bool, per_shop: int, profile: bool) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load_config(make_config(Path(tmp) / "config", plugins))
+        scen_path = Path(tmp) / "scenario.toml"
+        scen_path.write_text(SCENARIO.format(per_shop=per_shop))
+        scenario = load_scenario(scen_path, config)
+        t0 = time.perf_counter()
+        traffic, _ = build_traffic(scenario, config, scenario.seed, None)
+        gen_s = time.perf_counter() - t0
+        sim = Simulation(config, scenario, traffic, scenario.seed, "bench")
+        prof = cProfile.Profile() if profile else None
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        if prof is not None:
+            prof.enable()
+        figures = anyio.run(sim.run)
+        if prof is not None:
+            prof.disable()
+        sim_s = time.perf_counter() - t0
+        cpu_s = time.process_time() - c0
+        if prof is not None:
+            out = io.StringIO()
+            pstats.Stats(prof, stream=out).sort_stats(SORT).print_stats(25)
+            print(out.getvalue())
+    msgs = int(figures["messages"])  # type: ignore[call-overload]
+    return {
+        "plugins": "built-ins" if plugins else "none",
+        "conversations": int(figures["conversations"]),  # type: ignore[call-overload]
+        "messages": msgs,
+        "steps": sim.steps,
+        "generate_s": round(gen_s, 3),
+        "simulate_s": round(sim_s, 3),
+        "cpu_s": round(cpu_s, 3),
+        "messages_per_s": round(msgs / cpu_s),
+        "steps_per_s": round(sim.steps / cpu_s),
+        "reply_rate": figures["reply_rate"]["rate"],  # type: ignore[index]
+        "profiled": profile,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conversations", type=int, default=600, help="conversations per shop per day")
+    parser.add_argument("--plugins", choices=("on", "off", "both"), default="both")
+    parser.add_argument("--profile", action="store_true", help="cProfile the run and print the top entries")
+    args = parser.parse_args()
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.plugins]
+    rows = [run(p, args.conversations, args.profile) for p in modes]
+    show(f"fenliu simulate: {SHOPS} shops, {AGENTS} agents, one day, one core", rows)
+    print(f"results: {save('simulate', rows, shops=SHOPS, agents=AGENTS, target_messages_per_s=50_000)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
