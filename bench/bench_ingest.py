@@ -1,0 +1,170 @@
+"""Signed single-message ingest: ``fenliu serve`` (HMAC check, decode, route, journal with group
+commit, 202 after the commit) against a bare aiohttp endpoint that only reads the body.
+
+Both servers run as subprocesses on loopback, driven in the same run by the same aiohttp client
+with the same concurrency and the same signed bodies; each is measured twice, interleaved, and
+the better run counts. The goal is Fenliu ≥ 50% of the bare endpoint's requests per second.
+
+    .venv/bin/python bench/bench_ingest.py [--requests 6000] [--concurrency 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import save, show  # noqa: E402
+from adapters.simulator import Traffic  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = b"bench-secret"
+
+BARE = """
+import sys
+from aiohttp import web
+
+async def ingest(request):
+    await request.read()
+    return web.json_response({"accepted": 1, "duplicates": 0}, status=202)
+
+async def health(request):
+    return web.json_response({"status": "ok"})
+
+app = web.Application()
+app.router.add_post("/v1/shops/{shop_id}/messages", ingest)
+app.router.add_get("/healthz", health)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_up(url: str, proc: subprocess.Popen) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(600):
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            try:
+                async with http.get(f"{url}/healthz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise SystemExit("server did not start")
+
+
+async def drive(url: str, bodies: list[tuple[str, bytes]], concurrency: int) -> tuple[float, dict[int, int]]:
+    statuses: dict[int, int] = {}
+    it = iter(bodies)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async def worker() -> None:
+            for shop, body in it:
+                sig = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+                async with http.post(f"{url}/v1/shops/{shop}/messages", data=body,
+                                     headers={"X-Fenliu-Signature": sig, "Content-Type": "application/json"}) as r:
+                    await r.read()
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - t0, statuses
+
+
+def fenliu_config(tmp: Path) -> Path:
+    cfg = tmp / "config"
+    shutil.copytree(ROOT / "config", cfg)
+    main = (cfg / "fenliu.toml").read_text(encoding="utf-8")
+    main = main.replace('path = "var/fenliu.db"', f'path = "{tmp / "bench.db"}"')
+    main = main.replace("ingest_queue_max = 10000", "ingest_queue_max = 100000")
+    main = main.replace('level = "info"', 'level = "warning"')
+    (cfg / "fenliu.toml").write_text(main, encoding="utf-8")
+    return cfg
+
+
+async def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=6000)
+    p.add_argument("--concurrency", type=int, default=64)
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="fenliu-bench-"))
+    cfg = fenliu_config(tmp)
+    env = {**os.environ, "FENLIU_LOG_LEVEL": "error", "PYTHONUNBUFFERED": "1"}
+    for var in ("FENLIU_SECRET_PDD_1001", "FENLIU_SECRET_PDD_1002", "FENLIU_SECRET_TB_2001"):
+        env[var] = SECRET.decode()
+    shops = ["pdd-1001", "pdd-1002", "tb-2001"]
+    procs = {}
+    urls = {}
+    bare_port, fenliu_port = free_port(), free_port()
+    procs["bare aiohttp"] = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)], env=env,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    urls["bare aiohttp"] = f"http://127.0.0.1:{bare_port}"
+    procs["fenliu serve"] = subprocess.Popen(
+        [sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(fenliu_port)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    urls["fenliu serve"] = f"http://127.0.0.1:{fenliu_port}"
+    best: dict[str, tuple[float, dict[int, int]]] = {}
+    try:
+        for name, url in urls.items():
+            await wait_up(url, procs[name])
+        for round_ in range(2):
+            for name, url in urls.items():
+                traffic = Traffic(shops, buyers=2000, seed=100 + round_ * 10 + len(name))
+                bodies = []
+                for m in traffic.stream(args.requests):
+                    m["msg_id"] = f"{name[:4]}-{round_}-{m['msg_id']}"
+                    bodies.append((m["shop_id"], msgspec.json.encode(m)))
+                await drive(url, bodies[:300], args.concurrency)  # warm up connections and caches
+                elapsed, statuses = await drive(url, bodies[300:], args.concurrency)
+                rps = (len(bodies) - 300) / elapsed
+                if name not in best or rps > best[name][0]:
+                    best[name] = (rps, statuses)
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        journaled = 0
+        db = tmp / "bench.db"
+        if db.exists():
+            import sqlite3
+
+            journaled = sqlite3.connect(db).execute("SELECT count(*) FROM messages").fetchone()[0]
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    bare = best["bare aiohttp"][0]
+    rows = [{"server": name, "requests/s": rps, "of bare": rps / bare,
+             "statuses": " ".join(f"{k}:{v}" for k, v in sorted(st.items()))} for name, (rps, st) in best.items()]
+    show(f"Signed single-message ingest, concurrency {args.concurrency}, loopback", rows)
+    ratio = best["fenliu serve"][0] / bare
+    print(f"fenliu / bare = {ratio:.0%}  (goal ≥ 50%); messages journaled by fenliu: {journaled}")
+    save("ingest", rows, requests=args.requests, concurrency=args.concurrency, ratio=ratio, journaled=journaled)
+    return 0 if ratio >= 0.5 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
