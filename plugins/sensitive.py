@@ -53,10 +53,11 @@ Direction = Literal["inbound", "outbound"]
 
 
 class _Table(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Base of the ``[sensitive]`` tables: unknown keys are errors, every key has a default."""
+    """Base of the ``[sensitive]`` tables: unknown keys are errors, every key has a default
+    (``kw_only`` is per class in msgspec, so each table repeats it)."""
 
 
-class WordList(_Table):
+class WordList(_Table, kw_only=True):
     """One word list: ``file`` (relative to the config folder) plus optional ``extra_files``
     (homophones 威信/薇信, pinyin weixin) and inline ``words``, all reported under ``name``."""
 
@@ -74,7 +75,7 @@ class WordList(_Table):
             raise ValueError("field file: give a word file, extra_files or inline words")
 
 
-class Pattern(_Table):
+class Pattern(_Table, kw_only=True):
     """A regular expression (phone numbers, QQ numbers, URLs, WeChat ids) with its actions.
 
     ``on = "normalised"`` matches the normalised text, in which separators are gone and Chinese
@@ -106,17 +107,17 @@ class Pattern(_Table):
 
 
 DEFAULT_PATTERNS: tuple[Pattern, ...] = (
-    Pattern(name="phone", regex=r"1(?<![0-9]1)[3-9][0-9]{9}(?![0-9])", inbound="mask"),
-    Pattern(name="qq", regex=r"(?:qq|扣扣|企鹅)(?:号|号码)?[1-9][0-9]{4,10}(?![0-9])", inbound="mask",
+    Pattern(name="phone_number", regex=r"1(?<![0-9]1)[3-9][0-9]{9}(?![0-9])", inbound="mask"),
+    Pattern(name="qq_number", regex=r"(?:qq|扣扣|企鹅)(?:号|号码)?[1-9][0-9]{4,10}(?![0-9])", inbound="mask",
             requires=("qq", "扣扣", "企鹅")),
     Pattern(name="wechat_id", regex=r"(?:微信|weixin|wechat|vx|wx|v信|薇信|威信)(?:号|id)?[a-z][a-z0-9]{5,19}",
             inbound="mask", requires=("微信", "weixin", "wechat", "vx", "wx", "v信", "薇信", "威信")),
     Pattern(name="url", on="original", ignore_case=True, requires=(".", "/"),
-            regex=r"https?://[^\s，。！？]+|[a-z0-9][-a-z0-9.]*\.(?:com|cn|net|org|cc|top|xyz|vip|me|io|shop|link)\b[^\s，。！？]*"),
+            regex=r"https?://[!-~]+|[a-z0-9][-a-z0-9.]*\.(?:com|cn|net|org|cc|top|xyz|vip|me|io|shop|link)(?![a-z0-9])(?:[/?#][!-~]*)?"),
 )
 
 
-class SensitiveConfig(_Table, dict=True):
+class SensitiveConfig(_Table, kw_only=True, dict=True):
     """The ``[sensitive]`` section of a policy file (see docs/plugins/sensitive.md)."""
 
     enabled: bool = True
@@ -423,7 +424,8 @@ class SensitiveFilter:
 
     def hits(self, text: str) -> list[Hit]:
         """Every finding in ``text`` (any list or pattern, either direction), in text order,
-        with positions in ``text``; hits inside an allowed phrase are dropped."""
+        with positions in ``text``. Dropped: hits inside an allowed phrase, and hits inside a
+        longer hit of the same list (加微信 reports 加微信, not also 加微 and 微信)."""
         if not self.enabled or not text:
             return []
         m = self.matcher
@@ -480,8 +482,13 @@ class SensitiveFilter:
             start, end = (a, b) if original else (pos[a], pos[b - 1] + 1)
             if not (original and is_allowed(start, end)):
                 out.append(Hit(text[start:end], start, end, r.name))
-        out.sort(key=lambda h: (h.start, h.end))
-        return out
+        out.sort(key=lambda h: (h.start, -h.end))
+        kept: list[Hit] = []
+        for h in out:
+            if not any(k.source == h.source and k.start <= h.start and h.end <= k.end
+                       and (k.start, k.end) != (h.start, h.end) for k in kept):
+                kept.append(h)
+        return kept
 
     def action(self, hit: Hit, direction: Direction) -> str:
         inbound, outbound = self.actions.get(hit.source, ("off", "off"))
