@@ -152,13 +152,16 @@ class SensitiveConfig(_Table, kw_only=True, dict=True):
 # -- normalisation -----------------------------------------------------------------------------
 
 #: Characters removed up front with ``str.replace``: the punctuation of nearly every chat message.
-EAGER = ("，", "。", "？", "！", " ")
+EAGER = ("，", "。", "？", "！", "、", "～")
 #: Chinese numerals for phone numbers, mapped for ``on = "normalised"`` patterns only (so that
 #: 第一 and 唯一 stay words). 幺 is how 1 is read out in phone numbers.
 CN_DIGITS = "零〇一二三四五六七八九幺壹贰叁肆伍陆柒捌玖"
 _CN_VALUES = "001234567891123456789"
-_CN_TABLE = {ord(c): v for c, v in zip(CN_DIGITS, _CN_VALUES, strict=True)}
+_CN_TABLE: list[int] = list(range(max(map(ord, CN_DIGITS)) + 1))
+for _c, _v in zip(CN_DIGITS, _CN_VALUES, strict=True):
+    _CN_TABLE[ord(_c)] = ord(_v)
 _NON_ALNUM = re.compile(r"[\W_]")
+_ASCII_ALNUM = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _TABLE_SIZE = 0x20000
 _RANGES = ((0, 0x3400), (0x4DC0, 0x4E00), (0xA000, 0xAC00), (0xD7A4, 0xD800), (0xE000, 0x10000),
            (0x10000, 0x11000), (0x1D400, 0x1D800), (0x1F000, 0x1FB00))
@@ -191,7 +194,7 @@ class Normaliser:
                 n = "".join(ch for ch in unicodedata.normalize("NFKC", c).lower() if not _is_separator(ch))
                 if len(n) == 1 and n != c:
                     table[cp] = ord(n)
-                elif not n:
+                elif not n and not c.isalnum():
                     table[cp] = None
                 elif len(c.lower()) == 1 and c.lower() != c:
                     table[cp] = ord(c.lower())
@@ -227,7 +230,10 @@ class Normaliser:
         return text.translate(self.table)
 
     def positions(self, text: str) -> list[int]:
-        """``positions[j]`` is the index in ``text`` of the ``j``-th normalised character."""
+        """``positions[j]`` is the index in ``text`` of the ``j``-th normalised character.
+
+        Built only for texts with hits. (A regex over the separators was measured slower than
+        this comprehension: the class is thousands of ranges.)"""
         deleted = self.deleted
         return [i for i, c in enumerate(text) if c not in deleted]
 
@@ -258,11 +264,13 @@ _WORD, _ALLOW, _DIGITS, _SPECIAL = 0, 1, 2, 3
 class Matcher:
     """One automaton over a set of word lists and allow phrases.
 
-    Pattern order: words, allow phrases, digit markers (two digits in a row, at least one a
+    Pattern order: words, allow phrases, the ``requires`` strings of normalised-view patterns
+    (so the scan says for free which regexes are worth running), digit markers (two digits in a row, at least one a
     Chinese numeral: the digit view is worth building), then every traditional or capital letter.
     """
 
-    def __init__(self, lists: Sequence[tuple[str, Iterable[str]]], allow: Iterable[str]) -> None:
+    def __init__(self, lists: Sequence[tuple[str, Iterable[str]]], allow: Iterable[str],
+                 triggers: Iterable[str] = ()) -> None:
         norm = normaliser()
         index: dict[str, int] = {}
         self.owners: list[list[tuple[str, str]]] = []
@@ -283,6 +291,9 @@ class Matcher:
             if phrase:
                 patterns.append(phrase)
         self.n_allow = len(patterns)
+        self.triggers = [t for t in dict.fromkeys(norm.normalise(x) for x in triggers) if t]
+        patterns.extend(self.triggers)
+        self.n_triggers = len(patterns)
         digits = CN_DIGITS + "0123456789"
         patterns.extend(a + b for a in digits for b in digits if a in CN_DIGITS or b in CN_DIGITS)
         self.n_markers = len(patterns)
@@ -293,10 +304,10 @@ class Matcher:
     def scan(self, text: str) -> tuple[str, list[tuple[int, int, int]]]:
         """The normalised text and the automaton's matches in it.
 
-        Cheapest checks first: common punctuation goes with ``str.replace``; ``isalnum`` and
-        ``is_normalized`` (both C loops that stop early) prove there is nothing else to remove
-        or fold; ASCII capitals show in ``bytes.lower``; the scan itself reports traditional
-        characters. Only a text that
+        Cheapest checks first: common punctuation goes with ``str.replace``; the ASCII part
+        (``encode("ascii", "ignore")``, a C loop) shows ASCII symbols and capitals; ``isalnum``
+        and ``is_normalized`` (C loops that stop early) prove there is nothing else to remove or
+        fold; the scan itself reports traditional characters. Only a text that
         fails a check pays for the ≈30 ns/char ``str.translate``, and only then is scanned twice.
         """
         norm = _normaliser
@@ -305,6 +316,12 @@ class Matcher:
         for c in EAGER:
             if c in t:
                 t = t.replace(c, "")
+        upper = False
+        if b := t.encode("ascii", "ignore"):
+            if seps := b.translate(None, _ASCII_ALNUM):
+                for c in set(seps.decode()):
+                    t = t.replace(c, "")
+            upper = b != b.lower()
         if not t.isalnum() and t:
             found = set(_NON_ALNUM.findall(t))
             if found <= norm.deleted:
@@ -314,7 +331,7 @@ class Matcher:
                 t = text.translate(norm.table)
         if not is_normalized("NFKC", t):
             t = text.translate(norm.table)
-        elif (b := t.encode("ascii", "ignore")) != b.lower():
+        elif upper:
             lower = t.lower()
             t = lower if len(lower) == len(t) else text.translate(norm.table)
         ac = self.ac
@@ -370,7 +387,8 @@ def min_ascii(regex: str, digits: bool = False) -> int:
 
 
 class _Rule:
-    __slots__ = ("name", "regex", "original", "inbound", "outbound", "min_ascii", "min_digits", "requires")
+    __slots__ = ("name", "regex", "original", "inbound", "outbound", "min_ascii", "min_digits", "requires",
+                 "triggers")
 
     def __init__(self, p: Pattern) -> None:
         self.name = p.name
@@ -381,6 +399,8 @@ class _Rule:
         self.min_ascii = 0 if p.ignore_case else min_ascii(p.regex)
         self.min_digits = 0 if p.ignore_case else min_ascii(p.regex, digits=True)
         self.requires = p.requires
+        #: For normalised-view patterns the automaton finds the ``requires`` strings.
+        self.triggers = frozenset(normalise(x) for x in p.requires) if not self.original else frozenset()
 
 
 class SensitiveFilter:
@@ -413,11 +433,12 @@ class SensitiveFilter:
         allow = list(cfg.allow)
         for j, name in enumerate(cfg.allow_files):
             allow += _read(base, name, file, f"sensitive.allow_files[{j}]")
-        key = (tuple(lists), tuple(allow))
+        rules = [_Rule(p) for p in cfg.patterns if (p.inbound, p.outbound) != ("off", "off")]
+        triggers = tuple(sorted({t for r in rules for t in r.triggers}))
+        key = (tuple(lists), tuple(allow), triggers)
         matcher = cache.get(key)
         if matcher is None:
-            matcher = cache[key] = Matcher(lists, allow)
-        rules = [_Rule(p) for p in cfg.patterns if (p.inbound, p.outbound) != ("off", "off")]
+            matcher = cache[key] = Matcher(lists, allow, triggers)
         for r in rules:
             actions[r.name] = (r.inbound, r.outbound)
         return cls(matcher, actions, rules, cfg.mask_char, cfg.enabled)
@@ -435,12 +456,15 @@ class SensitiveFilter:
             return []
         found: list[tuple[int, int, int]] = []
         allowed: list[tuple[int, int]] = []
+        triggered: set[str] = set()
         digits = False
         for idx, a, b in ms:
             if idx < m.n_words:
                 found.append((a, b, idx))
             elif idx < m.n_allow:
                 allowed.append((a, b))
+            elif idx < m.n_triggers:
+                triggered.add(n[a:b])
             else:
                 digits = True
         if allowed:
@@ -455,13 +479,18 @@ class SensitiveFilter:
                 for r in rules:
                     if ascii_n < r.min_ascii or digits_n < r.min_digits:
                         continue
-                    subject = text if r.original else view
-                    if r.requires:
-                        for x in r.requires:
-                            if x in subject:
-                                break
-                        else:
+                    if r.triggers:
+                        if r.triggers.isdisjoint(triggered):
                             continue
+                        subject = view
+                    else:
+                        subject = text if r.original else view
+                        if r.requires:
+                            for x in r.requires:
+                                if x in subject:
+                                    break
+                            else:
+                                continue
                     for mo in r.regex.finditer(subject):
                         a, b = mo.span()
                         if b > a and (r.original or not any(s <= a and b <= e for s, e in allowed)):
