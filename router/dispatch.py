@@ -13,13 +13,20 @@ Data structures, chosen so that every operation is O(log n) in the number of age
 
 The semantics are those of DESIGN.md "Dispatch semantics". Every method that can move
 conversations returns the :class:`router.models.Decision` s for them, with their ``cause``.
+
+Shared capacity (several routers over one Redis): set ``claim_hook(agent_id, conversation_id)
+-> bool`` and ``release_hook(agent_id, conversation_id)``. Every assignment asks ``claim_hook``
+first; a refusal means "full elsewhere" and the agent is skipped here until :meth:`refresh`
+(capacity freed elsewhere). ``release_hook`` runs whenever a conversation leaves its agent. A
+refused transfer to a named agent routes the conversation again instead. With no hooks set
+(``route``, ``simulate``, single-instance ``serve``) behaviour is unchanged.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from router.models import AgentState, Conversation, Decision
@@ -37,12 +44,17 @@ class DispatchError(ValueError):
 class _Pool:
     """Available agents of one (shop, skill), smallest strategy key first."""
 
-    __slots__ = ("heap", "key", "members")
+    __slots__ = ("heap", "key", "members", "limit")
 
     def __init__(self, key: Any) -> None:
         self.heap: list[tuple[Any, int, str]] = []
         self.key = key
         self.members = 0
+        self.limit = _COMPACT_MIN
+
+    def add_member(self) -> None:
+        self.members += 1
+        self.limit = 4 * self.members + _COMPACT_MIN
 
 
 class Dispatcher:
@@ -60,6 +72,9 @@ class Dispatcher:
         self._timers: list[tuple[float, int, str, str, int]] = []
         self._shop_open: dict[str, bool] = {}
         self._shop_online: dict[str, int] = {}
+        self.claim_hook: Callable[[str, str], bool] | None = None
+        self.release_hook: Callable[[str, str], None] | None = None
+        self._refused: set[str] = set()
         self.config = config
         self._apply_config(config)
 
@@ -91,7 +106,7 @@ class Dispatcher:
                     pool = self._pools.get((sid, skill))
                     if pool is None:
                         pool = self._pools[(sid, skill)] = _Pool(strategy.key)
-                    pool.members += 1
+                    pool.add_member()
                     pools.append(pool)
                     keys.append((sid, skill))
             self._agent_pools[aid] = pools
@@ -156,6 +171,14 @@ class Dispatcher:
     def _schedule_change(self, kind: str, ident: str, when: float | None) -> None:
         if when is not None:
             heapq.heappush(self._timers, (when, next(self._timer_seq), kind, ident, 0))
+
+    def due(self, now: float) -> bool:
+        """Whether moving the clock to ``now`` has work to do (first call, or a timer due)."""
+        return self.now is None or (bool(self._timers) and self._timers[0][0] <= now)
+
+    def next_due(self) -> float | None:
+        """When the next timer (expansion, shift, business hours, reservation) falls due."""
+        return self._timers[0][0] if self._timers else None
 
     def advance(self, now: float) -> list[Decision]:
         """Move the clock to ``now`` (never backwards) and run what fell due, in time order."""
@@ -234,12 +257,14 @@ class Dispatcher:
             for pool in pools:
                 heap = pool.heap
                 push(heap, entry)
-                if len(heap) > 4 * pool.members + _COMPACT_MIN:
+                if len(heap) > pool.limit:
                     self._compact(pool)
 
     def _compact(self, pool: _Pool) -> None:
         agents = self.agents
-        pool.heap = [e for e in pool.heap if (a := agents.get(e[2])) is not None and a.version == e[1] and a.available]
+        refused = self._refused
+        pool.heap = [e for e in pool.heap if (a := agents.get(e[2])) is not None and a.version == e[1] and a.available
+                     and a.id not in refused]
         heapq.heapify(pool.heap)
 
     def _top(self, pool: _Pool) -> tuple[Any, int, str] | None:
@@ -248,7 +273,7 @@ class Dispatcher:
         while heap:
             entry = heap[0]
             a = agents.get(entry[2])
-            if a is not None and a.version == entry[1] and a.available:
+            if a is not None and a.version == entry[1] and a.available and a.id not in self._refused:
                 return entry
             heapq.heappop(heap)
         return None
@@ -286,6 +311,7 @@ class Dispatcher:
         return (
             st is not None
             and st.available
+            and st.id not in self._refused
             and shop_id in self._agent_shops.get(st.id, ())
             and self._shop_open.get(shop_id, True)
         )
@@ -352,17 +378,17 @@ class Dispatcher:
         last = self.last_agent.get(conv.id)
         if last is not None and policy.sticky_hours > 0 and now - last[1] <= policy.sticky_hours * 3600:
             st = self.agents.get(last[0])
-            if self._eligible(st, conv.shop_id):
+            if self._eligible(st, conv.shop_id) and self._claimed(conv, st):  # type: ignore[arg-type]
                 self._assign(conv, st)  # type: ignore[arg-type]
                 return conv.state, st.id, ["sticky"]  # type: ignore[union-attr]
         dedicated = self._dedicated(conv, policy)
         if dedicated:
             cands = [self.agents[a] for a in dedicated if self._eligible(self.agents.get(a), conv.shop_id)]
-            if cands:
-                key = self.config.strategies[policy.strategy].key
-                st = min(cands, key=key)
-                self._assign(conv, st)
-                return conv.state, st.id, ["dedicated"]
+            key = self.config.strategies[policy.strategy].key
+            for st in sorted(cands, key=key):
+                if self._claimed(conv, st):
+                    self._assign(conv, st)
+                    return conv.state, st.id, ["dedicated"]
         conv.target = 0
         conv.target_since = now
         return self._try_targets(conv, exclude=None)
@@ -377,12 +403,45 @@ class Dispatcher:
     def _try_targets(self, conv: Conversation, exclude: str | None) -> tuple[str, str | None, list[str]]:
         targets = self.targets(conv)
         skills, _ = targets[min(conv.target, len(targets) - 1)]
-        st = self._pick(conv.shop_id, skills, exclude)
-        if st is not None:
-            self._assign(conv, st)
-            return conv.state, st.id, []
+        while (st := self._pick(conv.shop_id, skills, exclude)) is not None:
+            if self._claimed(conv, st):
+                self._assign(conv, st)
+                return conv.state, st.id, []
         self._enqueue(conv)
         return "queued", None, []
+
+    def _claimed(self, conv: Conversation, st: AgentState) -> bool:
+        """Ask the shared claim function (if any); a refused agent is skipped until refreshed."""
+        if self.claim_hook is None or self.claim_hook(st.id, conv.id):
+            return True
+        self._refused.add(st.id)
+        return False
+
+    def refresh(self, agent_id: str) -> list[Decision]:
+        """Capacity of ``agent_id`` changed elsewhere: consider it again and drain to it."""
+        st = self.agents.get(agent_id)
+        if st is None:
+            return []
+        self._refused.discard(agent_id)
+        self._touch(st)
+        return self._drain_agent(st)
+
+    def adopt(self, conv: Conversation) -> None:
+        """Take over a conversation restored from shared storage, with its agent's claim
+        already held there (no claim is made again)."""
+        self.conversations[conv.id] = conv
+        st = self.agents.get(conv.agent_id or "")
+        if conv.state in ("assigned", "reserved") and st is not None:
+            st.load += 1
+            st.conversations[conv.id] = None
+            self._touch(st)
+            if conv.state == "reserved" and conv.reserved_until is not None:
+                heapq.heappush(self._timers, (conv.reserved_until, next(self._timer_seq), "reserve", conv.id, conv.version))
+        elif conv.state == "queued":
+            conv.agent_id = None
+            self._enqueue(conv)
+        else:
+            conv.agent_id = None
 
     def _assign(self, conv: Conversation, st: AgentState) -> None:
         conv.version += 1
@@ -416,6 +475,8 @@ class Dispatcher:
             del st.conversations[conv.id]
             st.load -= 1
             self._touch(st)
+            if self.release_hook is not None:
+                self.release_hook(st.id, conv.id)
         conv.agent_id = None
         conv.state = "bot"
         conv.version += 1
@@ -478,7 +539,7 @@ class Dispatcher:
         first (arrival breaks ties)."""
         decisions: list[Decision] = []
         keys = self._agent_queue_keys.get(st.id, ())
-        while st.available:
+        while st.available and st.id not in self._refused:
             best: tuple[float, int, Conversation] | None = None
             for key in keys:
                 if not self._shop_open.get(key[0], True):
@@ -495,6 +556,8 @@ class Dispatcher:
             if best is None:
                 break
             conv = best[2]
+            if not self._claimed(conv, st):
+                break
             self._assign(conv, st)
             decisions.append(self._decision(conv, conv.state, st.id, "queue_drain"))
         return decisions
@@ -510,6 +573,8 @@ class Dispatcher:
                 st = self._pick(sid, skills)
                 if st is None:
                     break
+                if not self._claimed(conv, st):
+                    continue
                 self._assign(conv, st)
                 decisions.append(self._decision(conv, conv.state, st.id, "queue_drain"))
         return decisions
@@ -556,10 +621,13 @@ class Dispatcher:
             if st.load >= st.max_concurrent:
                 raise DispatchError(f"agent {to_agent!r} is at capacity ({st.max_concurrent})")
             self._release(conv)
-            reservations, self.reservations = self.reservations, False
-            self._assign(conv, st)
-            self.reservations = reservations
-            decisions = [self._decision(conv, "assigned", st.id, "transfer")]
+            if self._claimed(conv, st):
+                reservations, self.reservations = self.reservations, False
+                self._assign(conv, st)
+                self.reservations = reservations
+                decisions = [self._decision(conv, "assigned", st.id, "transfer")]
+            else:
+                decisions = [self._route_again(conv, "transfer", exclude=old)]
         else:
             assert to_skill is not None
             if not any(skill == to_skill for (_, skill) in self._pools):
@@ -583,7 +651,8 @@ class Dispatcher:
             if conv.state == "queued":
                 conv.target = 0
                 conv.target_since = self.now or conv.opened_at
-                self._enqueue(conv)
+                action, agent_id, _ = self._try_targets(conv, exclude=None)
+                return (action, agent_id) if action != "queued" else None
             return None
         acfg = self.config.agents.get(agent)
         if acfg is not None and skill in acfg.skills:

@@ -6,27 +6,26 @@ from __future__ import annotations
 
 import logging
 import sys
-from contextvars import ContextVar
 from typing import Any, Literal
 
 import structlog
 
-_message: ContextVar[tuple[str, str, str | None] | None] = ContextVar("fenliu_message", default=None)
+_current: list[Any] = [None]
 
 
-def bind_message(shop_id: str, conversation_id: str, msg_id: str | None) -> None:
-    """Bind the message being routed to every log line until the next one: a single
-    ``ContextVar.set`` on the hot path, expanded into fields only when something is logged."""
-    _message.set((shop_id, conversation_id, msg_id))
+def bind_message(message: Any) -> None:
+    """Bind the message being routed to every log line until the next one. Routing is
+    sequential (one consumer task per router), so a plain slot is enough, and the hot path pays
+    one list store; the fields are expanded only when something is actually logged."""
+    _current[0] = message
 
 
 def add_message_context(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
-    bound = _message.get()
-    if bound is not None:
-        event.setdefault("shop_id", bound[0])
-        event.setdefault("conversation_id", bound[1])
-        if bound[2] is not None:
-            event.setdefault("msg_id", bound[2])
+    msg = _current[0]
+    if msg is not None:
+        event.setdefault("shop_id", msg.shop_id)
+        event.setdefault("conversation_id", f"{msg.shop_id}:{msg.buyer_id}")
+        event.setdefault("msg_id", msg.msg_id)
     return event
 
 

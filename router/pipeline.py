@@ -35,6 +35,9 @@ log = structlog.get_logger("fenliu.router")
 
 
 
+_SEEN_MAX = 1_000_000
+
+
 class InputError(ValueError):
     """A message or event that cannot be routed as given (unknown shop, unknown agent …)."""
 
@@ -54,15 +57,20 @@ class Router:
         self.plugins = config.plugins
         self.dispatcher = Dispatcher(config, reservations=reservations)
         self._clock = clock
-        self._seen: set[tuple[str, str]] = set()
+        self._seen: dict[tuple[str, str], None] = {}
         self._is_duplicate = dedupe or self._seen_before
         self.on_decision: list[Callable[[Decision], None]] = []
 
     def _seen_before(self, shop_id: str, msg_id: str) -> bool:
+        """In-memory dedupe for ``route`` and ``simulate``: the last ``_SEEN_MAX`` ids (the
+        service dedupes against its store instead)."""
         key = (shop_id, msg_id)
-        if key in self._seen:
+        seen = self._seen
+        if key in seen:
             return True
-        self._seen.add(key)
+        seen[key] = None
+        if len(seen) > _SEEN_MAX:
+            del seen[next(iter(seen))]
         return False
 
     # -- clock ---------------------------------------------------------------------------------
@@ -78,8 +86,13 @@ class Router:
 
     async def advance(self, now: float) -> list[Decision]:
         """Move the clock; returns what timers (expansion, shifts, reservations) decided."""
-        moved = self.dispatcher.advance(now)
-        if moved:
+        d = self.dispatcher
+        if not d.due(now):
+            if d.now is not None and now > d.now:
+                d.now = now
+            return []
+        moved = d.advance(now)
+        if moved and self.plugins.has_observers:
             await self._observe(moved)
         return moved
 
@@ -91,16 +104,21 @@ class Router:
         shop = self.config.shops.get(msg.shop_id)
         if shop is None:
             raise InputError(f"unknown shop {msg.shop_id!r}")
+        d = self.dispatcher
         now = self._now(msg.ts)
-        out = await self.advance(now)
-        now = self.dispatcher.now if self.dispatcher.now is not None else now
+        if d.due(now):
+            out = await self.advance(now)
+        else:
+            out = []
+            if now > d.now:  # type: ignore[operator]
+                d.now = now
+        now = d.now  # type: ignore[assignment]
         cid = msg.conversation_id
-        bind_message(msg.shop_id, cid, msg.msg_id)
+        bind_message(msg)
         if self._is_duplicate(msg.shop_id, msg.msg_id):
             out.append(Decision(msg.msg_id, msg.shop_id, cid, "duplicate", text=None))
             return out
 
-        d = self.dispatcher
         conv = d.conversations.get(cid)
         ctx = HookContext(self.config, shop, now, conv, d, msg.text)
         plugins = self.plugins
@@ -192,7 +210,7 @@ class Router:
                     raise InputError(f"unsupported event {type(event).__name__}")
         except DispatchError as exc:
             raise InputError(str(exc)) from None
-        if moved:
+        if moved and self.plugins.has_observers:
             await self._observe(moved)
         out.extend(moved)
         return out

@@ -102,6 +102,7 @@ class PluginSet:
         self.sections: dict[str, type] = {}
         self.strategies: dict[str, type] = {}
         self._chains: dict[str, tuple[_Impl, ...]] = {}
+        self.has_observers = False
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -225,6 +226,7 @@ class PluginSet:
         self._outbound = chains["fenliu_outbound_filter"]
         self._assigned = chains["fenliu_assigned"]
         self._closed = chains["fenliu_closed"]
+        self.has_observers = bool(self._assigned or self._closed)
 
     def chain(self, hook: str) -> tuple[str, ...]:
         """The plugin names implementing ``hook``, in call order."""
@@ -369,9 +371,6 @@ class PluginSet:
         for impl in self._closed:
             await self._run(impl, "fenliu_closed", ctx, conversation, ctx)
 
-    @property
-    def has_observers(self) -> bool:
-        return bool(self._assigned or self._closed)
 
     def describe(self) -> list[PluginInfo]:
         return list(self.infos)

@@ -273,3 +273,11 @@ def test_duplicate_message_is_decided_once(tmp_path, route):
     r = route(cfg, [msg(1, "b1", 1), msg(1, "b1", 2), msg(2, "b2", 3)])
     assert r.brief() == [("m1", "assigned", "a1", "message"), ("m1", "duplicate", None, "message"),
                          ("m2", "assigned", "a2", "message")]
+
+
+def test_queued_conversation_that_changes_skill_is_assigned_when_that_group_has_room(tmp_path, route):
+    cfg = write_config(tmp_path, ONE_SHOP,
+                       agents_toml(agent("pre", cap=1), agent("af", skills=["aftersale"], cap=1)), {"p": policy()})
+    r = route(cfg, [msg(1, "b1", 0, "[presale] 在吗"), msg(2, "b2", 1, "[presale] 在吗"), msg(3, "b2", 2, "[aftersale] 我要退款")])
+    assert r.brief() == [("m1", "assigned", "pre", "message"), ("m2", "queued", None, "message"),
+                         ("m3", "assigned", "af", "message")]
