@@ -324,9 +324,8 @@ class Simulation:
             t = ta if ta < th else th
             if t == INF:
                 break
-            timers = d._timers
-            if timers and timers[0][0] <= t:
-                tt = timers[0][0]
+            tt = d.next_due()
+            if tt is not None and tt <= t:
                 if d.now is not None and tt < d.now:
                     tt = d.now
                 moved = await router.advance(tt)
