@@ -230,9 +230,9 @@ async def _submit(service: Service, good: list[Message], index: list[int], error
     if good:
         try:
             result = await service.ingest(good)
-        except Overloaded:
+        except Overloaded as exc:
             service.metrics.rejected.labels("503").inc()
-            return json_response({"error": "overloaded: the ingest queue is full, retry later",
+            return json_response({"error": str(exc) or "overloaded: the ingest queue is full, retry later",
                                   "queue_max": service.config.main.server.ingest_queue_max},
                                  503, headers={"Retry-After": "1"})
         for j, reason in result.errors:
@@ -490,6 +490,10 @@ async def agent_ws(request: web.Request) -> web.StreamResponse:
     aid = agent_of(service, account)
     if aid is None:
         return error(403, f"account {account.name!r} is not an agent (set agent_id, or account in agents.toml)")
+    if service.config.main.storage.backend == "redis":
+        from router.redis.ws import agent_socket as shared_agent_socket
+
+        return await shared_agent_socket(request, service, account, aid)  # type: ignore[arg-type]
     return await agent_socket(request, service, account, aid)
 
 
@@ -543,7 +547,12 @@ class Server:
     @classmethod
     async def start(cls, config: Config, *, host: str | None = None, port: int | None = None,
                     simulate: bool = False, store_path: str | None = None) -> Server:
-        service = Service(config, store_path=store_path, simulate=simulate)
+        if config.main.storage.backend == "redis":
+            from router.redis.service import RedisService
+
+            service: Service = RedisService(config, store_path=store_path, simulate=simulate)
+        else:
+            service = Service(config, store_path=store_path, simulate=simulate)
         await service.start()
         runner = web.AppRunner(make_app(service), access_log=None, shutdown_timeout=10.0)
         await runner.setup()

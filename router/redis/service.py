@@ -1,0 +1,845 @@
+"""``fenliu serve`` over Redis: several instances, one routing implementation, no lost message,
+no double assignment.
+
+Why it is shaped this way (docs/deploy.md has the long version):
+
+- **Ingest is stateless.** Any instance takes a signed batch, drops the messages already seen
+  (``SET NX`` on ``(shop, msg_id)``) and appends the rest to the stream of the shop's shard, in
+  one Lua call, one round trip. ``202`` only after Redis answered; Redis unreachable → ``503``.
+- **Routing is sharded by ownership.** Each instance holds leases on some shards (fair share of
+  the live instances) and reads only those streams through the consumer group. All the
+  conversations and queues of a shop live in exactly one :class:`router.pipeline.Router` at a
+  time, so the one routing implementation, per-conversation order and queue priorities hold
+  unchanged. A dead instance's leases expire; the new owner rebuilds its conversations from the
+  mirror and takes the pending stream entries with ``XAUTOCLAIM``.
+- **Capacity is shared and guarded.** An agent serves shops of many shards, so its status,
+  load and the conversation→agent claims live in Redis and change only in ``claim.lua`` and
+  ``release.lua`` (called through the Dispatcher's claim hook), both fenced by the shard lease.
+- **A batch commits atomically and fenced.** ``commit.lua`` acknowledges the entries, writes the
+  conversation mirror, the decisions and the agents' frames only if the caller still holds every
+  lease; otherwise nothing is written and the entries are redelivered to the new owner, so each
+  message is decided exactly once. Any Redis error while routing drops the local state and
+  rebuilds it from Redis (crash-only: the same path as a takeover).
+- **Agents may connect anywhere.** Frames for an agent go to its stream ``to:{agent}`` (in the
+  same commit), read by whichever instance holds its WebSocket; streams, unlike pub/sub, keep
+  what was sent while that instance restarts. The agent's requests (accept, close, transfer)
+  travel through the conversation's shard stream to its owner, in order with the messages.
+
+Claims are synchronous Redis calls from inside the (synchronous) Dispatcher: one Lua round trip
+per pick, which keeps a single routing implementation instead of an async copy of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import math
+import os
+import secrets
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+import msgspec
+import redis
+import redis.asyncio as aredis
+import structlog
+from redis.exceptions import RedisError, ResponseError
+
+from router.config import Config
+from router.models import (
+    AcceptEvent,
+    AgentStatusEvent,
+    CloseEvent,
+    Conversation,
+    Decision,
+    Event,
+    Message,
+    OutboundResult,
+    TransferEvent,
+    WsAssigned,
+    WsClosed,
+)
+from router.pipeline import InputError, Router
+from router.redis.keys import GROUP, Keys, lua
+from router.service import IngestResult, NotYours, Overloaded, Service, _Job
+
+log = structlog.get_logger("fenliu.redis")
+
+_encode = msgspec.json.Encoder().encode
+_message = msgspec.json.Decoder(Message)
+_event = msgspec.json.Decoder(Event)
+_conversation = msgspec.json.Decoder(Conversation)
+
+LEASE_MS = 2000
+RENEW_S = 0.4
+SETTLE_S = 1.0
+BLOCK_MS = 50
+BATCH = 512
+TICK_S = 0.2
+REFRESH_S = 1.0
+DEDUPE_S = 2 * 86400
+AGENT_STREAM_MAX = 1000
+DECISIONS_MAX = 1_000_000
+REQUEST_TIMEOUT_S = 10.0
+
+
+class Unavailable(Overloaded):
+    """Redis did not answer: nothing was stored, so nothing may be acknowledged."""
+
+
+class _Lost(Exception):
+    """A shard lease was lost while routing: drop the local state."""
+
+
+class _Batch:
+    """What one pass of the consumer writes in its commit."""
+
+    __slots__ = ("acks", "decisions", "frames", "results")
+
+    def __init__(self) -> None:
+        self.acks: dict[int, list[bytes]] = {}
+        self.decisions: list[Decision] = []
+        self.frames: list[tuple[str, bytes]] = []
+        self.results: list[tuple[str, dict[str, Any]]] = []
+
+
+class RedisService(Service):
+    """The :class:`router.service.Service` of one instance among several sharing a Redis."""
+
+    def __init__(self, config: Config, *, store_path: str | None = None, simulate: bool = False) -> None:
+        super().__init__(config, store_path=store_path, simulate=simulate)
+        st = config.main.storage
+        self.id = f"{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.keys = Keys(st.redis_prefix, st.shards)
+        self.r = aredis.Redis.from_url(st.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        self.rs = redis.Redis.from_url(st.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        self._ingest = self.r.register_script(lua("ingest"))
+        self._commit_lua = self.r.register_script(lua("commit"))
+        self._renew = self.r.register_script(lua("renew"))
+        self._unlease = self.r.register_script(lua("unlease"))
+        self._claim_lua = self.rs.register_script(lua("claim"))
+        self._release_lua = self.rs.register_script(lua("release"))
+        self._leases: dict[int, str] = {}
+        self._readable: set[int] = set()
+        self._lease_seq = 0
+        self._jobs: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._mirrored: dict[str, int] = {}
+        self._batch: _Batch | None = None
+        self._fenced = False
+        self._waiting: dict[str, asyncio.Future] = {}
+        self._frame_last: dict[str, bytes | str] = {}
+        self._reply_last: bytes | str = "0-0"
+        self._control_last: bytes | str = "$"
+        self._missing_since: dict[str, float] = {}
+        self._tick_queued = False
+        self.log = log.bind(instance=self.id)
+        self.router = self._new_router(config)
+
+    # -- life cycle ---------------------------------------------------------------------------------
+
+    def _new_router(self, config: Config) -> Router:
+        """A router whose dedupe happened at ingest and whose assignments claim in Redis."""
+        router = Router(config, reservations=True, clock=lambda: self._clock, dedupe=lambda shop, msg: False)
+        router.dispatcher.claim_hook = self._claim
+        router.dispatcher.release_hook = self._release
+        return router
+
+    async def start(self) -> None:
+        self.store.start()
+        try:
+            await self.r.ping()
+        except RedisError as exc:
+            raise RuntimeError(f"storage.redis_url {self.config.main.storage.redis_url}: {exc}") from exc
+        await self.r.set(self.keys.token_key, secrets.token_bytes(32), nx=True)
+        self.token_key = await self.r.get(self.keys.token_key)
+        for n in range(self.keys.shards):
+            with contextlib.suppress(ResponseError):
+                await self.r.xgroup_create(self.keys.stream(n), GROUP, id="0", mkstream=True)
+        last = await self.r.xrevrange(self.keys.control, count=1)
+        self._control_last = last[0][0] if last else "0-0"
+        await self._load_statuses()
+        await self._load_side_tables()
+        self._make_adapters()
+        self._tasks = [
+            asyncio.create_task(self._consume(), name="fenliu-redis-consumer"),
+            asyncio.create_task(self._lease_loop(), name="fenliu-redis-leases"),
+            asyncio.create_task(self._control_loop(), name="fenliu-redis-control"),
+            asyncio.create_task(self._frames_loop(), name="fenliu-redis-frames"),
+            asyncio.create_task(self._tick_loop(), name="fenliu-redis-ticker"),
+            asyncio.create_task(self._outbox_loop(), name="fenliu-outbox"),
+        ]
+        gc.collect()
+        gc.freeze()
+        self.ready = True
+        self.log.info("service_started", backend="redis", shards=self.keys.shards, prefix=self.keys.p)
+
+    async def _load_statuses(self) -> None:
+        """Every instance starts from the shared agent statuses (an agent never seen is offline)."""
+        pipe = self.r.pipeline(transaction=False)
+        agents = sorted(self.config.agents)
+        for aid in agents:
+            pipe.hsetnx(self.keys.agent(aid), "status", "offline")
+        for aid in agents:
+            pipe.hget(self.keys.agent(aid), "status")
+        res = await pipe.execute()
+        d = self.router.dispatcher
+        d.advance(self._clock)
+        for aid, status in zip(agents, res[len(agents):], strict=True):
+            d.set_status(aid, (status or b"offline").decode())
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self.ready = False
+        for handle in self._grace.values():
+            handle.cancel()
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(RedisError):
+            for n, token in list(self._leases.items()):
+                await self._unlease(keys=[self.keys.lease(n)], args=[token])
+            await self.r.zrem(self.keys.instances, self.id)
+            await self.r.delete(self.keys.replies(self.id))
+        self._leases.clear()
+        for adapter in self.adapters.values():
+            with contextlib.suppress(Exception):
+                await adapter.close()
+        await self.store.close()
+        with contextlib.suppress(Exception):
+            await self.r.aclose()
+        self.rs.close()
+        self.log.info("service_stopped")
+
+    @property
+    def owned_shards(self) -> list[int]:
+        return sorted(self._readable)
+
+    # -- ingest and requests (any instance) -----------------------------------------------------
+
+    async def ingest(self, messages: list[Message]) -> IngestResult:
+        """Append to the shop's shard stream (deduped); returns once Redis has them."""
+        if self._stopping:
+            raise Overloaded
+        result = IngestResult()
+        groups: dict[int, list[Message]] = {}
+        for msg in messages:
+            groups.setdefault(self.keys.shard(msg.shop_id), []).append(msg)
+        try:
+            for n, msgs in groups.items():
+                keys = [self.keys.stream(n), *(self.keys.seen(m.shop_id, m.msg_id) for m in msgs)]
+                flags = await self._ingest(keys=keys, args=[DEDUPE_S, *(_encode(m) for m in msgs)])
+                for m, fresh in zip(msgs, flags, strict=True):
+                    if fresh:
+                        result.accepted.append(m.msg_id)
+                        self.metrics.messages.labels(m.shop_id).inc()
+                    else:
+                        result.duplicates.append(m.msg_id)
+                        self.metrics.duplicates.labels(m.shop_id).inc()
+        except RedisError as exc:
+            self.log.warning("ingest_unavailable", error=str(exc), accepted=len(result.accepted))
+            raise Unavailable(f"storage unavailable: {exc}") from exc
+        return result
+
+    async def event(self, event: Event, requester: str | None = None) -> list[Decision]:
+        """Agent status changes apply everywhere at once; conversation events go to the owner of
+        the conversation's shard, in order with its messages, and this waits for the verdict."""
+        try:
+            if isinstance(event, AgentStatusEvent):
+                if event.agent_id not in self.config.agents:
+                    raise InputError(f"unknown agent {event.agent_id!r}")
+                await self._set_status(event.agent_id, event.status)
+                return []
+            cid = event.conversation_id  # type: ignore[union-attr]
+            shop = cid.partition(":")[0]
+            if shop not in self.config.shops:
+                raise InputError(f"no open conversation {cid!r}")
+            req = uuid.uuid4().hex
+            fut: asyncio.Future = asyncio.get_running_loop().create_future()
+            self._waiting[req] = fut
+            try:
+                await self.r.xadd(self.keys.stream(self.keys.shard(shop)),
+                                  {"k": "e", "b": _encode(event), "req": req, "who": requester or "", "inst": self.id})
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    ok, reason = await fut
+            finally:
+                self._waiting.pop(req, None)
+        except RedisError as exc:
+            raise InputError(f"storage unavailable: {exc}") from exc
+        except TimeoutError:
+            raise InputError("the conversation's router did not answer in time; retry") from None
+        if not ok:
+            raise InputError(reason)
+        return []
+
+    async def _set_status(self, agent_id: str, status: str) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.keys.agent(agent_id), "status", status)
+        pipe.xadd(self.keys.control, {"type": "status", "agent": agent_id, "status": status, "by": self.id},
+                  maxlen=10000, approximate=True)
+        await pipe.execute()
+
+    async def reply(self, agent_id: str, conversation_id: str, text: str) -> OutboundResult:
+        """Checked and sent by the instance the agent is connected to; the claim in Redis says
+        whether the conversation is the agent's."""
+        shop = conversation_id.partition(":")[0]
+        if shop not in self.config.shops:
+            raise NotYours(f"no open conversation {conversation_id!r}")
+        n = self.keys.shard(shop)
+        owner, raw = await self.r.pipeline(transaction=False).hget(self.keys.owners(n), conversation_id) \
+            .hget(self.keys.convs(n), conversation_id).execute()
+        if owner is None or owner.decode() != agent_id:
+            raise NotYours(f"conversation {conversation_id!r} is not yours")
+        if raw is not None and _conversation.decode(raw).state == "reserved":
+            raise NotYours(f"accept conversation {conversation_id!r} before replying")
+        result = await self.router.check_reply(shop, text, conversation_id, agent_id)
+        if not result.ok:
+            self.metrics.replies.labels("refused").inc()
+            return result
+        from adapters import OutboundReply
+
+        now = time.time()
+        buyer = conversation_id.partition(":")[2]
+        rid = await self.store.call(lambda c: c.execute(
+            "INSERT INTO outbox (shop_id, conversation_id, buyer_id, agent_id, text, ts, next_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (shop, conversation_id, buyer, agent_id, result.text, now, now)).lastrowid)
+        self.metrics.replies.labels("sent").inc()
+        self._queue_outbox(OutboundReply(rid, shop, conversation_id, buyer, result.text, now, agent_id), now, 0)
+        return result
+
+    async def add_note(self, agent_id: str | None, conversation_id: str, text: str, tags: tuple[str, ...] = ()) -> Any:
+        shop, _, buyer = conversation_id.partition(":")
+        n = self.keys.shard(shop)
+        owner = await self.r.hget(self.keys.owners(n), conversation_id)
+        if agent_id is not None and (owner is None or owner.decode() != agent_id):
+            raise NotYours(f"conversation {conversation_id!r} is not yours")
+        return await self.set_profile(shop, buyer, add_tags=tags, note=text or None, author=agent_id)
+
+    async def order_context(self, items: list) -> None:
+        rows: list[tuple] = []
+        afters: list = []
+        self._process_context(_Job("context", (items,), None), rows, afters)
+        if rows:
+            from router.service import _write_rows
+
+            await self.store.call(lambda c: _write_rows(c, rows))
+        for after in afters:
+            after({})
+
+    async def reload(self, config: Config) -> list[Decision]:
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._put(("reload", config, fut))
+        return await fut
+
+    # -- agents' sessions -------------------------------------------------------------------------
+
+    async def attach(self, session: Any) -> Any:
+        aid = session.agent_id
+        handle = self._grace.pop(aid, None)
+        if handle is not None:
+            handle.cancel()
+        last = await self.r.xrevrange(self.keys.to(aid), count=1)
+        self._frame_last[aid] = last[0][0] if last else "0-0"
+        old = self.sessions.get(aid)
+        self.sessions[aid] = session
+        self.metrics.ws_agents.set(len(self.sessions))
+        await self.r.set(self.keys.conn(aid), self.id, px=3 * LEASE_MS)
+        status = await self.r.hget(self.keys.agent(aid), "status")
+        if status in (None, b"offline"):
+            await self._set_status(aid, "online")
+        self.log.info("agent_connected", agent_id=aid)
+        return old
+
+    def detach(self, session: Any) -> None:
+        aid = session.agent_id
+        if self.sessions.get(aid) is not session:
+            return
+        del self.sessions[aid]
+        self._frame_last.pop(aid, None)
+        self.metrics.ws_agents.set(len(self.sessions))
+        if not self._stopping:
+            self._start_grace(aid)
+        self.log.info("agent_disconnected", agent_id=aid)
+
+    def _grace_over(self, agent_id: str) -> None:
+        self._grace.pop(agent_id, None)
+        if agent_id in self.sessions or self._stopping:
+            return
+        asyncio.get_running_loop().create_task(self._offline_unless_elsewhere(agent_id))
+
+    async def _offline_unless_elsewhere(self, agent_id: str) -> None:
+        with contextlib.suppress(RedisError):
+            holder = await self.r.get(self.keys.conn(agent_id))
+            if holder is None or holder.decode() == self.id:
+                self.log.info("agent_grace_over", agent_id=agent_id)
+                await self._set_status(agent_id, "offline")
+
+    async def hello(self, agent_id: str) -> tuple[str, list[WsAssigned]]:
+        """The agent's status and every conversation it holds, whichever instance routes them."""
+        status = await self.r.hget(self.keys.agent(agent_id), "status")
+        cids = sorted(c.decode() for c in await self.r.smembers(self.keys.held(agent_id)))
+        pipe = self.r.pipeline(transaction=False)
+        for cid in cids:
+            pipe.hget(self.keys.convs(self.keys.shard_of_conversation(cid)), cid)
+        snaps = []
+        for cid, raw in zip(cids, await pipe.execute(), strict=True):
+            if raw is None:
+                continue
+            conv = _conversation.decode(raw)
+            snaps.append(WsAssigned(cid, conv.shop_id, conv.buyer_id, conv.state, conv.skill, conv.priority,
+                                    "message", conv.reserved_until))
+        return (status or b"offline").decode(), snaps
+
+    def conversations_of(self, agent_id: str) -> list[str]:
+        st = self.router.dispatcher.agents.get(agent_id)
+        return list(st.conversations) if st is not None else []
+
+    def _send(self, agent_id: str, frame: msgspec.Struct) -> None:
+        """Frames go out in the commit, to the agent's stream, wherever it is connected."""
+        if self._batch is not None:
+            self._batch.frames.append((agent_id, _encode(frame)))
+
+    # -- claims (called synchronously by the Dispatcher) ------------------------------------------
+
+    def _claim(self, agent_id: str, conversation_id: str) -> bool:
+        n = self.keys.shard_of_conversation(conversation_id)
+        token = self._leases.get(n)
+        acfg = self.config.agents.get(agent_id)
+        if token is None or acfg is None:
+            return False
+        k = self.keys
+        got = self._claim_lua(keys=[k.lease(n), k.agent(agent_id), k.owners(n), k.claims, k.held(agent_id)],
+                              args=[token, agent_id, conversation_id, acfg.max_concurrent, self.id], client=self.rs)
+        if got == -2:
+            self._fenced = True
+        elif got == -1:
+            self.log.warning("claim_conflict", agent_id=agent_id, conversation_id=conversation_id)
+        return got == 1
+
+    def _release(self, agent_id: str, conversation_id: str, reason: str = "release") -> None:
+        n = self.keys.shard_of_conversation(conversation_id)
+        token = self._leases.get(n)
+        if token is None:
+            self._fenced = True
+            return
+        k = self.keys
+        got = self._release_lua(keys=[k.lease(n), k.agent(agent_id), k.owners(n), k.claims, k.held(agent_id), k.control],
+                                args=[token, agent_id, conversation_id, self.id, reason], client=self.rs)
+        if got == -2:
+            self._fenced = True
+
+    # -- the consumer -------------------------------------------------------------------------------
+
+    def _put(self, job: tuple[Any, ...]) -> None:
+        self._jobs.put_nowait(job)
+        self._wake.set()
+
+    async def _consume(self) -> None:
+        while not self._stopping:
+            try:
+                while not self._jobs.empty():
+                    await self._run(self._jobs.get_nowait())
+                if self._readable:
+                    streams = {self.keys.stream(n): ">" for n in sorted(self._readable)}
+                    res = await self.r.xreadgroup(GROUP, self.id, streams, count=BATCH, block=BLOCK_MS)
+                    if res:
+                        await self._route_entries(res)
+                else:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(BLOCK_MS / 1000):
+                            await self._wake.wait()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, _Lost, OSError) as exc:
+                await self._reset(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.2)
+            except Exception:  # noqa: BLE001 - routing must go on; the state is rebuilt from Redis
+                self.log.exception("consumer_failed")
+                await self._reset("consumer error")
+
+    async def _run(self, job: tuple[Any, ...]) -> None:
+        kind = job[0]
+        if kind == "adopt":
+            await self._adopt(job[1], job[2])
+        elif kind == "lost":
+            await self._reset(f"lease lost on shards {job[1]}")
+        elif kind == "tick":
+            self._tick_queued = False
+            batch = self._begin()
+            self._clock = max(time.time(), self._clock)
+            self._push(await self.router.advance(self._clock))
+            await self._commit(batch)
+        elif kind == "refresh":
+            batch = self._begin()
+            d = self.router.dispatcher
+            for aid in job[1] or sorted(d.agents):
+                self._push(d.refresh(aid))
+            await self._commit(batch)
+        elif kind == "control":
+            batch = self._begin()
+            for fields in job[1]:
+                await self._control(fields)
+            await self._commit(batch)
+        elif kind == "reclaim":
+            await self._reclaim()
+        elif kind == "reload":
+            _, config, fut = job
+            batch = self._begin()
+            moved = self.router.reload(config)
+            self.config = config
+            self._make_adapters()
+            self._push(moved)
+            await self._commit(batch)
+            if not fut.done():
+                fut.set_result(moved)
+
+    def _begin(self) -> _Batch:
+        self._batch = _Batch()
+        self._fenced = False
+        return self._batch
+
+    def _push(self, decisions: list[Decision], messages: dict[str, Message] | None = None) -> None:
+        if self._batch is not None:
+            self._batch.decisions.extend(decisions)
+        super()._push(decisions, messages)
+
+    async def _control(self, fields: dict[bytes, bytes]) -> None:
+        kind = fields.get(b"type")
+        agent = fields.get(b"agent", b"").decode()
+        if agent not in self.router.dispatcher.agents:
+            return
+        if kind == b"status":
+            self._clock = max(time.time(), self._clock)
+            with contextlib.suppress(InputError):
+                self._push(await self.router.handle_event(AgentStatusEvent(agent, fields[b"status"].decode())))  # type: ignore[arg-type]
+        elif kind == b"freed":
+            self._push(self.router.dispatcher.refresh(agent))
+
+    async def _route_entries(self, res: list) -> None:
+        batch = self._begin()
+        for stream, entries in res:
+            n = int(stream.rsplit(b":", 1)[1])
+            for eid, fields in entries:
+                await self._route_entry(n, eid, fields, batch)
+        await self._commit(batch)
+
+    async def _route_entry(self, n: int, eid: bytes, fields: dict[bytes, bytes] | None, batch: _Batch) -> None:
+        if n not in self._leases:
+            return
+        batch.acks.setdefault(n, []).append(eid)
+        if not fields:
+            return
+        router = self.router
+        self._clock = clock = max(time.time(), self._clock)
+        self._push(await router.advance(clock))
+        if fields.get(b"k") == b"m":
+            msg = self._enrich(_message.decode(fields[b"b"]))
+            try:
+                decisions = await router.handle_message(msg)
+            except InputError as exc:
+                decisions = [Decision(msg.msg_id, msg.shop_id, msg.conversation_id, "blocked", flags=[f"refused:{exc}"])]
+            own = next((d for d in decisions if d.msg_id == msg.msg_id), None)
+            self._remember_message(msg, own, clock)
+            if msg.order is not None and msg.order.order_id:
+                self.order_buyer[(msg.shop_id, msg.order.order_id)] = msg.buyer_id
+            self._push(decisions, {msg.msg_id: msg})
+            return
+        event = _event.decode(fields[b"b"])
+        who = fields.get(b"who", b"").decode()
+        cid = getattr(event, "conversation_id", None)
+        conv = router.dispatcher.conversations.get(cid or "")
+        ok, reason = True, None
+        if who and isinstance(event, (CloseEvent, TransferEvent)) and (conv is None or conv.agent_id != who):
+            ok, reason = False, f"no open conversation {cid!r}" if conv is None else f"conversation {cid!r} is not yours"
+        else:
+            closing = self.owner.get(cid or "") if isinstance(event, CloseEvent) else None
+            try:
+                moved = await router.handle_event(event)
+            except InputError as exc:
+                ok, reason, moved = False, str(exc), []
+            if ok and isinstance(event, CloseEvent):
+                if closing is not None:
+                    self._send(closing, WsClosed(event.conversation_id))
+                self.owner.pop(event.conversation_id, None)
+                self._forget_conversation(event.conversation_id)
+            if ok and isinstance(event, AcceptEvent):
+                self.log.info("accepted", agent_id=event.agent_id, conversation_id=event.conversation_id)
+            self._push(moved)
+        req = fields.get(b"req")
+        inst = fields.get(b"inst")
+        if req and inst:
+            batch.results.append((inst.decode(), {"req": req.decode(), "ok": ok, "reason": reason}))
+
+    async def _commit(self, batch: _Batch) -> None:
+        """Write the batch in one fenced Lua call; a lost lease drops the local state."""
+        self._batch = None
+        if self._fenced:
+            raise _Lost("a claim or release was fenced")
+        k = self.keys
+        keys: list[str] = []
+        index: dict[str, int] = {}
+
+        def ki(name: str) -> int:
+            i = index.get(name)
+            if i is None:
+                keys.append(name)
+                i = index[name] = len(keys)
+            return i
+
+        sets = []
+        written: dict[str, int] = {}
+        for cid, conv in self.router.dispatcher.conversations.items():
+            if self._mirrored.get(cid) != conv.version:
+                sets.append([ki(k.convs(k.shard(conv.shop_id))), cid, _encode(conv).decode()])
+                written[cid] = conv.version
+        gone = [cid for cid in self._mirrored if cid not in self.router.dispatcher.conversations]
+        dels = [[ki(k.convs(k.shard_of_conversation(cid))), cid] for cid in gone]
+        adds = []
+        now = time.time()
+        for d in batch.decisions:
+            adds.append([ki(k.decisions), DECISIONS_MAX,
+                         _encode({"d": d, "by": self.id, "ts": now}).decode()])
+        for agent, frame in batch.frames:
+            adds.append([ki(k.to(agent)), AGENT_STREAM_MAX, frame.decode()])
+        for inst, res in batch.results:
+            adds.append([ki(k.replies(inst)), AGENT_STREAM_MAX, _encode(res).decode()])
+        acks = [[ki(k.stream(n)), GROUP, [e.decode() for e in ids]] for n, ids in batch.acks.items() if ids]
+        if not (sets or dels or adds or acks):
+            return
+        fence = [[ki(k.lease(n)), token] for n, token in sorted(self._leases.items())]
+        payload = _encode({"fence": fence, "ack": acks, "set": sets, "del": dels, "add": adds})
+        ok = await self._commit_lua(keys=keys, args=[payload])
+        if not ok:
+            raise _Lost("commit fenced")
+        self._mirrored.update(written)
+        for cid in gone:
+            self._mirrored.pop(cid, None)
+
+    async def _reset(self, reason: str) -> None:
+        """Drop every shard and all local routing state; leases are given back so the shards are
+        adopted again (by us or another instance) from what Redis holds."""
+        self.log.error("shards_dropped", reason=reason, shards=sorted(self._leases))
+        leases, self._leases = dict(self._leases), {}
+        self._readable.clear()
+        self._batch = None
+        self._fenced = False
+        with contextlib.suppress(RedisError, OSError):
+            for n, token in leases.items():
+                await self._unlease(keys=[self.keys.lease(n)], args=[token])
+        self.router = self._new_router(self.config)
+        self._mirrored.clear()
+        self.owner.clear()
+        self.history.clear()
+        self.context.clear()
+        self.waiting_since.clear()
+        with contextlib.suppress(RedisError, OSError):
+            await self._load_statuses()
+
+    # -- taking over a shard --------------------------------------------------------------------------
+
+    async def _adopt(self, n: int, token: str) -> None:
+        """Rebuild the shard's conversations from the mirror, give back claims no committed state
+        explains (made by an owner that died before its commit), then route the entries the old
+        owner left pending, oldest first, and drain."""
+        if self._leases.get(n) != token:
+            return
+        k = self.keys
+        stream = k.stream(n)
+        pending: list = []
+        start: bytes | str = "0-0"
+        while True:
+            res = await self.r.xautoclaim(stream, GROUP, self.id, 0, start, count=1000)
+            start = res[0]
+            pending.extend(res[1])
+            if start in (b"0-0", "0-0"):
+                break
+        convs, owners = await self.r.pipeline(transaction=False).hgetall(k.convs(n)).hgetall(k.owners(n)).execute()
+        mirror = {cid.decode(): _conversation.decode(raw) for cid, raw in convs.items()}
+        d = self.router.dispatcher
+        self._clock = max(time.time(), self._clock)
+        d.advance(self._clock)
+        orphans = 0
+        for cid_b, agent_b in owners.items():
+            cid, agent = cid_b.decode(), agent_b.decode()
+            conv = mirror.get(cid)
+            if conv is None or conv.agent_id != agent or conv.state not in ("assigned", "reserved"):
+                self._release(agent, cid, "orphan")
+                orphans += 1
+        held = {c.decode(): a.decode() for c, a in owners.items()}
+        for conv in sorted(mirror.values(), key=lambda c: c.seq):
+            if conv.state in ("assigned", "reserved") and held.get(conv.id) != conv.agent_id:
+                conv.state = "queued"
+                conv.agent_id = None
+                conv.queued_at = conv.queued_at or self._clock
+                conv.version += 1
+            elif conv.state == "bot":
+                conv.agent_id = None
+            d.adopt(conv)
+            self._mirrored[conv.id] = conv.version
+            if conv.agent_id is not None:
+                self.owner[conv.id] = conv.agent_id
+        if self._fenced:
+            raise _Lost("fenced while adopting")
+        self._readable.add(n)
+        self.log.info("shard_adopted", shard=n, conversations=len(mirror), pending=len(pending), orphans=orphans)
+        batch = self._begin()
+        for eid, fields in pending:
+            await self._route_entry(n, eid, fields, batch)
+        for aid in sorted(d.agents):
+            self._push(d.refresh(aid))
+        await self._commit(batch)
+
+    async def _reclaim(self) -> None:
+        """Entries of our shards left pending on another consumer (read by an owner that had just
+        lost its lease) are routed here after a lease period of idleness."""
+        batch = self._begin()
+        for n in sorted(self._readable):
+            res = await self.r.xautoclaim(self.keys.stream(n), GROUP, self.id, LEASE_MS, "0-0", count=BATCH)
+            for eid, fields in res[1]:
+                await self._route_entry(n, eid, fields, batch)
+        await self._commit(batch)
+
+    # -- background loops ----------------------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        started = time.monotonic()
+        last_refresh = time.monotonic()
+        rounds = 0
+        while not self._stopping:
+            try:
+                await self._lease_round(settled=time.monotonic() - started >= SETTLE_S)
+                rounds += 1
+                if time.monotonic() - last_refresh >= REFRESH_S:
+                    last_refresh = time.monotonic()
+                    self._put(("refresh", None))
+                    if rounds % 5 == 0:
+                        self._put(("reclaim",))
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self.log.warning("lease_round_failed", error=str(exc))
+            await asyncio.sleep(RENEW_S)
+
+    async def _lease_round(self, settled: bool) -> None:
+        k = self.keys
+        now_ms = int(time.time() * 1000)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zadd(k.instances, {self.id: now_ms + LEASE_MS})
+        pipe.zremrangebyscore(k.instances, 0, now_ms)
+        pipe.zcard(k.instances)
+        for aid in self.sessions:
+            pipe.set(k.conn(aid), self.id, px=3 * LEASE_MS)
+        live = (await pipe.execute())[2]
+        if self._leases:
+            held = sorted(self._leases.items())
+            res = await self._renew(keys=[k.lease(n) for n, _ in held], args=[LEASE_MS, *(t for _, t in held)])
+            lost = [n for (n, _), ok in zip(held, res, strict=True) if not ok]
+            if lost:
+                self._put(("lost", lost))
+                return
+        if not settled:
+            return
+        fair = math.ceil(k.shards / max(1, live))
+        if len(self._leases) < fair:
+            offset = int(self.id.encode().hex(), 16) % k.shards
+            for i in range(k.shards):
+                n = (offset + i) % k.shards
+                if n in self._leases:
+                    continue
+                self._lease_seq += 1
+                token = f"{self.id}:{self._lease_seq}"
+                if await self.r.set(k.lease(n), token, nx=True, px=LEASE_MS):
+                    self._leases[n] = token
+                    self._put(("adopt", n, token))
+                    if len(self._leases) >= fair:
+                        break
+        await self._sweep_offline()
+
+    async def _sweep_offline(self) -> None:
+        """Agents whose WebSocket instance died: offline once no instance has held their
+        connection for the reconnect grace."""
+        agents = [aid for aid, st in self.router.dispatcher.agents.items() if st.status != "offline"]
+        if not agents:
+            return
+        holders = await self.r.mget([self.keys.conn(a) for a in agents])
+        now = time.time()
+        grace = self.config.main.server.reconnect_grace_s
+        for aid, holder in zip(agents, holders, strict=True):
+            if holder is not None or aid in self.sessions or aid in self._grace:
+                self._missing_since.pop(aid, None)
+                continue
+            since = self._missing_since.setdefault(aid, now)
+            if now - since >= grace:
+                self._missing_since.pop(aid, None)
+                self.log.info("agent_connection_lost", agent_id=aid)
+                await self._set_status(aid, "offline")
+
+    async def _control_loop(self) -> None:
+        while not self._stopping:
+            try:
+                res = await self.r.xread({self.keys.control: self._control_last}, count=500, block=1000)
+                for _, entries in res or ():
+                    self._control_last = entries[-1][0]
+                    self._put(("control", [f for _, f in entries]))
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self.log.warning("control_read_failed", error=str(exc))
+                await asyncio.sleep(0.5)
+
+    async def _frames_loop(self) -> None:
+        """Deliver frames from the agents' streams to the WebSockets held here, and requests'
+        verdicts to their waiting callers."""
+        k = self.keys
+        mine = k.replies(self.id)
+        while not self._stopping:
+            streams: dict[str, bytes | str] = {mine: self._reply_last}
+            for aid in list(self.sessions):
+                if aid in self._frame_last:
+                    streams[k.to(aid)] = self._frame_last[aid]
+            try:
+                res = await self.r.xread(streams, count=500, block=100)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self.log.warning("frames_read_failed", error=str(exc))
+                await asyncio.sleep(0.5)
+                continue
+            for key, entries in res or ():
+                key = key.decode()
+                if key == mine:
+                    self._reply_last = entries[-1][0]
+                    for _, fields in entries:
+                        res_ = msgspec.json.decode(fields[b"d"])
+                        fut = self._waiting.get(res_["req"])
+                        if fut is not None and not fut.done():
+                            fut.set_result((res_["ok"], res_["reason"]))
+                    continue
+                aid = key.rsplit(":", 1)[1]
+                if aid not in self._frame_last:
+                    continue
+                self._frame_last[aid] = entries[-1][0]
+                session = self.sessions.get(aid)
+                queue = getattr(session, "queue", None)
+                for _, fields in entries:
+                    if queue is not None:
+                        with contextlib.suppress(asyncio.QueueFull):
+                            queue.put_nowait(fields[b"d"])
+
+    async def _tick_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(TICK_S)
+            if not self._tick_queued:
+                self._tick_queued = True
+                self._put(("tick",))
+
+
+__all__ = ["RedisService", "Unavailable"]

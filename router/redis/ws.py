@@ -1,0 +1,105 @@
+"""The agent WebSocket when several instances share a Redis: the same protocol as
+:mod:`router.ws`, but the conversation may be routed by another instance, so ownership is checked
+by the conversation's owner (requests travel through its shard stream) instead of locally."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+from aiohttp import WSMsgType, web
+
+from router.models import (
+    AcceptEvent,
+    AgentStatusEvent,
+    CloseEvent,
+    TransferEvent,
+    WsAccept,
+    WsClose,
+    WsHello,
+    WsNote,
+    WsReply,
+    WsResult,
+    WsStatus,
+    WsTransfer,
+)
+from router.pipeline import InputError
+from router.service import NotYours
+from router.ws import WsSession, _decode, _frame_reason
+
+if TYPE_CHECKING:
+    from router.accounts import Account
+    from router.redis.service import RedisService
+
+log = structlog.get_logger("fenliu.redis.ws")
+
+
+async def agent_socket(request: web.Request, service: RedisService, account: Account, agent_id: str) -> web.WebSocketResponse:
+    from router.server import SOCKETS
+
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    session = WsSession(ws, agent_id, account)
+    bound = log.bind(agent_id=agent_id, account=account.name, instance=service.id)
+    session.task = asyncio.create_task(session.writer())
+    old = await service.attach(session)
+    if old is not None and old is not session:
+        await old.close(4000, b"replaced by a new connection")
+    status, snaps = await service.hello(agent_id)
+    session.deliver(WsHello(agent_id, status, snaps))
+    request.app[SOCKETS].add(ws)
+    try:
+        async for msg in ws:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                data = msg.data.encode() if msg.type == WSMsgType.TEXT else msg.data
+                session.deliver(await _handle(service, session, data))
+            elif msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        request.app[SOCKETS].discard(ws)
+        service.detach(session)
+        if not session.queue.full():
+            session.queue.put_nowait(None)
+        if session.task is not None:
+            session.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await session.task
+        bound.info("ws_closed")
+    return ws
+
+
+async def _handle(service: RedisService, session: WsSession, data: bytes) -> WsResult:
+    aid = session.agent_id
+    try:
+        frame = _decode.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return WsResult("invalid", False, None, reason=_frame_reason(exc))
+    op = type(frame).__struct_config__.tag  # type: ignore[attr-defined]
+    ref = frame.ref
+    cid = getattr(frame, "conversation_id", None)
+    try:
+        if cid is not None and not session.account.may_see_shop(cid.split(":", 1)[0]):
+            return WsResult(op, False, ref, cid, reason="forbidden: that shop is not permitted to your account")
+        match frame:
+            case WsAccept():
+                await service.event(AcceptEvent(frame.conversation_id, aid), requester=aid)
+            case WsReply():
+                result = await service.reply(aid, frame.conversation_id, frame.text)
+                if not result.ok:
+                    return WsResult(op, False, ref, cid, reason=result.reason or "blocked by the outbound filter",
+                                    text=frame.text, hits=result.hits)
+                return WsResult(op, True, ref, cid, text=result.text, hits=result.hits)
+            case WsTransfer():
+                await service.event(TransferEvent(frame.conversation_id, frame.to_agent, frame.to_skill), requester=aid)
+            case WsClose():
+                await service.event(CloseEvent(frame.conversation_id), requester=aid)
+            case WsStatus():
+                await service.event(AgentStatusEvent(aid, frame.status))
+            case WsNote():
+                await service.add_note(aid, frame.conversation_id, frame.text, frame.tags)
+    except (InputError, NotYours) as exc:
+        return WsResult(op, False, ref, cid, reason=str(exc))
+    return WsResult(op, True, ref, cid)
