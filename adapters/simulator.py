@@ -170,12 +170,19 @@ class SimAgent:
         self.inbox: asyncio.Queue[msgspec.Struct] = asyncio.Queue()
         self.answered: dict[str, int] = {}
         self.task: asyncio.Task | None = None
+        self.closed = False
 
     def deliver(self, frame: msgspec.Struct) -> None:
         self.inbox.put_nowait(frame)
 
+    async def close(self, code: int, message: bytes) -> None:
+        """A person logged in as this agent (its WebSocket replaces this session): stop acting."""
+        self.closed = True
+
     async def _later(self, low: float, high: float) -> None:
         await asyncio.sleep(self.rng.uniform(low, high) / self.speed)
+        if self.closed:
+            raise asyncio.CancelledError
 
     async def run(self) -> None:
         await self.service.attach(self)

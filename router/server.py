@@ -525,6 +525,8 @@ def make_app(service: Service) -> web.Application:
     r.add_get("/v1/shops/{shop_id}/buyers/{buyer_id}", get_profile)
     r.add_put("/v1/shops/{shop_id}/buyers/{buyer_id}", put_profile)
     r.add_post("/v1/admin/reload", reload)
+    from router.workbench import setup as setup_workbench
+    setup_workbench(app)
     return app
 
 

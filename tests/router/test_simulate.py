@@ -8,9 +8,7 @@ reproducibility.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,6 @@ import pytest
 from router.simulate import gini, percentile
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-CHROMIUM = Path("/usr/bin/chromium")
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -164,24 +161,9 @@ def test_gini_and_percentile():
     assert percentile([], 50) is None
 
 
-def _chromium() -> Path:
-    if CHROMIUM.exists():
-        return CHROMIUM
-    if os.geteuid() != 0:
-        pytest.skip("needs /usr/bin/chromium (apt-get install -y chromium, as root)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "chromium"]
-    if subprocess.run(install, capture_output=True, env=env, timeout=600).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
-        subprocess.run(install, capture_output=True, env=env, timeout=600)
-    if not CHROMIUM.exists():
-        pytest.skip("could not install chromium with apt-get")
-    return CHROMIUM
-
-
 @pytest.mark.browser
 @pytest.mark.slow
-def test_html_report_renders_in_headless_chromium(fenliu, tmp_path):
+def test_html_report_renders_in_headless_chromium(fenliu, tmp_path, chromium_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     report = tmp_path / "report.html"
     r = fenliu("simulate", "--config", str(DATA / "sim_policy"), "--compare", str(_least_load_copy(tmp_path)),
@@ -189,7 +171,7 @@ def test_html_report_renders_in_headless_chromium(fenliu, tmp_path):
     assert r.returncode == 0, r.stderr
     page_html = report.read_text(encoding="utf-8")
     assert "<script" not in page_html and "<link" not in page_html and 'src="' not in page_html
-    executable = _chromium()
+    executable = chromium_path
     shot = tmp_path / "report.png"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(executable), args=BROWSER_ARGS)

@@ -1,0 +1,30 @@
+import { api, ApiError, session } from './common.js';
+
+const form = document.getElementById('login');
+const errorBox = document.getElementById('error');
+
+export function home(login) {
+  return login.role === 'agent' ? '/web/workbench.html' : '/web/dashboard.html';
+}
+
+if (session.token && session.login) location.replace(home(session.login));
+
+form.addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  errorBox.hidden = true;
+  const main = form.main.value.trim();
+  const sub = form.sub.value.trim();
+  const account = sub ? `${main}:${sub}` : main;
+  const button = document.getElementById('submit');
+  button.disabled = true;
+  try {
+    const login = await api('POST', '/v1/auth/login', { account, password: form.password.value });
+    session.save(login);
+    location.replace(home(login));
+  } catch (err) {
+    errorBox.textContent = err instanceof ApiError && err.status === 401 ? '账号或密码错误' : `登录失败：${err.message}`;
+    errorBox.hidden = false;
+  } finally {
+    button.disabled = false;
+  }
+});

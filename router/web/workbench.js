@@ -1,0 +1,731 @@
+// 客服工作台: the agent's conversations over the agent WebSocket (/v1/agents/ws), with the
+// buyer's profile, order, quick replies and the outbound check over HTTP. The server checks
+// every action again; the page only makes them convenient.
+import {
+  api, h, label, logout, mmss, duration, percent, clock, now, toast, highlight, requireLogin,
+  setServerTime, session, LiveSocket, PLATFORM, STATUS, SKILL, STATE, CAUSE, ORDER_STATUS, GROUP,
+} from './common.js';
+
+const WINDOW = 180;
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  me: null,
+  shops: new Map(),
+  convs: new Map(),       // my conversations (from the socket)
+  queued: new Map(),      // queued conversations of my shops (read-only, polled)
+  selected: null,
+  filter: 'all',
+  status: 'offline',
+  quick: new Map(),       // cid -> quick reply groups
+  profiles: new Map(),    // cid -> profile
+  agents: [],
+  today: null,
+};
+
+let socket = null;
+
+// -- conversations -------------------------------------------------------------------------------
+
+function waitingSince(conv) {
+  let since = null;
+  for (const item of conv.history || []) {
+    if (item.who === 'buyer') { if (since === null) since = item.ts; }
+    else if (item.who === 'agent') since = null;
+  }
+  return since;
+}
+
+function lastLine(conv) {
+  const items = conv.history || [];
+  const last = items[items.length - 1];
+  if (!last) return '';
+  const prefix = last.who === 'agent' ? '我：' : last.who === 'bot' ? '机器人：' : '';
+  const kinds = { image: '[图片]', goods_card: '[商品卡片]', order_card: '[订单卡片]', voice: '[语音]', video: '[视频]' };
+  return prefix + (kinds[last.kind] ? `${kinds[last.kind]} ${last.text || ''}` : last.text);
+}
+
+function isVip(conv) {
+  const tags = (conv.buyer && conv.buyer.tags) || [];
+  return tags.includes('vip') || tags.includes('svip');
+}
+
+// Urgency: accept first (its reservation runs out), then the reply window that ends soonest,
+// then priority (VIP), then the most recent activity. Queued conversations come last.
+function urgency(conv) {
+  const t = now();
+  if (conv.readonly) return [3, -(conv.priority || 0), conv.queued_at || conv.opened_at || 0];
+  if (conv.state === 'reserved') return [0, conv.reserved_until || 0, 0];
+  const since = waitingSince(conv);
+  if (since !== null) return [1, WINDOW - (t - since), -(conv.priority || 0)];
+  const last = (conv.history || []).at(-1);
+  return [2, -(conv.priority || 0), -(last ? last.ts : 0)];
+}
+
+function compare(a, b) {
+  const x = urgency(a);
+  const y = urgency(b);
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return x[i] - y[i];
+  return a.id < b.id ? -1 : 1;
+}
+
+function matches(conv, filter) {
+  if (filter === 'all') return true;
+  if (conv.readonly) return false;
+  if (filter === 'unread') return conv.unread > 0;
+  if (filter === 'waiting') return conv.state === 'reserved' || waitingSince(conv) !== null;
+  return true;
+}
+
+function allConvs() {
+  const out = [...state.convs.values()];
+  for (const q of state.queued.values()) if (!state.convs.has(q.id)) out.push(q);
+  return out;
+}
+
+function shopLabel(shopId) {
+  const shop = state.shops.get(shopId);
+  return shop ? `${label(PLATFORM, shop.platform)}·${shop.name}` : shopId;
+}
+
+function buyerName(conv) {
+  return (conv.buyer && conv.buyer.nick) || conv.buyer_id;
+}
+
+function countdownText(conv) {
+  if (conv.readonly) return { text: '排队中', cls: 'queued' };
+  const t = now();
+  if (conv.state === 'reserved' && conv.reserved_until) {
+    const left = conv.reserved_until - t;
+    return { text: `接入 ${mmss(left)}`, cls: left < 15 ? 'late' : 'soon' };
+  }
+  const since = waitingSince(conv);
+  if (since === null) return { text: '已回复', cls: 'done' };
+  const left = WINDOW - (t - since);
+  if (left <= 0) return { text: `超时 ${mmss(-left)}`, cls: 'late' };
+  return { text: mmss(left), cls: left < 60 ? 'soon' : 'ok' };
+}
+
+function renderList() {
+  const list = $('conv-list');
+  const all = allConvs().sort(compare);
+  const counts = { all: all.length, unread: 0, waiting: 0, mine: 0 };
+  for (const c of all) for (const f of ['unread', 'waiting', 'mine']) if (matches(c, f)) counts[f]++;
+  for (const btn of document.querySelectorAll('.filter')) {
+    btn.classList.toggle('active', btn.dataset.filter === state.filter);
+    btn.querySelector('span').textContent = counts[btn.dataset.filter] ? `(${counts[btn.dataset.filter]})` : '';
+  }
+  const shown = all.filter((c) => matches(c, state.filter));
+  list.replaceChildren(...shown.map((conv) => {
+    const cd = countdownText(conv);
+    return h('li', {
+      class: `conv${conv.id === state.selected ? ' selected' : ''}${conv.readonly ? ' readonly' : ''}`,
+      dataset: { id: conv.id }, onclick: () => select(conv.id),
+    },
+      h('div', { class: 'conv-top' },
+        h('span', { class: `shop ${state.shops.get(conv.shop_id)?.platform || ''}` }, shopLabel(conv.shop_id)),
+        h('span', { class: `countdown ${cd.cls}`, dataset: { id: conv.id } }, cd.text)),
+      h('div', { class: 'conv-name' },
+        h('strong', null, buyerName(conv)),
+        isVip(conv) ? h('span', { class: 'badge vip' }, 'VIP') : null,
+        conv.skill ? h('span', { class: 'badge' }, label(SKILL, conv.skill)) : null,
+        conv.state === 'reserved' ? h('span', { class: 'badge warn' }, '待接入') : null,
+        conv.unread > 0 ? h('span', { class: 'unread' }, String(conv.unread)) : null),
+      h('div', { class: 'conv-last' }, conv.readonly ? `${label(STATE, conv.state)} · ${conv.buyer_id}` : lastLine(conv)));
+  }));
+  $('conv-empty').hidden = shown.length > 0;
+}
+
+function tickCountdowns() {
+  for (const el of document.querySelectorAll('.countdown')) {
+    const conv = state.convs.get(el.dataset.id) || state.queued.get(el.dataset.id);
+    if (!conv) continue;
+    const cd = countdownText(conv);
+    el.textContent = cd.text;
+    el.className = `countdown ${cd.cls}`;
+  }
+  const conv = current();
+  if (conv && conv.state === 'reserved' && conv.reserved_until) {
+    $('accept-text').textContent = `新会话待接入，请在 ${mmss(conv.reserved_until - now())} 内接入，超时将转给其他客服`;
+  }
+}
+
+function current() {
+  return state.convs.get(state.selected) || state.queued.get(state.selected) || null;
+}
+
+// -- the chat ------------------------------------------------------------------------------------------
+
+function renderItem(item, conv) {
+  const who = item.who;
+  const when = h('time', null, clock(item.ts));
+  let body;
+  const text = item.text || '';
+  if (item.kind === 'image') {
+    body = /^(https?:|data:image\/)/.test(text)
+      ? h('img', { src: text, alt: '买家图片', class: 'pic' })
+      : h('div', { class: 'card' }, h('b', null, '图片'), h('span', null, text));
+  } else if (item.kind === 'goods_card') {
+    body = h('div', { class: 'card goods' }, h('b', null, '商品卡片'), h('span', null, text || (conv.order && conv.order.goods) || ''));
+  } else if (item.kind === 'order_card') {
+    const o = conv.order || {};
+    body = h('div', { class: 'card order' }, h('b', null, '订单卡片'),
+      h('span', null, text),
+      o.order_id ? h('span', { class: 'sub' }, `订单号 ${o.order_id} · ${label(ORDER_STATUS, o.status)}${o.amount ? ` · ¥${o.amount}` : ''}`) : null);
+  } else if (item.kind === 'voice' || item.kind === 'video') {
+    body = h('div', { class: 'card' }, h('b', null, item.kind === 'voice' ? '语音' : '视频'), h('span', null, text));
+  } else {
+    body = h('div', { class: 'bubble' }, text);
+  }
+  const name = who === 'buyer' ? buyerName(conv) : who === 'bot' ? '机器人' : (item.agent_id && item.agent_id !== state.me.agent_id ? item.agent_id : '我');
+  return h('li', { class: `msg ${who}` }, h('div', { class: 'msg-head' }, name, ' ', when), body);
+}
+
+function renderChat() {
+  const conv = current();
+  $('chat-empty').hidden = !!conv;
+  $('chat-main').hidden = !conv;
+  renderList();
+  if (!conv) { renderSide(); return; }
+  $('chat-title').textContent = buyerName(conv);
+  $('chat-meta').textContent = ` ${shopLabel(conv.shop_id)} · ${label(STATE, conv.state)}${conv.skill ? ` · ${label(SKILL, conv.skill)}` : ''}${conv.priority ? ` · 优先级 ${conv.priority}` : ''}`;
+  const hist = $('history');
+  hist.replaceChildren(...(conv.history || []).map((item) => renderItem(item, conv)));
+  hist.scrollTop = hist.scrollHeight;
+  const mine = !conv.readonly;
+  $('accept-bar').hidden = !(mine && conv.state === 'reserved');
+  $('composer').hidden = !mine;
+  $('transfer-btn').hidden = !mine;
+  $('close-btn').hidden = !mine;
+  const locked = conv.state === 'reserved';
+  $('draft').disabled = locked;
+  $('send').disabled = locked;
+  $('draft-hint').textContent = locked ? '接入后才能回复' : '';
+  tickCountdowns();
+  renderSide();
+}
+
+async function select(cid) {
+  if (state.selected !== cid) hideBlocked();
+  state.selected = cid;
+  const conv = current();
+  if (!conv) return renderChat();
+  conv.unread = 0;
+  if (conv.readonly && !conv.loaded) {
+    try {
+      const full = await api('GET', `/v1/conversations/${encodeURIComponent(cid)}`);
+      Object.assign(conv, { history: full.history, buyer: full.buyer, order: full.order, loaded: true });
+    } catch (err) {
+      toast(`无法打开会话：${err.message}`, 'error');
+    }
+  }
+  renderChat();
+  loadProfile(conv);
+  loadQuick(conv);
+}
+
+// -- side panel: buyer, order, quick replies --------------------------------------------------------------
+
+function facts(target, rows) {
+  target.replaceChildren(...rows.filter((r) => r[1] !== undefined && r[1] !== null && r[1] !== '')
+    .flatMap(([k, v]) => [h('dt', null, k), h('dd', null, String(v))]));
+}
+
+function renderSide() {
+  const conv = current();
+  const side = $('side');
+  side.classList.toggle('disabled', !conv);
+  if (!conv) {
+    facts($('buyer-facts'), []);
+    facts($('order-facts'), []);
+    $('tags').replaceChildren();
+    $('notes').replaceChildren();
+    $('quick').replaceChildren(h('p', { class: 'empty' }, '选择会话后显示话术'));
+    return;
+  }
+  const b = conv.buyer || {};
+  facts($('buyer-facts'), [['昵称', b.nick || '—'], ['买家ID', conv.buyer_id], ['店铺', shopLabel(conv.shop_id)],
+    ['会员等级', b.level || 0], ['累计消费', b.lifetime_spend ? `¥${b.lifetime_spend}` : '—']]);
+  const o = conv.order || {};
+  facts($('order-facts'), conv.order
+    ? [['订单号', o.order_id], ['状态', label(ORDER_STATUS, o.status)], ['商品', o.goods], ['金额', o.amount ? `¥${o.amount}` : null]]
+    : [['订单', '暂无订单信息']]);
+  const profile = state.profiles.get(conv.id);
+  const tags = [...new Set([...(b.tags || []), ...((profile && profile.tags) || [])])];
+  const supervisor = state.me.role !== 'agent';
+  $('tags').replaceChildren(...tags.map((t) => h('span', { class: `tag${t === 'vip' || t === 'svip' ? ' vip' : ''}` }, t,
+    supervisor && profile && profile.tags.includes(t)
+      ? h('button', { type: 'button', class: 'x', title: '删除标签', onclick: () => removeTag(conv, t) }, '×') : null)));
+  $('vip-btn').hidden = tags.includes('vip');
+  const notes = (profile && profile.notes) || [];
+  $('notes').replaceChildren(...notes.slice(-20).reverse().map((n) => h('li', null,
+    h('span', { class: 'note-meta' }, `${n.by || ''} ${n.ts ? clock(n.ts) : ''}`), h('span', null, n.text))));
+  renderQuick(conv);
+}
+
+async function loadProfile(conv) {
+  try {
+    const p = await api('GET', `/v1/shops/${encodeURIComponent(conv.shop_id)}/buyers/${encodeURIComponent(conv.buyer_id)}`);
+    state.profiles.set(conv.id, p);
+    if (p.order && !conv.order) conv.order = p.order;
+    if (state.selected === conv.id) renderSide();
+  } catch (err) {
+    toast(`客户信息加载失败：${err.message}`, 'error');
+  }
+}
+
+async function addTags(conv, tags) {
+  try {
+    const p = await api('PUT', `/v1/shops/${encodeURIComponent(conv.shop_id)}/buyers/${encodeURIComponent(conv.buyer_id)}`, { add_tags: tags });
+    state.profiles.set(conv.id, { ...(state.profiles.get(conv.id) || {}), ...p });
+    toast(`已添加标签：${tags.join('、')}（从买家下一条消息起生效）`);
+    renderSide();
+    renderList();
+  } catch (err) {
+    toast(`添加标签失败：${err.message}`, 'error');
+  }
+}
+
+async function removeTag(conv, tag) {
+  const profile = state.profiles.get(conv.id);
+  try {
+    const p = await api('PUT', `/v1/shops/${encodeURIComponent(conv.shop_id)}/buyers/${encodeURIComponent(conv.buyer_id)}`,
+      { tags: profile.tags.filter((t) => t !== tag) });
+    state.profiles.set(conv.id, { ...profile, ...p });
+    renderSide();
+  } catch (err) {
+    toast(`删除标签失败：${err.message}`, 'error');
+  }
+}
+
+async function loadQuick(conv) {
+  try {
+    const q = await api('GET', `/v1/quick-replies?conversation_id=${encodeURIComponent(conv.id)}`);
+    state.quick.set(conv.id, q.groups);
+    if (state.selected === conv.id) renderQuick(conv);
+  } catch (err) {
+    toast(`话术库加载失败：${err.message}`, 'error');
+  }
+}
+
+function quickItems(conv) {
+  return (state.quick.get(conv.id) || []).flatMap((g) => g.items.map((it) => ({ ...it, group: g.group })));
+}
+
+function renderQuick(conv) {
+  const groups = state.quick.get(conv.id) || [];
+  const box = $('quick');
+  if (!groups.length) { box.replaceChildren(h('p', { class: 'empty' }, '该店铺暂无话术')); return; }
+  box.replaceChildren(...groups.map((g) => h('details', { class: 'quick-group', open: true },
+    h('summary', null, label(GROUP, g.group)),
+    ...g.items.map((it) => h('button', {
+      type: 'button', class: 'quick-item', dataset: { id: it.id }, title: it.text,
+      onclick: () => insertQuick(it, null),
+    }, h('b', null, it.title), h('span', { class: 'kw' }, it.keywords.join(' / ')), h('span', { class: 'qt' }, it.text))))));
+}
+
+// -- the composer -------------------------------------------------------------------------------------------
+
+let suggestions = [];
+let suggestIndex = 0;
+
+function insertQuick(item, typed) {
+  const draft = $('draft');
+  const text = draft.value;
+  if (typed && text.lastIndexOf(typed) >= 0) {
+    const at = text.lastIndexOf(typed);
+    draft.value = text.slice(0, at) + item.text + text.slice(at + typed.length);
+  } else {
+    draft.value = text ? `${text}${item.text}` : item.text;
+  }
+  hideSuggestions();
+  hideBlocked();
+  draft.focus();
+  const gap = draft.value.indexOf('{');
+  $('draft-hint').textContent = gap >= 0 ? '话术中还有未填写的 {占位符}' : '';
+}
+
+function suggest() {
+  const conv = current();
+  const text = $('draft').value;
+  if (!conv || !text.trim()) return hideSuggestions();
+  const items = quickItems(conv);
+  const slash = text.match(/\/([^\s/]*)$/);
+  const found = [];
+  if (slash) {
+    const q = slash[1].toLowerCase();
+    for (const it of items) {
+      if (!q || it.title.toLowerCase().includes(q) || it.keywords.some((k) => k.toLowerCase().startsWith(q))) {
+        found.push({ item: it, typed: slash[0] });
+      }
+    }
+  } else {
+    const lower = text.toLowerCase();
+    for (const it of items) {
+      const kw = it.keywords.find((k) => lower.endsWith(k.toLowerCase()));
+      if (kw) found.push({ item: it, typed: text.slice(text.length - kw.length) });
+    }
+  }
+  suggestions = found.slice(0, 6);
+  suggestIndex = 0;
+  const box = $('suggestions');
+  if (!suggestions.length) return hideSuggestions();
+  box.replaceChildren(...suggestions.map((s, i) => h('li', {
+    class: `suggestion${i === 0 ? ' active' : ''}`, dataset: { id: s.item.id },
+    onmousedown: (ev) => { ev.preventDefault(); insertQuick(s.item, s.typed); },
+  }, h('b', null, s.item.title), ' ', h('span', null, s.item.text))));
+  box.append(h('li', { class: 'suggest-hint' }, 'Tab 插入 · ↑↓ 选择 · Esc 关闭'));
+  box.hidden = false;
+}
+
+function hideSuggestions() {
+  suggestions = [];
+  $('suggestions').hidden = true;
+}
+
+function hideBlocked() {
+  $('blocked').hidden = true;
+  $('draft').classList.remove('has-hits');
+}
+
+function showBlocked(text, reason, hits) {
+  $('blocked-reason').textContent = `⚠ 回复未发送：${reason || '含违禁词'}`;
+  $('blocked-text').replaceChildren(...highlight(text, hits));
+  $('blocked').hidden = false;
+  $('draft').classList.add('has-hits');
+}
+
+async function send() {
+  const conv = current();
+  const draft = $('draft');
+  const text = draft.value.trim();
+  if (!conv || conv.readonly || !text) return;
+  if (/\{[a-z_]+\}/.test(text)) {
+    $('draft-hint').textContent = '请先填写话术中的 {占位符}';
+    return;
+  }
+  $('send').disabled = true;
+  try {
+    const check = await api('POST', '/v1/replies/check', { conversation_id: conv.id, text });
+    if (!check.ok) { showBlocked(text, check.reason, check.hits); return; }
+    const result = await socket.request({ type: 'reply', conversation_id: conv.id, text });
+    if (!result.ok) {
+      if (result.hits && result.hits.length) showBlocked(result.text || text, result.reason, result.hits);
+      else toast(`发送失败：${result.reason}`, 'error');
+      return;
+    }
+    hideBlocked();
+    draft.value = '';
+    conv.history.push({ who: 'agent', text: result.text || text, ts: now(), agent_id: state.me.agent_id });
+    renderChat();
+    refreshToday();
+  } catch (err) {
+    toast(`发送失败：${err.message}`, 'error');
+  } finally {
+    $('send').disabled = conv.state === 'reserved';
+  }
+}
+
+// -- actions over the socket -----------------------------------------------------------------------------
+
+async function act(frame, done) {
+  const result = await socket.request(frame);
+  if (!result.ok) { toast(`操作失败：${result.reason}`, 'error'); return false; }
+  if (done) toast(done);
+  return true;
+}
+
+async function accept() {
+  const conv = current();
+  if (!conv) return;
+  if (await act({ type: 'accept', conversation_id: conv.id }, '已接入会话')) {
+    conv.state = 'assigned';
+    conv.reserved_until = null;
+    renderChat();
+    $('draft').focus();
+  }
+}
+
+let closeArmed = null;
+async function closeConversation() {
+  const conv = current();
+  if (!conv) return;
+  const btn = $('close-btn');
+  if (closeArmed !== conv.id) {
+    closeArmed = conv.id;
+    btn.textContent = '确认结束？';
+    setTimeout(() => { closeArmed = null; btn.textContent = '结束会话'; }, 3000);
+    return;
+  }
+  closeArmed = null;
+  btn.textContent = '结束会话';
+  await act({ type: 'close', conversation_id: conv.id }, '会话已结束');
+}
+
+async function openTransfer() {
+  const conv = current();
+  if (!conv) return;
+  try {
+    state.agents = (await api('GET', '/v1/agents')).agents;
+  } catch (err) {
+    toast(`客服列表加载失败：${err.message}`, 'error');
+  }
+  const agents = state.agents.filter((a) => a.id !== state.me.agent_id && a.shops.includes(conv.shop_id));
+  $('transfer-agent').replaceChildren(...agents.map((a) => h('option', { value: a.id, disabled: a.status !== 'online' || a.load >= a.max_concurrent },
+    `${a.name || a.id}（${label(STATUS, a.status)} ${a.load}/${a.max_concurrent}）`)));
+  const firstFree = agents.find((a) => a.status === 'online' && a.load < a.max_concurrent);
+  if (firstFree) $('transfer-agent').value = firstFree.id;
+  $('transfer-skill').replaceChildren(...state.me.skills.map((s) => h('option', { value: s }, label(SKILL, s))));
+  $('transfer-error').hidden = true;
+  $('transfer-dialog').showModal();
+}
+
+async function doTransfer(target) {
+  const conv = current();
+  if (!conv) return;
+  const result = await socket.request({ type: 'transfer', conversation_id: conv.id, ...target });
+  if (!result.ok) {
+    $('transfer-error').textContent = `转接失败：${result.reason}`;
+    $('transfer-error').hidden = false;
+    return;
+  }
+  $('transfer-dialog').close();
+  toast('会话已转接');
+}
+
+async function saveNote() {
+  const conv = current();
+  const text = $('note-input').value.trim();
+  if (!conv || !text) return;
+  if (conv.readonly) { toast('只能给自己接待的会话写备注', 'error'); return; }
+  if (await act({ type: 'note', conversation_id: conv.id, text }, '备注已保存')) {
+    $('note-input').value = '';
+    loadProfile(conv);
+  }
+}
+
+async function setStatus(status) {
+  const result = await socket.request({ type: 'status', status });
+  if (!result.ok) { toast(`状态切换失败：${result.reason}`, 'error'); return; }
+  state.status = status;
+  renderStatus();
+}
+
+// -- the socket ---------------------------------------------------------------------------------------------
+
+function adopt(frame) {
+  const old = state.convs.get(frame.conversation_id);
+  const conv = {
+    id: frame.conversation_id, shop_id: frame.shop_id, buyer_id: frame.buyer_id, state: frame.state,
+    skill: frame.skill, priority: frame.priority || 0, cause: frame.cause, reserved_until: frame.reserved_until,
+    buyer: frame.buyer, order: frame.order, history: frame.history || [],
+    unread: old ? old.unread : (frame.history || []).filter((i) => i.who === 'buyer').length,
+  };
+  state.convs.set(conv.id, conv);
+  state.queued.delete(conv.id);
+  return conv;
+}
+
+function onFrame(frame) {
+  switch (frame.type) {
+    case 'hello': {
+      const ids = new Set(frame.conversations.map((c) => c.conversation_id));
+      for (const id of [...state.convs.keys()]) if (!ids.has(id)) state.convs.delete(id);
+      for (const c of frame.conversations) adopt(c);
+      state.status = frame.status;
+      renderStatus();
+      break;
+    }
+    case 'assigned': {
+      const conv = adopt(frame);
+      toast(`新会话：${buyerName(conv)}（${shopLabel(conv.shop_id)}${frame.cause !== 'message' ? `，${label(CAUSE, frame.cause)}` : ''}）`);
+      if (!state.selected) { select(conv.id); return; }
+      break;
+    }
+    case 'message': {
+      const conv = state.convs.get(frame.conversation_id);
+      if (!conv) return;
+      conv.history.push({ who: 'buyer', text: frame.text, ts: frame.ts, kind: frame.kind || 'text', msg_id: frame.msg_id });
+      if (state.selected !== conv.id || document.hidden) conv.unread++;
+      break;
+    }
+    case 'transferred':
+    case 'closed': {
+      const conv = state.convs.get(frame.conversation_id);
+      state.convs.delete(frame.conversation_id);
+      if (conv && frame.type === 'transferred') {
+        toast(`会话已转出：${buyerName(conv)}（${label(CAUSE, frame.cause)}${frame.to_agent ? ` → ${frame.to_agent}` : ''}）`);
+      }
+      if (state.selected === frame.conversation_id) { state.selected = null; hideBlocked(); }
+      break;
+    }
+    case 'context': {
+      const conv = state.convs.get(frame.conversation_id);
+      if (conv) conv.order = frame.order;
+      break;
+    }
+    default:
+      return;
+  }
+  if (frame.type === 'message' && state.selected === frame.conversation_id) renderChat();
+  else if (frame.type === 'hello' || frame.type === 'closed' || frame.type === 'transferred' || frame.type === 'context') renderChat();
+  else renderList();
+  renderStatus();
+}
+
+function onSocketState(s) {
+  const conn = $('conn');
+  const text = { connecting: '连接中…', open: '● 已连接', closed: '○ 连接断开，正在重连…', replaced: '○ 已在其他窗口登录' }[s];
+  conn.textContent = text;
+  conn.className = `conn ${s}`;
+  document.body.dataset.socket = s;
+}
+
+// -- bottom bar ---------------------------------------------------------------------------------------------
+
+function renderStatus() {
+  for (const btn of document.querySelectorAll('.status-btn')) btn.classList.toggle('active', btn.dataset.status === state.status);
+  const mine = [...state.convs.values()].length;
+  const cap = state.me.agent ? state.me.agent.max_concurrent : 0;
+  $('load').textContent = `接待中 ${mine}/${cap}`;
+  const t = state.today;
+  $('today').textContent = t
+    ? `今日接待 ${t.conversations} · 回复 ${t.replies} · 3分钟回复率 ${percent(t.reply_rate)} · 平均响应 ${duration(t.avg_response_s)}`
+    : '';
+}
+
+let todayTimer = null;
+async function refreshToday() {
+  clearTimeout(todayTimer);
+  try {
+    state.today = await api('GET', '/v1/today');
+    if (state.today.status) state.status = state.today.status;
+    renderStatus();
+    renderData();
+  } catch { /* shown as missing figures */ }
+  todayTimer = setTimeout(refreshToday, 5000);
+}
+
+async function refreshQueued() {
+  try {
+    const data = await api('GET', '/v1/conversations?state=queued');
+    const seen = new Set();
+    for (const c of data.conversations) {
+      seen.add(c.id);
+      const old = state.queued.get(c.id);
+      state.queued.set(c.id, { ...c, readonly: true, unread: 0, history: old ? old.history : [], loaded: old ? old.loaded : false, buyer: old && old.buyer, order: old && old.order });
+    }
+    for (const id of [...state.queued.keys()]) if (!seen.has(id)) state.queued.delete(id);
+    if (state.selected && !current()) state.selected = null;
+    renderList();
+  } catch { /* next round */ }
+}
+
+// -- other panes ----------------------------------------------------------------------------------------------
+
+function renderOrders() {
+  const rows = [...state.convs.values()].filter((c) => c.order).map((c) => h('tr', null,
+    h('td', null, shopLabel(c.shop_id)), h('td', null, buyerName(c)), h('td', null, c.order.order_id || '—'),
+    h('td', null, c.order.goods || '—'), h('td', null, c.order.amount ? `¥${c.order.amount}` : '—'),
+    h('td', null, label(ORDER_STATUS, c.order.status))));
+  $('orders-body').replaceChildren(...(rows.length ? rows : [h('tr', null, h('td', { colspan: 6, class: 'empty' }, '当前会话没有订单信息'))]));
+  const after = [...state.convs.values()].filter((c) => c.skill === 'aftersale' || (c.order && /refund/.test(c.order.status || '')));
+  $('aftersale-body').replaceChildren(...(after.length ? after.map((c) => h('tr', null,
+    h('td', null, shopLabel(c.shop_id)), h('td', null, buyerName(c)), h('td', null, (c.order && c.order.order_id) || '—'),
+    h('td', null, c.order ? label(ORDER_STATUS, c.order.status) : '—'), h('td', null, lastLine(c))))
+    : [h('tr', null, h('td', { colspan: 5, class: 'empty' }, '暂无售后会话'))]));
+}
+
+function renderData() {
+  const t = state.today;
+  if (!t) return;
+  const kpi = (name, value) => h('div', { class: 'kpi' }, h('span', null, name), h('strong', null, value));
+  $('data-kpis').replaceChildren(kpi('今日接待', t.conversations), kpi('回复条数', t.replies),
+    kpi('3分钟回复率', percent(t.reply_rate)), kpi('平均响应', duration(t.avg_response_s)),
+    kpi('3分钟内回复', t.in_time), kpi('超时', t.missed));
+}
+
+function renderSettings() {
+  const me = state.me;
+  facts($('settings-facts'), [['账号', me.account], ['角色', { agent: '客服', supervisor: '主管', admin: '管理员' }[me.role]],
+    ['客服', me.agent ? `${me.agent.name}（${me.agent.id}）` : '—'], ['技能组', me.agent ? me.agent.skills.map((s) => label(SKILL, s)).join('、') : '—'],
+    ['接待上限', me.agent ? me.agent.max_concurrent : '—'], ['店铺', me.shops.map((s) => `${label(PLATFORM, s.platform)}·${s.name}`).join('、')]]);
+}
+
+function showPane(name) {
+  for (const btn of document.querySelectorAll('.nav')) btn.classList.toggle('active', btn.dataset.pane === name);
+  for (const pane of document.querySelectorAll('.pane')) pane.hidden = pane.id !== `pane-${name}`;
+  if (name === 'orders' || name === 'aftersale') renderOrders();
+  if (name === 'data') renderData();
+  if (name === 'settings') renderSettings();
+}
+
+// -- start -------------------------------------------------------------------------------------------------------
+
+async function start() {
+  requireLogin();
+  state.me = await api('GET', '/v1/me');
+  setServerTime(state.me.server_time);
+  for (const s of state.me.shops) state.shops.set(s.id, s);
+  $('who').textContent = `${state.me.account}${state.me.agent ? ` · ${state.me.agent.name}` : ''}`;
+  $('to-dashboard').hidden = state.me.role === 'agent';
+  $('logout').addEventListener('click', () => { if (socket) socket.stop(); logout(); });
+  if (!state.me.agent_id) {
+    $('chat-empty').textContent = '该账号未绑定客服，无法接待会话；主管请使用数据看板。';
+    return;
+  }
+  for (const btn of document.querySelectorAll('.filter')) btn.addEventListener('click', () => { state.filter = btn.dataset.filter; renderList(); });
+  for (const btn of document.querySelectorAll('.nav')) btn.addEventListener('click', () => showPane(btn.dataset.pane));
+  for (const btn of document.querySelectorAll('.side-tab')) {
+    btn.addEventListener('click', () => {
+      for (const b of document.querySelectorAll('.side-tab')) b.classList.toggle('active', b === btn);
+      for (const id of ['buyer', 'order', 'quick']) $(`side-${id}`).hidden = id !== btn.dataset.side;
+    });
+  }
+  for (const btn of document.querySelectorAll('.status-btn')) btn.addEventListener('click', () => setStatus(btn.dataset.status));
+  $('accept').addEventListener('click', accept);
+  $('close-btn').addEventListener('click', closeConversation);
+  $('transfer-btn').addEventListener('click', openTransfer);
+  $('transfer-agent-go').addEventListener('click', () => $('transfer-agent').value && doTransfer({ to_agent: $('transfer-agent').value }));
+  $('transfer-skill-go').addEventListener('click', () => $('transfer-skill').value && doTransfer({ to_skill: $('transfer-skill').value }));
+  $('save-note').addEventListener('click', saveNote);
+  $('add-tag').addEventListener('click', () => {
+    const conv = current();
+    const tag = $('tag-input').value.trim();
+    if (conv && tag) { $('tag-input').value = ''; addTags(conv, [tag]); }
+  });
+  $('vip-btn').addEventListener('click', () => { const conv = current(); if (conv) addTags(conv, ['vip']); });
+  $('composer').addEventListener('submit', (ev) => { ev.preventDefault(); send(); });
+  const draft = $('draft');
+  draft.addEventListener('input', () => { hideBlocked(); suggest(); });
+  draft.addEventListener('blur', () => setTimeout(hideSuggestions, 150));
+  draft.addEventListener('keydown', (ev) => {
+    if (suggestions.length && (ev.key === 'Tab' || (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing))) {
+      ev.preventDefault();
+      const s = suggestions[suggestIndex];
+      insertQuick(s.item, s.typed);
+      return;
+    }
+    if (suggestions.length && (ev.key === 'ArrowDown' || ev.key === 'ArrowUp')) {
+      ev.preventDefault();
+      suggestIndex = (suggestIndex + (ev.key === 'ArrowDown' ? 1 : suggestions.length - 1)) % suggestions.length;
+      document.querySelectorAll('.suggestion').forEach((el, i) => el.classList.toggle('active', i === suggestIndex));
+      return;
+    }
+    if (ev.key === 'Escape') { hideSuggestions(); return; }
+    if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); send(); }
+  });
+  renderChat();
+  renderStatus();
+  socket = new LiveSocket('/v1/agents/ws', { onFrame, onState: onSocketState });
+  window.fenliuWorkbench = { socket, state };
+  socket.connect();
+  setInterval(tickCountdowns, 1000);
+  setInterval(refreshQueued, 5000);
+  refreshQueued();
+  refreshToday();
+}
+
+start().catch((err) => {
+  if (session.token) toast(`工作台启动失败：${err.message}`, 'error');
+});
