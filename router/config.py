@@ -63,6 +63,7 @@ class ServerConfig(Struct):
     ingest_queue_max: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     reconnect_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     token_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 12 * 3600
+    watch_config: bool = True
 
 
 class StorageConfig(Struct):
@@ -287,11 +288,13 @@ class Config:
         return self.plugins.strategies
 
 
-def load_config(directory: str | os.PathLike[str], plugins: PluginSet | None = None) -> Config:
+def load_config(directory: str | os.PathLike[str], plugins: PluginSet | None = None, *,
+                extra: tuple[object, ...] = ()) -> Config:
     """Load and validate ``directory``; raise :class:`ConfigErrors` with every problem found.
 
     ``plugins`` is the plugin set to validate against; by default one is built from the
-    ``[plugins]`` table of ``fenliu.toml``.
+    ``[plugins]`` table of ``fenliu.toml``, plus the ``extra`` plugin objects (a reload passes
+    those the running configuration was started with).
     """
     from router.plugins import PluginSet
 
@@ -306,7 +309,7 @@ def load_config(directory: str | os.PathLike[str], plugins: PluginSet | None = N
     if main is None:
         raise ConfigErrors(errors)
     if plugins is None:
-        plugins = PluginSet.load(main.plugins, errors=errors, config_file=main_path)
+        plugins = PluginSet.load(main.plugins, errors=errors, config_file=main_path, extra=extra)
 
     shops_path = root / "shops.toml"
     shops: dict[str, Shop] = {}

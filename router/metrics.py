@@ -78,6 +78,9 @@ class Metrics:
         self.ingest_queue = Gauge("fenliu_ingest_queue", "Messages accepted by HTTP and not yet routed", registry=r)
         self.ws_agents = Gauge("fenliu_connected_agents", "Agents with an open WebSocket", registry=r)
         self.commits = Counter("fenliu_store_commits", "Group commits of the store", registry=r)
+        self.reloads = Counter("fenliu_config_reloads", "Configuration reloads applied", registry=r)
+        self.reload_failures = Counter("fenliu_config_reload_failures",
+                                       "Configuration reloads rejected (the running configuration was kept)", registry=r)
         r.register(_Live(router, now))
 
     def render(self) -> bytes:

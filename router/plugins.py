@@ -103,6 +103,7 @@ class PluginSet:
         self.strategies: dict[str, type] = {}
         self._chains: dict[str, tuple[_Impl, ...]] = {}
         self.has_observers = False
+        self.extra: tuple[object, ...] = ()
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -122,6 +123,7 @@ class PluginSet:
         settings = settings or PluginsConfig()
         errors = errors if errors is not None else []
         self = cls(settings.hook_timeout_ms)
+        self.extra = tuple(extra)
         for modname in BUILTIN_PLUGINS:
             short = modname.rsplit(".", 1)[1]
             if short in settings.disabled or modname in settings.disabled:

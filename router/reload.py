@@ -41,12 +41,13 @@ class Reloader:
         apply: Callable[[Config], Awaitable[Any] | Any],
         *,
         on_failure: Callable[[ReloadResult], None] | None = None,
-        load: Callable[[Path], Config] = load_config,
+        load: Callable[[Path], Config] | None = None,
+        extra: tuple[object, ...] = (),
     ) -> None:
         self.directory = Path(directory)
         self._apply = apply
         self._on_failure = on_failure
-        self._load = load
+        self._load = load or (lambda d: load_config(d, extra=extra))
         self._lock = anyio.Lock()
         self.generation = 0
         self.failures = 0

@@ -26,7 +26,7 @@ from aiohttp import web
 from adapters import WebhookError, adapter_class
 from router import accounts as acct
 from router.accounts import Account
-from router.config import Config, ConfigErrors, load_config
+from router.config import Config
 from router.ingest import decode_message, explain
 from router.models import AgentStatusEvent, Message
 from router.pipeline import InputError
@@ -458,14 +458,13 @@ async def reload(request: web.Request) -> web.Response:
     account = await authenticate(request)
     if account.role != "admin":
         return error(403, "forbidden: reloading needs the admin role")
-    try:
-        config = await asyncio.to_thread(load_config, service.config.dir)
-    except ConfigErrors as exc:
+    result = await service.reloader.reload(f"admin:{account.name}")
+    if not result.ok:
         return json_response({"error": "configuration rejected; the running one is kept",
-                              "errors": [str(e) for e in exc.errors]}, 422)
-    moved = await service.reload(config)
-    log.info("reloaded", by=account.name, moved=len(moved))
-    return json_response({"reloaded": True, "shops": len(config.shops), "agents": len(config.agents), "moved": moved})
+                              "errors": result.errors}, 422)
+    config = service.config
+    return json_response({"reloaded": True, "generation": result.generation,
+                          "shops": len(config.shops), "agents": len(config.agents)})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -603,6 +602,7 @@ async def serve_forever(config: Config, host: str | None, port: int | None, simu
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(server.service.reloader.reload("SIGHUP")))
     print(f"fenliu: listening on {server.url}", flush=True)
     print(f"  ingest   POST {server.url}/v1/shops/<shop_id>/messages  (X-Fenliu-Signature: sha256=<hmac>)")
     print(f"  health   GET  {server.url}/healthz     metrics GET {server.url}/metrics")

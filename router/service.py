@@ -39,6 +39,7 @@ import structlog
 from adapters import Adapter, DeliveryError, OrderContext, OutboundReply, adapter_class
 from router.config import Config
 from router.metrics import Metrics
+from router.reload import Reloader
 from router.models import (
     AcceptEvent,
     AgentStatusEvent,
@@ -120,6 +121,8 @@ class Service:
         self._clock = time.time()
         self.router = Router(config, reservations=True, clock=lambda: self._clock)
         self.metrics = Metrics(lambda: self.router)
+        self.reloader = Reloader(config.dir, self._apply_reload, extra=config.plugins.extra,
+                                 on_failure=lambda _result: self.metrics.reload_failures.inc())
         self.sessions: dict[str, Session] = {}
         self.owner: dict[str, str] = {}
         self.history: dict[str, deque[WsHistoryItem]] = {}
@@ -161,6 +164,8 @@ class Service:
             asyncio.create_task(self._ticker(), name="fenliu-ticker"),
             asyncio.create_task(self._outbox_loop(), name="fenliu-outbox"),
         ]
+        if self.config.main.server.watch_config:
+            self._tasks.append(asyncio.create_task(self.reloader.watch(), name="fenliu-config-watch"))
         if replayed == 0:
             for aid, st in sorted(self.router.dispatcher.agents.items()):
                 if st.status != "offline":
@@ -317,6 +322,10 @@ class Service:
         fut = self._future()
         self._enqueue(_Job("context", (items,), fut))
         await fut
+
+    async def _apply_reload(self, config: Config) -> None:
+        await self.reload(config)
+        self.metrics.reloads.inc()
 
     async def reload(self, config: Config) -> list[Decision]:
         fut = self._future()

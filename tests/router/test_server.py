@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import aiohttp
+import anyio
 import pytest
 
 from tests.router.serve_support import (
@@ -294,3 +295,26 @@ async def test_ingest_bound_gives_503(make_server):
     finally:
         await c.http.close()
         await srv.stop()
+
+
+async def test_bad_policy_dropped_into_a_running_server_is_reported_and_routing_unchanged(server):
+    """The watcher picks the file up by itself: no admin call."""
+    srv, c = server
+    cfg = srv.service.config.dir
+    before = srv.service.config
+    good = (cfg / "policies" / "default.toml").read_text()
+    (cfg / "policies" / "default.toml").write_text(good.replace('strategy = "round_robin"', 'strategy = 7'))
+    with anyio.fail_after(20):
+        while srv.service.reloader.failures == 0:
+            await anyio.sleep(0.05)
+    assert srv.service.config is before
+    assert any("policies/default.toml: dispatch.strategy: expected str, got int" in e
+               for e in srv.service.reloader.last.errors)
+    async with c.http.get(f"{c.url}/metrics") as r:
+        text = await r.text()
+    assert "fenliu_config_reload_failures_total 1.0" in text
+    status, _ = await c.post_messages("pdd-a", message("m-after-bad-reload"))
+    assert status == 202
+    assert srv.service.config.policy_for("pdd-a").dispatch.strategy == "round_robin"
+    status, body = await c.call("POST", "/v1/admin/reload", await c.login("acme"))
+    assert status == 422 and any("dispatch.strategy" in e for e in body["errors"])
