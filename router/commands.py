@@ -1,5 +1,5 @@
 """Registration point for the commands that live in heavier modules (``serve``, ``simulate``,
-``stats``, ``accounts``); each imports its module only when run."""
+``stats``, ``accounts``); each imports its heavy dependencies only when run."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 
 
 def register(add: Callable[[str, str], Any], command: Callable[[str], Any]) -> None:
-    from router.simulate import add_arguments as _simulate_arguments
+    from router.serve_cli import register as serve_register
+    from router.simulate import add_arguments as simulate_arguments
+    from router.stats_cli import register as stats_register
 
-    _simulate_arguments(add("simulate", "replay traffic against policies on a virtual clock and report"))
+    simulate_arguments(add("simulate", "replay traffic against policies on a virtual clock and report"))
     command("simulate")(lambda args: __import__("router.simulate").simulate.run_command(args))
-    from router.serve_cli import register as _serve_register
-
-    _serve_register(add, command)
-    return None
+    serve_register(add, command)
+    stats_register(add, command)

@@ -51,7 +51,7 @@ def decode_line(line: bytes) -> Message | Event:
         except msgspec.ValidationError as exc:
             if "type" in str(exc) and "missing" not in str(exc).lower() and "Invalid value" in str(exc):
                 raise msgspec.ValidationError(
-                    "unknown event type (expected agent_status, close, transfer, accept or tick)"
+                    "unknown event type (expected agent_status, close, transfer, accept, tick or rating)"
                 ) from None
             if "Object missing required field `type`" not in str(exc):
                 raise

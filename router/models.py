@@ -167,7 +167,18 @@ class TickEvent(msgspec.Struct, frozen=True, tag="tick", tag_field="type",
     ts: float
 
 
-Event = AgentStatusEvent | CloseEvent | TransferEvent | AcceptEvent | TickEvent
+class RatingEvent(msgspec.Struct, frozen=True, tag="rating", tag_field="type",
+                  forbid_unknown_fields=True):
+    """A buyer's satisfaction rating (满意度评价) of a conversation, 1 (bad) to 5 (very good).
+    It moves nothing; it is journaled for ``fenliu stats``."""
+
+    conversation_id: NonEmpty
+    score: Annotated[int, msgspec.Meta(ge=1, le=5)]
+    comment: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    ts: float | None = None
+
+
+Event = AgentStatusEvent | CloseEvent | TransferEvent | AcceptEvent | TickEvent | RatingEvent
 
 
 class AgentState(msgspec.Struct):

@@ -26,6 +26,7 @@ from router.models import (
     Event,
     Message,
     OutboundResult,
+    RatingEvent,
     Reply,
     TickEvent,
     TransferEvent,
@@ -191,7 +192,7 @@ class Router:
         d = self.dispatcher
         try:
             match event:
-                case TickEvent():
+                case TickEvent() | RatingEvent():
                     moved: list[Decision] = []
                 case AgentStatusEvent(agent_id=aid, status=status):
                     moved = d.set_status(aid, status)

@@ -27,8 +27,9 @@ from adapters import WebhookError, adapter_class
 from router import accounts as acct
 from router.accounts import Account
 from router.config import Config
+from router.stats import compute, parse_period
 from router.ingest import decode_message, explain
-from router.models import AgentStatusEvent, Message
+from router.models import AgentStatusEvent, Message, RatingEvent
 from router.pipeline import InputError
 from router.service import Overloaded, Service
 
@@ -176,14 +177,14 @@ async def _read_body(request: web.Request, limit: int) -> bytes | web.Response:
         return error(413, f"body is over the limit of {limit} bytes (server.max_body_bytes)")
 
 
-async def ingest(request: web.Request) -> web.Response:
+async def _signed_body(request: web.Request) -> bytes | web.Response:
+    """The raw body of a request a shop's bridge signed, or the refusal (404, 413, 401)."""
     service = request.app[SERVICE]
-    server = service.config.main.server
     shop_id = request.match_info["shop_id"]
     shop = service.config.shops.get(shop_id)
     if shop is None:
         return error(404, f"unknown shop {shop_id!r}")
-    body = await _read_body(request, server.max_body_bytes)
+    body = await _read_body(request, service.config.main.server.max_body_bytes)
     if isinstance(body, web.Response):
         service.metrics.rejected.labels("413").inc()
         return body
@@ -196,6 +197,16 @@ async def ingest(request: web.Request) -> web.Response:
     if why is not None:
         service.metrics.rejected.labels("401").inc()
         return error(401, why)
+    return body
+
+
+async def ingest(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    server = service.config.main.server
+    shop_id = request.match_info["shop_id"]
+    body = await _signed_body(request)
+    if isinstance(body, web.Response):
+        return body
     try:
         items = split_batch(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -409,6 +420,22 @@ async def stats(request: web.Request) -> web.Response:
                 s[conv.state] += 1
     body: dict[str, Any] = {"shops": shops, "ingest_queue": service.pending_ingest,
                             "outbox_pending": service.outbox_pending(), "journal_seq": service._seq}
+    try:
+        since, until = parse_period(request.query.get("from"), request.query.get("to"),
+                                    service.config.main.defaults.timezone)
+    except ValueError as exc:
+        return error(400, str(exc))
+    shop_q = request.query.get("shop")
+    if shop_q is not None:
+        require_shop(account, shop_q)
+    agent_q = request.query.get("agent")
+    if account.role == "agent":
+        agent_q = account.agent_id or agent_q
+    visible = [sid for sid in service.config.shops if account.may_see_shop(sid)]
+    config = service.config
+    period = await service.store.call(lambda conn: compute(conn, config, since=since, until=until, shop=shop_q,
+                                                           agent=agent_q, shops=visible))
+    body["period"] = msgspec.to_builtins(period)
     if account.role == "admin":
         try:
             d.check_invariants()
@@ -451,6 +478,23 @@ async def put_profile(request: web.Request) -> web.Response:
     p = await service.set_profile(shop_id, buyer_id, tags=req.tags, add_tags=tuple(req.add_tags), note=req.note,
                                   author=account.name)
     return json_response({"shop_id": shop_id, "buyer_id": buyer_id, "tags": p.tags, "notes": p.notes})
+
+
+async def rating(request: web.Request) -> web.Response:
+    """A buyer's satisfaction rating, signed by the shop's bridge like messages are."""
+    service = request.app[SERVICE]
+    shop_id = request.match_info["shop_id"]
+    body = await _signed_body(request)
+    if isinstance(body, web.Response):
+        return body
+    try:
+        event = msgspec.json.decode(body, type=RatingEvent)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return error(400, explain(exc) + ' (expected {"type": "rating", "conversation_id", "score": 1-5})')
+    if not event.conversation_id.startswith(f"{shop_id}:"):
+        return error(400, f"conversation {event.conversation_id!r} is not of shop {shop_id!r}")
+    await service.event(event)
+    return json_response({"accepted": 1}, 202)
 
 
 async def reload(request: web.Request) -> web.Response:
@@ -521,6 +565,7 @@ def make_app(service: Service) -> web.Application:
     r.add_get("/v1/agents", agents)
     r.add_put("/v1/agents/{agent_id}/status", agent_status)
     r.add_get("/v1/stats", stats)
+    r.add_post("/v1/shops/{shop_id}/ratings", rating)
     r.add_get("/v1/shops/{shop_id}/buyers/{buyer_id}", get_profile)
     r.add_put("/v1/shops/{shop_id}/buyers/{buyer_id}", put_profile)
     r.add_post("/v1/admin/reload", reload)

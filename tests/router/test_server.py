@@ -8,10 +8,13 @@ import json
 
 import aiohttp
 import anyio
+import msgspec
 import pytest
 
+from router.server import SIGNATURE_HEADER, sign
 from tests.router.serve_support import (
     ENV,
+    SECRET_A,
     Agent,
     Client,
     NoWechat,
@@ -318,3 +321,39 @@ async def test_bad_policy_dropped_into_a_running_server_is_reported_and_routing_
     assert srv.service.config.policy_for("pdd-a").dispatch.strategy == "round_robin"
     status, body = await c.call("POST", "/v1/admin/reload", await c.login("acme"))
     assert status == 422 and any("dispatch.strategy" in e for e in body["errors"])
+
+
+async def test_ratings_and_period_stats_from_the_store(server):
+    srv, c = server
+    agent = await Agent.connect(c, await c.login("acme:a01"))
+    await agent.next("hello")
+    await c.post_messages("pdd-a", message("m-1", "b-7", text="这件有货吗"))
+    await agent.next("assigned", conversation_id="pdd-a:b-7")
+    assert (await agent.request({"type": "accept", "conversation_id": "pdd-a:b-7"}))["ok"]
+    assert (await agent.request({"type": "reply", "conversation_id": "pdd-a:b-7", "text": "有的亲"}))["ok"]
+    assert (await agent.request({"type": "close", "conversation_id": "pdd-a:b-7"}))["ok"]
+    rating = {"type": "rating", "conversation_id": "pdd-a:b-7", "score": 4, "comment": "回复很快"}
+    status, body = await c.post_messages("pdd-a", rating)
+    assert status == 400, "a rating is not a message"
+    raw = msgspec.json.encode(rating)
+    async with c.http.post(f"{c.url}/v1/shops/pdd-a/ratings", data=raw,
+                           headers={SIGNATURE_HEADER: sign(SECRET_A.encode(), raw)}) as r:
+        assert r.status == 202, await r.text()
+    async with c.http.post(f"{c.url}/v1/shops/pdd-a/ratings", data=raw, headers={SIGNATURE_HEADER: "sha256=00"}) as r:
+        assert r.status == 401
+    bad = msgspec.json.encode({**rating, "score": 9})
+    async with c.http.post(f"{c.url}/v1/shops/pdd-a/ratings", data=bad,
+                           headers={SIGNATURE_HEADER: sign(SECRET_A.encode(), bad)}) as r:
+        assert r.status == 400 and "score" in (await r.json())["error"]
+    for _ in range(100):
+        status, stats = await c.call("GET", "/v1/stats", await c.login("acme"))
+        if stats["period"]["total"]["ratings"]:
+            break
+        await anyio.sleep(0.05)
+    total = stats["period"]["total"]
+    assert (total["sessions"], total["replies"], total["ratings"], total["rating_avg"]) == (1, 1, 1, 4.0)
+    assert total["first_response_s_avg"] is not None
+    status, mine = await c.call("GET", "/v1/stats?shop=tb-b", await c.login("acme:a01"))
+    assert status == 403
+    status, body = await c.call("GET", "/v1/stats?from=tomorrow", await c.login("acme"))
+    assert status == 400 and "from: expected" in body["error"]

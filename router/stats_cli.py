@@ -1,0 +1,103 @@
+"""``fenliu stats``: the service's figures for a period, from the store, as a table, CSV or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+_SHOWN = (
+    ("sessions", "sessions"), ("messages", "msgs"), ("first_response_s_avg", "first resp s"),
+    ("human_response_s_avg", "avg resp s"), ("reply_3min_rate", "3-min rate"), ("queue_wait_s_avg", "queue wait s"),
+    ("transfers", "transfers"), ("bot_answered_share", "bot share"), ("rating_avg", "rating"),
+    ("satisfaction_rate", "satisfied"), ("conversion_rate", "conversion"),
+)
+
+
+def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callable[[str], Any]) -> None:
+    p = add("stats", "service statistics for a period, computed from the store")
+    p.add_argument("--from", dest="since", default=None, help="start: YYYY-MM-DD, ISO date-time or epoch (shop time zone)")
+    p.add_argument("--to", dest="until", default=None, help="end (exclusive), same forms as --from")
+    p.add_argument("--shop", default=None, help="only this shop")
+    p.add_argument("--agent", default=None, help="only sessions this agent took part in")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write every row as CSV (- for stdout)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON (- for stdout)")
+    p.add_argument("--store", default=None, help="SQLite file (default: storage.path)")
+    command("stats")(stats_command)
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    from router.config import ConfigErrors, load_config
+    from router.stats import compute, parse_period, to_csv
+    from router.store import connect
+
+    try:
+        config = load_config(args.config)
+    except ConfigErrors as exc:
+        for e in exc.errors:
+            print(e, file=sys.stderr)
+        return 1
+    try:
+        since, until = parse_period(args.since, args.until, config.main.defaults.timezone)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.shop is not None and args.shop not in config.shops:
+        print(f"error: unknown shop {args.shop!r}", file=sys.stderr)
+        return 1
+    if args.agent is not None and args.agent not in config.agents:
+        print(f"error: unknown agent {args.agent!r}", file=sys.stderr)
+        return 1
+    path = Path(args.store or config.main.storage.path)
+    if not path.exists():
+        print(f"error: no store at {path} (has `fenliu serve` run with this configuration?)", file=sys.stderr)
+        return 1
+    conn = connect(path)
+    try:
+        stats = compute(conn, config, since=since, until=until, shop=args.shop, agent=args.agent)
+    finally:
+        conn.close()
+    if args.csv:
+        _write(args.csv, to_csv(stats))
+    if args.json:
+        _write(args.json, msgspec.json.format(msgspec.json.encode(stats)).decode() + "\n")
+    if args.csv != "-" and args.json != "-":
+        _table(stats)
+    return 0
+
+
+def _write(target: str, text: str) -> None:
+    if target == "-":
+        sys.stdout.write(text)
+    else:
+        Path(target).write_text(text, encoding="utf-8")
+
+
+def _fmt(value: Any, key: str) -> str:
+    if value is None:
+        return "-"
+    if key.endswith(("rate", "share")):
+        return f"{value:.1%}"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def _table(stats: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Fenliu statistics")
+    table.add_column("group")
+    for _, title in _SHOWN:
+        table.add_column(title, justify="right")
+    for group, rows in (("all", [stats.total]), ("shop", stats.by_shop), ("skill", stats.by_skill),
+                        ("agent", stats.by_agent)):
+        for r in rows:
+            table.add_row(f"{group} {r.key}" if group != "all" else "all",
+                          *(_fmt(getattr(r, k), k) for k, _ in _SHOWN))
+    Console(width=max(140, Console().width)).print(table)
