@@ -49,6 +49,7 @@ import structlog
 from redis.exceptions import RedisError, ResponseError
 
 from router.config import Config
+from router.logging import bind_message
 from router.models import (
     AcceptEvent,
     AgentStatusEvent,
@@ -581,6 +582,7 @@ class RedisService(Service):
     async def _commit(self, batch: _Batch) -> None:
         """Write the batch in one fenced Lua call; a lost lease drops the local state."""
         self._batch = None
+        bind_message(None)
         if self._fenced:
             raise _Lost("a claim or release was fenced")
         k = self.keys

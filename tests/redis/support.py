@@ -110,7 +110,7 @@ class Instances:
             db = root / f"node{i}.db"
             accounts_db(db, agents)
             port = free_port()
-            full_env = {**os.environ, **ENV, **(env or {}), "FENLIU_LOG_LEVEL": "error", "PYTHONUNBUFFERED": "1"}
+            full_env = {**os.environ, **ENV, **(env or {}), "FENLIU_LOG_LEVEL": os.environ.get("FENLIU_TEST_LOG_LEVEL", "error"), "PYTHONUNBUFFERED": "1"}
             log = open(root / f"node{i}.log", "wb")
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(port), "--store", str(db)],
