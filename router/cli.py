@@ -29,7 +29,9 @@ def command(name: str) -> Callable[[Handler], Handler]:
     return deco
 
 
-def _load(args: argparse.Namespace) -> Config | None:
+def load_or_report(args: argparse.Namespace) -> Config | None:
+    """The configuration named by ``--config``, or ``None`` after printing its errors (one
+    ``file: key.path: reason`` a line) on stderr."""
     try:
         return load_config(args.config)
     except ConfigErrors as exc:
@@ -40,7 +42,7 @@ def _load(args: argparse.Namespace) -> Config | None:
 
 @command("check")
 def _check(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = load_or_report(args)
     if config is None:
         return 1
     for info in config.plugins.infos:
@@ -56,7 +58,7 @@ def _route(args: argparse.Namespace) -> int:
     from router.pipeline import Router
     from router.route import route_lines
 
-    config = _load(args)
+    config = load_or_report(args)
     if config is None:
         return 1
     if args.file in (None, "-"):
@@ -86,7 +88,7 @@ def _plugins(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    config = _load(args)
+    config = load_or_report(args)
     if config is None:
         return 1
     if args.json:
@@ -107,7 +109,7 @@ def _plugins(args: argparse.Namespace) -> int:
 def _check_reply(args: argparse.Namespace) -> int:
     from router.pipeline import InputError, Router
 
-    config = _load(args)
+    config = load_or_report(args)
     if config is None:
         return 1
     router = Router(config)

@@ -42,23 +42,14 @@ def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callab
     command("accounts")(accounts_command)
 
 
-def _config(args: argparse.Namespace) -> Any:
-    from router.config import ConfigErrors, load_config
-
-    try:
-        return load_config(args.config)
-    except ConfigErrors as exc:
-        for e in exc.errors:
-            print(e, file=sys.stderr)
-        return None
-
-
 def serve_command(args: argparse.Namespace) -> int:
+    from router.cli import load_or_report
+
     import asyncio
 
     from router.server import ensure_demo, serve_forever
 
-    config = _config(args)
+    config = load_or_report(args)
     if config is None:
         return 1
     if "FENLIU_LOG_LEVEL" not in os.environ:
@@ -96,9 +87,10 @@ def _password(args: argparse.Namespace) -> str | None:
 
 def accounts_command(args: argparse.Namespace) -> int:
     from router import accounts as acct
+    from router.cli import load_or_report
     from router.store import Store
 
-    config = _config(args)
+    config = load_or_report(args)
     if config is None:
         return 1
     store = Store(args.store or config.main.storage.path)

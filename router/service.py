@@ -50,7 +50,6 @@ from router.models import (
     Message,
     Order,
     OutboundResult,
-    TransferEvent,
     WsAssigned,
     WsClosed,
     WsContext,

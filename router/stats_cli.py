@@ -31,15 +31,12 @@ def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callab
 
 
 def stats_command(args: argparse.Namespace) -> int:
-    from router.config import ConfigErrors, load_config
+    from router.cli import load_or_report
     from router.stats import compute, parse_period, to_csv
     from router.store import connect
 
-    try:
-        config = load_config(args.config)
-    except ConfigErrors as exc:
-        for e in exc.errors:
-            print(e, file=sys.stderr)
+    config = load_or_report(args)
+    if config is None:
         return 1
     try:
         since, until = parse_period(args.since, args.until, config.main.defaults.timezone)
