@@ -46,6 +46,7 @@ import msgspec
 import redis
 import redis.asyncio as aredis
 import structlog
+from prometheus_client import Counter
 from redis.exceptions import RedisError, ResponseError
 
 from router.config import Config
@@ -138,6 +139,10 @@ class RedisService(Service):
         self._missing_since: dict[str, float] = {}
         self._tick_queued = False
         self.log = log.bind(instance=self.id)
+        self.round_trips = Counter("fenliu_redis_round_trips", "Round trips to Redis, by purpose", ["op"],
+                                   registry=self.metrics.registry)
+        self._rt = {op: self.round_trips.labels(op) for op in
+                    ("ingest", "commit", "claim", "release", "read", "lease", "control", "frames", "request", "other")}
         self.router = self._new_router(config)
 
     # -- life cycle ---------------------------------------------------------------------------------
@@ -236,6 +241,7 @@ class RedisService(Service):
         try:
             for n, msgs in groups.items():
                 keys = [self.keys.stream(n), *(self.keys.seen(m.shop_id, m.msg_id) for m in msgs)]
+                self._rt["ingest"].inc()
                 flags = await self._ingest(keys=keys, args=[DEDUPE_S, *(_encode(m) for m in msgs)])
                 for m, fresh in zip(msgs, flags, strict=True):
                     if fresh:
@@ -266,6 +272,7 @@ class RedisService(Service):
             fut: asyncio.Future = asyncio.get_running_loop().create_future()
             self._waiting[req] = fut
             try:
+                self._rt["request"].inc()
                 await self.r.xadd(self.keys.stream(self.keys.shard(shop)),
                                   {"k": "e", "b": _encode(event), "req": req, "who": requester or "", "inst": self.id})
                 async with asyncio.timeout(REQUEST_TIMEOUT_S):
@@ -416,6 +423,7 @@ class RedisService(Service):
         if token is None or acfg is None:
             return False
         k = self.keys
+        self._rt["claim"].inc()
         got = self._claim_lua(keys=[k.lease(n), k.agent(agent_id), k.owners(n), k.claims, k.held(agent_id)],
                               args=[token, agent_id, conversation_id, acfg.max_concurrent, self.id], client=self.rs)
         if got == -2:
@@ -431,6 +439,7 @@ class RedisService(Service):
             self._fenced = True
             return
         k = self.keys
+        self._rt["release"].inc()
         got = self._release_lua(keys=[k.lease(n), k.agent(agent_id), k.owners(n), k.claims, k.held(agent_id), k.control],
                                 args=[token, agent_id, conversation_id, self.id, reason], client=self.rs)
         if got == -2:
@@ -449,6 +458,7 @@ class RedisService(Service):
                     await self._run(self._jobs.get_nowait())
                 if self._readable:
                     streams = {self.keys.stream(n): ">" for n in sorted(self._readable)}
+                    self._rt["read"].inc()
                     res = await self.r.xreadgroup(GROUP, self.id, streams, count=BATCH, block=BLOCK_MS)
                     if res:
                         await self._route_entries(res)
@@ -618,6 +628,7 @@ class RedisService(Service):
             return
         fence = [[ki(k.lease(n)), token] for n, token in sorted(self._leases.items())]
         payload = _encode({"fence": fence, "ack": acks, "set": sets, "del": dels, "add": adds})
+        self._rt["commit"].inc()
         ok = await self._commit_lua(keys=keys, args=[payload])
         if not ok:
             raise _Lost("commit fenced")
@@ -739,9 +750,11 @@ class RedisService(Service):
         pipe.zcard(k.instances)
         for aid in self.sessions:
             pipe.set(k.conn(aid), self.id, px=3 * LEASE_MS)
+        self._rt["lease"].inc()
         live = (await pipe.execute())[2]
         if self._leases:
             held = sorted(self._leases.items())
+            self._rt["lease"].inc()
             res = await self._renew(keys=[k.lease(n) for n, _ in held], args=[LEASE_MS, *(t for _, t in held)])
             lost = [n for (n, _), ok in zip(held, res, strict=True) if not ok]
             if lost:
@@ -758,6 +771,7 @@ class RedisService(Service):
                     continue
                 self._lease_seq += 1
                 token = f"{self.id}:{self._lease_seq}"
+                self._rt["lease"].inc()
                 if await self.r.set(k.lease(n), token, nx=True, px=LEASE_MS):
                     self._leases[n] = token
                     self._put(("adopt", n, token))
@@ -771,6 +785,7 @@ class RedisService(Service):
         agents = [aid for aid, st in self.router.dispatcher.agents.items() if st.status != "offline"]
         if not agents:
             return
+        self._rt["lease"].inc()
         holders = await self.r.mget([self.keys.conn(a) for a in agents])
         now = time.time()
         grace = self.config.main.server.reconnect_grace_s
@@ -787,6 +802,7 @@ class RedisService(Service):
     async def _control_loop(self) -> None:
         while not self._stopping:
             try:
+                self._rt["control"].inc()
                 res = await self.r.xread({self.keys.control: self._control_last}, count=500, block=1000)
                 for _, entries in res or ():
                     self._control_last = entries[-1][0]
@@ -808,6 +824,7 @@ class RedisService(Service):
                 if aid in self._frame_last:
                     streams[k.to(aid)] = self._frame_last[aid]
             try:
+                self._rt["frames"].inc()
                 res = await self.r.xread(streams, count=500, block=100)
             except asyncio.CancelledError:
                 raise
