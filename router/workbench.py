@@ -44,7 +44,16 @@ from router.accounts import Account
 from router.ingest import explain
 from router.models import Decision, Message, TransferEvent
 from router.pipeline import InputError
-from router.server import SERVICE, SOCKETS, HTTPError, agent_of, authenticate, error, json_response, require_shop
+from router.server import (
+    SERVICE,
+    SOCKETS,
+    HTTPError,
+    agent_of,
+    authenticate,
+    error,
+    json_response,
+    require_shop,
+)
 from router.service import Service
 
 log = structlog.get_logger("fenliu.workbench")
@@ -275,6 +284,7 @@ class Today:
     waits: dict[str, _Wait] = field(default_factory=dict)
     by_key: dict[tuple[str, str], _Figures] = field(default_factory=dict)
     hours: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    received: set[tuple[str, str]] = field(default_factory=set)
     updated: float = 0.0
     conn: sqlite3.Connection | None = None
 
@@ -322,6 +332,7 @@ class Today:
         self.waits.clear()
         self.by_key.clear()
         self.hours.clear()
+        self.received.clear()
         self.seq = _first_at(c, "journal", "seq", "clock", start) - 1
         self.decision_id = _first_at(c, "decisions", "id", "seq", self.seq + 1) - 1
         self.outbox_id = _first_at(c, "outbox", "id", "ts", start) - 1
@@ -342,10 +353,12 @@ class Today:
             last_seq = max(last_seq, seq)
         top = c.execute("SELECT max(seq) FROM journal").fetchone()[0]
         self.seq = max(last_seq, top or 0)
-        for rowid, shop_id, agent_id in c.execute(
-                "SELECT id, shop_id, agent_id FROM decisions WHERE id > ? AND action = 'assigned' AND agent_id IS NOT NULL",
-                (self.decision_id,)):
-            self._fig(shop_id, agent_id).conversations += 1
+        for shop_id, agent_id, cid in c.execute(
+                "SELECT shop_id, agent_id, conversation_id FROM decisions WHERE id > ? AND action = 'assigned' "
+                "AND agent_id IS NOT NULL", (self.decision_id,)):
+            if (agent_id, cid) not in self.received:
+                self.received.add((agent_id, cid))
+                self._fig(shop_id, agent_id).conversations += 1
         top = c.execute("SELECT max(id) FROM decisions").fetchone()[0]
         self.decision_id = max(self.decision_id, top or 0)
         for rid, ts, shop_id, cid, agent_id in c.execute(
@@ -428,13 +441,13 @@ TODAY = web.AppKey("today", Today)
 def _first_at(c: sqlite3.Connection, table: str, key: str, col: str, value: float) -> int:
     """The smallest ``key`` whose ``col`` is at least ``value`` (``col`` grows with ``key``),
     by binary search on the primary key; one past the end when there is none."""
-    top = c.execute(f"SELECT max({key}) FROM {table}").fetchone()[0]  # noqa: S608 - fixed names
+    top = c.execute(f"SELECT max({key}) FROM {table}").fetchone()[0]
     if top is None:
         return 1
     lo, hi = 1, top + 1
     while lo < hi:
         mid = (lo + hi) // 2
-        row = c.execute(f"SELECT {key}, {col} FROM {table} WHERE {key} >= ? ORDER BY {key} LIMIT 1", (mid,)).fetchone()  # noqa: S608
+        row = c.execute(f"SELECT {key}, {col} FROM {table} WHERE {key} >= ? ORDER BY {key} LIMIT 1", (mid,)).fetchone()
         if row is None or row[1] >= value:
             hi = mid
         else:

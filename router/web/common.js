@@ -213,7 +213,8 @@ export function toast(text, kind = 'info') {
   }
   const item = h('div', { class: `toast ${kind}` }, text);
   box.append(item);
-  setTimeout(() => item.remove(), 4000);
+  while (box.children.length > 3) box.firstChild.remove();
+  setTimeout(() => item.remove(), 3000);
 }
 
 // Highlights [start, end) ranges given in code points (the server's string indices) with <mark>.

@@ -56,7 +56,7 @@ function render() {
       h('td', null, h('span', { class: `dot ${a.status}` }), a.name, a.connected ? '' : h('small', { class: 'empty' }, ' 未连接')),
       h('td', null, select),
       h('td', null, h('span', { class: 'loadbar' }, h('i', { class: a.load >= a.max_concurrent ? 'full' : '', style: `width:${pct}%` })), `${a.load}/${a.max_concurrent}`),
-      h('td', null, a.shops.map((s) => state.shops.get(s)?.name || s).join('、')),
+      h('td', { class: 'wrap' }, a.shops.map((s) => state.shops.get(s)?.name || s).join('、')),
       h('td', null, a.today ? String(a.today.replies) : '0'),
       h('td', null, a.today ? duration(a.today.avg_response_s) : '—'));
   }));

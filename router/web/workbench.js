@@ -21,6 +21,7 @@ const state = {
   profiles: new Map(),    // cid -> profile
   agents: [],
   today: null,
+  hellos: 0,
 };
 
 let socket = null;
@@ -529,16 +530,18 @@ function adopt(frame) {
 function onFrame(frame) {
   switch (frame.type) {
     case 'hello': {
-      const ids = new Set(frame.conversations.map((c) => c.conversation_id));
+      const held = frame.conversations || [];
+      const ids = new Set(held.map((c) => c.conversation_id));
       for (const id of [...state.convs.keys()]) if (!ids.has(id)) state.convs.delete(id);
-      for (const c of frame.conversations) adopt(c);
+      for (const c of held) adopt(c);
       state.status = frame.status;
+      state.hellos++;
       renderStatus();
       break;
     }
     case 'assigned': {
       const conv = adopt(frame);
-      toast(`新会话：${buyerName(conv)}（${shopLabel(conv.shop_id)}${frame.cause !== 'message' ? `，${label(CAUSE, frame.cause)}` : ''}）`);
+      toast(`新会话：${buyerName(conv)} · ${shopLabel(conv.shop_id)}${frame.cause !== 'message' ? ` · ${label(CAUSE, frame.cause)}` : ''}`);
       if (!state.selected) { select(conv.id); return; }
       break;
     }
@@ -554,7 +557,7 @@ function onFrame(frame) {
       const conv = state.convs.get(frame.conversation_id);
       state.convs.delete(frame.conversation_id);
       if (conv && frame.type === 'transferred') {
-        toast(`会话已转出：${buyerName(conv)}（${label(CAUSE, frame.cause)}${frame.to_agent ? ` → ${frame.to_agent}` : ''}）`);
+        toast(`会话已转出：${buyerName(conv)} · ${label(CAUSE, frame.cause)}${frame.to_agent ? ` → ${frame.to_agent}` : ''}`);
       }
       if (state.selected === frame.conversation_id) { state.selected = null; hideBlocked(); }
       break;

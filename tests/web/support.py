@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from router.server import SIGNATURE_HEADER, sign
-from tests.router.serve_support import ENV, PASSWORD, SECRET_A, SECRET_B, add_accounts, free_port
+from tests.router.serve_support import (
+    ENV,
+    PASSWORD,
+    SECRET_A,
+    SECRET_B,
+    add_accounts,
+    free_port,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -145,9 +152,9 @@ def message(msg_id: str, buyer_id: str, text: str, shop: str = "pdd-a", **extra:
 class Served:
     """``fenliu serve`` as a subprocess, plus blocking HTTP helpers."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, **config: float) -> None:
         self.root = root
-        self.cfg = write_config(root)
+        self.cfg = write_config(root, **config)
         add_accounts(root / "fenliu.db")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -210,7 +217,7 @@ class Served:
         assert status == 202, body
         return body
 
-    def wait_for(self, check, timeout: float = 10.0, what: str = "condition") -> Any:
+    def wait_for(self, check, timeout: float = 15.0, what: str = "condition") -> Any:
         deadline = time.monotonic() + timeout
         while True:
             value = check()

@@ -53,7 +53,7 @@ async def _wait(check, timeout: float = 10.0):
 
 
 async def test_pages_are_served_as_static_files(server):
-    srv, c = server
+    _srv, c = server
     async with c.http.get(f"{c.url}/", allow_redirects=False) as r:
         assert r.status == 302 and r.headers["Location"] == "/web/"
     for name, kind in (("", "text/html"), ("workbench.html", "text/html"), ("dashboard.html", "text/html"),
@@ -71,8 +71,8 @@ async def test_pages_are_served_as_static_files(server):
 
 
 async def test_me_names_the_account_its_shops_and_agent(server):
-    srv, c = server
-    status, body = await c.call("GET", "/v1/me")
+    _srv, c = server
+    status, _ = await c.call("GET", "/v1/me")
     assert status == 401
     status, me = await c.call("GET", "/v1/me", await c.login("acme:a01"))
     assert status == 200
@@ -84,7 +84,7 @@ async def test_me_names_the_account_its_shops_and_agent(server):
 
 
 async def test_quick_replies_are_grouped_and_filled_from_the_conversation(server):
-    srv, c = server
+    _srv, c = server
     msg = message("m-1", "b-7", "我的快递到哪了", buyer={"nick": "小王"},
                   order={"order_id": "240101-88", "status": "shipped", "goods": "羽绒服"})
     agent, _ = await _assigned(c, "acme:a01", msg)
@@ -103,7 +103,7 @@ async def test_quick_replies_are_grouped_and_filled_from_the_conversation(server
 
 
 async def test_reply_check_returns_the_forbidden_words_with_positions(server):
-    srv, c = server
+    _srv, c = server
     token = await c.login("acme:a01")
     status, body = await c.call("POST", "/v1/replies/check", token, json={"shop_id": "pdd-a", "text": "亲，加我微 信，给你最好的价"})
     assert status == 200
@@ -177,7 +177,7 @@ async def test_a_forbidden_reply_is_refused_by_the_server_even_without_the_prech
 
 
 async def test_supervisor_moves_a_conversation_and_agents_are_told(server):
-    srv, c = server
+    _srv, c = server
     a01, frame = await _assigned(c, "acme:a01", message("m-1", "b-4", "在吗"))
     cid = frame["conversation_id"]
     lead = await c.login("acme:lead-a")
@@ -200,7 +200,7 @@ async def test_supervisor_moves_a_conversation_and_agents_are_told(server):
 
 
 async def test_a_buyer_marked_vip_is_prioritised_from_the_next_message(server):
-    srv, c = server
+    _srv, c = server
     agent, frame = await _assigned(c, "acme:a01", message("m-1", "b-8", "在吗"))
     cid = frame["conversation_id"]
     token = await c.login("acme:a01")
@@ -216,7 +216,7 @@ async def test_a_buyer_marked_vip_is_prioritised_from_the_next_message(server):
 
 
 async def test_today_dashboard_and_the_supervisors_feed(server):
-    srv, c = server
+    _srv, c = server
     lead = await c.login("acme:lead-a")
     async with c.http.ws_connect(f"{c.url.replace('http', 'ws')}/v1/supervisors/ws?token={lead}") as feed:
         await c.post_messages("pdd-a", message("q-1", "b-1", "在吗"))
@@ -247,12 +247,13 @@ async def test_today_dashboard_and_the_supervisors_feed(server):
                     break
 
     async def replied():
-        status, body = await c.call("GET", "/v1/today", lead)
+        _, body = await c.call("GET", "/v1/today", lead)
         return body if body["replies"] == 1 else None
 
     today = await _wait(replied)
     assert today["answered"] == 1 and today["in_time"] == 1 and today["reply_rate"] == 1.0
     assert today["messages"] == 1 and today["agents"]["a-01"]["replies"] == 1
+    assert today["conversations"] == 1 and today["agents"]["a-01"]["conversations"] == 1
     assert len(today["hours"]) == 24 and sum(h["messages"] for h in today["hours"]) == 1
     status, mine = await c.call("GET", "/v1/today", await c.login("acme:a01"))
     assert mine["agent_id"] == "a-01" and mine["replies"] == 1 and mine["status"] == "online" and "agents" not in mine
