@@ -138,6 +138,7 @@ class RedisService(Service):
         self._control_last: bytes | str = "$"
         self._missing_since: dict[str, float] = {}
         self._tick_queued = False
+        self._rebalancing = False
         self.log = log.bind(instance=self.id)
         self.round_trips = Counter("fenliu_redis_round_trips", "Round trips to Redis, by purpose", ["op"],
                                    registry=self.metrics.registry)
@@ -178,6 +179,8 @@ class RedisService(Service):
             asyncio.create_task(self._tick_loop(), name="fenliu-redis-ticker"),
             asyncio.create_task(self._outbox_loop(), name="fenliu-outbox"),
         ]
+        if self.config.main.server.watch_config:
+            self._tasks.append(asyncio.create_task(self.reloader.watch(), name="fenliu-config-watch"))
         gc.collect()
         gc.freeze()
         self.ready = True
@@ -482,6 +485,10 @@ class RedisService(Service):
             await self._adopt(job[1], job[2])
         elif kind == "lost":
             await self._reset(f"lease lost on shards {job[1]}")
+        elif kind == "rebalance":
+            self._rebalancing = False
+            if len(self._leases) > job[1]:
+                await self._reset(f"over the fair share of {job[1]} shards", keep=tuple(sorted(self._leases)[:job[1]]))
         elif kind == "tick":
             self._tick_queued = False
             batch = self._begin()
@@ -636,17 +643,20 @@ class RedisService(Service):
         for cid in gone:
             self._mirrored.pop(cid, None)
 
-    async def _reset(self, reason: str) -> None:
+    async def _reset(self, reason: str, keep: tuple[int, ...] = ()) -> None:
         """Drop every shard and all local routing state; leases are given back so the shards are
-        adopted again (by us or another instance) from what Redis holds."""
-        self.log.error("shards_dropped", reason=reason, shards=sorted(self._leases))
+        adopted again (by us or another instance) from what Redis holds. Shards in ``keep``
+        (a rebalance, between two committed batches) keep their lease and are adopted again."""
+        (self.log.info if keep else self.log.error)("shards_dropped", reason=reason, shards=sorted(self._leases),
+                                                    kept=list(keep))
         leases, self._leases = dict(self._leases), {}
         self._readable.clear()
         self._batch = None
         self._fenced = False
         with contextlib.suppress(RedisError, OSError):
             for n, token in leases.items():
-                await self._unlease(keys=[self.keys.lease(n)], args=[token])
+                if n not in keep:
+                    await self._unlease(keys=[self.keys.lease(n)], args=[token])
         self.router = self._new_router(self.config)
         self._mirrored.clear()
         self.owner.clear()
@@ -655,6 +665,9 @@ class RedisService(Service):
         self.waiting_since.clear()
         with contextlib.suppress(RedisError, OSError):
             await self._load_statuses()
+        for n in keep:
+            self._leases[n] = leases[n]
+            self._put(("adopt", n, leases[n]))
 
     # -- taking over a shard --------------------------------------------------------------------------
 
@@ -662,7 +675,7 @@ class RedisService(Service):
         """Rebuild the shard's conversations from the mirror, give back claims no committed state
         explains (made by an owner that died before its commit), then route the entries the old
         owner left pending, oldest first, and drain."""
-        if self._leases.get(n) != token:
+        if self._leases.get(n) != token or n in self._readable:
             return
         k = self.keys
         stream = k.stream(n)
@@ -763,6 +776,9 @@ class RedisService(Service):
         if not settled:
             return
         fair = math.ceil(k.shards / max(1, live))
+        if len(self._leases) > fair and not self._rebalancing:
+            self._rebalancing = True
+            self._put(("rebalance", fair))
         if len(self._leases) < fair:
             offset = int(self.id.encode().hex(), 16) % k.shards
             for i in range(k.shards):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 
 import aiohttp
 import msgspec
@@ -16,6 +17,7 @@ from tests.redis.support import (
     check_claim_log,
     claim_log,
     decisions,
+    owners,
     shared_redis,  # noqa: F401 - fixture
     wait_for,
     write_config,
@@ -131,3 +133,41 @@ async def test_redis_unreachable_means_503_and_nothing_acknowledged_is_lost(tmp_
         nodes.stop()
         with contextlib.suppress(Exception):
             await proxy.cut()
+
+
+async def test_a_late_instance_gets_its_fair_share_and_nothing_is_routed_twice(tmp_path, shared_redis):  # noqa: F811
+    r, prefix = shared_redis
+    shops = {f"shop-{i}": "FENLIU_TEST_SECRET_A" for i in range(8)}
+    cfg = write_config(tmp_path, prefix, shops=shops, agents=[{"id": "solo", "shops": ["*"], "cap": 1000}], shards=4)
+    r.hset(f"{prefix}:agent:solo", "status", "online")
+    first = Instances(cfg, tmp_path / "first", 1, ["solo"])
+    second = None
+    sent: list[str] = []
+    try:
+        await first.healthy()
+        await wait_for(lambda: None not in owners(r, prefix, 4).values(), 15, "the first instance to own every shard")
+        async with aiohttp.ClientSession() as http:
+            c = Client(first.urls[0], http)
+
+            async def post(tag: str) -> None:
+                for i, shop in enumerate(shops):
+                    batch = [message(f"{tag}-{i}-{k}", f"b-{k}", shop) for k in range(3)]
+                    status, _ = await c.post_messages(shop, batch, secret=SECRET_A)
+                    assert status == 202
+                    sent.extend(m["msg_id"] for m in batch)
+
+            await post("before")
+            second = Instances(cfg, tmp_path / "second", 1, ["solo"])
+            await second.healthy()
+            await wait_for(lambda: sorted(Counter(owners(r, prefix, 4).values()).values()) == [2, 2], 20,
+                           "two shards each")
+            await post("after")
+        await wait_for(lambda: len(decisions(r, prefix)) >= len(sent), 15, "every message decided")
+        per_msg = Counter(d["d"]["msg_id"] for d in decisions(r, prefix))
+        assert set(per_msg) == set(sent) and set(per_msg.values()) == {1}
+        assert check_claim_log(claim_log(r, prefix), {"solo": 1000}) == {"solo": len(shops) * 3}
+        assert len({d["by"] for d in decisions(r, prefix)}) == 2
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
