@@ -41,6 +41,9 @@ class Keys:
     def agent(self, agent_id: str) -> str:
         return f"{self.p}:agent:{agent_id}"
 
+    def last(self, n: int) -> str:
+        return f"{self.p}:last:{n}"
+
     def held(self, agent_id: str) -> str:
         return f"{self.p}:held:{agent_id}"
 
@@ -63,6 +66,10 @@ class Keys:
     @property
     def decisions(self) -> str:
         return f"{self.p}:decisions"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.p}:seq"
 
     @property
     def control(self) -> str:

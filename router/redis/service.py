@@ -86,6 +86,7 @@ DEDUPE_S = 2 * 86400
 AGENT_STREAM_MAX = 1000
 DECISIONS_MAX = 1_000_000
 REQUEST_TIMEOUT_S = 10.0
+SEQ_OFFSET = 1 << 62
 
 
 class Unavailable(Overloaded):
@@ -193,12 +194,15 @@ class RedisService(Service):
         for aid in agents:
             pipe.hsetnx(self.keys.agent(aid), "status", "offline")
         for aid in agents:
-            pipe.hget(self.keys.agent(aid), "status")
+            pipe.hmget(self.keys.agent(aid), "status", "assigned", "seq")
         res = await pipe.execute()
         d = self.router.dispatcher
         d.advance(self._clock)
-        for aid, status in zip(agents, res[len(agents):], strict=True):
+        for aid, (status, assigned, seq) in zip(agents, res[len(agents):], strict=True):
             d.set_status(aid, (status or b"offline").decode())
+            st = d.agents[aid]
+            st.assigned = int(assigned or 0)
+            st.last_seq = int(seq or 0) - SEQ_OFFSET
 
     async def stop(self) -> None:
         if self._stopping:
@@ -427,7 +431,8 @@ class RedisService(Service):
             return False
         k = self.keys
         self._rt["claim"].inc()
-        got = self._claim_lua(keys=[k.lease(n), k.agent(agent_id), k.owners(n), k.claims, k.held(agent_id)],
+        got = self._claim_lua(keys=[k.lease(n), k.agent(agent_id), k.owners(n), k.claims, k.held(agent_id), k.seq,
+                                    k.control],
                               args=[token, agent_id, conversation_id, acfg.max_concurrent, self.id], client=self.rs)
         if got == -2:
             self._fenced = True
@@ -540,6 +545,20 @@ class RedisService(Service):
                 self._push(await self.router.handle_event(AgentStatusEvent(agent, fields[b"status"].decode())))  # type: ignore[arg-type]
         elif kind == b"freed":
             self._push(self.router.dispatcher.refresh(agent))
+        elif kind == b"claimed":
+            self._sync_counters(agent, int(fields[b"assigned"]), int(fields[b"seq"]))
+
+    def _sync_counters(self, agent_id: str, assigned: int, seq: int) -> None:
+        """Adopt the shared counters the strategies' keys read, so round robin and weighted shares
+        hold across instances. ``last_seq`` becomes the global claim sequence offset below zero:
+        an assignment made here and not yet announced (a positive local sequence) still sorts as
+        the most recent."""
+        st = self.router.dispatcher.agents.get(agent_id)
+        if st is None:
+            return
+        st.assigned = assigned
+        st.last_seq = seq - SEQ_OFFSET
+        self._push(self.router.dispatcher.refresh(agent_id))
 
     async def _route_entries(self, res: list) -> None:
         batch = self._begin()
@@ -621,6 +640,10 @@ class RedisService(Service):
                 written[cid] = conv.version
         gone = [cid for cid in self._mirrored if cid not in self.router.dispatcher.conversations]
         dels = [[ki(k.convs(k.shard_of_conversation(cid))), cid] for cid in gone]
+        last_agent = self.router.dispatcher.last_agent
+        for cid in gone:
+            if (last := last_agent.get(cid)) is not None:
+                sets.append([ki(k.last(k.shard_of_conversation(cid))), cid, f"{last[0]} {last[1]}"])
         adds = []
         now = time.time()
         for d in batch.decisions:
@@ -687,11 +710,15 @@ class RedisService(Service):
             pending.extend(res[1])
             if start in (b"0-0", "0-0"):
                 break
-        convs, owners = await self.r.pipeline(transaction=False).hgetall(k.convs(n)).hgetall(k.owners(n)).execute()
+        convs, owners, lasts = await self.r.pipeline(transaction=False).hgetall(k.convs(n)).hgetall(k.owners(n)) \
+            .hgetall(k.last(n)).execute()
         mirror = {cid.decode(): _conversation.decode(raw) for cid, raw in convs.items()}
         d = self.router.dispatcher
         self._clock = max(time.time(), self._clock)
         d.advance(self._clock)
+        for cid_b, last_b in lasts.items():
+            agent, _, ts = last_b.decode().partition(" ")
+            d.last_agent.setdefault(cid_b.decode(), (agent, float(ts)))
         orphans = 0
         for cid_b, agent_b in owners.items():
             cid, agent = cid_b.decode(), agent_b.decode()

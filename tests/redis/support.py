@@ -55,7 +55,7 @@ def _batched(it: Iterator[Any], n: int) -> Iterator[list[Any]]:
 
 
 def write_config(root: Path, prefix: str, *, shops: dict[str, str], agents: list[dict[str, Any]], shards: int,
-                 accept_timeout_s: float = 300.0, grace_s: float = 300.0) -> Path:
+                 accept_timeout_s: float = 300.0, grace_s: float = 300.0, sticky_hours: float = 0) -> Path:
     """Shops (id → secret env var), agents, no business hours, the bot off (every message needs
     a human), round robin, reservations long enough to outlive the test."""
     cfg = root / "config"
@@ -92,7 +92,7 @@ level = "warning"
     (cfg / "policies" / "default.toml").write_text(f"""
 [dispatch]
 strategy = "round_robin"
-sticky_hours = 0
+sticky_hours = {sticky_hours}
 accept_timeout_s = {accept_timeout_s}
 on_agent_offline = "reroute"
 targets = [{{ skills = ["@skill", "presale", "logistics", "aftersale"] }}]
