@@ -263,17 +263,20 @@ class Dispatcher:
     def _compact(self, pool: _Pool) -> None:
         agents = self.agents
         refused = self._refused
-        pool.heap = [e for e in pool.heap if (a := agents.get(e[2])) is not None and a.version == e[1] and a.available
+        pool.heap = [e for e in pool.heap if (a := agents.get(e[2])) is not None and a.version == e[1]
                      and a.id not in refused]
         heapq.heapify(pool.heap)
 
     def _top(self, pool: _Pool) -> tuple[Any, int, str] | None:
+        """The pool's best entry that is still current. An entry is pushed only while its agent
+        is available and every change of the agent bumps its version, so a matching version
+        means the agent is still available with that key."""
         heap = pool.heap
         agents = self.agents
         while heap:
             entry = heap[0]
             a = agents.get(entry[2])
-            if a is not None and a.version == entry[1] and a.available and a.id not in self._refused:
+            if a is not None and a.version == entry[1] and a.id not in self._refused:
                 return entry
             heapq.heappop(heap)
         return None
@@ -381,7 +384,7 @@ class Dispatcher:
             if self._eligible(st, conv.shop_id) and self._claimed(conv, st):  # type: ignore[arg-type]
                 self._assign(conv, st)  # type: ignore[arg-type]
                 return conv.state, st.id, ["sticky"]  # type: ignore[union-attr]
-        dedicated = self._dedicated(conv, policy)
+        dedicated = self._dedicated(conv, policy) if policy.dedicated else None
         if dedicated:
             cands = [self.agents[a] for a in dedicated if self._eligible(self.agents.get(a), conv.shop_id)]
             key = self.config.strategies[policy.strategy].key

@@ -52,14 +52,17 @@ class Router:
         *,
         reservations: bool = False,
         clock: Callable[[], float] | None = None,
-        dedupe: Callable[[str, str], bool] | None = None,
+        dedupe: Callable[[str, str], bool] | bool = True,
     ) -> None:
+        """``dedupe``: ``True`` drops repeated ``(shop_id, msg_id)`` pairs (the last million are
+        remembered); a callable decides instead (the service asks its store); ``False`` trusts the
+        input (the simulator makes unique ids)."""
         self.config = config
         self.plugins = config.plugins
         self.dispatcher = Dispatcher(config, reservations=reservations)
         self._clock = clock
         self._seen: dict[tuple[str, str], None] = {}
-        self._is_duplicate = dedupe or self._seen_before
+        self._is_duplicate = (self._seen_before if dedupe is True else dedupe) or None
         self.on_decision: list[Callable[[Decision], None]] = []
 
     def _seen_before(self, shop_id: str, msg_id: str) -> bool:
@@ -116,7 +119,7 @@ class Router:
         now = d.now  # type: ignore[assignment]
         cid = msg.conversation_id
         bind_message(msg)
-        if self._is_duplicate(msg.shop_id, msg.msg_id):
+        if self._is_duplicate is not None and self._is_duplicate(msg.shop_id, msg.msg_id):
             out.append(Decision(msg.msg_id, msg.shop_id, cid, "duplicate", text=None))
             return out
 

@@ -277,7 +277,8 @@ class Simulation:
         from router.models import AcceptEvent, CloseEvent, Message, TransferEvent
         from router.pipeline import InputError, Router
 
-        router = Router(self.config, reservations=self.reservations)
+        # Synthetic traffic has unique message ids; recorded traffic may repeat some, as life does.
+        router = Router(self.config, reservations=self.reservations, dedupe=not self.traffic.conversations)
         d = router.dispatcher
         await router.advance(self.traffic.start)
         handle_message = router.handle_message
