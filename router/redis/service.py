@@ -249,7 +249,11 @@ class RedisService(Service):
             for n, msgs in groups.items():
                 keys = [self.keys.stream(n), *(self.keys.seen(m.shop_id, m.msg_id) for m in msgs)]
                 self._rt["ingest"].inc()
-                flags = await self._ingest(keys=keys, args=[DEDUPE_S, *(_encode(m) for m in msgs)])
+                flags = await self._ingest(keys=keys, args=[DEDUPE_S, self.config.main.server.ingest_queue_max,
+                                                            *(_encode(m) for m in msgs)])
+                if flags == [-1]:
+                    raise Overloaded(f"overloaded: shard {n} has {self.config.main.server.ingest_queue_max} messages "
+                                     "waiting to be routed, retry later")
                 for m, fresh in zip(msgs, flags, strict=True):
                     if fresh:
                         result.accepted.append(m.msg_id)

@@ -55,7 +55,8 @@ def _batched(it: Iterator[Any], n: int) -> Iterator[list[Any]]:
 
 
 def write_config(root: Path, prefix: str, *, shops: dict[str, str], agents: list[dict[str, Any]], shards: int,
-                 accept_timeout_s: float = 300.0, grace_s: float = 300.0, sticky_hours: float = 0) -> Path:
+                 accept_timeout_s: float = 300.0, grace_s: float = 300.0, sticky_hours: float = 0,
+                 queue_max: int = 10000) -> Path:
     """Shops (id → secret env var), agents, no business hours, the bot off (every message needs
     a human), round robin, reservations long enough to outlive the test."""
     cfg = root / "config"
@@ -66,6 +67,7 @@ host = "127.0.0.1"
 port = 0
 max_body_bytes = 262144
 max_batch = 100
+ingest_queue_max = {queue_max}
 reconnect_grace_s = {grace_s}
 
 [storage]

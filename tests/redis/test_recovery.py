@@ -97,6 +97,24 @@ class _Proxy:
         await self.server.wait_closed()
 
 
+async def test_a_full_backlog_means_503_and_nothing_stored(tmp_path, shared_redis):  # noqa: F811
+    r, prefix = shared_redis
+    cfg = write_config(tmp_path, prefix, shops={"s": "FENLIU_TEST_SECRET_A"},
+                       agents=[{"id": "solo", "shops": ["*"], "cap": 2}], shards=1, queue_max=5)
+    nodes = Instances(cfg, tmp_path, 1, ["solo"])
+    try:
+        await nodes.healthy()
+        async with aiohttp.ClientSession() as http:
+            c = Client(nodes.urls[0], http)
+            status, body = await c.post_messages("s", [message(f"m-{i}", f"b-{i}", "s") for i in range(6)], secret=SECRET_A)
+            assert status == 503 and "waiting to be routed" in body["error"], body
+            assert r.xlen(f"{prefix}:in:0") == 0 and r.get(f"{prefix}:seen:s:m-0") is None
+            status, body = await c.post_messages("s", [message(f"m-{i}", f"b-{i}", "s") for i in range(5)], secret=SECRET_A)
+            assert (status, body["accepted"]) == (202, 5)
+    finally:
+        nodes.stop()
+
+
 async def test_redis_unreachable_means_503_and_nothing_acknowledged_is_lost(tmp_path, shared_redis):  # noqa: F811
     r, prefix = shared_redis
     proxy = _Proxy(r.connection_pool.connection_kwargs.get("port", 6379))
