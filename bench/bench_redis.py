@@ -46,6 +46,7 @@ SHARDS = 8
 SHOPS = [f"shop-{i}" for i in range(8)]
 AGENTS = [f"a-{i:02d}" for i in range(20)]
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+SHOWN = ("instances", "ingest/s", "routed/s", "rt/msg", "claim rt", "cmds/msg")
 
 
 def free_port() -> int:
@@ -187,10 +188,9 @@ async def run(n_instances: int, args: argparse.Namespace, r: redis.Redis) -> dic
         assert statuses == {202: len(work)}, statuses
         delta = {op: after.get(op, 0.0) - before.get(op, 0.0) for op in after}
         rt = sum(delta.values())
-        return {"inst": n_instances, "msgs": total, "ingest/s": total / (t_ack - t0),
+        return {"instances": n_instances, "messages": total, "ingest/s": total / (t_ack - t0),
                 "routed/s": total / (t_done - t0), "rt/msg": rt / total,
-                "ingest": delta.get("ingest", 0) / total, "claim": delta.get("claim", 0) / total,
-                "commit": delta.get("commit", 0) / total, "read": delta.get("read", 0) / total,
+                **{f"{op} rt": v / total for op, v in sorted(delta.items())},
                 "cmds/msg": (cmds1 - cmds0) / total}
     finally:
         for p in procs:
@@ -220,8 +220,8 @@ async def main() -> int:
         print(f"no Redis at {REDIS_URL}: {exc}", file=sys.stderr)
         return 1
     rows = [await run(1, args, r), await run(2, args, r)]
-    show(f"Redis backend, {os.cpu_count()} cores: batches of {args.batch}, {args.per_conv} msgs/conversation; "
-         "rt = Redis round trips per message (ingest, claim, commit, read: by purpose)", rows)
+    show(f"Redis backend, {os.cpu_count()} cores, {args.messages} messages in batches of {args.batch}, "
+         f"{args.per_conv} per conversation", [{k: row[k] for k in SHOWN} for row in rows])
     save("redis", rows, args=vars(args), cores=os.cpu_count())
     return 0
 
