@@ -84,7 +84,8 @@ TICK_S = 0.2
 REFRESH_S = 1.0
 DEDUPE_S = 2 * 86400
 AGENT_STREAM_MAX = 1000
-DECISIONS_MAX = 1_000_000
+DECISIONS_MAX = 200_000
+REPLIES_TTL_MS = 60_000
 REQUEST_TIMEOUT_S = 10.0
 SEQ_OFFSET = 1 << 62
 
@@ -141,6 +142,9 @@ class RedisService(Service):
         self._tick_queued = False
         self._rebalancing = False
         self.log = log.bind(instance=self.id)
+        if simulate:
+            self.log.warning("simulate_unsupported", reason="simulated agents are in-process sessions; with the redis "
+                             "backend their frames are not delivered")
         self.round_trips = Counter("fenliu_redis_round_trips", "Round trips to Redis, by purpose", ["op"],
                                    registry=self.metrics.registry)
         self._rt = {op: self.round_trips.labels(op) for op in
@@ -652,11 +656,11 @@ class RedisService(Service):
         now = time.time()
         for d in batch.decisions:
             adds.append([ki(k.decisions), DECISIONS_MAX,
-                         _encode({"d": d, "by": self.id, "ts": now}).decode()])
+                         _encode({"d": d, "by": self.id, "ts": now}).decode(), 0])
         for agent, frame in batch.frames:
-            adds.append([ki(k.to(agent)), AGENT_STREAM_MAX, frame.decode()])
+            adds.append([ki(k.to(agent)), AGENT_STREAM_MAX, frame.decode(), 0])
         for inst, res in batch.results:
-            adds.append([ki(k.replies(inst)), AGENT_STREAM_MAX, _encode(res).decode()])
+            adds.append([ki(k.replies(inst)), AGENT_STREAM_MAX, _encode(res).decode(), REPLIES_TTL_MS])
         acks = [[ki(k.stream(n)), GROUP, [e.decode() for e in ids]] for n, ids in batch.acks.items() if ids]
         if not (sets or dels or adds or acks):
             return

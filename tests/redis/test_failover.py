@@ -108,7 +108,9 @@ async def test_sigkill_one_of_three_loses_nothing_and_assigns_nothing_twice(tmp_
         await nodes.healthy()
         await wait_for(lambda: None not in owners(r, prefix, SHARDS).values()
                        and len(set(owners(r, prefix, SHARDS).values())) == 3, 20, "three instances to own shards")
-        victim_id = owners(r, prefix, SHARDS)[0]
+        before_kill = owners(r, prefix, SHARDS)
+        victim_id = before_kill[0]
+        victim_shops = {s for s in shops if before_kill[zlib.crc32(s.encode()) % SHARDS] == victim_id}
         async with aiohttp.ClientSession() as http:
             clients = [Client(u, http) for u in nodes.urls]
             stop_agents = asyncio.Event()
@@ -172,6 +174,9 @@ async def test_sigkill_one_of_three_loses_nothing_and_assigns_nothing_twice(tmp_
         survivors_after = {d["by"] for d in decided[-50:]}
         assert victim_id not in survivors_after
         assert any(e.get("reason") == "release" for e in log)
+        taken_over = [d for d in decided if d["d"]["shop_id"] in victim_shops and d["by"] != victim_id]
+        assert taken_over, "the survivors routed the dead instance's shops"
+        assert any(d["d"]["cause"] == "queue_drain" and d["by"] != victim_id for d in decided), "queues drained"
     finally:
         nodes.stop()
 

@@ -19,7 +19,7 @@ redis.call('HSET', KEYS[2], 'load', load + 1, 'seq', seq)
 local assigned = redis.call('HINCRBY', KEYS[2], 'assigned', 1)
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[2])
 redis.call('SADD', KEYS[5], ARGV[3])
-redis.call('XADD', KEYS[4], '*', 'op', 'claim', 'agent', ARGV[2], 'conv', ARGV[3], 'load', load + 1,
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000000, '*', 'op', 'claim', 'agent', ARGV[2], 'conv', ARGV[3], 'load', load + 1,
            'cap', ARGV[4], 'by', ARGV[5])
 redis.call('XADD', KEYS[7], 'MAXLEN', '~', 10000, '*', 'type', 'claimed', 'agent', ARGV[2],
            'assigned', assigned, 'seq', seq, 'by', ARGV[5])

@@ -3,7 +3,7 @@
 -- and the agents' frames. Either all of it happens or none.
 -- KEYS: every key named by index in ARGV[1]
 -- ARGV[1] JSON {fence: [[key, token]], ack: [[stream, group, [ids]]], set: [[hash, field, value]],
---               del: [[hash, field]], add: [[stream, maxlen, payload]]}
+--               del: [[hash, field]], add: [[stream, maxlen, payload, ttl_ms or 0]]}
 -- Returns 1 committed, 0 fenced (nothing written).
 local p = cjson.decode(ARGV[1])
 for _, f in ipairs(p.fence) do
@@ -26,5 +26,6 @@ for _, x in ipairs(p.add) do
   else
     redis.call('XADD', KEYS[x[1]], '*', 'd', x[3])
   end
+  if x[4] > 0 then redis.call('PEXPIRE', KEYS[x[1]], x[4]) end
 end
 return 1

@@ -8,7 +8,7 @@ if redis.call('HGET', KEYS[3], ARGV[3]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[3], ARGV[3])
 redis.call('SREM', KEYS[5], ARGV[3])
 local load = redis.call('HINCRBY', KEYS[2], 'load', -1)
-redis.call('XADD', KEYS[4], '*', 'op', 'release', 'agent', ARGV[2], 'conv', ARGV[3], 'load', load,
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000000, '*', 'op', 'release', 'agent', ARGV[2], 'conv', ARGV[3], 'load', load,
            'by', ARGV[4], 'reason', ARGV[5])
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', 10000, '*', 'type', 'freed', 'agent', ARGV[2], 'by', ARGV[4])
 return 1
