@@ -523,12 +523,17 @@ class RedisService(Service):
             await self._reclaim()
         elif kind == "reload":
             _, config, fut = job
-            batch = self._begin()
-            moved = self.router.reload(config)
-            self.config = config
-            self._make_adapters()
-            self._push(moved)
-            await self._commit(batch)
+            try:
+                batch = self._begin()
+                moved = self.router.reload(config)
+                self.config = config
+                self._make_adapters()
+                self._push(moved)
+                await self._commit(batch)
+            except BaseException as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+                raise
             if not fut.done():
                 fut.set_result(moved)
 
@@ -573,8 +578,30 @@ class RedisService(Service):
         for stream, entries in res:
             n = int(stream.rsplit(b":", 1)[1])
             for eid, fields in entries:
-                await self._route_entry(n, eid, fields, batch)
+                try:
+                    await self._route_entry(n, eid, fields, batch)
+                except (RedisError, _Lost, OSError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one bad entry must not stop the shard
+                    self.log.exception("entry_failed", shard=n, entry=eid.decode())
+                    self._poisoned(fields, exc, batch)
         await self._commit(batch)
+
+    def _poisoned(self, fields: dict[bytes, bytes] | None, exc: Exception, batch: _Batch) -> None:
+        """An entry that raised is acknowledged (with a ``blocked`` decision naming the error for a
+        message, a refusal for a request), so it is decided once instead of failing every owner
+        that takes the shard."""
+        if not fields:
+            return
+        if fields.get(b"k") != b"m":
+            req, inst = fields.get(b"req"), fields.get(b"inst")
+            if req and inst:
+                batch.results.append((inst.decode(), {"req": req.decode(), "ok": False, "reason": "internal error (logged)"}))
+            return
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            msg = _message.decode(fields[b"b"])
+            self._push([Decision(msg.msg_id, msg.shop_id, msg.conversation_id, "blocked",
+                                 flags=[f"error:{type(exc).__name__}"])])
 
     async def _route_entry(self, n: int, eid: bytes, fields: dict[bytes, bytes] | None, batch: _Batch) -> None:
         if n not in self._leases:
