@@ -38,7 +38,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import save, show  # noqa: E402
+from bench.common import save, show
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret"
@@ -111,9 +111,14 @@ def bodies(n: int, batch: int, per_conv: int, seed: int) -> list[tuple[str, byte
     return out
 
 
+def spawn(cfg: Path, port: int, db: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(port),
+                             "--store", str(db)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def round_trips(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
-    for m in re.finditer(r'^fenliu_redis_round_trips_total\{op="(\w+)"\} ([0-9.e+]+)$', text, re.M):
+    for m in re.finditer(r'^fenliu_redis_round_trips_total\{op="(\w+)"\} ([0-9.e+]+)$', text, re.MULTILINE):
         out[m.group(1)] = float(m.group(2))
     return out
 
@@ -133,10 +138,7 @@ async def run(n_instances: int, args: argparse.Namespace, r: redis.Redis) -> dic
     try:
         for i in range(n_instances):
             port = free_port()
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(port),
-                 "--store", str(tmp / f"node{i}.db")], cwd=ROOT, env=env,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(spawn(cfg, port, tmp / f"node{i}.db", env))
             urls.append(f"http://127.0.0.1:{port}")
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency * 2)) as http:
             async with asyncio.timeout(60):

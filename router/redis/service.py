@@ -39,7 +39,6 @@ import os
 import secrets
 import time
 import uuid
-from collections import deque
 from typing import Any
 
 import msgspec
@@ -488,7 +487,7 @@ class RedisService(Service):
             except (RedisError, _Lost, OSError) as exc:
                 await self._reset(f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(0.2)
-            except Exception:  # noqa: BLE001 - routing must go on; the state is rebuilt from Redis
+            except Exception:  # routing must go on: the state is rebuilt from Redis
                 self.log.exception("consumer_failed")
                 await self._reset("consumer error")
 
@@ -582,7 +581,7 @@ class RedisService(Service):
                     await self._route_entry(n, eid, fields, batch)
                 except (RedisError, _Lost, OSError):
                     raise
-                except Exception as exc:  # noqa: BLE001 - one bad entry must not stop the shard
+                except Exception as exc:  # one bad entry must not stop its shard
                     self.log.exception("entry_failed", shard=n, entry=eid.decode())
                     self._poisoned(fields, exc, batch)
         await self._commit(batch)

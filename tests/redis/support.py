@@ -113,10 +113,10 @@ class Instances:
             accounts_db(db, agents)
             port = free_port()
             full_env = {**os.environ, **ENV, **(env or {}), "FENLIU_LOG_LEVEL": os.environ.get("FENLIU_TEST_LOG_LEVEL", "error"), "PYTHONUNBUFFERED": "1"}
-            log = open(root / f"node{i}.log", "wb")
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(port), "--store", str(db)],
-                cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT))
+            with open(root / f"node{i}.log", "wb") as log:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(port), "--store", str(db)],
+                    cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT))
             self.urls.append(f"http://127.0.0.1:{port}")
 
     async def healthy(self) -> None:

@@ -70,7 +70,7 @@ class WsAgent:
                 async with self.http.ws_connect(f"{url.replace('http', 'ws')}/v1/agents/ws?token={token}") as ws:
                     self.connections += 1
                     await self._serve(ws, stop)
-            except (aiohttp.ClientError, AssertionError, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError, AssertionError, OSError):
                 await asyncio.sleep(0.2)
                 self.node = (self.node + 1) % len(self.urls)
 
@@ -78,7 +78,7 @@ class WsAgent:
         while not stop.is_set():
             try:
                 msg = await ws.receive(timeout=0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             if msg.type != aiohttp.WSMsgType.TEXT:
                 raise aiohttp.ClientError(f"socket ended: {msg.type}")
@@ -131,7 +131,7 @@ async def test_sigkill_one_of_three_loses_nothing_and_assigns_nothing_twice(tmp_
                     sent.extend(m["msg_id"] for m in batch)
                     try:
                         status, body = await clients[node].post_messages(shop, batch, secret=SECRET_A)
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                    except (TimeoutError, aiohttp.ClientError):
                         continue
                     assert status in (202, 503), body
                     if status == 202:

@@ -12,6 +12,7 @@ import aiohttp
 import msgspec
 import pytest
 
+from router.server import SIGNATURE_HEADER, sign
 from tests.redis.support import (
     Instances,
     check_claim_log,
@@ -22,7 +23,6 @@ from tests.redis.support import (
     wait_for,
     write_config,
 )
-from router.server import SIGNATURE_HEADER, sign
 from tests.router.serve_support import SECRET_A, Client, free_port, message
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.slow]
@@ -125,7 +125,7 @@ async def test_redis_unreachable_means_503_and_nothing_acknowledged_is_lost(tmp_
     toml.write_text("\n".join(f'redis_url = "redis://127.0.0.1:{proxy.port}/0"' if line.startswith("redis_url")
                               else line for line in toml.read_text().splitlines()))
     nodes = Instances(cfg, tmp_path, 1, ["solo"])
-    routed = lambda: [d["d"]["msg_id"] for d in decisions(r, prefix)]  # noqa: E731
+    routed = lambda: [d["d"]["msg_id"] for d in decisions(r, prefix)]
     try:
         await nodes.healthy()
         async with aiohttp.ClientSession() as http:

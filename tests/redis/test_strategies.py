@@ -32,7 +32,7 @@ async def test_round_robin_and_sticky_continue_on_another_instance(tmp_path, sha
                        agents=[{"id": a, "shops": ["*"], "cap": 5} for a in AGENTS], shards=1, sticky_hours=24)
     for a in AGENTS:
         r.hset(f"{prefix}:agent:{a}", "status", "online")
-    assigned = lambda: {d["d"]["msg_id"]: (d["d"]["agent_id"], d["d"]["flags"]) for d in decisions(r, prefix)}  # noqa: E731
+    assigned = lambda: {d["d"]["msg_id"]: (d["d"]["agent_id"], d["d"]["flags"]) for d in decisions(r, prefix)}
 
     async def post(c: Client, msg_id: str, buyer: str) -> tuple[str, list[str]]:
         status, body = await c.post_messages("s", [message(msg_id, buyer, "s")], secret=SECRET_A)
