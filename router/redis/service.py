@@ -372,8 +372,11 @@ class RedisService(Service):
         old = self.sessions.get(aid)
         self.sessions[aid] = session
         self.metrics.ws_agents.set(len(self.sessions))
-        await self.r.set(self.keys.conn(aid), self.id, px=3 * LEASE_MS)
-        status = await self.r.hget(self.keys.agent(aid), "status")
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(self.keys.conn(aid), self.id, px=3 * LEASE_MS)
+        pipe.xadd(self.keys.control, {"type": "connected", "agent": aid, "by": self.id}, maxlen=10000, approximate=True)
+        pipe.hget(self.keys.agent(aid), "status")
+        status = (await pipe.execute())[2]
         if status in (None, b"offline"):
             await self._set_status(aid, "online")
         self.log.info("agent_connected", agent_id=aid)
@@ -559,6 +562,11 @@ class RedisService(Service):
             self._push(self.router.dispatcher.refresh(agent))
         elif kind == b"claimed":
             self._sync_counters(agent, int(fields[b"assigned"]), int(fields[b"seq"]))
+        elif kind == b"connected" and fields.get(b"by", b"").decode() != self.id:
+            session = self.sessions.get(agent)
+            if session is not None and hasattr(session, "close"):
+                self.log.info("agent_connected_elsewhere", agent_id=agent)
+                asyncio.get_running_loop().create_task(session.close(4000, b"replaced by a new connection"))
 
     def _sync_counters(self, agent_id: str, assigned: int, seq: int) -> None:
         """Adopt the shared counters the strategies' keys read, so round robin and weighted shares
