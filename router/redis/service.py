@@ -738,8 +738,9 @@ class RedisService(Service):
 
     async def _adopt(self, n: int, token: str) -> None:
         """Rebuild the shard's conversations from the mirror, give back claims no committed state
-        explains (made by an owner that died before its commit), then route the entries the old
-        owner left pending, oldest first, and drain."""
+        explains (made by an owner that died before its commit) and claim again for a mirrored
+        agent whose release was not committed (or queue the conversation if that agent is now
+        full), then route the entries the old owner left pending, oldest first, and drain."""
         if self._leases.get(n) != token or n in self._readable:
             return
         k = self.keys
@@ -770,7 +771,8 @@ class RedisService(Service):
                 orphans += 1
         held = {c.decode(): a.decode() for c, a in owners.items()}
         for conv in sorted(mirror.values(), key=lambda c: c.seq):
-            if conv.state in ("assigned", "reserved") and held.get(conv.id) != conv.agent_id:
+            if conv.state in ("assigned", "reserved") and held.get(conv.id) != conv.agent_id \
+                    and not self._claim(conv.agent_id or "", conv.id):
                 conv.state = "queued"
                 conv.agent_id = None
                 conv.queued_at = conv.queued_at or self._clock

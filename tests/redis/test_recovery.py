@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 
 import aiohttp
 import msgspec
 import pytest
 
+from router.models import Conversation
 from router.server import SIGNATURE_HEADER, sign
 from tests.redis.support import (
     Instances,
@@ -29,9 +31,11 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.slow]
 
 
 async def test_new_owner_routes_pending_entries_first_and_releases_orphan_claims(tmp_path, shared_redis):  # noqa: F811
+    """A dead owner left: one entry pending, one unread; a claim without committed state
+    (``b-lost``); a committed assignment whose claim was released but not committed (``b-kept``)."""
     r, prefix = shared_redis
     cfg = write_config(tmp_path, prefix, shops={"s": "FENLIU_TEST_SECRET_A"},
-                       agents=[{"id": "solo", "shops": ["*"], "cap": 2}], shards=1)
+                       agents=[{"id": "solo", "shops": ["*"], "cap": 3}], shards=1)
     stream = f"{prefix}:in:0"
     r.xgroup_create(stream, "routers", id="0", mkstream=True)
     for i in (1, 2):
@@ -42,7 +46,9 @@ async def test_new_owner_routes_pending_entries_first_and_releases_orphan_claims
     r.hset(f"{prefix}:agent:solo", mapping={"status": "online", "load": 1, "assigned": 1})
     r.hset(f"{prefix}:owners:0", "s:b-lost", "solo")
     r.sadd(f"{prefix}:held:solo", "s:b-lost")
-    r.xadd(f"{prefix}:claims", {"op": "claim", "agent": "solo", "conv": "s:b-lost", "load": 1, "cap": 2, "by": "ghost"})
+    r.xadd(f"{prefix}:claims", {"op": "claim", "agent": "solo", "conv": "s:b-lost", "load": 1, "cap": 3, "by": "ghost"})
+    kept = Conversation("s:b-kept", "s", "b-kept", time.time(), state="assigned", agent_id="solo", skill="presale")
+    r.hset(f"{prefix}:convs:0", "s:b-kept", msgspec.json.encode(kept))
 
     nodes = Instances(cfg, tmp_path, 1, ["solo"])
     try:
@@ -52,8 +58,9 @@ async def test_new_owner_routes_pending_entries_first_and_releases_orphan_claims
         assert [(d["msg_id"], d["action"]) for d in own] == [("m-1", "assigned"), ("m-2", "assigned")]
         log = claim_log(r, prefix)
         assert [(e["op"], e["conv"], e.get("reason")) for e in log[1:]] == [
-            ("release", "s:b-lost", "orphan"), ("claim", "s:b-1", None), ("claim", "s:b-2", None)]
-        assert check_claim_log(log, {"solo": 2}) == {"solo": 2}
+            ("release", "s:b-lost", "orphan"), ("claim", "s:b-kept", None), ("claim", "s:b-1", None),
+            ("claim", "s:b-2", None)]
+        assert check_claim_log(log, {"solo": 3}) == {"solo": 3}
         assert r.xpending(stream, "routers")["pending"] == 0
         async with aiohttp.ClientSession() as http:
             status, body = await Client(nodes.urls[0], http).post_messages("s", [message("m-1", "b-1", "s")], secret=SECRET_A)
