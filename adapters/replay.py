@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from adapters import Adapter
-from router.ingest import decode_line, explain
+from router.ingest import read_lines
 from router.models import Message
 
 
@@ -31,16 +31,9 @@ class ReplayAdapter(Adapter):
 
 
 def read_messages(lines: Iterable[bytes], errors: list[str] | None = None) -> Iterator[Message]:
-    for n, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line or line.startswith(b"#"):
-            continue
-        try:
-            item = decode_line(line)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            if errors is not None:
-                errors.append(f"line {n}: {explain(exc)}")
-            continue
+    for n, item, reason in read_lines(lines):
+        if reason is not None and errors is not None:
+            errors.append(f"line {n}: {reason}")
         if isinstance(item, Message):
             yield item
 

@@ -4,6 +4,7 @@ turned into a short reason a user can act on, without a traceback."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Union, get_args
 
 import msgspec
@@ -66,3 +67,17 @@ def decode_batch(body: bytes) -> list[msgspec.Raw]:
     """Split a body holding one message or an array of them into raw items."""
     items = _batch.decode(body)
     return items if isinstance(items, list) else [items]
+
+
+def read_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, Message | Event | None, str | None]]:
+    """JSONL input as ``(line number, item, None)`` or ``(line number, None, reason)``; blank
+    lines and ``#`` comments are skipped. ``route``, ``simulate`` and the replay adapter all read
+    through this, so they accept and reject exactly the same lines."""
+    for n, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        try:
+            yield n, decode_line(line), None
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            yield n, None, explain(exc)

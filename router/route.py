@@ -11,8 +11,7 @@ from typing import BinaryIO, TextIO
 
 import msgspec
 
-from router.config import Config
-from router.ingest import decode_line, explain
+from router.ingest import read_lines
 from router.models import Message
 from router.pipeline import InputError, Router
 
@@ -24,25 +23,19 @@ async def route_lines(router: Router, lines: Iterable[bytes], out: BinaryIO, err
     bad lines."""
     bad = 0
     write = out.write
-    for n, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line or line.startswith(b"#"):
-            continue
+    for n, item, reason in read_lines(lines):
         try:
-            item = decode_line(line)
+            if item is None:
+                raise InputError(reason)
             if isinstance(item, Message):
                 decisions = await router.handle_message(item)
             else:
                 decisions = await router.handle_event(item)
-        except (msgspec.DecodeError, msgspec.ValidationError, InputError) as exc:
+        except InputError as exc:
             bad += 1
-            err.write(f"line {n}: {explain(exc)}\n")
+            err.write(f"line {n}: {exc}\n")
             continue
         for d in decisions:
             write(_encode(d))
             write(b"\n")
     return bad
-
-
-def make_router(config: Config) -> Router:
-    return Router(config)

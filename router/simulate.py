@@ -532,7 +532,7 @@ def shift_seconds(schedule: Any, start: float, end: float) -> float:
 def read_traffic(path: Path) -> tuple[list[tuple[float, int, Any]], list[str]]:
     """Recorded JSONL: messages and ``agent_status``/``tick`` events in time order. ``close``,
     ``transfer`` and ``accept`` lines are dropped: the simulated agents make those decisions."""
-    from router.ingest import decode_line, explain
+    from router.ingest import read_lines
     from router.models import AgentStatusEvent, Message, TickEvent
 
     items: list[tuple[float, int, Any]] = []
@@ -541,14 +541,9 @@ def read_traffic(path: Path) -> tuple[list[tuple[float, int, Any]], list[str]]:
         data = path.read_bytes()
     except OSError as exc:
         return [], [f"{path}: {exc.strerror}"]
-    for n, raw in enumerate(data.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith(b"#"):
-            continue
-        try:
-            item = decode_line(line)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            errors.append(f"{path}: line {n}: {explain(exc)}")
+    for n, item, reason in read_lines(data.splitlines()):
+        if item is None:
+            errors.append(f"{path}: line {n}: {reason}")
             continue
         if item.ts is None:  # type: ignore[union-attr]
             errors.append(f"{path}: line {n}: ts: needed to simulate")
