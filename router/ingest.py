@@ -5,7 +5,7 @@ turned into a short reason a user can act on, without a traceback."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Union, get_args
+from typing import get_args
 
 import msgspec
 
@@ -15,7 +15,6 @@ _CHOICES = {"kind": get_args(Kind), "status": get_args(AgentStatus)}
 
 _message = msgspec.json.Decoder(Message)
 _event = msgspec.json.Decoder(Event)
-_batch = msgspec.json.Decoder(Union[list[msgspec.Raw], msgspec.Raw])  # noqa: UP007
 _TYPE = b'"type"'
 
 
@@ -61,12 +60,6 @@ def decode_line(line: bytes) -> Message | Event:
 
 def decode_message(data: bytes) -> Message:
     return _message.decode(data)
-
-
-def decode_batch(body: bytes) -> list[msgspec.Raw]:
-    """Split a body holding one message or an array of them into raw items."""
-    items = _batch.decode(body)
-    return items if isinstance(items, list) else [items]
 
 
 def read_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, Message | Event | None, str | None]]:
