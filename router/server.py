@@ -514,9 +514,10 @@ async def reload(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     ok = service.ready
+    shared = service.shared_health() if hasattr(service, "shared_health") else {}
     return json_response({"status": "ok" if ok else "starting", "uptime_s": round(time.time() - service.started, 3),
                           "journal_seq": service._seq, "ingest_queue": service.pending_ingest,
-                          "connected_agents": len(service.sessions)}, 200 if ok else 503)
+                          "connected_agents": len(service.sessions), **shared}, 200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

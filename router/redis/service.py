@@ -234,9 +234,9 @@ class RedisService(Service):
         self.rs.close()
         self.log.info("service_stopped")
 
-    @property
-    def owned_shards(self) -> list[int]:
-        return sorted(self._readable)
+    def shared_health(self) -> dict[str, Any]:
+        """For ``/healthz``: which instance this is and which shards it routes now."""
+        return {"backend": "redis", "instance": self.id, "shards": sorted(self._readable)}
 
     # -- ingest and requests (any instance) -----------------------------------------------------
 

@@ -215,3 +215,17 @@ def accounts_db(db: Path, agents: list[str]) -> None:
         found = [template]
     db.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(found[0], db)
+
+
+async def routed_shards(urls: list[str]) -> list[list[int]]:
+    """The shards each instance routes now, from its ``/healthz``."""
+    import aiohttp
+
+    out = []
+    async with aiohttp.ClientSession() as http:
+        for url in urls:
+            async with http.get(f"{url}/healthz") as resp:
+                body = await resp.json()
+                assert body["backend"] == "redis"
+                out.append(body["shards"])
+    return out

@@ -16,6 +16,7 @@ from tests.redis.support import (
     claim_log,
     decisions,
     owners,
+    routed_shards,
     shared_redis,  # noqa: F401 - fixture
     wait_for,
     write_config,
@@ -47,6 +48,9 @@ async def test_one_agent_cap_three_across_instances(tmp_path, shared_redis):  # 
     try:
         await nodes.healthy()
         await wait_for(lambda: None not in owners(r, prefix, SHARDS).values(), 20, "every shard to have an owner")
+        async with asyncio.timeout(20):
+            while sorted(map(len, await routed_shards(nodes.urls))) != [1, 1, 1]:
+                await asyncio.sleep(0.1)
         async with aiohttp.ClientSession() as http:
             clients = [Client(u, http) for u in nodes.urls]
             token = await clients[0].login("ops", PASSWORD)
@@ -83,6 +87,6 @@ async def test_one_agent_cap_three_across_instances(tmp_path, shared_redis):  # 
         assert check_claim_log(log, {"solo": 3}) == {"solo": 3}
         assert int(r.hget(f"{prefix}:agent:solo", "load")) == 3
         routed_by = {d["by"] for d in decided}
-        assert len(routed_by) >= 2, f"expected the shards to be routed by several instances, got {routed_by}"
+        assert len(routed_by) == 3, f"expected every instance to route its shard, got {routed_by}"
     finally:
         nodes.stop()
