@@ -14,8 +14,11 @@ in the original text, separators between the matched characters included.
 
 Speed (see ``bench/bench_sensitive.py`` and docs/plugins/sensitive.md): ``str.translate`` costs
 ≈30 ns a character, more than the scan itself, so it runs only when cheap C-level checks say the
-text needs it (see :meth:`Matcher.scan`); the automaton also holds the traditional characters,
-so the word scan itself says whether one is present.
+text needs it (see :meth:`Matcher.scan_ascii`); the automaton also holds the traditional
+characters, so the word scan itself says whether one is present. After the scan, matches are
+split by kind with ``bisect``, the allow-list is a set difference, and words typed as listed are
+located with ``str.find``; the position map is built only for evasions (see
+:meth:`SensitiveFilter._report`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from __future__ import annotations
 import re
 import time
 import unicodedata
-from unicodedata import is_normalized
-from collections.abc import Iterable, Mapping, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
+from unicodedata import is_normalized
 
 import ahocorasick_rs
 import msgspec
@@ -222,6 +227,8 @@ class Normaliser:
                         if v != cp and cp >= 128 and not 0xD800 <= cp < 0xE000 and chr(cp).isalnum()
                         and is_normalized("NFKC", chr(cp))]
         self.upper = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+        #: Runs of separators of the Basic Multilingual Plane (surrogates excluded), for :meth:`locator`.
+        self.runs = re.compile(f"([{_char_class(cp for cp, v in enumerate(table) if v is None and cp < 0x10000)}]+)")
         assert all(c in self.deleted for c in EAGER)
 
     def normalise(self, text: str) -> str:
@@ -229,12 +236,49 @@ class Normaliser:
         return text.translate(self.table)
 
     def positions(self, text: str) -> list[int]:
-        """``positions[j]`` is the index in ``text`` of the ``j``-th normalised character.
-
-        Built only for texts with hits. (A regex over the separators was measured slower than
-        this comprehension: the class is thousands of ranges.)"""
+        """``positions[j]`` is the index in ``text`` of the ``j``-th normalised character
+        (the reference for :meth:`locator`, and its fallback)."""
         deleted = self.deleted
         return [i for i, c in enumerate(text) if c not in deleted]
+
+    def locator(self, text: str, length: int) -> Callable[[int], int]:
+        """``j -> positions(text)[j]`` for a text whose normalised form has ``length``
+        characters, computed per run of separators rather than per character.
+
+        One ``split`` on the separator runs (a regex over the Basic Multilingual Plane, where sre
+        tests a character with one bitmap lookup) gives the kept pieces; a normalised index is
+        found among the pieces' offsets with ``bisect``. Separators beyond the BMP (emoji) are not
+        in the class; they show as a length that does not add up and the per-character map is
+        used instead."""
+        if length == len(text):
+            return _same
+        pieces = self.runs.split(text)
+        kept = pieces[::2]
+        offsets = list(accumulate(map(len, kept), initial=0))
+        if offsets[-1] != length:
+            return self.positions(text).__getitem__
+        starts = list(accumulate(map(len, pieces), initial=0))[::2]
+
+        def position(j: int) -> int:
+            i = bisect_right(offsets, j) - 1
+            return starts[i] + j - offsets[i]
+
+        return position
+
+
+def _same(j: int) -> int:
+    return j
+
+
+def _char_class(cps: Iterable[int]) -> str:
+    """The body of a regex character class holding the code points ``cps``, as ranges."""
+    ranges: list[list[int]] = []
+    for cp in sorted(cps):
+        if ranges and cp == ranges[-1][1] + 1:
+            ranges[-1][1] = cp
+        else:
+            ranges.append([cp, cp])
+    return "".join(re.escape(chr(a)) + (f"-{re.escape(chr(b))}" if b > a else "") for a, b in ranges)
 
 
 _normaliser: Normaliser | None = None
@@ -296,9 +340,21 @@ class Matcher:
         patterns.extend(norm.letters)
         self.ac = ahocorasick_rs.AhoCorasick(patterns, implementation=ahocorasick_rs.Implementation.DFA)
         self.words = len(index)
+        #: For each allow phrase, the word matches inside it as ``(word, start, end)`` relative
+        #: to the phrase: a word match lies inside an allowed match exactly when it is one of
+        #: these, shifted by the allowed match's start (a set difference instead of a loop).
+        self.covers = [tuple(m for m in self.ac.find_matches_as_indexes(phrase, overlapping=True) if m[0] < self.n_words)
+                       for phrase in patterns[self.n_words:self.n_allow]]
+        self._allow_key, self._trigger_key, self._marker_key = (self.n_words,), (self.n_allow,), (self.n_triggers,)
 
     def scan(self, text: str) -> tuple[str, list[tuple[int, int, int]]]:
-        """The normalised text and the automaton's matches in it.
+        """The normalised text and the automaton's matches in it."""
+        n, ms, _ = self.scan_ascii(text)
+        return n, ms
+
+    def scan_ascii(self, text: str) -> tuple[str, list[tuple[int, int, int]], bytes | None]:
+        """:meth:`scan`, plus the ASCII characters of the normalised text (as bytes, case
+        not folded: what the pattern gates count) when they come for free, else ``None``.
 
         Cheapest checks first: common punctuation goes with ``str.replace``; the ASCII part
         (``encode("ascii", "ignore")``, a C loop) shows ASCII symbols and capitals; ``isalnum``
@@ -312,30 +368,55 @@ class Matcher:
         for c in EAGER:
             if c in t:
                 t = t.replace(c, "")
-        upper = False
-        if b := t.encode("ascii", "ignore"):
-            if seps := b.translate(None, _ASCII_ALNUM):
+        b: bytes | None = t.encode("ascii", "ignore")
+        upper = b != b.lower()
+        if not t.isalnum() and t:
+            if b and (seps := b.translate(None, _ASCII_ALNUM)):
                 for c in set(seps.decode()):
                     t = t.replace(c, "")
-            upper = b != b.lower()
-        if not t.isalnum() and t:
-            found = set(_NON_ALNUM.findall(t))
-            if found <= norm.deleted:
-                for c in found:
-                    t = t.replace(c, "")
-            else:
-                t = text.translate(norm.table)
+                b = b.translate(None, seps)
+            if not t.isalnum() and t:
+                found = set(_NON_ALNUM.findall(t))
+                if found <= norm.deleted:
+                    for c in found:
+                        t = t.replace(c, "")
+                else:
+                    t, b = text.translate(norm.table), None
         if not is_normalized("NFKC", t):
-            t = text.translate(norm.table)
+            t, b = text.translate(norm.table), None
         elif upper:
+            # An NFKC-normalised character never lowers to ASCII (only the Kelvin sign would),
+            # so ``b`` still holds the ASCII characters.
             lower = t.lower()
-            t = lower if len(lower) == len(t) else text.translate(norm.table)
+            t, b = (lower, b) if len(lower) == len(t) else (text.translate(norm.table), None)
         ac = self.ac
         ms = ac.find_matches_as_indexes(t, overlapping=True)
         if ms and max(ms)[0] >= self.n_markers:
-            t = text.translate(norm.table)
+            t, b = text.translate(norm.table), None
             ms = ac.find_matches_as_indexes(t, overlapping=True)
-        return t, ms
+        return t, ms, b
+
+    def classify(self, n: str, ms: list[tuple[int, int, int]]
+                 ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], frozenset[str], bool]:
+        """Split the matches of :meth:`scan` (sorted in place, by pattern index) into word
+        matches outside allowed phrases, allowed matches, the trigger strings found, and whether a
+        digit marker was found. The pattern order makes each kind one slice, found by bisection."""
+        ms.sort()
+        if ms[-1][0] < self.n_words:
+            return ms, [], _NOTHING, False
+        w = bisect_left(ms, self._allow_key)
+        a = bisect_left(ms, self._trigger_key, w)
+        found, allowed = ms[:w], ms[w:a]
+        if found and allowed:
+            inside = set()
+            for k, s, _ in allowed:
+                for idx, x, y in self.covers[k - self.n_words]:
+                    inside.add((idx, s + x, s + y))
+            found = [] if inside.issuperset(found) else [f for f in found if f not in inside]
+        if a == len(ms):
+            return found, allowed, _NOTHING, False
+        t = bisect_left(ms, self._marker_key, a)
+        return found, allowed, frozenset(n[x:y] for _, x, y in ms[a:t]), t < len(ms)
 
 
 def min_ascii(regex: str, digits: bool = False) -> int:
@@ -345,7 +426,8 @@ def min_ascii(regex: str, digits: bool = False) -> int:
     A text with fewer cannot match, so the regex is not run at all: most chat messages have no
     or few ASCII characters, and one regex search costs about as much as the whole word scan.
     """
-    from re import _constants as C, _parser as P  # type: ignore[attr-defined]
+    from re import _constants as C  # type: ignore[attr-defined]
+    from re import _parser as P  # type: ignore[attr-defined]
 
     top = 58 if digits else 128
     bottom = 48 if digits else 0
@@ -416,6 +498,8 @@ class SensitiveFilter:
         self.mask_char = mask_char
         self.enabled = enabled
         self.pattern_names = frozenset(r.name for r in rules)
+        #: The rules that may run on a text in which no ``requires`` string was found.
+        self.untriggered = [r for r in rules if not r.triggers]
 
     @classmethod
     def build(cls, cfg: SensitiveConfig, base: Path, file: str, cache: dict) -> SensitiveFilter:
@@ -450,78 +534,104 @@ class SensitiveFilter:
     def hits(self, text: str) -> list[Hit]:
         """Every finding in ``text`` (any list or pattern, either direction), in text order,
         with positions in ``text``. Dropped: hits inside an allowed phrase, and hits inside a
-        longer hit of the same list (加微信 reports 加微信, not also 加微 and 微信)."""
+        longer hit of the same list (加微信 reports 加微信, not also 加微 and 微信).
+
+        The common message (no match, or only words inside allowed phrases, no pattern worth
+        running) returns after the scan, the sort of its few matches and a few C-level checks;
+        the position map is built only for texts with hits."""
         if not self.enabled or not text:
             return []
         m = self.matcher
-        n, ms = m.scan(text)
-        rules = self.rules
-        if not ms and not (rules and n.encode("ascii", "ignore")):
-            return []
-        found: list[tuple[int, int, int]] = []
-        allowed: list[tuple[int, int]] = []
-        triggered: set[str] = set()
-        digits = False
-        for idx, a, b in ms:
-            if idx < m.n_words:
-                found.append((a, b, idx))
-            elif idx < m.n_allow:
-                allowed.append((a, b))
-            elif idx < m.n_triggers:
-                triggered.add(n[a:b])
-            else:
-                digits = True
-        if allowed:
-            found = [f for f in found if not any(s <= f[0] and f[1] <= e for s, e in allowed)]
-        pattern_hits: list[tuple[int, int, _Rule, bool]] = []
-        if rules:
-            view = n.translate(_CN_TABLE) if digits else n
-            ascii_b = view.encode("ascii", "ignore")
-            if ascii_b:
-                ascii_n = len(ascii_b)
-                digits_n = ascii_n - len(ascii_b.translate(None, b"0123456789"))
-                for r in rules:
-                    if ascii_n < r.min_ascii or digits_n < r.min_digits:
-                        continue
-                    if r.triggers:
-                        if r.triggers.isdisjoint(triggered):
-                            continue
-                        subject = view
-                    else:
-                        subject = text if r.original else view
-                        if r.requires:
-                            for x in r.requires:
-                                if x in subject:
-                                    break
-                            else:
-                                continue
-                    for mo in r.regex.finditer(subject):
-                        a, b = mo.span()
-                        if b > a and (r.original or not any(s <= a and b <= e for s, e in allowed)):
-                            pattern_hits.append((a, b, r, r.original))
+        n, ms, ascii_b = m.scan_ascii(text)
+        if ms:
+            found, allowed, triggered, digits = m.classify(n, ms)
+        else:
+            found, allowed, triggered, digits = ms, ms, _NOTHING, False
+        pattern_hits = self._pattern_hits(text, n, ascii_b, allowed, triggered, digits) if self.rules else []
         if not found and not pattern_hits:
             return []
-        pos = normaliser().positions(text) if len(n) != len(text) else range(len(text))
-        spans = [(pos[a], pos[b - 1] + 1) for a, b in allowed]
+        return self._report(text, n, found, allowed, pattern_hits)
 
-        def is_allowed(start: int, end: int) -> bool:
-            return any(s <= start and end <= e for s, e in spans)
+    def _pattern_hits(self, text: str, n: str, ascii_b: bytes | None, allowed: list[tuple[int, int, int]],
+                      triggered: frozenset[str], digits: bool) -> list[tuple[int, int, _Rule]]:
+        """Matches of the patterns worth running: ``(start, end, rule)``, in normalised
+        positions for ``on = "normalised"`` rules, in ``text`` for ``on = "original"``.
+        ``ascii_b``: the ASCII characters of ``n`` if known (see :meth:`Matcher.scan_ascii`)."""
+        view = n
+        if digits:
+            view = n.translate(_CN_TABLE)
+            ascii_b = None
+        if ascii_b is None:
+            ascii_b = view.encode("ascii", "ignore")
+        if not ascii_b:
+            return []
+        ascii_n = len(ascii_b)
+        digits_n = -1
+        out: list[tuple[int, int, _Rule]] = []
+        for r in self.rules if triggered else self.untriggered:
+            if ascii_n < r.min_ascii:
+                continue
+            if r.min_digits:
+                if digits_n < 0:
+                    digits_n = ascii_n - len(ascii_b.translate(None, b"0123456789"))
+                if digits_n < r.min_digits:
+                    continue
+            if r.triggers:
+                if r.triggers.isdisjoint(triggered):
+                    continue
+                subject = view
+            else:
+                subject = text if r.original else view
+                if r.requires:
+                    for x in r.requires:
+                        if x in subject:
+                            break
+                    else:
+                        continue
+            for mo in r.regex.finditer(subject):
+                a, b = mo.span()
+                if b > a and (r.original or not any(s <= a and b <= e for _, s, e in allowed)):
+                    out.append((a, b, r))
+        return out
 
-        out: list[Hit] = []
-        for a, b, idx in found:
-            start, end = pos[a], pos[b - 1] + 1
-            out.extend(Hit(word, start, end, source) for word, source in m.owners[idx])
-        for a, b, r, original in pattern_hits:
-            start, end = (a, b) if original else (pos[a], pos[b - 1] + 1)
-            if not (original and is_allowed(start, end)):
-                out.append(Hit(text[start:end], start, end, r.name))
-        out.sort(key=lambda h: (h.start, -h.end))
-        kept: list[Hit] = []
-        for h in out:
-            if not any(k.source == h.source and k.start <= h.start and h.end <= k.end
-                       and (k.start, k.end) != (h.start, h.end) for k in kept):
-                kept.append(h)
-        return kept
+    def _report(self, text: str, n: str, found: list[tuple[int, int, int]], allowed: list[tuple[int, int, int]],
+                pattern_hits: list[tuple[int, int, _Rule]]) -> list[Hit]:
+        """The hits in ``text``'s positions, in text order (longer first), without the hits
+        that a longer hit of the same list contains.
+
+        A word's normalised characters are fixed points of the table, so each literal occurrence
+        of it in ``text`` is one of its occurrences in the normalised text, in the same order.
+        When ``text`` has as many literal occurrences as the normalised text has occurrences (the
+        word was typed as listed, the usual case), the k-th is the k-th and ``str.find`` gives
+        the position. Any other hit goes through the position map, built once on first need."""
+        locate: Callable[[int], int] | None = None
+        owners = self.matcher.owners
+        rows: list[tuple[int, int, int, str, str]] = []  # (start, -end, order, word, source)
+        for idx, a, b in found:
+            key = n[a:b]
+            start = text.find(key)
+            if start >= 0 and n.find(key) == a and n.find(key, a + 1) < 0:
+                end = start + b - a
+            elif len(spots := _find_all(n, key)) == len(typed := _find_all(text, key)):
+                start = typed[spots.index(a)]
+                end = start + b - a
+            else:
+                locate = locate or normaliser().locator(text, len(n))
+                start, end = locate(a), locate(b - 1) + 1
+            for word, source in owners[idx]:
+                rows.append((start, -end, len(rows), word, source))
+        if pattern_hits:
+            locate = locate or normaliser().locator(text, len(n))
+            for a, b, r in pattern_hits:
+                if not r.original:
+                    a, b = locate(a), locate(b - 1) + 1
+                elif any(locate(s) <= a and b <= locate(e - 1) + 1 for _, s, e in allowed):
+                    continue
+                rows.append((a, -b, len(rows), text[a:b], r.name))
+        if len(rows) > 1:
+            rows.sort()
+            rows = _outermost(rows)
+        return [Hit(word, start, -neg_end, source) for start, neg_end, _, word, source in rows]
 
     def action(self, hit: Hit, direction: Direction) -> str:
         inbound, outbound = self.actions.get(hit.source, ("off", "off"))
@@ -556,6 +666,34 @@ class SensitiveFilter:
             masked = self.mask(text, (h for h, a in zip(hits, acts, strict=True) if a == "mask"))
             return FilterVerdict("mask", masked, flags, None, tuple(hits))
         return FilterVerdict("flag", None, flags, None, tuple(hits))
+
+
+_NOTHING: frozenset[str] = frozenset()
+
+
+def _find_all(text: str, part: str) -> list[int]:
+    """Where ``part`` starts in ``text``, overlapping occurrences included."""
+    out = []
+    i = text.find(part)
+    while i >= 0:
+        out.append(i)
+        i = text.find(part, i + 1)
+    return out
+
+
+def _outermost(rows: list[tuple[int, int, int, str, str]]) -> list[tuple[int, int, int, str, str]]:
+    """``rows`` (sorted ``(start, -end, order, word, source)``) without those that a row of
+    the same source with another span contains. A container sorts before what it contains."""
+    kept: list[tuple[int, int, int, str, str]] = []
+    for row in rows:
+        start, neg_end, _, _, source = row
+        for k_start, k_neg_end, _, _, k_source in kept:
+            if (k_source == source and k_start <= start and k_neg_end <= neg_end
+                    and (k_start != start or k_neg_end != neg_end)):
+                break
+        else:
+            kept.append(row)
+    return kept
 
 
 def _read(base: Path, name: str, file: str, key: str) -> list[str]:

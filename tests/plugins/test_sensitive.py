@@ -404,3 +404,76 @@ def test_policy_section_struct_contract():
     with pytest.raises(TypeError):
         SensitiveConfig(True)  # type: ignore[misc]
     assert msgspec.convert({}, SensitiveConfig).patterns == sensitive.DEFAULT_PATTERNS
+
+
+# -- fast paths agree with the plain definition -------------------------------------------------------
+
+
+def _reference_hits(f: sensitive.SensitiveFilter, text: str) -> list[Hit]:
+    """``hits`` computed the slow, obvious way: one full ``str.translate``, the per-character
+    position map, containment tests pair by pair, every pattern run without gates."""
+    m = f.matcher
+    n = normalise(text)
+    pos = normaliser().positions(text)
+    ms = m.ac.find_matches_as_indexes(n, overlapping=True)
+    allowed = [(a, b) for i, a, b in ms if m.n_words <= i < m.n_allow]
+    # Chinese digits become ASCII digits when two digits in a row include one (a digit marker).
+    view = n.translate(sensitive._CN_TABLE) if any(i >= m.n_triggers for i, _, _ in ms) else n
+    rows = []
+    for i, a, b in ms:
+        if i < m.n_words and not any(s <= a and b <= e for s, e in allowed):
+            rows += [(pos[a], pos[b - 1] + 1, word, source) for word, source in m.owners[i]]
+    for r in f.rules:
+        for mo in r.regex.finditer(text if r.original else view):
+            a, b = mo.span()
+            if b <= a:
+                continue
+            if r.original:
+                if not any(pos[s] <= a and b <= pos[e - 1] + 1 for s, e in allowed):
+                    rows.append((a, b, text[a:b], r.name))
+            elif not any(s <= a and b <= e for s, e in allowed):
+                rows.append((pos[a], pos[b - 1] + 1, text[pos[a]:pos[b - 1] + 1], r.name))
+    rows.sort(key=lambda x: (x[0], -x[1]))  # stable: words before patterns, list order kept
+    kept = [x for x in rows if not any(y[3] == x[3] and y[0] <= x[0] and x[1] <= y[1] and y[:2] != x[:2] for y in rows)]
+    return [Hit(word, start, end, source) for start, end, word, source in kept]
+
+
+_AGREE = list("微信加我VXvxQq支付寶宝扫码扣企鹅号 -.*_，。！？%：～、①③⑧ＶＸＱ一三八幺0123456789第最好次先时间"
+              "\u200b\ufeffAbChttps:/wt.cnom🌹𝐕")
+
+
+@pytest.fixture(scope="module")
+def agree_filter():
+    return SensitiveConfig(lists=(
+        WordList(name="contact", words=("微信", "VX", "QQ", "支付宝", "扫码", "加微信", "扣扣", "qqq", "加我"), inbound="mask"),
+        WordList(name="ad_law", words=("第一", "最好", "第一次买"), inbound="off"),
+    ), allow=("第一次", "最好先", "第一时间", "扫码领券")).compile(DEMO)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from(_AGREE), max_size=60))
+def test_hits_agree_with_the_plain_definition(agree_filter, text):
+    """The shortcuts of ``hits`` (matches sorted and sliced by kind, allow-list by set difference,
+    ``str.find`` instead of the position map, the run-based position map) change nothing."""
+    assert agree_filter.hits(text) == _reference_hits(agree_filter, text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(_AGREE + list("（）【】…· \t\n")), max_size=60))
+def test_locator_equals_positions(text):
+    norm = normaliser()
+    pos = norm.positions(text)
+    locate = norm.locator(text, len(normalise(text)))
+    assert [locate(j) for j in range(len(pos))] == pos
+
+
+def test_table_is_idempotent_everywhere():
+    """``_report`` finds words typed as listed with ``str.find``: that needs every character of a
+    normalised text to be a fixed point of the table."""
+    table = normaliser().table
+    assert all(v is None or v >= len(table) or table[v] == v for v in table)
+
+
+@pytest.mark.parametrize("text", ["qqq", "加微信加微信", "第一第一次第一", "微 信微信", "扣扣扣扣", "VXvx微信VX"])
+def test_repeated_and_overlapping_words_keep_their_positions(agree_filter, text):
+    assert agree_filter.hits(text) == _reference_hits(agree_filter, text)
