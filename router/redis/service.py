@@ -147,7 +147,7 @@ class RedisService(Service):
         self.round_trips = Counter("fenliu_redis_round_trips", "Round trips to Redis, by purpose", ["op"],
                                    registry=self.metrics.registry)
         self._rt = {op: self.round_trips.labels(op) for op in
-                    ("ingest", "commit", "claim", "release", "read", "lease", "control", "frames", "request", "other")}
+                    ("ingest", "commit", "claim", "release", "read", "lease", "control", "frames", "request")}
         self.router = self._new_router(config)
 
     # -- life cycle ---------------------------------------------------------------------------------
@@ -206,6 +206,7 @@ class RedisService(Service):
             st = d.agents[aid]
             st.assigned = int(assigned or 0)
             st.last_seq = int(seq or 0) - SEQ_OFFSET
+            d.refresh(aid)
 
     async def stop(self) -> None:
         if self._stopping:
@@ -215,6 +216,10 @@ class RedisService(Service):
         for handle in self._grace.values():
             handle.cancel()
         self._wake.set()
+        consumer = self._tasks[0] if self._tasks else None
+        if consumer is not None:
+            with contextlib.suppress(TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(consumer), 5.0)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -421,10 +426,6 @@ class RedisService(Service):
             snaps.append(WsAssigned(cid, conv.shop_id, conv.buyer_id, conv.state, conv.skill, conv.priority,
                                     "message", conv.reserved_until))
         return (status or b"offline").decode(), snaps
-
-    def conversations_of(self, agent_id: str) -> list[str]:
-        st = self.router.dispatcher.agents.get(agent_id)
-        return list(st.conversations) if st is not None else []
 
     def _send(self, agent_id: str, frame: msgspec.Struct) -> None:
         """Frames go out in the commit, to the agent's stream, wherever it is connected."""

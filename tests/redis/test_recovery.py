@@ -155,7 +155,7 @@ async def test_redis_unreachable_means_503_and_nothing_acknowledged_is_lost(tmp_
                     await asyncio.sleep(0.2)
             await wait_for(lambda: routed() == ["m-1", "m-2"], 15, "m-2 decided once Redis is back")
     finally:
-        nodes.stop()
+        await asyncio.to_thread(nodes.stop)
         with contextlib.suppress(Exception):
             await proxy.cut()
 
