@@ -6,22 +6,28 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar, Token
 from typing import Any, Literal
 
 import structlog
 
-_current: list[Any] = [None]
+_current: ContextVar[Any] = ContextVar("fenliu_message", default=None)
 
 
-def bind_message(message: Any) -> None:
-    """Bind the message being routed to every log line until the next one. Routing is
-    sequential (one consumer task per router), so a plain slot is enough, and the hot path pays
-    one list store; the fields are expanded only when something is actually logged."""
-    _current[0] = message
+def bind_message(message: Any) -> Token[Any]:
+    """Bind the message being routed to every log line of this task until :func:`unbind` —
+    one ``ContextVar.set`` on the hot path; the fields are expanded only when something is
+    actually logged. A context variable (not a global) keeps other tasks' lines, such as a
+    WebSocket handler's, free of a message they have nothing to do with."""
+    return _current.set(message)
+
+
+def unbind(token: Token[Any]) -> None:
+    _current.reset(token)
 
 
 def add_message_context(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
-    msg = _current[0]
+    msg = _current.get()
     if msg is not None:
         event.setdefault("shop_id", msg.shop_id)
         event.setdefault("conversation_id", f"{msg.shop_id}:{msg.buyer_id}")

@@ -17,7 +17,7 @@ import structlog
 from router.config import Config
 from router.context import HookContext
 from router.dispatch import DispatchError, Dispatcher
-from router.logging import bind_message
+from router.logging import bind_message, unbind
 from router.models import (
     AcceptEvent,
     AgentStatusEvent,
@@ -105,6 +105,13 @@ class Router:
     async def handle_message(self, msg: Message) -> list[Decision]:
         """Route one message. Returns the decisions caused by the clock reaching ``msg.ts`` first,
         then the message's own decision (always exactly one), then any it caused for others."""
+        token = bind_message(msg)
+        try:
+            return await self._handle_message(msg)
+        finally:
+            unbind(token)
+
+    async def _handle_message(self, msg: Message) -> list[Decision]:
         shop = self.config.shops.get(msg.shop_id)
         if shop is None:
             raise InputError(f"unknown shop {msg.shop_id!r}")
@@ -118,7 +125,6 @@ class Router:
                 d.now = now
         now = d.now  # type: ignore[assignment]
         cid = msg.conversation_id
-        bind_message(msg)
         if self._is_duplicate is not None and self._is_duplicate(msg.shop_id, msg.msg_id):
             out.append(Decision(msg.msg_id, msg.shop_id, cid, "duplicate", text=None))
             return out
