@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config
 
-.PHONY: run test bench check clean
+.PHONY: run test bench check lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ check: $(VENV)/.installed
 	$(BIN)/fenliu check --config $(CONFIG)
 
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check router plugins policies adapters bench tests examples
 	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check router plugins policies adapters bench tests examples
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench

@@ -118,7 +118,7 @@ def main() -> None:
             "scan": flt.matcher.scan,
             "words": plain.hits,
             "filter": flt.hits,
-            "verdict": lambda t: flt.verdict(t, "inbound"),
+            "verdict": lambda t, flt=flt: flt.verdict(t, "inbound"),
         }, texts)
         flagged = sum(1 for t in texts if flt.hits(t))
         rows.append({
