@@ -17,7 +17,7 @@ conversations returns the :class:`router.models.Decision` s for them, with their
 Shared capacity (several routers over one Redis): set ``claim_hook(agent_id, conversation_id)
 -> bool`` and ``release_hook(agent_id, conversation_id)``. Every assignment asks ``claim_hook``
 first; a refusal means "full elsewhere" and the agent is skipped here until :meth:`refresh`
-(capacity freed elsewhere). ``release_hook`` runs whenever a conversation leaves its agent. A
+(capacity freed elsewhere) or a change of its status. ``release_hook`` runs whenever a conversation leaves its agent. A
 refused transfer to a named agent routes the conversation again instead. With no hooks set
 (``route``, ``simulate``, single-instance ``serve``) behaviour is unchanged.
 """
@@ -335,6 +335,7 @@ class Dispatcher:
             raise DispatchError(f"unknown agent {agent_id!r}")
         if st.status == status:
             return []
+        self._refused.discard(agent_id)
         self._set_online_count(st, lambda: setattr(st, "status", status))
         self._touch(st)
         decisions: list[Decision] = []
