@@ -373,6 +373,10 @@ async def agents(request: web.Request) -> web.Response:
                     "load": st.load if st else 0, "max_concurrent": cfg.max_concurrent,
                     "connected": aid in service.sessions,
                     "conversations": list(st.conversations) if st else []})
+    if hasattr(service, "shared_agents"):
+        shared = await service.shared_agents([a["id"] for a in out])
+        for a in out:
+            a.update(shared.get(a["id"], {}))
     return json_response({"agents": out})
 
 

@@ -239,6 +239,22 @@ class RedisService(Service):
         self.rs.close()
         self.log.info("service_stopped")
 
+    async def shared_agents(self, agent_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """For ``/v1/agents``: status, load, conversations and connection across all instances
+        (the local router knows only the shards it routes)."""
+        pipe = self.r.pipeline(transaction=False)
+        for aid in agent_ids:
+            pipe.hmget(self.keys.agent(aid), "status", "load")
+            pipe.smembers(self.keys.held(aid))
+            pipe.exists(self.keys.conn(aid))
+        res = await pipe.execute()
+        out = {}
+        for i, aid in enumerate(agent_ids):
+            (status, load), held, conn = res[3 * i:3 * i + 3]
+            out[aid] = {"status": (status or b"offline").decode(), "load": int(load or 0),
+                        "conversations": sorted(c.decode() for c in held), "connected": bool(conn)}
+        return out
+
     def shared_health(self) -> dict[str, Any]:
         """For ``/healthz``: which instance this is and which shards it routes now."""
         return {"backend": "redis", "instance": self.id, "shards": sorted(self._readable)}

@@ -1,5 +1,6 @@
 """An agent's WebSocket may be on any instance: a conversation routed by another instance
-reaches it, and connecting again elsewhere replaces the older connection."""
+reaches it, every instance shows the agent's shared load, and connecting again elsewhere
+replaces the older connection."""
 
 from __future__ import annotations
 
@@ -56,6 +57,11 @@ async def test_frames_cross_instances_and_a_new_connection_replaces_the_old(tmp_
                 assert assigned["conversation_id"] == "s:b-1"
                 await ws.send_json({"type": "accept", "conversation_id": "s:b-1", "ref": "a"})
                 assert (await _frame(ws, "result"))["ok"]
+                admin = await clients[other].login("ops", PASSWORD)
+                _, body = await clients[other].call("GET", "/v1/agents", admin)
+                solo = body["agents"][0]
+                assert (solo["status"], solo["load"], solo["conversations"], solo["connected"]) == \
+                    ("online", 1, ["s:b-1"], True), solo
 
                 token2 = await clients[1 - other].login("ops:solo", PASSWORD)
                 async with http.ws_connect(f"{clients[1 - other].url.replace('http', 'ws')}/v1/agents/ws?token={token2}") as ws2:
