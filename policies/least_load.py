@@ -1,5 +1,6 @@
 """``least_load``: the available agent with the fewest open conversations (ties: longest since
-last assignment, then agent id)."""
+last assignment, then agent id). Open conversations are counted across all shops and, with
+several instances on one Redis, across all instances (``load + shared_load``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ class LeastLoad(Strategy):
 
     @staticmethod
     def key(agent: AgentState) -> tuple[int, int, str]:
-        return (agent.load, agent.last_seq, agent.id)
+        return (agent.load + agent.shared_load, agent.last_seq, agent.id)
 
 
 @hookimpl

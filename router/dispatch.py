@@ -18,8 +18,10 @@ Shared capacity (several routers over one Redis): set ``claim_hook(agent_id, con
 -> bool`` and ``release_hook(agent_id, conversation_id)``. Every assignment asks ``claim_hook``
 first; a refusal means "full elsewhere" and the agent is skipped here until :meth:`refresh`
 (capacity freed elsewhere) or a change of its status. ``release_hook`` runs whenever a conversation leaves its agent. A
-refused transfer to a named agent routes the conversation again instead. With no hooks set
-(``route``, ``simulate``, single-instance ``serve``) behaviour is unchanged.
+refused transfer to a named agent routes the conversation again instead. The load an agent
+carries in the other routers reaches this one through :meth:`set_shared_load`, so availability
+and ``least_load`` see the agent's global load. With no hooks set (``route``, ``simulate``,
+single-instance ``serve``) behaviour is unchanged.
 """
 
 from __future__ import annotations
@@ -430,6 +432,17 @@ class Dispatcher:
         self._touch(st)
         return self._drain_agent(st)
 
+    def set_shared_load(self, agent_id: str, load: int) -> list[Decision]:
+        """``agent_id`` holds ``load`` open conversations through other routers (negative counts
+        as 0): re-key it in its pools, and drain to it if it has room."""
+        st = self.agents.get(agent_id)
+        load = max(0, load)
+        if st is None or st.shared_load == load:
+            return []
+        st.shared_load = load
+        self._touch(st)
+        return self._drain_agent(st) if st.available else []
+
     def adopt(self, conv: Conversation) -> None:
         """Take over a conversation restored from shared storage, with its agent's claim
         already held there (no claim is made again)."""
@@ -690,6 +703,7 @@ class Dispatcher:
         for st in self.agents.values():
             assert st.load == len(st.conversations), f"{st.id}: load {st.load} != {len(st.conversations)}"
             assert st.load <= st.max_concurrent, f"{st.id} over capacity"
+            assert st.shared_load >= 0, f"{st.id}: shared load {st.shared_load}"
             for cid in st.conversations:
                 assert cid not in owners, f"{cid} held by {owners.get(cid)} and {st.id}"
                 owners[cid] = st.id

@@ -187,6 +187,9 @@ class AgentState(msgspec.Struct):
     ``load`` counts open conversations (assigned or reserved) across all shops; ``last_seq`` is
     the router-wide sequence number of their last assignment (round-robin order); ``version``
     changes whenever anything a strategy key or availability depends on changes.
+    ``shared_load`` counts the agent's open conversations held by *other* routers (several
+    instances sharing one Redis, kept current by their announcements); always 0 with one
+    instance. Availability and ``least_load`` use the sum, the agent's global load.
     """
 
     id: str
@@ -199,10 +202,11 @@ class AgentState(msgspec.Struct):
     last_seq: int = 0
     version: int = 0
     conversations: dict[str, None] = msgspec.field(default_factory=dict)
+    shared_load: int = 0
 
     @property
     def available(self) -> bool:
-        return self.status == "online" and self.in_shift and self.load < self.max_concurrent
+        return self.status == "online" and self.in_shift and self.load + self.shared_load < self.max_concurrent
 
 
 ConversationState = Literal["bot", "queued", "reserved", "assigned"]

@@ -15,6 +15,8 @@ Why it is shaped this way (docs/deploy.md has the long version):
 - **Capacity is shared and guarded.** An agent serves shops of many shards, so its status,
   load and the conversation→agent claims live in Redis and change only in ``claim.lua`` and
   ``release.lua`` (called through the Dispatcher's claim hook), both fenced by the shard lease.
+  Their announcements on ``control`` carry the agent's new global load, so every instance's
+  ``least_load`` and availability count what the agent holds elsewhere (``shared_load``).
 - **A batch commits atomically and fenced.** ``commit.lua`` acknowledges the entries, writes the
   conversation mirror, the decisions and the agents' frames only if the caller still holds every
   lease; otherwise nothing is written and the entries are redelivered to the new owner, so each
@@ -197,15 +199,16 @@ class RedisService(Service):
         for aid in agents:
             pipe.hsetnx(self.keys.agent(aid), "status", "offline")
         for aid in agents:
-            pipe.hmget(self.keys.agent(aid), "status", "assigned", "seq")
+            pipe.hmget(self.keys.agent(aid), "status", "assigned", "seq", "load")
         res = await pipe.execute()
         d = self.router.dispatcher
         d.advance(self._clock)
-        for aid, (status, assigned, seq) in zip(agents, res[len(agents):], strict=True):
+        for aid, (status, assigned, seq, load) in zip(agents, res[len(agents):], strict=True):
             d.set_status(aid, (status or b"offline").decode())
             st = d.agents[aid]
             st.assigned = int(assigned or 0)
             st.last_seq = int(seq or 0) - SEQ_OFFSET
+            d.set_shared_load(aid, int(load or 0) - st.load)
             d.refresh(aid)
 
     async def stop(self) -> None:
@@ -576,14 +579,28 @@ class RedisService(Service):
             with contextlib.suppress(InputError):
                 self._push(await self.router.handle_event(AgentStatusEvent(agent, fields[b"status"].decode())))  # type: ignore[arg-type]
         elif kind == b"freed":
+            self._sync_shared_load(agent, fields.get(b"load"))
             self._push(self.router.dispatcher.refresh(agent))
         elif kind == b"claimed":
+            self._sync_shared_load(agent, fields.get(b"load"))
             self._sync_counters(agent, int(fields[b"assigned"]), int(fields[b"seq"]))
         elif kind == b"connected" and fields.get(b"by", b"").decode() != self.id:
             session = self.sessions.get(agent)
             if session is not None and hasattr(session, "close"):
                 self.log.info("agent_connected_elsewhere", agent_id=agent)
                 asyncio.get_running_loop().create_task(session.close(4000, b"replaced by a new connection"))
+
+    def _sync_shared_load(self, agent_id: str, load: bytes | None) -> None:
+        """An announced load of the agent across all instances: what this router does not hold of
+        it is held elsewhere, which ``least_load`` and availability add to the local load. The
+        difference is exact once this instance has read the announcements of its own claims and
+        releases; in between (a few milliseconds) it may be off by those, and a negative
+        difference counts as 0. (No ``load``: an announcement from an older version.)"""
+        d = self.router.dispatcher
+        st = d.agents.get(agent_id)
+        if load is None or st is None:
+            return
+        self._push(d.set_shared_load(agent_id, int(load) - st.load))
 
     def _sync_counters(self, agent_id: str, assigned: int, seq: int) -> None:
         """Adopt the shared counters the strategies' keys read, so round robin and weighted shares
@@ -796,6 +813,11 @@ class RedisService(Service):
                 conv.version += 1
             elif conv.state == "bot":
                 conv.agent_id = None
+            st = d.agents.get(conv.agent_id or "")
+            if st is not None and conv.state in ("assigned", "reserved") and held.get(conv.id) == conv.agent_id:
+                # a claim counted so far in the load the agent carries elsewhere becomes ours
+                # (d.adopt re-keys the agent)
+                st.shared_load = max(0, st.shared_load - 1)
             d.adopt(conv)
             self._mirrored[conv.id] = conv.version
             if conv.agent_id is not None:

@@ -56,9 +56,9 @@ def _batched(it: Iterator[Any], n: int) -> Iterator[list[Any]]:
 
 def write_config(root: Path, prefix: str, *, shops: dict[str, str], agents: list[dict[str, Any]], shards: int,
                  accept_timeout_s: float = 300.0, grace_s: float = 300.0, sticky_hours: float = 0,
-                 queue_max: int = 10000) -> Path:
+                 queue_max: int = 10000, strategy: str = "round_robin") -> Path:
     """Shops (id → secret env var), agents, no business hours, the bot off (every message needs
-    a human), round robin, reservations long enough to outlive the test."""
+    a human), round robin (or ``strategy``), reservations long enough to outlive the test."""
     cfg = root / "config"
     (cfg / "policies").mkdir(parents=True, exist_ok=True)
     (cfg / "fenliu.toml").write_text(f"""
@@ -93,7 +93,7 @@ level = "warning"
         for a in agents), encoding="utf-8")
     (cfg / "policies" / "default.toml").write_text(f"""
 [dispatch]
-strategy = "round_robin"
+strategy = "{strategy}"
 sticky_hours = {sticky_hours}
 accept_timeout_s = {accept_timeout_s}
 on_agent_offline = "reroute"

@@ -1,8 +1,9 @@
 """The Dispatcher's claim hook, without Redis: two routers, each routing one shop (as two
 instances each owning a shard), share every agent's cap through an in-memory model of
-``claim.lua`` / ``release.lua``. For any stream of messages and events, no agent is over its cap
-across both, no conversation is held twice, each router's own invariants hold, and every message
-gets exactly one decision."""
+``claim.lua`` / ``release.lua``, whose announcements carry each agent's load across both. For any
+stream of messages and events, no agent is over its cap across both, no conversation is held
+twice, each router's own invariants hold, every message gets exactly one decision, and once the
+announcements are delivered every router sees each agent's global load (``load + shared_load``)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class SharedCapacity:
         self.status = {aid: st.status for aid, st in routers[0].dispatcher.agents.items()}
         self.load: Counter[str] = Counter()
         self.owner: dict[str, str] = {}
-        self.freed: list[str] = []
+        self.announced: list[tuple[str, str, int]] = []
         for r in routers:
             r.dispatcher.claim_hook = self.claim
             r.dispatcher.release_hook = self.release
@@ -41,21 +42,26 @@ class SharedCapacity:
             return False
         self.load[agent] += 1
         self.owner[cid] = agent
+        self.announced.append(("claimed", agent, self.load[agent]))
         return True
 
     def release(self, agent: str, cid: str) -> None:
         if self.owner.get(cid) == agent:
             del self.owner[cid]
             self.load[agent] -= 1
-            self.freed.append(agent)
+            self.announced.append(("freed", agent, self.load[agent]))
 
     def announce(self) -> list:
-        """Deliver "freed" announcements to every router, as the control stream does."""
+        """Deliver the announcements to every router in order, as the control stream does: the
+        global load less the router's own is held elsewhere; freed capacity is offered again."""
         out = []
-        while self.freed:
-            agent = self.freed.pop(0)
+        while self.announced:
+            kind, agent, load = self.announced.pop(0)
             for r in self.routers:
-                out.extend(r.dispatcher.refresh(agent))
+                d = r.dispatcher
+                out.extend(d.set_shared_load(agent, load - d.agents[agent].load))
+                if kind == "freed":
+                    out.extend(d.refresh(agent))
         return out
 
     def check(self) -> None:
@@ -63,6 +69,9 @@ class SharedCapacity:
             assert self.load[aid] <= cap, f"{aid} over its cap across routers"
             local = sum(r.dispatcher.agents[aid].load for r in self.routers)
             assert local == self.load[aid], f"{aid}: routers hold {local}, shared load {self.load[aid]}"
+            for r in self.routers if not self.announced else ():
+                st = r.dispatcher.agents[aid]
+                assert st.load + st.shared_load == self.load[aid], f"{aid}: a router sees {st.load} + {st.shared_load}"
         held = {cid: conv.agent_id for r in self.routers for cid, conv in r.dispatcher.conversations.items()
                 if conv.agent_id is not None}
         assert held == self.owner
@@ -141,4 +150,24 @@ def test_a_refused_claim_moves_on_to_the_next_agent():
     first = anyio.run(routers[0].handle_message, Message("s1", "m1", "b1", "你好", ts=T0))[-1]
     second = anyio.run(routers[1].handle_message, Message("s2", "m2", "b2", "你好", ts=T0))[-1]
     assert first.action == second.action == "assigned" and first.agent_id != second.agent_id
+    shared.check()
+
+
+def test_least_load_sees_the_load_an_agent_holds_in_the_other_router():
+    """a0 serves both shops and a1 only s2 (the ``everyone`` agent of ``build`` stays offline):
+    two conversations of s1 go to a0, one of s2 to a1; the next of s2 goes to a1, whose global
+    load (1) is below a0's (2), though a0 holds nothing in the router of s2."""
+    agents = [{"skills": SKILLS, "shops": ["*"], "max_concurrent": 5, "weight": 1},
+              {"skills": SKILLS, "shops": ["s2"], "max_concurrent": 5, "weight": 1}]
+    routers = [build(agents, ("least_load", "least_load"), "reroute") for _ in range(2)]
+    shared = SharedCapacity(routers)
+    for r in routers:
+        anyio.run(r.handle_event, AgentStatusEvent("a2", "offline", ts=T0))
+    shared.status["a2"] = "offline"
+    picks = []
+    for i, (r, shop) in enumerate([(routers[0], "s1"), (routers[0], "s1"), (routers[1], "s2"), (routers[1], "s2")]):
+        picks.append(anyio.run(r.handle_message, Message(shop, f"m{i}", f"b{i}", "你好", ts=T0 + i))[-1].agent_id)
+        shared.announce()
+    assert picks == ["a0", "a0", "a1", "a1"]
+    assert (routers[1].dispatcher.agents["a0"].load, routers[1].dispatcher.agents["a0"].shared_load) == (0, 2)
     shared.check()

@@ -1,6 +1,7 @@
 """Strategies keep their meaning across instances: round robin continues from the shared claim
-order when another instance takes over a shop, and a returning buyer gets their last agent
-(sticky) from the instance that routes the shop now."""
+order when another instance takes over a shop, a returning buyer gets their last agent (sticky)
+from the instance that routes the shop now, and least load compares each agent's load across
+all instances."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import pytest
 from tests.redis.support import (
     PASSWORD,
     Instances,
+    check_claim_log,
+    claim_log,
     decisions,
     owners,
+    routed_shards,
     shared_redis,  # noqa: F401 - fixture
     wait_for,
     write_config,
@@ -71,3 +75,47 @@ async def test_round_robin_and_sticky_continue_on_another_instance(tmp_path, sha
             assert (await post(c, "m-new", "b-new"))[0] == least_recent
     finally:
         second.stop()
+
+
+async def test_least_load_counts_the_load_an_agent_carries_on_other_instances(tmp_path, shared_redis):  # noqa: F811
+    """``a`` holds two conversations of shop ``one``, routed by the instance that owns its shard;
+    the other instance routes shop ``two`` (served by ``a`` and ``b``), where ``a`` holds nothing
+    and ``b`` one conversation. A new conversation of shop ``two`` goes to ``b``, the agent with
+    the lower load across instances (2 against 1), not to ``a``, idle in that instance's shards."""
+    r, prefix = shared_redis
+    one, two = "shop-0", "shop-4"  # crc32 % 2: shards 0 and 1
+    cfg = write_config(tmp_path, prefix, shops={one: "FENLIU_TEST_SECRET_A", two: "FENLIU_TEST_SECRET_A"},
+                       agents=[{"id": "a", "shops": [one, two], "cap": 5}, {"id": "b", "shops": [two], "cap": 5}],
+                       shards=2, strategy="least_load")
+    for a in ("a", "b"):
+        r.hset(f"{prefix}:agent:{a}", "status", "online")
+    agent_of = lambda: {d["d"]["msg_id"]: d["d"]["agent_id"] for d in decisions(r, prefix)}
+    nodes = Instances(cfg, tmp_path, 2, ["a", "b"])
+    try:
+        await nodes.healthy()
+        await wait_for(lambda: None not in owners(r, prefix, 2).values(), 15, "both shards to have an owner")
+        async with asyncio.timeout(15):
+            while sorted(map(len, await routed_shards(nodes.urls))) != [1, 1]:
+                await asyncio.sleep(0.1)
+        routed_by = {n: next(i for i, s in enumerate(await routed_shards(nodes.urls)) if n in s) for n in (0, 1)}
+        assert routed_by[0] != routed_by[1]
+        async with aiohttp.ClientSession() as http:
+            first, second = Client(nodes.urls[routed_by[0]], http), Client(nodes.urls[routed_by[1]], http)
+
+            async def post(c: Client, shop: str, msg_id: str, buyer: str) -> str | None:
+                status, body = await c.post_messages(shop, [message(msg_id, buyer, shop)], secret=SECRET_A)
+                assert status == 202, body
+                await wait_for(lambda: msg_id in agent_of(), 10, f"{msg_id} decided")
+                # the claim's announcement reaches the other instance in milliseconds
+                await asyncio.sleep(0.5)
+                return agent_of()[msg_id]
+
+            assert await post(first, one, "m-1", "x-1") == "a"
+            assert await post(first, one, "m-2", "x-2") == "a"
+            assert await post(second, two, "m-3", "y-1") == "b"
+            assert await post(second, two, "m-4", "y-2") == "b", "least_load must count a's conversations elsewhere"
+    finally:
+        nodes.stop()
+    by = {d["d"]["msg_id"]: d["by"] for d in decisions(r, prefix)}
+    assert by["m-1"] == by["m-2"] != by["m-3"] == by["m-4"]
+    assert check_claim_log(claim_log(r, prefix), {"a": 5, "b": 5}) == {"a": 2, "b": 2}

@@ -1,5 +1,6 @@
 -- Give a conversation to an agent if, on authoritative values, the agent is online and below its cap
--- and the conversation is held by no other agent; announce the agent's new shared counters.
+-- and the conversation is held by no other agent; announce the agent's new shared counters
+-- (assignments, claim sequence, and its load across all instances, for least_load and availability).
 -- KEYS[1] the shard's lease  KEYS[2] agent hash (status, load, assigned, seq)  KEYS[3] the shard's owners hash
 -- KEYS[4] claim log stream   KEYS[5] the agent's held set  KEYS[6] global claim sequence  KEYS[7] control stream
 -- ARGV[1] lease token  ARGV[2] agent id  ARGV[3] conversation id  ARGV[4] cap  ARGV[5] instance id
@@ -22,5 +23,5 @@ redis.call('SADD', KEYS[5], ARGV[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000000, '*', 'op', 'claim', 'agent', ARGV[2], 'conv', ARGV[3], 'load', load + 1,
            'cap', ARGV[4], 'by', ARGV[5])
 redis.call('XADD', KEYS[7], 'MAXLEN', '~', 10000, '*', 'type', 'claimed', 'agent', ARGV[2],
-           'assigned', assigned, 'seq', seq, 'by', ARGV[5])
+           'assigned', assigned, 'seq', seq, 'load', load + 1, 'by', ARGV[5])
 return 1

@@ -1,4 +1,5 @@
--- Take a conversation off its agent and announce the freed capacity.
+-- Take a conversation off its agent and announce the freed capacity (with the agent's load across
+-- all instances after it).
 -- KEYS[1] the shard's lease  KEYS[2] agent hash  KEYS[3] the shard's owners hash  KEYS[4] claim log
 -- KEYS[5] the agent's held set  KEYS[6] control stream
 -- ARGV[1] lease token  ARGV[2] agent id  ARGV[3] conversation id  ARGV[4] instance id  ARGV[5] reason
@@ -10,5 +11,5 @@ redis.call('SREM', KEYS[5], ARGV[3])
 local load = redis.call('HINCRBY', KEYS[2], 'load', -1)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000000, '*', 'op', 'release', 'agent', ARGV[2], 'conv', ARGV[3], 'load', load,
            'by', ARGV[4], 'reason', ARGV[5])
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', 10000, '*', 'type', 'freed', 'agent', ARGV[2], 'by', ARGV[4])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', 10000, '*', 'type', 'freed', 'agent', ARGV[2], 'load', load, 'by', ARGV[4])
 return 1
