@@ -128,7 +128,8 @@ def fenliu_outbound_filter(reply: Reply, ctx: HookContext) -> FilterVerdict | No
 
     Called for every reply and by ``fenliu check-reply``. Return a ``FilterVerdict``: ``block``
     refuses the reply (the agent is shown ``reason`` and ``hits``), ``mask`` sends ``text``
-    instead, ``None`` passes it. All implementations run; a block from any of them wins.
+    instead, ``None`` passes it. All implementations run; a block from any of them wins. An
+    implementation that raises or overruns its budget blocks the reply (fail closed).
     """
 
 

@@ -358,11 +358,18 @@ class PluginSet:
         return None
 
     async def outbound_filter(self, reply: Any, ctx: HookContext) -> list[FilterVerdict]:
+        """Every outbound verdict. Unlike the inbound side this fails closed: a filter that
+        raises or overruns its budget blocks the reply, because sending an unchecked reply can
+        cost the shop a platform penalty, while the agent can simply send it again."""
         out = []
         for impl in self._outbound:
+            before = self.errors[impl.plugin]
             v = await self._run(impl, "fenliu_outbound_filter", ctx, reply, ctx)
             if isinstance(v, FilterVerdict):
                 out.append(v)
+            elif self.errors[impl.plugin] != before:
+                out.append(FilterVerdict("block", flags=(f"plugin_error:{impl.plugin}",),
+                                         reason=f"the {impl.plugin} check failed, so the reply was not sent; try again"))
         return out
 
     async def assigned(self, decision: Any, ctx: HookContext) -> None:

@@ -169,3 +169,15 @@ def test_configure_may_report_several_errors(fenliu_config_dir):
     with pytest.raises(ConfigErrors) as exc:
         load_config(fenliu_config_dir, PluginSet.load(extra=[Picky()]))
     assert [str(e) for e in exc.value.errors] == ["a.toml: x.y: bad", "b.toml: z: worse"]
+
+
+async def test_outbound_check_fails_closed(fenliu_harness):
+    class BrokenOutbound:
+        @hookimpl
+        def fenliu_outbound_filter(self, reply, ctx):
+            raise RuntimeError("word list unavailable")
+
+    h = fenliu_harness(BrokenOutbound())
+    result = await h.check_reply("pdd-1001", "好的亲,马上为您发货")
+    assert not result.ok
+    assert "BrokenOutbound-0" in result.reason and "plugin_error:BrokenOutbound-0" in result.flags
