@@ -659,32 +659,27 @@ class Dispatcher:
             decisions.extend(self._drain_agent(prev))
         return decisions
 
-    def change_skill(self, conv: Conversation, skill: str) -> tuple[str, str | None] | None:
+    def change_skill(self, conv: Conversation, skill: str) -> list[Decision]:
         """A message moved an open conversation to another skill group: keep its agent when the
-        agent has that skill, else route it again. Returns the new (action, agent) if it moved."""
+        agent has that skill, else route it again (a waiting one at once). Returns the decisions
+        for *other* conversations this caused (the freed agent draining the queue)."""
         conv.skill = skill
         agent = conv.agent_id
         if agent is None:
             if conv.state == "queued":
                 conv.target = 0
                 conv.target_since = self.now or conv.opened_at
-                action, agent_id, _ = self._try_targets(conv, exclude=None)
-                return (action, agent_id) if action != "queued" else None
-            return None
+                self._try_targets(conv, exclude=None)
+            return []
         acfg = self.config.agents.get(agent)
         if acfg is not None and skill in acfg.skills:
-            return None
+            return []
         self._release(conv)
         conv.queued_at = None
-        d = self._route_again(conv, "message", exclude=agent)
+        self._route_again(conv, "message", exclude=agent)
         conv.history.append({"event": "skill_change", "from": agent, "to_skill": skill, "ts": self.now})
         prev = self.agents.get(agent)
-        self._pending = self._drain_agent(prev) if prev is not None else []
-        return d.action, d.agent_id
-
-    def take_pending(self) -> list[Decision]:
-        out, self._pending = getattr(self, "_pending", []), []
-        return out
+        return self._drain_agent(prev) if prev is not None else []
 
     def _decision(self, conv: Conversation, action: str, agent_id: str | None, cause: str) -> Decision:
         return Decision(

@@ -155,9 +155,9 @@ class Router:
         if conv is not None and conv.state != "bot":
             d.reprioritise(conv, ctx.priority)
             if ctx.skill != conv.skill:
-                d.change_skill(conv, ctx.skill)
-                extra = d.take_pending()
-                new_assignment = conv.agent_id is not None
+                before = conv.agent_id
+                extra = d.change_skill(conv, ctx.skill)
+                new_assignment = conv.agent_id is not None and conv.agent_id != before
             action = "queued" if conv.state == "queued" else "assigned"
             agent_id = conv.agent_id
         elif bot is not None and not bot.handoff:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from tests.policies.conftest import ONE_SHOP, Raw, agents_toml, ev, msg, policy, write_config
 
 
@@ -281,3 +283,25 @@ def test_queued_conversation_that_changes_skill_is_assigned_when_that_group_has_
     r = route(cfg, [msg(1, "b1", 0, "[presale] 在吗"), msg(2, "b2", 1, "[presale] 在吗"), msg(3, "b2", 2, "[aftersale] 我要退款")])
     assert r.brief() == [("m1", "assigned", "pre", "message"), ("m2", "queued", None, "message"),
                          ("m3", "assigned", "af", "message")]
+
+
+@pytest.mark.anyio
+async def test_skill_switch_notifies_observers_only_when_the_agent_changes(tmp_path):
+    from router.hookspecs import hookimpl
+    from router.testing import Harness
+
+    seen = []
+
+    class Observer:
+        @hookimpl
+        def fenliu_assigned(self, decision):
+            seen.append((decision.conversation_id, decision.agent_id))
+
+    cfg = write_config(tmp_path, ONE_SHOP, agents_toml(agent("both", skills=["presale", "logistics"]),
+                                                        agent("af", skills=["aftersale"])), {"p": policy()})
+    h = Harness.build(cfg, (Observer(),))
+    await h.send(shop_id="s1", buyer_id="b1", text="[presale] 在吗")
+    await h.send(shop_id="s1", buyer_id="b1", text="[logistics] 发货了吗")
+    assert seen == [("s1:b1", "both")], "same agent, same conversation: no new assignment"
+    d = await h.send(shop_id="s1", buyer_id="b1", text="[aftersale] 我要退款")
+    assert d.agent_id == "af" and seen == [("s1:b1", "both"), ("s1:b1", "af")]
