@@ -11,7 +11,6 @@ typed methods of this class.
 from __future__ import annotations
 
 import importlib
-import inspect
 from time import perf_counter
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -392,10 +391,3 @@ def _declared_hooks(ep: Any) -> list[str]:
     except Exception:  # noqa: BLE001 - listing must not fail on a broken plugin
         return []
     return sorted(n for n in dir(obj) if n.startswith("fenliu_") and hasattr(getattr(obj, n), "fenliu_impl"))
-
-
-async def await_me_maybe(value: Any) -> Any:
-    """Await ``value`` if it is awaitable (datasette's pattern), else return it."""
-    if inspect.isawaitable(value):
-        return await value
-    return value

@@ -11,7 +11,6 @@ Triggers: file changes under the folder (watchfiles, debounced), SIGHUP, and the
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -86,9 +85,3 @@ class Reloader:
                                     watch_filter=lambda _c, path: not path.endswith(("~", ".swp", ".tmp"))):
             names = sorted({Path(p).name for _, p in changes})
             await self.reload("watch:" + ",".join(names))
-
-    async def on_sighup(self) -> None:
-        """Reload on every SIGHUP (the classic "re-read your config" signal)."""
-        with anyio.open_signal_receiver(signal.SIGHUP) as signals:
-            async for _ in signals:
-                await self.reload("SIGHUP")

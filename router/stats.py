@@ -29,7 +29,6 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -344,10 +343,6 @@ def to_csv(stats: Stats) -> str:
         for r in rows:
             w.writerow([group, *("" if v is None else v for v in msgspec.structs.astuple(r))])
     return buf.getvalue()
-
-
-def as_dict(stats: Stats) -> dict[str, Any]:
-    return msgspec.to_builtins(stats)
 
 
 def parse_period(since: str | None, until: str | None, timezone: str) -> tuple[float | None, float | None]:
