@@ -14,7 +14,6 @@ from tests.redis.support import (
     PASSWORD,
     Instances,
     owners,
-    shared_redis,  # noqa: F401 - fixture
     wait_for,
     write_config,
 )

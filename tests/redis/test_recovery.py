@@ -21,7 +21,6 @@ from tests.redis.support import (
     claim_log,
     decisions,
     owners,
-    shared_redis,  # noqa: F401 - fixture
     wait_for,
     write_config,
 )

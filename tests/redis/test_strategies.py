@@ -19,7 +19,6 @@ from tests.redis.support import (
     decisions,
     owners,
     routed_shards,
-    shared_redis,  # noqa: F401 - fixture
     wait_for,
     write_config,
 )
