@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -76,12 +76,22 @@ class Metrics:
             buckets=(5, 15, 30, 60, 120, 180, 300, 600, 1800), registry=r,
         )
         self.ingest_queue = Gauge("fenliu_ingest_queue", "Messages accepted by HTTP and not yet routed", registry=r)
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.ws_agents = Gauge("fenliu_connected_agents", "Agents with an open WebSocket", registry=r)
         self.commits = Counter("fenliu_store_commits", "Group commits of the store", registry=r)
         self.reloads = Counter("fenliu_config_reloads", "Configuration reloads applied", registry=r)
         self.reload_failures = Counter("fenliu_config_reload_failures",
                                        "Configuration reloads rejected (the running configuration was kept)", registry=r)
         r.register(_Live(router, now))
+
+    def child(self, metric: Counter, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: the per-message counters are hit on every message
+        and ``labels()`` validates and locks each time."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -455,12 +455,12 @@ class Service:
                     break
             if own is not None and own.action == "duplicate":
                 result.duplicates.append(msg.msg_id)
-                self.metrics.duplicates.labels(msg.shop_id).inc()
+                self.metrics.child(self.metrics.duplicates, msg.shop_id).inc()
                 continue
             rows.append(("message", self._next_seq(), self._clock, msg.shop_id, msg.msg_id, msg.conversation_id,
                          _encode(msg), decisions))
             result.accepted.append(msg.msg_id)
-            self.metrics.messages.labels(msg.shop_id).inc()
+            self.metrics.child(self.metrics.messages, msg.shop_id).inc()
             pushed.extend(decisions)
             seen.append((msg, own, self._clock))
         self.pending_ingest -= len(messages)
@@ -687,7 +687,7 @@ class Service:
     def _push(self, decisions: list[Decision], messages: dict[str, Message] | None = None) -> None:
         """Tell agents what committed decisions mean for them, and count them."""
         for d in decisions:
-            self.metrics.decisions.labels(d.action, d.cause).inc()
+            self.metrics.child(self.metrics.decisions, d.action, d.cause).inc()
             cid = d.conversation_id
             prev = self.owner.get(cid)
             if d.action == "assigned" and d.agent_id:
