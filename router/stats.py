@@ -13,12 +13,13 @@ Definitions (also in docs/stats.md):
 - 3-minute human reply rate (Pinduoduo's 3分钟人工回复率): sessions whose first message falls in
   the platform window (08:00–23:00 shop time by default) and that needed a reply, answered by a
   human within 180 s. Bot answers do not count, so bot-only sessions count as misses; sessions
-  whose every message was blocked are left out;
+  whose every message was blocked, and open ones still inside their 180 s, are left out;
 - queue wait: from a session's first ``queued`` decision to its next assignment;
 - bot-answered share: sessions settled by the bot alone;
 - satisfaction: buyers' ``rating`` events (1–5); satisfied = 4 or 5;
 - inquiry-to-order conversion (询单转化率): sessions after which the buyer had an order at that
-  shop, paid or further, updated within ``conversion_window_h`` of the session's start.
+  shop, paid or further, updated within ``conversion_window_h`` of the session's start — not
+  counting orders the buyer asked about in the session (those existed before it).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class Stats(msgspec.Struct):
 class _Session:
     __slots__ = ("cid", "shop", "buyer", "start", "skill", "agents", "messages", "answered", "blocked",
                  "first_reply", "replies", "response", "queued_at", "wait", "transfers", "ratings", "end",
-                 "msg_times", "reply_times")
+                 "msg_times", "reply_times", "orders_asked")
 
     def __init__(self, cid: str, shop: str, buyer: str, start: float) -> None:
         self.cid, self.shop, self.buyer, self.start = cid, shop, buyer, start
@@ -106,6 +107,7 @@ class _Session:
         self.end: float | None = None
         self.msg_times: list[float] = []
         self.reply_times: list[float] = []
+        self.orders_asked: set[str] = set()
 
     def measure_replies(self) -> None:
         """First response and per-reply response times from the merged timeline: a reply answers
@@ -150,6 +152,7 @@ def compute(conn: sqlite3.Connection, config: Config, *, since: float | None = N
     _replies(conn, sessions)
     _decisions(conn, sessions, by_seq)
     orders = _orders(conn)
+    now = conn.execute("SELECT MAX(clock) FROM journal").fetchone()[0] or 0.0
     tz_of = {sid: ZoneInfo(s.timezone or config.main.defaults.timezone) for sid, s in config.shops.items()}
 
     picked: list[_Session] = []
@@ -186,14 +189,16 @@ def compute(conn: sqlite3.Connection, config: Config, *, since: float | None = N
             if s.wait is not None:
                 r.queued_sessions += 1
                 waits.append(s.wait)
-            if not blocked_only:
+            pending = s.first_reply is None and s.end is None and now - s.start < window.reply_within_s
+            if not blocked_only and not pending:
                 hour = datetime.fromtimestamp(s.start, tz_of.get(s.shop, ZoneInfo("Asia/Shanghai"))).hour
                 if window.start_hour <= hour < window.end_hour:
                     r.reply_3min_eligible += 1
                     if s.first_reply is not None and s.first_reply - s.start <= window.reply_within_s:
                         r.reply_3min_hits += 1
-            for status, updated in orders.get((s.shop, s.buyer), ()):
-                if status in _PAID and s.start <= updated <= s.start + conversion_window_h * 3600:
+            for order_id, status, updated in orders.get((s.shop, s.buyer), ()):
+                if (status in _PAID and order_id not in s.orders_asked
+                        and s.start <= updated <= s.start + conversion_window_h * 3600):
                     r.converted += 1
                     break
         r.first_response_s_avg, r.first_response_s_p90 = _mean(first), _p90(first)
@@ -243,6 +248,8 @@ def _sessions(conn: sqlite3.Connection) -> tuple[list[_Session], dict[int, _Sess
                 out.append(s)
             s.messages += 1
             s.msg_times.append(clock)
+            if msg.order is not None and msg.order.order_id:
+                s.orders_asked.add(msg.order.order_id)
             by_seq[seq] = s
             continue
         if b'"type":"close"' not in body and b'"type":"transfer"' not in body and b'"type":"rating"' not in body:
@@ -321,13 +328,13 @@ def _replies(conn: sqlite3.Connection, sessions: list[_Session]) -> None:
         s.measure_replies()
 
 
-def _orders(conn: sqlite3.Connection) -> dict[tuple[str, str], list[tuple[str, float]]]:
-    out: dict[tuple[str, str], list[tuple[str, float]]] = defaultdict(list)
-    for shop_id, buyer_id, body, updated in conn.execute(
-        "SELECT shop_id, buyer_id, body, updated FROM orders WHERE buyer_id IS NOT NULL"
+def _orders(conn: sqlite3.Connection) -> dict[tuple[str, str], list[tuple[str, str, float]]]:
+    out: dict[tuple[str, str], list[tuple[str, str, float]]] = defaultdict(list)
+    for shop_id, order_id, buyer_id, body, updated in conn.execute(
+        "SELECT shop_id, order_id, buyer_id, body, updated FROM orders WHERE buyer_id IS NOT NULL"
     ):
         order = _decode_order.decode(body)
-        out[(shop_id, buyer_id)].append(((order.status or "").lower(), updated))
+        out[(shop_id, buyer_id)].append((order_id, (order.status or "").lower(), updated))
     return out
 
 

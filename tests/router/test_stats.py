@@ -151,3 +151,22 @@ def test_cli_errors(fenliu, demo_config, tmp_path, store):
     assert r.returncode == 1 and "from: expected" in r.stderr and "Traceback" not in r.stderr
     r = fenliu("stats", "--config", str(demo_config), "--store", str(store), "--shop", "nope")
     assert r.returncode == 1 and "unknown shop 'nope'" in r.stderr
+
+
+def test_pending_sessions_and_orders_asked_about(tmp_path, demo_config):
+    import sqlite3
+
+    path = tmp_path / "s.db"
+    h = History(path)
+    m = Message("pdd-1001", "q1", "b9", "我的订单发货了吗", ts=T0, order=Order("o-b9", "paid", 50.0))
+    h.seq += 1
+    h.conn.execute("INSERT INTO journal VALUES (?, 'message', ?, ?, ?, ?, ?)",
+                   (h.seq, T0, m.shop_id, m.msg_id, m.conversation_id, enc(m)))
+    h.decide(m.conversation_id, "pdd-1001", "assigned", "a-01", "message", msg_id="q1")
+    h.order("pdd-1001", "b9", "shipped", 60)  # the order the buyer asked about, updated: no conversion
+    h.message("pdd-1001", "b10", 200, "queued")  # unanswered, 50 s before the last input: pending
+    h.message("pdd-1001", "b11", 250, "queued")
+    h.conn.close()
+    t = compute(sqlite3.connect(path), load_config(demo_config)).total
+    assert t.converted == 0
+    assert t.reply_3min_eligible == 1 and t.reply_3min_hits == 0, "b9 waited 250 s unanswered; b10, b11 are pending"
