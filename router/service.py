@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import heapq
 import json
 import sqlite3
@@ -40,6 +39,7 @@ from adapters import Adapter, DeliveryError, OrderContext, OutboundReply, adapte
 from router.config import Config
 from router.metrics import Metrics
 from router.reload import Reloader
+from router.runtime import tune_gc
 from router.models import (
     AcceptEvent,
     AgentStatusEvent,
@@ -173,8 +173,7 @@ class Service:
             for aid, st in self.router.dispatcher.agents.items():
                 if st.status != "offline":
                     self._start_grace(aid)
-        gc.collect()
-        gc.freeze()
+        tune_gc()
         self.ready = True
         log.info("service_started", replayed=replayed, seq=self._seq, store=str(self.store.path))
 
