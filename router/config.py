@@ -88,6 +88,26 @@ class LoggingConfig(Struct):
 class DefaultsConfig(Struct):
     policy: str = "default"
     timezone: str = "Asia/Shanghai"
+    #: The platform's window for the 3-minute human reply rate (Pinduoduo: 08:00–23:00, shop time)
+    #: and its target, used by ``fenliu stats``, ``/v1/stats`` and the dashboard alike.
+    reply_window: tuple[str, str] = ("08:00", "23:00")
+    reply_within_s: Annotated[float, msgspec.Meta(gt=0)] = 180.0
+
+    def __post_init__(self) -> None:
+        from router.schedule import _parse_hhmm
+
+        for value in self.reply_window:
+            try:
+                _parse_hhmm(value)
+            except ValueError as exc:
+                raise ValueError(f"field reply_window: {exc}") from None
+
+    def in_reply_window(self, hour_minute: int) -> bool:
+        """Whether a local time (minutes after midnight) falls in ``reply_window``."""
+        from router.schedule import _parse_hhmm
+
+        start, end = (_parse_hhmm(v) for v in self.reply_window)
+        return start <= hour_minute < end if start <= end else (hour_minute >= start or hour_minute < end)
 
 
 class FenliuFile(Struct):

@@ -11,8 +11,8 @@ Definitions (also in docs/stats.md):
 - average human response time: for every human reply, from the earliest buyer message it
   answers (the first one since the previous reply) to the reply;
 - 3-minute human reply rate (Pinduoduo's 3分钟人工回复率): sessions whose first message falls in
-  the platform window (08:00–23:00 shop time by default) and that needed a reply, answered by a
-  human within 180 s. Bot answers do not count, so bot-only sessions count as misses; sessions
+  the platform window (``defaults.reply_window``, 08:00–23:00 shop time) and that needed a reply,
+  answered by a human within ``defaults.reply_within_s`` (180 s). Bot answers do not count, so bot-only sessions count as misses; sessions
   whose every message was blocked, and open ones still inside their 180 s, are left out;
 - queue wait: from a session's first ``queued`` decision to its next assignment;
 - bot-answered share: sessions settled by the bot alone;
@@ -40,12 +40,6 @@ from router.models import CloseEvent, Message, Order, RatingEvent, TransferEvent
 _decode_msg = msgspec.json.Decoder(Message)
 _decode_order = msgspec.json.Decoder(Order)
 _PAID = {"paid", "shipped", "delivered", "completed", "finished", "signed"}
-
-
-class Window(msgspec.Struct, frozen=True):
-    start_hour: int = 8
-    end_hour: int = 23
-    reply_within_s: float = 180.0
 
 
 class Row(msgspec.Struct):
@@ -144,7 +138,7 @@ def _ratio(a: int, b: int) -> float | None:
 
 def compute(conn: sqlite3.Connection, config: Config, *, since: float | None = None, until: float | None = None,
             shop: str | None = None, agent: str | None = None, shops: Iterable[str] | None = None,
-            window: Window = Window(), conversion_window_h: float = 24.0) -> Stats:
+            conversion_window_h: float = 24.0) -> Stats:
     """The statistics of sessions that started in ``[since, until)``, optionally for one shop or
     one agent, restricted to ``shops`` (an account's permitted shops) when given."""
     allowed = set(shops) if shops is not None else None
@@ -153,6 +147,8 @@ def compute(conn: sqlite3.Connection, config: Config, *, since: float | None = N
     _decisions(conn, sessions, by_seq)
     orders = _orders(conn)
     now = conn.execute("SELECT MAX(clock) FROM journal").fetchone()[0] or 0.0
+    defaults = config.main.defaults
+    within = defaults.reply_within_s
     tz_of = {sid: ZoneInfo(s.timezone or config.main.defaults.timezone) for sid, s in config.shops.items()}
 
     picked: list[_Session] = []
@@ -189,12 +185,12 @@ def compute(conn: sqlite3.Connection, config: Config, *, since: float | None = N
             if s.wait is not None:
                 r.queued_sessions += 1
                 waits.append(s.wait)
-            pending = s.first_reply is None and s.end is None and now - s.start < window.reply_within_s
+            pending = s.first_reply is None and s.end is None and now - s.start < within
             if not blocked_only and not pending:
-                hour = datetime.fromtimestamp(s.start, tz_of.get(s.shop, ZoneInfo("Asia/Shanghai"))).hour
-                if window.start_hour <= hour < window.end_hour:
+                local = datetime.fromtimestamp(s.start, tz_of.get(s.shop, ZoneInfo("Asia/Shanghai")))
+                if defaults.in_reply_window(local.hour * 60 + local.minute):
                     r.reply_3min_eligible += 1
-                    if s.first_reply is not None and s.first_reply - s.start <= window.reply_within_s:
+                    if s.first_reply is not None and s.first_reply - s.start <= within:
                         r.reply_3min_hits += 1
             for order_id, status, updated in orders.get((s.shop, s.buyer), ()):
                 if (status in _PAID and order_id not in s.orders_asked

@@ -59,7 +59,6 @@ from router.service import Service
 log = structlog.get_logger("fenliu.workbench")
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
-REPLY_WINDOW_S = 180.0
 FEED_KEEP = 200
 PUSH_EVERY_S = 2.0
 POLL_EVERY_S = 2.0
@@ -115,7 +114,7 @@ async def me(request: web.Request) -> web.Response:
                  "shops": _agent_shops(service, aid)}
     return json_response({"account": account.name, "role": account.role, "shops": shops, "agent_id": aid,
                           "agent": agent, "skills": skills, "server_time": time.time(),
-                          "reply_window_s": REPLY_WINDOW_S})
+                          "reply_window_s": service.config.main.defaults.reply_within_s})
 
 
 # -- quick replies and the outbound check -----------------------------------------------------------
@@ -270,9 +269,10 @@ class Today:
 
     A *wait* starts with a buyer message routed to a human (``assigned`` or ``queued``) while no
     earlier one is unanswered, and ends with the next agent reply. Its response time is the
-    reply's time minus the start. The 3-minute reply rate counts waits that started while the
-    shop was open (business hours; Pinduoduo's 08:00–23:00): answered within 180 s, against those
-    answered later, closed unanswered, or still unanswered after 180 s.
+    reply's time minus the start. The 3-minute reply rate counts each session's first wait (as
+    ``fenliu stats`` does) when it started inside ``defaults.reply_window``: answered within
+    ``defaults.reply_within_s``, against those answered later, closed unanswered, or still
+    unanswered after it.
     """
 
     service: Service
@@ -285,6 +285,7 @@ class Today:
     by_key: dict[tuple[str, str], _Figures] = field(default_factory=dict)
     hours: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     received: set[tuple[str, str]] = field(default_factory=set)
+    answered_once: set[str] = field(default_factory=set)
     updated: float = 0.0
     conn: sqlite3.Connection | None = None
 
@@ -305,9 +306,14 @@ class Today:
             row = self.hours[(shop_id, h)] = [0, 0, 0]
         return row
 
-    def _open(self, shop_id: str, ts: float) -> bool:
+    def _in_window(self, shop_id: str, ts: float) -> bool:
+        """Whether a wait starting at ``ts`` counts for the 3-minute rate: the session's first
+        (later waits of an answered session do not), inside ``defaults.reply_window`` in the
+        shop's time zone — the same rule as ``fenliu stats``."""
+        defaults = self.service.config.main.defaults
         shop = self.service.config.shops.get(shop_id)
-        return shop is None or shop.is_open(ts)
+        local = datetime.fromtimestamp(ts, ZoneInfo((shop.timezone if shop else None) or defaults.timezone))
+        return defaults.in_reply_window(local.hour * 60 + local.minute)
 
     def poll(self) -> None:
         """Read what was committed since the last poll (runs in a worker thread)."""
@@ -333,6 +339,7 @@ class Today:
         self.by_key.clear()
         self.hours.clear()
         self.received.clear()
+        self.answered_once.clear()
         self.seq = _first_at(c, "journal", "seq", "clock", start) - 1
         self.decision_id = _first_at(c, "decisions", "id", "seq", self.seq + 1) - 1
         self.outbox_id = _first_at(c, "outbox", "id", "ts", start) - 1
@@ -373,24 +380,27 @@ class Today:
                 self._fig(shop_id, None).messages += 1
                 self._hour(shop_id, ts)[0] += 1
                 if extra in ("assigned", "queued") and cid not in self.waits:
-                    self.waits[cid] = _Wait(shop_id, ts, self._open(shop_id, ts))
+                    first = cid not in self.answered_once
+                    self.waits[cid] = _Wait(shop_id, ts, first and self._in_window(shop_id, ts))
             elif kind == "reply":
                 fig = self._fig(shop_id, extra)
                 fig.replies += 1
                 wait = self.waits.pop(cid, None)
+                self.answered_once.add(cid)
                 if wait is not None:
                     latency = max(0.0, ts - wait.start)
                     fig.answered += 1
                     fig.latency_sum += latency
                     if wait.counted:
                         row = self._hour(shop_id, wait.start)
-                        if latency <= REPLY_WINDOW_S:
+                        if latency <= self.service.config.main.defaults.reply_within_s:
                             fig.in_time += 1
                             row[1] += 1
                         else:
                             fig.missed += 1
                         row[2] += 1
             elif kind == "close":
+                self.answered_once.discard(cid)
                 wait = self.waits.pop(cid, None)
                 if wait is not None and wait.counted:
                     self._fig(shop_id, None).missed += 1
@@ -415,7 +425,7 @@ class Today:
                 continue
             if agent_id is not None and self.service.owner.get(cid) != agent_id:
                 continue
-            if now - wait.start > REPLY_WINDOW_S:
+            if now - wait.start > self.service.config.main.defaults.reply_within_s:
                 overdue += 1
             else:
                 pending += 1
@@ -428,7 +438,7 @@ class Today:
                     row = [a + b for a, b in zip(row, vals, strict=True)]
             hours.append({"hour": h, "messages": row[0], "in_time": row[1], "judged": row[2]})
         out = {"day": self.day, "updated": self.updated, **total.as_json(pending),
-               "reply_window_s": REPLY_WINDOW_S}
+               "reply_window_s": self.service.config.main.defaults.reply_within_s}
         if agent_id is None:
             out["hours"] = hours
             out["agents"] = {aid: f.as_json() for aid, f in sorted(per_agent.items())}

@@ -170,3 +170,24 @@ def test_pending_sessions_and_orders_asked_about(tmp_path, demo_config):
     t = compute(sqlite3.connect(path), load_config(demo_config)).total
     assert t.converted == 0
     assert t.reply_3min_eligible == 1 and t.reply_3min_hits == 0, "b9 waited 250 s unanswered; b10, b11 are pending"
+
+
+def test_the_reply_window_is_configurable(store, demo_config, tmp_path):
+    import shutil
+    import sqlite3
+
+    from router.config import ConfigErrors
+
+    cfg = tmp_path / "cfg"
+    shutil.copytree(demo_config, cfg)
+    main = cfg / "fenliu.toml"
+    text = main.read_text(encoding="utf-8")
+    main.write_text(text.replace('timezone = "Asia/Shanghai"', 'timezone = "Asia/Shanghai"\nreply_window = ["06:00", "23:00"]'),
+                    encoding="utf-8")
+    t = compute(sqlite3.connect(store), load_config(cfg)).total
+    assert (t.reply_3min_eligible, t.reply_3min_hits) == (5, 3), "D (06:40, answered in 30 s) now counts"
+    main.write_text(text.replace('timezone = "Asia/Shanghai"', 'timezone = "Asia/Shanghai"\nreply_window = ["8am", "23:00"]'),
+                    encoding="utf-8")
+    with pytest.raises(ConfigErrors) as exc:
+        load_config(cfg)
+    assert f"{main}: defaults.reply_window: expected HH:MM, got '8am'" in str(exc.value)

@@ -75,6 +75,9 @@ path = "{root / 'fenliu.db'}"
 
 [logging]
 level = "warning"
+
+[defaults]
+reply_window = ["00:00", "24:00"]  # the tests run at any time of day
 """, encoding="utf-8")
     (cfg / "shops.toml").write_text("""
 [[shops]]
