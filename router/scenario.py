@@ -151,9 +151,12 @@ DEFAULT_HANDLE: dict[str, Dist] = {
 
 
 class Metrics(_Struct):
-    reply_target_s: Positive = 180.0
-    window_start: HHMM = "08:00"
-    window_end: HHMM = "23:00"
+    """Unset reply settings come from the configuration (``defaults.reply_within_s`` and
+    ``defaults.reply_window``), so a simulation judges a policy by the rule the service uses."""
+
+    reply_target_s: Positive | None = None
+    window_start: HHMM | None = None
+    window_end: HHMM | None = None
     bucket_s: Annotated[float, msgspec.Meta(ge=10)] = 300.0
 
 

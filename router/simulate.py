@@ -115,8 +115,10 @@ class Simulation:
         self.series: dict[str, list[int]] = {}
         self.bucket = scenario.metrics.bucket_s
         m = scenario.metrics
-        self.target = m.reply_target_s
-        self.windows = daily_windows(scenario, m.window_start, m.window_end, traffic.start, traffic.end)
+        defaults = config.main.defaults
+        self.target = m.reply_target_s or defaults.reply_within_s
+        self.window = (m.window_start or defaults.reply_window[0], m.window_end or defaults.reply_window[1])
+        self.windows = daily_windows(scenario, *self.window, traffic.start, traffic.end)
         self.window_starts = [w[0] for w in self.windows]
         self.now = traffic.start
         self.steps = 0
@@ -440,7 +442,6 @@ class Simulation:
         for w in waits:
             hist[min(int(w // 15), len(WAIT_EDGES) - 1)] += 1
         reroutes = {c: self.causes.get(c, 0) for c in REROUTE_CAUSES}
-        m = self.s.metrics
         return {
             "policy": self.label,
             "config": str(self.config.dir),
@@ -463,7 +464,7 @@ class Simulation:
             "wait_histogram": {"bin_s": 15, "edges": list(WAIT_EDGES), "counts": hist},
             "reply_rate": {
                 "target_s": self.target,
-                "window": f"{m.window_start}-{m.window_end}",
+                "window": "-".join(self.window),
                 "eligible": self.eligible,
                 "replied_in_time": self.in_time,
                 "rate": _r(self.in_time / self.eligible) if self.eligible else None,
