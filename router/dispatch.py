@@ -39,6 +39,13 @@ if TYPE_CHECKING:
 _COMPACT_MIN = 64
 
 
+def _stamp(conv: Conversation) -> tuple[int, int]:
+    """What a conversation's timer must still match to fire. The version alone is not enough: a
+    buyer who comes back opens a new conversation under the same id, whose versions start again,
+    so a timer left by the old one could otherwise fire on the new one."""
+    return (conv.seq, conv.version)
+
+
 class DispatchError(ValueError):
     """An event that cannot be applied (unknown conversation, agent at capacity …)."""
 
@@ -71,7 +78,7 @@ class Dispatcher:
         self._seq = itertools.count(1)
         self._conv_seq = itertools.count(1)
         self._timer_seq = itertools.count()
-        self._timers: list[tuple[float, int, str, str, int]] = []
+        self._timers: list[tuple[float, int, str, str, Any]] = []
         self._shop_open: dict[str, bool] = {}
         self._shop_online: dict[str, int] = {}
         self.claim_hook: Callable[[str, str], bool] | None = None
@@ -202,7 +209,7 @@ class Dispatcher:
         self.now = now
         return decisions
 
-    def _fire(self, kind: str, ident: str, version: int) -> list[Decision]:
+    def _fire(self, kind: str, ident: str, version: Any) -> list[Decision]:
         now = self.now
         assert now is not None
         if kind == "shift":
@@ -222,7 +229,7 @@ class Dispatcher:
             self._schedule_change("shop", ident, shop.hours.next_change(now))
             return self._drain_shop(ident) if self._shop_open[ident] else []
         conv = self.conversations.get(ident)
-        if conv is None or conv.version != version:
+        if conv is None or _stamp(conv) != version:
             return []
         if kind == "expand":
             return self._expand(conv)
@@ -453,7 +460,7 @@ class Dispatcher:
             st.conversations[conv.id] = None
             self._touch(st)
             if conv.state == "reserved" and conv.reserved_until is not None:
-                heapq.heappush(self._timers, (conv.reserved_until, next(self._timer_seq), "reserve", conv.id, conv.version))
+                heapq.heappush(self._timers, (conv.reserved_until, next(self._timer_seq), "reserve", conv.id, _stamp(conv)))
         elif conv.state == "queued":
             conv.agent_id = None
             self._enqueue(conv)
@@ -467,7 +474,7 @@ class Dispatcher:
         if self.reservations:
             conv.state = "reserved"
             conv.reserved_until = (self.now or 0) + self._policy[conv.shop_id].accept_timeout_s
-            heapq.heappush(self._timers, (conv.reserved_until, next(self._timer_seq), "reserve", conv.id, conv.version))
+            heapq.heappush(self._timers, (conv.reserved_until, next(self._timer_seq), "reserve", conv.id, _stamp(conv)))
         else:
             conv.state = "assigned"
         st.load += 1
@@ -512,7 +519,7 @@ class Dispatcher:
         for skill in skills:
             heapq.heappush(self._queues.setdefault((conv.shop_id, skill), []), (key, conv.seq, conv.version, conv.id))
         if timeout is not None and idx + 1 < len(targets):
-            heapq.heappush(self._timers, (conv.target_since + timeout, next(self._timer_seq), "expand", conv.id, conv.version))
+            heapq.heappush(self._timers, (conv.target_since + timeout, next(self._timer_seq), "expand", conv.id, _stamp(conv)))
 
     def _expand(self, conv: Conversation) -> list[Decision]:
         targets = self.targets(conv)

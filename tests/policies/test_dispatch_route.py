@@ -305,3 +305,20 @@ async def test_skill_switch_notifies_observers_only_when_the_agent_changes(tmp_p
     assert seen == [("s1:b1", "both")], "same agent, same conversation: no new assignment"
     d = await h.send(shop_id="s1", buyer_id="b1", text="[aftersale] 我要退款")
     assert d.agent_id == "af" and seen == [("s1:b1", "both"), ("s1:b1", "af")]
+
+
+def test_a_returning_buyers_new_conversation_ignores_the_old_ones_timers(tmp_path, route):
+    """b2's first conversation waits with an expansion timer due at t=61 and is closed; the
+    buyer comes back and is assigned. The old timer must not move the new conversation."""
+    targets = '[{ skills = ["@skill"], timeout_s = 60 }, { skills = ["@skill", "presale"] }]'
+    cfg = write_config(tmp_path, ONE_SHOP,
+                       agents_toml(agent("af", skills=["aftersale"], cap=1), agent("pre", skills=["presale"])),
+                       {"p": policy(targets=targets)})
+    lines = [msg(1, "b1", 0, "[aftersale] 退款"), msg(2, "b2", 1, "[aftersale] 坏了"),
+             ev("close", 2, conversation_id="s1:b2"), ev("close", 3, conversation_id="s1:b1"),
+             msg(3, "b2", 4, "[aftersale] 还是坏的"), ev("tick", 120), msg(4, "b2", 121, "[aftersale] 在吗")]
+    r = route(cfg, lines)
+    assert r.brief() == [
+        ("m1", "assigned", "af", "message"), ("m2", "queued", None, "message"),
+        ("m3", "assigned", "af", "message"), ("m4", "assigned", "af", "message"),
+    ]
