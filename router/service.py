@@ -670,6 +670,12 @@ class Service:
         self.context.pop(cid, None)
         self.waiting_since.pop(cid, None)
 
+    async def hello(self, agent_id: str) -> tuple[str, list[WsAssigned]]:
+        """What a newly connected agent is told: its status and the conversations it holds."""
+        st = self.router.dispatcher.agents.get(agent_id)
+        snaps = [s for cid in self.conversations_of(agent_id) if (s := self.snapshot(cid)) is not None]
+        return (st.status if st else "offline"), snaps
+
     def snapshot(self, cid: str, cause: str = "message") -> WsAssigned | None:
         conv = self.router.dispatcher.conversations.get(cid)
         if conv is None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -82,26 +83,28 @@ class WsSession:
 from router.server import SOCKETS  # noqa: E402 - server imports this module lazily
 
 
-async def agent_socket(request: web.Request, service: Service, account: Account, agent_id: str) -> web.WebSocketResponse:
+async def agent_socket(request: web.Request, service: Service, account: Account, agent_id: str,
+                       handle: Callable[[Any, WsSession, bytes], Awaitable[WsResult]] | None = None,
+                       **log_context: Any) -> web.WebSocketResponse:
+    """One agent's WebSocket: hello, then one result frame per command (``handle``: this
+    module's, or the Redis backend's, which forwards commands to the instance routing them)."""
+    handle = handle or _handle
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=64 * 1024)
     await ws.prepare(request)
     session = WsSession(ws, agent_id, account)
-    bound = log.bind(agent_id=agent_id, account=account.name)
+    bound = log.bind(agent_id=agent_id, account=account.name, **log_context)
     session.task = asyncio.create_task(session.writer())
     old = await service.attach(session)
     if old is not None and old is not session:
         await old.close(4000, b"replaced by a new connection")  # type: ignore[attr-defined]
-    st = service.router.dispatcher.agents.get(agent_id)
-    snaps = [s for cid in service.conversations_of(agent_id) if (s := service.snapshot(cid)) is not None]
-    session.deliver(WsHello(agent_id, st.status if st else "offline", snaps))
+    status, snaps = await service.hello(agent_id)
+    session.deliver(WsHello(agent_id, status, snaps))
     request.app[SOCKETS].add(ws)
     try:
         async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                result = await _handle(service, session, msg.data.encode())
-                session.deliver(result)
-            elif msg.type == WSMsgType.BINARY:
-                session.deliver(await _handle(service, session, msg.data))
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                data = msg.data.encode() if msg.type == WSMsgType.TEXT else msg.data
+                session.deliver(await handle(service, session, data))
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:

@@ -4,13 +4,11 @@ by the conversation's owner (requests travel through its shard stream) instead o
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from router.models import (
     AcceptEvent,
@@ -19,7 +17,6 @@ from router.models import (
     TransferEvent,
     WsAccept,
     WsClose,
-    WsHello,
     WsNote,
     WsReply,
     WsResult,
@@ -28,6 +25,7 @@ from router.models import (
 )
 from router.pipeline import InputError
 from router.service import NotYours
+from router import ws as ws_module
 from router.ws import WsSession, _decode, _frame_reason
 
 if TYPE_CHECKING:
@@ -38,37 +36,8 @@ log = structlog.get_logger("fenliu.redis.ws")
 
 
 async def agent_socket(request: web.Request, service: RedisService, account: Account, agent_id: str) -> web.WebSocketResponse:
-    from router.server import SOCKETS
-
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=64 * 1024)
-    await ws.prepare(request)
-    session = WsSession(ws, agent_id, account)
-    bound = log.bind(agent_id=agent_id, account=account.name, instance=service.id)
-    session.task = asyncio.create_task(session.writer())
-    old = await service.attach(session)
-    if old is not None and old is not session:
-        await old.close(4000, b"replaced by a new connection")
-    status, snaps = await service.hello(agent_id)
-    session.deliver(WsHello(agent_id, status, snaps))
-    request.app[SOCKETS].add(ws)
-    try:
-        async for msg in ws:
-            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                data = msg.data.encode() if msg.type == WSMsgType.TEXT else msg.data
-                session.deliver(await _handle(service, session, data))
-            elif msg.type == WSMsgType.ERROR:
-                break
-    finally:
-        request.app[SOCKETS].discard(ws)
-        service.detach(session)
-        if not session.queue.full():
-            session.queue.put_nowait(None)
-        if session.task is not None:
-            session.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await session.task
-        bound.info("ws_closed")
-    return ws
+    return await ws_module.agent_socket(request, service, account, agent_id,  # type: ignore[arg-type]
+                                        handle=_handle, instance=service.id)
 
 
 async def _handle(service: RedisService, session: WsSession, data: bytes) -> WsResult:
