@@ -9,11 +9,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+$(VENV)/.installed: $(BIN)/python pyproject.toml plugins/_fold.c
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(BIN)/python pyproject.toml examples/fenliu-example-plugin/pyproject.toml
+$(VENV)/.installed-dev: $(BIN)/python pyproject.toml plugins/_fold.c examples/fenliu-example-plugin/pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]' -e examples/fenliu-example-plugin
 	touch $(VENV)/.installed $@
 

@@ -12,20 +12,23 @@ zero-width characters) removed, traditional → simplified (a character table bu
 of the normalised text points back to one original character and hits are reported (and masked)
 in the original text, separators between the matched characters included.
 
-Speed (see ``bench/bench_sensitive.py`` and docs/plugins/sensitive.md): ``str.translate`` costs
-≈30 ns a character, more than the scan itself, so it runs only when cheap C-level checks say the
-text needs it (see :meth:`Matcher.scan_ascii`); the automaton also holds the traditional
-characters, so the word scan itself says whether one is present. After the scan, matches are
-split by kind with ``bisect``, the allow-list is a set difference, and words typed as listed are
-located with ``str.find``; the position map is built only for evasions (see
-:meth:`SensitiveFilter._report`).
+Speed (see ``bench/bench_sensitive.py`` and docs/plugins/sensitive.md): the table is applied by
+a small C extension, ``plugins._fold`` (≈1 ns a character, built when the package is installed
+with a C compiler). Without it ``str.translate`` costs ≈30 ns a character, more than the scan
+itself, so the pure-Python path runs it only when cheap C-level checks say the text needs it
+(see :meth:`Matcher.scan_counts`); the automaton also holds the traditional characters, so the
+word scan itself says whether one is present. After the scan, matches are split by kind with
+``bisect``, the allow-list is a set difference, and words typed as listed are located with
+``str.find``; the position map is built only for evasions (see :meth:`SensitiveFilter._report`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import unicodedata
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import accumulate
@@ -45,6 +48,11 @@ if TYPE_CHECKING:
     from router.config import Config
     from router.context import HookContext
     from router.models import Message, Reply
+
+try:
+    from plugins._fold import Folder
+except ImportError:  # built without a C compiler: the pure-Python path does the same work
+    Folder = None
 
 log = structlog.get_logger("fenliu.sensitive")
 
@@ -230,6 +238,11 @@ class Normaliser:
         #: Runs of separators of the Basic Multilingual Plane (surrogates excluded), for :meth:`locator`.
         self.runs = re.compile(f"([{_char_class(cp for cp, v in enumerate(table) if v is None and cp < 0x10000)}]+)")
         assert all(c in self.deleted for c in EAGER)
+        #: ``fold(text) -> (normalised, ascii count, ascii digit count)`` in C, or ``None``
+        #: (no compiler at install time, or ``FENLIU_PURE_PYTHON=1``): see :meth:`Matcher.scan_counts`.
+        self.fold: Callable[[str], tuple[str, int, int]] | None = None
+        if Folder is not None and not os.environ.get("FENLIU_PURE_PYTHON"):
+            self.fold = Folder(array("i", (-1 if v is None else v for v in table))).fold
 
     def normalise(self, text: str) -> str:
         """The normalised form (what words, allow phrases and the scan all go through)."""
@@ -349,21 +362,25 @@ class Matcher:
 
     def scan(self, text: str) -> tuple[str, list[tuple[int, int, int]]]:
         """The normalised text and the automaton's matches in it."""
-        n, ms, _ = self.scan_ascii(text)
+        n, ms, _, _ = self.scan_counts(text)
         return n, ms
 
-    def scan_ascii(self, text: str) -> tuple[str, list[tuple[int, int, int]], bytes | None]:
-        """:meth:`scan`, plus the ASCII characters of the normalised text (as bytes, case
-        not folded: what the pattern gates count) when they come for free, else ``None``.
+    def scan_counts(self, text: str) -> tuple[str, list[tuple[int, int, int]], int, int]:
+        """:meth:`scan`, plus how many ASCII characters and ASCII digits the normalised text
+        holds (what the pattern gates count), each ``-1`` when not known for free.
 
-        Cheapest checks first: common punctuation goes with ``str.replace``; the ASCII part
-        (``encode("ascii", "ignore")``, a C loop) shows ASCII symbols and capitals; ``isalnum``
-        and ``is_normalized`` (C loops that stop early) prove there is nothing else to remove or
-        fold; the scan itself reports traditional characters. Only a text that
-        fails a check pays for the ≈30 ns/char ``str.translate``, and only then is scanned twice.
+        With the C fold (``plugins._fold``) this is one pass over the text and one scan.
+        Otherwise cheapest checks first: common punctuation goes with ``str.replace``; the ASCII
+        part (``encode("ascii", "ignore")``, a C loop) shows ASCII symbols and capitals;
+        ``isalnum`` and ``is_normalized`` (C loops that stop early) prove there is nothing else to
+        remove or fold; the scan itself reports traditional characters. Only a text that fails a
+        check pays for the ≈30 ns/char ``str.translate``, and only then is scanned twice.
         """
         norm = _normaliser
         assert norm is not None
+        if norm.fold is not None:
+            t, ascii_n, digits_n = norm.fold(text)
+            return t, self.ac.find_matches_as_indexes(t, overlapping=True), ascii_n, digits_n
         t = text
         for c in EAGER:
             if c in t:
@@ -394,7 +411,9 @@ class Matcher:
         if ms and max(ms)[0] >= self.n_markers:
             t, b = text.translate(norm.table), None
             ms = ac.find_matches_as_indexes(t, overlapping=True)
-        return t, ms, b
+        if b is None:
+            return t, ms, -1, -1
+        return t, ms, len(b), len(b) - len(b.translate(None, b"0123456789"))
 
     def classify(self, n: str, ms: list[tuple[int, int, int]]
                  ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], frozenset[str], bool]:
@@ -542,40 +561,36 @@ class SensitiveFilter:
         if not self.enabled or not text:
             return []
         m = self.matcher
-        n, ms, ascii_b = m.scan_ascii(text)
+        n, ms, ascii_n, digits_n = m.scan_counts(text)
         if ms:
             found, allowed, triggered, digits = m.classify(n, ms)
         else:
             found, allowed, triggered, digits = ms, ms, _NOTHING, False
-        pattern_hits = self._pattern_hits(text, n, ascii_b, allowed, triggered, digits) if self.rules else []
+        pattern_hits = self._pattern_hits(text, n, ascii_n, digits_n, allowed, triggered, digits) if self.rules else []
         if not found and not pattern_hits:
             return []
         return self._report(text, n, found, allowed, pattern_hits)
 
-    def _pattern_hits(self, text: str, n: str, ascii_b: bytes | None, allowed: list[tuple[int, int, int]],
+    def _pattern_hits(self, text: str, n: str, ascii_n: int, digits_n: int, allowed: list[tuple[int, int, int]],
                       triggered: frozenset[str], digits: bool) -> list[tuple[int, int, _Rule]]:
         """Matches of the patterns worth running: ``(start, end, rule)``, in normalised
         positions for ``on = "normalised"`` rules, in ``text`` for ``on = "original"``.
-        ``ascii_b``: the ASCII characters of ``n`` if known (see :meth:`Matcher.scan_ascii`)."""
+        ``ascii_n``, ``digits_n``: the ASCII characters and ASCII digits of ``n``, ``-1`` if
+        not known (see :meth:`Matcher.scan_counts`)."""
         view = n
         if digits:
             view = n.translate(_CN_TABLE)
-            ascii_b = None
-        if ascii_b is None:
+            ascii_n = -1
+        if ascii_n < 0:
             ascii_b = view.encode("ascii", "ignore")
-        if not ascii_b:
+            ascii_n = len(ascii_b)
+            digits_n = ascii_n - len(ascii_b.translate(None, b"0123456789"))
+        if not ascii_n:
             return []
-        ascii_n = len(ascii_b)
-        digits_n = -1
         out: list[tuple[int, int, _Rule]] = []
         for r in self.rules if triggered else self.untriggered:
-            if ascii_n < r.min_ascii:
+            if ascii_n < r.min_ascii or digits_n < r.min_digits:
                 continue
-            if r.min_digits:
-                if digits_n < 0:
-                    digits_n = ascii_n - len(ascii_b.translate(None, b"0123456789"))
-                if digits_n < r.min_digits:
-                    continue
             if r.triggers:
                 if r.triggers.isdisjoint(triggered):
                     continue

@@ -3,6 +3,7 @@ errors, the hooks through the router, ``fenliu route`` and ``fenliu check-reply`
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -34,6 +35,68 @@ CORPUS = [json.loads(line) for line in (DATA / "sensitive_corpus.jsonl").read_te
 @pytest.fixture(scope="module")
 def demo():
     return load_config(DEMO)
+
+
+@pytest.fixture(scope="module", autouse=True, params=["c-fold", "pure-python"])
+def fold_path(request):
+    """Every test here runs twice: with the C fold (``plugins._fold``) and with the pure-Python
+    path a machine without a compiler uses."""
+    norm = normaliser()
+    native = norm.fold
+    if request.param == "pure-python":
+        norm.fold = None
+    elif native is None:
+        pytest.skip("plugins._fold is not built (no C compiler at install time)")
+    yield request.param
+    norm.fold = native
+
+
+def test_c_fold_is_built_where_a_compiler_is():
+    """CI has gcc: the C path must really be what the other tests exercise there."""
+    import shutil
+    import sysconfig
+
+    if not (shutil.which("cc") or shutil.which("gcc")) or not Path(sysconfig.get_paths()["include"], "Python.h").exists():
+        pytest.skip("no C compiler or Python headers: the pure-Python path is the only one")
+    assert sensitive.Folder is not None, "plugins._fold did not build: reinstall with `pip install -e .`"
+
+
+_FOLD_ALPHABET = st.one_of(
+    st.sampled_from(list("微信加VXvxＶＸ支付寶①③⑧一三八0123456789 -.，。！？\u200b\ufeff\u0301İßﬁ™㎏🌹𝐕\U00020000\U0002F800")),
+    st.characters(codec="utf-8"),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=_FOLD_ALPHABET, max_size=80))
+def test_c_fold_equals_translate_with_the_table(text):
+    """The C fold is ``str.translate`` with the table, plus the ASCII and digit counts."""
+    norm = normaliser()
+    if sensitive.Folder is None:
+        pytest.skip("plugins._fold is not built")
+    n, ascii_n, digits_n = _c_fold()(text)
+    expected = text.translate(norm.table)
+    assert n == expected
+    assert ascii_n == sum(c.isascii() for c in expected)
+    assert digits_n == sum(c in "0123456789" for c in expected)
+    if expected == text:
+        assert n is text
+
+
+@functools.cache
+def _c_fold():
+    return sensitive.Folder(sensitive.array("i", (-1 if v is None else v for v in normaliser().table))).fold
+
+
+def test_c_fold_rejects_bad_tables():
+    if sensitive.Folder is None:
+        pytest.skip("plugins._fold is not built")
+    with pytest.raises(ValueError, match="code point"):
+        sensitive.Folder(sensitive.array("i", [0, -5]))
+    with pytest.raises(ValueError, match="non-empty"):
+        sensitive.Folder(b"")
+    with pytest.raises(TypeError):
+        sensitive.Folder(sensitive.array("i", [0])).fold(b"x")
 
 
 def compiled(**kw) -> sensitive.SensitiveFilter:
