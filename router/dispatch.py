@@ -4,7 +4,9 @@ Data structures, chosen so that every operation is O(log n) in the number of age
 
 - one *pool* per ``(shop, skill)``: a heap of the agents who could take a conversation there,
   keyed by the shop's strategy (:mod:`policies`). Entries are invalidated lazily: each carries
-  the agent's ``version`` when pushed, and an agent whose state changes is pushed again;
+  the agent's ``version`` when pushed, and an agent whose key or availability changes is
+  pushed again (a change that keeps both, such as a round-robin release below capacity, pushes
+  nothing);
 - one *queue* per ``(shop, skill)``: a heap of waiting conversations keyed by
   ``priority - aging_per_minute × queued_at / 60`` (the effective priority's time-invariant part,
   so aging needs no re-sorting), then arrival;
@@ -84,6 +86,7 @@ class Dispatcher:
         self.claim_hook: Callable[[str, str], bool] | None = None
         self.release_hook: Callable[[str, str], None] | None = None
         self._refused: set[str] = set()
+        self._listed: dict[str, tuple[Any, ...]] = {}
         self.config = config
         self._apply_config(config)
 
@@ -127,8 +130,9 @@ class Dispatcher:
         if self.now is not None:
             self._init_clocked(self.now)
         self._recount_online()
+        self._listed = {}
         for st in self.agents.values():
-            self._touch(st)
+            self._touch(st, force=True)
 
     def _recount_online(self) -> None:
         counts = {sid: 0 for sid in self.config.shops}
@@ -196,7 +200,7 @@ class Dispatcher:
             self._init_clocked(now)
             self._recount_online()
             for st in self.agents.values():
-                self._touch(st)
+                self._touch(st, force=True)
             return []
         if now < self.now:
             return []
@@ -254,15 +258,31 @@ class Dispatcher:
             for sid in self._agent_shops.get(st.id, ()):
                 self._shop_online[sid] += 1 if after else -1
 
-    def _touch(self, st: AgentState) -> None:
-        """Re-key the agent in all its pools after any change to its state (stale entries are
-        skipped when they reach the top, and swept when a heap grows past 4× its members)."""
-        st.version += 1
+    def _touch(self, st: AgentState, force: bool = False) -> None:
+        """Re-key the agent in all its pools after a change to its state. Lazy: the entries
+        already in the heaps stay valid while the agent stays available under the same keys (a
+        round-robin agent released below capacity, say), so only a new key or a return to
+        availability pushes; becoming unavailable bumps the version, which invalidates them
+        (stale entries are skipped when they reach the top, and swept when a heap grows past 4×
+        its members). ``force`` pushes anyway, for heaps that may have lost the agent's entries
+        (rebuilt pools, an agent no longer refused)."""
+        aid = st.id
+        listed = self._listed
         if not st.available:
+            if aid in listed:
+                del listed[aid]
+                st.version += 1
             return
+        groups = self._agent_groups.get(aid, ())
+        keys = tuple([key(st) for key, _ in groups])
+        if not force and listed.get(aid) == keys:
+            return
+        listed[aid] = keys
+        st.version += 1
+        version = st.version
         push = heapq.heappush
-        for key, pools in self._agent_groups.get(st.id, ()):
-            entry = (key(st), st.version, st.id)
+        for k, (_, pools) in zip(keys, groups):
+            entry = (k, version, aid)
             for pool in pools:
                 heap = pool.heap
                 push(heap, entry)
@@ -278,8 +298,8 @@ class Dispatcher:
 
     def _top(self, pool: _Pool) -> tuple[Any, int, str] | None:
         """The pool's best entry that is still current. An entry is pushed only while its agent
-        is available and every change of the agent bumps its version, so a matching version
-        means the agent is still available with that key."""
+        is available, and a change of its key or of its availability bumps its version, so a
+        matching version means the agent is still available with that key."""
         heap = pool.heap
         agents = self.agents
         while heap:
@@ -346,7 +366,7 @@ class Dispatcher:
             return []
         self._refused.discard(agent_id)
         self._set_online_count(st, lambda: setattr(st, "status", status))
-        self._touch(st)
+        self._touch(st, force=True)
         decisions: list[Decision] = []
         if status == "offline":
             for cid in list(st.conversations):
@@ -436,7 +456,7 @@ class Dispatcher:
         if st is None:
             return []
         self._refused.discard(agent_id)
-        self._touch(st)
+        self._touch(st, force=True)
         return self._drain_agent(st)
 
     def set_shared_load(self, agent_id: str, load: int) -> list[Decision]:
