@@ -105,124 +105,127 @@ class Router:
     async def handle_message(self, msg: Message) -> list[Decision]:
         """Route one message. Returns the decisions caused by the clock reaching ``msg.ts`` first,
         then the message's own decision (always exactly one), then any it caused for others."""
-        token = bind_message(msg)
+        token = bind_message(msg)  # one coroutine for the whole message: no inner call
         try:
-            return await self._handle_message(msg)
+            shop = self.config.shops.get(msg.shop_id)
+            if shop is None:
+                raise InputError(f"unknown shop {msg.shop_id!r}")
+            d = self.dispatcher
+            now = msg.ts if self._clock is None and msg.ts is not None else self._now(msg.ts)
+            if d.now is None or (d._timers and d._timers[0][0] <= now):
+                out = await self.advance(now)
+            else:
+                out = []
+                if now > d.now:
+                    d.now = now
+            now = d.now  # type: ignore[assignment]
+            cid = msg.conversation_id
+            if self._is_duplicate is not None and self._is_duplicate(msg.shop_id, msg.msg_id):
+                out.append(Decision(msg.msg_id, msg.shop_id, cid, "duplicate", text=None))
+                return out
+
+            conv = d.conversations.get(cid)
+            ctx = HookContext(self.config, shop, now, conv, d, msg.text)
+            plugins = self.plugins
+            if plugins._enrich:
+                msg = await plugins.inbound_enrich(msg, ctx)
+            verdict = await plugins.inbound_filter(msg, ctx) if plugins._filter else None
+            if verdict is not None and verdict.action == "block":
+                out.append(Decision(msg.msg_id, msg.shop_id, cid, "blocked",
+                                    agent_id=conv.agent_id if conv else None,
+                                    skill=conv.skill if conv else None, flags=ctx.flags))
+                return out
+
+            policy = ctx.policy.dispatch
+            skill = await plugins.classify_skill(msg, ctx) if plugins._skill else None
+            ctx.skill = skill or ctx.skill or policy.default_skill
+            if plugins._priority:
+                ctx.priority = await plugins.priority(msg, ctx)
+            bot = await plugins.bot_reply(msg, ctx) if plugins._bot else None
+            reply = bot.text if bot is not None else None
+            tags = msg.buyer.tags if msg.buyer is not None else ()
+
+            extra: list[Decision] = []
+            new_assignment = False
+            if conv is not None and conv.state != "bot":
+                d.reprioritise(conv, ctx.priority)
+                if ctx.skill != conv.skill:
+                    before = conv.agent_id
+                    extra = d.change_skill(conv, ctx.skill)
+                    new_assignment = conv.agent_id is not None and conv.agent_id != before
+                action = "queued" if conv.state == "queued" else "assigned"
+                agent_id = conv.agent_id
+            elif bot is not None and not bot.handoff:
+                if conv is None:
+                    conv = d.open(msg.shop_id, msg.buyer_id, now, tags)
+                conv.skill = ctx.skill
+                action, agent_id = "answered", None
+            else:
+                if conv is None:
+                    conv = d.open(msg.shop_id, msg.buyer_id, now, tags)
+                conv.skill = ctx.skill
+                conv.priority = ctx.priority
+                conv.buyer_tags = tags
+                state, agent_id, route_flags = d.route_new(conv)
+                action = "queued" if state == "queued" else "assigned"
+                new_assignment = action == "assigned"
+                for f in route_flags:
+                    ctx.flag(f)
+            conv.messages += 1
+            conv.last_ts = now
+            if ctx.meta is not conv.meta:
+                conv.meta.update(ctx.meta)
+            decision = Decision(
+                msg.msg_id, msg.shop_id, cid, action, agent_id, conv.skill,  # type: ignore[arg-type]
+                conv.priority if action != "answered" else ctx.priority, reply, ctx.text, ctx.flags,
+            )
+            out.append(decision)
+            out.extend(extra)
+            if new_assignment and plugins.has_observers:
+                await plugins.assigned(decision, ctx)
+            if extra:
+                await self._observe(extra)
+            return out
         finally:
             unbind(token)
-
-    async def _handle_message(self, msg: Message) -> list[Decision]:
-        shop = self.config.shops.get(msg.shop_id)
-        if shop is None:
-            raise InputError(f"unknown shop {msg.shop_id!r}")
-        d = self.dispatcher
-        now = self._now(msg.ts)
-        if d.due(now):
-            out = await self.advance(now)
-        else:
-            out = []
-            if now > d.now:  # type: ignore[operator]
-                d.now = now
-        now = d.now  # type: ignore[assignment]
-        cid = msg.conversation_id
-        if self._is_duplicate is not None and self._is_duplicate(msg.shop_id, msg.msg_id):
-            out.append(Decision(msg.msg_id, msg.shop_id, cid, "duplicate", text=None))
-            return out
-
-        conv = d.conversations.get(cid)
-        ctx = HookContext(self.config, shop, now, conv, d, msg.text)
-        plugins = self.plugins
-        if plugins._enrich:
-            msg = await plugins.inbound_enrich(msg, ctx)
-        verdict = await plugins.inbound_filter(msg, ctx) if plugins._filter else None
-        if verdict is not None and verdict.action == "block":
-            out.append(Decision(msg.msg_id, msg.shop_id, cid, "blocked",
-                                agent_id=conv.agent_id if conv else None,
-                                skill=conv.skill if conv else None, flags=ctx.flags))
-            return out
-
-        policy = ctx.policy.dispatch
-        skill = await plugins.classify_skill(msg, ctx) if plugins._skill else None
-        ctx.skill = skill or ctx.skill or policy.default_skill
-        if plugins._priority:
-            ctx.priority = await plugins.priority(msg, ctx)
-        bot = await plugins.bot_reply(msg, ctx) if plugins._bot else None
-        reply = bot.text if bot is not None else None
-        tags = msg.buyer.tags if msg.buyer is not None else ()
-
-        extra: list[Decision] = []
-        new_assignment = False
-        if conv is not None and conv.state != "bot":
-            d.reprioritise(conv, ctx.priority)
-            if ctx.skill != conv.skill:
-                before = conv.agent_id
-                extra = d.change_skill(conv, ctx.skill)
-                new_assignment = conv.agent_id is not None and conv.agent_id != before
-            action = "queued" if conv.state == "queued" else "assigned"
-            agent_id = conv.agent_id
-        elif bot is not None and not bot.handoff:
-            if conv is None:
-                conv = d.open(msg.shop_id, msg.buyer_id, now, tags)
-            conv.skill = ctx.skill
-            action, agent_id = "answered", None
-        else:
-            if conv is None:
-                conv = d.open(msg.shop_id, msg.buyer_id, now, tags)
-            conv.skill = ctx.skill
-            conv.priority = ctx.priority
-            conv.buyer_tags = tags
-            state, agent_id, route_flags = d.route_new(conv)
-            action = "queued" if state == "queued" else "assigned"
-            new_assignment = action == "assigned"
-            for f in route_flags:
-                ctx.flag(f)
-        conv.messages += 1
-        conv.last_ts = now
-        if ctx.meta is not conv.meta:
-            conv.meta.update(ctx.meta)
-        decision = Decision(
-            msg.msg_id, msg.shop_id, cid, action, agent_id, conv.skill,  # type: ignore[arg-type]
-            conv.priority if action != "answered" else ctx.priority, reply, ctx.text, ctx.flags,
-        )
-        out.append(decision)
-        out.extend(extra)
-        if new_assignment and plugins.has_observers:
-            await plugins.assigned(decision, ctx)
-        if extra:
-            await self._observe(extra)
-        return out
 
     # -- events ----------------------------------------------------------------------------------
 
     async def handle_event(self, event: Event) -> list[Decision]:
         """Apply an event; returns the decisions for every conversation it moved."""
-        now = self._now(event.ts)
-        out = await self.advance(now)
         d = self.dispatcher
+        now = event.ts if self._clock is None and event.ts is not None else self._now(event.ts)
+        if d.now is None or (d._timers and d._timers[0][0] <= now):
+            out = await self.advance(now)
+        else:
+            out = []
+            if now > d.now:
+                d.now = now
         try:
-            match event:
-                case TickEvent() | RatingEvent():
-                    moved: list[Decision] = []
-                case AgentStatusEvent(agent_id=aid, status=status):
-                    moved = d.set_status(aid, status)
-                case CloseEvent(conversation_id=cid):
-                    conv = d.conversations.get(cid)
-                    moved = d.close(cid)
-                    if conv is not None and self.plugins.has_observers:
-                        shop = self.config.shops[conv.shop_id]
-                        await self.plugins.closed(conv, HookContext(self.config, shop, now, conv, d))
-                case TransferEvent(conversation_id=cid, to_agent=to_agent, to_skill=to_skill):
-                    moved = d.transfer(cid, to_agent=to_agent, to_skill=to_skill)
-                case AcceptEvent(conversation_id=cid, agent_id=aid):
-                    d.accept(cid, aid)
-                    moved = []
-                case _:
-                    raise InputError(f"unsupported event {type(event).__name__}")
+            # most frequent first (the simulator's and the workbench's accept and close)
+            if isinstance(event, AcceptEvent):
+                d.accept(event.conversation_id, event.agent_id)
+                return out
+            if isinstance(event, CloseEvent):
+                conv = d.conversations.get(event.conversation_id)
+                moved = d.close(event.conversation_id)
+                if conv is not None and self.plugins.has_observers:
+                    shop = self.config.shops[conv.shop_id]
+                    await self.plugins.closed(conv, HookContext(self.config, shop, now, conv, d))
+            elif isinstance(event, TransferEvent):
+                moved = d.transfer(event.conversation_id, to_agent=event.to_agent, to_skill=event.to_skill)
+            elif isinstance(event, AgentStatusEvent):
+                moved = d.set_status(event.agent_id, event.status)
+            elif isinstance(event, TickEvent | RatingEvent):
+                moved = []
+            else:
+                raise InputError(f"unsupported event {type(event).__name__}")
         except DispatchError as exc:
             raise InputError(str(exc)) from None
-        if moved and self.plugins.has_observers:
-            await self._observe(moved)
-        out.extend(moved)
+        if moved:
+            if self.plugins.has_observers:
+                await self._observe(moved)
+            out.extend(moved)
         return out
 
     async def _observe(self, decisions: list[Decision]) -> None:

@@ -303,17 +303,9 @@ class Simulation:
         steps = 0
         progress = self.progress
 
-        async def send(conv: _Conv, msg: Message, now: float) -> None:
-            conv.nmsg += 1
-            try:
-                decisions = await handle_message(msg)
-            except InputError:
-                self.bad_inputs += 1
-                return
-            self.messages += 1
-            apply(decisions, now)
-            if conv.need_at is None and not conv.closed:
-                push(now + self.bot_close, _IDLE, conv, conv.nmsg)
+        bot_close = self.bot_close
+        timers = d._timers  # the dispatcher's timer heap: its head is the next timer (next_due)
+        messages = 0
 
         async def close(conv: _Conv, now: float) -> list[Any]:
             try:
@@ -327,8 +319,8 @@ class Simulation:
             t = ta if ta < th else th
             if t == INF:
                 break
-            tt = d.next_due()
-            if tt is not None and tt <= t:
+            if timers and timers[0][0] <= t:
+                tt = timers[0][0]
                 if d.now is not None and tt < d.now:
                     tt = d.now
                 moved = await router.advance(tt)
@@ -339,6 +331,7 @@ class Simulation:
             steps += 1
             if progress is not None and not steps & 4095:
                 progress(t)
+            spec = None
             if th <= ta:
                 _, _, kind, conv, ver = heappop(heap)
                 if conv.closed:
@@ -346,10 +339,8 @@ class Simulation:
                 if kind == _MSG:
                     spec = conv.spec
                     k = conv.nmsg
-                    await send(conv, Message(spec.shop_id, f"sm-{spec.index}-{k}", spec.buyer_id,
-                                             spec.texts[k], "text", t, spec.buyer, spec.order), t)
-                    if k + 1 < len(spec.times) and not conv.closed:
-                        push(spec.times[k + 1], _MSG, conv, 0)
+                    msg = Message(spec.shop_id, f"sm-{spec.index}-{k}", spec.buyer_id,
+                                  spec.texts[k], "text", t, spec.buyer, spec.order)
                 elif ver != conv.ver and kind in (_ACCEPT, _REPLY, _CLOSE, _TRANSFER):
                     continue
                 elif kind == _ACCEPT:
@@ -358,10 +349,12 @@ class Simulation:
                     except InputError:
                         continue
                     self._accepted(conv, t)
+                    continue
                 elif kind == _REPLY:
                     conv.replied = t
                     if conv.transfer_u < self.transfer_share and not conv.transferred:
                         push(t + TRANSFER_DELAY_S, _TRANSFER, conv, ver)
+                    continue
                 elif kind == _CLOSE:
                     t_agent = self.tally.get(conv.agent)  # type: ignore[arg-type]
                     if t_agent is not None:
@@ -369,17 +362,20 @@ class Simulation:
                     moved = await close(conv, t)
                     self._finish(conv, t, "human")
                     apply(moved, t)
+                    continue
                 elif kind == _LEAVE:
                     if conv.replied is None:
                         moved = await close(conv, t)
                         self._finish(conv, t, "abandoned")
                         apply(moved, t)
+                    continue
                 elif kind == _IDLE:
                     if ver == conv.nmsg and conv.need_at is None:
                         moved = await close(conv, t) if conv.cid in d.conversations else []
                         self._finish(conv, t, "bot" if conv.answered else "blocked")
                         apply(moved, t)
-                elif kind == _TRANSFER:
+                    continue
+                else:  # _TRANSFER
                     conv.transferred = True
                     others = [s for s in self.skills if s != conv.skill]
                     if others:
@@ -388,28 +384,42 @@ class Simulation:
                             apply(await handle_event(TransferEvent(conv.cid, to_skill=to, ts=t)), t)
                         except InputError:
                             self.bad_inputs += 1
-                continue
-            kind, item = arrivals[i][1], arrivals[i][2]
-            i += 1
-            if kind == _A_SPEC:
-                spec = item
-                conv = _Conv(f"{spec.shop_id}:{spec.buyer_id}", t, spec.patience, spec.handle_u, spec.transfer_u, spec)
-                live[conv.cid] = conv
-                await send(conv, Message(spec.shop_id, f"sm-{spec.index}-0", spec.buyer_id, spec.texts[0],
-                                         "text", t, spec.buyer, spec.order), t)
-                if len(spec.times) > 1 and not conv.closed:
-                    push(spec.times[1], _MSG, conv, 0)
-            elif kind == _A_MSG:
-                cid = item.conversation_id
-                conv = live.get(cid)
-                if conv is None:
-                    conv = live[cid] = _Conv(cid, t, patience(rng), rng.random(), rng.random())
-                await send(conv, item, t)
+                    continue
             else:
-                try:
-                    apply(await handle_event(item), t)
-                except InputError:
-                    self.bad_inputs += 1
+                kind, item = arrivals[i][1], arrivals[i][2]
+                i += 1
+                if kind == _A_SPEC:
+                    spec = item
+                    conv = _Conv(f"{spec.shop_id}:{spec.buyer_id}", t, spec.patience, spec.handle_u, spec.transfer_u, spec)
+                    live[conv.cid] = conv
+                    msg = Message(spec.shop_id, f"sm-{spec.index}-0", spec.buyer_id, spec.texts[0],
+                                  "text", t, spec.buyer, spec.order)
+                elif kind == _A_MSG:
+                    cid = item.conversation_id
+                    conv = live.get(cid)
+                    if conv is None:
+                        conv = live[cid] = _Conv(cid, t, patience(rng), rng.random(), rng.random())
+                    msg = item
+                else:
+                    try:
+                        apply(await handle_event(item), t)
+                    except InputError:
+                        self.bad_inputs += 1
+                    continue
+            # a buyer message: route it, then schedule the buyer's next one
+            k = conv.nmsg = conv.nmsg + 1
+            try:
+                decisions = await handle_message(msg)
+            except InputError:
+                self.bad_inputs += 1
+            else:
+                messages += 1
+                apply(decisions, t)
+                if conv.need_at is None and not conv.closed:
+                    push(t + bot_close, _IDLE, conv, k)
+            if spec is not None and k < len(spec.times) and not conv.closed:
+                push(spec.times[k], _MSG, conv, 0)
+        self.messages = messages
         self.steps = steps
         for conv in list(live.values()):
             self._finish(conv, self.now, "unfinished")
