@@ -303,7 +303,6 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
     memory: dict[str, Any] = ctx.meta.setdefault("bot", {"answered": [], "last": None})  # type: ignore[assignment]
     lowered = message.text.lower()
     sid = ctx.shop.id
-    offline = not ctx.in_business_hours() or ctx.agents_available() == 0
     shop_texts = cfg.shops.get(sid)
     offline_text = (shop_texts.offline if shop_texts and shop_texts.offline is not None else cfg.offline)
 
@@ -325,8 +324,10 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
                 kind, text = "repeat", cfg.repeat_reply
             else:
                 kind, text, handoff = "faq", faq.answer, held
-    if (offline and offline_text and (kind is None or (kind != "faq" and handoff))
-            and (not held or "offline" in cfg.while_human)):
+    # whether the shop is offline is asked last: only a configured offline text needs it
+    if (offline_text and (kind is None or (kind != "faq" and handoff))
+            and (not held or "offline" in cfg.while_human)
+            and (not ctx.in_business_hours() or ctx.agents_available() == 0)):
         kind, text, handoff = "offline", offline_text, True
     if kind is None and conv is None:
         welcome = shop_texts.welcome if shop_texts and shop_texts.welcome is not None else cfg.welcome

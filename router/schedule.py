@@ -18,6 +18,11 @@ import msgspec
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WEEK = 7 * 24 * 60
 
+#: Per time zone, the last ``(ts // 60, minute of the week)`` computed: the local conversion is
+#: the expensive part of :meth:`Schedule.is_open` and every schedule in a zone shares it, and
+#: messages arrive many to a minute.
+_LAST_MINUTE: dict[ZoneInfo, tuple[float, int]] = {}
+
 
 def _parse_hhmm(value: str) -> int:
     try:
@@ -96,10 +101,24 @@ class Schedule:
         dt = datetime.fromtimestamp(ts, self.tz)
         return dt, dt.weekday() * 1440 + dt.hour * 60 + dt.minute
 
+    def _minute(self, ts: float) -> int:
+        """The local minute of the week at ``ts``. It is the same for the whole UTC minute when
+        the zone's offset is a whole number of minutes (every zone since the 1970s; offset
+        changes then fall on whole minutes too), so the last one is remembered per zone."""
+        k = ts // 60
+        last = _LAST_MINUTE.get(self.tz)
+        if last is not None and last[0] == k:
+            return last[1]
+        dt, m = self._local(ts)
+        offset = dt.utcoffset()
+        if offset is not None and not offset.seconds % 60 and not offset.microseconds:
+            _LAST_MINUTE[self.tz] = (k, m)
+        return m
+
     def is_open(self, ts: float) -> bool:
         if self.always:
             return True
-        _, m = self._local(ts)
+        m = self._minute(ts)
         i = bisect.bisect_right(self._starts, m) - 1
         return i >= 0 and m < self._ends[i]
 
