@@ -57,6 +57,10 @@ class PluginInfo(msgspec.Struct):
     status: str = "loaded"
 
 
+#: Result types the inbound hooks return plainly: certainly not awaitables (see ``_settle``).
+_PLAIN = frozenset((type(None), str, int, bool, Message, FilterVerdict, BotReply))
+
+
 class _Pending:
     """An awaitable returned by a hook implementation, with the time its call started."""
 
@@ -286,30 +290,64 @@ class PluginSet:
             return await self._finish(impl, hook, ctx, result)
         return result
 
+    # The five inbound hooks run for every message, so their loops inline the isolation of
+    # ``_call`` (a timer read before and after, the exception guard) and leave only the rare
+    # cases to helpers: a result that may be an awaitable (``_settle``), an overrun (``_late``).
+
+    async def _settle(self, impl: _Impl, hook: str, ctx: HookContext, result: Any, start: float) -> Any:
+        """A result of a type no hook returns plainly: await it if it is an awaitable (under the
+        remaining budget), else check the budget like a plain result."""
+        if hasattr(type(result), "__await__"):
+            return await self._finish(impl, hook, ctx, _Pending(result, start))
+        if perf_counter() - start > self.timeout:
+            return self._late(impl, hook, ctx)
+        return result
+
+    def _late(self, impl: _Impl, hook: str, ctx: HookContext | None) -> None:
+        """An implementation overran its budget: its result is dropped."""
+        self._fault(impl, hook, ctx, "timeout", f"over its {self.timeout * 1000:.0f} ms budget")
+
     async def inbound_enrich(self, message: Message, ctx: HookContext) -> Message:
+        hook = "fenliu_inbound_enrich"
         for impl in self._enrich:
-            result = self._call(impl, "fenliu_inbound_enrich", ctx, message, ctx)
-            if type(result) is _Pending:
-                result = await self._finish(impl, "fenliu_inbound_enrich", ctx, result)
-            if result is not None:
-                if isinstance(result, Message):
-                    message = result
-                else:
-                    self._fault(impl, "fenliu_inbound_enrich", ctx, "TypeError", "did not return a Message")
+            start = perf_counter()
+            try:
+                result = impl.call(message, ctx)
+            except Exception as exc:  # noqa: BLE001 - isolation is the point
+                self._fault(impl, hook, ctx, type(exc).__name__, str(exc))
+                continue
+            if type(result) not in _PLAIN:
+                result = await self._settle(impl, hook, ctx, result, start)
+            elif perf_counter() - start > self.timeout:
+                result = self._late(impl, hook, ctx)
+            if result is None:
+                continue
+            if isinstance(result, Message):
+                message = result
+            else:
+                self._fault(impl, hook, ctx, "TypeError", "did not return a Message")
         return message
 
     async def inbound_filter(self, message: Message, ctx: HookContext) -> FilterVerdict | None:
         """Run every filter; return the first ``block``, else the last verdict (masks applied to
         ``ctx.text`` in turn, flags added to ``ctx.flags``)."""
+        hook = "fenliu_inbound_filter"
         last = None
         for impl in self._filter:
-            v = self._call(impl, "fenliu_inbound_filter", ctx, message, ctx)
-            if type(v) is _Pending:
-                v = await self._finish(impl, "fenliu_inbound_filter", ctx, v)
+            start = perf_counter()
+            try:
+                v = impl.call(message, ctx)
+            except Exception as exc:  # noqa: BLE001 - isolation is the point
+                self._fault(impl, hook, ctx, type(exc).__name__, str(exc))
+                continue
+            if type(v) not in _PLAIN:
+                v = await self._settle(impl, hook, ctx, v, start)
+            elif perf_counter() - start > self.timeout:
+                v = self._late(impl, hook, ctx)
             if v is None:
                 continue
             if not isinstance(v, FilterVerdict):
-                self._fault(impl, "fenliu_inbound_filter", ctx, "TypeError", "did not return a FilterVerdict")
+                self._fault(impl, hook, ctx, "TypeError", "did not return a FilterVerdict")
                 continue
             for f in v.flags:
                 ctx.flag(f)
@@ -321,39 +359,66 @@ class PluginSet:
         return last
 
     async def classify_skill(self, message: Message, ctx: HookContext) -> str | None:
+        hook = "fenliu_classify_skill"
         for impl in self._skill:
-            result = self._call(impl, "fenliu_classify_skill", ctx, message, ctx)
-            if type(result) is _Pending:
-                result = await self._finish(impl, "fenliu_classify_skill", ctx, result)
-            if result is not None:
-                return str(result)
+            start = perf_counter()
+            try:
+                result = impl.call(message, ctx)
+            except Exception as exc:  # noqa: BLE001 - isolation is the point
+                self._fault(impl, hook, ctx, type(exc).__name__, str(exc))
+                continue
+            if type(result) not in _PLAIN:
+                result = await self._settle(impl, hook, ctx, result, start)
+            elif perf_counter() - start > self.timeout:
+                result = self._late(impl, hook, ctx)
+            if result is None:
+                continue
+            return str(result)
         return None
 
     async def priority(self, message: Message, ctx: HookContext) -> int:
+        hook = "fenliu_priority"
         total = 0
         for impl in self._priority:
-            result = self._call(impl, "fenliu_priority", ctx, message, ctx)
-            if type(result) is _Pending:
-                result = await self._finish(impl, "fenliu_priority", ctx, result)
-            if result is not None:
-                if type(result) is int:
-                    total += result
-                else:
-                    try:
-                        total += int(result)
-                    except (TypeError, ValueError):
-                        self._fault(impl, "fenliu_priority", ctx, "TypeError", "did not return an int")
+            start = perf_counter()
+            try:
+                result = impl.call(message, ctx)
+            except Exception as exc:  # noqa: BLE001 - isolation is the point
+                self._fault(impl, hook, ctx, type(exc).__name__, str(exc))
+                continue
+            if type(result) not in _PLAIN:
+                result = await self._settle(impl, hook, ctx, result, start)
+            elif perf_counter() - start > self.timeout:
+                result = self._late(impl, hook, ctx)
+            if result is None:
+                continue
+            if type(result) is int:
+                total += result
+            else:
+                try:
+                    total += int(result)
+                except (TypeError, ValueError):
+                    self._fault(impl, hook, ctx, "TypeError", "did not return an int")
         return total
 
     async def bot_reply(self, message: Message, ctx: HookContext) -> BotReply | None:
+        hook = "fenliu_bot_reply"
         for impl in self._bot:
-            result = self._call(impl, "fenliu_bot_reply", ctx, message, ctx)
-            if type(result) is _Pending:
-                result = await self._finish(impl, "fenliu_bot_reply", ctx, result)
+            start = perf_counter()
+            try:
+                result = impl.call(message, ctx)
+            except Exception as exc:  # noqa: BLE001 - isolation is the point
+                self._fault(impl, hook, ctx, type(exc).__name__, str(exc))
+                continue
+            if type(result) not in _PLAIN:
+                result = await self._settle(impl, hook, ctx, result, start)
+            elif perf_counter() - start > self.timeout:
+                result = self._late(impl, hook, ctx)
+            if result is None:
+                continue
             if isinstance(result, BotReply):
                 return result
-            if result is not None:
-                self._fault(impl, "fenliu_bot_reply", ctx, "TypeError", "did not return a BotReply")
+            self._fault(impl, hook, ctx, "TypeError", "did not return a BotReply")
         return None
 
     async def outbound_filter(self, reply: Any, ctx: HookContext) -> list[FilterVerdict]:
