@@ -274,15 +274,16 @@ class Dispatcher:
                 st.version += 1
             return
         groups = self._agent_groups.get(aid, ())
-        keys = tuple([key(st) for key, _ in groups])
+        # one key per strategy among the agent's shops; usually one strategy, so one key
+        keys = groups[0][0](st) if len(groups) == 1 else tuple([key(st) for key, _ in groups])
         if not force and listed.get(aid) == keys:
             return
         listed[aid] = keys
         st.version += 1
         version = st.version
         push = heapq.heappush
-        for k, (_, pools) in zip(keys, groups):
-            entry = (k, version, aid)
+        for i, (_, pools) in enumerate(groups):
+            entry = (keys if len(groups) == 1 else keys[i], version, aid)
             for pool in pools:
                 heap = pool.heap
                 push(heap, entry)

@@ -20,7 +20,6 @@ import math
 import random
 import sys
 from collections.abc import Callable
-from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +87,11 @@ class Simulation:
         self.label = label or config.dir.name
         self.progress = progress
         self.rng = random.Random(f"fenliu-agents-{seed}")
-        self.heap: list[tuple[float, int, int, _Conv, int]] = []
-        self._seq = count()
+        # Future actions: a heap of their distinct times, and per time the actions in the order
+        # they were scheduled (the same order as a heap of ``(time, sequence, …)`` tuples, with
+        # comparisons of plain floats instead of tuples).
+        self.times: list[float] = []
+        self.due: dict[float, list[tuple[int, _Conv, int]]] = {}
         self.live: dict[str, _Conv] = {}
         a = scenario.agents
         self.reservations = a.reservations
@@ -126,7 +128,12 @@ class Simulation:
     # -- scheduling helpers ------------------------------------------------------------------------
 
     def _push(self, t: float, kind: int, conv: _Conv, ver: int) -> None:
-        heapq.heappush(self.heap, (t, next(self._seq), kind, conv, ver))
+        bucket = self.due.get(t)
+        if bucket is None:
+            self.due[t] = [(kind, conv, ver)]
+            heapq.heappush(self.times, t)
+        else:
+            bucket.append((kind, conv, ver))
 
     def _handle_time(self, conv: _Conv) -> float:
         q = self.handle.get(conv.skill)
@@ -286,7 +293,8 @@ class Simulation:
         handle_message = router.handle_message
         handle_event = router.handle_event
         apply = self._apply
-        heap = self.heap
+        times = self.times
+        due = self.due
         heappop = heapq.heappop
         live = self.live
         push = self._push
@@ -315,7 +323,7 @@ class Simulation:
 
         while True:
             ta = arrivals[i][0] if i < n else INF
-            th = heap[0][0] if heap else INF
+            th = times[0] if times else INF
             t = ta if ta < th else th
             if t == INF:
                 break
@@ -333,7 +341,13 @@ class Simulation:
                 progress(t)
             spec = None
             if th <= ta:
-                _, _, kind, conv, ver = heappop(heap)
+                bucket = due[th]
+                if len(bucket) == 1:
+                    del due[th]
+                    heappop(times)
+                    kind, conv, ver = bucket[0]
+                else:
+                    kind, conv, ver = bucket.pop(0)
                 if conv.closed:
                     continue
                 if kind == _MSG:
