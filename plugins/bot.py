@@ -181,7 +181,8 @@ class _BotState:
     its groups. Built in ``fenliu_configure`` and stored on the policy's ``BotConfig``, so it
     swaps with the configuration."""
 
-    __slots__ = ("cfg", "faq", "faq_index", "quick", "quick_by_id", "quick_index", "handoff", "negative")
+    __slots__ = ("cfg", "faq", "faq_index", "quick", "quick_by_id", "quick_index", "handoff", "negative",
+                 "has_faq", "has_handoff", "has_negative")
 
     def __init__(self, cfg: BotConfig, library: FaqLibrary) -> None:
         wanted = set(cfg.faq_groups) if cfg.faq_groups else None
@@ -193,10 +194,13 @@ class _BotState:
         self.quick_index: KeywordIndex[QuickReply] = KeywordIndex((k, q) for q in self.quick for k in q.keywords)
         self.handoff: KeywordIndex[None] = KeywordIndex((w, None) for w in cfg.handoff_words)
         self.negative: KeywordIndex[None] = KeywordIndex((w, None) for w in cfg.negative_words)
+        self.has_faq, self.has_handoff, self.has_negative = bool(self.faq), bool(self.handoff), bool(self.negative)
 
     def match_faq(self, lowered: str, shop_id: str) -> FaqEntry | None:
         """The entry whose matched keyword is longest (most specific); file order breaks ties."""
         best: tuple[int, int] | None = None
+        if not self.has_faq:
+            return None
         for n in self.faq_index.hits(lowered):
             i = self.faq_index.values[n]
             entry = self.faq[i]
@@ -295,11 +299,11 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
     cfg: BotConfig = ctx.policy.bot
     if not cfg.enabled:
         return None
-    state = _state(cfg, ctx.config)
     conv = ctx.conversation
     held = conv is not None and conv.state in _HELD
     if held and not cfg.while_human:
         return None
+    state = _state(cfg, ctx.config)
     memory: dict[str, Any] = ctx.meta.setdefault("bot", {"answered": [], "last": None})  # type: ignore[assignment]
     lowered = message.text.lower()
     sid = ctx.shop.id
@@ -313,9 +317,9 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
     if not held:
         if ctx.skill in cfg.handoff_skills:
             kind, text = "skill", cfg.handoff_skills[ctx.skill]  # type: ignore[index]
-        elif state.handoff and state.handoff.hits(lowered):
+        elif state.has_handoff and state.handoff.hits(lowered):
             kind, text = "request", cfg.handoff_reply
-        elif state.negative and state.negative.hits(lowered):
+        elif state.has_negative and state.negative.hits(lowered):
             kind, text = "negative", cfg.negative_reply
     if kind is None and (not held or "faq" in cfg.while_human):
         faq = state.match_faq(lowered, sid)

@@ -112,17 +112,20 @@ class SkillsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, dic
 class _Compiled:
     """A policy's rules with keywords in one index and regexes compiled, built once per config."""
 
-    __slots__ = ("rules", "regex", "text_rules", "keywords")
+    __slots__ = ("rules", "regex", "text_rules", "keywords", "has_keywords")
 
     def __init__(self, cfg: SkillsConfig) -> None:
         self.rules = cfg.rules
         self.regex: list[re.Pattern[str] | None] = [re.compile(r.regex) if r.regex else None for r in cfg.rules]
         self.text_rules = [bool(r.keywords or r.regex) for r in cfg.rules]
         self.keywords: KeywordIndex[int] = KeywordIndex((k, i) for i, r in enumerate(cfg.rules) for k in r.keywords)
+        self.has_keywords = bool(self.keywords)
 
     def match(self, message: Message, platform: str) -> SkillRule | None:
-        lowered = message.text.lower()
-        keyword_rules = set(self.keywords.values[n] for n in self.keywords.hits(lowered)) if self.keywords else ()
+        if not self.rules:
+            return None
+        keyword_rules = (set(self.keywords.values[n] for n in self.keywords.hits(message.text.lower()))
+                         if self.has_keywords else ())
         status = message.order.status if message.order is not None else None
         for i, rule in enumerate(self.rules):
             if rule.kinds and message.kind not in rule.kinds:

@@ -67,7 +67,7 @@ def _label(value: float) -> str:
 class _Compiled:
     """Thresholds sorted highest first and the urgency words in one index, built once."""
 
-    __slots__ = ("levels", "spend", "amount", "urgent", "urgent_skills")
+    __slots__ = ("levels", "spend", "amount", "urgent", "urgent_skills", "has_urgent", "scores")
 
     def __init__(self, cfg: VipConfig) -> None:
         self.levels = sorted(cfg.levels, key=lambda t: -t.min)
@@ -75,6 +75,9 @@ class _Compiled:
         self.amount = sorted(cfg.order_amount, key=lambda t: -t.min)
         self.urgent: KeywordIndex[int] = KeywordIndex(cfg.urgent_words.items())
         self.urgent_skills = frozenset(cfg.urgent_skills)
+        self.has_urgent = bool(self.urgent)
+        #: whether any rule could add a point: without one every score is 0 and no flag
+        self.scores = bool(cfg.tags or self.levels or self.spend or self.amount or self.has_urgent)
 
 
 def _first(thresholds: list[Threshold], value: float) -> Threshold | None:
@@ -90,6 +93,8 @@ def score(message: Message, skill: str | None, cfg: VipConfig, buyer: Buyer | No
     c = cfg.compiled
     total = 0
     flags: list[str] = []
+    if not c.scores:
+        return 0, flags
     buyer = message.buyer or buyer
     if buyer is not None:
         for tag in buyer.tags:
@@ -106,7 +111,7 @@ def score(message: Message, skill: str | None, cfg: VipConfig, buyer: Buyer | No
     if message.order is not None and (t := _first(c.amount, message.order.amount)) is not None:
         total += t.points
         flags.append(f"vip:order>={_label(t.min)}")
-    if c.urgent and (not c.urgent_skills or skill in c.urgent_skills):
+    if c.has_urgent and (not c.urgent_skills or skill in c.urgent_skills):
         for word, points in c.urgent.matches(message.text.lower()):
             total += points
             flags.append(f"urgent:{word}")
