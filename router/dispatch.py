@@ -584,10 +584,12 @@ class Dispatcher:
         first (arrival breaks ties)."""
         decisions: list[Decision] = []
         keys = self._agent_queue_keys.get(st.id, ())
+        queues = self._queues
+        shop_open = self._shop_open
         while st.available and st.id not in self._refused:
             best: tuple[float, int, Conversation] | None = None
             for key in keys:
-                if not self._shop_open.get(key[0], True):
+                if not queues.get(key) or not shop_open.get(key[0], True):  # most queues are empty
                     continue
                 entry = self._queue_top(key)
                 if entry is None:
