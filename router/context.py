@@ -40,10 +40,12 @@ class HookContext:
         conversation: Conversation | None = None,
         dispatcher: Dispatcher | None = None,
         text: str = "",
+        policy: Any = None,
     ) -> None:
+        """``policy``: the shop's policy when the caller has it at hand (else it is looked up)."""
         self.config = config
         self.shop = shop
-        self.policy: Any = config.policy_for(shop.id)
+        self.policy: Any = policy if policy is not None else config.policy_for(shop.id)
         self.conversation = conversation
         self.now = now
         self.text = text

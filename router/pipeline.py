@@ -59,6 +59,7 @@ class Router:
         input (the simulator makes unique ids)."""
         self.config = config
         self.plugins = config.plugins
+        self._policies = {sid: config.policy_for(sid) for sid in config.shops}
         self.dispatcher = Dispatcher(config, reservations=reservations)
         self._clock = clock
         self._seen: dict[tuple[str, str], None] = {}
@@ -125,7 +126,7 @@ class Router:
                 return out
 
             conv = d.conversations.get(cid)
-            ctx = HookContext(self.config, shop, now, conv, d, msg.text)
+            ctx = HookContext(self.config, shop, now, conv, d, msg.text, self._policies[shop.id])
             plugins = self.plugins
             if plugins._enrich:
                 msg = await plugins.inbound_enrich(msg, ctx)
@@ -148,7 +149,8 @@ class Router:
             extra: list[Decision] = []
             new_assignment = False
             if conv is not None and conv.state != "bot":
-                d.reprioritise(conv, ctx.priority)
+                if ctx.priority > conv.priority:
+                    d.reprioritise(conv, ctx.priority)
                 if ctx.skill != conv.skill:
                     before = conv.agent_id
                     extra = d.change_skill(conv, ctx.skill)
@@ -180,10 +182,10 @@ class Router:
                 conv.priority if action != "answered" else ctx.priority, reply, ctx.text, ctx.flags,
             )
             out.append(decision)
-            out.extend(extra)
             if new_assignment and plugins.has_observers:
                 await plugins.assigned(decision, ctx)
             if extra:
+                out.extend(extra)
                 await self._observe(extra)
             return out
         finally:
@@ -268,6 +270,7 @@ class Router:
         agents; new routing uses the new policies."""
         self.config = config
         self.plugins = config.plugins
+        self._policies = {sid: config.policy_for(sid) for sid in config.shops}
         return self.dispatcher.update_config(config)
 
 
