@@ -190,8 +190,22 @@ class Dispatcher:
         return self.now is None or (bool(self._timers) and self._timers[0][0] <= now)
 
     def next_due(self) -> float | None:
-        """When the next timer (expansion, shift, business hours, reservation) falls due."""
-        return self._timers[0][0] if self._timers else None
+        """When the next timer (expansion, shift, business hours, reservation) that can still do
+        something falls due. Timers of conversations that moved on since (a reservation
+        accepted, a queued chat assigned before its expansion, a closed one) are dropped from
+        the head on the way: firing them would do nothing, so a caller that sleeps until the
+        next timer (the simulator) need not wake for them."""
+        timers = self._timers
+        conversations = self.conversations
+        while timers:
+            when, _, kind, ident, stamp = timers[0]
+            if kind == "reserve" or kind == "expand":
+                conv = conversations.get(ident)
+                if conv is None or _stamp(conv) != stamp or (kind == "reserve" and conv.state != "reserved"):
+                    heapq.heappop(timers)
+                    continue
+            return when
+        return None
 
     def advance(self, now: float) -> list[Decision]:
         """Move the clock to ``now`` (never backwards) and run what fell due, in time order."""

@@ -312,7 +312,7 @@ class Simulation:
         progress = self.progress
 
         bot_close = self.bot_close
-        timers = d._timers  # the dispatcher's timer heap: its head is the next timer (next_due)
+        timers = d._timers  # the dispatcher's timer heap: its head is due no later than next_due()
         messages = 0
 
         async def close(conv: _Conv, now: float) -> list[Any]:
@@ -328,13 +328,14 @@ class Simulation:
             if t == INF:
                 break
             if timers and timers[0][0] <= t:
-                tt = timers[0][0]
-                if d.now is not None and tt < d.now:
-                    tt = d.now
-                moved = await router.advance(tt)
-                if moved:
-                    apply(moved, tt)
-                continue
+                tt = d.next_due()  # drops timers that would do nothing
+                if tt is not None and tt <= t:
+                    if d.now is not None and tt < d.now:
+                        tt = d.now
+                    moved = await router.advance(tt)
+                    if moved:
+                        apply(moved, tt)
+                    continue
             self.now = t
             steps += 1
             if progress is not None and not steps & 4095:
