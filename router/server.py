@@ -206,6 +206,18 @@ async def ingest(request: web.Request) -> web.Response:
     body = await _signed_body(request)
     if isinstance(body, web.Response):
         return body
+    if body.lstrip()[:1] != b"[":  # one message, the usual case: decode it once, typed
+        try:
+            msg = decode_message(body)
+        except msgspec.ValidationError as exc:
+            return await _submit(service, [], [], [{"index": 0, "reason": explain(exc)}])
+        except msgspec.DecodeError as exc:
+            service.metrics.rejected.labels("400").inc()
+            return error(400, explain(exc))
+        if msg.shop_id != shop_id:
+            return await _submit(service, [], [], [{"index": 0, "msg_id": msg.msg_id, "reason":
+                                                    f"shop_id {msg.shop_id!r} does not match the URL's shop {shop_id!r}"}])
+        return await _submit(service, [msg], [0], [])
     try:
         items = split_batch(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -518,7 +530,8 @@ async def healthz(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     ok = service.ready
     shared = service.shared_health() if hasattr(service, "shared_health") else {}
-    return json_response({"status": "ok" if ok else "starting", "uptime_s": round(time.time() - service.started, 3),
+    status = "ok" if ok else "failed" if getattr(service, "failed", None) else "starting"
+    return json_response({"status": status, "reason": getattr(service, "failed", None), "uptime_s": round(time.time() - service.started, 3),
                           "journal_seq": service._seq, "ingest_queue": service.pending_ingest,
                           "connected_agents": len(service.sessions), **shared}, 200 if ok else 503)
 

@@ -6,8 +6,8 @@ Why it is shaped this way:
   clock ticks, reloads), so router calls never overlap. Ingest is bounded by a count of messages
   waiting (``server.ingest_queue_max``): past it the HTTP layer answers ``503``.
 - **Journal, then acknowledge.** The consumer routes a batch of jobs in memory, hands the journal
-  rows (each input with its clock value and decisions) to the store's writer thread, and goes on
-  routing the next batch while the commit runs. Only when the commit is done are the HTTP callers
+  rows (each input with its clock value and decisions) to the journal writer process
+  (:mod:`router.writer`), and goes on routing the next batch while the commit runs. Only when the commit is done are the HTTP callers
   answered and the agents told, so nothing acknowledged or shown can be lost by a crash.
 - **Recovery is replay.** The router is deterministic given its inputs and clock values, so on
   start a fresh router replays the journal with the recorded clock. Inputs that only advanced
@@ -40,6 +40,7 @@ from router.config import Config
 from router.metrics import Metrics
 from router.reload import Reloader
 from router.runtime import tune_gc
+from router.writer import JournalWriter, flat_rows, write_rows
 from router.models import (
     AcceptEvent,
     AgentStatusEvent,
@@ -69,7 +70,7 @@ _order = msgspec.json.Decoder(Order)
 
 HISTORY = 50
 TICK_S = 0.2
-BATCH = 512
+BATCH = 32
 
 
 class Session(Protocol):
@@ -117,9 +118,13 @@ class Service:
         self.config = config
         self.simulate = simulate
         self.store = Store(store_path or config.main.storage.path)
+        self.writer = JournalWriter(self.store.path, on_exit=self._writer_failed)
+        #: Why the service can no longer work (``/healthz`` answers 503 with it), or ``None``.
+        self.failed: str | None = None
         self._clock = time.time()
         self.router = Router(config, reservations=True, clock=lambda: self._clock)
         self.metrics = Metrics(lambda: self.router)
+        self.metrics.ingest_queue.set_function(lambda: self.pending_ingest)
         self.reloader = Reloader(config.dir, self._apply_reload, extra=config.plugins.extra,
                                  on_failure=lambda _result: self.metrics.reload_failures.inc())
         self.sessions: dict[str, Session] = {}
@@ -146,6 +151,9 @@ class Service:
         self._stopping = False
         self.token_key = b""
         self.on_committed: list[Callable[[list[Decision]], None]] = []
+        #: A concrete logger for the per-decision lines: the module's lazy proxy rebuilds its
+        #: bound logger on every call (logging is configured before the service is made).
+        self._log = log.bind()
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -157,6 +165,7 @@ class Service:
         self.token_key = await self.store.call(token_key)
         replayed = await self._replay()
         await self._load_side_tables()
+        await self.writer.start()
         self._make_adapters()
         self._tasks = [
             asyncio.create_task(self._consume(), name="fenliu-consumer"),
@@ -176,6 +185,10 @@ class Service:
         tune_gc()
         self.ready = True
         log.info("service_started", replayed=replayed, seq=self._seq, store=str(self.store.path))
+
+    def _writer_failed(self, why: str) -> None:
+        self.failed = why
+        self.ready = False
 
     async def stop(self) -> None:
         """Drain what is queued, commit it, then close the store."""
@@ -197,6 +210,7 @@ class Service:
         for adapter in self.adapters.values():
             with contextlib.suppress(Exception):
                 await adapter.close()
+        await self.writer.close()
         await self.store.close()
         log.info("service_stopped", seq=self._seq)
 
@@ -296,10 +310,11 @@ class Service:
     async def ingest(self, messages: list[Message]) -> IngestResult:
         """Route and journal messages; returns once they are committed."""
         limit = self.config.main.server.ingest_queue_max
+        if self.failed is not None:
+            raise Overloaded(f"the service cannot journal messages: {self.failed}")
         if self.pending_ingest + len(messages) > limit or self._stopping:
             raise Overloaded
         self.pending_ingest += len(messages)
-        self.metrics.ingest_queue.set(self.pending_ingest)
         fut = self._future()
         self._enqueue(_Job("messages", (messages,), fut))
         return await fut
@@ -359,15 +374,12 @@ class Service:
                             fut.set_exception(exc)
                 self._commit(rows, afters)
             if stop:
-                await self.store.call(lambda c: None)
+                await self.writer.flush()
                 return
 
     def _commit(self, rows: list[tuple], afters: list[Callable[[dict[int, int]], None]]) -> None:
         if not rows and not afters:
             return
-
-        def write(conn: sqlite3.Connection) -> dict[int, int]:
-            return _write_rows(conn, rows)
 
         def done(result: dict[int, int] | None, error: BaseException | None) -> None:
             self.metrics.commits.inc()
@@ -382,8 +394,9 @@ class Service:
                     a(result or {})
                 except Exception:  # noqa: BLE001
                     log.exception("after_commit_failed")
+            self.metrics.flush()
 
-        self.store.submit(write, done)
+        self.writer.submit(flat_rows(rows), done)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -454,16 +467,15 @@ class Service:
                     break
             if own is not None and own.action == "duplicate":
                 result.duplicates.append(msg.msg_id)
-                self.metrics.child(self.metrics.duplicates, msg.shop_id).inc()
+                self.metrics.count(self.metrics.duplicates, msg.shop_id)
                 continue
             rows.append(("message", self._next_seq(), self._clock, msg.shop_id, msg.msg_id, msg.conversation_id,
                          _encode(msg), decisions))
             result.accepted.append(msg.msg_id)
-            self.metrics.child(self.metrics.messages, msg.shop_id).inc()
+            self.metrics.count(self.metrics.messages, msg.shop_id)
             pushed.extend(decisions)
             seen.append((msg, own, self._clock))
         self.pending_ingest -= len(messages)
-        self.metrics.ingest_queue.set(self.pending_ingest)
         fut = job.future
 
         def after(ids: dict[int, int]) -> None:
@@ -692,7 +704,7 @@ class Service:
     def _push(self, decisions: list[Decision], messages: dict[str, Message] | None = None) -> None:
         """Tell agents what committed decisions mean for them, and count them."""
         for d in decisions:
-            self.metrics.child(self.metrics.decisions, d.action, d.cause).inc()
+            self.metrics.count(self.metrics.decisions, d.action, d.cause)
             cid = d.conversation_id
             prev = self.owner.get(cid)
             if d.action == "assigned" and d.agent_id:
@@ -703,7 +715,7 @@ class Service:
                     snap = self.snapshot(cid, d.cause)
                     if snap is not None:
                         self._send(d.agent_id, snap)
-                    log.info("assigned", shop_id=d.shop_id, conversation_id=cid, agent_id=d.agent_id, cause=d.cause)
+                    self._log.info("assigned", shop_id=d.shop_id, conversation_id=cid, agent_id=d.agent_id, cause=d.cause)
                 elif d.msg_id is not None:
                     msg = (messages or {}).get(d.msg_id)
                     ts = (msg.ts if msg is not None else None) or self._clock
@@ -860,45 +872,6 @@ class _After:
 
 
 def _write_rows(conn: sqlite3.Connection, rows: list[tuple]) -> dict[int, int]:
-    """Write one batch of journal rows, their decisions and side tables. Returns the outbox ids
-    of reply rows by their index in ``rows``."""
-    journal = []
-    decisions = []
-    convs: dict[str, tuple] = {}
-    ids: dict[int, int] = {}
-    for index, row in enumerate(rows):
-        kind = row[0]
-        if kind in ("message", "event", "tick"):
-            _, seq, clock, shop_id, msg_id, cid, body, decs = row
-            journal.append((seq, kind, clock, shop_id, msg_id, cid, body))
-            for d in decs:
-                decisions.append((seq, d.msg_id, d.shop_id, d.conversation_id, d.action, d.agent_id, d.cause, _encode(d)))
-                convs[d.conversation_id] = (d.conversation_id, d.shop_id, d.conversation_id.split(":", 1)[1],
-                                            "assigned" if d.action == "assigned" else d.action,
-                                            d.agent_id, d.skill, d.priority, seq)
-            if kind == "event" and body is not None and b'"type":"close"' in body and cid:
-                convs[cid] = (cid, shop_id, cid.split(":", 1)[1], "closed", None, None, 0, seq)
-        elif kind == "reply":
-            _, shop_id, cid, buyer_id, agent_id, text, ts = row
-            cur = conn.execute(
-                "INSERT INTO outbox (shop_id, conversation_id, buyer_id, agent_id, text, ts, next_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (shop_id, cid, buyer_id, agent_id, text, ts, ts))
-            ids[index] = cur.lastrowid  # type: ignore[assignment]
-        elif kind == "orders":
-            conn.executemany(
-                "INSERT INTO orders (shop_id, order_id, buyer_id, body, updated) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(shop_id, order_id) DO UPDATE SET buyer_id = excluded.buyer_id, body = excluded.body, "
-                "updated = excluded.updated", row[1])
-    if journal:
-        conn.executemany("INSERT INTO journal (seq, kind, clock, shop_id, msg_id, conversation_id, body) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?)", journal)
-    if decisions:
-        conn.executemany("INSERT INTO decisions (seq, msg_id, shop_id, conversation_id, action, agent_id, cause, body) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", decisions)
-    if convs:
-        conn.executemany(
-            "INSERT INTO conversations (id, shop_id, buyer_id, state, agent_id, skill, priority, updated_seq) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET state = excluded.state, "
-            "agent_id = excluded.agent_id, skill = COALESCE(excluded.skill, conversations.skill), "
-            "priority = excluded.priority, updated_seq = excluded.updated_seq", list(convs.values()))
-    return ids
+    """Write one batch of journal rows (with ``Decision`` structs) on ``conn``: what the
+    journal writer does, for callers that write in the store's thread (the Redis backend)."""
+    return write_rows(conn, flat_rows(rows))

@@ -42,7 +42,6 @@ CREATE TABLE IF NOT EXISTS journal (
     body BLOB                        -- msgspec JSON of the Message or Event
 );
 CREATE UNIQUE INDEX IF NOT EXISTS journal_msg ON journal (shop_id, msg_id) WHERE kind = 'message';
-CREATE INDEX IF NOT EXISTS journal_conv ON journal (conversation_id) WHERE kind = 'message';
 CREATE VIEW IF NOT EXISTS messages AS
     SELECT seq, shop_id, msg_id, conversation_id, clock, body FROM journal WHERE kind = 'message';
 CREATE TABLE IF NOT EXISTS decisions (
@@ -56,8 +55,13 @@ CREATE TABLE IF NOT EXISTS decisions (
     cause TEXT NOT NULL,
     body BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS decisions_msg ON decisions (shop_id, msg_id);
-CREATE INDEX IF NOT EXISTS decisions_conv ON decisions (conversation_id);
+CREATE INDEX IF NOT EXISTS decisions_seq ON decisions (seq);
+-- Indexes on random keys (conversation ids, message ids) cost a page write per row and commit;
+-- the service needs only the journal's idempotency index and the append-ordered ones. Ad-hoc
+-- queries by conversation can add their own index (docs/service.md, "The store").
+DROP INDEX IF EXISTS journal_conv;
+DROP INDEX IF EXISTS decisions_msg;
+DROP INDEX IF EXISTS decisions_conv;
 CREATE TABLE IF NOT EXISTS conversations (
     id TEXT PRIMARY KEY,
     shop_id TEXT NOT NULL,

@@ -349,7 +349,7 @@ class Today:
         last_seq = self.seq
         for seq, clock, shop_id, cid, action in c.execute(
                 "SELECT j.seq, j.clock, j.shop_id, j.conversation_id, d.action FROM journal j "
-                "LEFT JOIN decisions d ON d.shop_id = j.shop_id AND d.msg_id = j.msg_id AND d.seq = j.seq "
+                "LEFT JOIN decisions d ON d.seq = j.seq AND d.msg_id = j.msg_id AND d.shop_id = j.shop_id "
                 "WHERE j.seq > ? AND j.kind = 'message' ORDER BY j.seq", (self.seq,)):
             events.append((clock, 0, ("message", shop_id, cid, action)))
             last_seq = max(last_seq, seq)

@@ -357,3 +357,22 @@ async def test_ratings_and_period_stats_from_the_store(server):
     assert status == 403
     status, body = await c.call("GET", "/v1/stats?from=tomorrow", await c.login("acme"))
     assert status == 400 and "from: expected" in body["error"]
+
+
+async def test_a_dead_journal_writer_fails_closed_and_health_says_so(server, tmp_path):
+    """Nothing may be acknowledged that is not journaled: with the writer process gone, ingest
+    answers 503 and ``/healthz`` says why (an orchestrator restarts the service)."""
+    srv, c = server
+    assert (await c.post_messages("pdd-a", message("m-1")))[0] == 202
+    proc = srv.service.writer._proc
+    proc.kill()
+    await proc.wait()
+    for _ in range(100):
+        if srv.service.failed:
+            break
+        await asyncio.sleep(0.02)
+    status, body = await c.post_messages("pdd-a", message("m-2", "b-2"))
+    assert status == 503 and "journal" in body["error"]
+    status, health = await c.call("GET", "/healthz")
+    assert status == 503 and health["status"] == "failed" and "journal writer" in health["reason"]
+    assert db_rows(tmp_path / "fenliu.db", "SELECT msg_id FROM messages") == [("m-1",)]

@@ -1,0 +1,153 @@
+"""The journal writer process (router/writer.py): batches committed in order, a refused batch
+does not sink the others, nothing is answered before it is in the file, a dead writer fails its
+callers instead of hanging them, and the writer never outlives a killed service."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from router.models import Decision
+from router.store import StoreClosed, connect
+from router.writer import JournalWriter, flat_rows, write_rows
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.anyio
+
+
+def _rows(first_seq: int, count: int, shop: str = "pdd-1001") -> list[tuple]:
+    out = []
+    for seq in range(first_seq, first_seq + count):
+        cid = f"{shop}:b{seq % 7}"
+        d = Decision(f"m{seq}", shop, cid, "queued", skill="presale", cause="new")
+        out.append(("message", seq, 1000.0 + seq, shop, f"m{seq}", cid, b'{"text":"\xe5\x9c\xa8\xe5\x90\x97"}', [d]))
+    return out
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "w.db"
+    connect(path).close()
+    return path
+
+
+async def test_batches_are_committed_and_answered_in_order(db: Path):
+    writer = JournalWriter(db)
+    await writer.start()
+    answers: list[tuple[int, object]] = []
+    sizes = [1, 3, 300, 17, 64]
+    seq = 1
+    for i, n in enumerate(sizes):
+        writer.submit(flat_rows(_rows(seq, n)), lambda ids, err, i=i: answers.append((i, err)))
+        seq += n
+    writer.submit([("reply", "pdd-1001", "pdd-1001:b1", "b1", "a1", "亲，在的", 5.0)],
+                  lambda ids, err: answers.append((99, ids)))
+    await writer.flush()
+    assert answers == [(0, None), (1, None), (2, None), (3, None), (4, None), (99, {0: 1})]
+    await writer.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*), min(seq), max(seq) FROM journal").fetchone() == (sum(sizes), 1, sum(sizes))
+    assert conn.execute("SELECT count(*) FROM decisions").fetchone() == (sum(sizes),)
+    assert conn.execute("SELECT count(*) FROM conversations").fetchone() == (7,)
+    assert conn.execute("SELECT text FROM outbox").fetchone() == ("亲，在的",)
+    # Bodies are stored as they were sent (bytes in, bytes out).
+    assert conn.execute("SELECT body FROM journal WHERE seq = 2").fetchone()[0] == '{"text":"在吗"}'.encode()
+
+
+async def test_a_refused_batch_does_not_sink_the_others(db: Path):
+    writer = JournalWriter(db)
+    await writer.start()
+    results: list[object] = []
+    writer.submit(flat_rows(_rows(1, 5)), lambda ids, err: results.append(err))
+    writer.submit(flat_rows(_rows(3, 2)), lambda ids, err: results.append(err))  # seq 3 and 4 again
+    writer.submit(flat_rows(_rows(6, 5)), lambda ids, err: results.append(err))
+    await writer.flush()
+    await writer.close()
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], sqlite3.Error) and "UNIQUE" in str(results[1])
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM journal").fetchone() == (10,)
+
+
+async def test_a_dead_writer_fails_waiting_and_later_batches(db: Path):
+    writer = JournalWriter(db)
+    await writer.start()
+    assert writer._proc is not None
+    writer._proc.kill()
+    await writer._proc.wait()
+    failed: list[object] = []
+    writer.submit(flat_rows(_rows(1, 1)), lambda ids, err: failed.append(err))
+    await asyncio.sleep(0.2)
+    writer.submit(flat_rows(_rows(2, 1)), lambda ids, err: failed.append(err))
+    await writer.flush()
+    assert len(failed) == 2 and all(isinstance(e, StoreClosed) for e in failed)
+    await writer.close()
+
+
+def test_write_rows_matches_the_service_rows(db: Path):
+    """``write_rows`` on the flattened rows writes what the service's rows describe; multi-row
+    statements cut at every chunk size leave nothing out."""
+    conn = connect(db)
+    for count in (1, 2, 5, 127, 256, 511):
+        start = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM journal").fetchone()[0]
+        conn.execute("BEGIN")
+        write_rows(conn, flat_rows(_rows(start, count)))
+        conn.execute("COMMIT")
+        got = [r[0] for r in conn.execute("SELECT seq FROM journal WHERE seq >= ? ORDER BY seq", (start,))]
+        assert got == list(range(start, start + count))
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped by whoever adopted it counts as dead)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
+
+
+def test_the_writer_dies_with_a_killed_service(tmp_path: Path, db: Path):
+    """A ``kill -9`` of the service must take the writer with it: a restarted service would
+    otherwise race a writer left behind."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux-only; elsewhere the writer stops at the end of its input")
+    pid_file = tmp_path / "child.pid"
+    script = textwrap.dedent(f"""
+        import asyncio, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from router.writer import JournalWriter
+
+        async def main():
+            w = JournalWriter({str(db)!r})
+            await w.start()
+            open({str(pid_file)!r}, "w").write(str(w._proc.pid))
+            await asyncio.sleep(60)
+
+        asyncio.run(main())
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        for _ in range(200):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        assert _alive(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        for _ in range(100):
+            if not _alive(child):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the writer (pid {child}) outlived its killed parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
