@@ -35,6 +35,7 @@ import structlog
 from plugins.skills import KeywordIndex
 from router.config import ConfigError, _error_from_validation, _read_toml
 from router.hookspecs import hookimpl
+from router.logging import debug_enabled
 from router.models import BotReply, Buyer, Message, Order
 
 if TYPE_CHECKING:
@@ -340,12 +341,14 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
         return None
     reply = render(text, placeholder_values(ctx.shop, message.buyer, message.order, cfg.fallbacks))
     if reply == memory["last"]:
-        log.debug("bot_repeat_suppressed", kind=kind)
+        if debug_enabled():
+            log.debug("bot_repeat_suppressed", kind=kind)
         return None
     memory["last"] = reply
     if faq is not None and kind == "faq":
         memory["answered"].append(faq.id)
-    log.debug("bot_reply", kind=kind, handoff=handoff, faq=faq.id if faq is not None else None)
+    if debug_enabled():
+        log.debug("bot_reply", kind=kind, handoff=handoff, faq=faq.id if faq is not None else None)
     return BotReply(reply, handoff=handoff, kind=kind)
 
 

@@ -36,10 +36,19 @@ def add_message_context(logger: Any, method: str, event: dict[str, Any]) -> dict
 
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_level = logging.DEBUG
+
+
+def debug_enabled() -> bool:
+    """Whether debug lines are written: hot paths test this first, because a module-level
+    structlog logger builds a bound logger on every call, even for a line it then drops."""
+    return _level <= logging.DEBUG
 
 
 def configure_logging(level: str = "info", fmt: Literal["auto", "json", "console"] = "auto",
                       stream=None) -> None:
+    global _level
+    _level = _LEVELS[level]
     stream = stream or sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: structlog.typing.Processor = (
