@@ -11,8 +11,8 @@ Protocol (both directions: a 4-byte big-endian length, then a msgpack payload):
 
 - parent → child: ``[batch_id, rows]`` with rows as :func:`flat_rows` makes them; a ``None``
   frame (or end of input) asks the child to finish and exit.
-- child → parent: ``[batch_id, outbox_ids, error]`` once the batch is committed (``error`` is
-  ``None``) or rolled back (``error`` is the reason); batches are answered in order. The child
+- child → parent: one frame per transaction, ``[[batch_id, outbox_ids, error], …]``: each batch
+  committed (``error`` is ``None``) or rolled back (``error`` is the reason), in order. The child
   commits every batch already waiting in the pipe in one transaction (group commit).
 
 The child dies with its parent (``PR_SET_PDEATHSIG`` on Linux, end of input elsewhere), so a
@@ -200,19 +200,20 @@ class JournalWriter:
         try:
             while True:
                 head = await stdout.readexactly(4)
-                batch_id, ids, error = msgspec.msgpack.decode(await stdout.readexactly(_HEADER.unpack(head)[0]))
-                expected, done = self._pending.popleft()
-                if expected != batch_id:
-                    raise RuntimeError(f"journal writer answered batch {batch_id}, expected {expected}")
+                answers = msgspec.msgpack.decode(await stdout.readexactly(_HEADER.unpack(head)[0]))
                 self.commits += 1
+                for batch_id, ids, error in answers:
+                    expected, done = self._pending.popleft()
+                    if expected != batch_id:
+                        raise RuntimeError(f"journal writer answered batch {batch_id}, expected {expected}")
+                    if done is not None:
+                        try:
+                            done(ids, None if error is None else sqlite3.OperationalError(error))
+                        except Exception:  # noqa: BLE001 - one broken callback must not stop the answers
+                            log.exception("journal_callback_failed")
                 if not self._pending:
                     assert self._idle is not None
                     self._idle.set()
-                if done is not None:
-                    try:
-                        done(ids, None if error is None else sqlite3.OperationalError(error))
-                    except Exception:  # noqa: BLE001 - one broken callback must not stop the answers
-                        log.exception("journal_callback_failed")
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except Exception as exc:  # noqa: BLE001
@@ -329,8 +330,7 @@ def child(path: str, fd_in: int = 0, fd_out: int = 1) -> int:
             except sqlite3.Error:
                 pass
             answers = [(batch_id, None, f"commit failed: {exc}") for batch_id, _ in batches]
-        for answer in answers:
-            _write_frame(fd_out, answer)
+        _write_frame(fd_out, answers)
     conn.close()
     return 0
 
