@@ -188,3 +188,24 @@ def test_html_report_renders_in_headless_chromium(fenliu, tmp_path, chromium_pat
         finally:
             browser.close()
     assert shot.stat().st_size > 20_000
+
+
+def test_plugin_time_budgets_do_not_change_a_simulation(fenliu, tmp_path):
+    """On a virtual clock a wall-clock overrun (a GC pause, a busy machine) would drop a plugin's
+    result and change the figures: the simulator runs without budgets, so even a budget every
+    hook overruns gives the same figures as the default."""
+    scenario = tmp_path / "short.toml"
+    scenario.write_text('duration_h = 3\nstart = 2025-11-11\n[traffic]\nconversations_per_shop = 300\n')
+    tight = tmp_path / "tight"
+    shutil.copytree("config", tight)
+    main = (tight / "fenliu.toml").read_text(encoding="utf-8")
+    assert "hook_timeout_ms = 50" in main
+    (tight / "fenliu.toml").write_text(main.replace("hook_timeout_ms = 50", "hook_timeout_ms = 0.0001"), encoding="utf-8")
+    normal = _figures(fenliu, "--config", "config", "--scenario", str(scenario), "--seed", "3")
+    squeezed = _figures(fenliu, "--config", str(tight), "--scenario", str(scenario), "--seed", "3")
+    assert normal["policies"][0]["messages"] > 0
+
+    def figures(doc: dict) -> list[dict]:
+        return [{k: v for k, v in p.items() if k not in ("config", "policy")} for p in doc["policies"]]
+
+    assert figures(squeezed) == figures(normal)
