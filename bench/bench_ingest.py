@@ -2,10 +2,14 @@
 commit, 202 after the commit) against a bare aiohttp endpoint that only reads the body.
 
 Both servers run as subprocesses on loopback, driven in the same run by the same aiohttp client
-with the same concurrency and the same signed bodies; each is measured twice, interleaved, and
-the better run counts. The goal is Fenliu ≥ 50% of the bare endpoint's requests per second.
+with the same concurrency and the same signed bodies. They take turns, round after round
+(``--rounds``, default 5), and the figure is the median over rounds of Fenliu's requests per second
+divided by the bare endpoint's *in the same round*: a pair measured a few seconds apart sees the
+same machine, whereas the best run of each (also shown) compares one server's luckiest moment with
+the other's. The bare endpoint varies most from run to run (±25 % here), so best-of-each mostly
+measures its luckiest round. The goal is Fenliu ≥ 50% of the bare endpoint's requests per second.
 
-    .venv/bin/python bench/bench_ingest.py [--requests 6000] [--concurrency 64]
+    .venv/bin/python bench/bench_ingest.py [--requests 6000] [--concurrency 64] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ async def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=6000)
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="fenliu-bench-"))
@@ -125,10 +130,11 @@ async def main() -> int:
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     urls["fenliu serve"] = f"http://127.0.0.1:{fenliu_port}"
     best: dict[str, tuple[float, dict[int, int]]] = {}
+    runs: dict[str, list[float]] = {name: [] for name in urls}
     try:
         for name, url in urls.items():
             await wait_up(url, procs[name])
-        for round_ in range(2):
+        for round_ in range(args.rounds):
             for name, url in urls.items():
                 traffic = Traffic(shops, buyers=2000, seed=100 + round_ * 10 + len(name))
                 bodies = []
@@ -138,6 +144,7 @@ async def main() -> int:
                 await drive(url, bodies[:300], args.concurrency)  # warm up connections and caches
                 elapsed, statuses = await drive(url, bodies[300:], args.concurrency)
                 rps = (len(bodies) - 300) / elapsed
+                runs[name].append(rps)
                 if name not in best or rps > best[name][0]:
                     best[name] = (rps, statuses)
     finally:
@@ -156,13 +163,20 @@ async def main() -> int:
             journaled = sqlite3.connect(db).execute("SELECT count(*) FROM messages").fetchone()[0]
         shutil.rmtree(tmp, ignore_errors=True)
 
-    bare = best["bare aiohttp"][0]
-    rows = [{"server": name, "requests/s": rps, "of bare": rps / bare,
-             "statuses": " ".join(f"{k}:{v}" for k, v in sorted(st.items()))} for name, (rps, st) in best.items()]
-    show(f"Signed single-message ingest, concurrency {args.concurrency}, loopback", rows)
-    ratio = best["fenliu serve"][0] / bare
-    print(f"fenliu / bare = {ratio:.0%}  (goal ≥ 50%); messages journaled by fenliu: {journaled}")
-    save("ingest", rows, requests=args.requests, concurrency=args.concurrency, ratio=ratio, journaled=journaled)
+    import statistics
+
+    per_round = [f / b for f, b in zip(runs["fenliu serve"], runs["bare aiohttp"], strict=True)]
+    ratio = statistics.median(per_round)
+    rows = [{"server": name, "best requests/s": best[name][0], "median requests/s": statistics.median(rs),
+             "runs": " ".join(f"{r:,.0f}" for r in rs),
+             "statuses": " ".join(f"{k}:{v}" for k, v in sorted(best[name][1].items()))} for name, rs in runs.items()]
+    show(f"Signed single-message ingest, concurrency {args.concurrency}, loopback, {args.rounds} rounds", rows)
+    best_ratio = best["fenliu serve"][0] / best["bare aiohttp"][0]
+    print(f"fenliu / bare, per round: {' '.join(f'{r:.0%}' for r in per_round)}")
+    print(f"fenliu / bare = {ratio:.0%} (median of the rounds' ratios; best of each: {best_ratio:.0%})  "
+          f"(goal ≥ 50%); messages journaled by fenliu: {journaled}")
+    save("ingest", rows, requests=args.requests, concurrency=args.concurrency, ratio=ratio, best_ratio=best_ratio,
+         per_round=per_round, journaled=journaled)
     return 0 if ratio >= 0.5 else 1
 
 
