@@ -103,6 +103,7 @@ class PluginSet:
         self.infos: list[PluginInfo] = []
         self.errors: Counter[str] = Counter()
         self.sections: dict[str, type] = {}
+        self._inert_sections: dict[str, type] = {}
         self.strategies: dict[str, type] = {}
         self._chains: dict[str, tuple[_Impl, ...]] = {}
         self.has_observers = False
@@ -131,6 +132,7 @@ class PluginSet:
             short = modname.rsplit(".", 1)[1]
             if short in settings.disabled or modname in settings.disabled:
                 self.infos.append(PluginInfo(short, "builtin", modname, [], "disabled"))
+                self._keep_sections(modname)
                 continue
             try:
                 module = importlib.import_module(modname)
@@ -179,6 +181,17 @@ class PluginSet:
                 continue
             self.register(obj, name, origin)
 
+    def _keep_sections(self, modname: str) -> None:
+        """A disabled built-in's policy sections stay known (and validated), so switching a
+        plugin off is one line in ``fenliu.toml``, not an edit of every policy file; nothing of
+        the plugin runs."""
+        try:
+            declare = getattr(importlib.import_module(modname), "fenliu_policy_sections", None)
+            sections = declare() if declare is not None else {}
+        except Exception:  # noqa: BLE001 - it is disabled: a broken import only loses the leniency
+            return
+        self._inert_sections.update(sections or {})
+
     def _failed(self, name: str, exc: BaseException, origin: str = "third-party") -> None:
         log.error("plugin_load_failed", plugin=name, error=f"{type(exc).__name__}: {exc}")
         self.errors[name] += 1
@@ -208,6 +221,8 @@ class PluginSet:
                     if key in target and target[key] is not value:
                         errors.append(ConfigError(config_file, "plugins", f"{name[:-1]} {key!r} is declared by two plugins"))
                     target[key] = value
+        for key, value in self._inert_sections.items():
+            self.sections.setdefault(key, value)
 
     def resolve(self) -> None:
         """(Re)build the call chains from the registered implementations."""

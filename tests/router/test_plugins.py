@@ -181,3 +181,21 @@ async def test_outbound_check_fails_closed(fenliu_harness):
     result = await h.check_reply("pdd-1001", "好的亲,马上为您发货")
     assert not result.ok
     assert "BrokenOutbound-0" in result.reason and "plugin_error:BrokenOutbound-0" in result.flags
+
+
+def test_a_disabled_builtin_keeps_its_policy_sections_valid_and_runs_nothing(fenliu, fenliu_config_dir):
+    """Switching a built-in off is one line in fenliu.toml: its sections in the policy files stay
+    accepted (and validated), and the plugin does nothing."""
+    main = fenliu_config_dir / "fenliu.toml"
+    main.write_text(main.read_text(encoding="utf-8").replace("disabled = []", 'disabled = ["bot"]'), encoding="utf-8")
+    assert "[bot]" in (fenliu_config_dir / "policies/default.toml").read_text(encoding="utf-8")
+    r = fenliu("check", "--config", str(fenliu_config_dir))
+    assert r.returncode == 0, r.stderr
+    line = json.dumps({"shop_id": "pdd-1001", "msg_id": "m1", "buyer_id": "b1", "text": "在吗", "ts": T0})
+    r = fenliu("route", "--config", str(fenliu_config_dir), input=line)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["reply"] is None  # no welcome: the bot is off
+    pol = fenliu_config_dir / "policies/default.toml"
+    pol.write_text(pol.read_text(encoding="utf-8").replace("[bot]", "[bot]\nwelcom = \"typo\"", 1), encoding="utf-8")
+    r = fenliu("check", "--config", str(fenliu_config_dir))
+    assert r.returncode == 1 and "bot.welcom: unknown key" in r.stderr
