@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import heapq
 import json
+import math
 import sqlite3
 import time
 from collections import deque
@@ -230,9 +231,29 @@ class Service:
     async def _replay(self) -> int:
         """Rebuild the router from the journal, feeding it the recorded clock values."""
         router = self.router
+        self._seq = await self.store.call(last_seq)
+        # Replay races through history: a GC pause must not make a plugin "overrun" here and
+        # drop a result (a block, say) that the live run applied.
+        plugins = router.plugins
+        budget, plugins.timeout = plugins.timeout, math.inf
+        try:
+            count = await self._replay_journal()
+        finally:
+            plugins.timeout = budget
+        open_ids = set(router.dispatcher.conversations)
+        for cid in list(self.history):
+            if cid not in open_ids:
+                self._forget_conversation(cid)
+        for cid, conv in router.dispatcher.conversations.items():
+            if conv.agent_id is not None:
+                self.owner[cid] = conv.agent_id
+        self._clock = time.time()
+        return count
+
+    async def _replay_journal(self) -> int:
+        router = self.router
         count = 0
         after = 0
-        self._seq = await self.store.call(last_seq)
         while True:
             rows = await self.store.call(lambda c, a=after: journal_page(c, a))
             if not rows:
@@ -255,14 +276,6 @@ class Service:
                 except InputError as exc:
                     log.warning("replay_input_refused", seq=seq, reason=str(exc))
                 count += 1
-        open_ids = set(router.dispatcher.conversations)
-        for cid in list(self.history):
-            if cid not in open_ids:
-                self._forget_conversation(cid)
-        for cid, conv in router.dispatcher.conversations.items():
-            if conv.agent_id is not None:
-                self.owner[cid] = conv.agent_id
-        self._clock = time.time()
         return count
 
     async def _load_side_tables(self) -> None:

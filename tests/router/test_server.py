@@ -11,6 +11,8 @@ import anyio
 import msgspec
 import pytest
 
+from router.hookspecs import hookimpl
+from router.models import FilterVerdict
 from router.server import SIGNATURE_HEADER, sign
 from tests.router.serve_support import (
     ENV,
@@ -376,3 +378,38 @@ async def test_a_dead_journal_writer_fails_closed_and_health_says_so(server, tmp
     status, health = await c.call("GET", "/healthz")
     assert status == 503 and health["status"] == "failed" and "journal writer" in health["reason"]
     assert db_rows(tmp_path / "fenliu.db", "SELECT msg_id FROM messages") == [("m-1",)]
+
+
+class BlockWechatInbound:
+    """An inbound filter that blocks buyers' messages naming WeChat."""
+
+    __name__ = "block_wechat_inbound"
+
+    @hookimpl
+    def fenliu_inbound_filter(self, message, ctx):
+        return FilterVerdict("block", reason="off-platform contact") if "微信" in message.text else None
+
+
+async def test_replay_ignores_plugin_time_budgets(tmp_path, env):
+    """Replay races through history; a pause there must not turn a plugin's (live) block into a
+    dropped result and open a conversation the live run never opened."""
+    cfg = write_config(tmp_path)
+    srv = await start_server(cfg, NoWechat(), BlockWechatInbound())
+    c = Client(srv.url, aiohttp.ClientSession())
+    try:
+        assert (await c.post_messages("pdd-a", message("m-1", "b-1", text="加我微信聊")))[0] == 202
+        assert (await c.post_messages("pdd-a", message("m-2", "b-2", text="在吗")))[0] == 202
+        live = set(srv.service.router.dispatcher.conversations)
+    finally:
+        await c.http.close()
+        await srv.stop()
+    assert "pdd-a:b-2" in live and "pdd-a:b-1" not in live
+    main = cfg / "fenliu.toml"
+    text = main.read_text(encoding="utf-8")
+    main.write_text(text.replace("[plugins]\n", "[plugins]\nhook_timeout_ms = 0.0001\n", 1), encoding="utf-8")
+    srv = await start_server(cfg, NoWechat(), BlockWechatInbound())
+    try:
+        assert set(srv.service.router.dispatcher.conversations) == live
+        assert srv.service.config.plugins.timeout == 0.0001 / 1000
+    finally:
+        await srv.stop()
