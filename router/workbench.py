@@ -30,6 +30,7 @@ import re
 import sqlite3
 import time
 from collections import deque
+from collections.abc import Container
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -505,18 +506,30 @@ class Feed:
     """Committed decisions for the dashboard: the last few for a new page, live to sockets."""
 
     def __init__(self) -> None:
-        self.recent: deque[dict[str, Any]] = deque(maxlen=FEED_KEEP)
+        self.recent: deque[tuple[Decision, float]] = deque(maxlen=FEED_KEEP)
         self.sockets: dict[web.WebSocketResponse, tuple[Account, asyncio.Queue]] = {}
 
     def publish(self, decisions: list[Decision]) -> None:
+        """Called after every commit: keep the decisions (as they are: turned into JSON only
+        when a dashboard asks, see :meth:`recent_items`) and push them to open dashboards."""
         now = time.time()
         for d in decisions:
-            item = {**msgspec.to_builtins(d), "ts": now}
-            self.recent.append(item)
-            for account, queue in self.sockets.values():
-                if account.may_see_shop(d.shop_id):
-                    with contextlib.suppress(asyncio.QueueFull):
-                        queue.put_nowait({"type": "decision", **item})
+            self.recent.append((d, now))
+            if self.sockets:
+                item = _feed_item(d, now)
+                for account, queue in self.sockets.values():
+                    if account.may_see_shop(d.shop_id):
+                        with contextlib.suppress(asyncio.QueueFull):
+                            queue.put_nowait({"type": "decision", **item})
+
+    def recent_items(self, shops: Container[str], last: int = 50) -> list[dict[str, Any]]:
+        """The last ``last`` decisions of ``shops``, newest last, as the dashboard shows them."""
+        picked = [(d, ts) for d, ts in self.recent if d.shop_id in shops][-last:]
+        return [_feed_item(d, ts) for d, ts in picked]
+
+
+def _feed_item(d: Decision, ts: float) -> dict[str, Any]:
+    return {**msgspec.to_builtins(d), "ts": ts}
 
 
 FEED = web.AppKey("feed", Feed)
@@ -567,7 +580,7 @@ def dashboard_data(app: web.Application, account: Account) -> dict[str, Any]:
             "conversations": convs[:300], "today": today_fig,
             "shops": [{"id": s.id, "name": s.name or s.id, "platform": s.platform}
                       for s in service.config.shops.values() if s.id in shops],
-            "decisions": [x for x in feed.recent if x["shop_id"] in shops][-50:]}
+            "decisions": feed.recent_items(shops)}
 
 
 async def _supervisor(request: web.Request) -> Account:
