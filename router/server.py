@@ -170,8 +170,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def _read_body(request: web.Request, limit: int) -> bytes | web.Response:
     if request.content_length is not None and request.content_length > limit:
         return error(413, f"body of {request.content_length} bytes is over the limit of {limit} (server.max_body_bytes)")
+    length = request.content_length
     try:
+        if length is not None:  # the usual case: one read of a known size, not read() to the end
+            return await request.content.readexactly(length)
         return await request.read()
+    except asyncio.IncompleteReadError:
+        raise web.HTTPBadRequest(reason="body shorter than Content-Length") from None
     except web.HTTPRequestEntityTooLarge:
         return error(413, f"body is over the limit of {limit} bytes (server.max_body_bytes)")
 
