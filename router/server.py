@@ -211,37 +211,31 @@ async def ingest(request: web.Request) -> web.Response:
     body = await _signed_body(request)
     if isinstance(body, web.Response):
         return body
-    if body.lstrip()[:1] != b"[":  # one message, the usual case: decode it once, typed
+    if body.lstrip()[:1] != b"[":
+        items: list[msgspec.Raw] | list[bytes] = [body]  # one message, the usual case: decoded once, typed, below
+    else:
         try:
-            msg = decode_message(body)
-        except msgspec.ValidationError as exc:
-            return await _submit(service, [], [], [{"index": 0, "reason": explain(exc)}])
-        except msgspec.DecodeError as exc:
+            items = split_batch(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             service.metrics.rejected.labels("400").inc()
             return error(400, explain(exc))
-        if msg.shop_id != shop_id:
-            return await _submit(service, [], [], [{"index": 0, "msg_id": msg.msg_id, "reason":
-                                                    f"shop_id {msg.shop_id!r} does not match the URL's shop {shop_id!r}"}])
-        return await _submit(service, [msg], [0], [])
-    try:
-        items = split_batch(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        service.metrics.rejected.labels("400").inc()
-        return error(400, explain(exc))
-    if not items:
-        return error(400, "empty batch: send one message or a non-empty array")
-    if len(items) > server.max_batch:
-        service.metrics.rejected.labels("413").inc()
-        return error(413, f"batch of {len(items)} messages is over the limit of {server.max_batch} (server.max_batch)")
+        if not items:
+            return error(400, "empty batch: send one message or a non-empty array")
+        if len(items) > server.max_batch:
+            service.metrics.rejected.labels("413").inc()
+            return error(413, f"batch of {len(items)} messages is over the limit of {server.max_batch} (server.max_batch)")
     good: list[Message] = []
     index: list[int] = []
     errors: list[dict[str, Any]] = []
     for i, raw in enumerate(items):
         try:
             msg = decode_message(raw)  # type: ignore[arg-type]
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except msgspec.ValidationError as exc:
             errors.append({"index": i, "reason": explain(exc)})
             continue
+        except msgspec.DecodeError as exc:  # only a single message can be malformed JSON here
+            service.metrics.rejected.labels("400").inc()
+            return error(400, explain(exc))
         if msg.shop_id != shop_id:
             errors.append({"index": i, "msg_id": msg.msg_id,
                            "reason": f"shop_id {msg.shop_id!r} does not match the URL's shop {shop_id!r}"})
