@@ -10,11 +10,13 @@ typed methods of this class.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from time import perf_counter
+import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import entry_points
+from time import perf_counter
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -317,6 +319,17 @@ class PluginSet:
         if perf_counter() - start > self.timeout:
             return self._late(impl, hook, ctx)
         return result
+
+    @contextlib.contextmanager
+    def without_budget(self) -> Iterator[None]:
+        """Run hooks without their wall-clock budget for the duration: for inputs whose outcome
+        must not depend on how busy the machine is (journal replay, a simulation on a virtual
+        clock), where an overrun would drop a result the live run or the same seed gave."""
+        budget, self.timeout = self.timeout, math.inf
+        try:
+            yield
+        finally:
+            self.timeout = budget
 
     def _late(self, impl: _Impl, hook: str, ctx: HookContext | None) -> None:
         """An implementation overran its budget: its result is dropped."""

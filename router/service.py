@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import heapq
 import json
-import math
 import sqlite3
 import time
 from collections import deque
@@ -234,12 +233,8 @@ class Service:
         self._seq = await self.store.call(last_seq)
         # Replay races through history: a GC pause must not make a plugin "overrun" here and
         # drop a result (a block, say) that the live run applied.
-        plugins = router.plugins
-        budget, plugins.timeout = plugins.timeout, math.inf
-        try:
+        with router.plugins.without_budget():
             count = await self._replay_journal()
-        finally:
-            plugins.timeout = budget
         open_ids = set(router.dispatcher.conversations)
         for cid in list(self.history):
             if cid not in open_ids:
