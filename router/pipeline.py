@@ -89,6 +89,18 @@ class Router:
             return ts
         return self.dispatcher.now if self.dispatcher.now is not None else time.time()
 
+    def _step(self, ts: float | None) -> tuple[float, bool]:
+        """The clock value for an input stamped ``ts``, and whether timers are due by then (the
+        caller then awaits :meth:`advance`); when none are, the clock just moves forward here,
+        without a coroutine."""
+        d = self.dispatcher
+        now = ts if self._clock is None and ts is not None else self._now(ts)
+        if d.now is None or (d._timers and d._timers[0][0] <= now):
+            return now, True
+        if now > d.now:
+            d.now = now
+        return now, False
+
     async def advance(self, now: float) -> list[Decision]:
         """Move the clock; returns what timers (expansion, shifts, reservations) decided."""
         d = self.dispatcher
@@ -112,13 +124,8 @@ class Router:
             if shop is None:
                 raise InputError(f"unknown shop {msg.shop_id!r}")
             d = self.dispatcher
-            now = msg.ts if self._clock is None and msg.ts is not None else self._now(msg.ts)
-            if d.now is None or (d._timers and d._timers[0][0] <= now):
-                out = await self.advance(now)
-            else:
-                out = []
-                if now > d.now:
-                    d.now = now
+            now, due = self._step(msg.ts)
+            out = await self.advance(now) if due else []
             now = d.now  # type: ignore[assignment]
             cid = msg.conversation_id
             if self._is_duplicate is not None and self._is_duplicate(msg.shop_id, msg.msg_id):
@@ -196,13 +203,8 @@ class Router:
     async def handle_event(self, event: Event) -> list[Decision]:
         """Apply an event; returns the decisions for every conversation it moved."""
         d = self.dispatcher
-        now = event.ts if self._clock is None and event.ts is not None else self._now(event.ts)
-        if d.now is None or (d._timers and d._timers[0][0] <= now):
-            out = await self.advance(now)
-        else:
-            out = []
-            if now > d.now:
-                d.now = now
+        now, due = self._step(event.ts)
+        out = await self.advance(now) if due else []
         try:
             # most frequent first (the simulator's and the workbench's accept and close)
             if isinstance(event, AcceptEvent):
