@@ -284,10 +284,10 @@ class RedisService(Service):
                 for m, fresh in zip(msgs, flags, strict=True):
                     if fresh:
                         result.accepted.append(m.msg_id)
-                        self.metrics.messages.labels(m.shop_id).inc()
+                        self.metrics.count(self.metrics.messages, m.shop_id)
                     else:
                         result.duplicates.append(m.msg_id)
-                        self.metrics.duplicates.labels(m.shop_id).inc()
+                        self.metrics.count(self.metrics.duplicates, m.shop_id)
         except RedisError as exc:
             self.log.warning("ingest_unavailable", error=str(exc), accepted=len(result.accepted))
             raise Unavailable(f"storage unavailable: {exc}") from exc
