@@ -56,6 +56,12 @@ _CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
 _encode_json = msgspec.json.Encoder().encode
 
 
+def _frame(payload: Any) -> bytes:
+    """One frame of the protocol: the length, then the msgpack payload."""
+    data = msgspec.msgpack.encode(payload)
+    return _HEADER.pack(len(data)) + data
+
+
 def flat_rows(rows: Iterable[tuple]) -> list[tuple]:
     """The service's journal rows with their ``Decision`` structs turned into plain tuples
     ``(msg_id, shop_id, conversation_id, action, agent_id, cause, skill, priority, body)``, so
@@ -137,7 +143,6 @@ class JournalWriter:
     def __init__(self, path: str | os.PathLike[str], on_exit: Callable[[str], None] | None = None) -> None:
         self.path = os.fspath(path)
         self.on_exit = on_exit
-        self.commits = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
         self._pending: collections.deque[tuple[int, Callable[[Any, BaseException | None], None] | None]] = collections.deque()
@@ -167,8 +172,7 @@ class JournalWriter:
         self._pending.append((self._next_id, done))
         assert self._idle is not None
         self._idle.clear()
-        data = msgspec.msgpack.encode((self._next_id, rows))
-        self._proc.stdin.write(_HEADER.pack(len(data)) + data)
+        self._proc.stdin.write(_frame((self._next_id, rows)))
 
     async def flush(self) -> None:
         """Wait until every batch submitted so far is answered."""
@@ -182,8 +186,7 @@ class JournalWriter:
             return
         self._closing = True
         if proc.stdin is not None and not proc.stdin.is_closing():
-            data = msgspec.msgpack.encode(None)
-            proc.stdin.write(_HEADER.pack(len(data)) + data)
+            proc.stdin.write(_frame(None))
             proc.stdin.close()
         try:
             await asyncio.wait_for(proc.wait(), 60)
@@ -201,7 +204,6 @@ class JournalWriter:
             while True:
                 head = await stdout.readexactly(4)
                 answers = msgspec.msgpack.decode(await stdout.readexactly(_HEADER.unpack(head)[0]))
-                self.commits += 1
                 for batch_id, ids, error in answers:
                     expected, done = self._pending.popleft()
                     if expected != batch_id:
@@ -275,8 +277,7 @@ def _read_frame(fd: int) -> Any:
 
 
 def _write_frame(fd: int, payload: Any) -> None:
-    data = msgspec.msgpack.encode(payload)
-    view = memoryview(_HEADER.pack(len(data)) + data)
+    view = memoryview(_frame(payload))
     while view:
         view = view[os.write(fd, view):]
 
