@@ -151,6 +151,9 @@ class Service:
         self._stopping = False
         self.token_key = b""
         self.on_committed: list[Callable[[list[Decision]], None]] = []
+        #: Called on the event loop with each committed batch of journal rows and the outbox ids of
+        #: its reply rows (by index): what the store now holds, for figures kept live (router/today.py).
+        self.on_journaled: list[Callable[[list[tuple], dict[int, int]], None]] = []
         #: A concrete logger for the per-decision lines: the module's lazy proxy rebuilds its
         #: bound logger on every call (logging is configured before the service is made).
         self._log = log.bind()
@@ -402,6 +405,11 @@ class Service:
                     a(result or {})
                 except Exception:  # noqa: BLE001
                     log.exception("after_commit_failed")
+            for cb in self.on_journaled:
+                try:
+                    cb(rows, result or {})
+                except Exception:  # noqa: BLE001
+                    log.exception("journaled_callback_failed")
             self.metrics.flush()
 
         self.writer.submit(flat_rows(rows), done)

@@ -27,15 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Container
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import msgspec
 import structlog
@@ -56,13 +52,13 @@ from router.server import (
     require_shop,
 )
 from router.service import Service
+from router.today import Today
 
 log = structlog.get_logger("fenliu.workbench")
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 FEED_KEEP = 200
 PUSH_EVERY_S = 2.0
-POLL_EVERY_S = 2.0
 
 _NAME = re.compile(r"^[a-z0-9_-]+\.(html|js|css|svg|png)$")
 _TYPES = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8",
@@ -234,250 +230,7 @@ async def transfer(request: web.Request) -> web.Response:
 # -- today's figures ------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Figures:
-    messages: int = 0
-    conversations: int = 0
-    replies: int = 0
-    answered: int = 0
-    latency_sum: float = 0.0
-    in_time: int = 0
-    missed: int = 0
-
-    def add(self, other: _Figures) -> None:
-        for f in self.__dataclass_fields__:
-            setattr(self, f, getattr(self, f) + getattr(other, f))
-
-    def as_json(self, pending: int = 0) -> dict[str, Any]:
-        judged = self.in_time + self.missed
-        return {"messages": self.messages, "conversations": self.conversations, "replies": self.replies,
-                "answered": self.answered, "in_time": self.in_time, "missed": self.missed, "pending": pending,
-                "reply_rate": round(self.in_time / judged, 4) if judged else None,
-                "avg_response_s": round(self.latency_sum / self.answered, 1) if self.answered else None}
-
-
-@dataclass
-class _Wait:
-    shop_id: str
-    start: float
-    counted: bool
-
-
-@dataclass
-class Today:
-    """Today's figures, read incrementally from the store through a read-only connection (WAL
-    readers never block the writer), so they survive restarts.
-
-    A *wait* starts with a buyer message routed to a human (``assigned`` or ``queued``) while no
-    earlier one is unanswered, and ends with the next agent reply. Its response time is the
-    reply's time minus the start. The 3-minute reply rate counts each session's first wait (as
-    ``fenliu stats`` does) when it started inside ``defaults.reply_window``: answered within
-    ``defaults.reply_within_s``, against those answered later, closed unanswered, or still
-    unanswered after it.
-    """
-
-    service: Service
-    day: str = ""
-    day_start: float = 0.0
-    seq: int = 0
-    decision_id: int = 0
-    outbox_id: int = 0
-    waits: dict[str, _Wait] = field(default_factory=dict)
-    by_key: dict[tuple[str, str], _Figures] = field(default_factory=dict)
-    hours: dict[tuple[str, int], list[int]] = field(default_factory=dict)
-    received: set[tuple[str, str]] = field(default_factory=set)
-    answered_once: set[str] = field(default_factory=set)
-    updated: float = 0.0
-    conn: sqlite3.Connection | None = None
-
-    def _tz(self) -> ZoneInfo:
-        return ZoneInfo(self.service.config.main.defaults.timezone)
-
-    def _fig(self, shop_id: str, agent_id: str | None) -> _Figures:
-        key = (shop_id, agent_id or "")
-        fig = self.by_key.get(key)
-        if fig is None:
-            fig = self.by_key[key] = _Figures()
-        return fig
-
-    def _hour(self, shop_id: str, ts: float) -> list[int]:
-        h = int((ts - self.day_start) // 3600)
-        row = self.hours.get((shop_id, h))
-        if row is None:
-            row = self.hours[(shop_id, h)] = [0, 0, 0]
-        return row
-
-    def _in_window(self, shop_id: str, ts: float) -> bool:
-        """Whether a wait starting at ``ts`` counts for the 3-minute rate: the session's first
-        (later waits of an answered session do not), inside ``defaults.reply_window`` in the
-        shop's time zone — the same rule as ``fenliu stats``."""
-        defaults = self.service.config.main.defaults
-        shop = self.service.config.shops.get(shop_id)
-        local = datetime.fromtimestamp(ts, ZoneInfo((shop.timezone if shop else None) or defaults.timezone))
-        return defaults.in_reply_window(local.hour * 60 + local.minute)
-
-    def poll(self) -> None:
-        """Read what was committed since the last poll (runs in a worker thread)."""
-        tz = self._tz()
-        now = time.time()
-        local = datetime.fromtimestamp(now, tz)
-        day = local.date().isoformat()
-        if self.conn is None:
-            self.conn = sqlite3.connect(f"file:{self.service.store.path}?mode=ro", uri=True, check_same_thread=False)
-        c = self.conn
-        c.execute("BEGIN")
-        try:
-            if day != self.day:
-                self._reset(c, day, datetime(local.year, local.month, local.day, tzinfo=tz).timestamp())
-            self._read(c, now)
-        finally:
-            c.execute("COMMIT")
-        self.updated = now
-
-    def _reset(self, c: sqlite3.Connection, day: str, start: float) -> None:
-        self.day, self.day_start = day, start
-        self.waits.clear()
-        self.by_key.clear()
-        self.hours.clear()
-        self.received.clear()
-        self.answered_once.clear()
-        self.seq = _first_at(c, "journal", "seq", "clock", start) - 1
-        self.decision_id = _first_at(c, "decisions", "id", "seq", self.seq + 1) - 1
-        self.outbox_id = _first_at(c, "outbox", "id", "ts", start) - 1
-
-    def _read(self, c: sqlite3.Connection, now: float) -> None:
-        events: list[tuple[float, int, tuple]] = []
-        last_seq = self.seq
-        for seq, clock, shop_id, cid, action in c.execute(
-                "SELECT j.seq, j.clock, j.shop_id, j.conversation_id, d.action FROM journal j "
-                "LEFT JOIN decisions d ON d.seq = j.seq AND d.msg_id = j.msg_id AND d.shop_id = j.shop_id "
-                "WHERE j.seq > ? AND j.kind = 'message' ORDER BY j.seq", (self.seq,)):
-            events.append((clock, 0, ("message", shop_id, cid, action)))
-            last_seq = max(last_seq, seq)
-        for seq, clock, shop_id, cid in c.execute(
-                "SELECT seq, clock, shop_id, conversation_id FROM journal WHERE seq > ? AND kind = 'event' "
-                "AND CAST(body AS TEXT) LIKE '%\"type\":\"close\"%'", (self.seq,)):
-            events.append((clock, 2, ("close", shop_id, cid, None)))
-            last_seq = max(last_seq, seq)
-        top = c.execute("SELECT max(seq) FROM journal").fetchone()[0]
-        self.seq = max(last_seq, top or 0)
-        for shop_id, agent_id, cid in c.execute(
-                "SELECT shop_id, agent_id, conversation_id FROM decisions WHERE id > ? AND action = 'assigned' "
-                "AND agent_id IS NOT NULL", (self.decision_id,)):
-            if (agent_id, cid) not in self.received:
-                self.received.add((agent_id, cid))
-                self._fig(shop_id, agent_id).conversations += 1
-        top = c.execute("SELECT max(id) FROM decisions").fetchone()[0]
-        self.decision_id = max(self.decision_id, top or 0)
-        for rid, ts, shop_id, cid, agent_id in c.execute(
-                "SELECT id, ts, shop_id, conversation_id, agent_id FROM outbox WHERE id > ? ORDER BY id", (self.outbox_id,)):
-            events.append((ts, 1, ("reply", shop_id, cid, agent_id)))
-            self.outbox_id = max(self.outbox_id, rid)
-        events.sort(key=lambda e: (e[0], e[1]))
-        for ts, _, (kind, shop_id, cid, extra) in events:
-            if ts < self.day_start:
-                continue
-            if kind == "message":
-                self._fig(shop_id, None).messages += 1
-                self._hour(shop_id, ts)[0] += 1
-                if extra in ("assigned", "queued") and cid not in self.waits:
-                    first = cid not in self.answered_once
-                    self.waits[cid] = _Wait(shop_id, ts, first and self._in_window(shop_id, ts))
-            elif kind == "reply":
-                fig = self._fig(shop_id, extra)
-                fig.replies += 1
-                wait = self.waits.pop(cid, None)
-                self.answered_once.add(cid)
-                if wait is not None:
-                    latency = max(0.0, ts - wait.start)
-                    fig.answered += 1
-                    fig.latency_sum += latency
-                    if wait.counted:
-                        row = self._hour(shop_id, wait.start)
-                        if latency <= self.service.config.main.defaults.reply_within_s:
-                            fig.in_time += 1
-                            row[1] += 1
-                        else:
-                            fig.missed += 1
-                        row[2] += 1
-            elif kind == "close":
-                self.answered_once.discard(cid)
-                wait = self.waits.pop(cid, None)
-                if wait is not None and wait.counted:
-                    self._fig(shop_id, None).missed += 1
-                    self._hour(shop_id, wait.start)[2] += 1
-
-    def figures(self, shops: set[str] | None = None, agent_id: str | None = None) -> dict[str, Any]:
-        """Totals for ``shops`` (all when ``None``), or for one agent; with hourly series."""
-        now = time.time()
-        total = _Figures()
-        per_agent: dict[str, _Figures] = {}
-        for (shop_id, aid), fig in self.by_key.items():
-            if shops is not None and shop_id not in shops:
-                continue
-            if agent_id is not None and aid != agent_id:
-                continue
-            total.add(fig)
-            if aid:
-                per_agent.setdefault(aid, _Figures()).add(fig)
-        overdue = pending = 0
-        for cid, wait in self.waits.items():
-            if (shops is not None and wait.shop_id not in shops) or not wait.counted:
-                continue
-            if agent_id is not None and self.service.owner.get(cid) != agent_id:
-                continue
-            if now - wait.start > self.service.config.main.defaults.reply_within_s:
-                overdue += 1
-            else:
-                pending += 1
-        total.missed += overdue
-        hours = []
-        for h in range(24):
-            row = [0, 0, 0]
-            for (shop_id, hh), vals in self.hours.items():
-                if hh == h and (shops is None or shop_id in shops):
-                    row = [a + b for a, b in zip(row, vals, strict=True)]
-            hours.append({"hour": h, "messages": row[0], "in_time": row[1], "judged": row[2]})
-        out = {"day": self.day, "updated": self.updated, **total.as_json(pending),
-               "reply_window_s": self.service.config.main.defaults.reply_within_s}
-        if agent_id is None:
-            out["hours"] = hours
-            out["agents"] = {aid: f.as_json() for aid, f in sorted(per_agent.items())}
-        return out
-
-
 TODAY = web.AppKey("today", Today)
-
-
-def _first_at(c: sqlite3.Connection, table: str, key: str, col: str, value: float) -> int:
-    """The smallest ``key`` whose ``col`` is at least ``value`` (``col`` grows with ``key``),
-    by binary search on the primary key; one past the end when there is none."""
-    top = c.execute(f"SELECT max({key}) FROM {table}").fetchone()[0]
-    if top is None:
-        return 1
-    lo, hi = 1, top + 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        row = c.execute(f"SELECT {key}, {col} FROM {table} WHERE {key} >= ? ORDER BY {key} LIMIT 1", (mid,)).fetchone()
-        if row is None or row[1] >= value:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-async def _poll_today(app: web.Application) -> None:
-    today: Today = app[TODAY]
-    while True:
-        try:
-            await asyncio.to_thread(today.poll)
-        except sqlite3.Error as exc:
-            log.warning("today_poll_failed", error=str(exc))
-            if today.conn is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    today.conn.close()
-                today.conn = None
-        await asyncio.sleep(POLL_EVERY_S)
 
 
 def _shops_of(service: Service, account: Account) -> set[str]:
@@ -488,6 +241,7 @@ async def today(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     account = await authenticate(request)
     figures: Today = request.app[TODAY]
+    await figures.ready()
     shops = _shops_of(service, account)
     if account.is_supervisor:
         return json_response(figures.figures(shops))
@@ -533,7 +287,7 @@ def _feed_item(d: Decision, ts: float) -> dict[str, Any]:
 
 
 FEED = web.AppKey("feed", Feed)
-POLLER = web.AppKey("workbench_poller", asyncio.Task)
+LOADER = web.AppKey("today_loader", asyncio.Task)
 
 
 def dashboard_data(app: web.Application, account: Account) -> dict[str, Any]:
@@ -592,6 +346,7 @@ async def _supervisor(request: web.Request) -> Account:
 
 async def dashboard(request: web.Request) -> web.Response:
     account = await _supervisor(request)
+    await request.app[TODAY].ready()
     return json_response(dashboard_data(request.app, account))
 
 
@@ -603,6 +358,7 @@ async def supervisor_ws(request: web.Request) -> web.StreamResponse:
     feed: Feed = request.app[FEED]
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=16 * 1024)
     await ws.prepare(request)
+    await request.app[TODAY].ready()
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(2000)
     feed.sockets[ws] = (account, queue)
     request.app[SOCKETS].add(ws)
@@ -641,22 +397,22 @@ def setup(app: web.Application) -> None:
     service = app[SERVICE]
     feed = Feed()
     app[FEED] = feed
-    app[TODAY] = Today(service)
+    figures = app[TODAY] = Today(service)
     service.on_committed.append(feed.publish)
+    service.on_journaled.append(figures.feed)
 
     async def start(app: web.Application) -> None:
-        app[POLLER] = asyncio.create_task(_poll_today(app))
+        app[LOADER] = asyncio.create_task(app[TODAY].load())
 
     async def stop(app: web.Application) -> None:
-        task = app[POLLER]
+        task = app[LOADER]
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         with contextlib.suppress(ValueError):
             service.on_committed.remove(feed.publish)
-        conn = app[TODAY].conn
-        if conn is not None:
-            conn.close()
+        with contextlib.suppress(ValueError):
+            service.on_journaled.remove(figures.feed)
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
