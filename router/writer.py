@@ -254,6 +254,16 @@ def _die_with_parent() -> None:
         pass
 
 
+def _yield_to_the_event_loop() -> None:
+    """Run as a batch (throughput) task on Linux: same CPU share, but waking up does not preempt
+    the running task. Otherwise every batch the event loop hands over wakes the child onto the
+    loop's own CPU and stalls the loop for the child's time slice (py-spy showed ≈ 10 % of the
+    loop's time inside the pipe write under load; ≈ 2.5 % after)."""
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_BATCH"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
 def _read_exact(fd: int, n: int) -> bytes | None:
     chunks = []
     while n:
@@ -285,6 +295,7 @@ def _write_frame(fd: int, payload: Any) -> None:
 def child(path: str, fd_in: int = 0, fd_out: int = 1) -> int:
     """Serve batches from ``fd_in`` until a ``None`` frame or the end of input."""
     _die_with_parent()
+    _yield_to_the_event_loop()
 
     conn = connect(path)
     stop = False

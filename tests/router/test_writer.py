@@ -5,6 +5,7 @@ callers instead of hanging them, and the writer never outlives a killed service.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sqlite3
 import subprocess
@@ -151,3 +152,19 @@ def test_the_writer_dies_with_a_killed_service(tmp_path: Path, db: Path):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux-only")
+async def test_the_child_runs_as_a_batch_task_so_it_does_not_preempt_the_event_loop(db: Path):
+    writer = JournalWriter(db)
+    await writer.start()
+    try:
+        assert writer._proc is not None
+        pid = writer._proc.pid
+        for _ in range(100):  # the child sets its policy first thing; give it a moment
+            if os.sched_getscheduler(pid) == os.SCHED_BATCH:
+                break
+            await asyncio.sleep(0.02)
+        assert os.sched_getscheduler(pid) == os.SCHED_BATCH
+    finally:
+        await writer.close()
