@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import structlog
 from aiohttp import web
+from aiohttp.hdrs import EXPECT
 
 from adapters import WebhookError, adapter_class
 from router import accounts as acct
@@ -147,10 +148,12 @@ def require_shop(account: Account, shop_id: str) -> None:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _json_errors(request: web.BaseRequest, handler: Callable[..., Awaitable[web.StreamResponse]],
+                       *args: Any) -> web.StreamResponse:
+    """``handler(request, *args)`` with its errors as JSON bodies: ours (:class:`HTTPError`),
+    aiohttp's 4xx, and anything unexpected as a 500 whose traceback goes to the log."""
     try:
-        return await handler(request)
+        return await handler(request, *args)
     except HTTPError as exc:
         return error(exc.status, exc.reason)
     except web.HTTPException as exc:
@@ -162,6 +165,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:  # noqa: BLE001 - the caller gets a reason, the log gets the traceback
         log.exception("handler_failed", path=request.path)
         return error(500, "internal error (logged)")
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    return await _json_errors(request, handler)
 
 
 # -- ingest ----------------------------------------------------------------------------------------
@@ -181,10 +189,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes | web.Response:
         return error(413, f"body is over the limit of {limit} bytes (server.max_body_bytes)")
 
 
-async def _signed_body(request: web.Request) -> bytes | web.Response:
+async def _signed_body(request: web.Request, service: Service, shop_id: str) -> bytes | web.Response:
     """The raw body of a request a shop's bridge signed, or the refusal (404, 413, 401)."""
-    service = request.app[SERVICE]
-    shop_id = request.match_info["shop_id"]
     shop = service.config.shops.get(shop_id)
     if shop is None:
         return error(404, f"unknown shop {shop_id!r}")
@@ -205,10 +211,13 @@ async def _signed_body(request: web.Request) -> bytes | web.Response:
 
 
 async def ingest(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
+    """``POST /v1/shops/{shop_id}/messages`` through the app's router (see :func:`_fast_ingest`)."""
+    return await _ingest(request, request.app[SERVICE], request.match_info["shop_id"])
+
+
+async def _ingest(request: web.BaseRequest, service: Service, shop_id: str) -> web.Response:
     server = service.config.main.server
-    shop_id = request.match_info["shop_id"]
-    body = await _signed_body(request)
+    body = await _signed_body(request, service, shop_id)
     if isinstance(body, web.Response):
         return body
     if body.lstrip()[:1] != b"[":
@@ -498,7 +507,7 @@ async def rating(request: web.Request) -> web.Response:
     """A buyer's satisfaction rating, signed by the shop's bridge like messages are."""
     service = request.app[SERVICE]
     shop_id = request.match_info["shop_id"]
-    body = await _signed_body(request)
+    body = await _signed_body(request, service, shop_id)
     if isinstance(body, web.Response):
         return body
     try:
@@ -590,6 +599,42 @@ def make_app(service: Service) -> web.Application:
     return app
 
 
+# -- the ingest fast path ------------------------------------------------------------------------------
+
+_SHOPS, _MESSAGES = "/v1/shops/", "/messages"
+
+
+class IngestFirst:
+    """The HTTP server's request handler: ``POST /v1/shops/{shop_id}/messages``, the one route
+    under sale-day load, is matched with two string tests and handled directly; everything else
+    goes to ``fallback``, the app's own handler (its router, its middleware). Skipping the
+    router, the match info and two middleware layers saves ≈ 5 % of the event loop's time per
+    message (docs/service.md). Errors become the same JSON bodies either way
+    (:func:`_json_errors`); a request with ``Expect`` takes the app's path, which answers it."""
+
+    def __init__(self, service: Service, fallback: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]) -> None:
+        self.service = service
+        self.fallback = fallback
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        if (request.method == "POST" and path.startswith(_SHOPS) and path.endswith(_MESSAGES)
+                and EXPECT not in request.headers):
+            shop_id = path[len(_SHOPS):-len(_MESSAGES)]
+            if shop_id and "/" not in shop_id:
+                return await _json_errors(request, _ingest, self.service, shop_id)
+        return await self.fallback(request)
+
+
+class _Runner(web.AppRunner):
+    """An ``AppRunner`` whose server takes the ingest fast path first (:class:`IngestFirst`)."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.request_handler = IngestFirst(self.app[SERVICE], server.request_handler)
+        return server
+
+
 # -- running ------------------------------------------------------------------------------------------
 
 
@@ -616,7 +661,7 @@ class Server:
         else:
             service = Service(config, store_path=store_path, simulate=simulate)
         await service.start()
-        runner = web.AppRunner(make_app(service), access_log=None, shutdown_timeout=10.0)
+        runner = _Runner(make_app(service), access_log=None, shutdown_timeout=10.0)
         await runner.setup()
         host = host or config.main.server.host
         site = web.TCPSite(runner, host, config.main.server.port if port is None else port, backlog=1024)

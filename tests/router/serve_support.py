@@ -165,11 +165,12 @@ class Client:
         self.http = http
 
     async def post_messages(self, shop: str, payload: Any, secret: str | None = None,
-                            raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
+                            raw: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         body = raw if raw is not None else msgspec.json.encode(payload)
         key = (secret if secret is not None else {"pdd-a": SECRET_A, "tb-b": SECRET_B}.get(shop, "x")).encode()
         async with self.http.post(f"{self.url}/v1/shops/{shop}/messages", data=body,
-                                  headers={SIGNATURE_HEADER: sign(key, body), "Content-Type": "application/json"}) as r:
+                                  headers={SIGNATURE_HEADER: sign(key, body), "Content-Type": "application/json",
+                                           **(headers or {})}) as r:
             return r.status, await r.json()
 
     async def login(self, account: str, password: str = PASSWORD) -> str:

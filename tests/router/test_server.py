@@ -13,7 +13,7 @@ import pytest
 
 from router.hookspecs import hookimpl
 from router.models import FilterVerdict
-from router.server import SIGNATURE_HEADER, sign
+from router.server import SIGNATURE_HEADER, IngestFirst, sign
 from tests.router.serve_support import (
     ENV,
     SECRET_A,
@@ -99,6 +99,38 @@ async def test_refusals_have_clear_bodies(server, tmp_path):
     status, body = await c.post_messages("pdd-a", [])
     assert status == 400
     assert db_rows(tmp_path / "fenliu.db", "SELECT count(*) FROM messages") == [(0,)]
+
+
+async def test_ingest_takes_the_fast_path_and_everything_else_the_app(server, tmp_path):
+    """Signed ingest skips the app's router (IngestFirst); other requests, other methods on the
+    ingest path and requests with ``Expect`` go through it, with the same JSON errors."""
+    srv, c = server
+    handler = srv.runner.server.request_handler
+    assert isinstance(handler, IngestFirst)
+    through_app: list[tuple[str, str]] = []
+    fallback = handler.fallback
+
+    async def recorded(request):
+        through_app.append((request.method, request.path))
+        return await fallback(request)
+
+    handler.fallback = recorded
+    assert await c.post_messages("pdd-a", message("m-1")) == (202, {"accepted": 1, "duplicates": 0})
+    status, body = await c.post_messages("pdd-a", message("m-2"), secret="wrong")
+    assert status == 401 and "signature" in body["error"]
+    status, body = await c.post_messages("nope", message("m-3", shop="nope"))
+    assert status == 404 and "nope" in body["error"]
+    assert through_app == []
+
+    async with c.http.get(f"{c.url}/v1/shops/pdd-a/messages") as r:
+        assert r.status == 405 and "error" in await r.json()
+    async with c.http.post(f"{c.url}/v1/shops/pdd-a/x/messages", data=b"{}") as r:
+        assert r.status == 404 and (await r.json())["path"] == "/v1/shops/pdd-a/x/messages"
+    status, body = await c.post_messages("pdd-a", message("m-4", "b-4"), headers={"Expect": "100-continue"})
+    assert (status, body) == (202, {"accepted": 1, "duplicates": 0})
+    assert through_app == [("GET", "/v1/shops/pdd-a/messages"), ("POST", "/v1/shops/pdd-a/x/messages"),
+                           ("POST", "/v1/shops/pdd-a/messages")]
+    assert db_rows(tmp_path / "fenliu.db", "SELECT msg_id FROM messages ORDER BY msg_id") == [("m-1",), ("m-4",)]
 
 
 async def test_bad_items_are_named_and_good_ones_go_through(server, tmp_path):
