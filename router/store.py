@@ -129,6 +129,10 @@ class StoreClosed(RuntimeError):
     """The store was closed while a job waited."""
 
 
+#: Pages of WAL (4 KiB each) after which a committing connection checkpoints.
+WAL_CHECKPOINT_PAGES = 8000
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     """Open (and create) the database with the pragmas the service relies on."""
     p = Path(path)
@@ -138,6 +142,11 @@ def connect(path: str | Path) -> sqlite3.Connection:
     # NORMAL in WAL mode: a commit survives a process crash (kill -9); only an OS crash or power
     # loss can drop the last transactions.
     conn.execute("PRAGMA synchronous=NORMAL")
+    # Checkpoint every ≈ 32 MB of WAL instead of SQLite's 4 MB: the random-key index pages a
+    # sale-day burst rewrites are then copied into the database once per checkpoint rather than
+    # eight times, and the journal writer stalls for a checkpoint an eighth as often (interleaved
+    # A/B of ingest: +7 % requests/s; docs/service.md).
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.executescript(SCHEMA)
     return conn

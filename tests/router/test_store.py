@@ -10,7 +10,7 @@ import pytest
 
 from router.models import AcceptEvent, AgentStatusEvent, CloseEvent, Message, TransferEvent
 from router.service import Service
-from router.store import Store
+from router.store import WAL_CHECKPOINT_PAGES, Store, connect
 from tests.router.serve_support import ENV, load, write_config
 
 pytestmark = pytest.mark.anyio
@@ -87,3 +87,12 @@ async def test_restart_rebuilds_the_same_state(tmp_path, monkeypatch):
     conn = sqlite3.connect(tmp_path / "fenliu.db")
     assert conn.execute("SELECT count(*) FROM decisions WHERE cause = 'reservation_timeout'").fetchone()[0] > 0
     assert conn.execute("SELECT state FROM conversations WHERE id = 'pdd-a:b-1'").fetchone() == ("closed",)
+
+
+def test_connections_checkpoint_the_wal_in_large_steps(tmp_path):
+    conn = connect(tmp_path / "s.db")
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_CHECKPOINT_PAGES > 1000
+    finally:
+        conn.close()
