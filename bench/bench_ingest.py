@@ -9,7 +9,7 @@ same machine, whereas the best run of each (also shown) compares one server's lu
 the other's. The bare endpoint varies most from run to run (±25 % here), so best-of-each mostly
 measures its luckiest round. The goal is Fenliu ≥ 50% of the bare endpoint's requests per second.
 
-    .venv/bin/python bench/bench_ingest.py [--requests 6000] [--concurrency 64] [--rounds 5]
+    .venv/bin/python bench/bench_ingest.py [--requests 6000] [--concurrency 64] [--rounds 9]
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ async def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=6000)
     p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=9)
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="fenliu-bench-"))
