@@ -96,8 +96,9 @@ class Today:
         return ZoneInfo(self.service.config.main.defaults.timezone)
 
     def _roll(self, ts: float) -> None:
-        """Start a new day if ``ts`` is past the current one: yesterday's figures and open
-        waits are dropped (as a supervisor's day board does at midnight)."""
+        """Start the day that holds ``ts`` (callers roll when ``ts`` is past ``day_end``):
+        yesterday's figures and open waits are dropped, as a supervisor's day board does at
+        midnight."""
         tz = self._tz()
         local = datetime.fromtimestamp(ts, tz).date()
         self.day = local.isoformat()
