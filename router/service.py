@@ -375,7 +375,17 @@ class Service:
             if batch:
                 rows: list[tuple] = []
                 afters: list[Callable[[dict[int, int]], None]] = []
-                for j in batch:
+                i = 0
+                while i < len(batch):
+                    j = batch[i]
+                    if j.kind == "messages":  # a run of ingest jobs: one after-commit callback for all
+                        k = i + 1
+                        while k < len(batch) and batch[k].kind == "messages":
+                            k += 1
+                        await self._process_messages(batch[i:k], rows, afters)
+                        i = k
+                        continue
+                    i += 1
                     try:
                         await self._process(j, rows, afters)
                     except Exception as exc:  # noqa: BLE001 - one bad job must not stop routing
@@ -431,7 +441,7 @@ class Service:
     async def _process(self, job: _Job, rows: list[tuple], afters: list) -> None:
         kind = job.kind
         if kind == "messages":
-            await self._process_messages(job, rows, afters)
+            await self._process_messages([job], rows, afters)
         elif kind == "event":
             await self._process_event(job, rows, afters)
         elif kind == "tick":
@@ -461,38 +471,52 @@ class Service:
 
             afters.append(_After(after, fut))
 
-    async def _process_messages(self, job: _Job, rows: list[tuple], afters: list) -> None:
-        (messages,) = job.args
-        result = IngestResult()
+    async def _process_messages(self, jobs: list[_Job], rows: list[tuple], afters: list) -> None:
+        """Route the messages of consecutive ingest jobs; one after-commit callback tells agents
+        and resolves every job's future (per job, it cost more than routing a short message).
+        A job that fails unexpectedly gets the exception; the others go on."""
         pushed: list[Decision] = []
         seen: list[tuple[Message, Decision | None, float]] = []
+        answers: list[tuple[asyncio.Future | None, IngestResult]] = []
         router = self.router
-        for i, msg in enumerate(messages):
-            msg = self._enrich(msg)
-            moved = await self._advance(rows)
-            pushed.extend(moved)
+        count, metrics = self.metrics.count, self.metrics
+        for job in jobs:
+            (messages,) = job.args
+            result = IngestResult()
             try:
-                decisions = await router.handle_message(msg)
-            except InputError as exc:
-                result.errors.append((i, str(exc)))
+                for i, msg in enumerate(messages):
+                    msg = self._enrich(msg)
+                    moved = await self._advance(rows)
+                    if moved:
+                        pushed.extend(moved)
+                    try:
+                        decisions = await router.handle_message(msg)
+                    except InputError as exc:
+                        result.errors.append((i, str(exc)))
+                        continue
+                    own = None
+                    for d in decisions:
+                        if d.msg_id == msg.msg_id:
+                            own = d
+                            break
+                    if own is not None and own.action == "duplicate":
+                        result.duplicates.append(msg.msg_id)
+                        count(metrics.duplicates, msg.shop_id)
+                        continue
+                    rows.append(("message", self._next_seq(), self._clock, msg.shop_id, msg.msg_id,
+                                 msg.conversation_id, _encode(msg), decisions))
+                    result.accepted.append(msg.msg_id)
+                    count(metrics.messages, msg.shop_id)
+                    pushed.extend(decisions)
+                    seen.append((msg, own, self._clock))
+            except Exception as exc:  # noqa: BLE001 - one bad job must not stop routing
+                log.exception("job_failed", kind="messages")
+                if job.future is not None and not job.future.done():
+                    job.future.set_exception(exc)
                 continue
-            own = None
-            for d in decisions:
-                if d.msg_id == msg.msg_id:
-                    own = d
-                    break
-            if own is not None and own.action == "duplicate":
-                result.duplicates.append(msg.msg_id)
-                self.metrics.count(self.metrics.duplicates, msg.shop_id)
-                continue
-            rows.append(("message", self._next_seq(), self._clock, msg.shop_id, msg.msg_id, msg.conversation_id,
-                         _encode(msg), decisions))
-            result.accepted.append(msg.msg_id)
-            self.metrics.count(self.metrics.messages, msg.shop_id)
-            pushed.extend(decisions)
-            seen.append((msg, own, self._clock))
-        self.pending_ingest -= len(messages)
-        fut = job.future
+            finally:
+                self.pending_ingest -= len(messages)
+            answers.append((job.future, result))
 
         def after(ids: dict[int, int]) -> None:
             for msg, own, clock in seen:
@@ -500,10 +524,11 @@ class Service:
                 if msg.order is not None and msg.order.order_id:
                     self.order_buyer[(msg.shop_id, msg.order.order_id)] = msg.buyer_id
             self._push(pushed, {m.msg_id: m for m, _, _ in seen})
-            if fut is not None and not fut.done():
-                fut.set_result(result)
+            for fut, result in answers:
+                if fut is not None and not fut.done():
+                    fut.set_result(result)
 
-        afters.append(_After(after, fut))
+        afters.append(_After(after, *(fut for fut, _ in answers)))
         orders = [(m.shop_id, m.order.order_id, m.buyer_id, _encode(m.order).decode(), c)
                   for m, _, c in seen if m.order is not None and m.order.order_id]
         if orders:
@@ -871,20 +896,21 @@ class Service:
 
 
 class _After:
-    """A post-commit callback that can also fail its caller's future when the commit fails."""
+    """A post-commit callback that can also fail its callers' futures when the commit fails."""
 
-    __slots__ = ("fn", "future")
+    __slots__ = ("fn", "futures")
 
-    def __init__(self, fn: Callable[[dict[int, int]], None], future: asyncio.Future | None = None) -> None:
+    def __init__(self, fn: Callable[[dict[int, int]], None], *futures: asyncio.Future | None) -> None:
         self.fn = fn
-        self.future = future
+        self.futures = futures
 
     def __call__(self, ids: dict[int, int]) -> None:
         self.fn(ids)
 
     def fail(self, error: BaseException) -> None:
-        if self.future is not None and not self.future.done():
-            self.future.set_exception(error)
+        for future in self.futures:
+            if future is not None and not future.done():
+                future.set_exception(error)
 
 
 def _write_rows(conn: sqlite3.Connection, rows: list[tuple]) -> dict[int, int]:
