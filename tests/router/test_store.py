@@ -96,3 +96,33 @@ def test_connections_checkpoint_the_wal_in_large_steps(tmp_path):
         assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_CHECKPOINT_PAGES > 1000
     finally:
         conn.close()
+
+
+async def test_one_failing_ingest_job_in_a_batch_spares_the_others(tmp_path, monkeypatch):
+    """Ingest jobs that reach the consumer together are routed and committed together; a job
+    that fails unexpectedly gets its exception, the others their results, and nothing leaks."""
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    svc = Service(load(write_config(tmp_path)))
+    await svc.start()
+    try:
+        route = svc.router.handle_message
+
+        async def flaky(msg):
+            if msg.msg_id == "bad":
+                raise RuntimeError("plugin bug outside any hook")
+            return await route(msg)
+
+        monkeypatch.setattr(svc.router, "handle_message", flaky)
+        jobs = [[Message("pdd-a", "m-1", "b-1", "在吗")], [Message("pdd-a", "bad", "b-2", "在吗")],
+                [Message("pdd-a", "m-3", "b-3", "在吗"), Message("pdd-a", "m-4", "b-4", "在吗")]]
+        results = await asyncio.gather(*(svc.ingest(j) for j in jobs), return_exceptions=True)
+        assert results[0].accepted == ["m-1"]
+        assert isinstance(results[1], RuntimeError)
+        assert results[2].accepted == ["m-3", "m-4"]
+        assert svc.pending_ingest == 0
+        journaled = await svc.store.call(lambda c: c.execute("SELECT msg_id FROM messages ORDER BY msg_id").fetchall())
+        assert journaled == [("m-1",), ("m-3",), ("m-4",)]
+        assert set(svc.history) == {"pdd-a:b-1", "pdd-a:b-3", "pdd-a:b-4"}
+    finally:
+        await svc.stop()
