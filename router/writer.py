@@ -46,10 +46,16 @@ _HEADER = struct.Struct(">I")
 
 _JOURNAL = "INSERT INTO journal (seq, kind, clock, shop_id, msg_id, conversation_id, body) VALUES "
 _DECISIONS = "INSERT INTO decisions (seq, msg_id, shop_id, conversation_id, action, agent_id, cause, body) VALUES "
+#: A conversation's row changes only when its state does: a buyer's follow-up to a conversation
+#: that stays where it is rewrites nothing, so its (random) page is not written to the WAL again.
+#: ``updated_seq`` is the journal entry of the last change.
 _CONVERSATIONS = ("INSERT INTO conversations (id, shop_id, buyer_id, state, agent_id, skill, priority, updated_seq) VALUES ",
                   " ON CONFLICT(id) DO UPDATE SET state = excluded.state, agent_id = excluded.agent_id, "
                   "skill = COALESCE(excluded.skill, conversations.skill), priority = excluded.priority, "
-                  "updated_seq = excluded.updated_seq")
+                  "updated_seq = excluded.updated_seq "
+                  "WHERE conversations.state IS NOT excluded.state OR conversations.agent_id IS NOT excluded.agent_id "
+                  "OR conversations.skill IS NOT COALESCE(excluded.skill, conversations.skill) "
+                  "OR conversations.priority IS NOT excluded.priority")
 #: Rows per statement: each size has its own cached statement, and a batch is cut into these.
 _CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
 

@@ -105,6 +105,29 @@ def test_write_rows_matches_the_service_rows(db: Path):
         assert got == list(range(start, start + count))
 
 
+def test_a_conversation_row_changes_only_when_its_state_does(db: Path):
+    conn = connect(db)
+    cid = "pdd-1001:b1"
+
+    def message(seq: int, action: str = "queued", agent: str | None = None, skill: str | None = "presale",
+                priority: int = 0) -> tuple:
+        d = Decision(f"m{seq}", "pdd-1001", cid, action, agent_id=agent, skill=skill, priority=priority)
+        return ("message", seq, 1000.0 + seq, "pdd-1001", f"m{seq}", cid, b"{}", [d])
+
+    def row() -> tuple:
+        return conn.execute("SELECT state, agent_id, skill, priority, updated_seq FROM conversations").fetchone()
+
+    write_rows(conn, flat_rows([message(1)]))
+    write_rows(conn, flat_rows([message(2), message(3, skill=None)]))  # a follow-up, nothing moved
+    assert row() == ("queued", None, "presale", 0, 1)
+    write_rows(conn, flat_rows([message(4, priority=20)]))
+    assert row() == ("queued", None, "presale", 20, 4)
+    write_rows(conn, flat_rows([message(5, "assigned", "a-01", priority=20)]))
+    assert row() == ("assigned", "a-01", "presale", 20, 5)
+    write_rows(conn, flat_rows([message(6, "assigned", "a-01", "aftersale", priority=20)]))
+    assert row() == ("assigned", "a-01", "aftersale", 20, 6)
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie waiting to be reaped by whoever adopted it counts as dead)."""
     try:
