@@ -647,6 +647,8 @@ class Service:
         key = (msg.shop_id, msg.buyer_id)
         profile = self.profiles.get(key)
         order = self.orders.get(key)
+        if profile is None and order is None:
+            return msg
         changes: dict[str, Any] = {}
         if profile is not None and profile.tags:
             buyer = msg.buyer or Buyer()
