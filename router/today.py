@@ -22,6 +22,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -75,8 +76,9 @@ def _local_minute(tz: str, minute: int) -> int:
 class Today:
     """The day's figures per shop and agent, with hourly series, in ``defaults.timezone``."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, clock: Callable[[], float] = time.time) -> None:
         self.service = service
+        self.clock = clock
         self.day = ""
         self.day_start = 0.0
         self.day_end = 0.0
@@ -221,10 +223,10 @@ class Today:
         """Read today's figures from the store (in a worker thread, once), then count the
         batches committed meanwhile that the read did not see."""
         try:
-            await asyncio.to_thread(self._read_store, time.time())
+            await asyncio.to_thread(self._read_store, self.clock())
         except Exception as exc:  # noqa: BLE001 - the figures then start from now; routing goes on
             log.warning("today_load_failed", error=str(exc))
-            self._roll(time.time())
+            self._roll(self.clock())
             self.seq = self.outbox_id = 0
         finally:
             backlog, self._backlog = self._backlog or [], None
@@ -284,7 +286,7 @@ class Today:
 
     def figures(self, shops: set[str] | None = None, agent_id: str | None = None) -> dict[str, Any]:
         """Totals for ``shops`` (all when ``None``), or for one agent; with hourly series."""
-        now = time.time()
+        now = self.clock()
         if now >= self.day_end and self._backlog is None:
             self._roll(now)
         total = _Figures()

@@ -3,7 +3,8 @@ the store at start, never twice, and reset at midnight."""
 
 from __future__ import annotations
 
-import time
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -30,15 +31,20 @@ def _reply(buyer: str, agent_id: str, ts: float) -> tuple:
     return ("reply", "pdd-a", f"pdd-a:{buyer}", buyer, agent_id, "亲，在的", ts)
 
 
+#: Noon in the tests' time zone: rows a few minutes old are today's whatever the real time is.
+NOON = datetime(2026, 11, 23, 12, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
+
+
 @pytest.fixture
 def today(tmp_path):
     service = Service(load(write_config(tmp_path)), store_path=tmp_path / "today.db")
-    yield Today(service)
+    assert service.config.main.defaults.timezone == "Asia/Shanghai"
+    yield Today(service, clock=lambda: NOON)
     service.store.close_sync()
 
 
 async def test_batches_committed_while_loading_are_counted_once(today):
-    now = time.time()
+    now = NOON
     stored = [_message(1, now - 5, "m-1", "b-1", "assigned", "a-01"), _reply("b-1", "a-01", now - 2)]
     conn = connect(today.service.store.path)
     ids = write_rows(conn, flat_rows(stored))
@@ -57,7 +63,7 @@ async def test_batches_committed_while_loading_are_counted_once(today):
 
 async def test_live_rows_are_counted_at_once_with_waits_and_closes(today):
     await today.load()
-    now = time.time()
+    now = NOON
     today.feed([_message(1, now - 400, "m-1", "b-1"), _message(2, now - 390, "m-2", "b-1")], {})
     today.feed([_message(3, now - 300, "m-3", "b-2", "bot")], {})
     today.feed([_reply("b-1", "a-01", now - 100)], {0: 1})
@@ -74,13 +80,22 @@ async def test_live_rows_are_counted_at_once_with_waits_and_closes(today):
 
 async def test_a_new_day_starts_from_nothing(today):
     await today.load()
-    today.feed([_message(1, time.time(), "m-1", "b-1")], {})
+    today.feed([_message(1, NOON, "m-1", "b-1")], {})
     assert today.figures()["messages"] == 1
     first_day, tomorrow = today.day, today.day_end + 60
     today.feed([_message(2, tomorrow, "m-2", "b-2"), _message(3, tomorrow + 1, "m-3", "b-3")], {})
     assert today.day != first_day
     assert sum(f.messages for f in today.by_key.values()) == 2
     assert set(today.waits) == {"pdd-a:b-2", "pdd-a:b-3"}
+
+
+async def test_a_reader_after_midnight_sees_a_new_day_without_any_traffic(today):
+    await today.load()
+    today.feed([_message(1, NOON, "m-1", "b-1")], {})
+    assert today.figures()["messages"] == 1 and today.figures()["pending"] == 1
+    today.clock = lambda: NOON + 86_400
+    figures = today.figures()
+    assert figures["messages"] == 0 and figures["pending"] == 0 and figures["day"] == "2026-11-24"
 
 
 async def test_the_figures_survive_a_restart(tmp_path, monkeypatch):
@@ -119,7 +134,7 @@ async def test_a_store_that_cannot_be_read_leaves_live_figures(today, monkeypatc
         raise OSError("disk gone")
 
     monkeypatch.setattr(today, "_read_store", broken)
-    today.feed([_message(1, time.time(), "m-1", "b-1")], {})
+    today.feed([_message(1, NOON, "m-1", "b-1")], {})
     await today.load()
     await today.ready()
     assert today.figures()["messages"] == 1
