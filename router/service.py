@@ -415,14 +415,18 @@ class Service:
                     a(result or {})
                 except Exception:  # noqa: BLE001
                     log.exception("after_commit_failed")
-            for cb in self.on_journaled:
-                try:
-                    cb(rows, result or {})
-                except Exception:  # noqa: BLE001
-                    log.exception("journaled_callback_failed")
+            self._journaled(rows, result or {})
             self.metrics.flush()
 
         self.writer.submit(flat_rows(rows), done)
+
+    def _journaled(self, rows: list[tuple], ids: dict[int, int]) -> None:
+        """Tell :attr:`on_journaled` what the store now holds; a failing callback is logged."""
+        for cb in self.on_journaled:
+            try:
+                cb(rows, ids)
+            except Exception:  # noqa: BLE001
+                log.exception("journaled_callback_failed")
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -439,10 +443,8 @@ class Service:
         return moved
 
     async def _process(self, job: _Job, rows: list[tuple], afters: list) -> None:
-        kind = job.kind
-        if kind == "messages":
-            await self._process_messages([job], rows, afters)
-        elif kind == "event":
+        kind = job.kind  # ingest jobs ("messages") are routed in runs by _consume
+        if kind == "event":
             await self._process_event(job, rows, afters)
         elif kind == "tick":
             self._tick_pending = False

@@ -358,8 +358,7 @@ class RedisService(Service):
             (shop, conversation_id, buyer, agent_id, result.text, now, now)).lastrowid)
         self.metrics.replies.labels("sent").inc()
         self._queue_outbox(OutboundReply(rid, shop, conversation_id, buyer, result.text, now, agent_id), now, 0)
-        for cb in self.on_journaled:
-            cb([("reply", shop, conversation_id, buyer, agent_id, result.text, now)], {0: rid})
+        self._journaled([("reply", shop, conversation_id, buyer, agent_id, result.text, now)], {0: rid})
         return result
 
     async def add_note(self, agent_id: str | None, conversation_id: str, text: str, tags: tuple[str, ...] = ()) -> Any:
