@@ -28,12 +28,12 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
+from router.writer import CLOSE_EVENT
+
 if TYPE_CHECKING:
     from router.service import Service
 
 log = structlog.get_logger("fenliu.today")
-
-_CLOSE = b'"type":"close"'
 
 
 @dataclass
@@ -203,7 +203,7 @@ class Today:
                             action = d.action
                             break
                     self._message(shop_id, cid, action, clock)
-                elif kind == "event" and cid and body is not None and _CLOSE in body:
+                elif kind == "event" and cid and body is not None and CLOSE_EVENT in body:
                     self._close(shop_id, cid)
                 for d in decisions:
                     if d.action == "assigned" and d.agent_id is not None:

@@ -61,6 +61,10 @@ _CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
 
 _encode_json = msgspec.json.Encoder().encode
 
+#: How a journaled event's body says it closed its conversation (the writer marks the row
+#: ``closed``; today's figures end the wait).
+CLOSE_EVENT = b'"type":"close"'
+
 
 def _frame(payload: Any) -> bytes:
     """One frame of the protocol: the length, then the msgpack payload."""
@@ -117,7 +121,7 @@ def write_rows(conn: sqlite3.Connection, rows: list[tuple]) -> dict[int, int]:
             for d_msg, d_shop, d_cid, action, agent_id, cause, skill, priority, d_body in decs:
                 decisions.append((seq, d_msg, d_shop, d_cid, action, agent_id, cause, d_body))
                 convs[d_cid] = (d_cid, d_shop, d_cid.split(":", 1)[1], action, agent_id, skill, priority, seq)
-            if kind == "event" and body is not None and b'"type":"close"' in body and cid:
+            if kind == "event" and body is not None and CLOSE_EVENT in body and cid:
                 convs[cid] = (cid, shop_id, cid.split(":", 1)[1], "closed", None, None, 0, seq)
         elif kind == "reply":
             _, shop_id, cid, buyer_id, agent_id, text, ts = row
