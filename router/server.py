@@ -175,10 +175,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 # -- ingest ----------------------------------------------------------------------------------------
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes | web.Response:
-    if request.content_length is not None and request.content_length > limit:
-        return error(413, f"body of {request.content_length} bytes is over the limit of {limit} (server.max_body_bytes)")
+async def _read_body(request: web.BaseRequest, limit: int) -> bytes | web.Response:
     length = request.content_length
+    if length is not None and length > limit:
+        return error(413, f"body of {length} bytes is over the limit of {limit} (server.max_body_bytes)")
     try:
         if length is not None:  # the usual case: one read of a known size, not read() to the end
             return await request.content.readexactly(length)
@@ -211,7 +211,8 @@ async def _signed_body(request: web.Request, service: Service, shop_id: str) -> 
 
 
 async def ingest(request: web.Request) -> web.Response:
-    """``POST /v1/shops/{shop_id}/messages`` through the app's router (see :func:`_fast_ingest`)."""
+    """``POST /v1/shops/{shop_id}/messages`` through the app's router: what :class:`IngestFirst`
+    does not take, such as a request with ``Expect``."""
     return await _ingest(request, request.app[SERVICE], request.match_info["shop_id"])
 
 
