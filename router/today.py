@@ -260,7 +260,7 @@ class Today:
             events.append((clock, 0, ("message", shop_id, cid, action)))
         for clock, shop_id, cid in c.execute(
                 "SELECT clock, shop_id, conversation_id FROM journal WHERE seq > ? AND kind = 'event' "
-                "AND CAST(body AS TEXT) LIKE '%\"type\":\"close\"%'", (seq,)):
+                "AND CAST(body AS TEXT) LIKE ?", (seq, f"%{CLOSE_EVENT.decode()}%")):
             events.append((clock, 2, ("close", shop_id, cid, None)))
         for shop_id, agent_id, cid in c.execute(
                 "SELECT shop_id, agent_id, conversation_id FROM decisions WHERE id > ? AND action = 'assigned' "

@@ -45,18 +45,21 @@ def today(tmp_path):
 
 async def test_batches_committed_while_loading_are_counted_once(today):
     now = NOON
-    stored = [_message(1, now - 5, "m-1", "b-1", "assigned", "a-01"), _reply("b-1", "a-01", now - 2)]
+    stored = [_message(1, now - 5, "m-1", "b-1", "assigned", "a-01"), _reply("b-1", "a-01", now - 2),
+              _message(3, now - 4, "m-3", "b-3"),
+              ("event", 4, now - 3, "pdd-a", None, "pdd-a:b-3", b'{"type":"close","conversation_id":"pdd-a:b-3"}', [])]
     conn = connect(today.service.store.path)
     ids = write_rows(conn, flat_rows(stored))
     conn.close()
     today.feed(stored, ids)  # committed before the read: in the store and in the backlog
-    today.feed([_message(2, now, "m-2", "b-2")], {})  # committed after the read's snapshot
+    today.feed([_message(5, now, "m-2", "b-2")], {})  # committed after the read's snapshot
     assert today.figures()["messages"] == 0  # nothing counted before the store is read
 
     await today.load()
 
     figures = today.figures()
-    assert figures["messages"] == 2 and figures["replies"] == 1 and figures["answered"] == 1
+    assert figures["messages"] == 3 and figures["replies"] == 1 and figures["answered"] == 1
+    assert figures["missed"] == 1  # b-3 closed unanswered, read back from the store
     assert figures["agents"]["a-01"]["conversations"] == 1
     assert figures["pending"] == 1  # b-2 waits
 
