@@ -25,11 +25,14 @@ class HookContext:
       the earlier hooks; ``flags``: findings that end up on the decision.
     - ``meta``: per-conversation plugin state: the conversation's ``meta``, or for a new
       conversation a dict the pipeline copies into it once it is opened.
+    - ``dropped``: the ``(hook, plugin)`` calls whose results were dropped for this message
+      (raised, overran the budget, wrong type); the service journals them so that replay drops
+      the same results.
     """
 
     __slots__ = (
         "config", "shop", "policy", "conversation", "now", "text", "skill", "priority", "flags",
-        "meta", "_dispatcher",
+        "meta", "dropped", "_dispatcher",
     )
 
     def __init__(
@@ -53,6 +56,7 @@ class HookContext:
         self.priority = 0
         self.flags: list[str] = []
         self.meta: dict[str, object] = conversation.meta if conversation is not None else {}
+        self.dropped: list[tuple[str, str]] = []
         self._dispatcher = dispatcher
 
     @property

@@ -65,6 +65,10 @@ class Router:
         self._seen: dict[tuple[str, str], None] = {}
         self._is_duplicate = (self._seen_before if dedupe is True else dedupe) or None
         self.on_decision: list[Callable[[Decision], None]] = []
+        #: The ``(hook, plugin)`` calls whose results the last routed message dropped (raised,
+        #: overran the time budget, returned the wrong type): the service journals them so that
+        #: :meth:`replay_message` drops the same ones.
+        self.dropped: list[tuple[str, str]] = []
 
     def _seen_before(self, shop_id: str, msg_id: str) -> bool:
         """In-memory dedupe for ``route`` and ``simulate``: the last ``_SEEN_MAX`` ids (the
@@ -134,6 +138,7 @@ class Router:
 
             conv = d.conversations.get(cid)
             ctx = HookContext(self.config, shop, now, conv, d, msg.text, self._policies[shop.id])
+            self.dropped = ctx.dropped
             plugins = self.plugins
             if plugins._enrich:
                 msg = await plugins.inbound_enrich(msg, ctx)
@@ -197,6 +202,14 @@ class Router:
             return out
         finally:
             unbind(token)
+
+    async def replay_message(self, msg: Message, dropped: list[tuple[str, str]]) -> list[Decision]:
+        """Route a journaled message again without the hook calls whose results the live run
+        dropped: a result the live run lost to an overrun or a failure must not be applied when
+        the state is rebuilt, or the rebuilt queues and assignments would differ from what agents
+        were told."""
+        with self.plugins.skipping(dropped):
+            return await self.handle_message(msg)
 
     # -- events ----------------------------------------------------------------------------------
 

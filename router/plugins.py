@@ -61,6 +61,14 @@ class PluginInfo(msgspec.Struct):
 
 #: Result types the inbound hooks return plainly: certainly not awaitables (see ``_settle``).
 _PLAIN = frozenset((type(None), str, int, bool, Message, FilterVerdict, BotReply))
+#: The hooks whose results decide a message's routing, by the attribute holding their chain.
+_ROUTING_CHAINS = {
+    "fenliu_inbound_enrich": "_enrich",
+    "fenliu_inbound_filter": "_filter",
+    "fenliu_classify_skill": "_skill",
+    "fenliu_priority": "_priority",
+    "fenliu_bot_reply": "_bot",
+}
 
 
 class _Pending:
@@ -300,6 +308,7 @@ class PluginSet:
         log.warning("plugin_error", plugin=impl.plugin, hook=hook, error=kind, detail=detail)
         if ctx is not None:
             ctx.flag(f"plugin_error:{impl.plugin}")
+            ctx.dropped.append((hook, impl.plugin))
 
     async def _run(self, impl: _Impl, hook: str, ctx: HookContext | None, *args: Any) -> Any:
         result = self._call(impl, hook, ctx, *args)
@@ -330,6 +339,25 @@ class PluginSet:
             yield
         finally:
             self.timeout = budget
+
+    @contextlib.contextmanager
+    def skipping(self, dropped: Iterable[tuple[str, str]]) -> Iterator[None]:
+        """Leave out the given ``(hook, plugin)`` implementations of the routing hooks for the
+        duration: journal replay skips exactly the calls whose results the live run dropped (an
+        overrun or a failure need not happen again on replay, an applied result must not appear
+        there). Swaps the chains, so the hooks' loops pay nothing for it."""
+        saved = {}
+        for hook, plugin in dropped:
+            attr = _ROUTING_CHAINS.get(hook)
+            if attr is None:
+                continue
+            saved.setdefault(attr, getattr(self, attr))
+            setattr(self, attr, tuple(i for i in getattr(self, attr) if i.plugin != plugin))
+        try:
+            yield
+        finally:
+            for attr, chain in saved.items():
+                setattr(self, attr, chain)
 
     def _late(self, impl: _Impl, hook: str, ctx: HookContext | None) -> None:
         """An implementation overran its budget: its result is dropped."""

@@ -66,6 +66,7 @@ log = structlog.get_logger("fenliu.service")
 _encode = msgspec.json.Encoder().encode
 _message = msgspec.json.Decoder(Message)
 _event = msgspec.json.Decoder(Event)
+_dropped = msgspec.json.Decoder(list[tuple[str, str]])
 _order = msgspec.json.Decoder(Order)
 
 HISTORY = 50
@@ -252,18 +253,27 @@ class Service:
         router = self.router
         count = 0
         after = 0
+        # A ``faults`` entry names the hook calls whose results the live run dropped for the
+        # message entry right after it; replay drops the same (Router.replay_message).
+        dropped: tuple[int, list[tuple[str, str]]] | None = None
         while True:
             rows = await self.store.call(lambda c, a=after: journal_page(c, a))
             if not rows:
                 break
             for seq, kind, clock, body in rows:
                 after = seq
+                if kind == "faults":
+                    dropped = (seq + 1, _dropped.decode(body))
+                    continue
                 self._clock = clock
                 await router.advance(clock)
                 try:
                     if kind == "message":
                         msg = _message.decode(body)
-                        decisions = await router.handle_message(msg)
+                        if dropped is not None and dropped[0] == seq:
+                            decisions = await router.replay_message(msg, dropped[1])
+                        else:
+                            decisions = await router.handle_message(msg)
                         own = next((d for d in decisions if d.msg_id == msg.msg_id), None)
                         self._remember_message(msg, own, clock)
                     elif kind == "event":
@@ -505,6 +515,9 @@ class Service:
                         result.duplicates.append(msg.msg_id)
                         count(metrics.duplicates, msg.shop_id)
                         continue
+                    if router.dropped:  # the entry just before its message, in the same commit
+                        rows.append(("faults", self._next_seq(), self._clock, msg.shop_id, msg.msg_id,
+                                     msg.conversation_id, _encode(router.dropped), ()))
                     rows.append(("message", self._next_seq(), self._clock, msg.shop_id, msg.msg_id,
                                  msg.conversation_id, _encode(msg), decisions))
                     result.accepted.append(msg.msg_id)

@@ -34,7 +34,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,              -- message | event | tick
+    kind TEXT NOT NULL,              -- message | event | tick | faults (hook results a message dropped)
     clock REAL NOT NULL,             -- the router's clock when it processed the input
     shop_id TEXT,
     msg_id TEXT,

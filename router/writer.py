@@ -56,6 +56,9 @@ _CONVERSATIONS = ("INSERT INTO conversations (id, shop_id, buyer_id, state, agen
                   "WHERE conversations.state IS NOT excluded.state OR conversations.agent_id IS NOT excluded.agent_id "
                   "OR conversations.skill IS NOT COALESCE(excluded.skill, conversations.skill) "
                   "OR conversations.priority IS NOT excluded.priority")
+#: The rows that are journal entries (the rest go to side tables): inputs, clock ticks, and the
+#: hook calls whose results a message's live routing dropped (replayed as dropped).
+_JOURNAL_KINDS = ("message", "event", "tick", "faults")
 #: Rows per statement: each size has its own cached statement, and a batch is cut into these.
 _CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
 
@@ -78,7 +81,7 @@ def flat_rows(rows: Iterable[tuple]) -> list[tuple]:
     a batch can cross a pipe and be written without the router's models."""
     out: list[tuple] = []
     for row in rows:
-        if row[0] in ("message", "event", "tick"):
+        if row[0] in _JOURNAL_KINDS:
             kind, seq, clock, shop_id, msg_id, cid, body, decs = row
             out.append((kind, seq, clock, shop_id, msg_id, cid, body,
                         [(d.msg_id, d.shop_id, d.conversation_id, d.action, d.agent_id, d.cause, d.skill, d.priority,
@@ -115,7 +118,7 @@ def write_rows(conn: sqlite3.Connection, rows: list[tuple]) -> dict[int, int]:
     ids: dict[int, int] = {}
     for index, row in enumerate(rows):
         kind = row[0]
-        if kind in ("message", "event", "tick"):
+        if kind in _JOURNAL_KINDS:
             _, seq, clock, shop_id, msg_id, cid, body, decs = row
             journal.append((seq, kind, clock, shop_id, msg_id, cid, body))
             for d_msg, d_shop, d_cid, action, agent_id, cause, skill, priority, d_body in decs:

@@ -6,10 +6,11 @@ import json
 import time
 
 import anyio
+import msgspec
 import pytest
 
 from router.hookspecs import hookimpl
-from router.models import BotReply, FilterVerdict
+from router.models import BotReply, FilterVerdict, Message
 from router.plugins import BUILTIN_PLUGINS, PluginSet
 from tests.conftest import T0
 
@@ -58,6 +59,39 @@ async def test_raising_and_slow_plugins_are_isolated(fenliu_harness, fenliu_logs
     errors = {(e["plugin"], e["error"]) for e in fenliu_logs if e["event"] == "plugin_error"}
     assert errors == {("Raises-0", "RuntimeError"), ("SlowAsync-1", "timeout"), ("SlowSync-2", "timeout")}
     assert h.router.plugins.errors["Raises-0"] == 1
+
+
+class CountingPriority:
+    """Adds 1 to every message's priority and counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def fenliu_priority(self, message, ctx):
+        self.calls += 1
+        return 1
+
+
+async def test_dropped_calls_are_named_and_replay_skips_just_those(fenliu_harness):
+    """The router names the calls whose results it dropped; ``replay_message`` leaves out exactly
+    those (the counting plugin in the same chain still runs) and restores the chains after."""
+    counting = CountingPriority()
+    h = fenliu_harness(Raises(), SlowSync(), counting)
+    router = h.router
+    d = await h.send(shop_id="pdd-1001", buyer_id="b-1", text="这个有货吗")
+    assert sorted(router.dropped) == [("fenliu_classify_skill", "Raises-0"), ("fenliu_priority", "SlowSync-1")]
+    assert d.priority == 1 and counting.calls == 1
+    chains = (router.plugins.chain("fenliu_classify_skill"), router.plugins._skill, router.plugins._priority)
+    msg = msgspec.convert({"shop_id": "pdd-1001", "buyer_id": "b-9", "text": "这个有货吗", "msg_id": "m-replay",
+                           "ts": T0 + 100}, Message)
+    start = time.perf_counter()
+    out = await router.replay_message(msg, list(router.dropped))
+    assert time.perf_counter() - start < 0.08  # SlowSync was not called
+    own = out[-1]
+    assert (own.skill, own.priority) == (d.skill, 1) and counting.calls == 2
+    assert not any(f.startswith("plugin_error") for f in own.flags) and router.dropped == []
+    assert (router.plugins.chain("fenliu_classify_skill"), router.plugins._skill, router.plugins._priority) == chains
 
 
 async def test_async_hook_results_are_awaited(fenliu_harness):

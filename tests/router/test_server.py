@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import aiohttp
 import anyio
@@ -444,4 +445,59 @@ async def test_replay_ignores_plugin_time_budgets(tmp_path, env):
         assert set(srv.service.router.dispatcher.conversations) == live
         assert srv.service.config.plugins.timeout == 0.0001 / 1000
     finally:
+        await srv.stop()
+
+
+class FlakyBlock:
+    """An inbound filter that blocks every message, when it answers: ``overrun`` answers past the
+    time budget, ``outage`` raises as if its blocklist service were down, ``None`` is healthy."""
+
+    __name__ = "flaky_block"
+
+    def __init__(self, mode: str | None) -> None:
+        self.mode = mode
+
+    @hookimpl
+    def fenliu_inbound_filter(self, message, ctx):
+        if self.mode == "overrun":
+            time.sleep(0.05)
+        elif self.mode == "outage":
+            raise ConnectionError("blocklist service unreachable")
+        return FilterVerdict("block", reason="blocklisted")
+
+
+@pytest.mark.parametrize("mode", ["overrun", "outage"])
+async def test_replay_drops_what_the_live_run_dropped(tmp_path, env, mode):
+    """A filter's block lost live (it overran its budget, or it failed) let the message open a
+    conversation. Replay must not apply that block now that the filter answers in time: the
+    conversation agents were told about comes back, from a ``faults`` journal entry."""
+    cfg = write_config(tmp_path)
+    main = cfg / "fenliu.toml"
+    main.write_text(main.read_text(encoding="utf-8").replace("[plugins]\n", "[plugins]\nhook_timeout_ms = 10\n", 1),
+                    encoding="utf-8")
+    srv = await start_server(cfg, NoWechat(), FlakyBlock(mode))
+    c = Client(srv.url, aiohttp.ClientSession())
+    try:
+        assert (await c.post_messages("pdd-a", message("m-1", "b-1")))[0] == 202
+        live = {cid: (conv.state, conv.agent_id) for cid, conv in srv.service.router.dispatcher.conversations.items()}
+    finally:
+        await c.http.close()
+        await srv.stop()
+    assert list(live) == ["pdd-a:b-1"]
+    db = tmp_path / "fenliu.db"
+    assert db_rows(db, "SELECT kind, msg_id, CAST(body AS TEXT) FROM journal WHERE kind = 'faults'") == [
+        ("faults", "m-1", '[["fenliu_inbound_filter","flaky_block"]]')]
+    flags = json.loads(db_rows(db, "SELECT body FROM decisions WHERE msg_id = 'm-1'")[0][0])["flags"]
+    assert "plugin_error:flaky_block" in flags
+
+    srv = await start_server(cfg, NoWechat(), FlakyBlock(None))
+    c = Client(srv.url, aiohttp.ClientSession())
+    try:
+        replayed = {cid: (conv.state, conv.agent_id) for cid, conv in srv.service.router.dispatcher.conversations.items()}
+        assert replayed == live
+        # the filter is whole for new messages: the skip held for the replayed one only
+        assert (await c.post_messages("pdd-a", message("m-2", "b-2")))[0] == 202
+        assert db_rows(db, "SELECT action FROM decisions WHERE msg_id = 'm-2'") == [("blocked",)]
+    finally:
+        await c.http.close()
         await srv.stop()
