@@ -61,6 +61,7 @@ class ServerConfig(Struct):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1 << 20
     max_batch: Annotated[int, msgspec.Meta(ge=1)] = 500
     ingest_queue_max: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    dedupe_window: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
     reconnect_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     token_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 12 * 3600
     watch_config: bool = True

@@ -16,6 +16,7 @@ import structlog
 
 from router.config import Config
 from router.context import HookContext
+from router.dedupe import SeenIds
 from router.dispatch import DispatchError, Dispatcher
 from router.logging import bind_message, unbind
 from router.models import (
@@ -35,10 +36,6 @@ from router.models import (
 log = structlog.get_logger("fenliu.router")
 
 
-
-_SEEN_MAX = 1_000_000
-
-
 class InputError(ValueError):
     """A message or event that cannot be routed as given (unknown shop, unknown agent …)."""
 
@@ -52,35 +49,25 @@ class Router:
         *,
         reservations: bool = False,
         clock: Callable[[], float] | None = None,
-        dedupe: Callable[[str, str], bool] | bool = True,
+        dedupe: Callable[[str, str], bool] | SeenIds | bool = True,
     ) -> None:
         """``dedupe``: ``True`` drops repeated ``(shop_id, msg_id)`` pairs (the last million are
-        remembered); a callable decides instead (the service asks its store); ``False`` trusts the
-        input (the simulator makes unique ids)."""
+        remembered, :class:`router.dedupe.SeenIds`); a ``SeenIds`` of the caller's does the same
+        (the service's also remembers older pairs, to ask its store about); a callable decides
+        instead (the Redis backend dedupes at ingest); ``False`` trusts the input (the
+        simulator makes unique ids)."""
         self.config = config
         self.plugins = config.plugins
         self._policies = {sid: config.policy_for(sid) for sid in config.shops}
         self.dispatcher = Dispatcher(config, reservations=reservations)
         self._clock = clock
-        self._seen: dict[tuple[str, str], None] = {}
-        self._is_duplicate = (self._seen_before if dedupe is True else dedupe) or None
+        self.seen: SeenIds | None = dedupe if isinstance(dedupe, SeenIds) else SeenIds() if dedupe is True else None
+        self._is_duplicate = self.seen.seen_before if self.seen is not None else (dedupe or None)
         self.on_decision: list[Callable[[Decision], None]] = []
         #: The ``(hook, plugin)`` calls whose results the last routed message dropped (raised,
         #: overran the time budget, returned the wrong type): the service journals them so that
         #: :meth:`replay_message` drops the same ones.
         self.dropped: list[tuple[str, str]] = []
-
-    def _seen_before(self, shop_id: str, msg_id: str) -> bool:
-        """In-memory dedupe for ``route`` and ``simulate``: the last ``_SEEN_MAX`` ids (the
-        service dedupes against its store instead)."""
-        key = (shop_id, msg_id)
-        seen = self._seen
-        if key in seen:
-            return True
-        seen[key] = None
-        if len(seen) > _SEEN_MAX:
-            del seen[next(iter(seen))]
-        return False
 
     # -- clock ---------------------------------------------------------------------------------
 

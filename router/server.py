@@ -156,6 +156,8 @@ async def _json_errors(request: web.BaseRequest, handler: Callable[..., Awaitabl
         return await handler(request, *args)
     except HTTPError as exc:
         return error(exc.status, exc.reason)
+    except Overloaded as exc:  # the journal failed under an event, a reply or a context push
+        return json_response({"error": str(exc)}, 503, headers={"Retry-After": "1"})
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             return error(exc.status, exc.reason, path=request.path)

@@ -37,6 +37,7 @@ import structlog
 
 from adapters import Adapter, DeliveryError, OrderContext, OutboundReply, adapter_class
 from router.config import Config
+from router.dedupe import SeenIds
 from router.metrics import Metrics
 from router.reload import Reloader
 from router.runtime import tune_gc
@@ -86,6 +87,13 @@ class Overloaded(Exception):
     """The ingest queue is at its bound."""
 
 
+class JournalFailed(Overloaded):
+    """Nothing more can be journaled: the writer died, or a commit failed after the router had
+    already applied its batch in memory. The service refuses work (``503``, ``/healthz`` says why)
+    until it is restarted, which rebuilds the state from what the store holds. Carrying on would
+    acknowledge retries of the lost batch as duplicates of messages the store never got."""
+
+
 class NotYours(Exception):
     """The agent does not hold that conversation."""
 
@@ -123,7 +131,9 @@ class Service:
         #: Why the service can no longer work (``/healthz`` answers 503 with it), or ``None``.
         self.failed: str | None = None
         self._clock = time.time()
-        self.router = Router(config, reservations=True, clock=lambda: self._clock)
+        self.router = Router(config, reservations=True, clock=lambda: self._clock,
+                             dedupe=SeenIds(config.main.server.dedupe_window, keep_evicted=True))
+        self._lookup: sqlite3.Connection | None = None
         self.metrics = Metrics(lambda: self.router)
         self.metrics.ingest_queue.set_function(lambda: self.pending_ingest)
         self.reloader = Reloader(config.dir, self._apply_reload, extra=config.plugins.extra,
@@ -216,6 +226,8 @@ class Service:
                 await adapter.close()
         await self.writer.close()
         await self.store.close()
+        if self._lookup is not None:
+            self._lookup.close()
         log.info("service_stopped", seq=self._seq)
 
     def _make_adapters(self) -> None:
@@ -323,6 +335,8 @@ class Service:
     # -- submitting work (HTTP handlers, WebSocket sessions, adapters) ------------------------------
 
     def _enqueue(self, job: _Job) -> None:
+        if self.failed is not None and job.kind != "tick":
+            raise JournalFailed(f"the service cannot journal: {self.failed}")
         self._queue.put_nowait(job)
 
     def _future(self) -> asyncio.Future:
@@ -332,7 +346,7 @@ class Service:
         """Route and journal messages; returns once they are committed."""
         limit = self.config.main.server.ingest_queue_max
         if self.failed is not None:
-            raise Overloaded(f"the service cannot journal messages: {self.failed}")
+            raise JournalFailed(f"the service cannot journal messages: {self.failed}")
         if self.pending_ingest + len(messages) > limit or self._stopping:
             raise Overloaded
         self.pending_ingest += len(messages)
@@ -382,7 +396,9 @@ class Service:
                     stop = True
                     continue
                 batch.append(nxt)
-            if batch:
+            if batch and self.failed is not None:
+                self._refuse(batch)
+            elif batch:
                 rows: list[tuple] = []
                 afters: list[Callable[[dict[int, int]], None]] = []
                 i = 0
@@ -408,6 +424,17 @@ class Service:
                 await self.writer.flush()
                 return
 
+    def _refuse(self, jobs: list[_Job]) -> None:
+        """Jobs queued before the journal failed are not routed: the state they would build on
+        is already ahead of the store."""
+        refused = JournalFailed(f"the service cannot journal: {self.failed}")
+        for job in jobs:
+            if job.kind == "messages":
+                self.pending_ingest -= len(job.args[0])
+            fut = job.future or (job.args[-1] if job.kind == "event" else None)
+            if fut is not None and not fut.done():
+                fut.set_exception(refused)
+
     def _commit(self, rows: list[tuple], afters: list[Callable[[dict[int, int]], None]]) -> None:
         if not rows and not afters:
             return
@@ -415,10 +442,13 @@ class Service:
         def done(result: dict[int, int] | None, error: BaseException | None) -> None:
             self.metrics.commits.inc()
             if error is not None:
-                log.error("journal_write_failed", error=str(error))
+                why = f"a journal commit failed ({error}); restart the service to rebuild its state from the store"
+                log.error("journal_write_failed", error=str(error), hint="restart")
+                self._writer_failed(why)
+                refused = JournalFailed(f"the service cannot journal: {why}")
                 for a in afters:
                     with contextlib.suppress(Exception):
-                        a.fail(error)  # type: ignore[attr-defined]
+                        a.fail(refused)  # type: ignore[attr-defined]
                 return
             for a in afters:
                 try:
@@ -491,12 +521,18 @@ class Service:
         seen: list[tuple[Message, Decision | None, float]] = []
         answers: list[tuple[asyncio.Future | None, IngestResult]] = []
         router = self.router
+        ids = router.seen
+        assert ids is not None
         count, metrics = self.metrics.count, self.metrics
         for job in jobs:
             (messages,) = job.args
             result = IngestResult()
             try:
                 for i, msg in enumerate(messages):
+                    if ids.maybe_seen_long_ago(msg.shop_id, msg.msg_id) and await self._journaled_before(msg):
+                        result.duplicates.append(msg.msg_id)
+                        count(metrics.duplicates, msg.shop_id)
+                        continue
                     msg = self._enrich(msg)
                     moved = await self._advance(rows)
                     if moved:
@@ -548,6 +584,18 @@ class Service:
                   for m, _, c in seen if m.order is not None and m.order.order_id]
         if orders:
             rows.append(("orders", orders))
+
+    async def _journaled_before(self, msg: Message) -> bool:
+        """The store's exact answer for a message id older than the dedupe window that its Bloom
+        filters could not rule out (an old resend, or one false positive in a thousand)."""
+        def look() -> bool:
+            if self._lookup is None:
+                self._lookup = sqlite3.connect(f"file:{self.store.path}?mode=ro", uri=True, check_same_thread=False)
+            return self._lookup.execute(
+                "SELECT 1 FROM journal WHERE kind = 'message' AND shop_id = ? AND msg_id = ?",
+                (msg.shop_id, msg.msg_id)).fetchone() is not None
+
+        return await asyncio.to_thread(look)
 
     async def _process_event(self, job: _Job, rows: list[tuple], afters: list) -> None:
         event, fut = job.args

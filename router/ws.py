@@ -34,7 +34,7 @@ from router.models import (
     WsTransfer,
 )
 from router.pipeline import InputError
-from router.service import NotYours
+from router.service import NotYours, Overloaded
 
 if TYPE_CHECKING:
     from router.accounts import Account
@@ -172,7 +172,7 @@ async def _handle(service: Service, session: WsSession, data: bytes) -> WsResult
                 if (why := _holds(service, aid, frame.conversation_id)) is not None:
                     return WsResult(op, False, ref, cid, reason=why)
                 await service.add_note(aid, frame.conversation_id, frame.text, frame.tags)
-    except (InputError, NotYours) as exc:
+    except (InputError, NotYours, Overloaded) as exc:
         return WsResult(op, False, ref, cid, reason=str(exc))
     log_.debug("ws_ok")
     return WsResult(op, True, ref, cid)

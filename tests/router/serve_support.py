@@ -46,7 +46,7 @@ class NoWechat:
 
 
 def write_config(root: Path, *, accept_timeout_s: float = 30.0, grace_s: float = 30.0, queue_max: int = 10_000,
-                 max_batch: int = 20, max_body: int = 4096) -> Path:
+                 max_batch: int = 20, max_body: int = 4096, dedupe_window: int = 1_000_000) -> Path:
     """Two shops (A: pdd-a, B: tb-b), three agents, no business hours or shifts (the tests run at
     any time of day), the built-in bot off so every message needs a human."""
     cfg = root / "config"
@@ -58,6 +58,7 @@ port = 0
 max_body_bytes = {max_body}
 max_batch = {max_batch}
 ingest_queue_max = {queue_max}
+dedupe_window = {dedupe_window}
 reconnect_grace_s = {grace_s}
 token_ttl_s = 3600
 

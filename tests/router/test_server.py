@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 
 import aiohttp
@@ -501,3 +502,77 @@ async def test_replay_drops_what_the_live_run_dropped(tmp_path, env, mode):
     finally:
         await c.http.close()
         await srv.stop()
+
+
+async def test_a_resend_older_than_the_dedupe_window_is_a_duplicate(tmp_path, env):
+    """Ids pushed out of the exact window are remembered in Bloom filters and checked against the
+    store: an old resend is answered ``duplicate`` and the new message beside it goes through
+    (an old resend used to be routed again, then refused by the journal, failing its batch)."""
+    cfg = write_config(tmp_path, dedupe_window=2)
+    db = tmp_path / "fenliu.db"
+    srv = await start_server(cfg, NoWechat())
+    c = Client(srv.url, aiohttp.ClientSession())
+    try:
+        for i in range(1, 5):
+            assert (await c.post_messages("pdd-a", message(f"m-{i}", f"b-{i}")))[0] == 202
+        status, body = await c.post_messages("pdd-a", [message("m-1", "b-1"), message("m-5", "b-5")])
+        assert (status, body) == (202, {"accepted": 1, "duplicates": 1})
+        assert (await c.call("GET", "/healthz"))[1]["status"] == "ok"
+    finally:
+        await c.http.close()
+        await srv.stop()
+    assert db_rows(db, "SELECT msg_id FROM messages ORDER BY seq") == [(f"m-{i}",) for i in range(1, 6)]
+    assert db_rows(db, "SELECT count(*) FROM decisions WHERE msg_id = 'm-1'") == [(1,)]
+
+    srv = await start_server(cfg, NoWechat())  # replay rebuilds the window and the filters
+    c = Client(srv.url, aiohttp.ClientSession())
+    try:
+        status, body = await c.post_messages("pdd-a", [message("m-2", "b-2"), message("m-5", "b-5"),
+                                                       message("m-6", "b-6")])
+        assert (status, body) == (202, {"accepted": 1, "duplicates": 2})
+    finally:
+        await c.http.close()
+        await srv.stop()
+    assert db_rows(db, "SELECT count(*) FROM messages") == [(6,)]
+
+
+async def test_a_failed_commit_fails_closed_and_loses_nothing(tmp_path, env):
+    """A commit that fails after the router applied its batch in memory (here a trigger standing in
+    for a disk error) must not leave the service acknowledging: a retry answered ``duplicate``
+    would be a message the store never got. The service answers 503 until restarted; after the
+    restart the retry is accepted and journaled once."""
+    cfg = write_config(tmp_path)
+    db = tmp_path / "fenliu.db"
+    add_accounts(db)
+    srv = await start_server(cfg, NoWechat())
+    c = Client(srv.url, aiohttp.ClientSession())
+    try:
+        assert (await c.post_messages("pdd-a", message("m-1", "b-1")))[0] == 202
+        lead_a = await c.login("acme:lead-a")
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TRIGGER disk_trouble BEFORE INSERT ON journal WHEN NEW.msg_id = 'm-2' "
+                         "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END")
+        status, body = await c.post_messages("pdd-a", message("m-2", "b-2"))
+        assert status == 503 and "journal" in body["error"]
+        status, body = await c.post_messages("pdd-a", message("m-2", "b-2"))  # the bridge retries
+        assert status == 503 and "journal" in body["error"]
+        status, health = await c.call("GET", "/healthz")
+        assert status == 503 and health["status"] == "failed" and "restart" in health["reason"]
+        status, body = await c.call("PUT", "/v1/agents/a-01/status", lead_a, json={"status": "online"})
+        assert status == 503 and "journal" in body["error"]  # events are refused too
+    finally:
+        await c.http.close()
+        await srv.stop()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TRIGGER disk_trouble")
+
+    srv = await start_server(cfg, NoWechat())
+    c = Client(srv.url, aiohttp.ClientSession())
+    try:
+        assert "pdd-a:b-2" not in srv.service.router.dispatcher.conversations
+        status, body = await c.post_messages("pdd-a", message("m-2", "b-2"))
+        assert (status, body) == (202, {"accepted": 1, "duplicates": 0})
+    finally:
+        await c.http.close()
+        await srv.stop()
+    assert db_rows(db, "SELECT msg_id FROM messages ORDER BY seq") == [("m-1",), ("m-2",)]
