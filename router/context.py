@@ -25,6 +25,9 @@ class HookContext:
       the earlier hooks; ``flags``: findings that end up on the decision.
     - ``meta``: per-conversation plugin state: the conversation's ``meta``, or for a new
       conversation a dict the pipeline copies into it once it is opened.
+    - ``replay``: ``True`` while the service rebuilds its state from the journal on start: the
+      message or event was routed before, so rebuild what you keep in memory, but do not notify
+      anyone again (an observer that sends messages would otherwise resend the whole history).
     - ``dropped``: the ``(hook, plugin)`` calls whose results were dropped for this message
       (raised, overran the budget, wrong type); the service journals them so that replay drops
       the same results.
@@ -32,7 +35,7 @@ class HookContext:
 
     __slots__ = (
         "config", "shop", "policy", "conversation", "now", "text", "skill", "priority", "flags",
-        "meta", "dropped", "_dispatcher",
+        "meta", "replay", "dropped", "_dispatcher",
     )
 
     def __init__(
@@ -44,6 +47,7 @@ class HookContext:
         dispatcher: Dispatcher | None = None,
         text: str = "",
         policy: Any = None,
+        replay: bool = False,
     ) -> None:
         """``policy``: the shop's policy when the caller has it at hand (else it is looked up)."""
         self.config = config
@@ -56,6 +60,7 @@ class HookContext:
         self.priority = 0
         self.flags: list[str] = []
         self.meta: dict[str, object] = conversation.meta if conversation is not None else {}
+        self.replay = replay
         self.dropped: list[tuple[str, str]] = []
         self._dispatcher = dispatcher
 

@@ -139,6 +139,9 @@ def fenliu_assigned(decision: Decision, ctx: HookContext) -> None:
 
     Called after each ``assigned`` decision, including those caused by events (queue drain,
     transfer, expansion). Return value ignored. Use it for metrics, audit logs, notifications.
+    On start, ``fenliu serve`` replays its journal through the router and calls this again for
+    every past assignment with ``ctx.replay`` true: rebuild in-memory state then, but do not
+    notify or append to an audit log a second time.
     """
 
 
@@ -149,6 +152,8 @@ def fenliu_closed(conversation: Conversation, ctx: HookContext) -> None:
     Called after a ``close`` event (agent, supervisor or buyer timeout) has released the
     conversation's agent, before the freed capacity drains the queue. ``conversation`` is the
     closed :class:`router.models.Conversation` with its history. Return value ignored.
+    ``ctx.replay`` is true when the close is being replayed from the journal on start (see
+    :func:`fenliu_assigned`).
     """
 
 

@@ -68,6 +68,8 @@ class Router:
         #: overran the time budget, returned the wrong type): the service journals them so that
         #: :meth:`replay_message` drops the same ones.
         self.dropped: list[tuple[str, str]] = []
+        #: Set by the service while it replays its journal; hooks see it as ``ctx.replay``.
+        self.replaying = False
 
     # -- clock ---------------------------------------------------------------------------------
 
@@ -124,7 +126,7 @@ class Router:
                 return out
 
             conv = d.conversations.get(cid)
-            ctx = HookContext(self.config, shop, now, conv, d, msg.text, self._policies[shop.id])
+            ctx = HookContext(self.config, shop, now, conv, d, msg.text, self._policies[shop.id], self.replaying)
             self.dropped = ctx.dropped
             plugins = self.plugins
             if plugins._enrich:
@@ -215,7 +217,7 @@ class Router:
                 moved = d.close(event.conversation_id)
                 if conv is not None and self.plugins.has_observers:
                     shop = self.config.shops[conv.shop_id]
-                    await self.plugins.closed(conv, HookContext(self.config, shop, now, conv, d))
+                    await self.plugins.closed(conv, HookContext(self.config, shop, now, conv, d, replay=self.replaying))
             elif isinstance(event, TransferEvent):
                 moved = d.transfer(event.conversation_id, to_agent=event.to_agent, to_skill=event.to_skill)
             elif isinstance(event, AgentStatusEvent):
@@ -239,7 +241,8 @@ class Router:
             if dec.action == "assigned":
                 conv = self.dispatcher.conversations.get(dec.conversation_id)
                 shop = self.config.shops[dec.shop_id]
-                await self.plugins.assigned(dec, HookContext(self.config, shop, self.dispatcher.now or 0.0, conv, self.dispatcher))
+                await self.plugins.assigned(dec, HookContext(self.config, shop, self.dispatcher.now or 0.0, conv,
+                                                             self.dispatcher, replay=self.replaying))
 
     # -- outbound ----------------------------------------------------------------------------------
 

@@ -249,8 +249,12 @@ class Service:
         self._seq = await self.store.call(last_seq)
         # Replay races through history: a GC pause must not make a plugin "overrun" here and
         # drop a result (a block, say) that the live run applied.
-        with router.plugins.without_budget():
-            count = await self._replay_journal()
+        router.replaying = True
+        try:
+            with router.plugins.without_budget():
+                count = await self._replay_journal()
+        finally:
+            router.replaying = False
         open_ids = set(router.dispatcher.conversations)
         for cid in list(self.history):
             if cid not in open_ids:

@@ -576,3 +576,39 @@ async def test_a_failed_commit_fails_closed_and_loses_nothing(tmp_path, env):
         await c.http.close()
         await srv.stop()
     assert db_rows(db, "SELECT msg_id FROM messages ORDER BY seq") == [("m-1",), ("m-2",)]
+
+
+class Notifier:
+    """An observer that would message the agent on every assignment."""
+
+    __name__ = "notifier"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None, bool]] = []
+
+    @hookimpl
+    def fenliu_assigned(self, decision, ctx):
+        self.calls.append((decision.conversation_id, decision.agent_id, ctx.replay))
+
+
+async def test_observers_see_the_replay_on_start(tmp_path, env):
+    """Replay calls every hook again for the history; observers are told (``ctx.replay``) so
+    that a notifier does not message agents about last week's assignments on each restart."""
+    cfg = write_config(tmp_path)
+    add_accounts(tmp_path / "fenliu.db")
+    live = Notifier()
+    srv = await start_server(cfg, NoWechat(), live)
+    c = Client(srv.url, aiohttp.ClientSession())
+    try:
+        lead_a = await c.login("acme:lead-a")
+        assert (await c.call("PUT", "/v1/agents/a-01/status", lead_a, json={"status": "online"}))[0] == 200
+        assert (await c.post_messages("pdd-a", message("m-1", "b-1")))[0] == 202
+    finally:
+        await c.http.close()
+        await srv.stop()
+    assert live.calls == [("pdd-a:b-1", "a-01", False)]
+
+    again = Notifier()
+    srv = await start_server(cfg, NoWechat(), again)
+    await srv.stop()
+    assert again.calls == [("pdd-a:b-1", "a-01", True)]
