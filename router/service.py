@@ -127,7 +127,8 @@ class Service:
         self.config = config
         self.simulate = simulate
         self.store = Store(store_path or config.main.storage.path)
-        self.writer = JournalWriter(self.store.path, on_exit=self._writer_failed)
+        self.writer = JournalWriter(self.store.path, on_exit=self._writer_failed,
+                                    on_transaction=lambda: self.metrics.commits.inc())
         #: Why the service can no longer work (``/healthz`` answers 503 with it), or ``None``.
         self.failed: str | None = None
         self._clock = time.time()
@@ -444,7 +445,6 @@ class Service:
             return
 
         def done(result: dict[int, int] | None, error: BaseException | None) -> None:
-            self.metrics.commits.inc()
             if error is not None:
                 why = f"a journal commit failed ({error}); restart the service to rebuild its state from the store"
                 log.error("journal_write_failed", error=str(error), hint="restart")

@@ -153,9 +153,13 @@ class JournalWriter:
     """The parent's end: :meth:`submit` a batch of journal rows, get ``done(outbox_ids, error)``
     on the event loop once the child has committed (or refused) it, in submission order."""
 
-    def __init__(self, path: str | os.PathLike[str], on_exit: Callable[[str], None] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], on_exit: Callable[[str], None] | None = None,
+                 on_transaction: Callable[[], None] | None = None) -> None:
+        """``on_exit(reason)``: the child exited unasked; ``on_transaction()``: the child answered
+        one transaction (one group commit, however many batches it held)."""
         self.path = os.fspath(path)
         self.on_exit = on_exit
+        self.on_transaction = on_transaction
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
         self._pending: collections.deque[tuple[int, Callable[[Any, BaseException | None], None] | None]] = collections.deque()
@@ -217,6 +221,8 @@ class JournalWriter:
             while True:
                 head = await stdout.readexactly(4)
                 answers = msgspec.msgpack.decode(await stdout.readexactly(_HEADER.unpack(head)[0]))
+                if self.on_transaction is not None:
+                    self.on_transaction()
                 for batch_id, ids, error in answers:
                     expected, done = self._pending.popleft()
                     if expected != batch_id:

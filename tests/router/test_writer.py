@@ -63,6 +63,22 @@ async def test_batches_are_committed_and_answered_in_order(db: Path):
     assert conn.execute("SELECT body FROM journal WHERE seq = 2").fetchone()[0] == '{"text":"在吗"}'.encode()
 
 
+async def test_transactions_are_counted_once_however_many_batches_they_hold(db: Path):
+    """``on_transaction`` (the service's ``fenliu_store_commits_total``) counts group commits,
+    not batches: batches submitted back to back share transactions."""
+    transactions: list[int] = []
+    answered: list[int] = []
+    writer = JournalWriter(db, on_transaction=lambda: transactions.append(len(answered)))
+    await writer.start()
+    for i in range(20):
+        writer.submit(flat_rows(_rows(1 + i * 3, 3)), lambda ids, err, i=i: answered.append(i))
+    await writer.flush()
+    await writer.close()
+    assert answered == list(range(20))
+    assert 1 <= len(transactions) < 20
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM journal").fetchone() == (60,)
+
+
 async def test_a_refused_batch_does_not_sink_the_others(db: Path):
     writer = JournalWriter(db)
     await writer.start()
