@@ -576,16 +576,16 @@ class Service:
         def after(ids: dict[int, int]) -> None:
             for msg, own, clock in seen:
                 self._remember_message(msg, own, clock)
-                if msg.order is not None and msg.order.order_id:
-                    self.order_buyer[(msg.shop_id, msg.order.order_id)] = msg.buyer_id
             self._push(pushed, {m.msg_id: m for m, _, _ in seen})
             for fut, result in answers:
                 if fut is not None and not fut.done():
                     fut.set_result(result)
 
         afters.append(_After(after, *(fut for fut, _ in answers)))
-        orders = [(m.shop_id, m.order.order_id, m.buyer_id, _encode(m.order).decode(), c)
-                  for m, _, c in seen if m.order is not None and m.order.order_id]
+        orders = []
+        for m, _, c in seen:
+            if m.order is not None and m.order.order_id and (order := self._note_order(m.shop_id, m.buyer_id, m.order)):
+                orders.append((m.shop_id, order.order_id, m.buyer_id, _encode(order).decode(), c))
         if orders:
             rows.append(("orders", orders))
 
@@ -681,14 +681,10 @@ class Service:
             buyer = item.buyer_id or (self.order_buyer.get((item.shop_id, order.order_id or "")))
             if buyer is None:
                 continue
-            key = (item.shop_id, buyer)
-            old = self.orders.get(key)
-            if old is not None and old.order_id == order.order_id:
-                order = msgspec.structs.replace(
-                    old, **{f: getattr(order, f) for f in order.__struct_fields__ if getattr(order, f) not in (None, 0.0)})
-            self.orders[key] = order
+            order = self._note_order(item.shop_id, buyer, order)  # type: ignore[assignment]
+            if order is None:  # nothing new about the buyer's current order
+                continue
             if order.order_id:
-                self.order_buyer[(item.shop_id, order.order_id)] = buyer
                 writes.append((item.shop_id, order.order_id, buyer, _encode(order).decode(), self._clock))
             pushes.append((f"{item.shop_id}:{buyer}", order))
         if writes:
@@ -709,6 +705,25 @@ class Service:
         afters.append(_After(after, fut))
 
     # -- enrichment: buyer profiles and order context ----------------------------------------------
+
+    def _note_order(self, shop_id: str, buyer_id: str, order: Order) -> Order | None:
+        """Make ``order`` the buyer's current order, merged into what is known of it when it is the
+        same order; returns it if that changed anything (to be written), else ``None``.
+
+        Platform pushes and the orders buyers' messages carry both go through here, so the
+        current order live is the one a restart picks (the row written last): a message that
+        names the current order again, unchanged, writes nothing."""
+        key = (shop_id, buyer_id)
+        old = self.orders.get(key)
+        if old is not None and old.order_id == order.order_id:
+            order = msgspec.structs.replace(
+                old, **{f: getattr(order, f) for f in order.__struct_fields__ if getattr(order, f) not in (None, 0.0)})
+            if order == old:
+                return None
+        self.orders[key] = order
+        if order.order_id:
+            self.order_buyer[(shop_id, order.order_id)] = buyer_id
+        return order
 
     def _enrich(self, msg: Message) -> Message:
         key = (msg.shop_id, msg.buyer_id)

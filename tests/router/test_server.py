@@ -612,3 +612,37 @@ async def test_observers_see_the_replay_on_start(tmp_path, env):
     srv = await start_server(cfg, NoWechat(), again)
     await srv.stop()
     assert again.calls == [("pdd-a:b-1", "a-01", True)]
+
+
+async def test_the_current_order_is_the_same_after_a_restart(tmp_path, env):
+    """The order a buyer's messages are enriched with is the one they (or the platform) named
+    last, live and after a restart alike; naming the current order again rewrites nothing."""
+    cfg = write_config(tmp_path)
+    db = tmp_path / "fenliu.db"
+
+    def order_of(msg_id: str) -> dict | None:
+        return json.loads(db_rows(db, "SELECT body FROM messages WHERE msg_id = ?", msg_id)[0][0]).get("order")
+
+    srv = await start_server(cfg, NoWechat())
+    c = Client(srv.url, aiohttp.ClientSession())
+    try:
+        for msg_id, order in (("m-1", {"order_id": "X", "status": "shipped"}), ("m-2", {"order_id": "Y"}),
+                              ("m-3", {"order_id": "X", "status": "shipped"}), ("m-4", None)):
+            extra = {"order": order} if order else {}
+            assert (await c.post_messages("pdd-a", message(msg_id, "b-1", **extra)))[0] == 202
+        updated = db_rows(db, "SELECT updated FROM orders WHERE order_id = 'X'")
+        assert (await c.post_messages("pdd-a", message("m-5", "b-1", order={"order_id": "X"})))[0] == 202
+        assert db_rows(db, "SELECT updated FROM orders WHERE order_id = 'X'") == updated  # unchanged: not rewritten
+    finally:
+        await c.http.close()
+        await srv.stop()
+    assert order_of("m-4")["order_id"] == "X" and order_of("m-5")["status"] == "shipped"
+
+    srv = await start_server(cfg, NoWechat())
+    c = Client(srv.url, aiohttp.ClientSession())
+    try:
+        assert (await c.post_messages("pdd-a", message("m-6", "b-1")))[0] == 202
+    finally:
+        await c.http.close()
+        await srv.stop()
+    assert order_of("m-6") == order_of("m-4")
