@@ -65,6 +65,8 @@ class ServerConfig(Struct):
     reconnect_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     token_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 12 * 3600
     watch_config: bool = True
+    #: The environment variable holding the bearer token ``GET /metrics`` asks for (unset: open).
+    metrics_token_env: str | None = None
 
 
 class StorageConfig(Struct):

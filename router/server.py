@@ -548,7 +548,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; with ``server.metrics_token_env`` set, only for that bearer token (the
+    figures name shops and agents)."""
     service = request.app[SERVICE]
+    env = service.config.main.server.metrics_token_env
+    if env:
+        token = os.environ.get(env, "")
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not token:
+            raise HTTPError(401, f"the metrics token is not set: export {env}")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPError(401, "a bearer token is required for /metrics (server.metrics_token_env)")
     body = await asyncio.get_running_loop().run_in_executor(None, service.metrics.render)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

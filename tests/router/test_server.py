@@ -305,6 +305,25 @@ async def test_reload_keeps_old_config_on_errors(server):
     assert srv.service.config.policy_for("pdd-a").dispatch.accept_timeout_s == 40.0
 
 
+async def test_metrics_can_ask_for_a_bearer_token(make_server, monkeypatch):
+    srv, c = await make_server()
+    try:
+        text = (srv.service.config.dir / "fenliu.toml").read_text(encoding="utf-8")
+        (srv.service.config.dir / "fenliu.toml").write_text(
+            text.replace("[server]\n", '[server]\nmetrics_token_env = "FENLIU_METRICS_TOKEN"\n', 1), encoding="utf-8")
+        assert (await srv.service.reloader.reload()).ok
+        status, body = await c.call("GET", "/metrics")
+        assert status == 401 and "FENLIU_METRICS_TOKEN" in body["error"]  # configured, but not exported
+        monkeypatch.setenv("FENLIU_METRICS_TOKEN", "s3cret")
+        assert (await c.call("GET", "/metrics"))[0] == 401
+        assert (await c.call("GET", "/metrics", "wrong"))[0] == 401
+        async with c.http.get(f"{c.url}/metrics", headers={"Authorization": "Bearer s3cret"}) as r:
+            assert r.status == 200 and "fenliu_messages_total" in await r.text()
+    finally:
+        await c.http.close()
+        await srv.stop()
+
+
 async def test_health_metrics_and_stats(server):
     srv, c = server
     await c.post_messages("pdd-a", message("m-1"))
