@@ -36,8 +36,12 @@ import msgspec
 
 from router.config import Config
 from router.models import CloseEvent, Message, Order, RatingEvent, TransferEvent
+from router.writer import CLOSE_EVENT
 
 _decode_msg = msgspec.json.Decoder(Message)
+#: The events that shape sessions, by how their bodies say so: the rest (accept, status, …) are
+#: skipped without decoding.
+_SESSION_EVENTS = (CLOSE_EVENT, b'"type":"transfer"', b'"type":"rating"')
 _decode_order = msgspec.json.Decoder(Order)
 _PAID = {"paid", "shipped", "delivered", "completed", "finished", "signed"}
 
@@ -248,7 +252,7 @@ def _sessions(conn: sqlite3.Connection) -> tuple[list[_Session], dict[int, _Sess
                 s.orders_asked.add(msg.order.order_id)
             by_seq[seq] = s
             continue
-        if b'"type":"close"' not in body and b'"type":"transfer"' not in body and b'"type":"rating"' not in body:
+        if not any(marker in body for marker in _SESSION_EVENTS):
             continue
         try:
             ev = events.decode(body)
