@@ -715,6 +715,8 @@ class Service:
         names the current order again, unchanged, writes nothing."""
         key = (shop_id, buyer_id)
         old = self.orders.get(key)
+        if order == old:  # the common case: a buyer's messages keep naming the same order
+            return None
         if old is not None and old.order_id == order.order_id:
             order = msgspec.structs.replace(
                 old, **{f: getattr(order, f) for f in order.__struct_fields__ if getattr(order, f) not in (None, 0.0)})
