@@ -3,7 +3,7 @@ commit, 202 after the commit) against a bare aiohttp endpoint that only reads th
 
 Both servers run as subprocesses on loopback, driven in the same run by the same aiohttp client
 with the same concurrency and the same signed bodies. They take turns, round after round
-(``--rounds``, default 5), and the figure is the median over rounds of Fenliu's requests per second
+(``--rounds``, default 9), and the figure is the median over rounds of Fenliu's requests per second
 divided by the bare endpoint's *in the same round*: a pair measured a few seconds apart sees the
 same machine, whereas the best run of each (also shown) compares one server's luckiest moment with
 the other's. The bare endpoint varies most from run to run (±25 % here), so best-of-each mostly
