@@ -273,6 +273,17 @@ def _die_with_parent() -> None:
         pass
 
 
+def _leave_signals_to_the_parent() -> None:
+    """Ignore the Ctrl-C and ``SIGTERM`` sent to the whole process group (a terminal, systemd):
+    the service drains and commits what it holds, then closes the pipe, and the child exits at
+    the end of its input. Dying on the signal would lose that drain and print a traceback."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def _yield_to_the_event_loop() -> None:
     """Run as a batch (throughput) task on Linux: same CPU share, but waking up does not preempt
     the running task. Otherwise every batch the event loop hands over wakes the child onto the
@@ -314,6 +325,7 @@ def _write_frame(fd: int, payload: Any) -> None:
 def child(path: str, fd_in: int = 0, fd_out: int = 1) -> int:
     """Serve batches from ``fd_in`` until a ``None`` frame or the end of input."""
     _die_with_parent()
+    _leave_signals_to_the_parent()
     _yield_to_the_event_loop()
 
     conn = connect(path)

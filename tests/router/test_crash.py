@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 
 import aiohttp
 import pytest
 
 from tests.router.serve_support import (
+    ENV,
+    ROOT,
     Client,
     add_accounts,
     db_rows,
@@ -150,3 +154,28 @@ async def test_load_past_the_bound_gets_503_and_memory_stays_flat(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_ctrl_c_to_the_process_group_drains_quietly(tmp_path):
+    """A terminal's Ctrl-C (or systemd's SIGTERM) reaches the journal writer too: it leaves the
+    shutdown to the service, which commits what it holds and exits 0, with no traceback."""
+    cfg = write_config(tmp_path)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, **ENV, "FENLIU_LOG_LEVEL": "error", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        await wait_healthy(url, proc)
+        async with aiohttp.ClientSession() as http:
+            c = Client(url, http)
+            assert (await c.post_messages("pdd-a", [message(f"m-{i}", f"b-{i}") for i in range(10)]))[0] == 202
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0
+        assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err.decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert db_rows(tmp_path / "fenliu.db", "SELECT count(*) FROM messages") == [(10,)]
