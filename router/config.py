@@ -75,6 +75,9 @@ class StorageConfig(Struct):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "fenliu"
     shards: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 8
+    #: Journal entries between snapshots of the routing state (0: none); a restart replays
+    #: only the entries after the newest one (router/snapshot.py).
+    snapshot_every: Annotated[int, msgspec.Meta(ge=0)] = 100_000
 
 
 class PluginsConfig(Struct):

@@ -139,9 +139,10 @@ def fenliu_assigned(decision: Decision, ctx: HookContext) -> None:
 
     Called after each ``assigned`` decision, including those caused by events (queue drain,
     transfer, expansion). Return value ignored. Use it for metrics, audit logs, notifications.
-    On start, ``fenliu serve`` replays its journal through the router and calls this again for
-    every past assignment with ``ctx.replay`` true: rebuild in-memory state then, but do not
-    notify or append to an audit log a second time.
+    On start, ``fenliu serve`` restores its newest snapshot and replays the journal entries
+    after it through the router, calling this again for those assignments with ``ctx.replay``
+    true: rebuild in-memory state then, but do not notify or append to an audit log a second
+    time.
     """
 
 

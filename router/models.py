@@ -372,3 +372,13 @@ class WsResult(msgspec.Struct, tag="result", tag_field="type", omit_defaults=Tru
 
 
 WsServerFrame = WsHello | WsAssigned | WsMessage | WsTransferred | WsClosed | WsContext | WsResult
+
+
+class ServiceSnapshot(msgspec.Struct):
+    """The service's per-conversation state in a snapshot of the routing state
+    (router/snapshot.py): what agents are shown of each open conversation."""
+
+    history: dict[str, list[WsHistoryItem]]
+    context: dict[str, tuple[Buyer | None, Order | None]]
+    waiting_since: dict[str, float]
+    clock: float

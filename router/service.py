@@ -37,6 +37,7 @@ import structlog
 
 from adapters import Adapter, DeliveryError, OrderContext, OutboundReply, adapter_class
 from router.config import Config
+from router import snapshot
 from router.dedupe import SeenIds
 from router.metrics import Metrics
 from router.reload import Reloader
@@ -52,6 +53,7 @@ from router.models import (
     Message,
     Order,
     OutboundResult,
+    ServiceSnapshot,
     WsAssigned,
     WsClosed,
     WsContext,
@@ -68,6 +70,7 @@ _encode = msgspec.json.Encoder().encode
 _message = msgspec.json.Decoder(Message)
 _event = msgspec.json.Decoder(Event)
 _dropped = msgspec.json.Decoder(list[tuple[str, str]])
+_service_snapshot = msgspec.msgpack.Decoder(ServiceSnapshot)
 _order = msgspec.json.Decoder(Order)
 
 HISTORY = 50
@@ -135,6 +138,8 @@ class Service:
         self.router = Router(config, reservations=True, clock=lambda: self._clock,
                              dedupe=SeenIds(config.main.server.dedupe_window, keep_evicted=True))
         self._lookup: sqlite3.Connection | None = None
+        self._fingerprint = ""
+        self._snapshot_seq = 0  # the journal entry the newest snapshot includes
         self.metrics = Metrics(lambda: self.router)
         self.metrics.ingest_queue.set_function(lambda: self.pending_ingest)
         self.reloader = Reloader(config.dir, self._apply_reload, extra=config.plugins.extra,
@@ -189,7 +194,7 @@ class Service:
         ]
         if self.config.main.server.watch_config:
             self._tasks.append(asyncio.create_task(self.reloader.watch(), name="fenliu-config-watch"))
-        if replayed == 0:
+        if self._seq == 0:  # a new store: agents start offline
             for aid, st in sorted(self.router.dispatcher.agents.items()):
                 if st.status != "offline":
                     self._enqueue(_Job("event", (AgentStatusEvent(aid, "offline"), None)))
@@ -245,15 +250,18 @@ class Service:
     # -- replay -----------------------------------------------------------------------------------
 
     async def _replay(self) -> int:
-        """Rebuild the router from the journal, feeding it the recorded clock values."""
+        """Rebuild the router: restore the newest usable snapshot, if any, then replay the journal
+        entries after it, feeding the router the recorded clock values."""
         router = self.router
         self._seq = await self.store.call(last_seq)
+        self._fingerprint = await asyncio.to_thread(snapshot.fingerprint, self.config)
+        after = self._snapshot_seq = await self._restore_snapshot()
         # Replay races through history: a GC pause must not make a plugin "overrun" here and
         # drop a result (a block, say) that the live run applied.
         router.replaying = True
         try:
             with router.plugins.without_budget():
-                count = await self._replay_journal()
+                count = await self._replay_journal(after)
         finally:
             router.replaying = False
         open_ids = set(router.dispatcher.conversations)
@@ -266,10 +274,71 @@ class Service:
         self._clock = time.time()
         return count
 
-    async def _replay_journal(self) -> int:
+    async def _restore_snapshot(self) -> int:
+        """Restore the newest snapshot taken under this configuration; returns the journal entry
+        it includes (0: none, replay everything). The dedupe ids up to it are read back from the
+        journal without routing."""
+        row = await self.store.call(lambda c: c.execute(
+            "SELECT seq, fingerprint, format, body FROM snapshots ORDER BY seq DESC LIMIT 1").fetchone())
+        if row is None:
+            return 0
+        seq, fp, fmt, body = row
+        if fmt != snapshot.FORMAT or fp != self._fingerprint or seq > self._seq:
+            log.info("snapshot_not_used", seq=seq, reason="taken under another configuration, Fenliu or plugins"
+                     if fp != self._fingerprint else f"format {fmt}" if fmt != snapshot.FORMAT else "ahead of the journal")
+            return 0
+        try:
+            snap = await asyncio.to_thread(snapshot.load, body)
+            service = _service_snapshot.decode(snap["service"])
+        except Exception as exc:  # noqa: BLE001 - an unreadable snapshot costs a full replay, nothing else
+            log.warning("snapshot_unreadable", seq=seq, error=f"{type(exc).__name__}: {exc}")
+            return 0
+        snapshot.restore(self.router.dispatcher, snap["dispatcher"])
+        self.history.update((cid, deque(items, maxlen=HISTORY)) for cid, items in service.history.items())
+        self.context.update(service.context)
+        self.waiting_since.update(service.waiting_since)
+        self._clock = service.clock
+        ids = self.router.seen
+        assert ids is not None
+
+        def read_ids(conn: sqlite3.Connection) -> None:
+            for shop_id, msg_id in conn.execute(
+                    "SELECT shop_id, msg_id FROM journal WHERE kind = 'message' AND seq <= ? ORDER BY seq", (seq,)):
+                ids.seen_before(shop_id, msg_id)
+
+        await self.store.call(read_ids)
+        log.info("snapshot_restored", seq=seq, conversations=len(self.router.dispatcher.conversations))
+        return seq
+
+    async def _snapshot(self) -> None:
+        """Snapshot the routing state once everything routed so far is committed and told (so
+        the history agents were sent matches the dispatcher), as its own commit."""
+        await self.writer.flush()
+        if self.failed is not None or self._seq == self._snapshot_seq:
+            return
+        seq, fp = self._seq, self._fingerprint
+        try:
+            # msgspec, not pickle, for the histories: seven times faster, and this blocks routing
+            body = snapshot.dump(self.router.dispatcher, msgspec.msgpack.encode(ServiceSnapshot(
+                {cid: list(items) for cid, items in self.history.items()}, self.context, self.waiting_since,
+                self._clock)))
+        except Exception as exc:  # noqa: BLE001 - e.g. a plugin put something unpicklable in meta
+            log.warning("snapshot_failed", seq=seq, error=f"{type(exc).__name__}: {exc}")
+            self._snapshot_seq = seq  # try again after another snapshot_every entries
+            return
+
+        def done(_ids: Any, error: BaseException | None) -> None:
+            if error is not None:
+                log.warning("snapshot_not_written", seq=seq, error=str(error))
+            else:
+                log.info("snapshot_written", seq=seq, bytes=len(body))
+
+        self._snapshot_seq = seq
+        self.writer.submit([("snapshot", seq, time.time(), fp, snapshot.FORMAT, body)], done)
+
+    async def _replay_journal(self, after: int = 0) -> int:
         router = self.router
         count = 0
-        after = 0
         # A ``faults`` entry names the hook calls whose results the live run dropped for the
         # message entry right after it; replay drops the same (Router.replay_message).
         dropped: tuple[int, list[tuple[str, str]]] | None = None
@@ -381,8 +450,9 @@ class Service:
         self.metrics.reloads.inc()
 
     async def reload(self, config: Config) -> list[Decision]:
+        fp = await asyncio.to_thread(snapshot.fingerprint, config)
         fut = self._future()
-        self._enqueue(_Job("reload", (config,), fut))
+        self._enqueue(_Job("reload", (config, fp), fut))
         return await fut
 
     # -- the consumer -------------------------------------------------------------------------------
@@ -425,7 +495,12 @@ class Service:
                         if fut is not None and not fut.done():
                             fut.set_exception(exc)
                 self._commit(rows, afters)
+                every = self.config.main.storage.snapshot_every
+                if every and self._seq - self._snapshot_seq >= every:
+                    await self._snapshot()
             if stop:
+                if self.config.main.storage.snapshot_every:
+                    await self._snapshot()  # the next start replays nothing
                 await self.writer.flush()
                 return
 
@@ -500,7 +575,7 @@ class Service:
         elif kind == "context":
             self._process_context(job, rows, afters)
         elif kind == "reload":
-            (config,) = job.args
+            config, self._fingerprint = job.args
             moved = await self._advance(rows)
             changed = self.router.reload(config)
             self.config = config

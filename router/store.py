@@ -120,6 +120,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     acked REAL,                      -- when the shop's channel acknowledged it
     failed TEXT                      -- last error, for operators
 );
+CREATE TABLE IF NOT EXISTS snapshots (
+    seq INTEGER PRIMARY KEY,         -- the last journal entry the routing state includes
+    created REAL NOT NULL,
+    fingerprint TEXT NOT NULL,       -- configuration, Fenliu and plugins it was taken under
+    format INTEGER NOT NULL,
+    body BLOB NOT NULL               -- router/snapshot.py
+);
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (next_at) WHERE acked IS NULL;
 CREATE INDEX IF NOT EXISTS outbox_conv ON outbox (conversation_id);
 """

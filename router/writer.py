@@ -110,8 +110,8 @@ def _insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple], tail: s
 
 def write_rows(conn: sqlite3.Connection, rows: list[tuple]) -> dict[int, int]:
     """Write one batch of :func:`flat_rows`: journal entries, their decisions, the conversations
-    they touch, replies for the outbox and order context. Returns the outbox ids of reply rows
-    by their index in ``rows``."""
+    they touch, replies for the outbox, order context, and snapshots of the routing state (the
+    newest two are kept). Returns the outbox ids of reply rows by their index in ``rows``."""
     journal: list[tuple] = []
     decisions: list[tuple] = []
     convs: dict[str, tuple] = {}
@@ -132,6 +132,11 @@ def write_rows(conn: sqlite3.Connection, rows: list[tuple]) -> dict[int, int]:
                 "INSERT INTO outbox (shop_id, conversation_id, buyer_id, agent_id, text, ts, next_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (shop_id, cid, buyer_id, agent_id, text, ts, ts))
             ids[index] = cur.lastrowid  # type: ignore[assignment]
+        elif kind == "snapshot":
+            _, seq, created, fp, fmt, body = row
+            conn.execute("INSERT OR REPLACE INTO snapshots (seq, created, fingerprint, format, body) VALUES (?, ?, ?, ?, ?)",
+                         (seq, created, fp, fmt, body))
+            conn.execute("DELETE FROM snapshots WHERE seq < (SELECT seq FROM snapshots ORDER BY seq DESC LIMIT 1 OFFSET 1)")
         elif kind == "orders":
             conn.executemany(
                 "INSERT INTO orders (shop_id, order_id, buyer_id, body, updated) VALUES (?, ?, ?, ?, ?) "

@@ -46,7 +46,8 @@ class NoWechat:
 
 
 def write_config(root: Path, *, accept_timeout_s: float = 30.0, grace_s: float = 30.0, queue_max: int = 10_000,
-                 max_batch: int = 20, max_body: int = 4096, dedupe_window: int = 1_000_000) -> Path:
+                 max_batch: int = 20, max_body: int = 4096, dedupe_window: int = 1_000_000,
+                 snapshot_every: int = 100_000) -> Path:
     """Two shops (A: pdd-a, B: tb-b), three agents, no business hours or shifts (the tests run at
     any time of day), the built-in bot off so every message needs a human."""
     cfg = root / "config"
@@ -64,6 +65,7 @@ token_ttl_s = 3600
 
 [storage]
 path = "{root / 'fenliu.db'}"
+snapshot_every = {snapshot_every}
 
 [plugins]
 disabled = ["bot", "sensitive"]

@@ -37,8 +37,10 @@ def _rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path):
-    cfg = write_config(tmp_path, accept_timeout_s=300.0, grace_s=300.0, max_body=65536)
+@pytest.mark.parametrize("snapshot_every", [100_000, 40], ids=["journal", "snapshots"])
+async def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path, snapshot_every):
+    """With ``snapshots``, the restart restores a snapshot taken mid-stream and replays the tail."""
+    cfg = write_config(tmp_path, accept_timeout_s=300.0, grace_s=300.0, max_body=65536, snapshot_every=snapshot_every)
     db = tmp_path / "fenliu.db"
     add_accounts(db)
     port = free_port()
@@ -87,6 +89,8 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path):
     counts = dict(db_rows(db, "SELECT msg_id, count(*) FROM decisions WHERE msg_id IS NOT NULL GROUP BY msg_id"))
     assert all(counts.get(m) == 1 for m in stored)
 
+    if snapshot_every < 100_000:
+        assert db_rows(db, "SELECT count(*) FROM snapshots")[0][0] > 0
     proc = spawn(cfg, port)
     try:
         await wait_healthy(url, proc)
