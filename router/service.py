@@ -398,11 +398,26 @@ class Service:
             if buyer_id:
                 self.order_buyer[(shop_id, order_id)] = buyer_id
                 self.orders[(shop_id, buyer_id)] = _order.decode(body)
+        conversations = self.router.dispatcher.conversations
         for cid, agent_id, text, ts in replies:
+            conv = conversations.get(cid)
+            if conv is None or ts < conv.opened_at:  # sent in an earlier conversation of the same buyer
+                continue
             hist = self.history.setdefault(cid, deque(maxlen=HISTORY))
-            hist.append(WsHistoryItem("agent", text, ts, agent_id=agent_id))
+            item = WsHistoryItem("agent", text, ts, agent_id=agent_id)
+            if item not in hist:  # a restored snapshot holds the replies sent before it
+                hist.append(item)
         for cid, hist in self.history.items():
-            self.history[cid] = deque(sorted(hist, key=lambda h: h.ts), maxlen=HISTORY)
+            self.history[cid] = hist = deque(sorted(hist, key=lambda h: h.ts), maxlen=HISTORY)
+            since = self.waiting_since.get(cid)
+            if since is not None:  # replies are not journal entries: a replayed wait may be over
+                replied = max((h.ts for h in hist if h.who == "agent"), default=None)
+                if replied is not None and replied >= since:
+                    later = [h.ts for h in hist if h.who == "buyer" and h.ts > replied]
+                    if later:
+                        self.waiting_since[cid] = min(later)
+                    else:
+                        del self.waiting_since[cid]
         for rid, shop_id, cid, buyer_id, text, ts, agent_id, attempts, next_at in pending:
             self._queue_outbox(OutboundReply(rid, shop_id, cid, buyer_id, text, ts, agent_id), next_at, attempts)
 

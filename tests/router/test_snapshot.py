@@ -55,6 +55,11 @@ async def run_traffic(s: Service, n: int = 120) -> None:
                 if conv.state == "reserved" and conv.agent_id:
                     await s.event(AcceptEvent(cid, conv.agent_id))
                     break
+        if i % 4 == 2:
+            for cid, conv in list(s.router.dispatcher.conversations.items()):
+                if conv.state == "assigned" and conv.agent_id:
+                    await s.reply(conv.agent_id, cid, f"亲,在的~ ({i})")
+                    break
         if i % 5 == 4:
             for cid, conv in list(s.router.dispatcher.conversations.items()):
                 if conv.state == "assigned":
@@ -96,6 +101,7 @@ async def test_a_snapshot_and_the_tail_rebuild_what_the_whole_journal_does(tmp_p
     await full.stop()
 
     assert from_snapshot["conversations"] and from_snapshot["queued"] and from_snapshot["history"]
+    assert any(h.who == "agent" for items in from_snapshot["history"].values() for h in items)
     for key in from_journal:
         assert from_snapshot[key] == from_journal[key], key
         assert from_snapshot[key] == before_stop[key] or key in ("owner", "next_timer"), key
