@@ -40,7 +40,8 @@ _FROM_CONFIG = ("config", "_policy", "claim_hook", "release_hook")
 #: Dispatcher counters, kept as the next value they will give (``itertools.count`` objects are
 #: not to be pickled from Python 3.14 on).
 _COUNTERS = ("_seq", "_conv_seq", "_timer_seq")
-_EDITOR_FILES = ("~", ".swp", ".tmp")
+#: The files of the configuration folder that count (not editors' backups, not a store kept there).
+_CONFIG_SUFFIXES = frozenset((".toml", ".txt", ".json", ".yaml", ".yml", ".csv"))
 
 
 def fingerprint(config: Config) -> str:
@@ -51,7 +52,7 @@ def fingerprint(config: Config) -> str:
     h = hashlib.sha256(f"fenliu {__version__} snapshot {FORMAT}\n".encode())
     h.update(msgspec.json.encode((config.main.plugins, config.main.defaults)) + b"\0")
     root = Path(config.dir)
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(_EDITOR_FILES)):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _CONFIG_SUFFIXES):
         if path.relative_to(root) != Path("fenliu.toml"):
             h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     pm = config.plugins.pm
