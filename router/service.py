@@ -204,7 +204,7 @@ class Service:
                     self._start_grace(aid)
         tune_gc()
         self.ready = True
-        log.info("service_started", replayed=replayed, seq=self._seq, store=str(self.store.path))
+        log.info("service_started", snapshot=self._snapshot_seq, replayed=replayed, seq=self._seq, store=str(self.store.path))
 
     def _writer_failed(self, why: str) -> None:
         self.failed = why
