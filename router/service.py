@@ -302,8 +302,15 @@ class Service:
         assert ids is not None
 
         def read_ids(conn: sqlite3.Connection) -> None:
-            for shop_id, msg_id in conn.execute(
-                    "SELECT shop_id, msg_id FROM journal WHERE kind = 'message' AND seq <= ? ORDER BY seq", (seq,)):
+            # Ids older than the window go to the filters in the order of the (covering) unique
+            # index, which reads a tenth of the table; the window's own ids in journal order.
+            row = conn.execute("SELECT seq FROM journal WHERE kind = 'message' AND seq <= ? ORDER BY seq DESC "
+                               "LIMIT 1 OFFSET ?", (seq, ids.window - 1)).fetchone()
+            start = row[0] if row is not None else 0
+            ids.remember_old(conn.execute("SELECT shop_id, msg_id FROM journal INDEXED BY journal_msg "
+                                          "WHERE kind = 'message' AND seq < ?", (start,)))
+            for shop_id, msg_id in conn.execute("SELECT shop_id, msg_id FROM journal WHERE kind = 'message' "
+                                                "AND seq >= ? AND seq <= ? ORDER BY seq", (start, seq)):
                 ids.seen_before(shop_id, msg_id)
 
         await self.store.call(read_ids)
