@@ -6,10 +6,14 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from router.models import AcceptEvent, AgentStatusEvent, CloseEvent, Message
-from router.service import Service
+from router.pipeline import InputError
+from router.service import NotYours, Service
 from tests.router.serve_support import ENV, NoWechat, db_rows, load, write_config
 
 pytestmark = pytest.mark.anyio
@@ -162,3 +166,60 @@ async def test_an_unreadable_snapshot_costs_a_full_replay(tmp_path, env):
         assert state(again)["conversations"] == expected["conversations"]
     finally:
         await again.stop()
+
+
+_ops = st.lists(st.one_of(
+    st.tuples(st.just("message"), st.integers(0, 9)),
+    st.tuples(st.just("accept"), st.integers(0, 9)),
+    st.tuples(st.just("reply"), st.integers(0, 9)),
+    st.tuples(st.just("close"), st.integers(0, 9)),
+    st.tuples(st.just("status"), st.sampled_from(["a-01", "a-02"]), st.sampled_from(["online", "offline", "break"])),
+), min_size=5, max_size=50)
+
+
+async def _apply(s: Service, ops: list[tuple]) -> None:
+    n = 0
+    for op in ops:
+        convs = list(s.router.dispatcher.conversations.values())
+        pick = convs[op[1] % len(convs)] if convs and op[0] in ("accept", "reply", "close") else None
+        try:
+            if op[0] == "message":
+                n += 1
+                await s.ingest([Message(shop_id="pdd-a", msg_id=f"m-{n}", buyer_id=f"b-{op[1]}", text="在吗")])
+            elif op[0] == "status":
+                await s.event(AgentStatusEvent(op[1], op[2]))
+            elif pick is not None and pick.agent_id and op[0] == "accept":
+                await s.event(AcceptEvent(pick.id, pick.agent_id))
+            elif pick is not None and pick.agent_id and op[0] == "reply":
+                await s.reply(pick.agent_id, pick.id, "亲,在的~")
+            elif pick is not None and op[0] == "close":
+                await s.event(CloseEvent(pick.id))
+        except (InputError, NotYours):
+            pass
+
+
+async def _snapshot_matches_journal(root: Path, ops: list[tuple], every: int) -> None:
+    cfg = write_config(root, snapshot_every=every)
+    db = root / "fenliu.db"
+    live = await started(cfg)
+    await _apply(live, ops)
+    await live.stop()
+    with sqlite3.connect(db) as conn:  # restart from the older snapshot, if any, so a tail is replayed
+        conn.execute("DELETE FROM snapshots WHERE seq = (SELECT max(seq) FROM snapshots)")
+    tail = await started(cfg)
+    from_snapshot = state(tail)
+    await tail.stop()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM snapshots")
+    full = await started(cfg)
+    from_journal = state(full)
+    await full.stop()
+    assert from_snapshot == from_journal
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_ops, every=st.integers(2, 25))
+def test_any_traffic_restores_the_same_from_a_snapshot(tmp_path_factory, env, ops, every):
+    """Property: whatever the traffic and wherever the snapshot falls, snapshot + tail and the
+    whole journal rebuild the same state."""
+    anyio.run(_snapshot_matches_journal, tmp_path_factory.mktemp("snap"), ops, every)
