@@ -122,6 +122,11 @@ class _Job:
         self.args = args
         self.future = future
 
+    @property
+    def waiter(self) -> asyncio.Future | None:
+        """The future the job's caller awaits (an event job carries it as its last argument)."""
+        return self.future or (self.args[-1] if self.kind == "event" else None)
+
 
 class Service:
     """Everything ``serve`` runs, minus HTTP: see :mod:`router.server` for the endpoints."""
@@ -513,7 +518,7 @@ class Service:
                         await self._process(j, rows, afters)
                     except Exception as exc:  # noqa: BLE001 - one bad job must not stop routing
                         log.exception("job_failed", kind=j.kind)
-                        fut = j.future or (j.args[-1] if j.kind == "event" else None)
+                        fut = j.waiter
                         if fut is not None and not fut.done():
                             fut.set_exception(exc)
                 self._commit(rows, afters)
@@ -533,7 +538,7 @@ class Service:
         for job in jobs:
             if job.kind == "messages":
                 self.pending_ingest -= len(job.args[0])
-            fut = job.future or (job.args[-1] if job.kind == "event" else None)
+            fut = job.waiter
             if fut is not None and not fut.done():
                 fut.set_exception(refused)
 
