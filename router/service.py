@@ -215,6 +215,10 @@ class Service:
         self.failed = why
         self.ready = False
 
+    def _refusal(self) -> JournalFailed:
+        """What every caller gets once the service has failed closed."""
+        return JournalFailed(f"the service cannot journal: {self.failed}")
+
     async def stop(self) -> None:
         """Drain what is queued, commit it, then close the store."""
         if self._stopping:
@@ -437,7 +441,7 @@ class Service:
 
     def _enqueue(self, job: _Job) -> None:
         if self.failed is not None and job.kind != "tick":
-            raise JournalFailed(f"the service cannot journal: {self.failed}")
+            raise self._refusal()
         self._queue.put_nowait(job)
 
     def _future(self) -> asyncio.Future:
@@ -447,7 +451,7 @@ class Service:
         """Route and journal messages; returns once they are committed."""
         limit = self.config.main.server.ingest_queue_max
         if self.failed is not None:
-            raise JournalFailed(f"the service cannot journal messages: {self.failed}")
+            raise self._refusal()
         if self.pending_ingest + len(messages) > limit or self._stopping:
             raise Overloaded
         self.pending_ingest += len(messages)
@@ -534,7 +538,7 @@ class Service:
     def _refuse(self, jobs: list[_Job]) -> None:
         """Jobs queued before the journal failed are not routed: the state they would build on
         is already ahead of the store."""
-        refused = JournalFailed(f"the service cannot journal: {self.failed}")
+        refused = self._refusal()
         for job in jobs:
             if job.kind == "messages":
                 self.pending_ingest -= len(job.args[0])
@@ -551,7 +555,7 @@ class Service:
                 why = f"a journal commit failed ({error}); restart the service to rebuild its state from the store"
                 log.error("journal_write_failed", error=str(error), hint="restart")
                 self._writer_failed(why)
-                refused = JournalFailed(f"the service cannot journal: {why}")
+                refused = self._refusal()
                 for a in afters:
                     with contextlib.suppress(Exception):
                         a.fail(refused)  # type: ignore[attr-defined]
