@@ -62,7 +62,7 @@ from router.models import (
     WsTransferred,
 )
 from router.pipeline import InputError, Router
-from router.store import Store, journal_page, last_seq
+from router.store import Store, journal_page, last_seq, read_only
 
 log = structlog.get_logger("fenliu.service")
 
@@ -700,7 +700,7 @@ class Service:
         filters could not rule out (an old resend, or one false positive in a thousand)."""
         def look() -> bool:
             if self._lookup is None:
-                self._lookup = sqlite3.connect(f"file:{self.store.path}?mode=ro", uri=True, check_same_thread=False)
+                self._lookup = read_only(self.store.path, check_same_thread=False)
             return self._lookup.execute(
                 "SELECT 1 FROM journal WHERE kind = 'message' AND shop_id = ? AND msg_id = ?",
                 (msg.shop_id, msg.msg_id)).fetchone() is not None

@@ -132,6 +132,12 @@ CREATE INDEX IF NOT EXISTS outbox_conv ON outbox (conversation_id);
 """
 
 
+def read_only(path: str | Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """A connection that only reads: it takes no write lock, so the journal writer never waits
+    for it (:meth:`Store.call` runs in a write transaction)."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=check_same_thread)
+
+
 class StoreClosed(RuntimeError):
     """The store was closed while a job waited."""
 

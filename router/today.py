@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
+from router.store import read_only
 from router.writer import CLOSE_EVENT
 
 if TYPE_CHECKING:
@@ -241,7 +242,7 @@ class Today:
     def _read_store(self, now: float) -> None:
         self._roll(now)
         path = self.service.store.path
-        c = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        c = read_only(path)
         try:
             c.execute("BEGIN")  # one snapshot: the journal and the decisions agree
             self._read(c)
