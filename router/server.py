@@ -2,8 +2,9 @@
 WebSocket, the workbench and ops endpoints. Handlers only check, decode and wait; routing and
 storage happen in :class:`router.service.Service`.
 
-Every refusal is a JSON body ``{"error": "..."}`` with a reason a caller can act on, never a
-traceback.
+Every refusal is a JSON body ``{"error": "<code>", "message": "<reason>"}``: ``error`` is a
+stable machine code (:data:`CODES` by status unless a handler names a finer one), ``message`` a
+reason a person can act on; never a traceback.
 """
 
 from __future__ import annotations
@@ -49,8 +50,20 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(body=_encode(data), status=status, content_type="application/json", headers=headers)
 
 
-def error(status: int, reason: str, **extra: Any) -> web.Response:
-    return json_response({"error": reason, **extra}, status)
+# The stable code of a refusal that names no finer one; clients switch on ``error``, people read ``message``.
+CODES: dict[int, str] = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                         405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
+                         422: "invalid", 429: "too_many_requests", 431: "headers_too_large", 500: "internal",
+                         503: "unavailable"}
+
+
+def error_body(status: int, reason: str, code: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"error": code or CODES.get(status, f"http_{status}"), "message": reason, **extra}
+
+
+def error(status: int, reason: str, code: str | None = None, headers: dict[str, str] | None = None,
+          **extra: Any) -> web.Response:
+    return json_response(error_body(status, reason, code, **extra), status, headers)
 
 
 _batch = msgspec.json.Decoder(list[msgspec.Raw])
@@ -110,9 +123,15 @@ ACCOUNTS = web.AppKey("accounts", _Accounts)
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    """A refusal raised from anywhere under a handler; :func:`_json_errors` turns it into the
+    JSON error body (``code`` defaults to the status's, :data:`CODES`)."""
+
+    def __init__(self, status: int, reason: str, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.code = code
+        self.headers = headers
 
 
 async def authenticate(request: web.Request) -> Account:
@@ -155,9 +174,9 @@ async def _json_errors(request: web.BaseRequest, handler: Callable[..., Awaitabl
     try:
         return await handler(request, *args)
     except HTTPError as exc:
-        return error(exc.status, exc.reason)
+        return error(exc.status, exc.reason, exc.code, exc.headers)
     except Overloaded as exc:  # the journal failed under an event, a reply or a context push
-        return json_response({"error": str(exc)}, 503, headers={"Retry-After": "1"})
+        return error(503, str(exc), headers={"Retry-After": "1"})
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             return error(exc.status, exc.reason, path=request.path)
@@ -265,9 +284,8 @@ async def _submit(service: Service, good: list[Message], index: list[int], error
             result = await service.ingest(good)
         except Overloaded as exc:
             service.metrics.rejected.labels("503").inc()
-            return json_response({"error": str(exc) or "overloaded: the ingest queue is full, retry later",
-                                  "queue_max": service.config.main.server.ingest_queue_max},
-                                 503, headers={"Retry-After": "1"})
+            return error(503, str(exc) or "overloaded: the ingest queue is full, retry later", "overloaded",
+                         headers={"Retry-After": "1"}, queue_max=service.config.main.server.ingest_queue_max)
         for j, reason in result.errors:
             errors.append({"index": index[j], "msg_id": good[j].msg_id, "reason": reason})
     body: dict[str, Any] = {
@@ -278,7 +296,8 @@ async def _submit(service: Service, good: list[Message], index: list[int], error
         errors.sort(key=lambda e: e["index"])
         service.metrics.rejected.labels("400").inc()
         first = errors[0]
-        body = {"error": f"item {first['index']}: {first['reason']}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""),
+        body = {**error_body(400, f"item {first['index']}: {first['reason']}"
+                             + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""), "invalid_items"),
                 "errors": errors, **body,
                 "accepted_ids": result.accepted if result else [],
                 "duplicate_ids": result.duplicates if result else []}
@@ -530,8 +549,7 @@ async def reload(request: web.Request) -> web.Response:
         return error(403, "forbidden: reloading needs the admin role")
     result = await service.reloader.reload(f"admin:{account.name}")
     if not result.ok:
-        return json_response({"error": "configuration rejected; the running one is kept",
-                              "errors": result.errors}, 422)
+        return error(422, "configuration rejected; the running one is kept", "config_rejected", errors=result.errors)
     config = service.config
     return json_response({"reloaded": True, "generation": result.generation,
                           "shops": len(config.shops), "agents": len(config.agents)})

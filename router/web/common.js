@@ -64,7 +64,7 @@ export function now() { return (Date.now() + offsetMs) / 1000; }
 
 export class ApiError extends Error {
   constructor(status, body) {
-    super((body && body.error) || `HTTP ${status}`);
+    super((body && (body.message || body.error)) || `HTTP ${status}`);
     this.status = status;
     this.body = body;
   }

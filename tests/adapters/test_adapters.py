@@ -83,7 +83,7 @@ async def test_pmc_refund_becomes_context_of_the_open_conversation(server, tmp_p
     bad = b'{"commandType": "Nope"}'
     async with c.http.post(f"{c.url}/v1/webhooks/pinduoduo/pdd-a", data=bad,
                            headers={SIGNATURE_HEADER: sign(SECRET_A.encode(), bad)}) as r:
-        assert r.status == 400 and "PMC" in (await r.json())["error"]
+        assert r.status == 400 and "PMC" in (await r.json())["message"]
     await agent.close()
 
 
@@ -98,7 +98,7 @@ async def test_doudian_push_signature_and_answer(server, tmp_path):
     assert json.loads(rows[0][2]) == {"order_id": "6920000000000000088", "status": "refund_requested", "amount": 89.0}
     headers["event-sign"] = "0" * 32
     async with c.http.post(f"{c.url}/v1/webhooks/doudian/tb-b", data=body, headers=headers) as r:
-        assert r.status == 401 and "event-sign" in (await r.json())["error"]
+        assert r.status == 401 and "event-sign" in (await r.json())["message"]
     async with c.http.post(f"{c.url}/v1/webhooks/nosuch/tb-b", data=body) as r:
         assert r.status == 404
 

@@ -88,7 +88,7 @@ async def test_login_and_password_change_revokes_tokens(tmp_path, monkeypatch):
         async with aiohttp.ClientSession() as http:
             c = Client(server.url, http)
             status, body = await c.call("POST", "/v1/auth/login", json={"account": "acme", "password": "nope"})
-            assert status == 401 and body["error"] == "wrong account or password"
+            assert status == 401 and body["message"] == "wrong account or password"
             status, body = await c.call("POST", "/v1/auth/login", data=b"{")
             assert status == 400
             token = await c.login("acme", "old-pass")
@@ -96,7 +96,7 @@ async def test_login_and_password_change_revokes_tokens(tmp_path, monkeypatch):
             await server.service.store.call(lambda conn: acct.passwd(conn, "acme", "new-pass"))
             server.runner.app[ACCOUNTS].cache.clear()
             status, body = await c.call("GET", "/v1/agents", token)
-            assert status == 401 and "password changed" in body["error"]
+            assert status == 401 and "password changed" in body["message"]
             assert (await c.call("GET", "/v1/agents", await c.login("acme", "new-pass")))[0] == 200
     finally:
         await server.stop()

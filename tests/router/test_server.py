@@ -87,17 +87,17 @@ async def test_signed_ingest_is_journaled_and_idempotent(server, tmp_path):
 async def test_refusals_have_clear_bodies(server, tmp_path):
     srv, c = server
     status, body = await c.post_messages("pdd-a", message("m-1"), secret="wrong")
-    assert status == 401 and "signature" in body["error"]
+    assert status == 401 and "signature" in body["message"]
     async with c.http.post(f"{c.url}/v1/shops/pdd-a/messages", json=message("m-1")) as r:
-        assert r.status == 401 and "X-Fenliu-Signature" in (await r.json())["error"]
+        assert r.status == 401 and "X-Fenliu-Signature" in (await r.json())["message"]
     status, body = await c.post_messages("nope", message("m-1", shop="nope"))
-    assert status == 404 and "nope" in body["error"]
+    assert status == 404 and "nope" in body["message"]
     status, body = await c.post_messages("pdd-a", None, raw=b'{"shop_id": "pdd-a", "msg_id": ')
-    assert status == 400 and "JSON" in body["error"]
+    assert status == 400 and "JSON" in body["message"]
     status, body = await c.post_messages("pdd-a", None, raw=b"x" * 5000)
-    assert status == 413 and "max_body_bytes" in body["error"]
+    assert status == 413 and "max_body_bytes" in body["message"]
     status, body = await c.post_messages("pdd-a", [message(f"m-{i}", f"b-{i}") for i in range(21)])
-    assert status == 413 and "max_batch" in body["error"]
+    assert status == 413 and "max_batch" in body["message"]
     status, body = await c.post_messages("pdd-a", [])
     assert status == 400
     assert db_rows(tmp_path / "fenliu.db", "SELECT count(*) FROM messages") == [(0,)]
@@ -119,9 +119,9 @@ async def test_ingest_takes_the_fast_path_and_everything_else_the_app(server, tm
     handler.fallback = recorded
     assert await c.post_messages("pdd-a", message("m-1")) == (202, {"accepted": 1, "duplicates": 0})
     status, body = await c.post_messages("pdd-a", message("m-2"), secret="wrong")
-    assert status == 401 and "signature" in body["error"]
+    assert status == 401 and "signature" in body["message"]
     status, body = await c.post_messages("nope", message("m-3", shop="nope"))
-    assert status == 404 and "nope" in body["error"]
+    assert status == 404 and "nope" in body["message"]
     assert through_app == []
 
     async with c.http.get(f"{c.url}/v1/shops/pdd-a/messages") as r:
@@ -145,7 +145,7 @@ async def test_bad_items_are_named_and_good_ones_go_through(server, tmp_path):
     assert "msg_id" in body["errors"][0]["reason"]
     assert "kind" in body["errors"][1]["reason"]
     assert "does not match" in body["errors"][2]["reason"]
-    assert body["error"].startswith("item 1:")
+    assert body["message"].startswith("item 1:") and body["error"] == "invalid_items"
     assert body["accepted"] == 2 and body["accepted_ids"] == ["g-1", "g-4"]
     assert sorted(r[0] for r in db_rows(tmp_path / "fenliu.db", "SELECT msg_id FROM messages")) == ["g-1", "g-4"]
 
@@ -246,7 +246,7 @@ async def test_permissions(server):
     b_agent = await c.login("acme:b01")
     lead_a = await c.login("acme:lead-a")
     status, body = await c.call("GET", "/v1/conversations/pdd-a:b-1", b_agent)
-    assert status == 403 and "pdd-a" in body["error"]
+    assert status == 403 and "pdd-a" in body["message"]
     status, _ = await c.call("GET", "/v1/conversations?shop_id=pdd-a", b_agent)
     assert status == 403
     status, body = await c.call("GET", "/v1/conversations", b_agent)
@@ -313,7 +313,7 @@ async def test_metrics_can_ask_for_a_bearer_token(make_server, monkeypatch):
             text.replace("[server]\n", '[server]\nmetrics_token_env = "FENLIU_METRICS_TOKEN"\n', 1), encoding="utf-8")
         assert (await srv.service.reloader.reload()).ok
         status, body = await c.call("GET", "/metrics")
-        assert status == 401 and "FENLIU_METRICS_TOKEN" in body["error"]  # configured, but not exported
+        assert status == 401 and "FENLIU_METRICS_TOKEN" in body["message"]  # configured, but not exported
         monkeypatch.setenv("FENLIU_METRICS_TOKEN", "s3cret")
         assert (await c.call("GET", "/metrics"))[0] == 401
         assert (await c.call("GET", "/metrics", "wrong"))[0] == 401
@@ -349,7 +349,7 @@ async def test_ingest_bound_gives_503(make_server):
         assert statuses <= {202, 503} and 503 in statuses
         assert srv.service.pending_ingest == 0
         refused = [b for s, b in results if s == 503]
-        assert "overloaded" in refused[0]["error"]
+        assert "overloaded" in refused[0]["message"]
     finally:
         await c.http.close()
         await srv.stop()
@@ -399,7 +399,7 @@ async def test_ratings_and_period_stats_from_the_store(server):
     bad = msgspec.json.encode({**rating, "score": 9})
     async with c.http.post(f"{c.url}/v1/shops/pdd-a/ratings", data=bad,
                            headers={SIGNATURE_HEADER: sign(SECRET_A.encode(), bad)}) as r:
-        assert r.status == 400 and "score" in (await r.json())["error"]
+        assert r.status == 400 and "score" in (await r.json())["message"]
     for _ in range(100):
         status, stats = await c.call("GET", "/v1/stats", await c.login("acme"))
         if stats["period"]["total"]["ratings"]:
@@ -411,7 +411,7 @@ async def test_ratings_and_period_stats_from_the_store(server):
     status, mine = await c.call("GET", "/v1/stats?shop=tb-b", await c.login("acme:a01"))
     assert status == 403
     status, body = await c.call("GET", "/v1/stats?from=tomorrow", await c.login("acme"))
-    assert status == 400 and "from: expected" in body["error"]
+    assert status == 400 and "from: expected" in body["message"]
 
 
 async def test_a_dead_journal_writer_fails_closed_and_health_says_so(server, tmp_path):
@@ -427,7 +427,7 @@ async def test_a_dead_journal_writer_fails_closed_and_health_says_so(server, tmp
             break
         await asyncio.sleep(0.02)
     status, body = await c.post_messages("pdd-a", message("m-2", "b-2"))
-    assert status == 503 and "journal" in body["error"]
+    assert status == 503 and "journal" in body["message"]
     status, health = await c.call("GET", "/healthz")
     assert status == 503 and health["status"] == "failed" and "journal writer" in health["reason"]
     assert db_rows(tmp_path / "fenliu.db", "SELECT msg_id FROM messages") == [("m-1",)]
@@ -572,13 +572,13 @@ async def test_a_failed_commit_fails_closed_and_loses_nothing(tmp_path, env):
             conn.execute("CREATE TRIGGER disk_trouble BEFORE INSERT ON journal WHEN NEW.msg_id = 'm-2' "
                          "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END")
         status, body = await c.post_messages("pdd-a", message("m-2", "b-2"))
-        assert status == 503 and "journal" in body["error"]
+        assert status == 503 and "journal" in body["message"]
         status, body = await c.post_messages("pdd-a", message("m-2", "b-2"))  # the bridge retries
-        assert status == 503 and "journal" in body["error"]
+        assert status == 503 and "journal" in body["message"]
         status, health = await c.call("GET", "/healthz")
         assert status == 503 and health["status"] == "failed" and "restart" in health["reason"]
         status, body = await c.call("PUT", "/v1/agents/a-01/status", lead_a, json={"status": "online"})
-        assert status == 503 and "journal" in body["error"]  # events are refused too
+        assert status == 503 and "journal" in body["message"]  # events are refused too
     finally:
         await c.http.close()
         await srv.stop()

@@ -182,7 +182,7 @@ async def test_supervisor_moves_a_conversation_and_agents_are_told(server):
     cid = frame["conversation_id"]
     lead = await c.login("acme:lead-a")
     status, body = await c.call("POST", f"/v1/conversations/{cid}/transfer", lead, json={"to_agent": "a-02"})
-    assert status == 409 and "not online" in body["error"]
+    assert status == 409 and "not online" in body["message"]
     a02 = await Agent.connect(c, await c.login("acme:a02"))
     await a02.next("hello")
     status, body = await c.call("POST", f"/v1/conversations/{cid}/transfer", lead, json={"to_agent": "a-02", "to_skill": "presale"})
