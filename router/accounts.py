@@ -126,18 +126,45 @@ def passwd(conn: sqlite3.Connection, name: str, password: str) -> None:
         raise AccountError(f"no account {name!r}")
 
 
-def verify(conn: sqlite3.Connection, name: str, password: str) -> Account | None:
-    """The account if the password matches, else ``None`` (same cost either way)."""
-    row = conn.execute("SELECT password_hash FROM accounts WHERE name = ?", (name,)).fetchone()
+def lookup(conn: sqlite3.Connection, name: str) -> tuple[Account, str] | None:
+    """The account and its password hash: a plain read, so a login can take it from a read-only
+    connection and keep the slow hash check out of every store transaction."""
+    row = conn.execute(f"SELECT {_COLS}, password_hash FROM accounts WHERE name = ?", (name,)).fetchone()
+    return (_row(row[:-1]), row[-1]) if row else None
+
+
+def check_password(password_hash: str | None, password: str) -> bool:
+    """Whether ``password`` matches the hash (argon2, ≈ 0.5 s of CPU on purpose: call it off the
+    event loop and outside any transaction). ``None`` (no such account) checks against a dummy
+    hash, so an unknown name costs as much as a known one."""
     try:
-        _hasher.verify(row[0] if row else _DUMMY_HASH, password)
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def new_hash(password_hash: str, password: str) -> str | None:
+    """A hash with today's argon2 parameters when ``password_hash`` (just verified) has older
+    ones, else ``None``."""
+    return _hasher.hash(password) if _hasher.check_needs_rehash(password_hash) else None
+
+
+def store_rehash(conn: sqlite3.Connection, name: str, old_hash: str, new: str) -> None:
+    """Replace the hash only if it is still the one verified: a password changed meanwhile wins."""
+    conn.execute("UPDATE accounts SET password_hash = ? WHERE name = ? AND password_hash = ?", (new, name, old_hash))
+
+
+def verify(conn: sqlite3.Connection, name: str, password: str) -> Account | None:
+    """The account if the password matches, else ``None`` (same cost either way), all on
+    ``conn``: for the command line and tests. The service goes through :mod:`router.login`,
+    which runs these steps in a thread pool and never inside a store transaction."""
+    found = lookup(conn, name)
+    if not check_password(found[1] if found else None, password) or found is None:
         return None
-    if row is None:
-        return None
-    if _hasher.check_needs_rehash(row[0]):
-        conn.execute("UPDATE accounts SET password_hash = ? WHERE name = ?", (_hasher.hash(password), name))
-    return get(conn, name)
+    rehashed = new_hash(found[1], password)
+    if rehashed is not None:
+        store_rehash(conn, name, found[1], rehashed)
+    return found[0]
 
 
 def token_key(conn: sqlite3.Connection) -> bytes:

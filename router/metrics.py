@@ -83,6 +83,12 @@ class Metrics:
         self.reloads = Counter("fenliu_config_reloads", "Configuration reloads applied", registry=r)
         self.reload_failures = Counter("fenliu_config_reload_failures",
                                        "Configuration reloads rejected (the running configuration was kept)", registry=r)
+        self.login_failures = Counter("fenliu_login_failures", "Logins with a wrong account or password", registry=r)
+        self.login_lockouts = Counter("fenliu_login_lockouts", "Lockouts started, by scope (account, client)",
+                                      ["scope"], registry=r)
+        self.logins_refused = Counter("fenliu_logins_refused",
+                                      "Logins refused with 429, by reason (locked_out, busy)",
+                                      ["reason"], registry=r)
         r.register(_Live(router, now))
 
     def count(self, metric: Counter, *labels: str) -> None:
