@@ -24,6 +24,7 @@ import json
 import secrets
 import sqlite3
 import time
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
@@ -51,6 +52,7 @@ class Account(msgspec.Struct):
     main: str | None = None
     agent_id: str | None = None
     generation: int = 1
+    disabled: bool = False
 
     def may_see_shop(self, shop_id: str) -> bool:
         return "*" in self.shops or shop_id in self.shops
@@ -61,11 +63,11 @@ class Account(msgspec.Struct):
 
 
 def _row(row: tuple) -> Account:
-    name, main, role, shops, agent_id, generation = row
-    return Account(name, role, tuple(json.loads(shops)), main, agent_id, generation)
+    name, main, role, shops, agent_id, generation, disabled = row
+    return Account(name, role, tuple(json.loads(shops)), main, agent_id, generation, bool(disabled))
 
 
-_COLS = "name, main, role, shops, agent_id, generation"
+_COLS = "name, main, role, shops, agent_id, generation, disabled"
 
 
 def get(conn: sqlite3.Connection, name: str) -> Account | None:
@@ -83,9 +85,12 @@ def check_password_strength(password: str) -> None:
 
 
 def add(conn: sqlite3.Connection, name: str, password: str, role: str = "agent",
-        shops: tuple[str, ...] | None = None, agent_id: str | None = None) -> Account:
+        shops: tuple[str, ...] | None = None, agent_id: str | None = None,
+        agent_shops: Sequence[str] | None = None, *, require_agent: bool = False) -> Account:
     """Create an account. ``main:sub`` names a sub-account of ``main``, which must exist and
-    whose shops bound the sub-account's."""
+    whose shops bound the sub-account's. ``agent_shops``, the shops of the agent an agent
+    account works as (``require_agent``: it must have one), bound its shops too and are its default: an agent's account never sees
+    more than its agent serves, and a sub-account never silently inherits all shops (``*``)."""
     if not name or name.count(":") > 1 or name.startswith(":") or name.endswith(":"):
         raise AccountError(f"bad account name {name!r}: use MAIN or MAIN:SUB")
     if role not in ROLES:
@@ -94,18 +99,38 @@ def add(conn: sqlite3.Connection, name: str, password: str, role: str = "agent",
     if get(conn, name) is not None:
         raise AccountError(f"account {name!r} already exists")
     main = None
+    owner_shops: tuple[str, ...] = ("*",)
     if ":" in name:
         main = name.split(":", 1)[0]
         owner = get(conn, main)
         if owner is None:
             raise AccountError(f"main account {main!r} does not exist; create it first")
-        shops = shops if shops is not None else owner.shops
-        if "*" not in owner.shops:
-            outside = [s for s in shops if s not in owner.shops]
+        owner_shops = owner.shops
+    if require_agent and agent_shops is None:
+        raise AccountError(f"agent account {name!r} needs its agent: --agent AGENT_ID, or account = {name!r} on the "
+                           "agent in agents.toml")
+    if role == "agent" and agent_shops is not None:
+        if shops is None:
+            shops = tuple(s for s in agent_shops if "*" in owner_shops or s in owner_shops)
+            if not shops:
+                raise AccountError(f"agent {agent_id!r} serves no shop permitted to main account {main!r}")
+        elif "*" in shops:
+            raise AccountError(f"an agent's account cannot have all shops (*): agent {agent_id!r} serves "
+                               f"{', '.join(agent_shops) or 'no shop'}")
+        else:
+            outside = [s for s in shops if s not in agent_shops]
             if outside:
-                raise AccountError(f"shops {', '.join(outside)} are not permitted to main account {main!r}")
-    else:
-        shops = shops if shops is not None else ("*",)
+                raise AccountError(f"shops {', '.join(outside)} are not served by agent {agent_id!r} "
+                                   f"(it serves {', '.join(agent_shops) or 'no shop'})")
+    if shops is None:
+        if main is not None and "*" in owner_shops:
+            raise AccountError(f"give the shops of sub-account {name!r} (--shops); it does not inherit all shops "
+                               "(* must be said)")
+        shops = owner_shops
+    if "*" not in owner_shops:
+        outside = [s for s in shops if s not in owner_shops]
+        if outside:
+            raise AccountError(f"shops {', '.join(outside)} are not permitted to main account {main!r}")
     if role == "agent" and not agent_id:
         agent_id = None
     conn.execute(
@@ -115,6 +140,21 @@ def add(conn: sqlite3.Connection, name: str, password: str, role: str = "agent",
     account = get(conn, name)
     assert account is not None
     return account
+
+
+def set_disabled(conn: sqlite3.Connection, name: str, disabled: bool) -> None:
+    """Disable (or enable) an account: no login, and its tokens and open sockets stop working."""
+    cur = conn.execute("UPDATE accounts SET disabled = ?, generation = generation + ? WHERE name = ?",
+                       (int(disabled), int(disabled), name))
+    if cur.rowcount == 0:
+        raise AccountError(f"no account {name!r}")
+
+
+def remove(conn: sqlite3.Connection, name: str) -> None:
+    """Remove an account (and, for a main account, its sub-accounts)."""
+    cur = conn.execute("DELETE FROM accounts WHERE name = ? OR main = ?", (name, name))
+    if cur.rowcount == 0:
+        raise AccountError(f"no account {name!r}")
 
 
 def passwd(conn: sqlite3.Connection, name: str, password: str) -> None:
@@ -191,8 +231,11 @@ def issue_token(key: bytes, account: Account, ttl_s: float, now: float | None = 
     return f"{payload}.{sig}", float(int(expires))
 
 
-def read_token(key: bytes, token: str, now: float | None = None) -> tuple[str, int] | None:
-    """``(account name, generation)`` for a valid unexpired token, else ``None``."""
+def read_token(key: bytes, token: str, now: float | None = None) -> tuple[str, int, float] | None:
+    """``(account name, generation, expiry)`` for a valid unexpired token, else ``None`` — also
+    for any text that is not a token at all (non-ASCII, undecodable, the wrong shape)."""
+    if not token.isascii():
+        return None
     payload, sep, sig = token.partition(".")
     if not sep:
         return None
@@ -201,8 +244,9 @@ def read_token(key: bytes, token: str, now: float | None = None) -> tuple[str, i
         return None
     try:
         name, generation, expires = json.loads(_unb64(payload))
-    except (ValueError, TypeError):
+        generation, expires = int(generation), float(expires)
+    except (ValueError, TypeError, OverflowError):
         return None
     if expires < (now if now is not None else time.time()):
         return None
-    return str(name), int(generation)
+    return str(name), generation, expires

@@ -30,13 +30,19 @@ def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callab
     a.add_argument("name", help="MAIN for a main account, MAIN:SUB for a sub-account")
     a.add_argument("--role", choices=("agent", "supervisor", "admin"), default=None,
                    help="default: admin for a main account, agent for a sub-account")
-    a.add_argument("--shops", default=None, help="comma-separated shop ids, or * (default: the main account's)")
+    a.add_argument("--shops", default=None,
+                   help="comma-separated shop ids, or * (default: an agent's account gets its agent's shops; "
+                        "another sub-account must name them)")
     a.add_argument("--agent", default=None, help="agent id this account works as (role agent)")
     a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     sub.add_parser("list", help="list accounts")
-    w = sub.add_parser("passwd", help="set a new password (existing tokens stop working)")
+    w = sub.add_parser("passwd", help="set a new password (existing tokens and open sockets stop working)")
     w.add_argument("name")
     w.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    for action, text in (("disable", "refuse the account's logins, tokens and open sockets"),
+                         ("enable", "let a disabled account log in again"),
+                         ("remove", "delete the account (a main account: with its sub-accounts)")):
+        sub.add_parser(action, help=text).add_argument("name")
     for q in (p,):
         q.add_argument("--store", default=None, help="SQLite file (default: storage.path)")
     command("accounts")(accounts_command)
@@ -87,6 +93,7 @@ def _password(args: argparse.Namespace) -> str | None:
 
 def accounts_command(args: argparse.Namespace) -> int:
     from router import accounts as acct
+    from router.access import agent_shops
     from router.cli import load_or_report
     from router.store import Store
 
@@ -101,7 +108,15 @@ def accounts_command(args: argparse.Namespace) -> int:
                 print("no accounts (create one: fenliu accounts add NAME)")
             for a in rows:
                 agent = a.agent_id or next((i for i, ag in config.agents.items() if ag.account == a.name), None)
-                print(f"{a.name}\t{a.role}\tshops={','.join(a.shops)}" + (f"\tagent={agent}" if agent else ""))
+                print(f"{a.name}\t{a.role}\tshops={','.join(a.shops)}" + (f"\tagent={agent}" if agent else "")
+                      + ("\tdisabled" if a.disabled else ""))
+            return 0
+        if args.action in ("disable", "enable", "remove"):
+            if args.action == "remove":
+                store.run_sync(lambda c: acct.remove(c, args.name))
+            else:
+                store.run_sync(lambda c: acct.set_disabled(c, args.name, args.action == "disable"))
+            print(f"{args.action}d {args.name} (its open sockets close within a second)")
             return 0
         password = _password(args)
         if password is None:
@@ -116,7 +131,10 @@ def accounts_command(args: argparse.Namespace) -> int:
                 print(f"error: unknown agent {args.agent!r}", file=sys.stderr)
                 return 1
             role = args.role or ("agent" if ":" in args.name else "admin")
-            a = store.run_sync(lambda c: acct.add(c, args.name, password, role, shops, args.agent))
+            agent = args.agent or next((i for i, ag in config.agents.items() if ag.account == args.name), None)
+            served = agent_shops(config, agent) if role == "agent" and agent else None
+            a = store.run_sync(lambda c: acct.add(c, args.name, password, role, shops, args.agent, served,
+                                                  require_agent=role == "agent"))
             print(f"created {a.name} ({a.role}, shops {','.join(a.shops)})")
         else:
             store.run_sync(lambda c: acct.passwd(c, args.name, password))

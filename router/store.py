@@ -17,6 +17,7 @@ for committed messages, and a burst of requests costs one commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -81,7 +82,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     agent_id TEXT,
     password_hash TEXT NOT NULL,
     generation INTEGER NOT NULL DEFAULT 1,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0  -- 1: no login, its tokens and sockets refused
 );
 CREATE TABLE IF NOT EXISTS profiles (
     shop_id TEXT NOT NULL,
@@ -162,7 +164,17 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.executescript(SCHEMA)
+    _migrate(conn)
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Columns added after a store was first created (``CREATE TABLE IF NOT EXISTS`` keeps an
+    old table as it was)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(accounts)")}
+    if "disabled" not in columns:
+        with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
+            conn.execute("ALTER TABLE accounts ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0")
 
 
 class Store:

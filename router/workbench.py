@@ -15,11 +15,11 @@ those pages need beyond the service's own API.
 - ``GET /v1/today``: today's figures (3-minute reply rate, average response time, replies,
   conversations received, per hour); an agent sees its own, a supervisor its shops'.
 - ``GET /v1/dashboard``: queues per skill, agents, open conversations, recent decisions, today.
-- ``GET /v1/supervisors/ws?token=…``: supervisors' live feed: ``decision`` frames as decisions
-  commit and a ``dashboard`` frame every two seconds.
+- ``GET /v1/supervisors/ws?ticket=…`` (a ticket from ``POST /v1/auth/ws-ticket``): supervisors'
+  live feed: ``decision`` frames as decisions commit and a ``dashboard`` frame every two seconds.
 
-Every handler authenticates the token and checks the account's shops and role itself: the pages
-are a convenience, never the authority.
+Every handler goes through :func:`router.access.gate` and filters what it shows with the
+account's :class:`~router.access.Scope`: the pages are a convenience, never the authority.
 """
 
 from __future__ import annotations
@@ -37,19 +37,15 @@ import msgspec
 import structlog
 from aiohttp import WSMsgType, web
 
-from router.accounts import Account
+from router.access import BOOK, EXPIRES, Scope, agent_shops, gate, public
 from router.ingest import explain
 from router.models import Decision, Message, TransferEvent
 from router.pipeline import InputError
 from router.server import (
     SERVICE,
     SOCKETS,
-    HTTPError,
-    agent_of,
-    authenticate,
     error,
     json_response,
-    require_shop,
 )
 from router.service import Service
 from router.today import Today
@@ -71,10 +67,12 @@ _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'
 # -- static files ----------------------------------------------------------------------------------
 
 
+@public
 async def root(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/web/")
 
 
+@public
 async def static(request: web.Request) -> web.StreamResponse:
     name = request.match_info.get("name") or "index.html"
     path = WEB_DIR / name
@@ -88,27 +86,18 @@ async def static(request: web.Request) -> web.StreamResponse:
 # -- who am I ----------------------------------------------------------------------------------------
 
 
-def _agent_shops(service: Service, aid: str) -> list[str]:
-    cfg = service.config.agents[aid]
-    return list(service.config.shops) if "*" in cfg.shops else [s for s in cfg.shops if s in service.config.shops]
-
-
-def _visible_agents(service: Service, account: Account) -> list[str]:
-    return [aid for aid in service.config.agents if any(account.may_see_shop(s) for s in _agent_shops(service, aid))]
-
-
-async def me(request: web.Request) -> web.Response:
+@gate()
+async def me(request: web.Request, scope: Scope) -> web.Response:
     service = request.app[SERVICE]
-    account = await authenticate(request)
-    aid = agent_of(service, account)
+    account, aid = scope.account, scope.agent_id
     shops = [{"id": s.id, "name": s.name or s.id, "platform": s.platform}
-             for s in service.config.shops.values() if account.may_see_shop(s.id)]
-    skills = sorted({sk for a in _visible_agents(service, account) for sk in service.config.agents[a].skills})
+             for s in service.config.shops.values() if scope.sees(s.id)]
+    skills = sorted({sk for a in scope.visible_agents() for sk in service.config.agents[a].skills})
     agent = None
     if aid is not None:
         cfg = service.config.agents[aid]
         agent = {"id": aid, "name": cfg.name or aid, "skills": list(cfg.skills), "max_concurrent": cfg.max_concurrent,
-                 "shops": _agent_shops(service, aid)}
+                 "shops": [s for s in agent_shops(service.config, aid) if scope.sees(s)]}
     return json_response({"account": account.name, "role": account.role, "shops": shops, "agent_id": aid,
                           "agent": agent, "skills": skills, "server_time": time.time(),
                           "reply_window_s": service.config.main.defaults.reply_within_s})
@@ -117,27 +106,17 @@ async def me(request: web.Request) -> web.Response:
 # -- quick replies and the outbound check -----------------------------------------------------------
 
 
-def _conversation_shop(service: Service, account: Account, cid: str) -> str:
-    shop_id = cid.split(":", 1)[0]
-    require_shop(account, shop_id)
-    if shop_id not in service.config.shops:
-        raise HTTPError(404, f"unknown shop {shop_id!r}")
-    return shop_id
-
-
-async def quick_replies(request: web.Request) -> web.Response:
+@gate()
+async def quick_replies(request: web.Request, scope: Scope) -> web.Response:
     from plugins import bot
 
     service = request.app[SERVICE]
-    account = await authenticate(request)
     cid = request.query.get("conversation_id")
     shop_id = request.query.get("shop_id")
     if cid:
-        shop_id = _conversation_shop(service, account, cid)
+        shop_id = scope.require_conversation(cid)
     elif shop_id:
-        require_shop(account, shop_id)
-        if shop_id not in service.config.shops:
-            return error(404, f"unknown shop {shop_id!r}")
+        scope.require_shop(shop_id)
     else:
         return error(400, "give conversation_id (or shop_id)")
     buyer, order = service.context.get(cid or "", (None, None))
@@ -163,22 +142,21 @@ class CheckRequest(msgspec.Struct, forbid_unknown_fields=True):
     shop_id: str | None = None
 
 
-async def check_reply(request: web.Request) -> web.Response:
+@gate()
+async def check_reply(request: web.Request, scope: Scope) -> web.Response:
     service = request.app[SERVICE]
-    account = await authenticate(request)
     try:
         req = msgspec.json.decode(await request.read(), type=CheckRequest)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return error(400, explain(exc) + ' (expected {"conversation_id" or "shop_id", "text"})')
     if req.conversation_id:
-        shop_id = _conversation_shop(service, account, req.conversation_id)
+        shop_id = scope.require_conversation(req.conversation_id)
     elif req.shop_id:
-        require_shop(account, req.shop_id)
-        shop_id = req.shop_id
+        shop_id = scope.require_shop(req.shop_id)
     else:
         return error(400, "give conversation_id or shop_id")
     try:
-        result = await service.router.check_reply(shop_id, req.text, req.conversation_id, agent_of(service, account))
+        result = await service.router.check_reply(shop_id, req.text, req.conversation_id, scope.agent_id)
     except InputError as exc:
         return error(404, str(exc))
     reason = result.reason
@@ -199,16 +177,17 @@ class TransferRequest(msgspec.Struct, forbid_unknown_fields=True):
     to_skill: str | None = None
 
 
-async def transfer(request: web.Request) -> web.Response:
+@gate()
+async def transfer(request: web.Request, scope: Scope) -> web.Response:
     service = request.app[SERVICE]
-    account = await authenticate(request)
+    account = scope.account
     cid = request.match_info["cid"]
-    shop_id = _conversation_shop(service, account, cid)
+    shop_id = scope.require_conversation(cid)
     conv = service.router.dispatcher.conversations.get(cid)
     if conv is None:
         return error(404, f"no open conversation {cid!r}")
-    holder = agent_of(service, account)
-    if not account.is_supervisor and (holder is None or conv.agent_id != holder):
+    holder = scope.agent_id
+    if not scope.is_supervisor and (holder is None or conv.agent_id != holder):
         return error(403, f"forbidden: conversation {cid!r} is not yours, and moving others' needs a supervisor")
     try:
         req = msgspec.json.decode(await request.read(), type=TransferRequest)
@@ -216,8 +195,8 @@ async def transfer(request: web.Request) -> web.Response:
         return error(400, explain(exc))
     if (req.to_agent is None) == (req.to_skill is None):
         return error(400, 'give exactly one of "to_agent" or "to_skill"')
-    if req.to_agent is not None and req.to_agent not in service.config.agents:
-        return error(404, f"unknown agent {req.to_agent!r}")
+    if req.to_agent is not None and req.to_agent not in scope.visible_agents():
+        return error(404, f"unknown agent {req.to_agent!r}", "unknown_agent")
     try:
         moved = await service.event(TransferEvent(cid, req.to_agent, req.to_skill))
     except InputError as exc:
@@ -233,19 +212,16 @@ async def transfer(request: web.Request) -> web.Response:
 TODAY = web.AppKey("today", Today)
 
 
-def _shops_of(service: Service, account: Account) -> set[str]:
-    return {s for s in service.config.shops if account.may_see_shop(s)}
-
-
-async def today(request: web.Request) -> web.Response:
+@gate()
+async def today(request: web.Request, scope: Scope) -> web.Response:
     service = request.app[SERVICE]
-    account = await authenticate(request)
+    account = scope.account
     figures: Today = request.app[TODAY]
     await figures.ready()
-    shops = _shops_of(service, account)
-    if account.is_supervisor:
+    shops = scope.shops
+    if scope.is_supervisor:
         return json_response(figures.figures(shops))
-    aid = agent_of(service, account)
+    aid = scope.agent_id
     if aid is None:
         return error(403, f"account {account.name!r} is neither an agent nor a supervisor")
     st = service.router.dispatcher.agents.get(aid)
@@ -261,7 +237,7 @@ class Feed:
 
     def __init__(self) -> None:
         self.recent: deque[tuple[Decision, float]] = deque(maxlen=FEED_KEEP)
-        self.sockets: dict[web.WebSocketResponse, tuple[Account, asyncio.Queue]] = {}
+        self.sockets: dict[web.WebSocketResponse, tuple[Scope, asyncio.Queue]] = {}
 
     def publish(self, decisions: list[Decision]) -> None:
         """Called after every commit: keep the decisions (as they are: turned into JSON only
@@ -271,8 +247,8 @@ class Feed:
             self.recent.append((d, now))
             if self.sockets:
                 item = _feed_item(d, now)
-                for account, queue in self.sockets.values():
-                    if account.may_see_shop(d.shop_id):
+                for scope, queue in self.sockets.values():
+                    if scope.sees(d.shop_id):
                         with contextlib.suppress(asyncio.QueueFull):
                             queue.put_nowait({"type": "decision", **item})
 
@@ -290,13 +266,13 @@ FEED = web.AppKey("feed", Feed)
 LOADER = web.AppKey("today_loader", asyncio.Task)
 
 
-def dashboard_data(app: web.Application, account: Account) -> dict[str, Any]:
+def dashboard_data(app: web.Application, scope: Scope) -> dict[str, Any]:
     service: Service = app[SERVICE]
     feed: Feed = app[FEED]
     figures: Today = app[TODAY]
     d = service.router.dispatcher
     now = time.time()
-    shops = _shops_of(service, account)
+    shops = scope.shops
     queues: dict[str, dict[str, Any]] = {}
     convs = []
     totals = {"open": 0, "queued": 0, "reserved": 0, "assigned": 0, "bot": 0}
@@ -319,13 +295,13 @@ def dashboard_data(app: web.Application, account: Account) -> dict[str, Any]:
     agents = []
     online = 0
     today_fig = figures.figures(shops)
-    for aid in _visible_agents(service, account):
+    for aid in scope.visible_agents():
         cfg = service.config.agents[aid]
         st = d.agents.get(aid)
         status = st.status if st else "offline"
         online += status == "online"
         agents.append({"id": aid, "name": cfg.name or aid, "skills": list(cfg.skills),
-                       "shops": [s for s in _agent_shops(service, aid) if s in shops], "status": status,
+                       "shops": [s for s in agent_shops(service.config, aid) if s in shops], "status": status,
                        "in_shift": st.in_shift if st else False, "load": st.load if st else 0,
                        "max_concurrent": cfg.max_concurrent, "connected": aid in service.sessions,
                        "today": today_fig["agents"].get(aid)})
@@ -337,30 +313,25 @@ def dashboard_data(app: web.Application, account: Account) -> dict[str, Any]:
             "decisions": feed.recent_items(shops)}
 
 
-async def _supervisor(request: web.Request) -> Account:
-    account = await authenticate(request)
-    if not account.is_supervisor:
-        raise HTTPError(403, f"forbidden: the dashboard needs a supervisor or admin account, not {account.name!r}")
-    return account
-
-
-async def dashboard(request: web.Request) -> web.Response:
-    account = await _supervisor(request)
+@gate("supervisor")
+async def dashboard(request: web.Request, scope: Scope) -> web.Response:
     await request.app[TODAY].ready()
-    return json_response(dashboard_data(request.app, account))
+    return json_response(dashboard_data(request.app, scope))
 
 
 _encode = msgspec.json.Encoder().encode
 
 
-async def supervisor_ws(request: web.Request) -> web.StreamResponse:
-    account = await _supervisor(request)
+@gate("supervisor", ws=True)
+async def supervisor_ws(request: web.Request, scope: Scope) -> web.StreamResponse:
     feed: Feed = request.app[FEED]
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=16 * 1024)
     await ws.prepare(request)
+    book = request.app[BOOK]
+    book.watch(ws, scope.account, request[EXPIRES], lambda code, message: ws.close(code=code, message=message))
     await request.app[TODAY].ready()
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(2000)
-    feed.sockets[ws] = (account, queue)
+    feed.sockets[ws] = (scope, queue)
     request.app[SOCKETS].add(ws)
 
     async def writer() -> None:
@@ -373,7 +344,7 @@ async def supervisor_ws(request: web.Request) -> web.StreamResponse:
                 pass
             if time.monotonic() - last >= PUSH_EVERY_S:
                 last = time.monotonic()
-                await ws.send_str(_encode(dashboard_data(request.app, account)).decode())
+                await ws.send_str(_encode(dashboard_data(request.app, scope)).decode())
 
     task = asyncio.create_task(writer())
     try:
@@ -381,6 +352,7 @@ async def supervisor_ws(request: web.Request) -> web.StreamResponse:
             if msg.type == WSMsgType.ERROR:
                 break
     finally:
+        book.unwatch(ws)
         feed.sockets.pop(ws, None)
         request.app[SOCKETS].discard(ws)
         task.cancel()

@@ -4,6 +4,15 @@ Frames are JSON objects with a ``type`` (structs ``Ws*`` in :mod:`router.models`
 frames go through a bounded per-connection queue written by one task, so a slow client never
 blocks the router: if it falls too far behind it is disconnected, and the reconnect grace keeps
 its conversations while it comes back.
+
+Every outgoing frame passes :meth:`WsSession.deliver` (or :meth:`WsSession.deliver_encoded` for
+frames another instance encoded), which drops what the account's scope may not see
+(:meth:`router.access.Scope.visible_frame`): an agent serving two clients' shops, used through
+an account limited to one, never learns of the other's conversations.
+
+Close codes: 1007 for a frame that is not JSON (or nested too deep), 1011 for a fault of ours
+(logged with its traceback), 4000 replaced by a new connection, 4008 too slow, and
+:data:`router.access.CLOSE_REVOKED` (4401) when the account's token stops being valid.
 """
 
 from __future__ import annotations
@@ -34,10 +43,10 @@ from router.models import (
     WsTransfer,
 )
 from router.pipeline import InputError
+from router.access import BOOK, EXPIRES, SOCKETS, Scope, visible_encoded
 from router.service import NotYours, Overloaded
 
 if TYPE_CHECKING:
-    from router.accounts import Account
     from router.service import Service
 
 
@@ -51,16 +60,33 @@ SEND_QUEUE = 2000
 class WsSession:
     """One connected agent; :meth:`deliver` never blocks."""
 
-    def __init__(self, ws: web.WebSocketResponse, agent_id: str, account: Account) -> None:
+    def __init__(self, ws: web.WebSocketResponse, scope: Scope) -> None:
+        assert scope.agent_id is not None
         self.ws = ws
-        self.agent_id = agent_id
-        self.account = account
+        self.scope = scope
+        self.agent_id: str = scope.agent_id
+        self.account = scope.account
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(SEND_QUEUE)
         self.task: asyncio.Task | None = None
 
     def deliver(self, frame: msgspec.Struct) -> None:
+        visible = self.scope.visible_frame(frame)
+        if visible is not None:
+            self._put(_encode(visible))
+
+    def answer(self, result: WsResult) -> None:
+        """The result of the client's own frame: it echoes what the client sent, so it is never
+        filtered (a refusal must reach the client)."""
+        self._put(_encode(result))
+
+    def deliver_encoded(self, data: bytes) -> None:
+        """A frame encoded elsewhere (the Redis backend's relay), filtered the same way."""
+        if visible_encoded(self.scope, data):
+            self._put(data)
+
+    def _put(self, data: bytes) -> None:
         try:
-            self.queue.put_nowait(_encode(frame))
+            self.queue.put_nowait(data)
         except asyncio.QueueFull:
             log.warning("agent_too_slow", agent_id=self.agent_id)
             asyncio.get_running_loop().create_task(self.ws.close(code=4008, message=b"too slow"))
@@ -80,10 +106,16 @@ class WsSession:
             await self.ws.close(code=code, message=message)
 
 
-from router.server import SOCKETS  # noqa: E402 - server imports this module lazily
+class FrameRejected(Exception):
+    """A client frame that cannot be answered: the socket is closed with ``code`` (1007 not
+    JSON, 1008 nested deeper than any frame) and the reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
 
 
-async def agent_socket(request: web.Request, service: Service, account: Account, agent_id: str,
+async def agent_socket(request: web.Request, service: Service, scope: Scope,
                        handle: Callable[[Any, WsSession, bytes], Awaitable[WsResult]] | None = None,
                        **log_context: Any) -> web.WebSocketResponse:
     """One agent's WebSocket: hello, then one result frame per command (``handle``: this
@@ -91,9 +123,12 @@ async def agent_socket(request: web.Request, service: Service, account: Account,
     handle = handle or _handle
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=64 * 1024)
     await ws.prepare(request)
-    session = WsSession(ws, agent_id, account)
-    bound = log.bind(agent_id=agent_id, account=account.name, **log_context)
+    session = WsSession(ws, scope)
+    agent_id = session.agent_id
+    bound = log.bind(agent_id=agent_id, account=scope.account.name, **log_context)
     session.task = asyncio.create_task(session.writer())
+    book = request.app[BOOK]
+    book.watch(ws, scope.account, request[EXPIRES], session.close)
     old = await service.attach(session)
     if old is not None and old is not session:
         await old.close(4000, b"replaced by a new connection")  # type: ignore[attr-defined]
@@ -104,10 +139,22 @@ async def agent_socket(request: web.Request, service: Service, account: Account,
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 data = msg.data.encode() if msg.type == WSMsgType.TEXT else msg.data
-                session.deliver(await handle(service, session, data))
+                try:
+                    session.answer(await handle(service, session, data))
+                except FrameRejected as exc:
+                    bound.info("ws_frame_rejected", reason=str(exc))
+                    await session.close(exc.code, str(exc).encode()[:120])
+                    break
+                except (ConnectionError, asyncio.CancelledError):
+                    raise
+                except Exception:  # noqa: BLE001 - a fault of ours: logged once, the socket closed, never an HTTP 500 in it
+                    bound.exception("ws_handler_failed")
+                    await session.close(1011, b"internal error (logged)")
+                    break
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
+        book.unwatch(ws)
         request.app[SOCKETS].discard(ws)
         service.detach(session)
         session.queue.put_nowait(None) if not session.queue.full() else None
@@ -130,21 +177,18 @@ def _holds(service: Service, agent_id: str, cid: str) -> str | None:
 
 async def _handle(service: Service, session: WsSession, data: bytes) -> WsResult:
     aid = session.agent_id
-    try:
-        frame = _decode.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        ref = None
-        with contextlib.suppress(msgspec.DecodeError):
-            raw = msgspec.json.decode(data)
-            ref = raw.get("ref") if isinstance(raw, dict) and isinstance(raw.get("ref"), str) else None
-        return WsResult("invalid", False, ref, reason=_frame_reason(exc))
+    frame = decode_frame(data)
+    if isinstance(frame, WsResult):
+        return frame
     op = type(frame).__struct_config__.tag  # type: ignore[attr-defined]
     ref = frame.ref
     cid = getattr(frame, "conversation_id", None)
     log_ = log.bind(agent_id=aid, conversation_id=cid, op=op)
     try:
-        if cid is not None and not session.account.may_see_shop(cid.split(":", 1)[0]):
+        if cid is not None and not session.scope.sees_conversation(cid):
             return WsResult(op, False, ref, cid, reason="forbidden: that shop is not permitted to your account")
+        if isinstance(frame, WsTransfer) and frame.to_agent is not None and frame.to_agent not in session.scope.visible_agents():
+            return WsResult(op, False, ref, cid, reason=f"unknown agent {frame.to_agent!r}")
         match frame:
             case WsAccept():
                 await service.event(AcceptEvent(frame.conversation_id, aid))
@@ -176,6 +220,34 @@ async def _handle(service: Service, session: WsSession, data: bytes) -> WsResult
         return WsResult(op, False, ref, cid, reason=str(exc))
     log_.debug("ws_ok")
     return WsResult(op, True, ref, cid)
+
+
+class _Ref(msgspec.Struct):
+    ref: str | None = None
+
+
+def decode_frame(data: bytes) -> WsClientFrame | WsResult:
+    """A client frame, or the ``invalid`` result naming what is wrong with a well-formed one.
+    Raises :class:`FrameRejected` for bytes that are not a JSON frame at all (malformed,
+    not UTF-8, nested deeper than any frame can be)."""
+    try:
+        return _decode.decode(data)
+    except msgspec.ValidationError as exc:
+        try:
+            msgspec.json.decode(data)  # the rare path only: is it a frame at all?
+            ref = _ref.decode(data).ref
+        except msgspec.MsgspecError:
+            ref = None
+        except RecursionError:
+            raise FrameRejected(1008, "frame nested too deeply") from None
+        return WsResult("invalid", False, ref, reason=_frame_reason(exc))
+    except msgspec.DecodeError as exc:
+        raise FrameRejected(1007, f"not a JSON frame: {explain(exc)}") from None
+    except RecursionError:
+        raise FrameRejected(1008, "frame nested too deeply") from None
+
+
+_ref = msgspec.json.Decoder(_Ref)
 
 
 def _frame_reason(exc: Exception) -> str:

@@ -974,11 +974,10 @@ class RedisService(Service):
                     continue
                 self._frame_last[aid] = entries[-1][0]
                 session = self.sessions.get(aid)
-                queue = getattr(session, "queue", None)
-                for _, fields in entries:
-                    if queue is not None:
-                        with contextlib.suppress(asyncio.QueueFull):
-                            queue.put_nowait(fields[b"d"])
+                relay = getattr(session, "deliver_encoded", None)
+                if relay is not None:
+                    for _, fields in entries:
+                        relay(fields[b"d"])
 
     async def _tick_loop(self) -> None:
         while not self._stopping:

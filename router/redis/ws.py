@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import msgspec
 import structlog
 from aiohttp import web
 
@@ -26,31 +25,30 @@ from router.models import (
 from router.pipeline import InputError
 from router.service import NotYours
 from router import ws as ws_module
-from router.ws import WsSession, _decode, _frame_reason
+from router.ws import WsSession, decode_frame
 
 if TYPE_CHECKING:
-    from router.accounts import Account
+    from router.access import Scope
     from router.redis.service import RedisService
 
 log = structlog.get_logger("fenliu.redis.ws")
 
 
-async def agent_socket(request: web.Request, service: RedisService, account: Account, agent_id: str) -> web.WebSocketResponse:
-    return await ws_module.agent_socket(request, service, account, agent_id,  # type: ignore[arg-type]
+async def agent_socket(request: web.Request, service: RedisService, scope: Scope) -> web.WebSocketResponse:
+    return await ws_module.agent_socket(request, service, scope,  # type: ignore[arg-type]
                                         handle=_handle, instance=service.id)
 
 
 async def _handle(service: RedisService, session: WsSession, data: bytes) -> WsResult:
     aid = session.agent_id
-    try:
-        frame = _decode.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        return WsResult("invalid", False, None, reason=_frame_reason(exc))
+    frame = decode_frame(data)
+    if isinstance(frame, WsResult):
+        return frame
     op = type(frame).__struct_config__.tag  # type: ignore[attr-defined]
     ref = frame.ref
     cid = getattr(frame, "conversation_id", None)
     try:
-        if cid is not None and not session.account.may_see_shop(cid.split(":", 1)[0]):
+        if cid is not None and not session.scope.sees_conversation(cid):
             return WsResult(op, False, ref, cid, reason="forbidden: that shop is not permitted to your account")
         match frame:
             case WsAccept():

@@ -101,16 +101,35 @@ export class LiveSocket {
     this.timer = null;
   }
 
-  url() {
+  // A browser's WebSocket cannot send the Authorization header, and a token in a URL ends up in
+  // logs: each connection trades the token for a single-use ticket that lives a few seconds.
+  async url() {
+    const { ticket } = await api('POST', '/v1/auth/ws-ticket');
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    return `${proto}//${location.host}${this.path}?token=${encodeURIComponent(session.token || '')}`;
+    return `${proto}//${location.host}${this.path}?ticket=${encodeURIComponent(ticket)}`;
   }
 
-  connect() {
+  retry() {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => this.connect(), this.delay);
+    this.delay = Math.min(this.delay * 2, 5000);
+  }
+
+  async connect() {
     if (this.stopped) return;
     clearTimeout(this.timer);
     this.onState('connecting');
-    const ws = new WebSocket(this.url());
+    let url;
+    try {
+      url = await this.url();
+    } catch (err) {
+      if (err.status === 401) { this.stopped = true; return; }  // api() has logged out
+      this.onState('closed');
+      this.retry();
+      return;
+    }
+    if (this.stopped) return;
+    const ws = new WebSocket(url);
     this.ws = ws;
     ws.onopen = () => {
       this.delay = 500;
@@ -136,11 +155,13 @@ export class LiveSocket {
         this.onState('replaced');
         return;
       }
-      this.onState('closed');
-      if (!this.stopped) {
-        this.timer = setTimeout(() => this.connect(), this.delay);
-        this.delay = Math.min(this.delay * 2, 5000);
+      if (ev.code === 4401) {  // the password changed, the account was disabled or the token expired
+        this.stopped = true;
+        logout();
+        return;
       }
+      this.onState('closed');
+      this.retry();
     };
   }
 

@@ -46,8 +46,8 @@ async def test_frames_cross_instances_and_a_new_connection_replaces_the_old(tmp_
         async with aiohttp.ClientSession() as http:
             clients = [Client(u, http) for u in nodes.urls]
             token = await clients[other].login("ops:solo", PASSWORD)
-            ws_url = f"{clients[other].url.replace('http', 'ws')}/v1/agents/ws?token={token}"
-            async with http.ws_connect(ws_url) as ws:
+            ws_url = f"{clients[other].url.replace('http', 'ws')}/v1/agents/ws"
+            async with http.ws_connect(ws_url, headers={"Authorization": f"Bearer {token}"}) as ws:
                 assert (await _frame(ws, "hello"))["agent_id"] == "solo"
                 await wait_for(lambda: r.hget(f"{prefix}:agent:solo", "status") == b"online", 10, "solo online")
                 status, _ = await clients[1 - other].post_messages("s", [message("m-1", "b-1", "s")], secret=SECRET_A)
@@ -63,7 +63,7 @@ async def test_frames_cross_instances_and_a_new_connection_replaces_the_old(tmp_
                     ("online", 1, ["s:b-1"], True), solo
 
                 token2 = await clients[1 - other].login("ops:solo", PASSWORD)
-                async with http.ws_connect(f"{clients[1 - other].url.replace('http', 'ws')}/v1/agents/ws?token={token2}") as ws2:
+                async with http.ws_connect(f"{clients[1 - other].url.replace('http', 'ws')}/v1/agents/ws", headers={"Authorization": f"Bearer {token2}"}) as ws2:
                     hello = await _frame(ws2, "hello")
                     assert [c["conversation_id"] for c in hello["conversations"]] == ["s:b-1"]
                     assert hello["conversations"][0]["state"] == "assigned"

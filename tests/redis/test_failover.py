@@ -66,7 +66,7 @@ class WsAgent:
             url = self.urls[self.node]
             try:
                 token = await Client(url, self.http).login(f"ops:{self.aid}", PASSWORD)
-                async with self.http.ws_connect(f"{url.replace('http', 'ws')}/v1/agents/ws?token={token}") as ws:
+                async with self.http.ws_connect(f"{url.replace('http', 'ws')}/v1/agents/ws", headers={"Authorization": f"Bearer {token}"}) as ws:
                     self.connections += 1
                     await self._serve(ws, stop)
             except (TimeoutError, aiohttp.ClientError, AssertionError, OSError):

@@ -51,7 +51,7 @@ async def test_round_robin_and_sticky_continue_on_another_instance(tmp_path, sha
             c = Client(first.urls[0], http)
             agent, _ = await post(c, "m-1", "b-1")
             token = await c.login(f"ops:{agent}", PASSWORD)
-            async with http.ws_connect(f"{c.url.replace('http', 'ws')}/v1/agents/ws?token={token}") as ws:
+            async with http.ws_connect(f"{c.url.replace('http', 'ws')}/v1/agents/ws", headers={"Authorization": f"Bearer {token}"}) as ws:
                 for op in ("accept", "close"):
                     await ws.send_json({"type": op, "conversation_id": "s:b-1", "ref": op})
                     async with asyncio.timeout(10):

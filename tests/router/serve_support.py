@@ -198,7 +198,7 @@ class Agent:
 
     @classmethod
     async def connect(cls, client: Client, token: str) -> Agent:
-        ws = await client.http.ws_connect(f"{client.url.replace('http', 'ws')}/v1/agents/ws?token={token}")
+        ws = await client.http.ws_connect(f"{client.url.replace('http', 'ws')}/v1/agents/ws", headers={"Authorization": f"Bearer {token}"})
         return cls(ws)
 
     async def next(self, type_: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:

@@ -152,7 +152,7 @@ async def test_an_agent_cannot_act_on_another_shops_or_a_colleagues_conversation
     assert (await c.call("PUT", "/v1/shops/pdd-a/buyers/b-5", token, json={"tags": []}))[0] == 403
     assert (await c.call("PUT", "/v1/agents/a-02/status", token, json={"status": "offline"}))[0] == 403
     assert (await c.call("GET", "/v1/dashboard", token))[0] == 403
-    async with c.http.get(f"{c.url}/v1/supervisors/ws?token={token}") as r:
+    async with c.http.get(f"{c.url}/v1/supervisors/ws", headers={"Authorization": f"Bearer {token}"}) as r:
         assert r.status == 403
     lead = await c.login("acme:lead-a")
     assert (await c.call("POST", "/v1/conversations/tb-b:b-9/transfer", lead, json={"to_agent": "b-01"}))[0] == 403
@@ -218,7 +218,7 @@ async def test_a_buyer_marked_vip_is_prioritised_from_the_next_message(server):
 async def test_today_dashboard_and_the_supervisors_feed(server):
     _srv, c = server
     lead = await c.login("acme:lead-a")
-    async with c.http.ws_connect(f"{c.url.replace('http', 'ws')}/v1/supervisors/ws?token={lead}") as feed:
+    async with c.http.ws_connect(f"{c.url.replace('http', 'ws')}/v1/supervisors/ws", headers={"Authorization": f"Bearer {lead}"}) as feed:
         await c.post_messages("pdd-a", message("q-1", "b-1", "在吗"))
         await c.post_messages("tb-b", message("q-2", "b-2", "在吗", shop="tb-b"))
         status, dash = await c.call("GET", "/v1/dashboard", lead)
