@@ -717,7 +717,7 @@ def _read(base: Path, name: str, file: str, key: str) -> list[str]:
         return read_word_list(path)
     except FileNotFoundError:
         raise ConfigError(file, key, f"file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: empty, BOM or not UTF-8 (read_word_list)
         raise ConfigError(file, key, f"cannot read {path}: {exc}") from None
 
 

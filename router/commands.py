@@ -1,5 +1,5 @@
 """Registration point for the commands that live in heavier modules (``serve``, ``simulate``,
-``stats``, ``accounts``); each imports its heavy dependencies only when run."""
+``stats``, ``accounts``, ``reload``); each imports its heavy dependencies only when run."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 
 def register(add: Callable[[str, str], Any], command: Callable[[str], Any]) -> None:
+    from router.reload_cli import register as reload_register
     from router.serve_cli import register as serve_register
     from router.simulate import add_arguments as simulate_arguments
     from router.stats_cli import register as stats_register
@@ -15,4 +16,5 @@ def register(add: Callable[[str, str], Any], command: Callable[[str], Any]) -> N
     simulate_arguments(add("simulate", "replay traffic against policies on a virtual clock and report"))
     command("simulate")(lambda args: __import__("router.simulate").simulate.run_command(args))
     serve_register(add, command)
+    reload_register(add, command)
     stats_register(add, command)

@@ -12,10 +12,13 @@ like the core's.
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import tomllib
+import zoneinfo
 from collections.abc import Iterable, Mapping
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -28,6 +31,27 @@ if TYPE_CHECKING:
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 Platform = Literal["pinduoduo", "taobao", "tmall", "jd", "douyin", "other"]
+#: A duration in seconds: positive and at most a year, so a slip like ``1e300`` is an error now
+#: rather than an overflow in a timer or a date later.
+YEAR_S = 366 * 24 * 3600
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=YEAR_S)]
+HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+")]
+RedisUrl = Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://")]
+
+
+@cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def check_timezone(name: str) -> str:
+    """Raise ``ValueError`` unless ``name`` is an IANA time zone. Checked against the list rather
+    than by opening it: ``ZoneInfo("Asia")`` raises ``IsADirectoryError``, not a clean error."""
+    if name not in _zones():
+        close = difflib.get_close_matches(name, _zones(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else " (expected an IANA name like 'Asia/Shanghai')"
+        raise ValueError(f"unknown time zone {name!r}{hint}")
+    return name
 
 
 class ConfigError(Exception):
@@ -62,17 +86,31 @@ class ServerConfig(Struct):
     max_batch: Annotated[int, msgspec.Meta(ge=1)] = 500
     ingest_queue_max: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     dedupe_window: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
-    reconnect_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
-    token_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 12 * 3600
+    reconnect_grace_s: Annotated[float, msgspec.Meta(ge=0, le=YEAR_S)] = 30.0
+    token_ttl_s: Seconds = 12 * 3600
     watch_config: bool = True
     #: The environment variable holding the bearer token ``GET /metrics`` asks for (unset: open).
     metrics_token_env: str | None = None
+    #: Password checks (argon2) run in this many threads, never on the event loop nor in a store
+    #: transaction; past ``login_queue_max`` waiting checks a login gets 429 ``login_busy``.
+    login_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    login_queue_max: Annotated[int, msgspec.Meta(ge=0)] = 8
+    #: Failed logins per account name and per client address before a lockout, its first length
+    #: (doubling with each further lockout) and its cap (docs/security.md, "Logins and lockouts").
+    login_max_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+    login_lockout_s: Seconds = 60.0
+    login_lockout_max_s: Seconds = 3600.0
+    #: Account names and client addresses whose failures are remembered, each (least recently used dropped).
+    login_track_max: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    #: Seconds a client has to send a request's whole head (request line and headers), from the
+    #: connection's start or a request's first byte; slower ones get 408 and are closed (slowloris).
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
 
 
 class StorageConfig(Struct):
     backend: Literal["sqlite", "redis"] = "sqlite"
     path: str = "var/fenliu.db"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "fenliu"
     shards: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 8
     #: Journal entries between snapshots of the routing state (0: none); a restart replays
@@ -83,7 +121,7 @@ class StorageConfig(Struct):
 class PluginsConfig(Struct):
     enabled: tuple[str, ...] = ()
     disabled: tuple[str, ...] = ()
-    hook_timeout_ms: Annotated[float, msgspec.Meta(gt=0)] = 50.0
+    hook_timeout_ms: Annotated[float, msgspec.Meta(gt=0, le=60_000)] = 50.0
 
 
 class LoggingConfig(Struct):
@@ -97,11 +135,15 @@ class DefaultsConfig(Struct):
     #: The platform's window for the 3-minute human reply rate (Pinduoduo: 08:00–23:00, shop time)
     #: and its target, used by ``fenliu stats``, ``/v1/stats`` and the dashboard alike.
     reply_window: tuple[str, str] = ("08:00", "23:00")
-    reply_within_s: Annotated[float, msgspec.Meta(gt=0)] = 180.0
+    reply_within_s: Seconds = 180.0
 
     def __post_init__(self) -> None:
         from router.schedule import _parse_hhmm
 
+        try:
+            check_timezone(self.timezone)
+        except ValueError as exc:
+            raise ValueError(f"field timezone: {exc}") from None
         for value in self.reply_window:
             try:
                 _parse_hhmm(value)
@@ -133,7 +175,10 @@ class Shop(Struct, dict=True):
     policy: str | None = None
     timezone: str | None = None
     business_hours: tuple[Window, ...] = ()
-    callback_url: str | None = None
+    callback_url: HttpUrl | None = None
+
+    def __post_init__(self) -> None:
+        _check_tz_field(self.timezone)
 
     @cached_property
     def hours(self) -> Schedule:
@@ -162,9 +207,20 @@ class Agent(Struct, dict=True):
     timezone: str | None = None
     account: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_tz_field(self.timezone)
+
     @cached_property
     def shift(self) -> Schedule:
         return Schedule(self.schedule, self.timezone or "Asia/Shanghai")
+
+
+def _check_tz_field(name: str | None) -> None:
+    if name is not None:
+        try:
+            check_timezone(name)
+        except ValueError as exc:
+            raise ValueError(f"field timezone: {exc}") from None
 
 
 class Target(Struct):
@@ -173,7 +229,7 @@ class Target(Struct):
     classification hook chose."""
 
     skills: tuple[str, ...] = ("@skill",)
-    timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    timeout_s: Seconds | None = None
 
 
 class Dedicated(Struct):
@@ -189,9 +245,9 @@ class DispatchConfig(Struct):
     targets: tuple[Target, ...] = (Target(),)
     skill_targets: dict[str, tuple[Target, ...]] = {}
     default_skill: str = "presale"
-    sticky_hours: Annotated[float, msgspec.Meta(ge=0)] = 24.0
-    aging_per_minute: Annotated[float, msgspec.Meta(ge=0)] = 1.0
-    accept_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    sticky_hours: Annotated[float, msgspec.Meta(ge=0, le=366 * 24)] = 24.0
+    aging_per_minute: Annotated[float, msgspec.Meta(ge=0, le=1e6)] = 1.0
+    accept_timeout_s: Seconds = 60.0
     on_agent_offline: Literal["reroute", "keep"] = "reroute"
     dedicated: tuple[Dedicated, ...] = ()
 
@@ -224,10 +280,48 @@ def _error_from_validation(file: Path | str, exc: msgspec.ValidationError, prefi
     return ConfigError(file, path, reason)
 
 
-def _read_toml(path: Path, errors: list[ConfigError], required: bool = True) -> dict[str, Any] | None:
+_BOM = b"\xef\xbb\xbf"
+_INT64 = 2**63 - 1
+
+
+def read_text(path: Path) -> str:
+    """A config file's text, or ``ValueError`` with a reason an operator can act on: an empty
+    file (an interrupted save), a byte-order mark, or bytes that are not UTF-8 (with where)."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise ValueError("file is empty (an interrupted save?)")
+    if data.startswith(_BOM):
+        raise ValueError("file starts with a byte-order mark (BOM); save it as UTF-8 without BOM")
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = len(data[data.rfind(b"\n", 0, exc.start) + 1:exc.start].decode("utf-8", "replace")) + 1
+        raise ValueError(f"line {line}, column {column}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); "
+                         f"save the file as UTF-8") from None
+
+
+def _odd_numbers(value: Any, path: str, out: list[tuple[str, str]]) -> None:
+    """TOML allows ``inf``, ``nan`` and integers beyond 64 bits; no setting wants them, and they
+    fail only later (a timer, a JSON encoder), so they are named at load."""
+    if isinstance(value, float) and not math.isfinite(value):
+        out.append((path, f"expected a finite number, got {value}"))
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > _INT64:
+        out.append((path, "integer out of range (64-bit)"))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _odd_numbers(v, f"{path}.{k}" if path else str(k), out)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _odd_numbers(v, f"{path}[{i}]", out)
+
+
+def _read_toml(path: Path, errors: list[ConfigError], required: bool = True) -> dict[str, Any] | None:
+    """Parse one TOML file; every way it can be unreadable becomes a :class:`ConfigError` in
+    ``errors`` (and ``None``), never an exception."""
+    try:
+        text = read_text(path)
+        data = tomllib.loads(text)
     except FileNotFoundError:
         if required:
             errors.append(ConfigError(path, "", "file not found"))
@@ -235,9 +329,18 @@ def _read_toml(path: Path, errors: list[ConfigError], required: bool = True) -> 
     except tomllib.TOMLDecodeError as exc:
         errors.append(ConfigError(path, "", f"TOML syntax error: {exc}"))
         return None
-    except OSError as exc:
-        errors.append(ConfigError(path, "", f"cannot read: {exc.strerror}"))
+    except ValueError as exc:
+        errors.append(ConfigError(path, "", str(exc)))
         return None
+    except OSError as exc:
+        errors.append(ConfigError(path, "", f"cannot read: {exc.strerror or exc}"))
+        return None
+    odd: list[tuple[str, str]] = []
+    _odd_numbers(data, "", odd)
+    if odd:
+        errors.extend(ConfigError(path, key, reason) for key, reason in odd)
+        return None
+    return data
 
 
 def decode_section(file: Path | str, data: Any, type_: type, errors: list[ConfigError], prefix: str = "") -> Any:
@@ -427,9 +530,16 @@ def _dedupe(errors: list[ConfigError]) -> list[ConfigError]:
 
 
 def read_word_list(path: Path) -> list[str]:
-    """A word list: one entry a line, ``#`` starts a comment, blank lines ignored."""
+    """A word list: one entry a line, ``#`` starts a comment, blank lines ignored. An unreadable
+    file raises ``ValueError`` with the reason (see :func:`read_text`); an empty one is no words."""
+    try:
+        text = read_text(path)
+    except ValueError as exc:
+        if str(exc).startswith("file is empty"):
+            return []
+        raise
     words = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             words.append(line)

@@ -148,7 +148,8 @@ class Service:
         self.metrics = Metrics(lambda: self.router)
         self.metrics.ingest_queue.set_function(lambda: self.pending_ingest)
         self.reloader = Reloader(config.dir, self._apply_reload, extra=config.plugins.extra,
-                                 on_failure=lambda _result: self.metrics.reload_failures.inc())
+                                 on_failure=lambda _result: self.metrics.reload_failures.inc(),
+                                 current=lambda: self.config)
         self.sessions: dict[str, Session] = {}
         self.owner: dict[str, str] = {}
         self.history: dict[str, deque[WsHistoryItem]] = {}
@@ -234,8 +235,12 @@ class Service:
                 await consumer
         for task in self._tasks[1:]:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a background task that died must not stop the store from closing
+                log.exception("task_failed", task=task.get_name())
         for adapter in self.adapters.values():
             with contextlib.suppress(Exception):
                 await adapter.close()
