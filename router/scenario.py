@@ -4,20 +4,23 @@ A scenario is TOML validated by msgspec (unknown keys are errors, reported like 
 ``file: key.path: reason``). Every key has a default, so an empty file is a valid scenario: the
 config's shops, a weekday-shaped arrival curve and plausible agent behaviour. The synthetic
 traffic built from it depends only on the scenario and the seed (``random.Random(seed)``), never
-on the policy being simulated, so every policy sees exactly the same buyers.
+on the policy being simulated; every draw about one conversation (patience, the work it needs,
+the agents' delays on it) comes from :class:`Draws` keyed by the seed and the conversation, so
+every policy meets exactly the same buyers, in synthetic and recorded mode alike.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
+import hashlib
 import math
 import random
 import tomllib
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from statistics import NormalDist
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -99,6 +102,32 @@ def _sorted(values: tuple[float, ...]) -> tuple[float, ...]:
 Dist = Fixed | Exponential | Lognormal | Empirical
 
 
+class Draws:
+    """Common random numbers: the uniforms of one conversation (or one agent), a pure function of
+    the seed and its key. A policy that assigns a chat twice draws further along the same stream,
+    so the first assignment's delays are the same under every policy, and no policy's choices can
+    shift another conversation's draws (a shared ``random.Random`` would)."""
+
+    __slots__ = ("_base", "_buf", "_i", "_block")
+
+    def __init__(self, seed: int, key: str) -> None:
+        self._base = f"{seed}|{key}|".encode()
+        self._block = 0
+        self._buf: tuple[int, ...] = ()
+        self._i = 0
+
+    def u(self) -> float:
+        """The next uniform in [0, 1)."""
+        if self._i >= len(self._buf):
+            digest = hashlib.blake2b(self._base + str(self._block).encode(), digest_size=64).digest()
+            self._block += 1
+            self._buf = tuple(int.from_bytes(digest[k:k + 8], "little") >> 11 for k in range(0, 64, 8))
+            self._i = 0
+        x = self._buf[self._i]
+        self._i += 1
+        return x * (1.0 / 9007199254740992.0)
+
+
 class Burst(_Struct):
     """A sale-day rush (大促): arrivals multiplied by ``multiplier`` between local ``start`` and
     ``end`` of every simulated day."""
@@ -131,6 +160,28 @@ class Buyers(_Struct):
     patience_s: Dist = Lognormal(median=150.0, sigma=0.8)
     bot_close_after_s: NonNeg = 120.0
     vip_tags: tuple[str, ...] = ("vip",)
+    #: recorded traffic: a buyer's messages further apart than this (or split by a recorded
+    #: ``close`` line) are two conversations
+    session_gap_s: Positive = 1800.0
+
+
+class Load(_Struct):
+    """How open chats slow a person down. With ``n`` chats open (this one included) the first
+    reply takes ``× (1 + reply_per_chat·(n−1))`` and the handle time ``× (1 + handle_per_chat·(n−1))``,
+    so ``n`` chats give ``n / (1 + handle_per_chat·(n−1))`` times the throughput of one: 2.5× at
+    5 open with the default, never more than ``1 / handle_per_chat`` (4×)."""
+
+    reply_per_chat: NonNeg = 0.5
+    handle_per_chat: NonNeg = 0.25
+
+
+class Breaks(_Struct):
+    """小休: an agent on shift steps away (status ``break``: no new chats, open ones stay) every
+    ``every_s`` on average, for ``length_s``."""
+
+    enabled: bool = True
+    every_s: Dist = Exponential(mean=7200.0)
+    length_s: Dist = Lognormal(median=600.0, sigma=0.4, max=1800.0)
 
 
 class Agents(_Struct):
@@ -138,7 +189,30 @@ class Agents(_Struct):
     accept_s: Dist = Lognormal(median=4.0, sigma=0.9)
     first_reply_s: Dist = Lognormal(median=12.0, sigma=0.6)
     speed: dict[str, Positive] = {}
+    #: chats the agent escalates (to another agent of the skill the chat needs) although they
+    #: could handle it; a chat whose agent lacks the needed skill is always transferred to it
     transfer_share: Share = 0.02
+    #: 话后处理: notes and tags after a chat closes; the slot stays taken meanwhile
+    after_chat_s: Dist = Lognormal(median=15.0, sigma=0.5, max=120.0)
+    load: Load = Load()
+    breaks: Breaks = Breaks()
+
+
+BotMode = Literal["settle", "suggest", "answer_and_handoff"]
+
+
+class Bot(_Struct):
+    """What a bot answer means, per platform (``default`` for the rest), when the router's own
+    decision does not say: ``settle`` (the bot's answer ends the chat; on Pinduoduo a miss),
+    ``suggest`` (the answer goes to an agent's composer and the chat to a human: one click sends
+    it, a human reply) or ``answer_and_handoff`` (the bot answers and a human still follows)."""
+
+    modes: dict[str, BotMode] = {}
+    suggest_send_s: Dist = Lognormal(median=5.0, sigma=0.5)
+    suggest_handle_s: Dist = Lognormal(median=40.0, sigma=0.5)
+
+    def mode(self, platform: str) -> str:
+        return self.modes.get(platform) or self.modes.get("default") or "settle"
 
 
 DEFAULT_HANDLE: dict[str, Dist] = {
@@ -169,6 +243,7 @@ class Scenario(_Struct):
     traffic: Traffic = Traffic()
     buyers: Buyers = Buyers()
     agents: Agents = Agents()
+    bot: Bot = Bot()
     handle_s: dict[str, Dist] = {}
     metrics: Metrics = Metrics()
 
@@ -180,10 +255,12 @@ class Scenario(_Struct):
     def start_ts(self) -> float:
         return datetime.combine(self.start, time(), self.tz).timestamp()
 
-    def handle_dist(self, skill: str | None) -> Dist:
+    def handle_dist(self, need: str | None) -> Dist:
+        """Handle time by what the buyer needs (the kind of chat), never by the router's guess."""
+        skill = need
         table = self.handle_s
         key = skill or "default"
-        return table.get(key) or DEFAULT_HANDLE.get(key) or table.get("default") or DEFAULT_HANDLE["default"]
+        return table.get(key) or table.get("default") or DEFAULT_HANDLE.get(key) or DEFAULT_HANDLE["default"]
 
 
 TEXTS: dict[str, tuple[str, ...]] = {
@@ -214,8 +291,9 @@ _ORDERS = {
 
 
 class ConvSpec(msgspec.Struct, frozen=True, array_like=True):
-    """One synthetic conversation: when each message comes, what it says, and the buyer's
-    pre-drawn randomness (so every policy meets the same buyer)."""
+    """One conversation as the buyer lives it: when each message comes and what it says, and
+    what they need (``category``: presale, logistics, aftersale, vip). Synthetic ones carry texts;
+    a recorded one carries its recorded messages (``recorded``) instead."""
 
     index: int
     shop_id: str
@@ -225,9 +303,35 @@ class ConvSpec(msgspec.Struct, frozen=True, array_like=True):
     texts: tuple[str, ...]
     buyer: Buyer | None
     order: Order | None
-    patience: float
-    handle_u: float
-    transfer_u: float
+    recorded: tuple[Any, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The conversation's key for :class:`Draws`: unique within a traffic."""
+        return f"{self.shop_id}:{self.buyer_id}:{self.index}"
+
+
+#: The skill each kind of chat needs, for transfers (vip: whoever serves VIPs can handle it).
+NEEDED_SKILL = {"presale": "presale", "logistics": "logistics", "aftersale": "aftersale"}
+
+_AFTERSALE_WORDS = ("退款", "退货", "退钱", "换货", "破", "坏", "质量", "售后", "补发", "少发", "赔",
+                    "不符", "压坏", "烂")
+_LOGISTICS_WORDS = ("快递", "物流", "发货", "单号", "到哪", "签收", "收货地址", "顺丰", "催")
+
+
+def classify_need(texts: Any, order: Order | None, buyer: Buyer | None, vip_tags: tuple[str, ...]) -> str:
+    """What a recorded buyer needs, by a fixed rule that does not depend on the configuration
+    (so changing the router's skill rules cannot change the simulated workload): VIP tags,
+    then after-sale words or a delivered order, then logistics words or a shipped order."""
+    if buyer is not None and any(t in vip_tags for t in buyer.tags):
+        return "vip"
+    joined = " ".join(texts)
+    status = order.status if order is not None else None
+    if status in ("delivered", "refunding") or any(w in joined for w in _AFTERSALE_WORDS):
+        return "aftersale"
+    if status == "shipped" or any(w in joined for w in _LOGISTICS_WORDS):
+        return "logistics"
+    return "presale"
 
 
 def load_scenario(path: str | Path | None, config: Config | None = None) -> Scenario:
@@ -311,6 +415,10 @@ def check_scenario(file: Path, s: Scenario, config: Config | None) -> list[Confi
     for i, b in enumerate(t.bursts):
         if b.start == b.end:
             err(f"traffic.bursts[{i}]", "start and end are the same time")
+    platforms = ("pinduoduo", "taobao", "tmall", "jd", "douyin", "other", "default")
+    for plat in s.bot.modes:
+        if plat not in platforms:
+            err(f"bot.modes.{plat}", f"expected a platform ({', '.join(platforms)}); got {plat!r}")
     if config is not None:
         for i, sid in enumerate(t.shops):
             if sid not in config.shops:
@@ -408,7 +516,6 @@ def generate(s: Scenario, config: Config, seed: int) -> list[ConvSpec]:
     random_ = rng.random
     msgs = t.messages.sample
     gap = t.message_gap_s.sample
-    patience = s.buyers.patience_s.sample
     out: list[ConvSpec] = []
     n = 0
     for a, b, rate in _rate_segments(s, per_day):
@@ -431,6 +538,5 @@ def generate(s: Scenario, config: Config, seed: int) -> list[ConvSpec]:
             out.append(ConvSpec(
                 n, shop, f"sb-{n}", cat, tuple(times), said,
                 vip_buyer if cat == "vip" else None, _ORDERS.get(cat),
-                patience(rng), random_(), random_(),
             ))
     return out

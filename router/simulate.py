@@ -17,7 +17,6 @@ import argparse
 import gc
 import heapq
 import math
-import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,28 +25,42 @@ from typing import Any
 import msgspec
 
 from router.config import Config, ConfigError, ConfigErrors, load_config
-from router.scenario import ConvSpec, Scenario, daily_windows, generate, in_windows, load_scenario
+from router.scenario import (
+    NEEDED_SKILL,
+    ConvSpec,
+    Draws,
+    Scenario,
+    classify_need,
+    daily_windows,
+    generate,
+    in_windows,
+    load_scenario,
+)
 
 INF = math.inf
-_MSG, _ACCEPT, _REPLY, _CLOSE, _LEAVE, _IDLE, _TRANSFER = range(7)
-_A_SPEC, _A_MSG, _A_EVENT = range(3)
+# conversation actions, then agent actions (``_RELEASE`` runs after the buyer side is over)
+_MSG, _ACCEPT, _REPLY, _CLOSE, _LEAVE, _IDLE, _TRANSFER, _HANDOFF, _RELEASE, _BREAK, _BACK = range(11)
+_VERSIONED = frozenset((_ACCEPT, _REPLY, _CLOSE, _TRANSFER))
+_A_SPEC, _A_EVENT = range(2)
 REROUTE_CAUSES = ("agent_offline", "reservation_timeout", "transfer")
 WAIT_EDGES = tuple(range(0, 615, 15))
 TRANSFER_DELAY_S = 30.0
 
 
 class _Conv:
-    """The simulator's view of one open conversation (the router keeps its own)."""
+    """The simulator's view of one conversation as the buyer lives it (the router keeps its own)."""
 
     __slots__ = ("cid", "spec", "t0", "need_at", "agent", "ver", "qskill", "skill", "replied",
-                 "closed", "patience", "handle_u", "transfer_u", "nmsg", "answered", "transferred",
-                 "leave_at", "leave_set")
+                 "closed", "patience", "handle_u", "transfer_u", "acw_u", "draws", "nmsg", "answered",
+                 "transferred", "leave_at", "leave_set", "need", "last_t", "mode", "group", "left")
 
-    def __init__(self, cid: str, t0: float, patience: float, handle_u: float, transfer_u: float,
-                 spec: ConvSpec | None = None) -> None:
+    def __init__(self, cid: str, spec: ConvSpec, draws: Draws, patience: float, group: tuple[str, bool]) -> None:
         self.cid = cid
         self.spec = spec
-        self.t0 = t0
+        self.t0 = spec.times[0]
+        self.last_t = spec.times[-1]
+        self.need = spec.category
+        self.draws = draws
         self.need_at: float | None = None
         self.agent: str | None = None
         self.ver = 0
@@ -56,24 +69,30 @@ class _Conv:
         self.replied: float | None = None
         self.closed = False
         self.patience = patience
-        self.handle_u = handle_u
-        self.transfer_u = transfer_u
+        self.handle_u = draws.u()
+        self.transfer_u = draws.u()
+        self.acw_u = draws.u()
         self.nmsg = 0
         self.answered = 0
         self.transferred = False
         self.leave_at = INF
         self.leave_set = False
+        self.mode = ""  # "suggest" / "answer_and_handoff" once the bot handed the chat on
+        self.group = group  # (platform, vip)
+        self.left: float | None = None
 
 
 class Traffic(msgspec.Struct, frozen=True):
-    """What the buyers do, shared by every policy of a run: synthetic conversations or recorded
-    lines (``(ts, order, item)``), and the horizon ``[start, end]``."""
+    """What the buyers do, shared by every policy of a run: conversations (synthetic, or recorded
+    messages cut into conversations), recorded agent events (``(ts, order, item)``), and the
+    horizon ``[start, end]``."""
 
     start: float
     end: float
     source: str
     conversations: list[ConvSpec] = []
     recorded: list[tuple[float, int, Any]] = []
+    synthetic: bool = True
 
 
 class Simulation:
@@ -83,34 +102,49 @@ class Simulation:
                  label: str = "", progress: Callable[[float], None] | None = None) -> None:
         self.config = config
         self.s = scenario
+        self.seed = seed
         self.traffic = traffic
         self.label = label or config.dir.name
         self.progress = progress
-        self.rng = random.Random(f"fenliu-agents-{seed}")
         # Future actions: a heap of their distinct times, and per time the actions in the order
         # they were scheduled (the same order as a heap of ``(time, sequence, …)`` tuples, with
         # comparisons of plain floats instead of tuples).
         self.times: list[float] = []
-        self.due: dict[float, list[tuple[int, _Conv, int]]] = {}
+        self.due: dict[float, list[tuple[int, Any, int]]] = {}
         self.live: dict[str, _Conv] = {}
         a = scenario.agents
         self.reservations = a.reservations
-        self.accept = a.accept_s.sample
-        self.reply = a.first_reply_s.sample
+        self.accept_q = a.accept_s.quantile
+        self.reply_q = a.first_reply_s.quantile
+        self.acw_q = a.after_chat_s.quantile
+        self.reply_k = a.load.reply_per_chat
+        self.handle_k = a.load.handle_per_chat
         self.speed = dict(a.speed)
         self.transfer_share = a.transfer_share
         self.bot_close = scenario.buyers.bot_close_after_s
-        self.patience = scenario.buyers.patience_s.sample
-        self.handle = {}
+        self.patience_q = scenario.buyers.patience_s.quantile
+        self.vip_tags = frozenset(scenario.buyers.vip_tags)
+        self.send_q = scenario.bot.suggest_send_s.quantile
+        self.suggest_q = scenario.bot.suggest_handle_s.quantile
+        self.bot_mode = {sid: scenario.bot.mode(shop.platform) for sid, shop in config.shops.items()}
+        self.platform = {sid: shop.platform for sid, shop in config.shops.items()}
+        self.handle: dict[str, Any] = {}
         self.skills = sorted({s for ag in config.agents.values() for s in ag.skills})
+        self.agent_skills = {aid: frozenset(ag.skills) for aid, ag in config.agents.items()}
         self.tally: dict[str, list[float]] = {aid: [0, traffic.start, 0.0, 0, 0] for aid in sorted(config.agents)}
         self.messages = 0
         self.bad_inputs = 0
+        self.dropped_messages = 0
         self.ignored_events = 0
+        self.handoffs = {"suggest": 0, "answer_and_handoff": 0}
+        self.need_transfers = 0
+        self.breaks = 0
         self.actions: dict[str, int] = {}
         self.causes: dict[str, int] = {}
         self.outcomes = {"human": 0, "abandoned": 0, "bot": 0, "blocked": 0, "unfinished": 0}
         self.waits: list[float] = []
+        self.waits_all: list[float] = []
+        self.groups: dict[tuple[str, bool], list[Any]] = {}
         self.eligible = 0
         self.in_time = 0
         self.depth: dict[str, int] = {}
@@ -124,10 +158,11 @@ class Simulation:
         self.window_starts = [w[0] for w in self.windows]
         self.now = traffic.start
         self.steps = 0
+        self.router: Any = None
 
     # -- scheduling helpers ------------------------------------------------------------------------
 
-    def _push(self, t: float, kind: int, conv: _Conv, ver: int) -> None:
+    def _push(self, t: float, kind: int, conv: Any, ver: int) -> None:
         bucket = self.due.get(t)
         if bucket is None:
             self.due[t] = [(kind, conv, ver)]
@@ -135,11 +170,20 @@ class Simulation:
         else:
             bucket.append((kind, conv, ver))
 
-    def _handle_time(self, conv: _Conv) -> float:
-        q = self.handle.get(conv.skill)
-        if q is None:
-            q = self.handle[conv.skill] = self.s.handle_dist(conv.skill).quantile
-        return q(conv.handle_u) * self.speed.get(conv.agent, 1.0)  # type: ignore[arg-type]
+    def _load(self, aid: str | None) -> int:
+        """The agent's open chats in the router (this one included): what slows them down."""
+        st = self.router.dispatcher.agents.get(aid) if aid is not None else None
+        return max(1, st.load) if st is not None else 1
+
+    def _handle_time(self, conv: _Conv, n: int) -> float:
+        if conv.mode == "suggest":
+            base = self.suggest_q(conv.handle_u)
+        else:
+            q = self.handle.get(conv.need)
+            if q is None:
+                q = self.handle[conv.need] = self.s.handle_dist(conv.need).quantile
+            base = q(conv.handle_u)
+        return base * self.speed.get(conv.agent, 1.0) * (1.0 + self.handle_k * (n - 1))  # type: ignore[arg-type]
 
     def _set_depth(self, skill: str, delta: int, now: float) -> None:
         b = int((now - self.traffic.start) // self.bucket)
@@ -177,9 +221,13 @@ class Simulation:
                 continue
             action = dec.action
             if action == "assigned":
+                if dec.flags and not conv.mode and conv.replied is None and "bot_suggest" in dec.flags:
+                    conv.mode = "suggest"
                 if dec.agent_id != conv.agent:
                     self._assign(conv, dec.agent_id, dec.skill, now)
             elif action == "queued":
+                if dec.flags and not conv.mode and conv.replied is None and "bot_suggest" in dec.flags:
+                    conv.mode = "suggest"
                 if conv.agent is not None:
                     self._unassign(conv, now)
                     conv.ver += 1
@@ -195,6 +243,12 @@ class Simulation:
                     conv.qskill = skill
             elif action == "answered":
                 conv.answered += 1
+                if conv.answered == 1 and conv.need_at is None:
+                    mode = self.bot_mode[conv.spec.shop_id]
+                    if mode != "settle":
+                        # the bot's answer goes to an agent (suggest) or out, and a human follows
+                        conv.mode = mode
+                        self._push(now, _HANDOFF, conv, 0)
 
     def _need(self, conv: _Conv, now: float) -> None:
         """The buyer now waits for a human: from their first message, or from now if the bot kept
@@ -206,7 +260,7 @@ class Simulation:
     def _leave(self, conv: _Conv) -> None:
         """Schedule the buyer's departure only once they could actually run out of patience
         (queued, or the agent would answer too late): most never do, which saves an event."""
-        if not conv.leave_set:
+        if not conv.leave_set and conv.replied is None:
             conv.leave_set = True
             self._push(conv.leave_at, _LEAVE, conv, 0)
 
@@ -225,7 +279,7 @@ class Simulation:
         if t is not None:
             t[3] += 1
         if self.reservations:
-            at = now + self.accept(self.rng)
+            at = now + self.accept_q(conv.draws.u())
             if at >= conv.leave_at:
                 self._leave(conv)
             self._push(at, _ACCEPT, conv, conv.ver)
@@ -237,34 +291,65 @@ class Simulation:
         conv.agent = None
 
     def _accepted(self, conv: _Conv, now: float) -> None:
+        """The agent opens the chat: first reply and handle time, slower the more chats they
+        have open; the chat cannot close before the buyer's last message has been answered."""
+        n = self._load(conv.agent)
+        u_reply = conv.draws.u()
         busy = 0.0
         if conv.replied is None:
-            busy = self.reply(self.rng)
+            if conv.mode == "suggest":
+                busy = self.send_q(u_reply) * (1.0 + self.reply_k * (n - 1))
+            else:
+                busy = self.reply_q(u_reply) * (1.0 + self.reply_k * (n - 1))
             if now + busy >= conv.leave_at:
                 self._leave(conv)
             self._push(now + busy, _REPLY, conv, conv.ver)
-        self._push(now + max(self._handle_time(conv), busy + 1.0), _CLOSE, conv, conv.ver)
+        close = now + max(self._handle_time(conv, n), busy + 1.0)
+        # the agent answers the buyer's last message before closing, however quick the work was
+        last = conv.last_t + self.reply_q(u_reply) * (1.0 + self.reply_k * (n - 1)) + 1.0
+        self._push(close if close > last else last, _CLOSE, conv, conv.ver)
 
-    def _finish(self, conv: _Conv, now: float, outcome: str) -> None:
+    def _finish(self, conv: _Conv, now: float, outcome: str, keep_agent: bool = False) -> None:
         conv.closed = True
-        if conv.agent is not None:
+        if conv.agent is not None and not keep_agent:
             self._unassign(conv, now)
         if conv.qskill is not None:
             self._set_depth(conv.qskill, -1, now)
             conv.qskill = None
-        self.live.pop(conv.cid, None)
+        if self.live.get(conv.cid) is conv:
+            del self.live[conv.cid]
+        if outcome == "abandoned":
+            conv.left = now
         self._record(conv, outcome)
 
     def _record(self, conv: _Conv, outcome: str) -> None:
         self.outcomes[outcome] += 1
+        g = self.groups.get(conv.group)
+        if g is None:
+            # conversations, eligible, in time, abandoned, waits
+            g = self.groups[conv.group] = [0, 0, 0, 0, []]
+        g[0] += 1
         if outcome == "blocked":
             return
+        if outcome == "abandoned":
+            g[3] += 1
         if conv.replied is not None:
-            self.waits.append(conv.replied - conv.t0)
+            w = conv.replied - conv.t0
+            self.waits.append(w)
+            self.waits_all.append(w)
+            g[4].append(w)
+        elif conv.left is not None:
+            self.waits_all.append(conv.left - conv.t0)
         if in_windows(self.windows, self.window_starts, conv.t0):
             self.eligible += 1
+            g[1] += 1
             if conv.replied is not None and conv.replied - conv.t0 <= self.target:
                 self.in_time += 1
+                g[2] += 1
+
+    def _needed_skill(self, conv: _Conv) -> str | None:
+        skill = NEEDED_SKILL.get(conv.need)
+        return skill if skill in self.skills else None
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -285,12 +370,22 @@ class Simulation:
             gc.set_threshold(*thresholds)
             gc.unfreeze()
 
+    def _schedule_breaks(self) -> dict[str, Draws]:
+        b = self.s.agents.breaks
+        if not b.enabled:
+            return {}
+        out = {}
+        for aid in sorted(self.config.agents):
+            draws = out[aid] = Draws(self.seed, f"agent:{aid}")
+            self._push(self.traffic.start + b.every_s.quantile(draws.u()), _BREAK, aid, 0)
+        return out
+
     async def _run(self) -> dict[str, Any]:
-        from router.models import AcceptEvent, CloseEvent, Message, TransferEvent
+        from router.models import AcceptEvent, AgentStatusEvent, CloseEvent, Message, TransferEvent
         from router.pipeline import InputError, Router
 
         # Synthetic traffic has unique message ids; recorded traffic may repeat some, as life does.
-        router = Router(self.config, reservations=self.reservations, dedupe=not self.traffic.conversations)
+        router = self.router = Router(self.config, reservations=self.reservations, dedupe=not self.traffic.synthetic)
         d = router.dispatcher
         await router.advance(self.traffic.start)
         handle_message = router.handle_message
@@ -301,19 +396,22 @@ class Simulation:
         heappop = heapq.heappop
         live = self.live
         push = self._push
-        rng = self.rng
-        patience = self.patience
-        arrivals: list[tuple[float, int, Any]]
-        if self.traffic.conversations:
-            arrivals = [(c.times[0], _A_SPEC, c) for c in self.traffic.conversations]
-        else:
-            arrivals = [(t, _A_EVENT if not isinstance(item, Message) else _A_MSG, item)
-                        for t, _, item in self.traffic.recorded]
+        seed = self.seed
+        patience_q = self.patience_q
+        vip_tags = self.vip_tags
+        platform = self.platform
+        arrivals: list[tuple[float, int, Any]] = [(c.times[0], _A_SPEC, c) for c in self.traffic.conversations]
+        if self.traffic.recorded:
+            arrivals.extend((t, _A_EVENT, item) for t, _, item in self.traffic.recorded)
+            arrivals.sort(key=lambda x: (x[0], x[1]))
         n = len(arrivals)
         i = 0
         steps = 0
         progress = self.progress
+        breaks = self._schedule_breaks()
+        brk = self.s.agents.breaks
 
+        releasing = 0
         bot_close = self.bot_close
         timers = d._timers  # the dispatcher's timer heap: its head is due no later than next_due()
         messages = 0
@@ -324,7 +422,36 @@ class Simulation:
             except InputError:
                 return []
 
+        async def transfer(conv: _Conv, to: str, now: float) -> None:
+            try:
+                apply(await handle_event(TransferEvent(conv.cid, to_skill=to, ts=now)), now)
+            except InputError:
+                self.bad_inputs += 1
+
         while True:
+            # Drop the head's actions that can no longer do anything (a buyer's leave timer once
+            # a human replied, an agent's step on a chat that moved on) without moving the clock
+            # to them: a patience of days must not stretch the run to days.
+            while times:
+                th = times[0]
+                bucket = due[th]
+                kind, conv, ver = bucket[0]
+                if kind < _RELEASE and (
+                        conv.closed
+                        or (kind in _VERSIONED and ver != conv.ver)
+                        or (kind == _LEAVE and conv.replied is not None)
+                        or (kind == _IDLE and (ver != conv.nmsg or conv.need_at is not None))):
+                    if len(bucket) == 1:
+                        del due[th]
+                        heappop(times)
+                    else:
+                        bucket.pop(0)
+                    continue
+                if kind >= _BREAK and not live and i >= n and not releasing:
+                    # only agents' breaks are left: the day is over
+                    times.clear()
+                    due.clear()
+                break
             ta = arrivals[i][0] if i < n else INF
             th = times[0] if times else INF
             t = ta if ta < th else th
@@ -343,7 +470,6 @@ class Simulation:
             steps += 1
             if progress is not None and not steps & 4095:
                 progress(t)
-            spec = None
             if th <= ta:
                 bucket = due[th]
                 if len(bucket) == 1:
@@ -352,15 +478,12 @@ class Simulation:
                     kind, conv, ver = bucket[0]
                 else:
                     kind, conv, ver = bucket.pop(0)
-                if conv.closed:
-                    continue
                 if kind == _MSG:
                     spec = conv.spec
                     k = conv.nmsg
-                    msg = Message(spec.shop_id, f"sm-{spec.index}-{k}", spec.buyer_id,
-                                  spec.texts[k], "text", t, spec.buyer, spec.order)
-                elif ver != conv.ver and kind in (_ACCEPT, _REPLY, _CLOSE, _TRANSFER):
-                    continue
+                    msg = spec.recorded[k] if spec.recorded else Message(
+                        spec.shop_id, f"sm-{spec.index}-{k}", spec.buyer_id, spec.texts[k], "text", t,
+                        spec.buyer, spec.order)
                 elif kind == _ACCEPT:
                     try:
                         await handle_event(AcceptEvent(conv.cid, conv.agent, t))  # type: ignore[arg-type]
@@ -370,60 +493,88 @@ class Simulation:
                     continue
                 elif kind == _REPLY:
                     conv.replied = t
-                    if conv.transfer_u < self.transfer_share and not conv.transferred:
-                        push(t + TRANSFER_DELAY_S, _TRANSFER, conv, ver)
+                    if not conv.transferred:
+                        need = self._needed_skill(conv)
+                        lacks = need is not None and need not in self.agent_skills.get(conv.agent, ())  # type: ignore[arg-type]
+                        if lacks or conv.transfer_u < self.transfer_share:
+                            push(t + TRANSFER_DELAY_S, _TRANSFER, conv, ver)
                     continue
                 elif kind == _CLOSE:
                     t_agent = self.tally.get(conv.agent)  # type: ignore[arg-type]
                     if t_agent is not None:
                         t_agent[4] += 1
-                    moved = await close(conv, t)
-                    self._finish(conv, t, "human")
-                    apply(moved, t)
+                    self._finish(conv, t, "human", keep_agent=True)
+                    # after-chat work: the slot stays taken until the agent is done with it
+                    push(t + self.acw_q(conv.acw_u), _RELEASE, conv, 0)
+                    releasing += 1
+                    continue
+                elif kind == _RELEASE:
+                    releasing -= 1
+                    if conv.agent is not None:
+                        self._unassign(conv, t)
+                    apply(await close(conv, t), t)
                     continue
                 elif kind == _LEAVE:
-                    if conv.replied is None:
-                        moved = await close(conv, t)
-                        self._finish(conv, t, "abandoned")
-                        apply(moved, t)
+                    moved = await close(conv, t)
+                    self._finish(conv, t, "abandoned")
+                    apply(moved, t)
                     continue
                 elif kind == _IDLE:
-                    if ver == conv.nmsg and conv.need_at is None:
-                        moved = await close(conv, t) if conv.cid in d.conversations else []
-                        self._finish(conv, t, "bot" if conv.answered else "blocked")
-                        apply(moved, t)
+                    moved = await close(conv, t) if conv.cid in d.conversations else []
+                    self._finish(conv, t, "bot" if conv.answered else "blocked")
+                    apply(moved, t)
                     continue
-                else:  # _TRANSFER
+                elif kind == _TRANSFER:
                     conv.transferred = True
-                    others = [s for s in self.skills if s != conv.skill]
-                    if others:
-                        to = others[int(rng.random() * len(others))]
-                        try:
-                            apply(await handle_event(TransferEvent(conv.cid, to_skill=to, ts=t)), t)
-                        except InputError:
-                            self.bad_inputs += 1
+                    need = self._needed_skill(conv) or conv.skill
+                    if need is not None:
+                        self.need_transfers += 1
+                        await transfer(conv, need, t)
+                    continue
+                elif kind == _HANDOFF:
+                    if conv.need_at is None and conv.skill is not None:
+                        self.handoffs[conv.mode] += 1
+                        await transfer(conv, conv.skill, t)
+                    continue
+                elif kind == _BREAK:
+                    st = d.agents.get(conv)
+                    if st is not None and st.status == "online" and st.in_shift:
+                        self.breaks += 1
+                        apply(await handle_event(AgentStatusEvent(conv, "break", t)), t)
+                        push(t + brk.length_s.quantile(breaks[conv].u()), _BACK, conv, 0)
+                    else:
+                        push(t + brk.every_s.quantile(breaks[conv].u()), _BREAK, conv, 0)
+                    continue
+                else:  # _BACK
+                    st = d.agents.get(conv)
+                    if st is not None and st.status == "break":
+                        apply(await handle_event(AgentStatusEvent(conv, "online", t)), t)
+                    push(t + brk.every_s.quantile(breaks[conv].u()), _BREAK, conv, 0)
                     continue
             else:
                 kind, item = arrivals[i][1], arrivals[i][2]
                 i += 1
-                if kind == _A_SPEC:
-                    spec = item
-                    conv = _Conv(f"{spec.shop_id}:{spec.buyer_id}", t, spec.patience, spec.handle_u, spec.transfer_u, spec)
-                    live[conv.cid] = conv
-                    msg = Message(spec.shop_id, f"sm-{spec.index}-0", spec.buyer_id, spec.texts[0],
-                                  "text", t, spec.buyer, spec.order)
-                elif kind == _A_MSG:
-                    cid = item.conversation_id
-                    conv = live.get(cid)
-                    if conv is None:
-                        conv = live[cid] = _Conv(cid, t, patience(rng), rng.random(), rng.random())
-                    msg = item
-                else:
+                if kind == _A_EVENT:
                     try:
                         apply(await handle_event(item), t)
                     except InputError:
                         self.bad_inputs += 1
                     continue
+                spec = item
+                draws = Draws(seed, spec.key)
+                buyer = spec.buyer
+                vip = buyer is not None and not vip_tags.isdisjoint(buyer.tags)
+                conv = _Conv(f"{spec.shop_id}:{spec.buyer_id}", spec, draws, patience_q(draws.u()),
+                             (platform.get(spec.shop_id, "other"), vip))
+                old = live.get(conv.cid)
+                if old is not None:  # the same buyer again while the last chat was still open
+                    moved = await close(old, t)
+                    self._finish(old, t, "human" if old.replied is not None else
+                                 "abandoned" if old.need_at is not None else "bot" if old.answered else "blocked")
+                    apply(moved, t)
+                live[conv.cid] = conv
+                msg = spec.recorded[0] if spec.recorded else Message(
+                    spec.shop_id, f"sm-{spec.index}-0", spec.buyer_id, spec.texts[0], "text", t, spec.buyer, spec.order)
             # a buyer message: route it, then schedule the buyer's next one
             k = conv.nmsg = conv.nmsg + 1
             try:
@@ -433,10 +584,14 @@ class Simulation:
             else:
                 messages += 1
                 apply(decisions, t)
-                if conv.need_at is None and not conv.closed:
-                    push(t + bot_close, _IDLE, conv, k)
-            if spec is not None and k < len(spec.times) and not conv.closed:
-                push(spec.times[k], _MSG, conv, 0)
+            times_ = conv.spec.times
+            if conv.closed:
+                self.dropped_messages += len(times_) - k
+            elif k < len(times_):
+                push(times_[k], _MSG, conv, 0)
+            elif conv.need_at is None:
+                # the buyer's last message and no human needed: the chat ends when they go quiet
+                push(t + bot_close, _IDLE, conv, k)
         self.messages = messages
         self.steps = steps
         for conv in list(live.values()):
@@ -464,6 +619,17 @@ class Simulation:
         active = [a for a, v in agents.items() if v["shift_h"] > 0]
         handled = [agents[a]["handled"] for a in active]
         utils = [agents[a]["utilisation"] for a in active]
+        # agents on different shifts handle different numbers of chats by design: the fairness
+        # of a policy shows among agents who worked the same hours
+        shifts: dict[str, list[str]] = {}
+        for a in active:
+            shifts.setdefault(shift_label(self.config.agents[a].schedule), []).append(a)
+        by_shift = {
+            label: {"agents": len(ids), "handled_gini": _r(gini([agents[a]["handled"] for a in ids])),
+                    "utilisation_gini": _r(gini([agents[a]["utilisation"] for a in ids]))}
+            for label, ids in sorted(shifts.items())
+        }
+        weight = sum(v["agents"] for v in by_shift.values()) or 1
         waits = sorted(self.waits)
         total = sum(self.outcomes.values())
         hist = [0] * len(WAIT_EDGES)
@@ -489,7 +655,13 @@ class Simulation:
                 "p99": _r(percentile(waits, 99)),
                 "max": _r(waits[-1]) if waits else None,
             },
+            "wait_all_s": wait_summary(self.waits_all),
             "wait_histogram": {"bin_s": 15, "edges": list(WAIT_EDGES), "counts": hist},
+            "groups": self._group_figures(),
+            "bot_handoffs": dict(self.handoffs),
+            "need_transfers": self.need_transfers,
+            "breaks": self.breaks,
+            "dropped_messages": self.dropped_messages,
             "reply_rate": {
                 "target_s": self.target,
                 "window": "-".join(self.window),
@@ -513,12 +685,47 @@ class Simulation:
                 "utilisation_mean": _r(sum(utils) / len(utils)) if utils else 0.0,
                 "utilisation_max_minus_min": _r(max(utils) - min(utils)) if utils else 0.0,
                 "utilisation_gini": _r(gini(utils)),
+                "handled_gini_within_shift": _r(sum(v["agents"] * v["handled_gini"] for v in by_shift.values()) / weight),
+                "by_shift": by_shift,
             },
         }
+
+    def _group_figures(self) -> dict[str, Any]:
+        """Per platform and VIP vs others: conversations, reply rate, abandoned share, waits."""
+        out: dict[str, Any] = {}
+        merged: dict[str, list[Any]] = {}
+        for (plat, vip), g in self.groups.items():
+            for key in (f"platform:{plat}", "vip" if vip else "others"):
+                m = merged.setdefault(key, [0, 0, 0, 0, []])
+                for k in range(4):
+                    m[k] += g[k]
+                m[4].extend(g[4])
+        for key, (convs, eligible, in_time, abandoned, waits) in sorted(merged.items()):
+            ws = sorted(waits)
+            out[key] = {"conversations": convs, "eligible": eligible, "replied_in_time": in_time,
+                        "reply_rate": _r(in_time / eligible) if eligible else None,
+                        "abandoned_share": _r(abandoned / convs) if convs else 0.0,
+                        "wait_p50": _r(percentile(ws, 50)), "wait_p90": _r(percentile(ws, 90))}
+        return out
 
 
 def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
+
+
+def wait_summary(values: list[float]) -> dict[str, Any]:
+    """Waits counting buyers who gave up at the time they left (a lower bound of what they
+    would have waited): leaving them out flatters a policy that makes many give up."""
+    ws = sorted(values)
+    return {"count": len(ws), "mean": _r(sum(ws) / len(ws)) if ws else None, "p50": _r(percentile(ws, 50)),
+            "p90": _r(percentile(ws, 90)), "p99": _r(percentile(ws, 99))}
+
+
+def shift_label(windows: Any) -> str:
+    """A readable name of a shift pattern: agents with the same one form a group."""
+    if not windows:
+        return "always"
+    return ", ".join(f"{w.days} {w.start}-{w.end}" for w in windows)
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:
@@ -559,10 +766,11 @@ def shift_seconds(schedule: Any, start: float, end: float) -> float:
 
 
 def read_traffic(path: Path) -> tuple[list[tuple[float, int, Any]], list[str]]:
-    """Recorded JSONL: messages and ``agent_status``/``tick`` events in time order. ``close``,
-    ``transfer`` and ``accept`` lines are dropped: the simulated agents make those decisions."""
+    """Recorded JSONL: messages, ``close`` lines (they end a conversation) and
+    ``agent_status``/``tick`` events, in time order. ``transfer`` and ``accept`` lines are
+    dropped: the simulated agents make those decisions."""
     from router.ingest import read_lines
-    from router.models import AgentStatusEvent, Message, TickEvent
+    from router.models import AgentStatusEvent, CloseEvent, Message, TickEvent
 
     items: list[tuple[float, int, Any]] = []
     errors: list[str] = []
@@ -577,10 +785,53 @@ def read_traffic(path: Path) -> tuple[list[tuple[float, int, Any]], list[str]]:
         if item.ts is None:  # type: ignore[union-attr]
             errors.append(f"{path}: line {n}: ts: needed to simulate")
             continue
-        if isinstance(item, Message | AgentStatusEvent | TickEvent):
+        if isinstance(item, Message | AgentStatusEvent | TickEvent | CloseEvent):
             items.append((item.ts, n, item))  # type: ignore[arg-type]
     items.sort(key=lambda x: (x[0], x[1]))
     return items, errors
+
+
+def cut_conversations(recorded: list[tuple[float, int, Any]], scenario: Scenario
+                      ) -> tuple[list[ConvSpec], list[tuple[float, int, Any]]]:
+    """Recorded messages as the conversations the buyers had: a buyer's messages belong to one
+    conversation until a recorded ``close`` or a silence longer than ``buyers.session_gap_s``.
+    The simulated agents then close a conversation only after its last recorded message, and a
+    buyer who left sends nothing more, so no conversation appears that the traffic never had.
+    Returns the conversations and the other events (agent status, ticks)."""
+    from router.models import CloseEvent, Message
+
+    gap = scenario.buyers.session_gap_s
+    vip_tags = tuple(scenario.buyers.vip_tags)
+    open_: dict[str, list[Any]] = {}
+    done: list[list[Any]] = []
+    events: list[tuple[float, int, Any]] = []
+    for ts, n, item in recorded:
+        if isinstance(item, Message):
+            cid = item.conversation_id
+            cur = open_.get(cid)
+            if cur is not None and ts - cur[-1].ts > gap:
+                done.append(cur)
+                cur = None
+            if cur is None:
+                cur = open_[cid] = []
+            cur.append(item)
+        elif isinstance(item, CloseEvent):
+            cur = open_.pop(item.conversation_id, None)
+            if cur is not None:
+                done.append(cur)
+        else:
+            events.append((ts, n, item))
+    done.extend(open_.values())
+    done.sort(key=lambda msgs: (msgs[0].ts, msgs[0].shop_id, msgs[0].buyer_id))
+    out = []
+    for k, msgs in enumerate(done, 1):
+        first = msgs[0]
+        buyer = next((m.buyer for m in msgs if m.buyer is not None), None)
+        order = next((m.order for m in msgs if m.order is not None), None)
+        need = classify_need([m.text for m in msgs], order, buyer, vip_tags)
+        out.append(ConvSpec(k, first.shop_id, first.buyer_id, need, tuple(m.ts for m in msgs), (),
+                            buyer, order, tuple(msgs)))
+    return out, events
 
 
 def build_traffic(scenario: Scenario, config: Config, seed: int, traffic_file: Path | None) -> tuple[Traffic, list[str]]:
@@ -588,7 +839,9 @@ def build_traffic(scenario: Scenario, config: Config, seed: int, traffic_file: P
         recorded, errors = read_traffic(traffic_file)
         if not recorded:
             return Traffic(0.0, 0.0, str(traffic_file)), errors or [f"{traffic_file}: no messages"]
-        return Traffic(recorded[0][0], recorded[-1][0], str(traffic_file), recorded=recorded), errors
+        convs, events = cut_conversations(recorded, scenario)
+        return Traffic(recorded[0][0], recorded[-1][0], str(traffic_file), conversations=convs,
+                       recorded=events, synthetic=False), errors
     start = scenario.start_ts
     convs = generate(scenario, config, seed)
     return Traffic(start, start + scenario.duration_h * 3600, f"scenario {scenario.name}", conversations=convs), []

@@ -209,3 +209,224 @@ def test_plugin_time_budgets_do_not_change_a_simulation(fenliu, tmp_path):
         return [{k: v for k, v in p.items() if k not in ("config", "policy")} for p in doc["policies"]]
 
     assert figures(squeezed) == figures(normal)
+
+
+# -- issue 17: a faithful simulator ----------------------------------------------------------------
+
+T0 = 1762819200.0  # 2025-11-11 08:00 Asia/Shanghai
+PEOPLE_OFF = ('after_chat_s = { dist = "fixed", value = 0 }\nload = { reply_per_chat = 0, handle_per_chat = 0 }\n'
+              'breaks = { enabled = false }\n')
+
+
+def _sim(config: Path, scenario: str, tmp_path: Path, traffic: list[dict] | None = None, seed: int | None = None,
+         sim_class: type | None = None) -> dict:
+    """One policy in-process: ``scenario`` is TOML text, ``traffic`` recorded lines."""
+    import anyio
+
+    from router.config import load_config
+    from router.scenario import load_scenario
+    from router.simulate import Simulation, build_traffic
+
+    cfg = load_config(config)
+    path = tmp_path / "scenario.toml"
+    path.write_text(scenario)
+    sc = load_scenario(path, cfg)
+    tpath = None
+    if traffic is not None:
+        tpath = tmp_path / "traffic.jsonl"
+        tpath.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in traffic))
+    tr, bad = build_traffic(sc, cfg, sc.seed if seed is None else seed, tpath)
+    assert not bad
+    sim = (sim_class or Simulation)(cfg, sc, tr, sc.seed if seed is None else seed)
+    return anyio.run(sim.run)
+
+
+def _msg(buyer: str, ts: float, text: str = "你好", n: int = 0) -> dict:
+    return {"shop_id": "shop-1", "msg_id": f"{buyer}-{n}", "buyer_id": buyer, "text": text, "ts": ts}
+
+
+def _copy(tmp_path: Path, name: str, agents: str, policy: str | None = None) -> Path:
+    target = tmp_path / name
+    shutil.copytree(DATA / "sim_trace", target)
+    (target / "agents.toml").write_text(agents)
+    if policy is not None:
+        (target / "policies" / "default.toml").write_text(policy)
+    return target
+
+
+def test_a_patience_of_days_does_not_stretch_the_run(tmp_path):
+    """Fix 1: a served buyer's leave timer is dropped without moving the clock to it; with a
+    patience of 10^6 s the day's run ends within the hour after its last arrival (the old
+    simulator ran to the last stale timer: 11.6 days)."""
+    p = _sim(DATA / "sim_trace", '[traffic]\nconversations_per_shop = 240\n[buyers]\n'
+             'patience_s = { dist = "fixed", value = 1e6 }\n[agents]\nreservations = false\n' + PEOPLE_OFF
+             + '[handle_s]\ndefault = { dist = "fixed", value = 30 }\n', tmp_path)
+    assert p["conversations"] > 0
+    shift_h = p["agents"]["a-1"]["shift_h"]
+    assert shift_h < 25.5, shift_h
+    assert len(p["queue"]["series"].get("presale", [])) <= 24 * 12 + 12
+
+
+def test_recorded_traffic_makes_no_conversation_the_buyers_never_had(tmp_path):
+    """Fixes 3 and 4: the agent closes only after the buyer's last message, and a buyer who left
+    writes no more; so the conversations are exactly the recorded ones, and every message of a
+    buyer who never left is routed."""
+    lines = []
+    for b in range(30):
+        for k in range(4):  # messages 0, 100, 200, 300 s apart: longer than a 100 s handle
+            lines.append(_msg(f"b{b}", T0 + 40 * b + 100 * k, "在吗" if k else "你好", k))
+    lines.sort(key=lambda x: x["ts"])
+    agents = '[[agents]]\nid = "a-1"\nskills = ["presale"]\nmax_concurrent = 5\n'
+    p = _sim(_copy(tmp_path, "c", agents), '[buyers]\npatience_s = { dist = "fixed", value = 1e5 }\n'
+             '[agents]\nreservations = false\n' + PEOPLE_OFF + '[handle_s]\ndefault = { dist = "fixed", value = 100 }\n',
+             tmp_path, lines)
+    assert p["conversations"] == 30
+    assert p["outcomes"]["human"] == 30
+    assert p["messages"] == 120
+    assert p["dropped_messages"] == 0
+
+
+def test_synthetic_traffic_routes_every_message_of_a_buyer_who_stays(tmp_path):
+    """Fix 4: on the sale day's message counts and gaps (mean 25 s), with buyers who never give
+    up, no message is lost to an agent closing early."""
+    import anyio
+
+    from router.config import load_config
+    from router.scenario import load_scenario
+    from router.simulate import build_traffic, simulate
+
+    cfg = load_config(DATA / "sim_policy")
+    path = tmp_path / "s.toml"
+    path.write_text('duration_h = 3\n[traffic]\nconversations_per_shop = 1200\n'
+                    'messages = { dist = "empirical", values = [1, 2, 3, 4, 6, 8] }\n'
+                    '[buyers]\npatience_s = { dist = "fixed", value = 1e5 }\n'
+                    '[handle_s]\npresale = { dist = "fixed", value = 40 }\n')
+    sc = load_scenario(path, cfg)
+    tr, _ = build_traffic(sc, cfg, 3, None)
+    p = anyio.run(simulate, cfg, sc, tr, 3)
+    assert p["messages"] == sum(len(c.times) for c in tr.conversations)
+    assert p["dropped_messages"] == 0
+
+
+class _Spy:
+    """A Simulation that notes, per conversation, everything drawn about the buyer."""
+
+    seen: dict[str, tuple] = {}
+
+    @classmethod
+    def make(cls):
+        from router.simulate import Simulation
+
+        seen: dict[str, tuple] = {}
+
+        class Spy(Simulation):
+            def _record(self, conv, outcome):
+                d = conv.draws.__class__(self.seed, conv.spec.key)
+                seen[conv.spec.key] = (conv.patience, conv.handle_u, conv.transfer_u, conv.acw_u, conv.need,
+                                       conv.spec.times, d.u())
+                super()._record(conv, outcome)
+
+        return Spy, seen
+
+
+@pytest.mark.parametrize("recorded", [False, True])
+def test_every_policy_meets_exactly_the_same_buyers(tmp_path, recorded):
+    """Fix 2, common random numbers: patience, the work a chat needs and the agents' first
+    delays come from a stream keyed by the seed and the conversation, so two policies (here
+    round-robin and least-load, whose assignments differ) meet identical buyers, in synthetic and
+    recorded mode alike; a different seed gives different buyers."""
+    ll = _least_load_copy(tmp_path)
+    scenario = (DATA / "sim_policy.toml").read_text().replace("duration_h = 6", "duration_h = 2")
+    traffic = None
+    if recorded:
+        traffic = [_msg(f"b{i}", T0 + 9 * i, "在吗") for i in range(400)]
+    runs = []
+    for config in (DATA / "sim_policy", ll):
+        spy, seen = _Spy.make()
+        p = _sim(config, scenario, tmp_path, traffic, seed=7, sim_class=spy)
+        runs.append((p, seen))
+    (p1, b1), (p2, b2) = runs
+    assert p1["agents"] != p2["agents"]  # the policies did differ
+    assert len(b1) > 150
+    assert b1 == b2
+    spy, seen3 = _Spy.make()
+    _sim(DATA / "sim_policy", scenario, tmp_path, traffic, seed=8, sim_class=spy)
+    assert sum(seen3[k][1] == b1[k][1] for k in b1 if k in seen3) < len(b1) / 10
+
+
+def test_first_reply_slows_with_each_open_chat(tmp_path):
+    """Fix 5: five buyers at once, one agent with room for five, first reply 10 s at one open
+    chat and +50 % per further chat: the k-th assigned waits 10·(1 + 0.5·(k−1)) s."""
+    agents = '[[agents]]\nid = "a-1"\nskills = ["presale"]\nmax_concurrent = 5\n'
+    lines = [_msg(f"b{i}", T0 + 0.001 * i) for i in range(5)]
+    p = _sim(_copy(tmp_path, "c", agents), '[agents]\nreservations = false\nfirst_reply_s = { dist = "fixed", value = 10 }\n'
+             'after_chat_s = { dist = "fixed", value = 0 }\nload = { reply_per_chat = 0.5, handle_per_chat = 0.25 }\n'
+             'breaks = { enabled = false }\n[handle_s]\ndefault = { dist = "fixed", value = 100 }\n', tmp_path, lines)
+    w = p["wait_s"]
+    assert (w["count"], w["p50"], w["max"]) == (5, pytest.approx(20.002, abs=0.01), pytest.approx(30.004, abs=0.01))
+    # the fifth chat's 100 s of work take 100·(1 + 0.25·4) = 200 s: the agent holds five chats
+    # for ~200 s, so utilisation over the run is high although the chats are short
+    assert p["agents"]["a-1"]["utilisation"] > 0.6
+
+
+def test_after_chat_work_and_breaks_keep_the_agent_from_new_chats(tmp_path):
+    """Fix 5: after-chat work holds the slot (the second buyer's first reply comes 100 + 20 + 10
+    s after the first's arrival), and a buyer who writes during the agent's 小休 waits for its end."""
+    agents = '[[agents]]\nid = "a-1"\nskills = ["presale"]\nmax_concurrent = 1\n'
+    lines = [_msg("b1", T0), _msg("b2", T0), _msg("b3", T0 + 1000)]
+    p = _sim(_copy(tmp_path, "c", agents), '[agents]\nreservations = false\nfirst_reply_s = { dist = "fixed", value = 10 }\n'
+             'after_chat_s = { dist = "fixed", value = 20 }\nload = { reply_per_chat = 0, handle_per_chat = 0 }\n'
+             'breaks = { every_s = { dist = "fixed", value = 900 }, length_s = { dist = "fixed", value = 600 } }\n'
+             '[buyers]\npatience_s = { dist = "fixed", value = 3000 }\n'
+             '[handle_s]\ndefault = { dist = "fixed", value = 100 }\n', tmp_path, lines)
+    waits = sorted(p["wait_s"].get(k) for k in ("p50", "max"))
+    # b1 10 s; b2 at 120 + 10 = 130 s; b3 arrives at 1000 s during the break 900–1500: 500 + 10 s
+    assert p["wait_s"]["count"] == 3
+    assert waits == [130, 510]
+    assert p["breaks"] >= 1
+
+
+def test_handle_time_follows_the_buyers_need_not_the_routers_skill(tmp_path):
+    """Fix 6: the same buyers under a classifier that calls everything presale and one that
+    calls everything aftersale cost the same work: handle times come from what they need."""
+    agents = '[[agents]]\nid = "a-1"\nskills = ["presale", "aftersale"]\nmax_concurrent = 2\n'
+    pol = '[dispatch]\nstrategy = "round_robin"\ndefault_skill = "{skill}"\nsticky_hours = 0\n'
+    sc = ('duration_h = 3\n[traffic]\nconversations_per_shop = 300\nmix = { presale = 0.5, aftersale = 0.5 }\n'
+          '[agents]\nreservations = false\n' + PEOPLE_OFF + '[handle_s]\npresale = { dist = "fixed", value = 60 }\n'
+          'aftersale = { dist = "fixed", value = 300 }\n')
+    a = _sim(_copy(tmp_path, "a", agents, pol.format(skill="presale")), sc, tmp_path, seed=4)
+    b = _sim(_copy(tmp_path, "b", agents, pol.format(skill="aftersale")), sc, tmp_path, seed=4)
+    assert a["agents"]["a-1"]["utilisation"] == b["agents"]["a-1"]["utilisation"]
+    assert a["wait_s"] == b["wait_s"]
+
+
+def test_a_chat_goes_to_the_skill_it_needs(tmp_path):
+    """Fix 5: a chat the router sent to an agent without the needed skill is transferred to that
+    skill (never a random one), and the agent with it closes it."""
+    agents = ('[[agents]]\nid = "a-1"\nskills = ["presale"]\nmax_concurrent = 3\n\n'
+              '[[agents]]\nid = "a-2"\nskills = ["aftersale"]\nmax_concurrent = 3\n')
+    sc = ('duration_h = 2\n[traffic]\nconversations_per_shop = 200\nmix = { aftersale = 1.0 }\n'
+          '[agents]\nreservations = false\ntransfer_share = 0\n' + PEOPLE_OFF)
+    p = _sim(_copy(tmp_path, "c", agents), sc, tmp_path, seed=2)
+    assert p["causes"]["transfer"] == p["need_transfers"] > 0
+    assert p["agents"]["a-1"]["handled"] == 0
+    assert p["agents"]["a-2"]["handled"] == p["outcomes"]["human"]
+
+
+def test_gini_within_a_shift_and_waits_with_abandoned_buyers(tmp_path):
+    """Fix 7: agents on a 4-hour and a 24-hour shift handle different numbers by design; the
+    Gini within each shift is what a policy controls. Waits with buyers who gave up count them."""
+    agents = "".join(f'[[agents]]\nid = "a-{i}"\nskills = ["presale"]\nmax_concurrent = 2\n'
+                     + ('schedule = [{ days = "mon-sun", start = "08:00", end = "12:00" }]\n' if i > 2 else "") + "\n"
+                     for i in range(1, 5))
+    sc = ('start = 2025-11-11\nduration_h = 24\n[traffic]\nconversations_per_shop = 1500\n'
+          '[agents]\nreservations = false\n' + PEOPLE_OFF)
+    p = _sim(_copy(tmp_path, "c", agents), sc, tmp_path, seed=2)
+    ls = p["load_spread"]
+    assert len(ls["by_shift"]) == 2
+    assert ls["handled_gini"] > 0.15
+    assert ls["handled_gini_within_shift"] < 0.05
+    assert p["abandoned"] > 0
+    assert p["wait_all_s"]["count"] == p["wait_s"]["count"] + p["abandoned"]
+    assert p["wait_all_s"]["p90"] > p["wait_s"]["p90"]
+    assert p["groups"]["platform:pinduoduo"]["conversations"] == p["conversations"]
