@@ -64,11 +64,18 @@ class WebhookError(Exception):
 
 
 class WebhookResult(msgspec.Struct):
-    """What a platform push carried, and what to answer the platform."""
+    """What a platform push carried, and what to answer the platform.
+
+    A push is often a batch (frames, events, messages): an item that cannot be read goes into
+    ``errors`` as ``{"index": <its place in the push>, "reason": ...}`` and the rest still go
+    through; the caller then gets 400 naming each bad item (``response`` rides along in that
+    body). ``index`` gives each of ``messages`` its place in the push, when not 0, 1, 2, …"""
 
     messages: list[Message] = msgspec.field(default_factory=list)
     context: list[OrderContext] = msgspec.field(default_factory=list)
     response: Any = None
+    errors: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    index: list[int] | None = None
 
 
 class Adapter:

@@ -17,7 +17,7 @@ import aiohttp
 import msgspec
 
 from adapters import Adapter, DeliveryError, OutboundReply, WebhookError, WebhookResult
-from router.ingest import decode_message, explain
+from router.ingest import decode_batch, explain, split_batch
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 
@@ -64,7 +64,7 @@ class BridgeAdapter(Adapter):
             raise DeliveryError(f"callback failed: {type(exc).__name__}: {exc}") from None
 
     def parse_webhook(self, headers: Any, body: bytes) -> WebhookResult:
-        from router.server import SIGNATURE_HEADER, check_signature, split_batch
+        from router.server import SIGNATURE_HEADER, check_signature
 
         secret = self.shop.secret
         if secret is None:
@@ -73,10 +73,11 @@ class BridgeAdapter(Adapter):
         if why is not None:
             raise WebhookError(401, why)
         try:
-            items = [decode_message(raw) for raw in split_batch(body)]  # type: ignore[arg-type]
+            items = split_batch(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise WebhookError(400, explain(exc)) from None
-        return WebhookResult(messages=items)
+        batch = decode_batch(items, self.shop.id)  # each item on its own: a bad one is named, the rest go through
+        return WebhookResult(messages=batch.messages, index=batch.index, errors=batch.errors)
 
     async def close(self) -> None:
         if self._http is not None:

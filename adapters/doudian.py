@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from adapters import Adapter, OrderContext, WebhookError, WebhookResult
+from router.ingest import explain
 from router.models import Order
 
 
@@ -29,7 +30,25 @@ class DoudianEvent(msgspec.Struct):
     data: str = "{}"
 
 
+#: An amount in fen (分): bounded, so 1e400 is a named refusal rather than an OverflowError.
+Fen = str | Annotated[float, msgspec.Meta(ge=-1e15, le=1e15)] | None
+Id = str | int | None
+
+
+class DoudianData(msgspec.Struct):
+    """The fields of an event's ``data`` this adapter reads; others are skipped."""
+
+    p_id: Id = None
+    order_id: Id = None
+    s_id: Id = None
+    pay_amount: Fen = None
+    refund_amount: Fen = None
+    buyer_id: Id = None
+    open_id: Id = None
+
+
 _events = msgspec.json.Decoder(list[DoudianEvent])
+_data = msgspec.json.Decoder(DoudianData)
 
 STATUS = {
     "100": "created",
@@ -71,41 +90,45 @@ class DoudianAdapter(Adapter):
 
     def parse_webhook(self, headers: Any, body: bytes) -> WebhookResult:
         app_id = headers.get("app-id", "")
-        sign = headers.get("event-sign", "")
+        sign = headers.get("event-sign", "").strip().lower()
         if not sign:
             raise WebhookError(401, "missing event-sign header")
+        # Header text is not ASCII-checked by HTTP: md5 of it, or compare_digest, would raise.
+        if not sign.isascii():
+            raise WebhookError(401, "event-sign must be the hex md5(app_key + body + app_secret)")
+        if not app_id.isascii():
+            raise WebhookError(401, "app-id must be ASCII")
         key, secret = self._keys(app_id)
-        if not hmac.compare_digest(event_sign(key, body, secret), sign.strip().lower()):
+        if not hmac.compare_digest(event_sign(key, body, secret), sign):
             raise WebhookError(401, "event-sign does not match md5(app_key + body + app_secret)")
         try:
             events = _events.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            from router.ingest import explain
-
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             raise WebhookError(400, f"not a Doudian push: {explain(exc)}") from None
-        items = []
-        for ev in events:
-            ctx = to_context(self.shop.id, ev)
+        items, errors = [], []
+        for i, ev in enumerate(events):
+            try:
+                ctx = to_context(self.shop.id, ev)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+                errors.append({"index": i, "msg_id": ev.msg_id, "reason": f"data: {explain(exc)}"})
+                continue
             if ctx is not None:
                 items.append(ctx)
-        return WebhookResult(context=items, response=OK)
+        return WebhookResult(context=items, response=OK, errors=errors)
 
 
 def to_context(shop_id: str, ev: DoudianEvent) -> OrderContext | None:
+    """The order context of an event of a known tag, ``None`` for other tags or data without an
+    order id; raises ``msgspec`` errors (or ``RecursionError``) for data that cannot be read."""
     status = STATUS.get(str(ev.tag))
     if status is None:
         return None
-    try:
-        data = msgspec.json.decode(ev.data or "{}")
-    except msgspec.DecodeError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    order_id = data.get("p_id") or data.get("order_id") or data.get("s_id")
+    data = _data.decode(ev.data or "{}")
+    order_id = data.p_id or data.order_id or data.s_id
     if not order_id:
         return None
-    amount = data.get("pay_amount") or data.get("refund_amount") or 0
-    buyer = data.get("buyer_id") or data.get("open_id")
+    amount = data.pay_amount or data.refund_amount or 0
+    buyer = data.buyer_id or data.open_id
     return OrderContext(shop_id, Order(order_id=str(order_id), status=status,
-                                       amount=float(amount) / 100.0 if isinstance(amount, int | float) else 0.0),
+                                       amount=amount / 100.0 if isinstance(amount, float) else 0.0),
                         str(buyer) if buyer else None, f"doudian:{ev.tag}")

@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import structlog
 
 from adapters import Adapter, OrderContext, WebhookError, WebhookResult
+from router.ingest import explain
 from router.models import Order
 
 log = structlog.get_logger("fenliu.pinduoduo")
@@ -48,8 +49,25 @@ class PmcFrame(msgspec.Struct):
     message: PmcMessage | None = None
 
 
+#: An amount in fen (分): bounded, so 1e400 is a named refusal rather than an OverflowError.
+Fen = str | Annotated[float, msgspec.Meta(ge=-1e15, le=1e15)] | None
+Id = str | int | None
+
+
+class PmcContent(msgspec.Struct):
+    """The fields of a message's ``content`` this adapter reads; others are skipped."""
+
+    tid: Id = None
+    order_sn: Id = None
+    refund_fee: Fen = None
+    pay_amount: Fen = None
+    buyer_id: Id = None
+    open_id: Id = None
+
+
 _frame = msgspec.json.Decoder(PmcFrame)
 _frames = msgspec.json.Decoder(list[PmcFrame])
+_content = msgspec.json.Decoder(PmcContent)
 
 #: PMC message type → the order status the conversation shows (and routing reads).
 STATUS = {
@@ -67,23 +85,20 @@ STATUS = {
 
 
 def to_context(shop_id: str, frame: PmcFrame) -> OrderContext | None:
-    """The order context a ``Common`` frame carries, or ``None`` for other frames and types."""
+    """The order context a ``Common`` frame carries, or ``None`` for other frames and types;
+    raises ``msgspec`` errors (or ``RecursionError``) for content that cannot be read."""
     if frame.commandType != "Common" or frame.message is None:
         return None
     status = STATUS.get(frame.message.type)
-    try:
-        content = msgspec.json.decode(frame.message.content or "{}")
-    except msgspec.DecodeError:
-        log.warning("pmc_bad_content", shop_id=shop_id, id=frame.id)
+    if status is None:
         return None
-    if not isinstance(content, dict) or status is None:
-        return None
-    order_id = content.get("tid") or content.get("order_sn")
+    content = _content.decode(frame.message.content or "{}")
+    order_id = content.tid or content.order_sn
     if not order_id:
         return None
-    fee = content.get("refund_fee") or content.get("pay_amount") or 0
-    amount = float(fee) / 100.0 if isinstance(fee, int | float) else 0.0
-    buyer = content.get("buyer_id") or content.get("open_id")
+    fee = content.refund_fee or content.pay_amount or 0
+    amount = fee / 100.0 if isinstance(fee, float) else 0.0
+    buyer = content.buyer_id or content.open_id
     return OrderContext(shop_id, Order(order_id=str(order_id), status=status, amount=amount),
                         str(buyer) if buyer else None, frame.message.type)
 
@@ -99,24 +114,28 @@ def heartbeat() -> dict[str, Any]:
 class PinduoduoAdapter(Adapter):
     name = "pinduoduo"
 
-    def parse_frames(self, body: bytes) -> tuple[list[OrderContext], list[dict[str, Any]]]:
-        """Context items and the ack frames to answer, for one frame or an array of them."""
+    def parse_frames(self, body: bytes) -> tuple[list[OrderContext], list[dict[str, Any]], list[dict[str, Any]]]:
+        """Context items, the ack frames to answer and the frames whose content could not be read
+        (``{"index", "id", "reason"}``), for one frame or an array of them. An unreadable frame
+        is acked too: the platform would only push the same bytes again."""
         try:
             frames = _frames.decode(body) if body.lstrip()[:1] == b"[" else [_frame.decode(body)]
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            from router.ingest import explain
-
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             raise WebhookError(400, f"not a PMC frame: {explain(exc)}") from None
-        items, acks = [], []
-        for f in frames:
+        items, acks, errors = [], [], []
+        for i, f in enumerate(frames):
             if f.commandType == "Common":
                 acks.append(ack(f.id))
-                ctx = to_context(self.shop.id, f)
+                try:
+                    ctx = to_context(self.shop.id, f)
+                except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+                    errors.append({"index": i, "id": f.id, "reason": f"message.content: {explain(exc)}"})
+                    continue
                 if ctx is not None:
                     items.append(ctx)
             elif f.commandType == "Fail":
                 log.warning("pmc_fail", shop_id=self.shop.id, id=f.id)
-        return items, acks
+        return items, acks, errors
 
     def parse_webhook(self, headers: Any, body: bytes) -> WebhookResult:
         from router.server import SIGNATURE_HEADER, check_signature
@@ -127,8 +146,8 @@ class PinduoduoAdapter(Adapter):
         why = check_signature(secret, body, headers.get(SIGNATURE_HEADER))
         if why is not None:
             raise WebhookError(401, why)
-        items, acks = self.parse_frames(body)
-        return WebhookResult(context=items, response=acks)
+        items, acks, errors = self.parse_frames(body)
+        return WebhookResult(context=items, response=acks, errors=errors)
 
     async def send(self, reply: Any) -> None:
         from adapters import DeliveryError
@@ -160,7 +179,13 @@ class PmcClient:
                             async for msg in ws:
                                 if msg.type != aiohttp.WSMsgType.TEXT:
                                     continue
-                                items, acks = self.adapter.parse_frames(msg.data.encode())
+                                try:
+                                    items, acks, errors = self.adapter.parse_frames(msg.data.encode())
+                                except WebhookError as exc:  # not a frame: nothing to ack
+                                    log.warning("pmc_bad_frame", shop_id=self.adapter.shop.id, reason=exc.reason)
+                                    continue
+                                for err in errors:
+                                    log.warning("pmc_bad_content", shop_id=self.adapter.shop.id, **err)
                                 if items and self.adapter.service is not None:
                                     await self.adapter.service.order_context(items)
                                 self.received += len(acks)

@@ -211,3 +211,55 @@ def test_simulator_traffic_is_valid_and_reproducible():
     assert "快递" in texts and "退款" in texts and "尺码" in texts or "码" in texts
     assert any("vip" in m.buyer.tags for m in msgs if m.buyer)
     assert rate_at(110.0, 2.0) == 12.0 and rate_at(10.0, 2.0) == 2.0
+
+
+async def test_pmc_client_survives_bad_frames(server, fenliu_logs):
+    """A frame that is not JSON, or whose content holds a fee past 1e308 or nesting thousands
+    deep, is one log line each: the socket stays up, the good frame after them is applied, and
+    the unreadable-content frames are acked (the platform would only push the same bytes again)."""
+    srv, c = server
+    got: list[dict] = []
+    done = asyncio.Event()
+    huge = '{"tid": "240101-91", "buyer_id": "b-51", "refund_fee": 1' + "0" * 400 + "}"
+    deep = '{"tid": "240101-92", "x": ' + "[" * 3000 + "]" * 3000 + "}"
+    good = '{"tid": "240101-93", "buyer_id": "b-53", "refund_fee": 990}'
+
+    def frame(frame_id: int, content: str) -> dict:
+        return {"commandType": "Common", "id": frame_id,
+                "message": {"type": "pdd_refund_RefundCreated", "mallID": 1001, "content": content}}
+
+    async def pmc(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str("not a frame {")
+        await ws.send_str("[" * 3000 + "]" * 3000)
+        for f in (frame(1, huge), frame(2, deep), frame(3, good)):
+            await ws.send_json(f)
+        async for msg in ws:
+            got.append(json.loads(msg.data))
+            if sum(1 for g in got if g["commandType"] == "Ack") == 3:
+                done.set()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/pmc", pmc)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    adapter = PinduoduoAdapter(srv.service.config.shops["pdd-a"], srv.service)
+    client = PmcClient(adapter, f"http://127.0.0.1:{runner.addresses[0][1]}/pmc", heartbeat_s=0.05)
+    task = asyncio.create_task(client.run())
+    try:
+        async with asyncio.timeout(10):
+            await done.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await runner.cleanup()
+    assert [g["id"] for g in got if g["commandType"] == "Ack"] == [1, 2, 3]
+    assert srv.service.orders[("pdd-a", "b-53")].amount == 9.9
+    assert ("pdd-a", "b-51") not in srv.service.orders
+    bad = [(e["event"], e.get("id")) for e in fenliu_logs if e["event"] in ("pmc_bad_frame", "pmc_bad_content")]
+    assert bad == [("pmc_bad_frame", None), ("pmc_bad_frame", None), ("pmc_bad_content", 1), ("pmc_bad_content", 2)]
+    assert not [e for e in fenliu_logs if e["event"] == "pmc_disconnected" or e.get("exc_info")]
