@@ -46,6 +46,11 @@ TRICKY = [
 ]
 
 
+#: Word-list sizes: the demo lists padded to 2,000 and 20,000 words, and a generated 60,000-word
+#: list (the size of the large public dictionaries).
+SIZES = (2_000, 20_000, 60_000)
+
+
 def messages(count: int, rng: random.Random) -> list[str]:
     out = []
     for _ in range(count):
@@ -103,7 +108,7 @@ def main() -> None:
     rng = random.Random(4)
     texts = messages(5000, rng)
     rows = []
-    for count in (2_000, 20_000):
+    for count in SIZES:
         vocab = words(count, rng)
         bare = ahocorasick_rs.AhoCorasick(vocab)
         section = SensitiveConfig(lists=(WordList(name="words", words=tuple(vocab), inbound="mask"),),
@@ -159,8 +164,10 @@ def main() -> None:
                 command=".venv/bin/python bench/bench_sensitive.py")
     print(f"results: {path.relative_to(ROOT)}")
     worst = max(r["ratio"] for r in rows)
+    worst_median = max(r["median ratio"] for r in rows)
     fold = "with the C fold" if rows[0]["C fold"] else "WITHOUT the C fold (plugins._fold not built)"
-    print(f"filter / bare scan: {worst:.2f}x at worst, {fold} (target: within 3x)")
+    print(f"filter / bare scan: {worst:.2f}x at worst (best batches), median of per-round ratios "
+          f"{worst_median:.2f}x at worst, {fold} (target: within 3x at every size)")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
  * The filter matches words on a normalised text: every character mapped through one table
  * (NFKC, lower case, traditional -> simplified) or deleted (separators).  ``str.translate`` with
  * that table costs about 30 ns a character, twice a whole Aho-Corasick scan of the text; this
- * does the same lookups at about 1 ns a character.  The table is built in Python
+ * does the same lookups at about 1 ns a character, and ``words`` collapses repeated characters
+ * (fffuuuck -> fuck) for the word scan of directions that ask for it.  The table is built in Python
  * (plugins/sensitive.py, ``Normaliser``); this module only applies it.  Without a C compiler the
  * package installs without it and the filter falls back to its pure-Python path.
  */
@@ -58,9 +59,12 @@ Folder_init(Folder *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
-/* fold(text) -> (folded, ascii, digits): the folded text (``text`` itself when nothing changes),
- * how many of its characters are ASCII and how many are ASCII digits (the filter's regexes are
- * gated on those counts). */
+/* fold(text) -> (folded, ascii, digits, ascii_in, digits_in, repeats): the folded text (``text``
+ * itself when nothing changes), how many of its characters are ASCII and ASCII digits, the same
+ * two counts for ``text`` as typed (the filter's regexes are gated on those counts: patterns on
+ * the folded text by the first pair, patterns on the original by the second), and how many
+ * folded characters repeat the one before them and were not typed as digits (what ``words``
+ * would drop: 0 means ``words(text)`` is the folded text). */
 static PyObject *
 Folder_fold(Folder *self, PyObject *text)
 {
@@ -73,11 +77,17 @@ Folder_fold(Folder *self, PyObject *text)
     const void *data = PyUnicode_DATA(text);
     const int32_t *table = self->table;
     Py_ssize_t size = self->size;
-    Py_ssize_t out_len = 0, ascii = 0, digits = 0;
+    Py_ssize_t out_len = 0, ascii = 0, digits = 0, ascii_in = 0, digits_in = 0, repeats = 0;
     Py_UCS4 maxchar = 0;
+    int32_t last = -1;
     int changed = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_UCS4 cp = PyUnicode_READ(kind, data, i);
+        if (cp < 128) {
+            ascii_in++;
+            if (cp >= '0' && cp <= '9')
+                digits_in++;
+        }
         int32_t v = (Py_ssize_t)cp < size ? table[cp] : (int32_t)cp;
         if (v < 0) {
             changed = 1;
@@ -85,6 +95,9 @@ Folder_fold(Folder *self, PyObject *text)
         }
         if ((Py_UCS4)v != cp)
             changed = 1;
+        if (v == last && !Py_UNICODE_ISDECIMAL(cp))
+            repeats++;
+        last = v;
         out_len++;
         if (v < 128) {
             ascii++;
@@ -112,26 +125,51 @@ Folder_fold(Folder *self, PyObject *text)
                 PyUnicode_WRITE(okind, odata, j++, (Py_UCS4)v);
         }
     }
-    PyObject *result = PyTuple_New(3);
-    if (result == NULL) {
-        Py_DECREF(out);
+    return Py_BuildValue("(Nnnnnn)", out, ascii, digits, ascii_in, digits_in, repeats);
+}
+
+/* words(text) -> the folded text with repeats collapsed: a character whose fold equals the fold
+ * of the character kept before it is dropped, unless it was typed as a decimal digit (so
+ * ``fffuuuck`` and ``五五星星`` collapse, ``699`` and ``13888888888`` stay as typed). */
+static PyObject *
+Folder_words(Folder *self, PyObject *text)
+{
+    if (!PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "words() argument must be str, not %.80s", Py_TYPE(text)->tp_name);
         return NULL;
     }
-    PyTuple_SET_ITEM(result, 0, out);
-    PyTuple_SET_ITEM(result, 1, PyLong_FromSsize_t(ascii));
-    PyTuple_SET_ITEM(result, 2, PyLong_FromSsize_t(digits));
-    if (PyTuple_GET_ITEM(result, 1) == NULL || PyTuple_GET_ITEM(result, 2) == NULL) {
-        Py_DECREF(result);
-        return NULL;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    const int32_t *table = self->table;
+    Py_ssize_t size = self->size;
+    Py_UCS4 *buf = PyMem_Malloc((n ? n : 1) * sizeof(Py_UCS4));
+    if (buf == NULL)
+        return PyErr_NoMemory();
+    Py_ssize_t j = 0;
+    int32_t last = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 cp = PyUnicode_READ(kind, data, i);
+        int32_t v = (Py_ssize_t)cp < size ? table[cp] : (int32_t)cp;
+        if (v < 0 || (v == last && !Py_UNICODE_ISDECIMAL(cp)))
+            continue;
+        last = v;
+        buf[j++] = (Py_UCS4)v;
     }
-    return result;
+    PyObject *out = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, buf, j);
+    PyMem_Free(buf);
+    return out;
 }
 
 static PyMethodDef Folder_methods[] = {
     {"fold", (PyCFunction)Folder_fold, METH_O,
-     "fold(text) -> (folded, ascii, digits): ``text`` mapped through the table (deleted characters "
-     "dropped; ``text`` itself when nothing changes), with the counts of ASCII characters and ASCII "
-     "digits in the result."},
+     "fold(text) -> (folded, ascii, digits, ascii_in, digits_in, repeats): ``text`` mapped through the "
+     "table (deleted characters dropped; ``text`` itself when nothing changes), the counts of ASCII "
+     "characters and ASCII digits in the result and in ``text``, and how many characters ``words`` "
+     "would collapse."},
+    {"words", (PyCFunction)Folder_words, METH_O,
+     "words(text) -> the folded text with each repeat of the previous kept character dropped "
+     "(characters typed as decimal digits are never dropped)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,18 +6,25 @@ Word lists (``config/words/*.txt``) are matched with one ahocorasick-rs automato
 set of lists, built in ``fenliu_configure`` and swapped with the configuration on reload.
 
 Matching runs on a *normalised* text so evasions collapse onto the listed word: NFKC (full-width
-→ half-width, circled digits), lower case, separators (spaces, punctuation, symbols, emoji,
-zero-width characters) removed, traditional → simplified (a character table built once from
-``opencc`` t2s). Every normalisation is one character to at most one character, so each position
-of the normalised text points back to one original character and hits are reported (and masked)
-in the original text, separators between the matched characters included.
+→ half-width), lower case, every letter and digit form Unicode knows (circled, bracketed,
+negative-squared letters by their names; ❶ ➀ ⓵ Ⅳ and Chinese numerals by their numeric values),
+separators (spaces, punctuation, symbols, emoji, zero-width characters) removed, traditional →
+simplified (a character table built once from ``opencc`` t2s). Every normalisation is one
+character to at most one character, so each position of the normalised text points back to one
+original character and hits are reported (and masked) in the original text, separators between
+the matched characters included. For the word scan of the directions that ask for it, repeated
+characters are collapsed too (fffuuuck, 五五星星红红旗旗); patterns always see the text uncollapsed.
+
+Entries are matched as substrings, except that an entry side that is an ASCII letter or digit
+(``av``, ``69``, the ``V`` of ``加V``) needs a word boundary there: the neighbouring character of
+the original text must not fold to an ASCII letter or digit (so ``av`` no longer hits ``have``).
 
 Speed (see ``bench/bench_sensitive.py`` and docs/plugins/sensitive.md): the table is applied by
 a small C extension, ``plugins._fold`` (≈1 ns a character, built when the package is installed
 with a C compiler). Without it ``str.translate`` costs ≈30 ns a character, more than the scan
 itself, so the pure-Python path runs it only when cheap C-level checks say the text needs it
-(see :meth:`Matcher.scan_counts`); the automaton also holds the traditional characters, so the
-word scan itself says whether one is present. After the scan, matches are split by kind with
+(see :meth:`Matcher.scan_counts`); the automaton also holds the characters the table changes, so
+the word scan itself says whether one is present. After the scan, matches are split by kind with
 ``bisect``, the allow-list is a set difference, and words typed as listed are located with
 ``str.find``; the position map is built only for evasions (see :meth:`SensitiveFilter._report`).
 """
@@ -59,6 +66,7 @@ log = structlog.get_logger("fenliu.sensitive")
 InboundAction = Literal["mask", "flag", "block", "off"]
 OutboundAction = Literal["block", "mask", "off"]
 Direction = Literal["inbound", "outbound"]
+Detector = Literal["phone_number", "qq_number", "wechat_id", "url", "email", "ipv4", "digits"]
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -71,7 +79,12 @@ class _Table(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class WordList(_Table, kw_only=True):
     """One word list: ``file`` (relative to the config folder) plus optional ``extra_files``
-    (homophones 威信/薇信, pinyin weixin) and inline ``words``, all reported under ``name``."""
+    (homophones 威信/薇信, pinyin weixin) and inline ``words``, all reported under ``name``.
+
+    ``tag`` is the category shown with each hit (引流, 广告法, 辱骂; default: ``name``) and counted
+    by ``fenliu stats``; ``advice`` a compliant alternative the workbench offers for any word of
+    the list. An entry may override both and give its own mask text: ``最好 | advice=很好``,
+    ``傻逼 | tag=辱骂 | replace=[不文明用语]`` (see :func:`parse_entry`)."""
 
     name: str = ""
     file: str = ""
@@ -79,6 +92,8 @@ class WordList(_Table, kw_only=True):
     words: tuple[str, ...] = ()
     inbound: InboundAction = "flag"
     outbound: OutboundAction = "block"
+    tag: str = ""
+    advice: str = ""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -88,7 +103,8 @@ class WordList(_Table, kw_only=True):
 
 
 class Pattern(_Table, kw_only=True):
-    """A regular expression (phone numbers, QQ numbers, URLs, WeChat ids) with its actions.
+    """A regular expression or a built-in ``detector`` (phone numbers, QQ numbers, WeChat ids,
+    URLs, e-mail and IPv4 addresses, digit runs) with its actions.
 
     ``on = "normalised"`` matches the normalised text, in which separators are gone and Chinese
     and circled digits are ASCII digits (so ``1 3 8-①②③④-五六七八`` is ``13812345678``);
@@ -96,36 +112,74 @@ class Pattern(_Table, kw_only=True):
     The normalised text is lower case already; ``ignore_case`` matters for ``original``.
     ``requires``: literal strings of which one must occur for the regex to run at all (a speed
     hint for costly regexes); a regex never runs on a text with fewer ASCII characters than any
-    match needs (so chat without digits or Latin letters costs nothing here).
+    match needs, counted in the text it runs on (so chat without digits or Latin letters costs
+    nothing here). A ``detector`` brings its own ``regex``, ``on``, ``ignore_case`` and
+    ``requires``; ``length`` is the shortest run the ``digits`` detector reports (default 8).
     """
 
     name: str = ""
+    detector: Detector | None = None
     regex: str = ""
+    length: int = 0
     on: Literal["normalised", "original"] = "normalised"
     ignore_case: bool = False
     requires: tuple[str, ...] = ()
     inbound: InboundAction = "flag"
     outbound: OutboundAction = "block"
+    tag: str = ""
+    advice: str = ""
 
     def __post_init__(self) -> None:
+        if self.length and self.detector != "digits":
+            raise ValueError("field length: only the digits detector takes a length")
+        if self.length < 0:
+            raise ValueError("field length: expected a positive number of digits")
+        if self.detector is not None:
+            if self.regex:
+                raise ValueError("field regex: give a regex or a detector, not both")
+            self.name = self.name or self.detector
+            self.regex, self.on, self.ignore_case, self.requires = _detector(self.detector, self.length or 8)
         if not self.name:
             raise ValueError("field name: every pattern needs a name (used in flags)")
         if not self.regex:
-            raise ValueError("field regex: a pattern needs a regex")
+            raise ValueError("field regex: a pattern needs a regex or a detector")
         try:
             re.compile(self.regex)
         except re.error as exc:
             raise ValueError(f"field regex: invalid regular expression: {exc}") from None
 
 
+_WECHAT = ("微信", "weixin", "wechat", "vx", "wx", "v信", "薇信", "威信")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+
+
+def _detector(name: str, length: int) -> tuple[str, Literal["normalised", "original"], bool, tuple[str, ...]]:
+    """``(regex, on, ignore_case, requires)`` of a built-in detector."""
+    if name == "phone_number":
+        return r"1(?<![0-9]1)[3-9][0-9]{9}(?![0-9])", "normalised", False, ()
+    if name == "qq_number":
+        return r"(?:qq|扣扣|企鹅)(?:号|号码)?[1-9][0-9]{4,10}(?![0-9])", "normalised", False, ("qq", "扣扣", "企鹅")
+    if name == "wechat_id":
+        return r"(?:微信|weixin|wechat|vx|wx|v信|薇信|威信)(?:号|id)?[a-z][a-z0-9]{5,19}", "normalised", False, _WECHAT
+    if name == "url":
+        return (r"https?://[!-~]+|[a-z0-9][-a-z0-9.]*\.(?:com|cn|net|org|cc|top|xyz|vip|me|io|shop|link)"
+                r"(?![a-z0-9])(?:[/?#][!-~]*)?", "original", True, (".", "/"))
+    if name == "email":  # full-width ＠ and ．/。 as typed to dodge filters
+        return (r"[a-z0-9][a-z0-9._%+-]*[@＠][a-z0-9][-a-z0-9]*(?:[.．。][-a-z0-9]+)*[.．。][a-z]{2,}(?![a-z0-9])",
+                "original", True, ("@", "＠"))
+    if name == "ipv4":
+        return rf"(?<![0-9.]){_OCTET}(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])", "original", False, ()
+    assert name == "digits"
+    return rf"(?<![0-9])[0-9]{{{length},}}", "normalised", False, ()
+
+
 DEFAULT_PATTERNS: tuple[Pattern, ...] = (
-    Pattern(name="phone_number", regex=r"1(?<![0-9]1)[3-9][0-9]{9}(?![0-9])", inbound="mask"),
-    Pattern(name="qq_number", regex=r"(?:qq|扣扣|企鹅)(?:号|号码)?[1-9][0-9]{4,10}(?![0-9])", inbound="mask",
-            requires=("qq", "扣扣", "企鹅")),
-    Pattern(name="wechat_id", regex=r"(?:微信|weixin|wechat|vx|wx|v信|薇信|威信)(?:号|id)?[a-z][a-z0-9]{5,19}",
-            inbound="mask", requires=("微信", "weixin", "wechat", "vx", "wx", "v信", "薇信", "威信")),
-    Pattern(name="url", on="original", ignore_case=True, requires=(".", "/"),
-            regex=r"https?://[!-~]+|[a-z0-9][-a-z0-9.]*\.(?:com|cn|net|org|cc|top|xyz|vip|me|io|shop|link)(?![a-z0-9])(?:[/?#][!-~]*)?"),
+    Pattern(detector="phone_number", inbound="mask"),
+    Pattern(detector="qq_number", inbound="mask"),
+    Pattern(detector="wechat_id", inbound="mask"),
+    Pattern(detector="url"),
+    Pattern(detector="email", inbound="mask"),
+    Pattern(detector="ipv4"),
 )
 
 
@@ -138,6 +192,9 @@ class SensitiveConfig(_Table, kw_only=True, dict=True):
     allow_files: tuple[str, ...] = ()
     patterns: tuple[Pattern, ...] = DEFAULT_PATTERNS
     mask_char: Annotated[str, msgspec.Meta(min_length=1, max_length=1)] = "＊"
+    #: The directions whose word scan collapses repeated characters (fffuuuck → fuck). Outbound
+    #: only by default: buyers' 奶奶/爸爸 would otherwise meet words of the collapsed form.
+    collapse_repeats: tuple[Direction, ...] = ("outbound",)
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
@@ -154,6 +211,12 @@ class SensitiveConfig(_Table, kw_only=True, dict=True):
             raise RuntimeError("sensitive section not compiled: call compile(config_dir) or load it through load_config")
         return f
 
+    @property
+    def warnings(self) -> list[str]:
+        """What ``fenliu check`` should say about the compiled lists (``file: key: reason``)."""
+        f = self.__dict__.get("_filter")
+        return list(f.warnings) if f is not None else []
+
     def compile(self, base: str | Path, file: str | Path = "sensitive", cache: dict | None = None) -> SensitiveFilter:
         """Read the word files (relative to ``base``) and build the filter; cached on the section."""
         f = SensitiveFilter.build(self, Path(base), str(file), cache if cache is not None else {})
@@ -161,28 +224,89 @@ class SensitiveConfig(_Table, kw_only=True, dict=True):
         return f
 
 
+#: One word-list entry: ``(word, tag, advice, replace)``.
+Entry = tuple[str, str, str, str]
+_FIELDS = ("tag", "advice", "replace")
+
+
+def parse_entry(line: str) -> Entry:
+    """``word | tag=… | advice=… | replace=…`` (every field optional) → ``(word, tag, advice,
+    replace)``. The word lists stay one word a line, readable by any other tool that cuts at
+    ``|``; ``ValueError`` says what is wrong."""
+    word, *fields = (part.strip() for part in line.split("|"))
+    if not word:
+        raise ValueError(f"entry {line!r}: no word before '|'")
+    values = dict.fromkeys(_FIELDS, "")
+    for field in fields:
+        key, sep, value = (x.strip() for x in field.partition("="))
+        if not sep or key not in values:
+            raise ValueError(f"entry {line!r}: {field!r} is not one of tag=…, advice=…, replace=…")
+        values[key] = value
+    return word, values["tag"], values["advice"], values["replace"]
+
+
 # -- normalisation -----------------------------------------------------------------------------
 
 #: Characters removed up front with ``str.replace``: the punctuation of nearly every chat message.
 EAGER = ("，", "。", "？", "！", "、", "～")
-#: Chinese numerals for phone numbers, mapped for ``on = "normalised"`` patterns only (so that
-#: 第一 and 唯一 stay words). 幺 is how 1 is read out in phone numbers.
+#: Chinese numerals, folded to ASCII digits everywhere (下三滥 meets 下3滥, 一三八… is a phone
+#: number). 幺 is how 1 is read out in phone numbers; traditional forms reach these through t2s.
 CN_DIGITS = "零〇一二三四五六七八九幺壹贰叁肆伍陆柒捌玖"
 _CN_VALUES = "001234567891123456789"
-_CN_TABLE: list[int] = list(range(max(map(ord, CN_DIGITS)) + 1))
-for _c, _v in zip(CN_DIGITS, _CN_VALUES, strict=True):
-    _CN_TABLE[ord(_c)] = ord(_v)
 _NON_ALNUM = re.compile(r"[\W_]")
 _ASCII_ALNUM = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _TABLE_SIZE = 0x20000
 _RANGES = ((0, 0x3400), (0x4DC0, 0x4E00), (0xA000, 0xAC00), (0xD7A4, 0xD800), (0xE000, 0x10000),
            (0x10000, 0x11000), (0x1D400, 0x1D800), (0x1F000, 0x1FB00))
 _CJK = ((0x3400, 0x4DC0), (0x4E00, 0xA000))
+#: A Latin letter by its Unicode name, for the forms without a decomposition: 🅐 NEGATIVE CIRCLED
+#: LATIN CAPITAL LETTER A, 🅰 NEGATIVE SQUARED …, ᴀ LATIN LETTER SMALL CAPITAL A.
+_LATIN_NAME = re.compile(r"LATIN (?:CAPITAL |SMALL )?LETTER (?:SMALL CAPITAL )?([A-Z])$")
+#: Two equal characters in a row (any, or digits) and runs of them, for the pure-Python collapse.
+_ADJACENT = re.compile(r"(.)\1", re.S)
+_ADJACENT_DIGITS = re.compile(r"(\d)\1")
+_RUNS = re.compile(r"(.)\1+", re.S)
 
 
 def _is_separator(ch: str) -> bool:
     cat = unicodedata.category(ch)
     return cat[0] in "PSZ" or cat in ("Cc", "Cf", "Mn", "Me")
+
+
+def _fold_char(c: str) -> str | None:
+    """What one character of the Unicode ranges folds to: itself, one other character, or
+    ``None`` (deleted). All from the Unicode data: numeric values, NFKC, names, NFKD."""
+    cat = unicodedata.category(c)
+    if cat[0] == "N" and not c.isascii():
+        value = unicodedata.numeric(c, -1.0)
+        if value in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9):  # ❶ ➀ ➊ ⓵ ⓿ Ⅳ ٣ １: one digit
+            return str(int(value))
+    name = unicodedata.name(c, "")
+    if _is_separator(c):
+        if cat != "So" or not ("LATIN" in name or "DIGIT" in name):
+            return None
+        # Ⓐ ⓐ ⒜ 🄐 🅐 🅰: symbols that are letters in disguise; ℃ and ㎏ stay symbols.
+        n = "".join(ch for ch in unicodedata.normalize("NFKC", c).lower() if not _is_separator(ch))
+        if len(n) == 1 and n.isascii() and n.isalnum():
+            return n
+        m = _LATIN_NAME.search(name)
+        return m.group(1).lower() if m else None
+    n = "".join(ch for ch in unicodedata.normalize("NFKC", c).lower() if not _is_separator(ch))
+    if len(n) == 1:
+        c2 = n
+    elif not n and not c.isalnum():
+        return None
+    else:
+        c2 = c.lower() if len(c.lower()) == 1 else c
+    if not c2.isascii() and cat[0] == "L":
+        # wēixìn → weixin, ᴀ → a: a Latin letter with marks, or named after one.
+        base = "".join(ch for ch in unicodedata.normalize("NFKD", c2) if not unicodedata.combining(ch))
+        if len(base) == 1 and base.isascii() and base.isalpha():
+            return base.lower()
+        m = _LATIN_NAME.search(unicodedata.name(c2, ""))
+        if m:
+            return m.group(1).lower()
+    return c2
 
 
 class Normaliser:
@@ -199,17 +323,8 @@ class Normaliser:
         table: list[int | None] = list(range(_TABLE_SIZE))
         for lo, hi in _RANGES:
             for cp in range(lo, hi):
-                c = chr(cp)
-                if _is_separator(c):
-                    table[cp] = None
-                    continue
-                n = "".join(ch for ch in unicodedata.normalize("NFKC", c).lower() if not _is_separator(ch))
-                if len(n) == 1 and n != c:
-                    table[cp] = ord(n)
-                elif not n and not c.isalnum():
-                    table[cp] = None
-                elif len(c.lower()) == 1 and c.lower() != c:
-                    table[cp] = ord(c.lower())
+                v = _fold_char(chr(cp))
+                table[cp] = None if v is None else ord(v)
         cc = opencc.OpenCC("t2s")
         for lo, hi in _CJK:
             block = "".join(map(chr, range(lo, hi)))
@@ -219,6 +334,8 @@ class Normaliser:
             for c, s in zip(block, out, strict=True):
                 if len(s) == 1 and s != c:
                     table[ord(c)] = ord(s)
+        for c, v in zip(CN_DIGITS, _CN_VALUES, strict=True):
+            table[ord(c)] = ord(v)
         for cp in range(_TABLE_SIZE):
             v = table[cp]
             for _ in range(3):
@@ -228,25 +345,67 @@ class Normaliser:
             table[cp] = v
         self.table = table
         self.deleted = frozenset(chr(cp) for cp, v in enumerate(table) if v is None)
+        #: Characters that fold to an ASCII letter or digit, CJK numerals excepted: what makes a
+        #: neighbour part of the same word for the ASCII sides of entries (see module doc).
+        self.boundary = frozenset(chr(cp) for cp, v in enumerate(table)
+                                  if v is not None and v < 128 and chr(v).isalnum()
+                                  and unicodedata.category(chr(cp)) != "Lo")
         #: What the table changes that ``isalnum``/``is_normalized`` cannot see: traditional
-        #: characters and non-ASCII capitals. The automaton holds them, so the word scan reports
-        #: them (ASCII capitals are cheaper to catch with ``bytes.lower``).
+        #: characters, non-ASCII capitals, digit and letter forms. The automaton holds them, so
+        #: the word scan reports them (ASCII capitals are cheaper to catch with ``bytes.lower``,
+        #: Chinese numerals with ``str.replace``).
         self.letters = [chr(cp) for cp, v in enumerate(table)
                         if v != cp and cp >= 128 and not 0xD800 <= cp < 0xE000 and chr(cp).isalnum()
-                        and is_normalized("NFKC", chr(cp))]
+                        and is_normalized("NFKC", chr(cp)) and chr(cp) not in CN_DIGITS]
+        self.cn_digits = tuple((c, chr(table[ord(c)])) for c in CN_DIGITS)  # type: ignore[arg-type]
         self.upper = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
         #: Runs of separators of the Basic Multilingual Plane (surrogates excluded), for :meth:`locator`.
         self.runs = re.compile(f"([{_char_class(cp for cp, v in enumerate(table) if v is None and cp < 0x10000)}]+)")
         assert all(c in self.deleted for c in EAGER)
-        #: ``fold(text) -> (normalised, ascii count, ascii digit count)`` in C, or ``None``
-        #: (no compiler at install time, or ``FENLIU_PURE_PYTHON=1``): see :meth:`Matcher.scan_counts`.
-        self.fold: Callable[[str], tuple[str, int, int]] | None = None
+        #: ``fold(text) -> (normalised, ascii, digits, ascii in text, digits in text, repeats)``
+        #: and ``words(text)`` in C, or ``None`` (no compiler at install time, or
+        #: ``FENLIU_PURE_PYTHON=1``): see :meth:`Matcher.scan_counts`.
+        self.fold: Callable[[str], tuple[str, int, int, int, int, int]] | None = None
+        self.fold_words: Callable[[str], str] | None = None
         if Folder is not None and not os.environ.get("FENLIU_PURE_PYTHON"):
-            self.fold = Folder(array("i", (-1 if v is None else v for v in table))).fold
+            folder = Folder(array("i", (-1 if v is None else v for v in table)))
+            self.fold, self.fold_words = folder.fold, folder.words
 
     def normalise(self, text: str) -> str:
-        """The normalised form (what words, allow phrases and the scan all go through)."""
+        """The normalised form (what patterns, and words of directions without collapsing, see)."""
         return text.translate(self.table)
+
+    def words(self, text: str, n: str | None = None) -> str:
+        """The normalised form with repeats collapsed: a character is dropped when its fold
+        equals the fold of the character kept before it, unless it was typed as a decimal digit
+        (``fffuuuck`` → ``fuck``, ``五五星`` → ``5星``, but ``699`` stays). ``n``: the text's
+        normalised form, if known."""
+        if n is None:
+            n = self.normalise(text)
+        if _ADJACENT.search(n) is None:
+            return n
+        if _ADJACENT_DIGITS.search(n) is None:  # no repeated digit: no typed digit to keep apart
+            return _RUNS.sub(r"\1", n)
+        return "".join(text[i] for i, _, _ in self.word_spans(text)).translate(self.table)
+
+    def word_spans(self, text: str) -> list[tuple[int, int, int]]:
+        """For each character of :meth:`words`, the first and last index in ``text`` of the
+        characters it stands for (a run of repeats, separators between them included) and how
+        many they are."""
+        table, size, spans = self.table, len(self.table), []
+        last: int | None = -1
+        for i, c in enumerate(text):
+            cp = ord(c)
+            v = table[cp] if cp < size else cp
+            if v is None:
+                continue
+            if v == last and not c.isdecimal():
+                first, _, count = spans[-1]
+                spans[-1] = (first, i, count + 1)
+                continue
+            last = v
+            spans.append((i, i, 1))
+        return spans
 
     def positions(self, text: str) -> list[int]:
         """``positions[j]`` is the index in ``text`` of the ``j``-th normalised character
@@ -312,79 +471,111 @@ def normalise(text: str) -> str:
     return normaliser().normalise(text)
 
 
+def normalise_words(text: str) -> str:
+    """:func:`normalise` with repeats collapsed, as the word scan of a collapsing direction sees it."""
+    return normaliser().words(text)
+
+
 # -- matching ----------------------------------------------------------------------------------
 
+#: Who listed an automaton entry: ``(word as listed, list, tag, advice, left, right, runs)``,
+#: where ``left``/``right`` say that side of the word is an ASCII letter or digit and needs a word
+#: boundary in the text, and ``runs`` (collapsing view only, for a word with a repeat of its own
+#: such as QQ or 扣扣) how many of each character the text must repeat at least: QQ hits ``qqq``
+#: but not every ``q``.
+Owner = tuple[str, str, str, str, bool, bool, tuple[int, ...] | None]
+
+
 class Matcher:
-    """One automaton over a set of word lists and allow phrases.
+    """One automaton over a set of word lists and allow phrases, for one view of the text
+    (``collapse``: repeats collapsed, see :meth:`Normaliser.words`).
 
     Pattern order: words, allow phrases, the ``requires`` strings of normalised-view patterns
-    (so the scan says for free which regexes are worth running), digit markers (two digits in a row, at least one a
-    Chinese numeral: the digit view is worth building), then every traditional or capital letter.
+    (so the scan says for free which regexes are worth running), then every character the table
+    changes that the pure-Python path cannot see otherwise (see :meth:`scan_counts`).
     """
 
-    def __init__(self, lists: Sequence[tuple[str, Iterable[str]]], allow: Iterable[str],
-                 triggers: Iterable[str] = ()) -> None:
+    def __init__(self, lists: Sequence[tuple[str, Iterable[Entry]]], allow: Iterable[str],
+                 triggers: Iterable[str] = (), collapse: bool = False, like: Matcher | None = None) -> None:
         norm = normaliser()
+        self.collapse = collapse
+        key = norm.words if collapse else norm.normalise
         index: dict[str, int] = {}
-        self.owners: list[list[tuple[str, str]]] = []
-        for source, words in lists:
-            for word in words:
-                key = norm.normalise(word)
-                if not key:
-                    log.warning("sensitive_word_empty", word=word, source=source)
-                    continue
-                if key not in index:
-                    index[key] = len(self.owners)
+        self.owners: list[list[Owner]] = []
+        boundary, deleted = norm.boundary, norm.deleted
+        for source, entries in lists:
+            for word, tag, advice, _ in entries:
+                k = key(word)
+                if not k:
+                    continue  # SensitiveFilter.build warns about these
+                if k not in index:
+                    index[k] = len(self.owners)
                     self.owners.append([])
-                if (word, source) not in self.owners[index[key]]:
-                    self.owners[index[key]].append((word, source))
+                kept = [c for c in word if c not in deleted]
+                runs = None
+                if collapse and len(k) < len(norm.normalise(word)):
+                    runs = tuple(c for _, _, c in norm.word_spans(word))
+                owner = (word, source, tag, advice, kept[0] in boundary, kept[-1] in boundary, runs)
+                if owner not in self.owners[index[k]]:
+                    self.owners[index[k]].append(owner)
         patterns = list(index)
         self.n_words = len(patterns)
-        for phrase in dict.fromkeys(norm.normalise(a) for a in allow):
+        for phrase in dict.fromkeys(key(a) for a in allow):
             if phrase:
                 patterns.append(phrase)
         self.n_allow = len(patterns)
-        self.triggers = [t for t in dict.fromkeys(norm.normalise(x) for x in triggers) if t]
+        self.triggers = [t for t in dict.fromkeys(key(x) for x in triggers) if t]
         patterns.extend(self.triggers)
         self.n_triggers = len(patterns)
-        digits = CN_DIGITS + "0123456789"
-        patterns.extend(a + b for a in digits for b in digits if a in CN_DIGITS or b in CN_DIGITS)
-        self.n_markers = len(patterns)
+        #: What the automaton is built from: a matcher for the other view with the same keys
+        #: (no word, phrase or trigger holds a repeat) shares the automaton.
+        self.keys = tuple(patterns)
+        self.words = len(index)
+        self._allow_key, self._trigger_key, self._letter_key = (self.n_words,), (self.n_allow,), (self.n_triggers,)
+        if like is not None and like.keys == self.keys:
+            self.ac, self.covers = like.ac, like.covers
+            return
         patterns.extend(norm.letters)
         self.ac = ahocorasick_rs.AhoCorasick(patterns, implementation=ahocorasick_rs.Implementation.DFA)
-        self.words = len(index)
         #: For each allow phrase, the word matches inside it as ``(word, start, end)`` relative
         #: to the phrase: a word match lies inside an allowed match exactly when it is one of
         #: these, shifted by the allowed match's start (a set difference instead of a loop).
         self.covers = [tuple(m for m in self.ac.find_matches_as_indexes(phrase, overlapping=True) if m[0] < self.n_words)
                        for phrase in patterns[self.n_words:self.n_allow]]
-        self._allow_key, self._trigger_key, self._marker_key = (self.n_words,), (self.n_allow,), (self.n_triggers,)
 
     def scan(self, text: str) -> tuple[str, list[tuple[int, int, int]]]:
-        """The normalised text and the automaton's matches in it."""
-        n, ms, _, _ = self.scan_counts(text)
-        return n, ms
+        """The text the automaton scanned (normalised; repeats collapsed if ``collapse``) and
+        the automaton's matches in it."""
+        _, w, ms, *_ = self.scan_counts(text)
+        return w, ms
 
-    def scan_counts(self, text: str) -> tuple[str, list[tuple[int, int, int]], int, int]:
-        """:meth:`scan`, plus how many ASCII characters and ASCII digits the normalised text
-        holds (what the pattern gates count), each ``-1`` when not known for free.
+    def scan_counts(self, text: str) -> tuple[str, str, list[tuple[int, int, int]], int, int, int, int]:
+        """``(normalised, scanned, matches, ascii, digits, ascii_in, digits_in)``: the
+        normalised text, the text scanned (the normalised text itself unless repeats were
+        collapsed), the matches, how many ASCII characters and ASCII digits the normalised text
+        and ``text`` hold (what the pattern gates count), each ``-1`` when not known for free.
 
-        With the C fold (``plugins._fold``) this is one pass over the text and one scan.
-        Otherwise cheapest checks first: common punctuation goes with ``str.replace``; the ASCII
-        part (``encode("ascii", "ignore")``, a C loop) shows ASCII symbols and capitals;
-        ``isalnum`` and ``is_normalized`` (C loops that stop early) prove there is nothing else to
-        remove or fold; the scan itself reports traditional characters. Only a text that fails a
-        check pays for the ≈30 ns/char ``str.translate``, and only then is scanned twice.
+        With the C fold (``plugins._fold``) this is one pass over the text and one scan (two
+        passes when repeats are collapsed). Otherwise cheapest checks first: common punctuation
+        goes with ``str.replace``, and so do Chinese numerals; the ASCII part (``encode("ascii",
+        "ignore")``, a C loop) shows ASCII symbols and capitals; ``isalnum`` and ``is_normalized``
+        (C loops that stop early) prove there is nothing else to remove or fold; the scan itself
+        reports other characters the table changes. Only a text that fails a check pays for the
+        ≈30 ns/char ``str.translate``, and only then is scanned twice.
         """
         norm = _normaliser
         assert norm is not None
         if norm.fold is not None:
-            t, ascii_n, digits_n = norm.fold(text)
-            return t, self.ac.find_matches_as_indexes(t, overlapping=True), ascii_n, digits_n
+            t, ascii_n, digits_n, ascii_in, digits_in, repeats = norm.fold(text)
+            w = norm.fold_words(text) if repeats and self.collapse else t  # type: ignore[misc]
+            return t, w, self.ac.find_matches_as_indexes(w, overlapping=True), ascii_n, digits_n, ascii_in, digits_in
         t = text
         for c in EAGER:
             if c in t:
                 t = t.replace(c, "")
+        for c, d in norm.cn_digits:
+            if c in t:
+                t = t.replace(c, d)
         b: bytes | None = t.encode("ascii", "ignore")
         upper = b != b.lower()
         if not t.isalnum() and t:
@@ -408,24 +599,29 @@ class Matcher:
             t, b = (lower, b) if len(lower) == len(t) else (text.translate(norm.table), None)
         ac = self.ac
         ms = ac.find_matches_as_indexes(t, overlapping=True)
-        if ms and max(ms)[0] >= self.n_markers:
+        if ms and max(ms)[0] >= self.n_triggers:
             t, b = text.translate(norm.table), None
             ms = ac.find_matches_as_indexes(t, overlapping=True)
+        w = t
+        if self.collapse:
+            w = norm.words(text, t)
+            if w is not t:
+                ms = ac.find_matches_as_indexes(w, overlapping=True)
         if b is None:
-            return t, ms, -1, -1
-        return t, ms, len(b), len(b) - len(b.translate(None, b"0123456789"))
+            return t, w, ms, -1, -1, -1, -1
+        return t, w, ms, len(b), len(b) - len(b.translate(None, b"0123456789")), -1, -1
 
-    def classify(self, n: str, ms: list[tuple[int, int, int]]
-                 ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], frozenset[str], bool]:
-        """Split the matches of :meth:`scan` (sorted in place, by pattern index) into word
-        matches outside allowed phrases, allowed matches, the trigger strings found, and whether a
-        digit marker was found. The pattern order makes each kind one slice, found by bisection."""
+    def classify(self, w: str, ms: list[tuple[int, int, int]]
+                 ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], frozenset[str]]:
+        """Split the matches of :meth:`scan` in ``w`` (sorted in place, by pattern index) into
+        word matches outside allowed phrases, allowed matches and the trigger strings found. The
+        pattern order makes each kind one slice, found by bisection."""
         ms.sort()
         if ms[-1][0] < self.n_words:
-            return ms, [], _NOTHING, False
-        w = bisect_left(ms, self._allow_key)
-        a = bisect_left(ms, self._trigger_key, w)
-        found, allowed = ms[:w], ms[w:a]
+            return ms, [], _NOTHING
+        w_end = bisect_left(ms, self._allow_key)
+        a = bisect_left(ms, self._trigger_key, w_end)
+        found, allowed = ms[:w_end], ms[w_end:a]
         if found and allowed:
             inside = set()
             for k, s, _ in allowed:
@@ -433,14 +629,15 @@ class Matcher:
                     inside.add((idx, s + x, s + y))
             found = [] if inside.issuperset(found) else [f for f in found if f not in inside]
         if a == len(ms):
-            return found, allowed, _NOTHING, False
-        t = bisect_left(ms, self._marker_key, a)
-        return found, allowed, frozenset(n[x:y] for _, x, y in ms[a:t]), t < len(ms)
+            return found, allowed, _NOTHING
+        t = bisect_left(ms, self._letter_key, a)
+        return found, allowed, frozenset(w[x:y] for _, x, y in ms[a:t]) if t > a else _NOTHING
 
 
-def min_ascii(regex: str, digits: bool = False) -> int:
+def min_ascii(regex: str, digits: bool = False, ignore_case: bool = False) -> int:
     """How many ASCII characters (``digits``: ASCII digits) any match of ``regex`` must contain;
-    0 when unsure.
+    0 when unsure. ``ignore_case``: letters do not count (under ``re.IGNORECASE`` a ``k`` also
+    matches the Kelvin sign).
 
     A text with fewer cannot match, so the regex is not run at all: most chat messages have no
     or few ASCII characters, and one regex search costs about as much as the whole word scan.
@@ -451,9 +648,14 @@ def min_ascii(regex: str, digits: bool = False) -> int:
     top = 58 if digits else 128
     bottom = 48 if digits else 0
 
+    def counts(lo: int, hi: int) -> bool:
+        if not (bottom <= lo and hi < top):
+            return False
+        return not ignore_case or not any(chr(c).isalpha() for c in range(lo, hi + 1))
+
     def within(items: list) -> bool:
         for op, av in items:
-            if op is C.LITERAL and bottom <= av < top or op is C.RANGE and bottom <= av[0] and av[1] < top:
+            if op is C.LITERAL and counts(av, av) or op is C.RANGE and counts(*av):
                 continue
             if op is C.CATEGORY and av is C.CATEGORY_DIGIT:
                 continue
@@ -464,7 +666,7 @@ def min_ascii(regex: str, digits: bool = False) -> int:
         total = 0
         for op, av in seq:
             if op is C.LITERAL:
-                total += bottom <= av < top
+                total += counts(av, av)
             elif op is C.IN:
                 total += within(av)
             elif op is C.SUBPATTERN:
@@ -490,163 +692,232 @@ _recent: dict[tuple, Matcher] = {}
 
 class _Rule:
     __slots__ = ("name", "regex", "original", "inbound", "outbound", "min_ascii", "min_digits", "requires",
-                 "triggers")
+                 "triggers", "tag", "advice")
 
-    def __init__(self, p: Pattern) -> None:
+    def __init__(self, p: Pattern, collapse: bool) -> None:
         self.name = p.name
         self.regex = re.compile(p.regex, re.IGNORECASE if p.ignore_case else 0)
         self.original = p.on == "original"
         self.inbound = p.inbound
         self.outbound = p.outbound
-        self.min_ascii = 0 if p.ignore_case else min_ascii(p.regex)
-        self.min_digits = 0 if p.ignore_case else min_ascii(p.regex, digits=True)
+        self.min_ascii = min_ascii(p.regex, ignore_case=p.ignore_case)
+        self.min_digits = min_ascii(p.regex, digits=True)
         self.requires = p.requires
-        #: For normalised-view patterns the automaton finds the ``requires`` strings.
-        self.triggers = frozenset(normalise(x) for x in p.requires) if not self.original else frozenset()
+        self.tag = p.tag
+        self.advice = p.advice
+        #: For normalised-view patterns the automaton finds the ``requires`` strings, in the
+        #: form of the view it scans.
+        key = normalise_words if collapse else normalise
+        self.triggers = frozenset(key(x) for x in p.requires) if not self.original else frozenset()
+
+
+#: A hit before it becomes a ``Hit``: ``(start, -end, order, word, source, group, tag, advice)``;
+#: ``group`` is the list for words and ``""`` for every pattern (a URL inside an e-mail address
+#: is part of it).
+_Row = tuple[int, int, int, str, str, str, str, str]
 
 
 class SensitiveFilter:
-    """A policy's compiled ``[sensitive]`` section: a (shared) matcher, actions per list and
-    pattern, the compiled patterns."""
+    """A policy's compiled ``[sensitive]`` section: a (shared) matcher per direction, actions
+    per list and pattern, the compiled patterns, per-word mask texts and the warnings about the
+    lists."""
 
-    def __init__(self, matcher: Matcher, actions: dict[str, tuple[str, str]], rules: list[_Rule],
-                 mask_char: str, enabled: bool = True) -> None:
-        self.matcher = matcher
+    def __init__(self, matchers: dict[str, Matcher], actions: dict[str, tuple[str, str]],
+                 rules: dict[str, list[_Rule]], mask_char: str, enabled: bool = True,
+                 replace: dict[tuple[str, str], str] | None = None, warnings: Sequence[str] = ()) -> None:
+        self.matchers = matchers
+        self.matcher = matchers["outbound"]
         self.actions = actions
-        self.rules = rules
+        self.rules = rules["outbound"]
+        self._rules = rules
         self.mask_char = mask_char
         self.enabled = enabled
-        self.pattern_names = frozenset(r.name for r in rules)
-        #: The rules that may run on a text in which no ``requires`` string was found.
-        self.untriggered = [r for r in rules if not r.triggers]
+        self.replace = replace or {}
+        self.warnings = tuple(warnings)
+        self.pattern_names = frozenset(r.name for r in self.rules)
+        #: Per direction: the rules that may run on a text in which no ``requires`` string was
+        #: found, and whether any rule looks at the text as typed.
+        self._untriggered = {d: [r for r in rs if not r.triggers] for d, rs in rules.items()}
 
     @classmethod
     def build(cls, cfg: SensitiveConfig, base: Path, file: str, cache: dict) -> SensitiveFilter:
-        lists: list[tuple[str, tuple[str, ...]]] = []
+        lists: list[tuple[str, tuple[Entry, ...]]] = []
         actions: dict[str, tuple[str, str]] = {}
+        replace: dict[tuple[str, str], str] = {}
+        warnings: list[str] = []
+        collapse = set(cfg.collapse_repeats)
+        norm = normaliser()
         for i, wl in enumerate(cfg.lists):
             if wl.inbound == "off" and wl.outbound == "off":
                 continue
-            words = list(wl.words)
+            lines = [(f"sensitive.lists[{i}].words[{j}]", w) for j, w in enumerate(wl.words)]
             files = [(f"sensitive.lists[{i}].file", wl.file)] if wl.file else []
             files += [(f"sensitive.lists[{i}].extra_files[{j}]", f) for j, f in enumerate(wl.extra_files)]
             for key, name in files:
-                words += _read(base, name, file, key)
-            lists.append((wl.name, tuple(words)))
+                lines += [(key, w) for w in _read(base, name, file, key)]
+            entries: list[Entry] = []
+            for key, line in lines:
+                try:
+                    word, tag, advice, rep = parse_entry(line)
+                except ValueError as exc:
+                    raise ConfigError(file, key, str(exc)) from None
+                short = _too_short(norm, word)
+                if short is not None:
+                    warnings.append(f"{file}: {key}: {short}")
+                    if not short.endswith("kept"):
+                        continue
+                entries.append((word, tag or wl.tag, advice or wl.advice, rep))
+                if rep:
+                    replace[(word, wl.name)] = rep
+            lists.append((wl.name, tuple(entries)))
             actions[wl.name] = (wl.inbound, wl.outbound)
         allow = list(cfg.allow)
         for j, name in enumerate(cfg.allow_files):
             allow += _read(base, name, file, f"sensitive.allow_files[{j}]")
-        rules = [_Rule(p) for p in cfg.patterns if (p.inbound, p.outbound) != ("off", "off")]
-        triggers = tuple(sorted({t for r in rules for t in r.triggers}))
-        key = (tuple(lists), tuple(allow), triggers)
-        matcher = cache.get(key) or _recent.get(key)
-        if matcher is None:
-            matcher = Matcher(lists, allow, triggers)
-        cache[key] = _recent[key] = matcher
+        patterns = [p for p in cfg.patterns if (p.inbound, p.outbound) != ("off", "off")]
+        matchers: dict[str, Matcher] = {}
+        rules: dict[str, list[_Rule]] = {}
+        for direction in ("inbound", "outbound"):
+            on = direction in collapse
+            rules[direction] = [_Rule(p, on) for p in patterns]
+            triggers = tuple(sorted({x for p in patterns if p.on != "original" for x in p.requires}))
+            key = (tuple(lists), tuple(allow), triggers, on)
+            matcher = cache.get(key) or _recent.get(key)
+            if matcher is None:
+                matcher = Matcher(lists, allow, triggers, collapse=on, like=next(iter(matchers.values()), None))
+            cache[key] = _recent[key] = matchers[direction] = matcher
         while len(_recent) > 8:
             del _recent[next(iter(_recent))]
-        for r in rules:
-            actions[r.name] = (r.inbound, r.outbound)
-        return cls(matcher, actions, rules, cfg.mask_char, cfg.enabled)
+        for p in patterns:
+            actions[p.name] = (p.inbound, p.outbound)
+        return cls(matchers, actions, rules, cfg.mask_char, cfg.enabled, replace, dict.fromkeys(warnings))
 
-    def hits(self, text: str) -> list[Hit]:
-        """Every finding in ``text`` (any list or pattern, either direction), in text order,
-        with positions in ``text``. Dropped: hits inside an allowed phrase, and hits inside a
-        longer hit of the same list (加微信 reports 加微信, not also 加微 and 微信).
+    def hits(self, text: str, direction: Direction = "outbound") -> list[Hit]:
+        """Every finding in ``text`` (any list or pattern, whatever their actions), seen as
+        ``direction`` sees it (repeats collapsed or not), in text order, with positions in
+        ``text``. Dropped: hits inside an allowed phrase, word hits whose ASCII side runs on
+        into a longer word, hits inside a longer hit of the same list (加微信 reports 加微信,
+        not also 加微 and 微信) and pattern hits inside a longer pattern hit.
 
         The common message (no match, or only words inside allowed phrases, no pattern worth
         running) returns after the scan, the sort of its few matches and a few C-level checks;
         the position map is built only for texts with hits."""
         if not self.enabled or not text:
             return []
-        m = self.matcher
-        n, ms, ascii_n, digits_n = m.scan_counts(text)
+        m = self.matchers[direction]
+        n, w, ms, ascii_n, digits_n, ascii_in, digits_in = m.scan_counts(text)
         if ms:
-            found, allowed, triggered, digits = m.classify(n, ms)
+            found, allowed, triggered = m.classify(w, ms)
         else:
-            found, allowed, triggered, digits = ms, ms, _NOTHING, False
-        pattern_hits = self._pattern_hits(text, n, ascii_n, digits_n, allowed, triggered, digits) if self.rules else []
+            found, allowed, triggered = ms, ms, _NOTHING
+        rules = self._rules[direction]
+        pattern_hits = self._pattern_hits(text, n, ascii_n, digits_n, ascii_in, digits_in, triggered,
+                                          rules if triggered else self._untriggered[direction]) if rules else []
         if not found and not pattern_hits:
             return []
-        return self._report(text, n, found, allowed, pattern_hits)
+        return self._report(text, n, w, m, found, allowed, pattern_hits)
 
-    def _pattern_hits(self, text: str, n: str, ascii_n: int, digits_n: int, allowed: list[tuple[int, int, int]],
-                      triggered: frozenset[str], digits: bool) -> list[tuple[int, int, _Rule]]:
+    @staticmethod
+    def _pattern_hits(text: str, n: str, ascii_n: int, digits_n: int, ascii_in: int, digits_in: int,
+                      triggered: frozenset[str], rules: list[_Rule]) -> list[tuple[int, int, _Rule]]:
         """Matches of the patterns worth running: ``(start, end, rule)``, in normalised
-        positions for ``on = "normalised"`` rules, in ``text`` for ``on = "original"``.
-        ``ascii_n``, ``digits_n``: the ASCII characters and ASCII digits of ``n``, ``-1`` if
-        not known (see :meth:`Matcher.scan_counts`)."""
-        view = n
-        if digits:
-            view = n.translate(_CN_TABLE)
-            ascii_n = -1
-        if ascii_n < 0:
-            ascii_b = view.encode("ascii", "ignore")
-            ascii_n = len(ascii_b)
-            digits_n = ascii_n - len(ascii_b.translate(None, b"0123456789"))
-        if not ascii_n:
-            return []
+        positions for ``on = "normalised"`` rules, in ``text`` for ``on = "original"``. The
+        ASCII gates count the text each rule runs on (``-1``: not known yet, see
+        :meth:`Matcher.scan_counts`)."""
         out: list[tuple[int, int, _Rule]] = []
-        for r in self.rules if triggered else self.untriggered:
-            if ascii_n < r.min_ascii or digits_n < r.min_digits:
-                continue
-            if r.triggers:
-                if r.triggers.isdisjoint(triggered):
-                    continue
-                subject = view
-            else:
-                subject = text if r.original else view
+        for r in rules:
+            if r.original:
+                if r.min_ascii:
+                    if ascii_in < 0:
+                        ascii_b = text.encode("ascii", "ignore")
+                        ascii_in = len(ascii_b)
+                        digits_in = ascii_in - len(ascii_b.translate(None, b"0123456789"))
+                    if ascii_in < r.min_ascii or digits_in < r.min_digits:
+                        continue
                 if r.requires:
                     for x in r.requires:
-                        if x in subject:
+                        if x in text:
                             break
                     else:
                         continue
+                subject = text
+            else:
+                if ascii_n < 0:
+                    ascii_b = n.encode("ascii", "ignore")
+                    ascii_n = len(ascii_b)
+                    digits_n = ascii_n - len(ascii_b.translate(None, b"0123456789"))
+                if ascii_n < r.min_ascii or digits_n < r.min_digits:
+                    continue
+                if r.triggers and r.triggers.isdisjoint(triggered):
+                    continue
+                subject = n
             for mo in r.regex.finditer(subject):
                 a, b = mo.span()
-                if b > a and (r.original or not any(s <= a and b <= e for _, s, e in allowed)):
+                if b > a:
                     out.append((a, b, r))
         return out
 
-    def _report(self, text: str, n: str, found: list[tuple[int, int, int]], allowed: list[tuple[int, int, int]],
-                pattern_hits: list[tuple[int, int, _Rule]]) -> list[Hit]:
+    def _report(self, text: str, n: str, w: str, m: Matcher, found: list[tuple[int, int, int]],
+                allowed: list[tuple[int, int, int]], pattern_hits: list[tuple[int, int, _Rule]]) -> list[Hit]:
         """The hits in ``text``'s positions, in text order (longer first), without the hits
-        that a longer hit of the same list contains.
+        that a longer hit of the same group contains and the word hits that run on into a
+        longer ASCII word.
 
         A word's normalised characters are fixed points of the table, so each literal occurrence
         of it in ``text`` is one of its occurrences in the normalised text, in the same order.
         When ``text`` has as many literal occurrences as the normalised text has occurrences (the
         word was typed as listed, the usual case), the k-th is the k-th and ``str.find`` gives
-        the position. Any other hit goes through the position map, built once on first need."""
+        the position. Any other hit goes through the position map, built once on first need; in
+        a collapsed view (``w`` is not ``n``) through the run map, a hit covering whole runs."""
+        norm = normaliser()
         locate: Callable[[int], int] | None = None
-        owners = self.matcher.owners
-        rows: list[tuple[int, int, int, str, str]] = []  # (start, -end, order, word, source)
+        spans: list[tuple[int, int, int]] | None = None
+        owners, boundary = m.owners, norm.boundary
+        rows: list[_Row] = []
+
+        def span(a: int, b: int) -> tuple[int, int]:
+            nonlocal locate, spans
+            if w is not n:
+                spans = spans or norm.word_spans(text)
+                return spans[a][0], spans[b - 1][1] + 1
+            locate = locate or norm.locator(text, len(n))
+            return locate(a), locate(b - 1) + 1
+
         for idx, a, b in found:
-            key = n[a:b]
-            start = text.find(key)
-            if start >= 0 and n.find(key) == a and n.find(key, a + 1) < 0:
+            key = w[a:b]
+            if w is not n:
+                start, end = span(a, b)
+            elif (start := text.find(key)) >= 0 and n.find(key) == a and n.find(key, a + 1) < 0:
                 end = start + b - a
             elif len(spots := _find_all(n, key)) == len(typed := _find_all(text, key)):
                 start = typed[spots.index(a)]
                 end = start + b - a
             else:
-                locate = locate or normaliser().locator(text, len(n))
-                start, end = locate(a), locate(b - 1) + 1
-            for word, source in owners[idx]:
-                rows.append((start, -end, len(rows), word, source))
+                start, end = span(a, b)
+            for word, source, tag, advice, left, right, runs in owners[idx]:
+                if left and start and text[start - 1] in boundary or right and end < len(text) and text[end] in boundary:
+                    continue
+                if runs is not None:  # QQ: the text must repeat the q (all runs are 1 when w is n)
+                    if w is n:
+                        continue
+                    spans = spans or norm.word_spans(text)
+                    if any(spans[a + k][2] < r for k, r in enumerate(runs)):
+                        continue
+                rows.append((start, -end, len(rows), word, source, source, tag, advice))
         if pattern_hits:
-            locate = locate or normaliser().locator(text, len(n))
+            held = [span(s, e) for _, s, e in allowed]
             for a, b, r in pattern_hits:
                 if not r.original:
+                    locate = locate or norm.locator(text, len(n))
                     a, b = locate(a), locate(b - 1) + 1
-                elif any(locate(s) <= a and b <= locate(e - 1) + 1 for _, s, e in allowed):
+                if any(s <= a and b <= e for s, e in held):
                     continue
-                rows.append((a, -b, len(rows), text[a:b], r.name))
+                rows.append((a, -b, len(rows), text[a:b], r.name, "", r.tag, r.advice))
         if len(rows) > 1:
             rows.sort()
             rows = _outermost(rows)
-        return [Hit(word, start, -neg_end, source) for start, neg_end, _, word, source in rows]
+        return [Hit(word, start, -neg_end, source, tag, advice)
+                for start, neg_end, _, word, source, _, tag, advice in rows]
 
     def action(self, hit: Hit, direction: Direction) -> str:
         inbound, outbound = self.actions.get(hit.source, ("off", "off"))
@@ -654,14 +925,27 @@ class SensitiveFilter:
 
     def check(self, text: str, direction: Direction = "outbound") -> list[Hit]:
         """The hits that matter in ``direction`` (lists and patterns not ``off`` there)."""
-        return [h for h in self.hits(text) if self.action(h, direction) != "off"]
+        return [h for h in self.hits(text, direction) if self.action(h, direction) != "off"]
 
     def mask(self, text: str, hits: Iterable[Hit]) -> str:
-        """``text`` with every character of each hit (separators inside included) masked."""
-        chars = list(text)
-        for h in hits:
-            chars[h.start:h.end] = self.mask_char * (h.end - h.start)
-        return "".join(chars)
+        """``text`` with every character of each hit (separators inside included) masked, or
+        replaced by the entry's ``replace`` text when one hit alone covers the span."""
+        groups: list[list] = []  # [start, end, replacement or None]
+        for h in sorted(hits, key=lambda h: (h.start, -h.end)):
+            rep = self.replace.get((h.word, h.source))
+            if groups and h.start < groups[-1][1]:
+                g = groups[-1]
+                if h.end > g[1] or rep != g[2] or h.start != g[0]:
+                    g[1], g[2] = max(g[1], h.end), None
+                continue
+            groups.append([h.start, h.end, rep])
+        out, i = [], 0
+        for start, end, rep in groups:
+            out.append(text[i:start])
+            out.append(rep if rep is not None else self.mask_char * (end - start))
+            i = end
+        out.append(text[i:])
+        return "".join(out)
 
     def verdict(self, text: str, direction: Direction) -> FilterVerdict | None:
         """The hook's answer. Flags are ``sensitive:微信`` for a listed word and
@@ -686,6 +970,23 @@ class SensitiveFilter:
 _NOTHING: frozenset[str] = frozenset()
 
 
+def _too_short(norm: Normaliser, word: str) -> str | None:
+    """Why an entry is suspicious, or ``None``: one that normalises to nothing is skipped; one
+    that normalises to a single character (``b\x7f`` from a public dictionary) hits that
+    character everywhere, so it is skipped unless it was written as that one character (操, a
+    deliberate single-character entry). QQ and 谢谢 are fine: collapsing keeps their repeat as a
+    minimum (see ``Owner``)."""
+    k = norm.normalise(word)
+    if len(k) >= 2:
+        return None
+    if not k:
+        return f"entry {word!r} normalises to nothing: skipped"
+    written = word.strip()
+    if len(written) == 1:
+        return f"entry {word!r} is a single character: it hits every {k!r}, kept"
+    return f"entry {word!r} normalises to {k!r} (fewer than 2 characters, it would hit every {k!r}): skipped"
+
+
 def _find_all(text: str, part: str) -> list[int]:
     """Where ``part`` starts in ``text``, overlapping occurrences included."""
     out = []
@@ -696,15 +997,15 @@ def _find_all(text: str, part: str) -> list[int]:
     return out
 
 
-def _outermost(rows: list[tuple[int, int, int, str, str]]) -> list[tuple[int, int, int, str, str]]:
-    """``rows`` (sorted ``(start, -end, order, word, source)``) without those that a row of
-    the same source with another span contains. A container sorts before what it contains."""
-    kept: list[tuple[int, int, int, str, str]] = []
+def _outermost(rows: list[_Row]) -> list[_Row]:
+    """``rows`` (sorted by ``(start, -end)``) without those that a row of the same group with
+    another span contains. A container sorts before what it contains."""
+    kept: list[_Row] = []
     for row in rows:
-        start, neg_end, _, _, source = row
-        for k_start, k_neg_end, _, _, k_source in kept:
-            if (k_source == source and k_start <= start and k_neg_end <= neg_end
-                    and (k_start != start or k_neg_end != neg_end)):
+        start, neg_end, _, _, _, group, _, _ = row
+        for k in kept:
+            if (k[5] == group and k[0] <= start and k[1] <= neg_end
+                    and (k[0] != start or k[1] != neg_end)):
                 break
         else:
             kept.append(row)
@@ -742,12 +1043,14 @@ def fenliu_policy_sections() -> Mapping[str, type[msgspec.Struct]]:
 
 @hookimpl
 def fenliu_configure(config: Config) -> None:
-    """Read every word file and build the automata now (one per distinct set of lists)."""
+    """Read every word file and build the automata now (one per distinct set of lists and view)."""
     start = time.perf_counter()
     cache: dict = {}
     for name, policy in config.policies.items():
-        policy.sensitive.compile(config.dir, config.policy_file(name), cache)
-    log.info("sensitive_configured", policies=len(config.policies), automata=len(cache),
+        f = policy.sensitive.compile(config.dir, config.policy_file(name), cache)
+        for warning in f.warnings:
+            log.warning("sensitive_entry", warning=warning)
+    log.info("sensitive_configured", policies=len(config.policies), automata=len({id(m.ac) for m in cache.values()}),
              words=sum(m.words for m in cache.values()), ms=round((time.perf_counter() - start) * 1000, 1))
 
 
@@ -763,5 +1066,5 @@ def fenliu_outbound_filter(reply: Reply, ctx: HookContext) -> FilterVerdict | No
 
 __all__ = [
     "DEFAULT_PATTERNS", "Matcher", "Normaliser", "Pattern", "SensitiveConfig", "SensitiveFilter",
-    "WordList", "check_text", "normalise",
+    "WordList", "check_text", "normalise", "normalise_words", "parse_entry",
 ]

@@ -92,12 +92,15 @@ class FilterVerdict(msgspec.Struct, frozen=True):
 
 class Hit(msgspec.Struct, frozen=True):
     """One forbidden word found: ``word`` as listed, ``[start, end)`` in the original text,
-    ``source`` the word list (or pattern) that matched."""
+    ``source`` the word list (or pattern) that matched, ``tag`` its category (引流, 广告法 …,
+    what quality inspection counts) and ``advice`` a compliant alternative the workbench offers."""
 
     word: str
     start: int
     end: int
     source: str = ""
+    tag: str = ""
+    advice: str = ""
 
 
 class BotReply(msgspec.Struct, frozen=True):

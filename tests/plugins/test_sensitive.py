@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import unicodedata
 from pathlib import Path
 
 import msgspec
@@ -62,7 +63,8 @@ def test_c_fold_is_built_where_a_compiler_is():
 
 
 _FOLD_ALPHABET = st.one_of(
-    st.sampled_from(list("微信加VXvxＶＸ支付寶①③⑧一三八0123456789 -.，。！？\u200b\ufeff\u0301İßﬁ™㎏🌹𝐕\U00020000\U0002F800")),
+    st.sampled_from(list("微信加VXvxＶＸ支付寶①③⑧一三八0123456789 -.，。！？\u200b\ufeff\u0301İßﬁ™㎏🌹𝐕\U00020000\U0002F800"
+                         "ffuu五五星星١١٣Ⓐⓐ⒜❶➀➊⓵⓿ⅣⅣ🅐🅰ᴀéē11")),
     st.characters(codec="utf-8"),
 )
 
@@ -70,22 +72,29 @@ _FOLD_ALPHABET = st.one_of(
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet=_FOLD_ALPHABET, max_size=80))
 def test_c_fold_equals_translate_with_the_table(text):
-    """The C fold is ``str.translate`` with the table, plus the ASCII and digit counts."""
+    """The C fold is ``str.translate`` with the table, plus the ASCII and digit counts of both
+    texts, and its ``words`` is the pure-Python collapse (counted by ``repeats``)."""
     norm = normaliser()
     if sensitive.Folder is None:
         pytest.skip("plugins._fold is not built")
-    n, ascii_n, digits_n = _c_fold()(text)
+    folder = _c_folder()
+    n, ascii_n, digits_n, ascii_in, digits_in, repeats = folder.fold(text)
     expected = text.translate(norm.table)
     assert n == expected
     assert ascii_n == sum(c.isascii() for c in expected)
     assert digits_n == sum(c in "0123456789" for c in expected)
+    assert ascii_in == sum(c.isascii() for c in text)
+    assert digits_in == sum(c in "0123456789" for c in text)
     if expected == text:
         assert n is text
+    w = folder.words(text)
+    assert w == norm.words(text) == norm.words(text, expected)
+    assert len(expected) - len(w) == repeats
 
 
 @functools.cache
-def _c_fold():
-    return sensitive.Folder(sensitive.array("i", (-1 if v is None else v for v in normaliser().table))).fold
+def _c_folder():
+    return sensitive.Folder(sensitive.array("i", (-1 if v is None else v for v in normaliser().table)))
 
 
 def test_c_fold_rejects_bad_tables():
@@ -97,6 +106,8 @@ def test_c_fold_rejects_bad_tables():
         sensitive.Folder(b"")
     with pytest.raises(TypeError):
         sensitive.Folder(sensitive.array("i", [0])).fold(b"x")
+    with pytest.raises(TypeError):
+        sensitive.Folder(sensitive.array("i", [0])).words(b"x")
 
 
 def compiled(**kw) -> sensitive.SensitiveFilter:
@@ -114,17 +125,18 @@ def compiled(**kw) -> sensitive.SensitiveFilter:
     ("微\u3000信", "微信"), ("微，信", "微信"), ("微🌹信", "微信"),
     ("微\u200b信", "微信"), ("微\u200c信", "微信"), ("微\u200d信", "微信"), ("微\ufeff信", "微信"),
     ("微\u2060信", "微信"), ("ＶＸ", "vx"), ("Vx", "vx"), ("VX", "vx"), ("ｖｘ", "vx"),
-    ("①③⑧", "138"), ("１３８", "138"), ("支付寶", "支付宝"), ("二維碼", "二维码"), ("聯繫", "联系"),
+    ("①③⑧", "138"), ("１３８", "138"), ("支付寶", "支付宝"), ("二維碼", "2维码"), ("聯繫", "联系"),
     ("𝐕𝐗", "vx"), ("Ａ-Ｂ c", "abc"),
 ])
 def test_normalise_undoes_evasions(raw, normal):
     assert normalise(raw) == normal
 
 
-def test_chinese_digits_stay_words_but_patterns_see_digits():
-    assert normalise("第一") == "第一"
+def test_chinese_numerals_are_digits_for_words_and_patterns():
+    assert normalise("第一") == normalise("第1") == "第1"
     f = compiled()
     assert [h.source for h in f.hits("电话一三八一二三四五六七八")] == ["phone_number"]
+    assert [h.word for h in f.hits("全网第1")] == ["第一"]
 
 
 def test_table_is_idempotent_and_one_to_one():
@@ -136,16 +148,23 @@ def test_table_is_idempotent_and_one_to_one():
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.sampled_from(
-    list("微信加我VXvx支付寶宝扫码 -.*_，。！？%：～、①③⑧ＶＸＱ一三八0123456789第最好\u200b\ufeffAbC")), max_size=40))
+    list("微信加我VXvx支付寶宝扫码 -.*_，。！？%：～、①③⑧ＶＸＱ一三八0123456789第最好\u200b\ufeffAbC"
+         "五五微微ffuu١٣Ⓥ❶ē")), max_size=40))
 def test_fast_path_equals_full_translation_and_positions_map_back(text):
     """Whatever shortcut ``scan`` takes, the text it matches is the full normalisation, and the
     position map sends every normalised character back to the character it came from."""
-    m = compiled().matcher
-    n, _ = m.scan(text)
+    f = compiled()
+    n, _ = f.matchers["inbound"].scan(text)
     assert n == normalise(text)
     pos = normaliser().positions(text)
     assert len(pos) == len(n)
     assert "".join(normalise(text[i]) for i in pos) == n
+    w, _ = f.matchers["outbound"].scan(text)
+    assert w == sensitive.normalise_words(text)
+    spans = normaliser().word_spans(text)
+    assert "".join(normalise(text[i]) for i, _, _ in spans) == w
+    assert all(normalise(text[i]) == normalise(text[j]) for i, j, _ in spans)
+    assert sum(c for _, _, c in spans) == len(n)
 
 
 # -- positions, masking, allow-list ---------------------------------------------------------------
@@ -344,9 +363,10 @@ def test_disabled_section_finds_nothing():
 
 
 def test_matcher_words_are_listed_once_per_source():
-    m = Matcher([("contact", ["VX", "vx", "ＶＸ"]), ("other", ["vx"])], [])
+    m = Matcher([("contact", [(w, "", "", "") for w in ("VX", "vx", "ＶＸ")]), ("other", [("vx", "引流", "平台内沟通", "")])], [])
     assert m.n_words == 1
-    assert m.owners[0] == [("VX", "contact"), ("vx", "contact"), ("ＶＸ", "contact"), ("vx", "other")]
+    assert m.owners[0] == [("VX", "contact", "", "", True, True, None), ("vx", "contact", "", "", True, True, None),
+                           ("ＶＸ", "contact", "", "", True, True, None), ("vx", "other", "引流", "平台内沟通", True, True, None)]
 
 
 # -- the corpus ----------------------------------------------------------------------------------------
@@ -472,53 +492,71 @@ def test_policy_section_struct_contract():
 # -- fast paths agree with the plain definition -------------------------------------------------------
 
 
-def _reference_hits(f: sensitive.SensitiveFilter, text: str) -> list[Hit]:
-    """``hits`` computed the slow, obvious way: one full ``str.translate``, the per-character
-    position map, containment tests pair by pair, every pattern run without gates."""
-    m = f.matcher
+def _reference_hits(f: sensitive.SensitiveFilter, text: str, direction: str = "inbound") -> list[Hit]:
+    """``hits`` computed the slow, obvious way: one full ``str.translate`` (and the run map for a
+    collapsing direction), per-character positions, containment and word boundaries tested pair
+    by pair, every pattern run without gates."""
+    m = f.matchers[direction]
+    norm = normaliser()
     n = normalise(text)
-    pos = normaliser().positions(text)
-    ms = m.ac.find_matches_as_indexes(n, overlapping=True)
-    allowed = [(a, b) for i, a, b in ms if m.n_words <= i < m.n_allow]
-    # Chinese digits become ASCII digits when two digits in a row include one (a digit marker).
-    view = n.translate(sensitive._CN_TABLE) if any(i >= m.n_triggers for i, _, _ in ms) else n
+    pos = norm.positions(text)
+    if m.collapse:
+        w, spans = norm.words(text), norm.word_spans(text)
+    else:
+        w, spans = n, [(p, p, 1) for p in pos]
+    ms = m.ac.find_matches_as_indexes(w, overlapping=True)
+    allowed = [(spans[a][0], spans[b - 1][1] + 1) for i, a, b in ms if m.n_words <= i < m.n_allow]
+
+    def inside_word(i: int) -> bool:
+        return 0 <= i < len(text) and normalise(text[i]).isascii() and normalise(text[i]).isalnum() \
+            and unicodedata.category(text[i]) != "Lo"
+
     rows = []
     for i, a, b in ms:
-        if i < m.n_words and not any(s <= a and b <= e for s, e in allowed):
-            rows += [(pos[a], pos[b - 1] + 1, word, source) for word, source in m.owners[i]]
-    for r in f.rules:
-        for mo in r.regex.finditer(text if r.original else view):
+        start, end = spans[a][0], spans[b - 1][1] + 1
+        if i < m.n_words and not any(s <= start and end <= e for s, e in allowed):
+            for word, source, tag, advice, left, right, runs in m.owners[i]:
+                if runs and any(spans[a + k][2] < r for k, r in enumerate(runs)):
+                    continue
+                if not (left and inside_word(start - 1) or right and inside_word(end)):
+                    rows.append((start, end, word, source, source, tag, advice))
+    for r in f._rules[direction]:
+        for mo in r.regex.finditer(text if r.original else n):
             a, b = mo.span()
             if b <= a:
                 continue
-            if r.original:
-                if not any(pos[s] <= a and b <= pos[e - 1] + 1 for s, e in allowed):
-                    rows.append((a, b, text[a:b], r.name))
-            elif not any(s <= a and b <= e for s, e in allowed):
-                rows.append((pos[a], pos[b - 1] + 1, text[pos[a]:pos[b - 1] + 1], r.name))
+            if not r.original:
+                a, b = pos[a], pos[b - 1] + 1
+            if not any(s <= a and b <= e for s, e in allowed):
+                rows.append((a, b, text[a:b], r.name, "", r.tag, r.advice))
     rows.sort(key=lambda x: (x[0], -x[1]))  # stable: words before patterns, list order kept
-    kept = [x for x in rows if not any(y[3] == x[3] and y[0] <= x[0] and x[1] <= y[1] and y[:2] != x[:2] for y in rows)]
-    return [Hit(word, start, end, source) for start, end, word, source in kept]
+    kept = [x for x in rows if not any(y[4] == x[4] and y[0] <= x[0] and x[1] <= y[1] and y[:2] != x[:2] for y in rows)]
+    return [Hit(word, start, end, source, tag, advice) for start, end, word, source, _, tag, advice in kept]
 
 
 _AGREE = list("微信加我VXvxQq支付寶宝扫码扣企鹅号 -.*_，。！？%：～、①③⑧ＶＸＱ一三八幺0123456789第最好次先时间"
-              "\u200b\ufeffAbChttps:/wt.cnom🌹𝐕")
+              "\u200b\ufeffAbChttps:/wt.cnom🌹𝐕@五六九hae")
 
 
 @pytest.fixture(scope="module")
 def agree_filter():
     return SensitiveConfig(lists=(
-        WordList(name="contact", words=("微信", "VX", "QQ", "支付宝", "扫码", "加微信", "扣扣", "qqq", "加我"), inbound="mask"),
-        WordList(name="ad_law", words=("第一", "最好", "第一次买"), inbound="off"),
+        WordList(name="contact", words=("微信", "VX", "QQ", "支付宝", "扫码", "加微信", "扣扣", "qqq", "加我", "加V"),
+                 inbound="mask", tag="引流"),
+        WordList(name="ad_law", words=("第一 | advice=热销", "最好 | advice=很好", "第一次买"), inbound="off"),
+        WordList(name="adult", words=("av", "69", "五星", "扣扣 | tag=引流")),
     ), allow=("第一次", "最好先", "第一时间", "扫码领券")).compile(DEMO)
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.text(alphabet=st.sampled_from(_AGREE), max_size=60))
+@given(st.lists(st.sampled_from(_AGREE + ["av", "have", "69", "微微", "1.2.3.4", "五五", "qq", "扣扣扣"]), max_size=30)
+       .map("".join))
 def test_hits_agree_with_the_plain_definition(agree_filter, text):
     """The shortcuts of ``hits`` (matches sorted and sliced by kind, allow-list by set difference,
-    ``str.find`` instead of the position map, the run-based position map) change nothing."""
-    assert agree_filter.hits(text) == _reference_hits(agree_filter, text)
+    ``str.find`` instead of the position map, the run-based position map, the pattern gates)
+    change nothing, in either view."""
+    assert agree_filter.hits(text, "inbound") == _reference_hits(agree_filter, text, "inbound")
+    assert agree_filter.hits(text, "outbound") == _reference_hits(agree_filter, text, "outbound")
 
 
 @settings(max_examples=300, deadline=None)
@@ -539,4 +577,5 @@ def test_table_is_idempotent_everywhere():
 
 @pytest.mark.parametrize("text", ["qqq", "加微信加微信", "第一第一次第一", "微 信微信", "扣扣扣扣", "VXvx微信VX"])
 def test_repeated_and_overlapping_words_keep_their_positions(agree_filter, text):
-    assert agree_filter.hits(text) == _reference_hits(agree_filter, text)
+    for direction in ("inbound", "outbound"):
+        assert agree_filter.hits(text, direction) == _reference_hits(agree_filter, text, direction)
