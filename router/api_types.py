@@ -10,7 +10,7 @@ contract does not name.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -56,6 +56,7 @@ class IngestRejected(_Body):
     duplicates: int
     accepted_ids: list[str]
     duplicate_ids: list[str]
+    response: Any = UNSET  # a webhook's answer for the platform (a PMC ack), when it has one
 
 
 class Overloaded(_Body):

@@ -54,6 +54,7 @@ Batch = Message | Annotated[list[Message], msgspec.Meta(min_length=1)]
 
 SHOP = ("shop_id", "path", Id, "a shop id from shops.toml")
 BAD = {400: (t.Error, "malformed request: headers, parameters or body (the message names the field)"),
+       408: (t.Error, "the request head did not arrive within server.header_timeout_s"),
        431: (t.Error, "request line or headers over the server's limits")}
 TOO_LARGE = (t.Error, "body over server.max_body_bytes (or a batch over server.max_batch)")
 AUTH = {**BAD, 401: (t.Error, "no bearer token, or one invalid, expired or revoked"),

@@ -17,20 +17,39 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import structlog
 from aiohttp import web
-from aiohttp.hdrs import EXPECT
+from aiohttp.hdrs import CONTENT_ENCODING, EXPECT
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from adapters import WebhookError, adapter_class
 from router import accounts as acct
-from router.accounts import Account
+from router.access import (
+    BOOK,
+    EXPIRES,
+    SERVICE,
+    SOCKETS,
+    TICKETS,
+    AccountBook,
+    HTTPError,
+    Scope,
+    Tickets,
+    agent_of,
+    agent_shops,
+    check_routes,
+    gate,
+    public,
+    signed,
+)
 from router.config import Config
+from router.login import LoginGuard, LoginRefused
 from router.stats import compute, parse_period
-from router.ingest import decode_message, explain
-from router.models import AgentStatusEvent, Message, RatingEvent
+from router.ingest import TOO_DEEP, decode_batch, explain, split_batch
+from router.models import AgentStatus, AgentStatusEvent, Message, RatingEvent
 from router.pipeline import InputError
 from router.service import Overloaded, Service
 
@@ -42,8 +61,6 @@ DEMO_PASSWORD = "demo1234"
 
 _encode = msgspec.json.Encoder().encode
 
-SERVICE = web.AppKey("service", Service)
-SOCKETS = web.AppKey("sockets", set)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -52,9 +69,9 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 # The stable code of a refusal that names no finer one; clients switch on ``error``, people read ``message``.
 CODES: dict[int, str] = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                         405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
-                         422: "invalid", 429: "too_many_requests", 431: "headers_too_large", 500: "internal",
-                         503: "unavailable"}
+                         405: "method_not_allowed", 408: "request_timeout", 409: "conflict", 413: "too_large",
+                         415: "unsupported_media_type", 422: "invalid", 429: "too_many_requests",
+                         431: "headers_too_large", 500: "internal", 503: "unavailable"}
 
 
 def error_body(status: int, reason: str, code: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -64,18 +81,6 @@ def error_body(status: int, reason: str, code: str | None = None, **extra: Any) 
 def error(status: int, reason: str, code: str | None = None, headers: dict[str, str] | None = None,
           **extra: Any) -> web.Response:
     return json_response(error_body(status, reason, code, **extra), status, headers)
-
-
-_batch = msgspec.json.Decoder(list[msgspec.Raw])
-
-
-def split_batch(body: bytes) -> list[msgspec.Raw] | list[bytes]:
-    """One message or a JSON array of them, as raw items (validated one by one later, so one
-    bad item does not sink the others)."""
-    if body.lstrip()[:1] == b"[":
-        return _batch.decode(body)
-    msgspec.json.decode(body)
-    return [body]
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -88,81 +93,17 @@ def check_signature(secret: bytes, body: bytes, header: str | None) -> str | Non
     if not header:
         return f"missing {SIGNATURE_HEADER} header (sha256=<hex HMAC-SHA256 of the body>)"
     scheme, _, digest = header.partition("=")
-    if scheme.strip().lower() != "sha256" or not digest:
+    digest = digest.strip().lower()
+    # compare_digest raises TypeError on non-ASCII text: such a header is malformed, not a 500.
+    if scheme.strip().lower() != "sha256" or not digest or not digest.isascii():
         return f"{SIGNATURE_HEADER} must look like sha256=<hex>"
     expected = hmac.digest(secret, body, "sha256").hex()  # the one-shot C path: no HMAC object per request
-    if not hmac.compare_digest(expected, digest.strip().lower()):
+    if not hmac.compare_digest(expected, digest):
         return "signature does not match the body"
     return None
 
 
-# -- authentication ------------------------------------------------------------------------------
-
-
-class _Accounts:
-    """Accounts cached for a few seconds, so a token check is not a store round trip; a
-    generation change (new password) shows within the TTL."""
-
-    TTL = 3.0
-
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.cache: dict[str, tuple[float, Account | None]] = {}
-
-    async def get(self, name: str) -> Account | None:
-        hit = self.cache.get(name)
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < self.TTL:
-            return hit[1]
-        account = await self.service.store.call(lambda c: acct.get(c, name))
-        self.cache[name] = (now, account)
-        return account
-
-
-ACCOUNTS = web.AppKey("accounts", _Accounts)
-
-
-class HTTPError(Exception):
-    """A refusal raised from anywhere under a handler; :func:`_json_errors` turns it into the
-    JSON error body (``code`` defaults to the status's, :data:`CODES`)."""
-
-    def __init__(self, status: int, reason: str, code: str | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.code = code
-        self.headers = headers
-
-
-async def authenticate(request: web.Request) -> Account:
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else request.query.get("token", "")
-    if not token:
-        raise HTTPError(401, "missing bearer token (POST /v1/auth/login, then Authorization: Bearer <token>)")
-    service = request.app[SERVICE]
-    found = acct.read_token(service.token_key, token)
-    if found is None:
-        raise HTTPError(401, "invalid or expired token")
-    account = await request.app[ACCOUNTS].get(found[0])
-    if account is None or account.generation != found[1]:
-        raise HTTPError(401, "token no longer valid (account removed or password changed)")
-    return account
-
-
-def agent_of(service: Service, account: Account) -> str | None:
-    """The agent an account works as: its ``agent_id``, or the agent whose ``account`` names it."""
-    if account.agent_id and account.agent_id in service.config.agents:
-        return account.agent_id
-    for aid, agent in service.config.agents.items():
-        if agent.account == account.name:
-            return aid
-    return None
-
-
-def require_shop(account: Account, shop_id: str) -> None:
-    if not account.may_see_shop(shop_id):
-        raise HTTPError(403, f"forbidden: shop {shop_id!r} is not permitted to account {account.name!r}")
-
+# -- authentication and isolation: router/access.py ---------------------------------------------
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -170,22 +111,45 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def _json_errors(request: web.BaseRequest, handler: Callable[..., Awaitable[web.StreamResponse]],
                        *args: Any) -> web.StreamResponse:
     """``handler(request, *args)`` with its errors as JSON bodies: ours (:class:`HTTPError`),
-    aiohttp's 4xx, and anything unexpected as a 500 whose traceback goes to the log."""
+    aiohttp's 4xx, and anything unexpected as a 500 whose traceback goes to the log. Each 4xx
+    is one ``request_rejected`` log line (:func:`log_rejection`), never a traceback."""
     try:
-        return await handler(request, *args)
+        resp = await handler(request, *args)
     except HTTPError as exc:
-        return error(exc.status, exc.reason, exc.code, exc.headers)
+        resp = error(exc.status, exc.reason, exc.code, exc.headers)
     except Overloaded as exc:  # the journal failed under an event, a reply or a context push
         return error(503, str(exc), headers={"Retry-After": "1"})
     except web.HTTPException as exc:
-        if exc.status >= 400 and exc.content_type != "application/json":
-            return error(exc.status, exc.reason, path=request.path)
-        raise
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        resp = error(exc.status, exc.reason, path=request.path)
+    except RecursionError:  # msgspec's guard, for a body nested deeper than any decoder bounded
+        resp = error(400, TOO_DEEP)
+    except (HttpProcessingError, RequestPayloadError) as exc:  # a body that does not decode (bad gzip)
+        cause = exc.__cause__ if isinstance(exc, RequestPayloadError) else exc
+        resp = error(400, f"the body could not be read: {getattr(cause, 'message', None) or exc}")
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception:  # noqa: BLE001 - the caller gets a reason, the log gets the traceback
         log.exception("handler_failed", path=request.path)
         return error(500, "internal error (logged)")
+    if 400 <= resp.status < 500:
+        log_rejection(request, resp)
+    return resp
+
+
+def log_rejection(request: web.BaseRequest, resp: web.StreamResponse) -> None:
+    """One warning line for a refused request: what, from where, and the body's code and reason
+    (read back from the JSON body, so every handler's refusals are logged alike)."""
+    code = reason = None
+    body = getattr(resp, "body", None)
+    if isinstance(body, bytes) and resp.content_type == "application/json":
+        with contextlib.suppress(msgspec.DecodeError):
+            data = msgspec.json.decode(body)
+            if isinstance(data, dict):
+                code, reason = data.get("error"), str(data.get("message", ""))[:300]
+    log.warning("request_rejected", method=request.method, path=request.path[:200], status=resp.status,
+                error=code, reason=reason, peer=request.remote)
 
 
 @web.middleware
@@ -201,9 +165,9 @@ async def _read_body(request: web.BaseRequest, limit: int) -> bytes | web.Respon
     if length is not None and length > limit:
         return error(413, f"body of {length} bytes is over the limit of {limit} (server.max_body_bytes)")
     try:
-        if length is not None:  # the usual case: one read of a known size, not read() to the end
-            return await request.content.readexactly(length)
-        return await request.read()
+        if length is not None and not request.headers.get(CONTENT_ENCODING):
+            return await request.content.readexactly(length)  # the usual case: one read of a known size
+        return await request.read()  # compressed or chunked: read() counts the decoded bytes against the limit
     except asyncio.IncompleteReadError:
         raise web.HTTPBadRequest(reason="body shorter than Content-Length") from None
     except web.HTTPRequestEntityTooLarge:
@@ -231,6 +195,7 @@ async def _signed_body(request: web.Request, service: Service, shop_id: str) -> 
     return body
 
 
+@signed
 async def ingest(request: web.Request) -> web.Response:
     """``POST /v1/shops/{shop_id}/messages`` through the app's router: what :class:`IngestFirst`
     does not take, such as a request with ``Expect``."""
@@ -255,25 +220,8 @@ async def _ingest(request: web.BaseRequest, service: Service, shop_id: str) -> w
         if len(items) > server.max_batch:
             service.metrics.rejected.labels("413").inc()
             return error(413, f"batch of {len(items)} messages is over the limit of {server.max_batch} (server.max_batch)")
-    good: list[Message] = []
-    index: list[int] = []
-    errors: list[dict[str, Any]] = []
-    for i, raw in enumerate(items):
-        try:
-            msg = decode_message(raw)  # type: ignore[arg-type]
-        except msgspec.ValidationError as exc:
-            errors.append({"index": i, "reason": explain(exc)})
-            continue
-        except msgspec.DecodeError as exc:  # only a single message can be malformed JSON here
-            service.metrics.rejected.labels("400").inc()
-            return error(400, explain(exc))
-        if msg.shop_id != shop_id:
-            errors.append({"index": i, "msg_id": msg.msg_id,
-                           "reason": f"shop_id {msg.shop_id!r} does not match the URL's shop {shop_id!r}"})
-            continue
-        good.append(msg)
-        index.append(i)
-    return await _submit(service, good, index, errors)
+    batch = decode_batch(items, shop_id)  # a bad item, even a lone one, is named by its index
+    return await _submit(service, batch.messages, batch.index, batch.errors)
 
 
 async def _submit(service: Service, good: list[Message], index: list[int], errors: list[dict[str, Any]],
@@ -301,12 +249,15 @@ async def _submit(service: Service, good: list[Message], index: list[int], error
                 "errors": errors, **body,
                 "accepted_ids": result.accepted if result else [],
                 "duplicate_ids": result.duplicates if result else []}
+        if ok_body is not None:  # a platform's answer for the items taken (e.g. PMC acks)
+            body["response"] = ok_body
         return json_response(body, 400)
     if ok_body is not None:
         return json_response(ok_body, 200)
     return json_response(body, 202)
 
 
+@signed
 async def webhook(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     platform = request.match_info["platform"]
@@ -329,32 +280,42 @@ async def webhook(request: web.Request) -> web.Response:
         return error(exc.status, exc.reason)
     if result.context:
         await service.order_context(result.context)
-    good = [m for m in result.messages if m.shop_id == shop_id]
-    return await _submit(service, good, list(range(len(good))), [], ok_body=result.response)
+    places = result.index if result.index is not None else range(len(result.messages))
+    taken = [(i, m) for i, m in zip(places, result.messages, strict=True) if m.shop_id == shop_id]
+    return await _submit(service, [m for _, m in taken], [i for i, _ in taken], list(result.errors),
+                         ok_body=result.response)
 
 
 # -- accounts ----------------------------------------------------------------------------------------
 
 
 class LoginRequest(msgspec.Struct, forbid_unknown_fields=True):
-    account: str
-    password: str
+    # Bounded: a guessed name is remembered for its lockout (router/login.py).
+    account: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    password: Annotated[str, msgspec.Meta(max_length=1024)]
 
 
+LOGIN = web.AppKey("login", LoginGuard)
+
+
+@public
 async def login(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     try:
         req = msgspec.json.decode(await request.read(), type=LoginRequest)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return error(400, explain(exc) + ' (expected {"account": "main" or "main:sub", "password": "..."})')
-    account = await service.store.call(lambda c: acct.verify(c, req.account, req.password))
-    if account is None:
-        log.info("login_failed", account=req.account)
-        return error(401, "wrong account or password")
+    try:  # argon2 in the guard's pool, never on the loop nor in a store transaction
+        account = await request.app[LOGIN].login(req.account, req.password, request.remote or "unknown")
+    except LoginRefused as exc:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return error(exc.status, exc.message, exc.code, headers)
+    if account.disabled:
+        return error(403, f"account {account.name!r} is disabled", "account_disabled")
     token, expires = acct.issue_token(service.token_key, account, service.config.main.server.token_ttl_s)
     log.info("login", account=account.name, role=account.role)
     return json_response({"token": token, "expires": expires, "account": account.name, "role": account.role,
-                          "shops": list(account.shops), "agent_id": agent_of(service, account)})
+                          "shops": list(account.shops), "agent_id": agent_of(service.config, account)})
 
 
 # -- workbench and ops -----------------------------------------------------------------------------
@@ -367,17 +328,17 @@ def _conv_json(service: Service, conv: Any) -> dict[str, Any]:
             "messages": conv.messages, "last_ts": conv.last_ts}
 
 
-async def conversations(request: web.Request) -> web.Response:
+@gate()
+async def conversations(request: web.Request, scope: Scope) -> web.Response:
     service = request.app[SERVICE]
-    account = await authenticate(request)
     shop = request.query.get("shop_id")
     if shop is not None:
-        require_shop(account, shop)
+        scope.require_shop(shop)
     state = request.query.get("state")
     agent = request.query.get("agent_id")
     out = []
     for conv in service.router.dispatcher.conversations.values():
-        if not account.may_see_shop(conv.shop_id) or (shop and conv.shop_id != shop):
+        if not scope.sees(conv.shop_id) or (shop and conv.shop_id != shop):
             continue
         if (state and conv.state != state) or (agent and conv.agent_id != agent):
             continue
@@ -386,56 +347,61 @@ async def conversations(request: web.Request) -> web.Response:
     return json_response({"conversations": out})
 
 
-async def conversation(request: web.Request) -> web.Response:
+@gate()
+async def conversation(request: web.Request, scope: Scope) -> web.Response:
     service = request.app[SERVICE]
-    account = await authenticate(request)
     cid = request.match_info["cid"]
-    require_shop(account, cid.split(":", 1)[0])
+    scope.require_conversation(cid)
     conv = service.router.dispatcher.conversations.get(cid)
-    if conv is None:
+    if conv is None or not scope.sees(conv.shop_id):
         return error(404, f"no open conversation {cid!r}")
     snap = service.snapshot(cid)
     return json_response({**_conv_json(service, conv), "history": snap.history if snap else [],
                           "buyer": snap.buyer if snap else None, "order": snap.order if snap else None})
 
 
-async def agents(request: web.Request) -> web.Response:
+@gate()
+async def agents(request: web.Request, scope: Scope) -> web.Response:
+    """Agents serving the scope's shops; another shop's conversations appear only as a count
+    (``other_conversations``): their ids contain buyer ids."""
     service = request.app[SERVICE]
-    account = await authenticate(request)
     d = service.router.dispatcher
     out = []
-    for aid, cfg in service.config.agents.items():
-        shops = [s for s in (service.config.shops if "*" in cfg.shops else cfg.shops) if account.may_see_shop(s)]
-        if not shops:
-            continue
+    for aid in scope.visible_agents():
+        cfg = service.config.agents[aid]
         st = d.agents.get(aid)
-        out.append({"id": aid, "name": cfg.name, "skills": list(cfg.skills), "shops": shops,
+        mine, others = scope.agent_view(st.conversations if st else ())
+        out.append({"id": aid, "name": cfg.name, "skills": list(cfg.skills),
+                    "shops": [s for s in agent_shops(service.config, aid) if scope.sees(s)],
                     "status": st.status if st else "offline", "in_shift": st.in_shift if st else False,
                     "load": st.load if st else 0, "max_concurrent": cfg.max_concurrent,
-                    "connected": aid in service.sessions,
-                    "conversations": list(st.conversations) if st else []})
+                    "connected": aid in service.sessions, "conversations": mine, "other_conversations": others})
     if hasattr(service, "shared_agents"):
         shared = await service.shared_agents([a["id"] for a in out])
         for a in out:
-            a.update(shared.get(a["id"], {}))
+            extra = dict(shared.get(a["id"], {}))
+            if "conversations" in extra:
+                extra["conversations"], others = scope.agent_view(extra["conversations"])
+                extra["other_conversations"] = others
+            a.update(extra)
     return json_response({"agents": out})
 
 
 class StatusRequest(msgspec.Struct, forbid_unknown_fields=True):
-    status: str
+    status: AgentStatus
 
 
-async def agent_status(request: web.Request) -> web.Response:
+@gate()
+async def agent_status(request: web.Request, scope: Scope) -> web.Response:
+    """An agent sets its own status; a supervisor sets an agent's only when every shop the agent
+    serves is theirs (going offline moves the agent's conversations, of every shop)."""
     service = request.app[SERVICE]
-    account = await authenticate(request)
     aid = request.match_info["agent_id"]
-    cfg = service.config.agents.get(aid)
-    if cfg is None:
-        return error(404, f"unknown agent {aid!r}")
-    own = agent_of(service, account) == aid
-    shops = service.config.shops if "*" in cfg.shops else cfg.shops
-    if not own and not (account.is_supervisor and any(account.may_see_shop(s) for s in shops)):
-        return error(403, f"forbidden: account {account.name!r} may not set the status of agent {aid!r}")
+    if aid not in service.config.agents:
+        return error(404, f"unknown agent {aid!r}", "unknown_agent")
+    if not scope.may_manage_agent(aid):
+        return error(403, f"forbidden: account {scope.account.name!r} may not set the status of agent {aid!r} "
+                          "(it serves shops outside the account's)", "agent_forbidden")
     try:
         req = msgspec.json.decode(await request.read(), type=StatusRequest)
         event = AgentStatusEvent(aid, req.status)  # type: ignore[arg-type]
@@ -446,16 +412,18 @@ async def agent_status(request: web.Request) -> web.Response:
         moved = await service.event(event)
     except InputError as exc:
         return error(409, str(exc))
-    return json_response({"agent_id": aid, "status": event.status, "moved": moved})
+    return json_response({"agent_id": aid, "status": event.status, "moved": [d for d in moved if scope.sees(d.shop_id)]})
 
 
-async def stats(request: web.Request) -> web.Response:
+@gate()
+async def stats(request: web.Request, scope: Scope) -> web.Response:
+    """Figures of the scope's shops; the service-wide ones (queues, journal, invariants) only
+    for an all-shops account, since they count every client's traffic."""
     service = request.app[SERVICE]
-    account = await authenticate(request)
     d = service.router.dispatcher
     shops: dict[str, dict[str, Any]] = {}
     for sid in service.config.shops:
-        if account.may_see_shop(sid):
+        if scope.sees(sid):
             shops[sid] = {"open": 0, "queued": 0, "reserved": 0, "assigned": 0, "agents_online": d.online_count(sid)}
     for conv in d.conversations.values():
         s = shops.get(conv.shop_id)
@@ -463,8 +431,10 @@ async def stats(request: web.Request) -> web.Response:
             s["open"] += 1
             if conv.state in s:
                 s[conv.state] += 1
-    body: dict[str, Any] = {"shops": shops, "ingest_queue": service.pending_ingest,
-                            "outbox_pending": service.outbox_pending(), "journal_seq": service._seq}
+    body: dict[str, Any] = {"shops": shops}
+    if scope.all_shops:
+        body.update(ingest_queue=service.pending_ingest, outbox_pending=service.outbox_pending(),
+                    journal_seq=service._seq)
     try:
         since, until = parse_period(request.query.get("from"), request.query.get("to"),
                                     service.config.main.defaults.timezone)
@@ -472,16 +442,16 @@ async def stats(request: web.Request) -> web.Response:
         return error(400, str(exc))
     shop_q = request.query.get("shop")
     if shop_q is not None:
-        require_shop(account, shop_q)
+        scope.require_shop(shop_q)
     agent_q = request.query.get("agent")
-    if account.role == "agent":
-        agent_q = account.agent_id or agent_q
-    visible = [sid for sid in service.config.shops if account.may_see_shop(sid)]
+    if scope.role == "agent":
+        agent_q = scope.agent_id or scope.account.name
+    visible = [sid for sid in service.config.shops if scope.sees(sid)]
     config = service.config
     period = await service.store.call(lambda conn: compute(conn, config, since=since, until=until, shop=shop_q,
                                                            agent=agent_q, shops=visible))
     body["period"] = msgspec.to_builtins(period)
-    if account.role == "admin":
+    if scope.role == "admin" and scope.all_shops:
         try:
             d.check_invariants()
             body["invariants"] = "ok"
@@ -496,24 +466,23 @@ class ProfileRequest(msgspec.Struct, forbid_unknown_fields=True):
     note: str | None = None
 
 
-async def get_profile(request: web.Request) -> web.Response:
+@gate()
+async def get_profile(request: web.Request, scope: Scope) -> web.Response:
     service = request.app[SERVICE]
-    account = await authenticate(request)
     shop_id, buyer_id = request.match_info["shop_id"], request.match_info["buyer_id"]
-    require_shop(account, shop_id)
+    scope.require_shop(shop_id)
     p = service.profiles.get((shop_id, buyer_id))
     order = service.orders.get((shop_id, buyer_id))
     return json_response({"shop_id": shop_id, "buyer_id": buyer_id, "tags": p.tags if p else [],
                           "notes": p.notes if p else [], "order": order})
 
 
-async def put_profile(request: web.Request) -> web.Response:
+@gate()
+async def put_profile(request: web.Request, scope: Scope) -> web.Response:
     service = request.app[SERVICE]
-    account = await authenticate(request)
     shop_id, buyer_id = request.match_info["shop_id"], request.match_info["buyer_id"]
-    require_shop(account, shop_id)
-    if shop_id not in service.config.shops:
-        return error(404, f"unknown shop {shop_id!r}")
+    scope.require_shop(shop_id)
+    account = scope.account
     try:
         req = msgspec.json.decode(await request.read(), type=ProfileRequest)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -525,6 +494,7 @@ async def put_profile(request: web.Request) -> web.Response:
     return json_response({"shop_id": shop_id, "buyer_id": buyer_id, "tags": p.tags, "notes": p.notes})
 
 
+@signed
 async def rating(request: web.Request) -> web.Response:
     """A buyer's satisfaction rating, signed by the shop's bridge like messages are."""
     service = request.app[SERVICE]
@@ -542,19 +512,38 @@ async def rating(request: web.Request) -> web.Response:
     return json_response({"accepted": 1}, 202)
 
 
-async def reload(request: web.Request) -> web.Response:
+@gate("admin", all_shops=True)
+async def reload(request: web.Request, scope: Scope) -> web.Response:
+    """Reloading changes every shop's routing: only an admin permitted all shops may."""
     service = request.app[SERVICE]
-    account = await authenticate(request)
-    if account.role != "admin":
-        return error(403, "forbidden: reloading needs the admin role")
-    result = await service.reloader.reload(f"admin:{account.name}")
+    account = scope.account
+    force = request.query.get("force", "").lower() in ("1", "true", "yes")
+    body = await request.read()
+    if body.strip():
+        try:
+            force = msgspec.json.decode(body, type=ReloadRequest).force or force
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return error(400, explain(exc) + ' (expected no body, or {"force": true|false})')
+    result = await service.reloader.reload(f"admin:{account.name}" + (":force" if force else ""), force=force)
+    if result.refused:
+        return error(409, "reload refused: the new configuration is valid but would take something away; the running "
+                     "one is kept (fix the files, or repeat with ?force=1 or {\"force\": true})", "config_refused",
+                     errors=result.errors)
     if not result.ok:
         return error(422, "configuration rejected; the running one is kept", "config_rejected", errors=result.errors)
     config = service.config
     return json_response({"reloaded": True, "generation": result.generation,
-                          "shops": len(config.shops), "agents": len(config.agents)})
+                          "shops": len(config.shops), "agents": len(config.agents), "forced": result.forced})
 
 
+class ReloadRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/admin/reload``: ``force`` applies a valid configuration the guards refused
+    (an emptied file, a shop left without agents, an outbound filter turned off)."""
+
+    force: bool = False
+
+
+@public
 async def healthz(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     ok = service.ready
@@ -565,35 +554,67 @@ async def healthz(request: web.Request) -> web.Response:
                           "connected_agents": len(service.sessions), **shared}, 200 if ok else 503)
 
 
+@public
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text; with ``server.metrics_token_env`` set, only for that bearer token (the
-    figures name shops and agents)."""
+    figures name shops and agents). A server listening beyond loopback asks for the token of
+    :data:`DEFAULT_METRICS_TOKEN_ENV` when none is configured."""
     service = request.app[SERVICE]
     env = service.config.main.server.metrics_token_env
+    if not env and not _is_loopback(request.app[LISTEN].get("host")):
+        env = DEFAULT_METRICS_TOKEN_ENV
     if env:
         token = os.environ.get(env, "")
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not token:
             raise HTTPError(401, f"the metrics token is not set: export {env}")
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode()):
             raise HTTPError(401, "a bearer token is required for /metrics (server.metrics_token_env)")
     body = await asyncio.get_running_loop().run_in_executor(None, service.metrics.render)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-async def agent_ws(request: web.Request) -> web.StreamResponse:
+@gate(ws=True)
+async def agent_ws(request: web.Request, scope: Scope) -> web.StreamResponse:
     from router.ws import agent_socket
 
     service = request.app[SERVICE]
-    account = await authenticate(request)
-    aid = agent_of(service, account)
-    if aid is None:
-        return error(403, f"account {account.name!r} is not an agent (set agent_id, or account in agents.toml)")
+    if scope.agent_id is None:
+        return error(403, f"account {scope.account.name!r} is not an agent (set agent_id, or account in agents.toml)",
+                     "not_an_agent")
     if service.config.main.storage.backend == "redis":
         from router.redis.ws import agent_socket as shared_agent_socket
 
-        return await shared_agent_socket(request, service, account, aid)  # type: ignore[arg-type]
-    return await agent_socket(request, service, account, aid)
+        return await shared_agent_socket(request, service, scope)  # type: ignore[arg-type]
+    return await agent_socket(request, service, scope)
+
+
+LISTEN = web.AppKey("listen", dict)
+DEFAULT_METRICS_TOKEN_ENV = "FENLIU_METRICS_TOKEN"
+
+
+def _is_loopback(host: str | None) -> bool:
+    import ipaddress
+
+    if not host or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class TicketResponse(msgspec.Struct):
+    ticket: str
+    expires: float
+
+
+@gate()
+async def ws_ticket(request: web.Request, scope: Scope) -> web.Response:
+    """A single-use ticket that opens a WebSocket (``?ticket=``) within a few seconds: a browser
+    cannot set the ``Authorization`` header on a WebSocket, and a token in a URL ends up in logs."""
+    ticket, expires = request.app[TICKETS].issue(scope.account, request[EXPIRES])
+    return json_response(TicketResponse(ticket, expires))
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -606,15 +627,22 @@ def make_app(service: Service) -> web.Application:
     app = web.Application(middlewares=[errors_middleware],
                           client_max_size=service.config.main.server.max_body_bytes)
     app[SERVICE] = service
-    app[ACCOUNTS] = _Accounts(service)
+    book = app[BOOK] = AccountBook(service)
+    app[TICKETS] = Tickets()
     app[SOCKETS] = set()
+    app[LISTEN] = {"host": service.config.main.server.host}
+    app.on_startup.append(book.start)
+    app.on_cleanup.append(book.stop)
     app.on_shutdown.append(_close_sockets)
+    guard = app[LOGIN] = LoginGuard(service.store, service.config.main.server, service.metrics)
+    app.on_cleanup.append(guard.cleanup)
     r = app.router
     r.add_post("/v1/shops/{shop_id}/messages", ingest)
     r.add_post("/v1/webhooks/{platform}/{shop_id}", webhook)
     r.add_get("/healthz", healthz)
     r.add_get("/metrics", metrics)
     r.add_post("/v1/auth/login", login)
+    r.add_post("/v1/auth/ws-ticket", ws_ticket)
     r.add_get("/v1/agents/ws", agent_ws)
     r.add_get("/v1/conversations", conversations)
     r.add_get("/v1/conversations/{cid}", conversation)
@@ -625,8 +653,11 @@ def make_app(service: Service) -> web.Application:
     r.add_get("/v1/shops/{shop_id}/buyers/{buyer_id}", get_profile)
     r.add_put("/v1/shops/{shop_id}/buyers/{buyer_id}", put_profile)
     r.add_post("/v1/admin/reload", reload)
+    from router.openapi import openapi_handler
+    r.add_get("/openapi.json", openapi_handler)
     from router.workbench import setup as setup_workbench
     setup_workbench(app)
+    check_routes(app)
     return app
 
 
@@ -657,12 +688,107 @@ class IngestFirst:
         return await self.fallback(request)
 
 
+#: aiohttp's header limits, stated: a request line or one header line up to 8 KiB, at most 100
+#: headers. Past them the client gets 431 (:meth:`_Connection.handle_error`) and is disconnected.
+MAX_LINE_BYTES = 8190
+MAX_FIELD_BYTES = 8190
+MAX_HEADERS = 100
+
+
+class _Connection(RequestHandler):
+    """aiohttp's protocol for one connection, plus two things it lacks:
+
+    - a deadline for each request head (``server.header_timeout_s``), counted from the
+      connection's start or the head's first byte: a client that trickles its headers (slowloris)
+      gets 408 and is closed, instead of holding a connection for aiohttp's hour-long keep-alive;
+    - requests its parser refuses (malformed, headers too large) answered as JSON error bodies
+      with one log line, where aiohttp writes plain text and logs a traceback.
+    """
+
+    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._head_since: float | None = None  # when the head being waited for began
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._head_started(self._loop.time())
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._waiter  # pending while the connection waits for a request's head
+        if self._head_since is None and waiter is not None and not waiter.done():
+            self._head_started(self._loop.time())
+        super().data_received(data)
+        if self._head_since is not None and (self._waiter is None or self._waiter.done()):
+            self._head_since = None  # the head is in (or refused): the handler's own time starts
+
+    def _head_started(self, now: float) -> None:
+        self._head_since = now
+        if self._head_timer is None:  # one lazy timer per connection, not one per request
+            self._head_timer = self._loop.call_at(now + self._header_timeout, self._check_head)
+
+    def _check_head(self) -> None:
+        self._head_timer = None
+        since = self._head_since
+        if since is None or self.transport is None or self._force_close:
+            return
+        deadline = since + self._header_timeout
+        if self._loop.time() < deadline:
+            self._head_timer = self._loop.call_at(deadline, self._check_head)
+            return
+        reason = f"request head not complete within {self._header_timeout:g} s (server.header_timeout_s)"
+        body = _encode(error_body(408, reason))
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        peer = self.transport.get_extra_info("peername")
+        log.warning("request_rejected", method=None, path=None, status=408, error=CODES[408], reason=reason,
+                    peer=peer[0] if isinstance(peer, tuple) else None)
+        self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        if isinstance(kw.get("exc_info"), RequestPayloadError):
+            return  # aiohttp draining a body that would not decode (bad gzip), after we refused it: logged then
+        super().log_exception(*args, **kw)
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500:  # a failure of ours, not the client's: aiohttp's answer and traceback
+            return super().handle_error(request, status, exc, message)
+        text = message or (str(exc) if exc else "") or "malformed request"
+        if isinstance(exc, LineTooLong) or "Too many headers" in text:
+            status, text = 431, f"request line or headers too large (at most {MAX_HEADERS} headers of " \
+                                f"{MAX_FIELD_BYTES} bytes each): {text}"
+        resp = error(status, f"malformed HTTP request: {text}"[:500])
+        resp.force_close()
+        log_rejection(request, resp)
+        return resp
+
+
+class _HttpServer(web.Server):
+    """aiohttp's server, making :class:`_Connection` protocols."""
+
+    header_timeout: float = 10.0
+
+    def __call__(self) -> RequestHandler:
+        return _Connection(self, loop=self._loop, header_timeout=self.header_timeout, **self._kwargs)
+
+
 class _Runner(web.AppRunner):
-    """An ``AppRunner`` whose server takes the ingest fast path first (:class:`IngestFirst`)."""
+    """An ``AppRunner`` whose server takes the ingest fast path first (:class:`IngestFirst`) and
+    bounds request heads (:class:`_Connection`)."""
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.request_handler = IngestFirst(self.app[SERVICE], server.request_handler)
+        server.__class__ = _HttpServer  # the same server, only making our connections
+        server.header_timeout = self.app[SERVICE].config.main.server.header_timeout_s  # type: ignore[attr-defined]
         return server
 
 
@@ -692,9 +818,11 @@ class Server:
         else:
             service = Service(config, store_path=store_path, simulate=simulate)
         await service.start()
-        runner = _Runner(make_app(service), access_log=None, shutdown_timeout=10.0)
+        runner = _Runner(make_app(service), access_log=None, shutdown_timeout=10.0, max_line_size=MAX_LINE_BYTES,
+                         max_field_size=MAX_FIELD_BYTES, max_headers=MAX_HEADERS)
         await runner.setup()
         host = host or config.main.server.host
+        runner.app[LISTEN]["host"] = host
         site = web.TCPSite(runner, host, config.main.server.port if port is None else port, backlog=1024)
         await site.start()
         addr = runner.addresses[0]
@@ -723,7 +851,7 @@ def ensure_demo(config: Config, store_path: str | None = None) -> list[str]:
                 acct.add(conn, "demo", DEMO_PASSWORD, "admin", ("*",))
                 acct.add(conn, "demo:lead", DEMO_PASSWORD, "supervisor", ("*",))
                 for aid in config.agents:
-                    acct.add(conn, f"demo:{aid}", DEMO_PASSWORD, "agent", None, aid)
+                    acct.add(conn, f"demo:{aid}", DEMO_PASSWORD, "agent", None, aid, agent_shops(config, aid))
             store.run_sync(create)
             lines.append(f"  created demo accounts: demo (admin), demo:lead (supervisor), demo:<agent id> (agents); "
                          f"password {DEMO_PASSWORD!r}")
@@ -744,7 +872,8 @@ async def serve_forever(config: Config, host: str | None, port: int | None, simu
     print(f"  ingest   POST {server.url}/v1/shops/<shop_id>/messages  (X-Fenliu-Signature: sha256=<hmac>)")
     print(f"  health   GET  {server.url}/healthz     metrics GET {server.url}/metrics")
     print(f"  login    POST {server.url}/v1/auth/login  then GET {server.url}/v1/conversations, /v1/agents, /v1/stats")
-    print(f"  agents   WS   {server.url.replace('http', 'ws')}/v1/agents/ws?token=<token>")
+    print(f"  agents   WS   {server.url.replace('http', 'ws')}/v1/agents/ws  (Authorization header, or ?ticket= from "
+          f"POST /v1/auth/ws-ticket)")
     print(f"  store    {server.service.store.path}", flush=True)
     sim = None
     if simulate:
