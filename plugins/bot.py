@@ -25,6 +25,7 @@ Quick replies (话术库) live in the same FAQ files; :func:`list_quick_replies`
 from __future__ import annotations
 
 import string
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,8 +33,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 import structlog
 
+from plugins.bot_match import Match, Matcher, Thresholds, Vocabulary, build_vocabulary
 from plugins.skills import KeywordIndex
-from router.config import ConfigError, _error_from_validation, _read_toml
+from router.config import ConfigError, Platform, _error_from_validation, _read_toml
 from router.hookspecs import hookimpl
 from router.logging import debug_enabled
 from router.models import BotReply, Buyer, Message, Order
@@ -46,6 +48,11 @@ log = structlog.get_logger("fenliu.bot")
 
 #: Placeholders a template may use, and where their values come from.
 PLACEHOLDERS: tuple[str, ...] = ("shop", "buyer", "order_id", "goods", "amount", "status")
+
+#: What the bot does with a confident FAQ match: ``settle`` answers and closes the matter (no
+#: human), ``suggest`` puts the answer in the agent's composer and routes the conversation to a
+#: human, ``answer_and_handoff`` answers and still routes the conversation to a human.
+Mode = Literal["settle", "suggest", "answer_and_handoff"]
 
 ReplyKind = Literal["welcome", "offline", "faq", "request", "negative", "repeat", "skill"]
 
@@ -78,15 +85,25 @@ class BotConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, dict=T
     repeat_reply: str = "抱歉刚才的回答没能帮到您，正在为您转接人工客服，请稍候。"
     while_human: tuple[Literal["faq", "offline"], ...] = ()
     fallbacks: dict[str, str] = msgspec.field(default_factory=lambda: {"buyer": "亲"})
+    mode: Mode = "settle"
+    platform_modes: dict[str, Mode] = {}
+    answer_threshold: float = 0.5
+    suggest_threshold: float = 0.3
+    margin: float = 0.05
+    min_coverage: float = 0.5
 
 
 class FaqEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One bot answer: sent when the buyer's message contains any of ``keywords``."""
+    """One bot answer: sent when the buyer's message means what its ``keywords`` and
+    ``questions`` (相似问法) say (see plugins/bot_match.py)."""
 
     id: str
     keywords: tuple[str, ...]
     answer: str
+    questions: tuple[str, ...] = ()
     shops: tuple[str, ...] = ()
+    platforms: tuple[str, ...] = ()
+    mode: Mode | None = None
 
 
 class QuickReply(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -113,6 +130,8 @@ class FaqLibrary(msgspec.Struct, frozen=True):
     faq: tuple[tuple[str, FaqEntry], ...] = ()
     quick: tuple[QuickReply, ...] = ()
     groups: frozenset[str] = frozenset()
+    #: (file, index in its file, entry) for error messages
+    located: tuple[tuple[str, int, FaqEntry], ...] = ()
 
 
 def _check_template(file: str, key: str, text: str) -> ConfigError | None:
@@ -129,6 +148,7 @@ def _check_template(file: str, key: str, text: str) -> ConfigError | None:
 def load_faq(config_dir: Path, shops: Mapping[str, Any] = {}) -> FaqLibrary:
     """Read and validate ``config_dir/faq/*.toml``; raise the first :class:`ConfigError`."""
     faq: list[tuple[str, FaqEntry]] = []
+    located: list[tuple[str, int, FaqEntry]] = []
     quick: list[QuickReply] = []
     groups: set[str] = set()
     ids: dict[str, str] = {}
@@ -169,9 +189,13 @@ def load_faq(config_dir: Path, shops: Mapping[str, Any] = {}) -> FaqLibrary:
             for j, sid in enumerate(entry.shops):
                 if shops and sid not in shops:
                     raise ConfigError(file, f"faq[{i}].shops[{j}]", f"unknown shop {sid!r}")
+            for j, question in enumerate(entry.questions):
+                if not question.strip():
+                    raise ConfigError(file, f"faq[{i}].questions[{j}]", "empty question")
             faq.append((group, entry))
+            located.append((file, i, entry))
         quick.extend(msgspec.structs.replace(q, group=q.group or group) for q in data.quick)
-    return FaqLibrary(tuple(faq), tuple(quick), frozenset(groups))
+    return FaqLibrary(tuple(faq), tuple(quick), frozenset(groups), tuple(located))
 
 
 # -- compiled per policy -------------------------------------------------------------------------
@@ -182,42 +206,61 @@ class _BotState:
     its groups. Built in ``fenliu_configure`` and stored on the policy's ``BotConfig``, so it
     swaps with the configuration."""
 
-    __slots__ = ("cfg", "faq", "faq_index", "quick", "quick_by_id", "quick_index", "handoff", "negative",
-                 "has_faq", "has_handoff", "has_negative")
+    __slots__ = ("cfg", "faq", "matcher", "quick", "quick_by_id", "quick_index", "quick_matcher", "handoff",
+                 "negative", "has_faq", "has_handoff", "has_negative")
 
-    def __init__(self, cfg: BotConfig, library: FaqLibrary) -> None:
+    def __init__(self, cfg: BotConfig, library: FaqLibrary, vocab: Vocabulary,
+                 platforms: Mapping[str, str] = {}) -> None:
         wanted = set(cfg.faq_groups) if cfg.faq_groups else None
         self.cfg = cfg
         self.faq = [e for g, e in library.faq if wanted is None or g in wanted]
-        self.faq_index: KeywordIndex[int] = KeywordIndex((k, i) for i, e in enumerate(self.faq) for k in e.keywords)
+        thresholds = Thresholds(cfg.answer_threshold, cfg.suggest_threshold, cfg.margin, cfg.min_coverage)
+        self.matcher = Matcher(vocab, [(*e.keywords, *e.questions) for e in self.faq],
+                               [_entry_shops(e, platforms) for e in self.faq], thresholds)
         self.quick = [q for q in library.quick if wanted is None or q.group in wanted]
         self.quick_by_id = {q.id: q for q in self.quick}
         self.quick_index: KeywordIndex[QuickReply] = KeywordIndex((k, q) for q in self.quick for k in q.keywords)
+        self.quick_matcher = Matcher(vocab, [(q.title, *q.keywords) for q in self.quick], (), thresholds)
         self.handoff: KeywordIndex[None] = KeywordIndex((w, None) for w in cfg.handoff_words)
         self.negative: KeywordIndex[None] = KeywordIndex((w, None) for w in cfg.negative_words)
         self.has_faq, self.has_handoff, self.has_negative = bool(self.faq), bool(self.handoff), bool(self.negative)
 
-    def match_faq(self, lowered: str, shop_id: str) -> FaqEntry | None:
-        """The entry whose matched keyword is longest (most specific); file order breaks ties."""
-        best: tuple[int, int] | None = None
+    def match(self, text: str, shop_id: str) -> Match:
+        """The matcher's verdict (answer / suggest / none) for a buyer's message in a shop."""
         if not self.has_faq:
-            return None
-        for n in self.faq_index.hits(lowered):
-            i = self.faq_index.values[n]
-            entry = self.faq[i]
-            if entry.shops and shop_id not in entry.shops:
-                continue
-            cand = (-len(self.faq_index.keywords[n]), i)
-            if best is None or cand < best:
-                best = cand
-        return self.faq[best[1]] if best is not None else None
+            return Match("none")
+        return self.matcher.match(text, shop_id)
+
+    def match_faq(self, text: str, shop_id: str) -> FaqEntry | None:
+        """The entry the bot would answer with (a confident match), or ``None``."""
+        m = self.match(text, shop_id)
+        return self.faq[m.entry] if m.outcome == "answer" else None
+
+
+def _entry_shops(entry: FaqEntry, platforms: Mapping[str, str]) -> tuple[str, ...]:
+    """The shops an entry may answer in: its ``shops``, narrowed to its ``platforms``."""
+    if not entry.platforms:
+        return entry.shops
+    allowed = tuple(sid for sid, p in platforms.items() if p in entry.platforms and (not entry.shops or sid in entry.shops))
+    return allowed or ("\0none",)
+
+
+def _platforms(config: Config) -> dict[str, str]:
+    return {sid: shop.platform for sid, shop in config.shops.items()}
 
 
 def _state(cfg: BotConfig, config: Config) -> _BotState:
     state = cfg.__dict__.get("state")
     if state is None:
-        state = cfg.__dict__["state"] = _BotState(cfg, load_faq(config.dir, config.shops))
+        state = cfg.__dict__["state"] = _BotState(cfg, load_faq(config.dir, config.shops), build_vocabulary(config.dir),
+                                                  _platforms(config))
     return state  # type: ignore[no-any-return]
+
+
+def mode_for(cfg: BotConfig, entry: FaqEntry, platform: str) -> Mode:
+    """The answer mode of ``entry`` in a shop of ``platform``: the entry's ``mode``, else the
+    policy's ``platform_modes[platform]``, else its ``mode``."""
+    return entry.mode or cfg.platform_modes.get(platform) or cfg.mode
 
 
 # -- placeholders --------------------------------------------------------------------------------
@@ -290,6 +333,44 @@ def render_quick_reply(config: Config, shop_id: str, reply_id: str, message: Mes
     return render(q.text, filled, keep_missing)
 
 
+class Suggestion(msgspec.Struct, frozen=True):
+    """A reply the workbench offers the agent (智能辅助): an FAQ answer or a quick reply, filled."""
+
+    kind: Literal["faq", "quick"]
+    id: str
+    title: str
+    text: str
+    score: float
+
+
+def suggest_replies(config: Config, shop_id: str, text: str, message: Message | None = None,
+                    k: int = 3) -> list[Suggestion]:
+    """The ``k`` best FAQ answers and quick replies for a buyer's message ``text``, best first,
+    placeholders filled from ``message``'s buyer and order (unknown ones kept as ``{name}``)."""
+    cfg: BotConfig = config.policy_for(shop_id).bot
+    state = _state(cfg, config)
+    shop = config.shops.get(shop_id)
+    values = placeholder_values(shop, message.buyer if message else None, message.order if message else None, cfg.fallbacks)
+    floor = cfg.suggest_threshold
+    out: list[Suggestion] = []
+    for i, score in state.matcher.top(text, shop_id, k, floor):
+        e = state.faq[i]
+        title = e.questions[0] if e.questions else e.keywords[0]
+        out.append(Suggestion("faq", e.id, title, render(e.answer, values, True), round(score, 3)))
+    seen = set()
+    for _, q in state.quick_index.matches(text.lower()):
+        if q.id not in seen:
+            seen.add(q.id)
+            out.append(Suggestion("quick", q.id, q.title or q.id, render(q.text, values, True), 1.0))
+    for i, score in state.quick_matcher.top(text, shop_id, k, floor):
+        q = state.quick[i]
+        if q.id not in seen:
+            seen.add(q.id)
+            out.append(Suggestion("quick", q.id, q.title or q.id, render(q.text, values, True), round(score, 3)))
+    out.sort(key=lambda s: -s.score)
+    return out[:k]
+
+
 # -- the bot ----------------------------------------------------------------------------------------
 
 _HELD = frozenset(("queued", "reserved", "assigned"))
@@ -323,12 +404,28 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
         elif state.has_negative and state.negative.hits(lowered):
             kind, text = "negative", cfg.negative_reply
     if kind is None and (not held or "faq" in cfg.while_human):
-        faq = state.match_faq(lowered, sid)
-        if faq is not None:
-            if faq.id in memory["answered"] and cfg.repeat_handoff and not held:
+        match = state.match(message.text, sid)
+        if match.outcome == "answer":
+            entry = state.faq[match.entry]
+            mode = mode_for(cfg, entry, ctx.shop.platform)
+            if mode == "suggest" and (not ctx.in_business_hours() or ctx.agents_available() == 0):
+                mode = "settle"  # nobody is there to click the suggestion: the buyer gets the answer now
+            if mode == "suggest":
+                _suggest(ctx, memory, cfg, entry, message, "suggest")
+            elif entry.id in memory["answered"] and cfg.repeat_handoff and not held:
                 kind, text = "repeat", cfg.repeat_reply
+                ctx.flag(f"bot:repeat:{entry.id}")
             else:
-                kind, text, handoff = "faq", faq.answer, held
+                faq = entry
+                kind, text, handoff = "faq", entry.answer, held or mode == "answer_and_handoff"
+                ctx.flag(f"bot:{mode}:{entry.id}")
+        elif match.outcome == "suggest":
+            entry = state.faq[match.entry]
+            if entry.id in memory["answered"] and cfg.repeat_handoff and not held:
+                kind, text = "repeat", cfg.repeat_reply  # 到底几天发货: asked again, more impatiently
+                ctx.flag(f"bot:repeat:{entry.id}")
+            else:
+                _suggest(ctx, memory, cfg, entry, message, "plausible")
     # whether the shop is offline is asked last: only a configured offline text needs it
     if (offline_text and (kind is None or (kind != "faq" and handoff))
             and (not held or "offline" in cfg.while_human)
@@ -352,6 +449,16 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
     return BotReply(reply, handoff=handoff, kind=kind)
 
 
+def _suggest(ctx: HookContext, memory: dict[str, Any], cfg: BotConfig, entry: FaqEntry, message: Message,
+             why: Literal["suggest", "plausible"]) -> None:
+    """Put ``entry``'s answer in the agent's composer: the decision is flagged
+    ``bot:suggest:ID`` (a confident match in ``suggest`` mode) or ``bot:plausible:ID`` (a plausible
+    match), and ``conversation.meta["bot"]["suggestion"]`` holds the filled text."""
+    ctx.flag(f"bot:{why}:{entry.id}")
+    text = render(entry.answer, placeholder_values(ctx.shop, message.buyer, message.order, cfg.fallbacks))
+    memory["suggestion"] = {"faq": entry.id, "text": text, "why": why}
+
+
 @hookimpl
 def fenliu_policy_sections() -> Mapping[str, type[msgspec.Struct]]:
     return {"bot": BotConfig}
@@ -361,6 +468,13 @@ def fenliu_policy_sections() -> Mapping[str, type[msgspec.Struct]]:
 def fenliu_configure(config: Config) -> None:
     """Validate the FAQ files and every policy's ``[bot]``, and build each policy's bot."""
     library = load_faq(config.dir, config.shops)
+    vocab = build_vocabulary(config.dir)
+    platforms = _platforms(config)
+    known_platforms = typing.get_args(Platform)
+    for entry_file, i, entry in library.located:
+        for j, p in enumerate(entry.platforms):
+            if p not in known_platforms:
+                raise ConfigError(entry_file, f"faq[{i}].platforms[{j}]", f"unknown platform {p!r} (known: {', '.join(known_platforms)})")
     for name, policy in config.policies.items():
         cfg: BotConfig = policy.bot
         file = str(config.policy_file(name))
@@ -382,7 +496,15 @@ def fenliu_configure(config: Config) -> None:
             for i, word in enumerate(words):
                 if not word.strip():
                     raise ConfigError(file, f"bot.{key}[{i}]", "empty keyword")
-        cfg.__dict__["state"] = _BotState(cfg, library)
+        for p in cfg.platform_modes:
+            if p not in known_platforms:
+                raise ConfigError(file, f"bot.platform_modes.{p}", f"unknown platform {p!r} (known: {', '.join(known_platforms)})")
+        for key in ("answer_threshold", "suggest_threshold", "margin", "min_coverage"):
+            if not 0.0 <= getattr(cfg, key) <= 1.0:
+                raise ConfigError(file, f"bot.{key}", "must be between 0 and 1")
+        if cfg.suggest_threshold > cfg.answer_threshold:
+            raise ConfigError(file, "bot.suggest_threshold", f"must not exceed answer_threshold ({cfg.answer_threshold})")
+        cfg.__dict__["state"] = _BotState(cfg, library, vocab, platforms)
 
 
 @hookimpl
@@ -391,7 +513,7 @@ def fenliu_bot_reply(message: Message, ctx: HookContext) -> BotReply | None:
 
 
 __all__ = [
-    "PLACEHOLDERS", "BotConfig", "FaqEntry", "FaqFile", "FaqLibrary", "QuickReply", "ShopTexts",
+    "PLACEHOLDERS", "BotConfig", "FaqEntry", "Mode", "mode_for", "suggest_replies", "Suggestion", "FaqFile", "FaqLibrary", "QuickReply", "ShopTexts",
     "decide", "list_quick_replies", "load_faq", "placeholder_values", "render", "render_quick_reply",
     "suggest_quick_replies",
 ]

@@ -80,11 +80,11 @@ async def test_welcome_goes_out_with_the_assignment(fenliu_harness):
 
 async def test_bot_state_survives_the_first_message(fenliu_harness):
     h = fenliu_harness()
-    first = await h.send(shop_id="pdd-1001", buyer_id="b-1", text="什么时候发货")
-    conv = h.dispatcher.conversations["pdd-1001:b-1"]
-    assert first.action == "answered" and conv.state == "bot"
+    first = await h.send(shop_id="tb-2001", buyer_id="b-1", text="什么时候发货")
+    conv = h.dispatcher.conversations["tb-2001:b-1"]
+    assert first.action == "answered" and conv.state == "bot" and first.flags == ["bot:settle:ship-time"]
     assert conv.meta["bot"] == {"answered": ["ship-time"], "last": SHIP_TIME}
-    again = await h.send(shop_id="pdd-1001", buyer_id="b-1", text="到底几天发货")
+    again = await h.send(shop_id="tb-2001", buyer_id="b-1", text="到底几天发货")
     assert (again.action, again.reply) == ("assigned", REPEAT)
 
 
@@ -225,9 +225,18 @@ def route(config_dir, lines):
     return [json.loads(line) for line in r.stdout.splitlines()]
 
 
+def settle_everywhere(config_dir) -> None:
+    """The demo's Pinduoduo shops on ``settle`` (the demo puts them on ``suggest``)."""
+    policy = config_dir / "policies" / "default.toml"
+    text = policy.read_text(encoding="utf-8")
+    assert 'platform_modes = { pinduoduo = "suggest" }' in text
+    policy.write_text(text.replace('platform_modes = { pinduoduo = "suggest" }', ""), encoding="utf-8")
+
+
 def test_route_bot_conversation_end_to_end(tmp_path):
     config_dir = tmp_path / "config"
     shutil.copytree(ROOT / "config", config_dir)
+    settle_everywhere(config_dir)
     buyer = {"nick": "小王"}
     order = {"order_id": "240101-88", "status": "shipped", "amount": 199.0, "goods": "羽绒服"}
     out = route(config_dir, [
@@ -240,13 +249,13 @@ def test_route_bot_conversation_end_to_end(tmp_path):
     base = {"shop_id": "pdd-1001", "cause": "message", "flags": []}
     assert out == [
         {**base, "msg_id": "e-1", "conversation_id": "pdd-1001:b-9", "action": "answered", "agent_id": None,
-         "skill": "logistics", "priority": 0, "text": "我的快递到哪了",
+         "skill": "logistics", "priority": 0, "text": "我的快递到哪了", "flags": ["bot:settle:tracking"],
          "reply": "小王，您的订单240101-88已交给快递，在拼多多「我的订单」里点开订单就能看到实时物流哦~"},
         {**base, "msg_id": "e-2", "conversation_id": "pdd-1001:b-9", "action": "answered", "agent_id": None,
-         "skill": "logistics", "priority": 0, "text": "有运费险吗",
+         "skill": "logistics", "priority": 0, "text": "有运费险吗", "flags": ["bot:settle:freight-insurance"],
          "reply": "亲，暖冬羽绒旗舰店的商品都赠送运费险，退货时运费险会按规则自动理赔到您的账户~"},
         {**base, "msg_id": "e-3", "conversation_id": "pdd-1001:b-9", "action": "assigned", "agent_id": "a-02",
-         "skill": "logistics", "priority": 0, "text": "快递到哪了啊", "reply": REPEAT},
+         "skill": "logistics", "priority": 0, "text": "快递到哪了啊", "reply": REPEAT, "flags": ["bot:repeat:tracking"]},
         {**base, "msg_id": "e-4", "conversation_id": "pdd-1001:b-9", "action": "assigned", "agent_id": "a-02",
          "skill": "logistics", "priority": 0, "text": "转人工", "reply": None},
         {**base, "msg_id": "e-5", "conversation_id": "pdd-1001:b-10", "action": "queued", "agent_id": None,
@@ -259,9 +268,11 @@ def test_route_sample_still_routes_every_message(demo_config):
     lines = [json.loads(line) for line in (DATA / "sample.jsonl").read_text(encoding="utf-8").splitlines()]
     out = route(demo_config, lines)
     by_id = {d["msg_id"]: d for d in out if d["cause"] == "message" and d["action"] != "duplicate"}
-    assert by_id["m-000001"]["action"] == "answered" and by_id["m-000001"]["skill"] == "logistics"
+    # Pinduoduo: the answer goes to the agent's composer, the buyer to a human (3-minute rate)
+    assert by_id["m-000001"]["action"] == "assigned" and by_id["m-000001"]["skill"] == "logistics"
+    assert "bot:suggest:tracking" in by_id["m-000001"]["flags"]
     assert by_id["m-000003"]["skill"] == "aftersale" and by_id["m-000003"]["agent_id"] == "a-03"
-    assert by_id["m-000005"]["reply"] == "抱歉刚才的回答没能帮到您，正在为您转接人工客服，请稍候。"
+    assert by_id["m-000008"]["action"] == "answered"  # Taobao settles
     assert by_id["m-000010"]["reply"] == REQUEST
 
 
