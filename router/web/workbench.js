@@ -19,6 +19,7 @@ const state = {
   status: 'offline',
   quick: new Map(),       // cid -> quick reply groups
   profiles: new Map(),    // cid -> profile
+  drafts: new Map(),      // cid -> what was typed for that buyer and not sent
   agents: [],
   today: null,
   hellos: 0,
@@ -206,9 +207,23 @@ function renderChat() {
   renderSide();
 }
 
-async function select(cid) {
-  if (state.selected !== cid) hideBlocked();
+// The composer holds one buyer's draft at a time: switching saves it under the conversation it was
+// typed for and restores the next one's, so nothing typed for one buyer can be sent to another.
+function setSelected(cid) {
+  if (state.selected === cid) return;
+  const draft = $('draft');
+  if (state.selected) {
+    if (draft.value) state.drafts.set(state.selected, draft.value);
+    else state.drafts.delete(state.selected);
+  }
+  hideBlocked();
   state.selected = cid;
+  draft.value = (cid && state.drafts.get(cid)) || '';
+  $('draft-hint').textContent = '';
+}
+
+async function select(cid) {
+  setSelected(cid);
   const conv = current();
   if (!conv) return renderChat();
   conv.unread = 0;
@@ -415,8 +430,11 @@ async function send() {
       else toast(`发送失败：${result.reason}`, 'error');
       return;
     }
-    hideBlocked();
-    draft.value = '';
+    state.drafts.delete(conv.id);
+    if (state.selected === conv.id) {  // the agent may have moved on while the reply was checked
+      hideBlocked();
+      if (draft.value.trim() === text) draft.value = '';
+    }
     conv.history.push({ who: 'agent', text: result.text || text, ts: now(), agent_id: state.me.agent_id });
     renderChat();
     refreshToday();
@@ -559,7 +577,8 @@ function onFrame(frame) {
       if (conv && frame.type === 'transferred') {
         toast(`会话已转出：${buyerName(conv)} · ${label(CAUSE, frame.cause)}${frame.to_agent ? ` → ${frame.to_agent}` : ''}`);
       }
-      if (state.selected === frame.conversation_id) { state.selected = null; hideBlocked(); }
+      state.drafts.delete(frame.conversation_id);
+      if (state.selected === frame.conversation_id) setSelected(null);
       break;
     }
     case 'context': {
@@ -619,7 +638,7 @@ async function refreshQueued() {
       state.queued.set(c.id, { ...c, readonly: true, unread: 0, history: old ? old.history : [], loaded: old ? old.loaded : false, buyer: old && old.buyer, order: old && old.order });
     }
     for (const id of [...state.queued.keys()]) if (!seen.has(id)) state.queued.delete(id);
-    if (state.selected && !current()) state.selected = null;
+    if (state.selected && !current()) setSelected(null);
     renderList();
   } catch { /* next round */ }
 }

@@ -212,3 +212,41 @@ def test_supervisor_watches_and_steers_from_the_dashboard(served, open_page):
     expect(dash.locator('#queues tr[data-skill="presale"] td').nth(1)).to_have_text("2")
     expect(agent.locator('.status-btn[data-status="online"]')).to_have_class(re.compile("active"))
     expect(agent.locator('.conv[data-id="pdd-a:b-201"]')).to_be_visible()
+
+
+def test_a_draft_stays_with_its_buyer(served, open_page):
+    """Text typed for one buyer never sits in another buyer's composer: switching saves and
+    restores each conversation's draft, and a send goes to the buyer it was typed for."""
+    page = open_page("acme", "b01", "workbench.html")
+    expect(page.locator("#conn")).to_have_text("● 已连接")
+    served.post([message("t-1", "b-300", "在吗", shop="tb-b", buyer={"nick": "甲"}),
+                 message("t-2", "b-301", "这个有货吗", shop="tb-b", buyer={"nick": "乙"})], shop="tb-b")
+    first, second = page.locator('.conv[data-id="tb-b:b-300"]'), page.locator('.conv[data-id="tb-b:b-301"]')
+    for conv, nick in ((first, "甲"), (second, "乙")):
+        conv.click()
+        expect(page.locator("#chat-title")).to_have_text(nick)
+        if page.locator("#accept-bar").is_visible():
+            page.click("#accept")
+        expect(page.locator("#draft")).to_be_enabled()
+    first.click()
+    page.locator("#draft").fill("甲的快递明天到")
+    second.click()
+    expect(page.locator("#draft")).to_have_value("")
+    page.locator("#draft").fill("乙要的有货")
+    first.click()
+    expect(page.locator("#draft")).to_have_value("甲的快递明天到")
+    second.click()
+    expect(page.locator("#draft")).to_have_value("乙要的有货")
+    page.locator("#draft").press("Enter")
+    expect(page.locator("#history .msg.agent")).to_have_text([re.compile("乙要的有货$")])
+    expect(page.locator("#draft")).to_have_value("")
+    first.click()
+    expect(page.locator("#draft")).to_have_value("甲的快递明天到")
+    admin = served.token("acme")
+
+    def replies(cid: str) -> list[str]:
+        status, body = served.request("GET", f"/v1/conversations/{cid}", token=admin)
+        return [h["text"] for h in body.get("history", []) if h["who"] == "agent"]
+
+    served.wait_for(lambda: replies("tb-b:b-301") == ["乙要的有货"], what="the reply reached 乙")
+    assert replies("tb-b:b-300") == []
