@@ -59,25 +59,34 @@ Folder_init(Folder *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
-/* fold(text) -> (folded, ascii, digits, ascii_in, digits_in, repeats): the folded text (``text``
- * itself when nothing changes), how many of its characters are ASCII and ASCII digits, the same
- * two counts for ``text`` as typed (the filter's regexes are gated on those counts: patterns on
- * the folded text by the first pair, patterns on the original by the second), and how many
- * folded characters repeat the one before them and were not typed as digits (what ``words``
- * would drop: 0 means ``words(text)`` is the folded text). */
+/* fold(text, collapse=False) -> (folded, words, ascii, digits, ascii_in, digits_in, run): the
+ * folded text (``text`` itself when nothing changes); the folded text with repeats collapsed
+ * when ``collapse`` (see ``words``; the folded text itself when nothing repeats or without
+ * ``collapse``); how many characters of the folded text are ASCII and ASCII digits, and the same
+ * two counts for ``text`` as typed, and the longest run of ASCII digits in the folded text (the
+ * filter's regexes are gated on those counts: patterns on the folded text by the first pair and
+ * the run, patterns on the original by the second pair). */
 static PyObject *
-Folder_fold(Folder *self, PyObject *text)
+Folder_fold(Folder *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "fold(text, collapse=False)");
+        return NULL;
+    }
+    PyObject *text = args[0];
     if (!PyUnicode_Check(text)) {
         PyErr_Format(PyExc_TypeError, "fold() argument must be str, not %.80s", Py_TYPE(text)->tp_name);
         return NULL;
     }
+    int collapse = 0;
+    if (nargs == 2 && (collapse = PyObject_IsTrue(args[1])) < 0)
+        return NULL;
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
     int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
     const int32_t *table = self->table;
     Py_ssize_t size = self->size;
-    Py_ssize_t out_len = 0, ascii = 0, digits = 0, ascii_in = 0, digits_in = 0, repeats = 0;
+    Py_ssize_t out_len = 0, ascii = 0, digits = 0, ascii_in = 0, digits_in = 0, repeats = 0, run = 0, longest = 0;
     Py_UCS4 maxchar = 0;
     int32_t last = -1;
     int changed = 0;
@@ -99,15 +108,20 @@ Folder_fold(Folder *self, PyObject *text)
             repeats++;
         last = v;
         out_len++;
-        if (v < 128) {
-            ascii++;
-            if (v >= '0' && v <= '9')
-                digits++;
+        if (v >= '0' && v <= '9') {
+            digits++;
+            if (++run > longest)
+                longest = run;
         }
+        else {
+            run = 0;
+        }
+        if (v < 128)
+            ascii++;
         if ((Py_UCS4)v > maxchar)
             maxchar = (Py_UCS4)v;
     }
-    PyObject *out;
+    PyObject *out, *words;
     if (!changed) {
         out = Py_NewRef(text);
     }
@@ -125,7 +139,47 @@ Folder_fold(Folder *self, PyObject *text)
                 PyUnicode_WRITE(okind, odata, j++, (Py_UCS4)v);
         }
     }
-    return Py_BuildValue("(Nnnnnn)", out, ascii, digits, ascii_in, digits_in, repeats);
+    if (!collapse || !repeats) {
+        words = Py_NewRef(out);
+    }
+    else {
+        /* The collapsed text has the folded text's characters, so the same width fits. */
+        words = PyUnicode_New(out_len - repeats, maxchar);
+        if (words == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        int wkind = PyUnicode_KIND(words);
+        void *wdata = PyUnicode_DATA(words);
+        Py_ssize_t j = 0;
+        last = -1;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_UCS4 cp = PyUnicode_READ(kind, data, i);
+            int32_t v = (Py_ssize_t)cp < size ? table[cp] : (int32_t)cp;
+            if (v < 0 || (v == last && !Py_UNICODE_ISDECIMAL(cp)))
+                continue;
+            last = v;
+            PyUnicode_WRITE(wkind, wdata, j++, (Py_UCS4)v);
+        }
+    }
+    PyObject *result = PyTuple_New(7);
+    if (result == NULL) {
+        Py_DECREF(out);
+        Py_DECREF(words);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, out);
+    PyTuple_SET_ITEM(result, 1, words);
+    Py_ssize_t counts[5] = {ascii, digits, ascii_in, digits_in, longest};
+    for (int k = 0; k < 5; k++) {
+        PyObject *x = PyLong_FromSsize_t(counts[k]);
+        if (x == NULL) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(result, 2 + k, x);
+    }
+    return result;
 }
 
 /* words(text) -> the folded text with repeats collapsed: a character whose fold equals the fold
@@ -161,15 +215,58 @@ Folder_words(Folder *self, PyObject *text)
     return out;
 }
 
+/* spans(text) -> bytes of int32 triples (first, last, count), one per character of
+ * ``words(text)``: the first and last index in ``text`` of the characters it stands for and how
+ * many they are (the filter maps a hit in the collapsed text back to the text with it). */
+static PyObject *
+Folder_spans(Folder *self, PyObject *text)
+{
+    if (!PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "spans() argument must be str, not %.80s", Py_TYPE(text)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    const int32_t *table = self->table;
+    Py_ssize_t size = self->size;
+    int32_t *buf = PyMem_Malloc((n ? n : 1) * 3 * sizeof(int32_t));
+    if (buf == NULL)
+        return PyErr_NoMemory();
+    Py_ssize_t j = 0;
+    int32_t last = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 cp = PyUnicode_READ(kind, data, i);
+        int32_t v = (Py_ssize_t)cp < size ? table[cp] : (int32_t)cp;
+        if (v < 0)
+            continue;
+        if (v == last && !Py_UNICODE_ISDECIMAL(cp)) {
+            buf[j - 2] = (int32_t)i;
+            buf[j - 1]++;
+            continue;
+        }
+        last = v;
+        buf[j++] = (int32_t)i;
+        buf[j++] = (int32_t)i;
+        buf[j++] = 1;
+    }
+    PyObject *out = PyBytes_FromStringAndSize((const char *)buf, j * (Py_ssize_t)sizeof(int32_t));
+    PyMem_Free(buf);
+    return out;
+}
+
 static PyMethodDef Folder_methods[] = {
-    {"fold", (PyCFunction)Folder_fold, METH_O,
-     "fold(text) -> (folded, ascii, digits, ascii_in, digits_in, repeats): ``text`` mapped through the "
-     "table (deleted characters dropped; ``text`` itself when nothing changes), the counts of ASCII "
-     "characters and ASCII digits in the result and in ``text``, and how many characters ``words`` "
-     "would collapse."},
+    {"fold", (PyCFunction)(void (*)(void))Folder_fold, METH_FASTCALL,
+     "fold(text, collapse=False) -> (folded, words, ascii, digits, ascii_in, digits_in, run): ``text`` mapped "
+     "through the table (deleted characters dropped; ``text`` itself when nothing changes), the same "
+     "with repeats collapsed if ``collapse`` (else, or when nothing repeats, the folded text itself), "
+     "the counts of ASCII characters and ASCII digits in the folded text and in ``text``, and the longest "
+     "run of ASCII digits in the folded text."},
     {"words", (PyCFunction)Folder_words, METH_O,
      "words(text) -> the folded text with each repeat of the previous kept character dropped "
      "(characters typed as decimal digits are never dropped)."},
+    {"spans", (PyCFunction)Folder_spans, METH_O,
+     "spans(text) -> bytes of int32 (first, last, count) triples, one per character of words(text)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -168,7 +168,7 @@ def _detector(name: str, length: int) -> tuple[str, Literal["normalised", "origi
         return (r"[a-z0-9][a-z0-9._%+-]*[@＠][a-z0-9][-a-z0-9]*(?:[.．。][-a-z0-9]+)*[.．。][a-z]{2,}(?![a-z0-9])",
                 "original", True, ("@", "＠"))
     if name == "ipv4":
-        return rf"(?<![0-9.]){_OCTET}(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])", "original", False, ()
+        return rf"(?<![0-9.]){_OCTET}(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])", "original", False, (".",)
     assert name == "digits"
     return rf"(?<![0-9])[0-9]{{{length},}}", "normalised", False, ()
 
@@ -362,14 +362,14 @@ class Normaliser:
         #: Runs of separators of the Basic Multilingual Plane (surrogates excluded), for :meth:`locator`.
         self.runs = re.compile(f"([{_char_class(cp for cp, v in enumerate(table) if v is None and cp < 0x10000)}]+)")
         assert all(c in self.deleted for c in EAGER)
-        #: ``fold(text) -> (normalised, ascii, digits, ascii in text, digits in text, repeats)``
-        #: and ``words(text)`` in C, or ``None`` (no compiler at install time, or
-        #: ``FENLIU_PURE_PYTHON=1``): see :meth:`Matcher.scan_counts`.
-        self.fold: Callable[[str], tuple[str, int, int, int, int, int]] | None = None
-        self.fold_words: Callable[[str], str] | None = None
+        #: ``fold(text, collapse) -> (normalised, words, ascii, digits, ascii in text, digits in
+        #: text, longest digit run)``, ``words(text)`` and ``spans(text)`` in C, or ``None`` (no compiler at install
+        #: time, or ``FENLIU_PURE_PYTHON=1``): see :meth:`Matcher.scan_counts`.
+        self.fold: Callable[[str, bool], tuple[str, str, int, int, int, int, int]] | None = None
+        self.fold_spans: Callable[[str], bytes] | None = None
         if Folder is not None and not os.environ.get("FENLIU_PURE_PYTHON"):
             folder = Folder(array("i", (-1 if v is None else v for v in table)))
-            self.fold, self.fold_words = folder.fold, folder.words
+            self.fold, self.fold_spans = folder.fold, folder.spans
 
     def normalise(self, text: str) -> str:
         """The normalised form (what patterns, and words of directions without collapsing, see)."""
@@ -386,12 +386,20 @@ class Normaliser:
             return n
         if _ADJACENT_DIGITS.search(n) is None:  # no repeated digit: no typed digit to keep apart
             return _RUNS.sub(r"\1", n)
-        return "".join(text[i] for i, _, _ in self.word_spans(text)).translate(self.table)
+        return "".join(text[i] for i in self.flat_spans(text)[::3]).translate(self.table)
 
     def word_spans(self, text: str) -> list[tuple[int, int, int]]:
         """For each character of :meth:`words`, the first and last index in ``text`` of the
         characters it stands for (a run of repeats, separators between them included) and how
         many they are."""
+        flat = self.flat_spans(text)
+        return [(flat[k], flat[k + 1], flat[k + 2]) for k in range(0, len(flat), 3)]
+
+    def flat_spans(self, text: str) -> Sequence[int]:
+        """:meth:`word_spans` as one flat sequence ``first, last, count, first, …`` (in C when
+        built: the Python loop costs ≈1 µs a character)."""
+        if self.fold_spans is not None:
+            return memoryview(self.fold_spans(text)).cast("i")
         table, size, spans = self.table, len(self.table), []
         last: int | None = -1
         for i, c in enumerate(text):
@@ -400,11 +408,11 @@ class Normaliser:
             if v is None:
                 continue
             if v == last and not c.isdecimal():
-                first, _, count = spans[-1]
-                spans[-1] = (first, i, count + 1)
+                spans[-2] = i
+                spans[-1] += 1
                 continue
             last = v
-            spans.append((i, i, 1))
+            spans += (i, i, 1)
         return spans
 
     def positions(self, text: str) -> list[int]:
@@ -549,11 +557,12 @@ class Matcher:
         _, w, ms, *_ = self.scan_counts(text)
         return w, ms
 
-    def scan_counts(self, text: str) -> tuple[str, str, list[tuple[int, int, int]], int, int, int, int]:
-        """``(normalised, scanned, matches, ascii, digits, ascii_in, digits_in)``: the
+    def scan_counts(self, text: str) -> tuple[str, str, list[tuple[int, int, int]], int, int, int, int, int]:
+        """``(normalised, scanned, matches, ascii, digits, ascii_in, digits_in, run)``: the
         normalised text, the text scanned (the normalised text itself unless repeats were
         collapsed), the matches, how many ASCII characters and ASCII digits the normalised text
-        and ``text`` hold (what the pattern gates count), each ``-1`` when not known for free.
+        and ``text`` hold and the longest run of digits in the normalised text (what the pattern
+        gates count), each ``-1`` when not known for free.
 
         With the C fold (``plugins._fold``) this is one pass over the text and one scan (two
         passes when repeats are collapsed). Otherwise cheapest checks first: common punctuation
@@ -565,10 +574,9 @@ class Matcher:
         """
         norm = _normaliser
         assert norm is not None
-        if norm.fold is not None:
-            t, ascii_n, digits_n, ascii_in, digits_in, repeats = norm.fold(text)
-            w = norm.fold_words(text) if repeats and self.collapse else t  # type: ignore[misc]
-            return t, w, self.ac.find_matches_as_indexes(w, overlapping=True), ascii_n, digits_n, ascii_in, digits_in
+        if norm.fold is not None:  # SensitiveFilter.hits inlines this
+            t, w, ascii_n, digits_n, ascii_in, digits_in, run = norm.fold(text, self.collapse)
+            return t, w, self.ac.find_matches_as_indexes(w, overlapping=True), ascii_n, digits_n, ascii_in, digits_in, run
         t = text
         for c in EAGER:
             if c in t:
@@ -608,8 +616,8 @@ class Matcher:
             if w is not t:
                 ms = ac.find_matches_as_indexes(w, overlapping=True)
         if b is None:
-            return t, w, ms, -1, -1, -1, -1
-        return t, w, ms, len(b), len(b) - len(b.translate(None, b"0123456789")), -1, -1
+            return t, w, ms, -1, -1, -1, -1, -1
+        return t, w, ms, len(b), len(b) - len(b.translate(None, b"0123456789")), -1, -1, -1
 
     def classify(self, w: str, ms: list[tuple[int, int, int]]
                  ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], frozenset[str]]:
@@ -685,14 +693,44 @@ def min_ascii(regex: str, digits: bool = False, ignore_case: bool = False) -> in
         return 0
 
 
+def min_run(regex: str) -> int:
+    """The longest run of consecutive ASCII digits every match of ``regex`` contains (11 for a
+    mainland mobile number); 0 when unsure. Zero-width assertions do not break a run."""
+    from re import _constants as C  # type: ignore[attr-defined]
+    from re import _parser as P  # type: ignore[attr-defined]
+
+    def digit(op: object, av: object) -> bool:
+        if op is C.LITERAL:
+            return 48 <= av < 58  # type: ignore[operator]
+        if op is C.IN:
+            return all(o is C.LITERAL and 48 <= a < 58 or o is C.RANGE and 48 <= a[0] and a[1] < 58
+                       or o is C.CATEGORY and a is C.CATEGORY_DIGIT for o, a in av)  # type: ignore[attr-defined]
+        return False
+
+    try:
+        best = run = 0
+        for op, av in P.parse(regex):
+            if digit(op, av):
+                run += 1
+            elif op in (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT) and len(av[2]) == 1 and digit(*av[2][0]):
+                run += av[0]
+            elif op in (C.ASSERT, C.ASSERT_NOT, C.AT):
+                continue
+            else:
+                best, run = max(best, run), 0
+        return max(best, run)
+    except Exception:  # noqa: BLE001 - a private API: when in doubt, always run the regex
+        return 0
+
+
 #: Automata of the last configurations, by content: a reload (or a test building many configs)
 #: with unchanged lists reuses the automaton instead of paying ≈0.2 s for a new one.
 _recent: dict[tuple, Matcher] = {}
 
 
 class _Rule:
-    __slots__ = ("name", "regex", "original", "inbound", "outbound", "min_ascii", "min_digits", "requires",
-                 "triggers", "tag", "advice")
+    __slots__ = ("name", "regex", "original", "inbound", "outbound", "min_ascii", "min_digits", "min_run",
+                 "requires", "triggers", "tag", "advice")
 
     def __init__(self, p: Pattern, collapse: bool) -> None:
         self.name = p.name
@@ -702,6 +740,7 @@ class _Rule:
         self.outbound = p.outbound
         self.min_ascii = min_ascii(p.regex, ignore_case=p.ignore_case)
         self.min_digits = min_ascii(p.regex, digits=True)
+        self.min_run = min_run(p.regex)
         self.requires = p.requires
         self.tag = p.tag
         self.advice = p.advice
@@ -735,9 +774,26 @@ class SensitiveFilter:
         self.replace = replace or {}
         self.warnings = tuple(warnings)
         self.pattern_names = frozenset(r.name for r in self.rules)
-        #: Per direction: the rules that may run on a text in which no ``requires`` string was
-        #: found, and whether any rule looks at the text as typed.
-        self._untriggered = {d: [r for r in rs if not r.triggers] for d, rs in rules.items()}
+        #: Per direction: the normalised-view rules (all, and those that may run on a text in
+        #: which no ``requires`` string was found), the original-view rules, and one regex that
+        #: finds any of the original-view rules' ``requires`` (``None``: a rule has none), so a
+        #: text none of them can match costs one search instead of a loop.
+        #: The last item: the smallest gates of the untriggered rules (no rule of them runs
+        #: on a text below all three), checked before calling :meth:`_pattern_hits` at all.
+        self._plans: dict[str, tuple[list[_Rule], list[_Rule], list[_Rule], re.Pattern[str] | None,
+                                     tuple[int, int, int]]] = {}
+        for d, rs in rules.items():
+            original = [r for r in rs if r.original]
+            gate = None
+            if original and all(r.requires for r in original):
+                needs = sorted({x for r in original for x in r.requires}, key=len, reverse=True)
+                gate = re.compile(f"[{''.join(map(re.escape, needs))}]" if all(len(x) == 1 for x in needs)
+                                  else "|".join(map(re.escape, needs)))
+            normal = [r for r in rs if not r.original]
+            untriggered = [r for r in normal if not r.triggers]
+            lows = (min((r.min_ascii for r in untriggered), default=0), min((r.min_digits for r in untriggered), default=0),
+                    min((r.min_run for r in untriggered), default=0))
+            self._plans[d] = (normal, untriggered, original, gate, lows)
 
     @classmethod
     def build(cls, cfg: SensitiveConfig, base: Path, file: str, cache: dict) -> SensitiveFilter:
@@ -805,53 +861,68 @@ class SensitiveFilter:
         if not self.enabled or not text:
             return []
         m = self.matchers[direction]
-        n, w, ms, ascii_n, digits_n, ascii_in, digits_in = m.scan_counts(text)
+        fold = normaliser().fold  # type: ignore[union-attr]
+        if fold is not None:
+            n, w, ascii_n, digits_n, ascii_in, digits_in, run = fold(text, m.collapse)
+            ms = m.ac.find_matches_as_indexes(w, overlapping=True)
+        else:
+            n, w, ms, ascii_n, digits_n, ascii_in, digits_in, run = m.scan_counts(text)
         if ms:
             found, allowed, triggered = m.classify(w, ms)
         else:
             found, allowed, triggered = ms, ms, _NOTHING
-        rules = self._rules[direction]
-        pattern_hits = self._pattern_hits(text, n, ascii_n, digits_n, ascii_in, digits_in, triggered,
-                                          rules if triggered else self._untriggered[direction]) if rules else []
+        normal, untriggered, original, gate, (low_ascii, low_digits, low_run) = self._plans[direction]
+        if triggered:
+            untriggered = normal
+        elif 0 <= ascii_n < low_ascii or 0 <= digits_n < low_digits or 0 <= run < low_run:
+            untriggered = _NO_RULES
+        if original and gate is not None and gate.search(text) is None:
+            original = _NO_RULES
+        pattern_hits = self._pattern_hits(text, n, ascii_n, digits_n, ascii_in, digits_in, run, triggered, untriggered,
+                                          original) if untriggered or original else _NO_HITS
         if not found and not pattern_hits:
             return []
         return self._report(text, n, w, m, found, allowed, pattern_hits)
 
     @staticmethod
-    def _pattern_hits(text: str, n: str, ascii_n: int, digits_n: int, ascii_in: int, digits_in: int,
-                      triggered: frozenset[str], rules: list[_Rule]) -> list[tuple[int, int, _Rule]]:
+    def _pattern_hits(text: str, n: str, ascii_n: int, digits_n: int, ascii_in: int, digits_in: int, run: int,
+                      triggered: frozenset[str], normal: list[_Rule], original: list[_Rule]
+                      ) -> list[tuple[int, int, _Rule]]:
         """Matches of the patterns worth running: ``(start, end, rule)``, in normalised
-        positions for ``on = "normalised"`` rules, in ``text`` for ``on = "original"``. The
-        ASCII gates count the text each rule runs on (``-1``: not known yet, see
+        positions for ``normal`` (``on = "normalised"``) rules, in ``text`` for ``original``
+        ones. The ASCII gates count the text each rule runs on (``-1``: not known yet, see
         :meth:`Matcher.scan_counts`)."""
         out: list[tuple[int, int, _Rule]] = []
-        for r in rules:
-            if r.original:
-                if r.min_ascii:
-                    if ascii_in < 0:
-                        ascii_b = text.encode("ascii", "ignore")
-                        ascii_in = len(ascii_b)
-                        digits_in = ascii_in - len(ascii_b.translate(None, b"0123456789"))
-                    if ascii_in < r.min_ascii or digits_in < r.min_digits:
-                        continue
-                if r.requires:
-                    for x in r.requires:
-                        if x in text:
-                            break
-                    else:
-                        continue
-                subject = text
-            else:
-                if ascii_n < 0:
-                    ascii_b = n.encode("ascii", "ignore")
-                    ascii_n = len(ascii_b)
-                    digits_n = ascii_n - len(ascii_b.translate(None, b"0123456789"))
-                if ascii_n < r.min_ascii or digits_n < r.min_digits:
+        if normal and ascii_n < 0:
+            ascii_b = n.encode("ascii", "ignore")
+            ascii_n = len(ascii_b)
+            digits_n = ascii_n - len(ascii_b.translate(None, b"0123456789"))
+        for r in normal:
+            if ascii_n < r.min_ascii or digits_n < r.min_digits or r.triggers and r.triggers.isdisjoint(triggered):
+                continue
+            if r.min_run > 1:
+                if run < 0:
+                    run = max(map(len, _DIGIT_RUNS.findall(n)), default=0)
+                if run < r.min_run:
                     continue
-                if r.triggers and r.triggers.isdisjoint(triggered):
+            for mo in r.regex.finditer(n):
+                a, b = mo.span()
+                if b > a:
+                    out.append((a, b, r))
+        if original and ascii_in < 0:
+            ascii_b = text.encode("ascii", "ignore")
+            ascii_in = len(ascii_b)
+            digits_in = ascii_in - len(ascii_b.translate(None, b"0123456789"))
+        for r in original:
+            if ascii_in < r.min_ascii or digits_in < r.min_digits:
+                continue
+            if r.requires:
+                for x in r.requires:
+                    if x in text:
+                        break
+                else:
                     continue
-                subject = n
-            for mo in r.regex.finditer(subject):
+            for mo in r.regex.finditer(text):
                 a, b = mo.span()
                 if b > a:
                     out.append((a, b, r))
@@ -871,15 +942,16 @@ class SensitiveFilter:
         a collapsed view (``w`` is not ``n``) through the run map, a hit covering whole runs."""
         norm = normaliser()
         locate: Callable[[int], int] | None = None
-        spans: list[tuple[int, int, int]] | None = None
+        spans: Sequence[int] | None = None
         owners, boundary = m.owners, norm.boundary
         rows: list[_Row] = []
 
         def span(a: int, b: int) -> tuple[int, int]:
             nonlocal locate, spans
             if w is not n:
-                spans = spans or norm.word_spans(text)
-                return spans[a][0], spans[b - 1][1] + 1
+                if spans is None:
+                    spans = norm.flat_spans(text)
+                return spans[3 * a], spans[3 * b - 2] + 1
             locate = locate or norm.locator(text, len(n))
             return locate(a), locate(b - 1) + 1
 
@@ -900,8 +972,9 @@ class SensitiveFilter:
                 if runs is not None:  # QQ: the text must repeat the q (all runs are 1 when w is n)
                     if w is n:
                         continue
-                    spans = spans or norm.word_spans(text)
-                    if any(spans[a + k][2] < r for k, r in enumerate(runs)):
+                    if spans is None:
+                        spans = norm.flat_spans(text)
+                    if any(spans[3 * (a + k) + 2] < r for k, r in enumerate(runs)):
                         continue
                 rows.append((start, -end, len(rows), word, source, source, tag, advice))
         if pattern_hits:
@@ -968,6 +1041,9 @@ class SensitiveFilter:
 
 
 _NOTHING: frozenset[str] = frozenset()
+_NO_RULES: list[_Rule] = []
+_DIGIT_RUNS = re.compile("[0-9]+")
+_NO_HITS: list[tuple[int, int, _Rule]] = []
 
 
 def _too_short(norm: Normaliser, word: str) -> str | None:

@@ -43,13 +43,13 @@ def fold_path(request):
     """Every test here runs twice: with the C fold (``plugins._fold``) and with the pure-Python
     path a machine without a compiler uses."""
     norm = normaliser()
-    native = norm.fold
+    native = norm.fold, norm.fold_spans
     if request.param == "pure-python":
-        norm.fold = None
-    elif native is None:
+        norm.fold = norm.fold_spans = None
+    elif native[0] is None:
         pytest.skip("plugins._fold is not built (no C compiler at install time)")
     yield request.param
-    norm.fold = native
+    norm.fold, norm.fold_spans = native
 
 
 def test_c_fold_is_built_where_a_compiler_is():
@@ -78,8 +78,10 @@ def test_c_fold_equals_translate_with_the_table(text):
     if sensitive.Folder is None:
         pytest.skip("plugins._fold is not built")
     folder = _c_folder()
-    n, ascii_n, digits_n, ascii_in, digits_in, repeats = folder.fold(text)
+    n, same, ascii_n, digits_n, ascii_in, digits_in, run = folder.fold(text)
+    assert run == max(map(len, re.findall("[0-9]+", text.translate(norm.table))), default=0)
     expected = text.translate(norm.table)
+    assert same is n
     assert n == expected
     assert ascii_n == sum(c.isascii() for c in expected)
     assert digits_n == sum(c in "0123456789" for c in expected)
@@ -88,8 +90,21 @@ def test_c_fold_equals_translate_with_the_table(text):
     if expected == text:
         assert n is text
     w = folder.words(text)
-    assert w == norm.words(text) == norm.words(text, expected)
-    assert len(expected) - len(w) == repeats
+    assert w == norm.words(text) == norm.words(text, expected) == folder.fold(text, True)[1]
+    folded, collapsed, *_ = folder.fold(text, True)
+    assert folded == n
+    if w == n:
+        assert collapsed is folded
+    assert list(memoryview(folder.spans(text)).cast("i")) == _python_spans(text)
+
+
+def _python_spans(text):
+    norm = normaliser()
+    native, norm.fold_spans = norm.fold_spans, None
+    try:
+        return list(norm.flat_spans(text))
+    finally:
+        norm.fold_spans = native
 
 
 @functools.cache
@@ -269,6 +284,11 @@ def test_min_ascii_gates():
     assert min_ascii(r"(?:qq|扣扣)[1-9][0-9]{4,10}") == 5
     assert min_ascii(r"(?:微信|vx)[a-z]{6}", digits=True) == 0
     assert min_ascii(r"微信.*") == 0
+    assert min_ascii(r"https?://[a-z]+", ignore_case=True) == 3
+    assert sensitive.min_run(r"1(?<![0-9]1)[3-9][0-9]{9}(?![0-9])") == 11
+    assert sensitive.min_run(r"(?:qq|扣扣)(?:号)?[1-9][0-9]{4,10}") == 5
+    assert sensitive.min_run(r"\d{3}-\d{4}") == 4
+    assert sensitive.min_run(r"(?:12|345)67") == 2
 
 
 def test_custom_pattern_with_original_view():
