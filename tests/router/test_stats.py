@@ -107,7 +107,10 @@ def test_hand_computed_figures(store, demo_config):
     assert (t.converted, t.conversion_rate) == (2, 0.4)
     agents = {r.key: r for r in s.by_agent}
     assert {k: r.sessions for k, r in agents.items()} == {"a-01": 2, "a-02": 1, "a-03": 1}
-    assert agents["a-01"].reply_3min_rate == 1.0 and agents["a-02"].reply_3min_rate == 0.0
+    # B lapsed in the queue (at 190 s) before a-02 got it (at 250 s): the miss is the queue's.
+    assert agents["a-01"].reply_3min_rate == 1.0 and agents["a-02"].reply_3min_eligible == 0
+    # C, settled by the bot and closed without a human reply, is a miss nobody held: the queue's too.
+    assert (s.queue.reply_3min_eligible, s.queue.reply_3min_hits) == (2, 0)
     shops = {r.key: r.sessions for r in s.by_shop}
     assert shops == {"pdd-1001": 5, "pdd-1002": 1}
     skills = {r.key: r.sessions for r in s.by_skill}
@@ -167,7 +170,7 @@ def test_pending_sessions_and_orders_asked_about(tmp_path, demo_config):
     h.message("pdd-1001", "b10", 200, "queued")  # unanswered, 50 s before the last input: pending
     h.message("pdd-1001", "b11", 250, "queued")
     h.conn.close()
-    t = compute(sqlite3.connect(path), load_config(demo_config)).total
+    t = compute(sqlite3.connect(path), load_config(demo_config), now=T0 + 250).total
     assert t.converted == 0
     assert t.reply_3min_eligible == 1 and t.reply_3min_hits == 0, "b9 waited 250 s unanswered; b10, b11 are pending"
 
