@@ -532,7 +532,10 @@ class Matcher:
             if phrase:
                 patterns.append(phrase)
         self.n_allow = len(patterns)
-        self.triggers = [t for t in dict.fromkeys(key(x) for x in triggers) if t]
+        # Triggers are only hints (a regex runs when one is found), so both views use the
+        # collapsed form (qq → q): found in every text where the full form is, and the two
+        # views keep sharing one automaton.
+        self.triggers = [t for t in dict.fromkeys(norm.words(x) for x in triggers) if t]
         patterns.extend(self.triggers)
         self.n_triggers = len(patterns)
         #: What the automaton is built from: a matcher for the other view with the same keys
@@ -732,7 +735,7 @@ class _Rule:
     __slots__ = ("name", "regex", "original", "inbound", "outbound", "min_ascii", "min_digits", "min_run",
                  "requires", "triggers", "tag", "advice")
 
-    def __init__(self, p: Pattern, collapse: bool) -> None:
+    def __init__(self, p: Pattern) -> None:
         self.name = p.name
         self.regex = re.compile(p.regex, re.IGNORECASE if p.ignore_case else 0)
         self.original = p.on == "original"
@@ -744,10 +747,9 @@ class _Rule:
         self.requires = p.requires
         self.tag = p.tag
         self.advice = p.advice
-        #: For normalised-view patterns the automaton finds the ``requires`` strings, in the
-        #: form of the view it scans.
-        key = normalise_words if collapse else normalise
-        self.triggers = frozenset(key(x) for x in p.requires) if not self.original else frozenset()
+        #: For normalised-view patterns the automaton finds the ``requires`` strings (collapsed,
+        #: see :class:`Matcher`).
+        self.triggers = frozenset(normalise_words(x) for x in p.requires) if not self.original else frozenset()
 
 
 #: A hit before it becomes a ``Hit``: ``(start, -end, order, word, source, group, tag, advice)``;
@@ -832,10 +834,10 @@ class SensitiveFilter:
             allow += _read(base, name, file, f"sensitive.allow_files[{j}]")
         patterns = [p for p in cfg.patterns if (p.inbound, p.outbound) != ("off", "off")]
         matchers: dict[str, Matcher] = {}
-        rules: dict[str, list[_Rule]] = {}
+        compiled = [_Rule(p) for p in patterns]
+        rules = {"inbound": compiled, "outbound": compiled}
         for direction in ("inbound", "outbound"):
             on = direction in collapse
-            rules[direction] = [_Rule(p, on) for p in patterns]
             triggers = tuple(sorted({x for p in patterns if p.on != "original" for x in p.requires}))
             key = (tuple(lists), tuple(allow), triggers, on)
             matcher = cache.get(key) or _recent.get(key)
@@ -1124,8 +1126,8 @@ def fenliu_configure(config: Config) -> None:
     cache: dict = {}
     for name, policy in config.policies.items():
         f = policy.sensitive.compile(config.dir, config.policy_file(name), cache)
-        for warning in f.warnings:
-            log.warning("sensitive_entry", warning=warning)
+        if f.warnings:  # all of them: `fenliu check`
+            log.warning("sensitive_entries_suspicious", policy=name, count=len(f.warnings), first=f.warnings[0])
     log.info("sensitive_configured", policies=len(config.policies), automata=len({id(m.ac) for m in cache.values()}),
              words=sum(m.words for m in cache.values()), ms=round((time.perf_counter() - start) * 1000, 1))
 

@@ -48,6 +48,10 @@ def _check(args: argparse.Namespace) -> int:
     for info in config.plugins.infos:
         if info.status.startswith("failed"):
             print(f"warning: plugin {info.name}: {info.status}", file=sys.stderr)
+    for policy in config.policies.values():  # sections that can tell what looks wrong (word lists)
+        for field in policy.__struct_fields__:
+            for warning in getattr(getattr(policy, field), "warnings", ()):
+                print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.config}: ok ({len(config.shops)} shops, {len(config.agents)} agents, "
           f"{len(config.policies)} policies)")
     return 0
@@ -126,7 +130,9 @@ def _check_reply(args: argparse.Namespace) -> int:
         return 0
     print(f"blocked: {result.reason}")
     for hit in result.hits:
-        print(f"  {hit.word!r} at {hit.start}-{hit.end} ({hit.source}): {args.text[hit.start:hit.end]!r}")
+        tag = f", {hit.tag}" if hit.tag else ""
+        advice = f" → {hit.advice}" if hit.advice else ""
+        print(f"  {hit.word!r} at {hit.start}-{hit.end} ({hit.source}{tag}): {args.text[hit.start:hit.end]!r}{advice}")
     return 1
 
 

@@ -487,8 +487,8 @@ def test_check_reply_exit_codes_and_output():
     bad = run_fenliu("check-reply", "--config", str(DEMO), "--shop", "pdd-1001", "亲，加我ＶＸ，全网最低价")
     assert bad.returncode == 1
     assert bad.stdout.splitlines()[0] == "blocked: 违禁词: VX、全网最低、最低价"
-    assert "'VX' at 4-6 (contact): 'ＶＸ'" in bad.stdout
-    assert "'全网最低' at 7-11 (ad_law)" in bad.stdout
+    assert "'VX' at 4-6 (contact, 引流): 'ＶＸ' → 平台内沟通" in bad.stdout
+    assert "'全网最低' at 7-11 (ad_law, 广告法)" in bad.stdout
     masked = run_fenliu("check-reply", "--config", str(DEMO), "--shop", "tb-2001", "顶级音质")
     assert (masked.returncode, masked.stdout.strip()) == (0, "ok (masked): ＊＊音质")
     unknown = run_fenliu("check-reply", "--config", str(DEMO), "--shop", "nope", "hi")
