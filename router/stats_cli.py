@@ -1,4 +1,5 @@
-"""``fenliu stats``: the service's figures for a period, from the store, as a table, CSV or JSON."""
+"""``fenliu stats``: the service's figures for a period, from the store, as a table, CSV or JSON —
+the same figures as the dashboard's (router/figures.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callab
     p.add_argument("--from", dest="since", default=None, help="start: YYYY-MM-DD, ISO date-time or epoch (shop time zone)")
     p.add_argument("--to", dest="until", default=None, help="end (exclusive), same forms as --from")
     p.add_argument("--shop", default=None, help="only this shop")
-    p.add_argument("--agent", default=None, help="only sessions this agent took part in")
+    p.add_argument("--agent", default=None, help="only what is charged to this agent (docs/stats.md)")
     p.add_argument("--csv", default=None, metavar="FILE", help="also write every row as CSV (- for stdout)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON (- for stdout)")
     p.add_argument("--store", default=None, help="SQLite file (default: storage.path)")
@@ -93,8 +94,8 @@ def _table(stats: Any) -> None:
     for _, title in _SHOWN:
         table.add_column(title, justify="right")
     for group, rows in (("all", [stats.total]), ("shop", stats.by_shop), ("skill", stats.by_skill),
-                        ("agent", stats.by_agent)):
+                        ("agent", stats.by_agent), ("queue", [stats.queue] if stats.queue else [])):
         for r in rows:
-            table.add_row(f"{group} {r.key}" if group != "all" else "all",
+            table.add_row(f"{group} {r.key}" if group not in ("all", "queue") else group,
                           *(_fmt(getattr(r, k), k) for k, _ in _SHOWN))
     Console(width=max(140, Console().width)).print(table)

@@ -216,3 +216,44 @@ async def test_one_recorded_day_everywhere_the_same(tmp_path, clock, fenliu):
     assert same(stats_a01["period"]) == mine
     assert same(json.loads(cli_a01.stdout)) == mine
     assert board["agents"][0]["today"] == {k: v for k, v in today_lead["agents"]["a-01"].items()}
+
+
+async def test_an_agent_outside_its_shift_is_not_online_not_offered_and_shown_as_next(tmp_path, monkeypatch):
+    """a-02's shift starts in two hours: the dashboard reports it 排班外 (``in_shift`` false) with
+    when it comes on, does not count it in 在线客服, lists it under who comes on next, and a move to
+    it is refused; /v1/agents (the workbench's transfer list) says the same."""
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    cfg = write_config(tmp_path)
+    starts = (datetime.now(TZ) + timedelta(hours=2)).replace(second=0, microsecond=0)
+    ends = starts + timedelta(hours=1)
+    agents = cfg / "agents.toml"
+    agents.write_text(agents.read_text(encoding="utf-8").replace(
+        'id = "a-02"\n', f'id = "a-02"\nschedule = [{{ start = "{starts:%H:%M}", end = "{ends:%H:%M}" }}]\n'),
+        encoding="utf-8")
+    add_accounts(tmp_path / "fenliu.db")
+    srv = await start_server(cfg)
+    try:
+        async with aiohttp.ClientSession() as http:
+            c = Client(srv.url, http)
+            lead = await c.login("acme:lead-a")
+            a01 = await Agent.connect(c, await c.login("acme:a01"))
+            await a01.next("hello")
+            status, _ = await c.post_messages("pdd-a", message("m-1", "b-1"))
+            assert status == 202
+            await a01.next("assigned", conversation_id="pdd-a:b-1")
+            _, board = await c.call("GET", "/v1/dashboard", lead)
+            by_id = {a["id"]: a for a in board["agents"]}
+            assert by_id["a-02"]["in_shift"] is False and by_id["a-01"]["in_shift"] is True
+            assert by_id["a-02"]["shift_starts"] == starts.timestamp() and by_id["a-01"]["shift_starts"] is None
+            assert board["totals"]["agents_online"] == 1, "an agent outside its shift is not online"
+            assert board["next_on"] == [{"id": "a-02", "name": "a-02", "at": starts.timestamp()}]
+            _, listed = await c.call("GET", "/v1/agents", lead)
+            assert {a["id"]: a["in_shift"] for a in listed["agents"]} == {"a-01": True, "a-02": False}
+            code, body = await c.call("POST", "/v1/conversations/pdd-a:b-1/transfer", lead, json={"to_agent": "a-02"})
+            assert code == 409 and body["error"] == "agent_off_shift", body
+            _, stats = await c.call("GET", "/v1/stats", lead)
+            assert stats["shops"]["pdd-a"]["agents_online"] == 1
+            await a01.close()
+    finally:
+        await srv.stop()
