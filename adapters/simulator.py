@@ -6,7 +6,9 @@ and simulated agents that accept and answer.
   sale-day peak multiplies the rate for a while). Deterministic for a seed.
 - :class:`Simulation` posts that traffic to a running server over real signed HTTP, and runs
   simulated agents in-process as sessions of the service (they receive the same frames a
-  WebSocket agent gets, accept after a human-like delay, reply, and close).
+  WebSocket agent gets, accept after a human-like delay, reply, and close a chat the buyer has
+  left quiet after their answer, as people do). ``speed`` runs the whole demo faster than life
+  (traffic, agents and their pauses alike), for tests of its steady state.
 - :class:`SimulatorAdapter` is the outbound side in ``--simulate``: replies are acknowledged at
   once (and counted).
 """
@@ -209,20 +211,27 @@ class SimAgent:
         answers = ANSWERS.get(skill, ANSWERS["presale"])
         await svc.reply(self.agent_id, cid, self.rng.choice(answers))
         n = self.answered[cid] = self.answered.get(cid, 0) + 1
-        if n >= 2 or self.rng.random() < 0.3:
+        conv = svc.router.dispatcher.conversations.get(cid)
+        seen = conv.messages if conv is not None else 0
+        # A person ends a chat once the buyer is done: at once after a few answers sometimes,
+        # otherwise when the buyer has stayed quiet a while after the answer.
+        if n >= 3 or self.rng.random() < 0.2:
             await self._later(2.0, 8.0)
-            conv = svc.router.dispatcher.conversations.get(cid)
-            if conv is not None and conv.agent_id == self.agent_id:
-                await svc.event(CloseEvent(cid))
-                self.answered.pop(cid, None)
+        else:
+            await self._later(8.0, 25.0)
+        conv = svc.router.dispatcher.conversations.get(cid)
+        if conv is not None and conv.agent_id == self.agent_id and (n >= 3 or conv.messages == seen):
+            await svc.event(CloseEvent(cid))
+            self.answered.pop(cid, None)
 
 
 class Simulation:
     """Buyers over signed HTTP plus in-process agents, against a running server."""
 
     def __init__(self, service: Service, url: str, rate: float = 2.0, buyers: int = 200, seed: int | None = None,
-                 agents: bool = True) -> None:
+                 agents: bool = True, speed: float = 1.0) -> None:
         self.service = service
+        self.speed = speed
         self.url = url
         self.rate = rate
         self.buyers = buyers
@@ -241,7 +250,7 @@ class Simulation:
         rng = random.Random(self.seed)
         if self.with_agents:
             for aid in sorted(self.service.config.agents):
-                agent = SimAgent(self.service, aid, random.Random(rng.random()))
+                agent = SimAgent(self.service, aid, random.Random(rng.random()), speed=self.speed)
                 self._agents.append(agent)
                 self._tasks.append(asyncio.create_task(agent.run()))
         self._tasks.append(asyncio.create_task(self._buyers()))
@@ -254,27 +263,45 @@ class Simulation:
         traffic = Traffic(sorted(self.service.config.shops), self.buyers, self.seed)
         t0 = time.monotonic()
         encode = msgspec.json.encode
+        in_flight = asyncio.Semaphore(64)  # buyers write at once; a slow answer must not slow the others
+
+        async def post(http: aiohttp.ClientSession, url: str, body: bytes, signature: str) -> None:
+            try:
+                async with http.post(url, data=body, headers={SIGNATURE_HEADER: signature,
+                                                              "Content-Type": "application/json"}) as resp:
+                    await resp.read()
+                    if resp.status == 202:
+                        self.sent += 1
+                    else:
+                        self.refused += 1
+            except aiohttp.ClientError as exc:
+                log.warning("simulator_post_failed", error=str(exc))
+                await asyncio.sleep(1.0)
+            finally:
+                in_flight.release()
+
         async with aiohttp.ClientSession() as http:
-            while True:
-                rate = rate_at(time.monotonic() - t0, self.rate)
-                await asyncio.sleep(traffic.rng.expovariate(rate))
-                msg = traffic.next()
-                shop = self.service.config.shops.get(msg["shop_id"])
-                if shop is None or shop.secret is None:
-                    continue
-                body = encode(msg)
-                try:
-                    async with http.post(f"{self.url}/v1/shops/{shop.id}/messages", data=body,
-                                         headers={SIGNATURE_HEADER: sign(shop.secret, body),
-                                                  "Content-Type": "application/json"}) as resp:
-                        await resp.read()
-                        if resp.status == 202:
-                            self.sent += 1
-                        else:
-                            self.refused += 1
-                except aiohttp.ClientError as exc:
-                    log.warning("simulator_post_failed", error=str(exc))
-                    await asyncio.sleep(1.0)
+            posts: set[asyncio.Task] = set()
+            try:
+                due = t0
+                while True:  # arrivals on their own clock: a late loop catches up rather than thinning the traffic
+                    due += traffic.rng.expovariate(rate_at((due - t0) * self.speed, self.rate) * self.speed)
+                    wait = due - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    msg = traffic.next()
+                    shop = self.service.config.shops.get(msg["shop_id"])
+                    if shop is None or shop.secret is None:
+                        continue
+                    body = encode(msg)
+                    await in_flight.acquire()
+                    task = asyncio.create_task(post(http, f"{self.url}/v1/shops/{shop.id}/messages", body,
+                                                    sign(shop.secret, body)))
+                    posts.add(task)
+                    task.add_done_callback(posts.discard)
+            finally:
+                for task in list(posts):
+                    task.cancel()
 
     async def stop(self) -> None:
         for t in self._tasks:

@@ -250,6 +250,10 @@ class DispatchConfig(Struct):
     accept_timeout_s: Seconds = 60.0
     on_agent_offline: Literal["reroute", "keep"] = "reroute"
     dedicated: tuple[Dedicated, ...] = ()
+    # A conversation ends after a silence, as on the platforms (router/lifecycle.py): the buyer
+    # silent this long after the agent's last reply, a bot-only conversation this long; none to keep it open.
+    idle_close_s: Seconds | None = 600.0
+    bot_idle_close_s: Seconds | None = 300.0
 
     def targets_for(self, skill: str) -> tuple[Target, ...]:
         return self.skill_targets.get(skill, self.targets)

@@ -61,6 +61,7 @@ from router.models import (
     WsMessage,
     WsTransferred,
 )
+from router.lifecycle import IdleCloser
 from router.pipeline import InputError, Router
 from router.store import Store, journal_page, last_seq, read_only
 
@@ -197,6 +198,7 @@ class Service:
             asyncio.create_task(self._consume(), name="fenliu-consumer"),
             asyncio.create_task(self._ticker(), name="fenliu-ticker"),
             asyncio.create_task(self._outbox_loop(), name="fenliu-outbox"),
+            asyncio.create_task(IdleCloser(self).run(), name="fenliu-idle-close"),
         ]
         if self.config.main.server.watch_config:
             self._tasks.append(asyncio.create_task(self.reloader.watch(), name="fenliu-config-watch"))

@@ -65,6 +65,7 @@ from router.models import (
     WsAssigned,
     WsClosed,
 )
+from router.lifecycle import IdleCloser
 from router.pipeline import InputError, Router
 from router.redis.keys import GROUP, Keys, lua
 from router.service import IngestResult, NotYours, Overloaded, Service, _Job
@@ -184,6 +185,7 @@ class RedisService(Service):
             asyncio.create_task(self._frames_loop(), name="fenliu-redis-frames"),
             asyncio.create_task(self._tick_loop(), name="fenliu-redis-ticker"),
             asyncio.create_task(self._outbox_loop(), name="fenliu-outbox"),
+            asyncio.create_task(IdleCloser(self).run(), name="fenliu-idle-close"),
         ]
         if self.config.main.server.watch_config:
             self._tasks.append(asyncio.create_task(self.reloader.watch(), name="fenliu-config-watch"))
