@@ -1134,6 +1134,8 @@ def fenliu_configure(config: Config) -> None:
 
 @hookimpl
 def fenliu_inbound_filter(message: Message, ctx: HookContext) -> FilterVerdict | None:
+    if message.kind != "text":  # an image's or a card's text is a link or a payload, not words a buyer wrote
+        return None
     return ctx.policy.sensitive.filter.verdict(ctx.text if ctx.text is not None else message.text, "inbound")
 
 
