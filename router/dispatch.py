@@ -9,7 +9,9 @@ Data structures, chosen so that every operation is O(log n) in the number of age
   nothing);
 - one *queue* per ``(shop, skill)``: a heap of waiting conversations keyed by
   ``priority - aging_per_minute × queued_at / 60`` (the effective priority's time-invariant part,
-  so aging needs no re-sorting), then arrival;
+  so aging needs no re-sorting), then arrival. Under the policy's ``[queue] discipline =
+  "deadline"`` (:mod:`policies.deadline`) the heap is keyed by the platform deadline instead,
+  with a second heap per queue for the conversations past it;
 - one *timer* heap for shift and business-hour boundaries, skill-expansion timeouts and
   reservation timeouts, run whenever the clock advances.
 
@@ -68,6 +70,40 @@ class _Pool:
         self.limit = 4 * self.members + _COMPACT_MIN
 
 
+class _DeadlineRule:
+    """A shop's reply deadline under ``[queue] discipline = "deadline"`` (:mod:`policies.deadline`)."""
+
+    __slots__ = ("within", "window", "starve_after_s", "priority_s")
+
+    def __init__(self, within: float, window: Any, starve_after_s: float, priority_s: float) -> None:
+        self.within = within
+        self.window = window
+        self.starve_after_s = starve_after_s
+        self.priority_s = priority_s
+
+    def deadline(self, conv: Conversation) -> tuple[float, bool]:
+        """``(deadline, counts)``: a conversation counts for the platform when its first message
+        fell in the reply window and no human has had it yet (transferred or re-routed ones have)."""
+        counts = self.window.is_open(conv.opened_at) and not any(
+            h.get("event") in ("transfer", "agent_offline") for h in conv.history)
+        return conv.opened_at + self.within - self.priority_s * conv.priority, counts
+
+
+def _deadline_rule(config: Config, shop_id: str) -> _DeadlineRule | None:
+    from router.schedule import Schedule, Window
+
+    section = getattr(config.policy_for(shop_id), "queue", None)
+    if section is None or section.discipline != "deadline":
+        return None
+    shop = config.shops[shop_id]
+    defaults = config.main.defaults
+    plat = section.platforms.get(shop.platform)
+    within = (plat.reply_within_s if plat is not None else None) or defaults.reply_within_s
+    start, end = (plat.reply_window if plat is not None else None) or defaults.reply_window
+    window = Schedule((Window("mon-sun", start, end),), shop.timezone or defaults.timezone)
+    return _DeadlineRule(within, window, section.starve_after_s, section.priority_s)
+
+
 class Dispatcher:
     """The routing state of every shop and agent, driven by messages, events and the clock."""
 
@@ -95,8 +131,10 @@ class Dispatcher:
     def _apply_config(self, config: Config) -> None:
         self.config = config
         self._policy = {sid: config.policy_for(sid).dispatch for sid in config.shops}
+        self._deadline = {sid: rule for sid in config.shops if (rule := _deadline_rule(config, sid)) is not None}
         self._pools: dict[tuple[str, str], _Pool] = {}
         self._queues: dict[tuple[str, str], list[tuple[float, int, int, str]]] = {}
+        self._late: dict[tuple[str, str], list[tuple[float, int, int, str]]] = {}
         self._agent_pools: dict[str, list[_Pool]] = {}
         self._agent_groups: dict[str, tuple[tuple[Any, tuple[_Pool, ...]], ...]] = {}
         self._targets: dict[tuple[str, str], tuple[tuple[tuple[str, ...], float | None], ...]] = {}
@@ -547,12 +585,19 @@ class Dispatcher:
         conv.state = "queued"
         conv.version += 1
         policy = self._policy[conv.shop_id]
-        key = -(conv.priority - policy.aging_per_minute * conv.queued_at / 60.0)
+        queues = self._queues
+        rule = self._deadline.get(conv.shop_id)
+        if rule is None:
+            key = -(conv.priority - policy.aging_per_minute * conv.queued_at / 60.0)
+        else:
+            key, counts = rule.deadline(conv)
+            if not counts or key < now:
+                queues = self._late
         targets = self.targets(conv)
         idx = min(conv.target, len(targets) - 1)
         skills, timeout = targets[idx]
         for skill in skills:
-            heapq.heappush(self._queues.setdefault((conv.shop_id, skill), []), (key, conv.seq, conv.version, conv.id))
+            heapq.heappush(queues.setdefault((conv.shop_id, skill), []), (key, conv.seq, conv.version, conv.id))
         if timeout is not None and idx + 1 < len(targets):
             heapq.heappush(self._timers, (conv.target_since + timeout, next(self._timer_seq), "expand", conv.id, _stamp(conv)))
 
@@ -589,6 +634,48 @@ class Dispatcher:
             heapq.heappop(q)
         return None
 
+    def _valid_top(self, q: list[tuple[float, int, int, str]] | None) -> tuple[float, int, int, str] | None:
+        conversations = self.conversations
+        while q:
+            entry = q[0]
+            conv = conversations.get(entry[3])
+            if conv is not None and conv.version == entry[2] and conv.state == "queued":
+                return entry
+            heapq.heappop(q)
+        return None
+
+    def _deadline_best(self, key: tuple[str, str], rule: _DeadlineRule) -> tuple[int, float, int, str] | None:
+        """The queue's next conversation under the deadline discipline, as ``(class, deadline,
+        seq, id)``: class 0 starving (``starve_after_s`` past its deadline), 1 still in time,
+        2 late. Conversations whose deadline passed move to the late heap (once each)."""
+        now = self.now or 0.0
+        live = self._queues.get(key)
+        late = self._late.get(key)
+        while (entry := self._valid_top(live)) is not None and entry[0] < now:
+            heapq.heappop(live)  # type: ignore[arg-type]
+            if late is None:
+                late = self._late[key] = []
+            heapq.heappush(late, entry)
+        lentry = self._valid_top(late)
+        if lentry is not None and now - lentry[0] > rule.starve_after_s:
+            return (0, lentry[0], lentry[1], lentry[3])
+        if entry is not None:
+            return (1, entry[0], entry[1], entry[3])
+        if lentry is not None:
+            return (2, lentry[0], lentry[1], lentry[3])
+        return None
+
+    def _queue_best(self, key: tuple[str, str]) -> tuple[int, float, int, str] | None:
+        """The queue's next conversation as a rank comparable across queues: ``(class, value,
+        seq, id)``; under the priority discipline class 1 and value −effective priority."""
+        rule = self._deadline.get(key[0])
+        if rule is not None:
+            return self._deadline_best(key, rule)
+        entry = self._queue_top(key)
+        if entry is None:
+            return None
+        return (1, -self._effective(self.conversations[entry[3]]), entry[1], entry[3])
+
     def _effective(self, conv: Conversation) -> float:
         aging = self._policy[conv.shop_id].aging_per_minute
         return conv.priority + aging * ((self.now or 0) - (conv.queued_at or 0)) / 60.0
@@ -599,24 +686,32 @@ class Dispatcher:
         decisions: list[Decision] = []
         keys = self._agent_queue_keys.get(st.id, ())
         queues = self._queues
+        late = self._late
+        deadline = self._deadline
         shop_open = self._shop_open
         while st.available and st.id not in self._refused:
-            best: tuple[float, int, Conversation] | None = None
+            best: tuple[Any, ...] | None = None
             for key in keys:
-                if not queues.get(key) or not shop_open.get(key[0], True):  # most queues are empty
+                # most queues are empty
+                if not (queues.get(key) or late.get(key)) or not shop_open.get(key[0], True):
                     continue
-                entry = self._queue_top(key)
-                if entry is None:
-                    continue
-                conv = self.conversations[entry[3]]
-                if conv.id == exclude_conv:
-                    continue
-                cand = (-self._effective(conv), conv.seq, conv)
-                if best is None or cand[:2] < best[:2]:
+                if key[0] in deadline:
+                    cand = self._deadline_best(key, deadline[key[0]])
+                    if cand is None or cand[3] == exclude_conv:
+                        continue
+                else:
+                    entry = self._queue_top(key)
+                    if entry is None:
+                        continue
+                    conv = self.conversations[entry[3]]
+                    if conv.id == exclude_conv:
+                        continue
+                    cand = (1, -self._effective(conv), conv.seq, conv.id)
+                if best is None or cand[:3] < best[:3]:
                     best = cand
             if best is None:
                 break
-            conv = best[2]
+            conv = self.conversations[best[3]]
             if not self._claimed(conv, st):
                 break
             self._assign(conv, st)
@@ -625,10 +720,10 @@ class Dispatcher:
 
     def _drain_shop(self, shop_id: str) -> list[Decision]:
         decisions: list[Decision] = []
-        for (sid, _skill), _q in list(self._queues.items()):
+        for sid, _skill in sorted({*self._queues, *self._late}):
             if sid != shop_id:
                 continue
-            while (entry := self._queue_top((sid, _skill))) is not None:
+            while (entry := self._queue_best((sid, _skill))) is not None:
                 conv = self.conversations[entry[3]]
                 skills, _ = self.targets(conv)[min(conv.target, len(self.targets(conv)) - 1)]
                 st = self._pick(sid, skills)

@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "policies.round_robin",
     "policies.least_load",
     "policies.weighted",
+    "policies.deadline",
     "plugins.vip",
     "plugins.skills",
     "plugins.bot",
