@@ -2,6 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config
+PORT ?=
 
 .PHONY: run test bench check lint clean
 
@@ -18,7 +19,7 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml plugins/_fold.c examples/fe
 	touch $(VENV)/.installed $@
 
 run: $(VENV)/.installed
-	$(BIN)/fenliu serve --config $(CONFIG) --simulate
+	$(BIN)/fenliu serve --config $(CONFIG) --simulate $(if $(PORT),--port $(PORT))
 
 check: $(VENV)/.installed
 	$(BIN)/fenliu check --config $(CONFIG)

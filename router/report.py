@@ -246,6 +246,7 @@ Gini: 0 = perfectly even, 1 = one agent does everything.</p>
 
 
 def write_html(doc: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # var/report.html on a fresh clone
     path.write_text(render_html(doc), encoding="utf-8")
 
 

@@ -8,6 +8,7 @@ import getpass
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from router.logging import configure_logging
@@ -25,8 +26,16 @@ def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callab
     command("serve")(serve_command)
 
     p = add("accounts", "manage accounts: main accounts (主账号) and sub-accounts (子账号)")
+    # --config and --store read the same before or after the action (`accounts list --config config`)
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="configuration folder")
+    shared.add_argument("--store", default=argparse.SUPPRESS, help="SQLite file (default: storage.path)")
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    a = sub.add_parser("add", help="create an account")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[shared])
+
+    a = action("add", "create an account")
     a.add_argument("name", help="MAIN for a main account, MAIN:SUB for a sub-account")
     a.add_argument("--role", choices=("agent", "supervisor", "admin"), default=None,
                    help="default: admin for a main account, agent for a sub-account")
@@ -35,14 +44,14 @@ def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callab
                         "another sub-account must name them)")
     a.add_argument("--agent", default=None, help="agent id this account works as (role agent)")
     a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    sub.add_parser("list", help="list accounts")
-    w = sub.add_parser("passwd", help="set a new password (existing tokens and open sockets stop working)")
+    action("list", "list accounts")
+    w = action("passwd", "set a new password (existing tokens and open sockets stop working)")
     w.add_argument("name")
     w.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    for action, text in (("disable", "refuse the account's logins, tokens and open sockets"),
+    for name, text in (("disable", "refuse the account's logins, tokens and open sockets"),
                          ("enable", "let a disabled account log in again"),
                          ("remove", "delete the account (a main account: with its sub-accounts)")):
-        sub.add_parser(action, help=text).add_argument("name")
+        action(name, text).add_argument("name")
     for q in (p,):
         q.add_argument("--store", default=None, help="SQLite file (default: storage.path)")
     command("accounts")(accounts_command)

@@ -31,6 +31,8 @@ def test_cli_add_list_passwd(tmp_path, fenliu):
     r = fenliu("accounts", "--config", str(cfg), "list")
     assert r.returncode == 0
     assert r.stdout.splitlines() == ["acme\tadmin\tshops=*", "acme:小美\tagent\tshops=pdd-a\tagent=a-01"]
+    r = fenliu("accounts", "list", "--config", str(cfg))  # the options read the same after the action
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "acme\tadmin\tshops=*", r.stderr
 
     store = Store(db)
     try:
