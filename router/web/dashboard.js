@@ -21,6 +21,8 @@ function agentName(id) {
   return a ? a.name : id || '—';
 }
 
+function hhmm(ts) { return clock(ts).slice(0, 5); }
+
 function kpi(name, value, extra) {
   return h('div', { class: 'kpi' }, h('span', null, name), h('strong', null, value), extra || null);
 }
@@ -30,16 +32,23 @@ function render() {
   if (!d) return;
   const t = d.today;
   const totalAgents = d.agents.length;
+  const next = (d.next_on || [])[0];
   $('kpis').replaceChildren(
     kpi('今日3分钟回复率', percent(t.reply_rate), ring(t.reply_rate)),
+    kpi('首次响应', duration(t.first_response_s)),
     kpi('平均响应时长', duration(t.avg_response_s)),
+    kpi('满意度', percent(t.satisfaction_rate), h('small', null, `${t.ratings || 0}条评价`)),
     kpi('排队中', d.totals.queued || 0),
     kpi('接待中', (d.totals.assigned || 0) + (d.totals.reserved || 0)),
     kpi('在线客服', `${d.totals.agents_online}/${totalAgents}`),
+    kpi('下一班', next ? `${next.name} ${hhmm(next.at)}` : '—'),
     kpi('今日消息', t.messages),
     kpi('今日回复', t.replies),
   );
-  $('kpis').firstChild.dataset.kpi = 'reply-rate';
+  const cards = $('kpis').children;
+  ['reply-rate', 'first-response', 'avg-response', 'satisfaction', 'queued', 'serving', 'online', 'next-on']
+    .forEach((name, i) => { cards[i].dataset.kpi = name; });
+  cards[7].title = (d.next_on || []).map((a) => `${a.name} ${hhmm(a.at)}`).join('\n');
 
   $('queues').replaceChildren(...(d.queues.length ? d.queues.map((q) => h('tr', { dataset: { skill: q.skill } },
     h('td', null, label(SKILL, q.skill)), h('td', null, String(q.depth)),
@@ -52,12 +61,14 @@ function render() {
       ...['online', 'break', 'offline'].map((st) => h('option', { value: st, selected: st === a.status }, STATUS[st])));
     select.addEventListener('change', () => setStatus(a.id, select.value));
     const pct = Math.min(100, (a.load / a.max_concurrent) * 100);
-    return h('tr', { dataset: { agent: a.id, status: a.status } },
-      h('td', null, h('span', { class: `dot ${a.status}` }), a.name, a.connected ? '' : h('small', { class: 'empty' }, ' 未连接')),
-      h('td', null, select),
+    const off = a.in_shift === false;
+    return h('tr', { dataset: { agent: a.id, status: off ? 'off_shift' : a.status } },
+      h('td', null, h('span', { class: `dot ${off ? 'off_shift' : a.status}` }), a.name, a.connected ? '' : h('small', { class: 'empty' }, ' 未连接')),
+      h('td', null, select, off ? h('small', { class: 'off-shift', title: a.shift_starts ? `${hhmm(a.shift_starts)} 上班` : '' }, ' 排班外') : null),
       h('td', null, h('span', { class: 'loadbar' }, h('i', { class: a.load >= a.max_concurrent ? 'full' : '', style: `width:${pct}%` })), `${a.load}/${a.max_concurrent}`),
       h('td', { class: 'wrap' }, a.shops.map((s) => state.shops.get(s)?.name || s).join('、')),
-      h('td', null, a.today ? String(a.today.replies) : '0'),
+      h('td', null, a.today ? String(a.today.replies) : '0',
+        a.today && a.today.reply_rate != null ? h('small', { class: 'empty' }, ` · 3分钟 ${percent(a.today.reply_rate)}`) : null),
       h('td', null, a.today ? duration(a.today.avg_response_s) : '—'));
   }));
 
@@ -137,9 +148,10 @@ function openMove(conv) {
   state.moving = conv;
   $('move-title').textContent = `${conv.buyer_id} · ${shopLabel(conv.shop_id)}`;
   const agents = state.data.agents.filter((a) => a.shops.includes(conv.shop_id) && a.id !== conv.agent_id);
-  $('move-agent').replaceChildren(...agents.map((a) => h('option', { value: a.id, disabled: a.status !== 'online' || a.load >= a.max_concurrent },
-    `${a.name}（${STATUS[a.status]} ${a.load}/${a.max_concurrent}）`)));
-  const free = agents.find((a) => a.status === 'online' && a.load < a.max_concurrent);
+  const usable = (a) => a.status === 'online' && a.in_shift !== false && a.load < a.max_concurrent;
+  $('move-agent').replaceChildren(...agents.map((a) => h('option', { value: a.id, disabled: !usable(a) },
+    `${a.name}（${a.in_shift === false ? '排班外' : STATUS[a.status]} ${a.load}/${a.max_concurrent}）`)));
+  const free = agents.find(usable);
   if (free) $('move-agent').value = free.id;
   $('move-skill').replaceChildren(...state.me.skills.map((s) => h('option', { value: s }, label(SKILL, s))));
   $('move-error').hidden = true;
