@@ -15,13 +15,14 @@ The contract is small on purpose:
 
 from __future__ import annotations
 
+import datetime
 import importlib
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from router.models import Message, Order
+from router.models import AfterSale, LogisticsEvent, Message, Order
 
 if TYPE_CHECKING:
     from router.config import Shop
@@ -42,12 +43,35 @@ class OutboundReply(msgspec.Struct, frozen=True):
 
 
 class OrderContext(msgspec.Struct, frozen=True):
-    """Order or refund news from a platform push, attached to the buyer's conversation."""
+    """Order, logistics or refund news from a platform push, attached to the buyer's conversation
+    and kept in the buyer's story: ``logistics`` are the parcel scans the push carried,
+    ``aftersale`` the after-sale request it changed."""
 
     shop_id: str
     order: Order
     buyer_id: str | None = None
     event: str = ""
+    logistics: tuple[LogisticsEvent, ...] = ()
+    aftersale: AfterSale | None = None
+
+
+#: The platforms' clock: local times without a zone are China Standard Time.
+CST = datetime.timezone(datetime.timedelta(hours=8))
+
+
+def platform_time(value: str | float | None, default: float) -> float:
+    """Epoch seconds from a platform's time field: epoch seconds or milliseconds, or
+    ``YYYY-MM-DD HH:MM:SS`` in China Standard Time; ``default`` when absent or unreadable (a
+    scan with a garbled time is still worth showing)."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, (int, float)):
+        return float(value) / 1000.0 if value > 1e11 else float(value)
+    try:
+        t = datetime.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return default
+    return (t if t.tzinfo else t.replace(tzinfo=CST)).timestamp()
 
 
 class DeliveryError(Exception):

@@ -7,21 +7,29 @@ The platform POSTs a JSON array of events to ``/v1/webhooks/doudian/{shop_id}``:
 with headers ``app-id`` and ``event-sign = hex(md5(app_key + raw_body + app_secret))``, and
 expects ``{"code": 0, "msg": "success"}``. The shop's secret (``secret_env``) holds
 ``APP_KEY:APP_SECRET``; a bare secret means the ``app-id`` header is the app key. ``tag`` is the
-event type (订单创建 100, 支付 101, 发货 102, 完成 103, 地址变更 105, 取消 106, 售后申请 200 …);
-``data`` is a JSON string. Tag ``0`` is the console's verification push.
+event type (订单创建 100, 支付 101, 发货 102, 完成 103, 地址变更 105, 取消 106, 物流轨迹 110,
+售后申请 200, 同意 201, 拒绝 202, 买家退货 203, 退款成功 206, 售后关闭 207);
+``data`` is a JSON string. Tag ``0`` is the console's verification push. The data fields read
+(tests/data/adapter_doudian_push.json records them): ``p_id``, ``pay_amount`` (分),
+``product_name``; on shipping ``express_company_name`` and ``logistics_code`` (运单号); on tag 110
+``traces`` ``[{"time", "content", "state"}]`` (``state``: 揽收 collected, 运输中 in_transit,
+派件 delivering, 签收 signed, 异常 problem); on after-sale tags ``aftersale_id``,
+``aftersale_type`` (0 退货退款, 1 已发货仅退款, 2 未发货仅退款, 3 换货), ``refund_amount`` (分),
+``reason_text``, ``apply_time``/``update_time``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from typing import Annotated, Any
 
 import msgspec
 
-from adapters import Adapter, OrderContext, WebhookError, WebhookResult
+from adapters import Adapter, OrderContext, WebhookError, WebhookResult, platform_time
 from router.ingest import explain
-from router.models import Order
+from router.models import AfterSale, LogisticsEvent, Order
 
 
 class DoudianEvent(msgspec.Struct):
@@ -35,6 +43,18 @@ Fen = str | Annotated[float, msgspec.Meta(ge=-1e15, le=1e15)] | None
 Id = str | int | None
 
 
+Text = Annotated[str, msgspec.Meta(max_length=2000)] | None
+When = str | Annotated[float, msgspec.Meta(ge=0, le=1e14)] | None
+
+
+class DoudianTrace(msgspec.Struct):
+    """One parcel scan of a tag-110 event."""
+
+    time: When = None
+    content: Text = None
+    state: Text = None
+
+
 class DoudianData(msgspec.Struct):
     """The fields of an event's ``data`` this adapter reads; others are skipped."""
 
@@ -45,6 +65,15 @@ class DoudianData(msgspec.Struct):
     refund_amount: Fen = None
     buyer_id: Id = None
     open_id: Id = None
+    product_name: Text = None
+    express_company_name: Text = None
+    logistics_code: Id = None
+    traces: Annotated[list[DoudianTrace], msgspec.Meta(max_length=500)] = []
+    aftersale_id: Id = None
+    aftersale_type: int | None = None
+    reason_text: Text = None
+    apply_time: When = None
+    update_time: When = None
 
 
 _events = msgspec.json.Decoder(list[DoudianEvent])
@@ -63,7 +92,18 @@ STATUS = {
     "203": "return_shipped",
     "206": "refunded",
     "207": "refund_closed",
+    "110": "",  # scans only: the order's status stays as it was
 }
+
+#: After-sale tag → the request's state; ``aftersale_type`` → its kind.
+AFTERSALE_STATE = {"200": "requested", "201": "agreed", "202": "refused", "203": "return_shipped",
+                   "206": "refunded", "207": "closed"}
+AFTERSALE_KIND = {0: "return", 1: "refund", 2: "refund", 3: "exchange"}
+TRACE_STATUS = {"揽收": "collected", "运输中": "in_transit", "派件": "delivering", "签收": "signed", "异常": "problem"}
+
+
+def _yuan(fen: str | float | None) -> float:
+    return fen / 100.0 if isinstance(fen, float) else 0.0
 
 OK = {"code": 0, "msg": "success"}
 
@@ -120,15 +160,27 @@ class DoudianAdapter(Adapter):
 def to_context(shop_id: str, ev: DoudianEvent) -> OrderContext | None:
     """The order context of an event of a known tag, ``None`` for other tags or data without an
     order id; raises ``msgspec`` errors (or ``RecursionError``) for data that cannot be read."""
-    status = STATUS.get(str(ev.tag))
+    tag = str(ev.tag)
+    status = STATUS.get(tag)
     if status is None:
         return None
     data = _data.decode(ev.data or "{}")
     order_id = data.p_id or data.order_id or data.s_id
     if not order_id:
         return None
-    amount = data.pay_amount or data.refund_amount or 0
+    ts = platform_time(data.update_time, time.time())
+    scans = tuple(LogisticsEvent(platform_time(t.time, ts), t.content, TRACE_STATUS.get(t.state or ""))
+                  for t in data.traces if t.content)
+    if tag == "110" and scans and scans[-1].status == "signed":
+        status = "delivered"
+    aftersale = None
+    if tag in AFTERSALE_STATE:
+        aftersale = AfterSale(str(data.aftersale_id or order_id), AFTERSALE_STATE[tag],
+                              AFTERSALE_KIND.get(data.aftersale_type if data.aftersale_type is not None else 1, "refund"),
+                              _yuan(data.refund_amount), data.reason_text or None,
+                              platform_time(data.apply_time, ts), ts)
     buyer = data.buyer_id or data.open_id
-    return OrderContext(shop_id, Order(order_id=str(order_id), status=status,
-                                       amount=amount / 100.0 if isinstance(amount, float) else 0.0),
-                        str(buyer) if buyer else None, f"doudian:{ev.tag}")
+    order = Order(order_id=str(order_id), status=status or None, amount=_yuan(data.pay_amount),
+                  goods=data.product_name or None, courier=data.express_company_name or None,
+                  tracking_no=str(data.logistics_code) if data.logistics_code else None)
+    return OrderContext(shop_id, order, str(buyer) if buyer else None, f"doudian:{tag}", scans, aftersale)

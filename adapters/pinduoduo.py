@@ -8,10 +8,19 @@ PMC is a WebSocket the platform pushes JSON frames on::
 
 ``commandType`` is ``Common`` (a message; the client acks its ``id``), ``HeartBeat`` (keep-alive,
 sent by the client every 5–10 s), ``Ack`` or ``Fail``. ``content`` is itself a JSON string. PMC
-carries order and refund events, not chats: this adapter turns them into
-:class:`adapters.OrderContext` (order status → after-sales routing, shown to the agent), matched to
-a buyer by the order id the buyer's messages carried, or by ``buyer_id``/``open_id`` when the
-content has one.
+carries order, logistics and refund events, not chats: this adapter turns them into
+:class:`adapters.OrderContext` (order status → after-sales routing, shown to the agent; courier,
+tracking number and parcel scans; the after-sale request and its state), matched to a buyer by the
+order id the buyer's messages carried, or by ``buyer_id``/``open_id`` when the content has one.
+The content fields read (tests/data/adapter_pmc_frames.json records them):
+
+- trade: ``tid``, ``pay_amount`` (分), ``goods_name``; on shipping ``shipping_name`` (快递公司)
+  and ``tracking_number``;
+- ``pdd_logistics_TraceUpdate``: ``tid``, ``shipping_name``, ``tracking_number`` and ``traces``
+  ``[{"time", "desc", "action"}]`` (``action``: GOT 揽收, TRANSPORT 运输, DELIVERING 派件,
+  SIGN 签收, FAIL 问题件);
+- refund: ``refund_id``, ``refund_fee`` (分), ``after_sales_type`` (1 仅退款, 2 退货退款,
+  3 换货), ``refund_reason``.
 
 Two ways in: :class:`PmcClient` keeps the WebSocket itself (heartbeats, acks), or a relay POSTs
 frames (one or an array) to ``/v1/webhooks/pinduoduo/{shop_id}``, signed like the bridge
@@ -28,9 +37,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 import structlog
 
-from adapters import Adapter, OrderContext, WebhookError, WebhookResult
+from adapters import Adapter, OrderContext, WebhookError, WebhookResult, platform_time
 from router.ingest import explain
-from router.models import Order
+from router.models import AfterSale, LogisticsEvent, Order
 
 log = structlog.get_logger("fenliu.pinduoduo")
 
@@ -54,6 +63,18 @@ Fen = str | Annotated[float, msgspec.Meta(ge=-1e15, le=1e15)] | None
 Id = str | int | None
 
 
+Text = Annotated[str, msgspec.Meta(max_length=2000)] | None
+When = str | Annotated[float, msgspec.Meta(ge=0, le=1e14)] | None
+
+
+class PmcTrace(msgspec.Struct):
+    """One parcel scan of a ``pdd_logistics_TraceUpdate``."""
+
+    time: When = None
+    desc: Text = None
+    action: Text = None
+
+
 class PmcContent(msgspec.Struct):
     """The fields of a message's ``content`` this adapter reads; others are skipped."""
 
@@ -63,6 +84,13 @@ class PmcContent(msgspec.Struct):
     pay_amount: Fen = None
     buyer_id: Id = None
     open_id: Id = None
+    goods_name: Text = None
+    shipping_name: Text = None
+    tracking_number: Id = None
+    traces: Annotated[list[PmcTrace], msgspec.Meta(max_length=500)] = []
+    refund_id: Id = None
+    after_sales_type: int | None = None
+    refund_reason: Text = None
 
 
 _frame = msgspec.json.Decoder(PmcFrame)
@@ -81,7 +109,28 @@ STATUS = {
     "pdd_refund_RefundReturnGoods": "return_shipped",
     "pdd_refund_RefundSuccess": "refunded",
     "pdd_refund_RefundClosed": "refund_closed",
+    "pdd_refund_RefundRefuseAgreement": "refund_refused",
+    "pdd_logistics_TraceUpdate": "",  # scans only: the order's status stays as it was
 }
+
+#: Refund message type → the after-sale request's state.
+AFTERSALE_STATE = {
+    "pdd_refund_RefundCreated": "requested",
+    "pdd_refund_RefundAgreeAgreement": "agreed",
+    "pdd_refund_RefundRefuseAgreement": "refused",
+    "pdd_refund_RefundReturnGoods": "return_shipped",
+    "pdd_refund_RefundSuccess": "refunded",
+    "pdd_refund_RefundClosed": "closed",
+}
+AFTERSALE_KIND = {1: "refund", 2: "return", 3: "exchange"}
+
+#: A scan's ``action`` → what the parcel is doing.
+TRACE_STATUS = {"GOT": "collected", "TRANSPORT": "in_transit", "ARRIVAL": "in_transit", "DEPARTURE": "in_transit",
+                "DELIVERING": "delivering", "SIGN": "signed", "FAIL": "problem"}
+
+
+def _yuan(fen: str | float | None) -> float:
+    return fen / 100.0 if isinstance(fen, float) else 0.0
 
 
 def to_context(shop_id: str, frame: PmcFrame) -> OrderContext | None:
@@ -92,15 +141,28 @@ def to_context(shop_id: str, frame: PmcFrame) -> OrderContext | None:
     status = STATUS.get(frame.message.type)
     if status is None:
         return None
+    kind = frame.message.type
     content = _content.decode(frame.message.content or "{}")
     order_id = content.tid or content.order_sn
     if not order_id:
         return None
-    fee = content.refund_fee or content.pay_amount or 0
-    amount = fee / 100.0 if isinstance(fee, float) else 0.0
+    now = time.time()
+    ts = platform_time(frame.time, now)
+    scans = tuple(
+        LogisticsEvent(platform_time(t.time, ts), t.desc, TRACE_STATUS.get((t.action or "").upper()))
+        for t in content.traces if t.desc)
+    if kind == "pdd_logistics_TraceUpdate" and scans and scans[-1].status == "signed":
+        status = "delivered"
+    aftersale = None
+    if kind in AFTERSALE_STATE:
+        aftersale = AfterSale(str(content.refund_id or order_id), AFTERSALE_STATE[kind],
+                              AFTERSALE_KIND.get(content.after_sales_type or 1, "refund"),
+                              _yuan(content.refund_fee), content.refund_reason or None, ts, ts)
     buyer = content.buyer_id or content.open_id
-    return OrderContext(shop_id, Order(order_id=str(order_id), status=status, amount=amount),
-                        str(buyer) if buyer else None, frame.message.type)
+    order = Order(order_id=str(order_id), status=status or None, amount=_yuan(content.pay_amount),
+                  goods=content.goods_name or None, courier=content.shipping_name or None,
+                  tracking_no=str(content.tracking_number) if content.tracking_number else None)
+    return OrderContext(shop_id, order, str(buyer) if buyer else None, kind, scans, aftersale)
 
 
 def ack(frame_id: int | str | None) -> dict[str, Any]:

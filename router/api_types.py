@@ -14,7 +14,17 @@ from typing import Any, Literal
 
 import msgspec
 
-from router.models import AgentStatus, Buyer, ConversationState, Decision, Hit, Order, WsHistoryItem
+from router.models import (
+    AgentStatus,
+    Buyer,
+    BuyerOrder,
+    ConversationState,
+    Decision,
+    Hit,
+    OpenAfterSale,
+    Order,
+    WsHistoryItem,
+)
 from router.stats import Stats
 
 UNSET = msgspec.UNSET
@@ -201,6 +211,13 @@ class Profile(_Body):
     tags: list[str]
     notes: list[Note]
     order: Order | None | Unset = UNSET
+    orders: list[BuyerOrder] | Unset = UNSET  # the buyer's story (GET): orders, scans, after-sale requests
+
+
+class AfterSales(_Body):
+    """Open after-sale requests (售后) of the account's shops, the most recently changed first."""
+
+    aftersales: list[OpenAfterSale]
 
 
 class Transferred(_Body):

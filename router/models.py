@@ -37,6 +37,54 @@ class Order(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fiel
     status: str | None = None
     amount: float = 0.0
     goods: str | None = None
+    courier: str | None = None       # 快递公司, once shipped
+    tracking_no: str | None = None   # 运单号
+
+
+class LogisticsEvent(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One scan of an order's parcel (物流轨迹), as the platform pushed it: what the buyer asks
+    "我的快递到哪了" about, shown beside the chat so the agent need not look it up."""
+
+    ts: float
+    text: str
+    status: str | None = None  # collected / in_transit / delivering / signed / problem
+
+
+class AfterSale(msgspec.Struct, frozen=True):
+    """A buyer's after-sale request (售后: 仅退款, 退货退款, 换货) on an order and where it stands;
+    ``state`` ends in ``refunded``, ``closed`` or ``refused`` (then it is no longer open)."""
+
+    aftersale_id: str
+    state: str
+    kind: str = "refund"  # refund (仅退款) | return (退货退款) | exchange (换货)
+    amount: float = 0.0
+    reason: str | None = None
+    opened: float | None = None
+    updated: float | None = None
+
+
+class BuyerOrder(msgspec.Struct, frozen=True):
+    """One order of the buyer's story (the buyer panel): the order as last known, its latest
+    logistics events (newest first) and its after-sale requests (newest first)."""
+
+    shop_id: str
+    order: Order
+    updated: float
+    logistics: tuple[LogisticsEvent, ...] = ()
+    aftersales: tuple[AfterSale, ...] = ()
+
+
+class OpenAfterSale(msgspec.Struct, frozen=True):
+    """An open after-sale request in the 售后 list: whose it is, the order, and the buyer's open
+    conversation (``conversation_state`` ``None`` when the buyer has none open now)."""
+
+    shop_id: str
+    buyer_id: str | None
+    conversation_id: str | None
+    aftersale: AfterSale
+    order: Order
+    conversation_state: str | None = None
+    agent_id: str | None = None
 
 
 class Message(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):

@@ -118,9 +118,17 @@ OPERATIONS: tuple[Op, ...] = (
        {200: (t.AgentStatusChanged, "the new status and the conversations it moved"), **AUTH, **FORBIDDEN,
         404: (t.Error, "unknown agent"), 409: (t.Error, "the router refused the change")},
        "The agent itself, or a supervisor whose shops contain all of the agent's.", ("workbench",)),
-    Op("get", "/v1/shops/{shop_id}/buyers/{buyer_id}", "A buyer's profile: tags, notes, last order", ("bearer",),
+    Op("get", "/v1/shops/{shop_id}/buyers/{buyer_id}", "A buyer's profile: tags, notes, orders with logistics and "
+       "after-sale requests", ("bearer",),
        (SHOP, ("buyer_id", "path", BuyerId, "the platform's buyer id")), None,
-       {200: (t.Profile, "the profile (empty when none)"), **AUTH, **FORBIDDEN, **UNKNOWN}, tags=("workbench",)),
+       {200: (t.Profile, "the profile (empty when none)"), **AUTH, **FORBIDDEN, **UNKNOWN},
+       "`order` is the buyer's current order; `orders` the buyer's orders at the shop (from messages' order "
+       "context and platform pushes), the most recently changed first, each with its newest logistics events "
+       "and its after-sale requests.", ("workbench",)),
+    Op("get", "/v1/aftersales", "Open after-sale requests (售后) of the permitted shops", ("bearer",),
+       (("shop_id", "query", Id, "only this shop"),), None,
+       {200: (t.AfterSales, "the open requests, with the buyer's open conversation"), **AUTH, **FORBIDDEN, **UNKNOWN},
+       tags=("workbench",)),
     Op("put", "/v1/shops/{shop_id}/buyers/{buyer_id}", "Tag a buyer or add a note", ("bearer",),
        (SHOP, ("buyer_id", "path", BuyerId, "the platform's buyer id")), ProfileRequest,
        {200: (t.Profile, "the profile after the change"), **AUTH, **FORBIDDEN, 404: (t.Error, "unknown shop")},

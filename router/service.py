@@ -37,7 +37,7 @@ import structlog
 
 from adapters import Adapter, DeliveryError, OrderContext, OutboundReply, adapter_class
 from router.config import Config
-from router import snapshot
+from router import snapshot, story
 from router.dedupe import SeenIds
 from router.metrics import Metrics
 from router.reload import Reloader
@@ -479,6 +479,12 @@ class Service:
         return await fut
 
     async def order_context(self, items: list[OrderContext]) -> None:
+        """Order news from a platform: first the buyer's story is kept (every order, scans,
+        after-sale requests, also of orders no buyer's message has named yet), so an agent told
+        by the ``context`` frame below reads it; then the buyer's current order and open
+        conversation change in the consumer."""
+        now = time.time()
+        await self.store.call(lambda conn: story.record(conn, items, now))
         fut = self._future()
         self._enqueue(_Job("context", (items,), fut))
         await fut
@@ -698,7 +704,7 @@ class Service:
         orders = []
         for m, _, c in seen:
             if m.order is not None and m.order.order_id and (order := self._note_order(m.shop_id, m.buyer_id, m.order)):
-                orders.append((m.shop_id, order.order_id, m.buyer_id, _encode(order).decode(), c))
+                orders.append((m.shop_id, order.order_id, m.buyer_id, story.order_json(order), c))
         if orders:
             rows.append(("orders", orders))
 
@@ -794,12 +800,16 @@ class Service:
             buyer = item.buyer_id or (self.order_buyer.get((item.shop_id, order.order_id or "")))
             if buyer is None:
                 continue
-            order = self._note_order(item.shop_id, buyer, order)  # type: ignore[assignment]
-            if order is None:  # nothing new about the buyer's current order
+            noted = self._note_order(item.shop_id, buyer, order)
+            if noted is None:  # nothing new about the buyer's current order
+                if not (item.logistics or item.aftersale):
+                    continue
+                # new scans or after-sale news of it: the agent is told, to reread the buyer's story
+                pushes.append((f"{item.shop_id}:{buyer}", self.orders.get((item.shop_id, buyer)) or order))
                 continue
-            if order.order_id:
-                writes.append((item.shop_id, order.order_id, buyer, _encode(order).decode(), self._clock))
-            pushes.append((f"{item.shop_id}:{buyer}", order))
+            if noted.order_id:
+                writes.append((item.shop_id, noted.order_id, buyer, story.order_json(noted), self._clock))
+            pushes.append((f"{item.shop_id}:{buyer}", noted))
         if writes:
             rows.append(("orders", writes))
         fut = job.future

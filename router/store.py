@@ -101,6 +101,28 @@ CREATE TABLE IF NOT EXISTS orders (
     updated REAL NOT NULL,
     PRIMARY KEY (shop_id, order_id)
 );
+-- The buyer's story (router/story.py): a buyer's orders, their parcel scans, after-sale requests.
+CREATE INDEX IF NOT EXISTS orders_buyer ON orders (shop_id, buyer_id);
+CREATE TABLE IF NOT EXISTS logistics (
+    shop_id TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    text TEXT NOT NULL,
+    status TEXT,                     -- collected | in_transit | delivering | signed | problem
+    PRIMARY KEY (shop_id, order_id, ts, text)
+);
+CREATE TABLE IF NOT EXISTS aftersales (
+    shop_id TEXT NOT NULL,
+    aftersale_id TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    buyer_id TEXT,                   -- when known; else the order's buyer
+    state TEXT NOT NULL,
+    open INTEGER NOT NULL,           -- 0 once refunded, refused or closed
+    body TEXT NOT NULL,              -- JSON of router.models.AfterSale
+    updated REAL NOT NULL,
+    PRIMARY KEY (shop_id, aftersale_id)
+);
+CREATE INDEX IF NOT EXISTS aftersales_open ON aftersales (shop_id, updated) WHERE open = 1;
 CREATE TABLE IF NOT EXISTS notes (
     id INTEGER PRIMARY KEY,
     shop_id TEXT NOT NULL,

@@ -59,7 +59,7 @@ PUSH_EVERY_S = 2.0
 _NAME = re.compile(r"^[a-z0-9_-]+\.(html|js|css|svg|png)$")
 _TYPES = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8",
           "css": "text/css; charset=utf-8", "svg": "image/svg+xml", "png": "image/png"}
-_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src * data: blob:; "
+_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src * data: blob:; media-src * data: blob:; "
         "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
@@ -399,3 +399,5 @@ def setup(app: web.Application) -> None:
     r.add_get("/v1/today", today)
     r.add_get("/v1/dashboard", dashboard)
     r.add_get("/v1/supervisors/ws", supervisor_ws)
+    from router.story import aftersales
+    r.add_get("/v1/aftersales", aftersales)

@@ -138,10 +138,13 @@ def write_rows(conn: sqlite3.Connection, rows: list[tuple]) -> dict[int, int]:
                          (seq, created, fp, fmt, body))
             conn.execute("DELETE FROM snapshots WHERE seq < (SELECT seq FROM snapshots ORDER BY seq DESC LIMIT 1 OFFSET 1)")
         elif kind == "orders":
+            # Merged into what is stored (json_patch: the fields given win, the others stay): a
+            # push or a message naming an older order with a field or two must not erase its
+            # goods, courier or tracking number (the buyer's story, router/story.py).
             conn.executemany(
                 "INSERT INTO orders (shop_id, order_id, buyer_id, body, updated) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(shop_id, order_id) DO UPDATE SET buyer_id = excluded.buyer_id, body = excluded.body, "
-                "updated = excluded.updated", row[1])
+                "ON CONFLICT(shop_id, order_id) DO UPDATE SET buyer_id = excluded.buyer_id, "
+                "body = json_patch(orders.body, excluded.body), updated = excluded.updated", row[1])
     if journal:
         _insert_rows(conn, _JOURNAL, journal)
     if decisions:

@@ -9,6 +9,19 @@ import {
 const WINDOW = 180;
 const $ = (id) => document.getElementById(id);
 
+// The buyer's story: order, after-sale and parcel-scan states as the platforms' pushes name them.
+const ORDER_STATE = {
+  ...ORDER_STATUS, created: '待付款', refund_agreed: '同意退款', refund_refused: '拒绝退款', return_shipped: '买家已退货',
+  refund_closed: '退款关闭', address_changed: '已改地址', cancelled: '已取消',
+};
+const AFTERSALE_STATE = {
+  requested: '待处理', agreed: '已同意', refused: '已拒绝', return_shipped: '买家已退货', refunded: '退款成功', closed: '已关闭',
+};
+const AFTERSALE_KIND = { refund: '仅退款', return: '退货退款', exchange: '换货' };
+const SCAN_STATUS = { collected: '已揽收', in_transit: '运输中', delivering: '派送中', signed: '已签收', problem: '异常件' };
+const SCANS_SHOWN = 3;
+const yuan = (v) => `¥${Number(v).toFixed(2)}`;
+
 const state = {
   me: null,
   shops: new Map(),
@@ -44,7 +57,10 @@ function lastLine(conv) {
   if (!last) return '';
   const prefix = last.who === 'agent' ? '我：' : last.who === 'bot' ? '机器人：' : '';
   const kinds = { image: '[图片]', goods_card: '[商品卡片]', order_card: '[订单卡片]', voice: '[语音]', video: '[视频]' };
-  return prefix + (kinds[last.kind] ? `${kinds[last.kind]} ${last.text || ''}` : last.text);
+  if (!kinds[last.kind]) return prefix + last.text;
+  const card = /_card$/.test(last.kind) ? cardData(last.text || '') : null;  // a card's title, not its JSON
+  const words = card ? (card.title || card.goods || card.order_id || '') : /^(https?:|data:)/.test(last.text || '') ? '' : last.text;
+  return `${prefix}${kinds[last.kind]} ${words || ''}`.trim();
 }
 
 function isVip(conv) {
@@ -153,7 +169,8 @@ function tickCountdowns() {
 }
 
 function current() {
-  return state.convs.get(state.selected) || state.queued.get(state.selected) || null;
+  return state.convs.get(state.selected) || state.queued.get(state.selected)
+    || (state.peek && state.peek.id === state.selected ? state.peek : null);
 }
 
 // -- the chat ------------------------------------------------------------------------------------------
@@ -165,22 +182,48 @@ function renderItem(item, conv) {
   const text = item.text || '';
   if (item.kind === 'image') {
     body = /^(https?:|data:image\/)/.test(text)
-      ? h('img', { src: text, alt: '买家图片', class: 'pic' })
+      ? h('img', { src: text, alt: '买家图片', class: 'pic', loading: 'lazy', onclick: (ev) => ev.target.classList.toggle('zoom') })
       : h('div', { class: 'card' }, h('b', null, '图片'), h('span', null, text));
   } else if (item.kind === 'goods_card') {
-    body = h('div', { class: 'card goods' }, h('b', null, '商品卡片'), h('span', null, text || (conv.order && conv.order.goods) || ''));
+    body = goodsCard(text, conv);
   } else if (item.kind === 'order_card') {
-    const o = conv.order || {};
-    body = h('div', { class: 'card order' }, h('b', null, '订单卡片'),
-      h('span', null, text),
-      o.order_id ? h('span', { class: 'sub' }, `订单号 ${o.order_id} · ${label(ORDER_STATUS, o.status)}${o.amount ? ` · ¥${o.amount}` : ''}`) : null);
+    body = orderCard(text, conv);
   } else if (item.kind === 'voice' || item.kind === 'video') {
-    body = h('div', { class: 'card' }, h('b', null, item.kind === 'voice' ? '语音' : '视频'), h('span', null, text));
+    const voice = item.kind === 'voice';
+    body = /^(https?:|data:(audio|video)\/)/.test(text)
+      ? h(voice ? 'audio' : 'video', { src: text, controls: true, preload: 'metadata', class: voice ? 'voice' : 'video' })
+      : h('div', { class: 'card' }, h('b', null, voice ? '语音' : '视频'), h('span', null, text));
   } else {
     body = h('div', { class: 'bubble' }, text);
   }
   const name = who === 'buyer' ? buyerName(conv) : who === 'bot' ? '机器人' : (item.agent_id && item.agent_id !== state.me.agent_id ? item.agent_id : '我');
   return h('li', { class: `msg ${who}` }, h('div', { class: 'msg-head' }, name, ' ', when), body);
+}
+
+// A card's text is the platform's JSON (title, price, picture; an order's id, goods, amount,
+// status) or plain words; either way the card shows what the buyer sent, untouched.
+function cardData(text) {
+  if (!/^\s*\{/.test(text)) return null;
+  try { const v = JSON.parse(text); return v && typeof v === 'object' ? v : null; } catch { return null; }
+}
+
+function goodsCard(text, conv) {
+  const d = cardData(text);
+  if (!d) return h('div', { class: 'card goods' }, h('b', null, '商品卡片'), h('span', null, text || (conv.order && conv.order.goods) || ''));
+  const pic = d.pic || d.image || d.thumb;
+  const price = d.price ?? d.amount;
+  return h('div', { class: 'card goods rich' },
+    pic && /^(https?:|data:image\/)/.test(pic) ? h('img', { src: pic, alt: '商品图片', class: 'thumb' }) : null,
+    h('div', { class: 'card-body' }, h('b', null, '商品卡片'), h('span', { class: 'title' }, d.title || d.goods || d.name || ''),
+      price != null ? h('span', { class: 'price' }, yuan(price)) : null));
+}
+
+function orderCard(text, conv) {
+  const d = cardData(text);
+  const o = d || conv.order || {};
+  return h('div', { class: 'card order' }, h('b', null, '订单卡片'),
+    d ? h('span', { class: 'title' }, o.goods || o.title || '') : h('span', null, text),
+    o.order_id ? h('span', { class: 'sub' }, `订单号 ${o.order_id}${o.status ? ` · ${label(ORDER_STATE, o.status)}` : ''}${o.amount ? ` · ${yuan(o.amount)}` : ''}`) : null);
 }
 
 function renderChat() {
@@ -263,10 +306,16 @@ function renderSide() {
   facts($('buyer-facts'), [['昵称', b.nick || '—'], ['买家ID', conv.buyer_id], ['店铺', shopLabel(conv.shop_id)],
     ['会员等级', b.level || 0], ['累计消费', b.lifetime_spend ? `¥${b.lifetime_spend}` : '—']]);
   const o = conv.order || {};
-  facts($('order-facts'), conv.order
-    ? [['订单号', o.order_id], ['状态', label(ORDER_STATUS, o.status)], ['商品', o.goods], ['金额', o.amount ? `¥${o.amount}` : null]]
-    : [['订单', '暂无订单信息']]);
   const profile = state.profiles.get(conv.id);
+  const story = (profile && profile.orders) || [];
+  facts($('order-facts'), story.length ? [] : conv.order
+    ? [['订单号', o.order_id], ['状态', label(ORDER_STATE, o.status)], ['商品', o.goods], ['金额', o.amount ? `¥${o.amount}` : null]]
+    : [['订单', '暂无订单信息']]);
+  renderBuyerOrders(story);
+  const open = story.flatMap((x) => x.aftersales).filter((a) => !['refunded', 'closed', 'refused'].includes(a.state));
+  if (story.length) {
+    $('buyer-facts').append(h('dt', null, '订单'), h('dd', null, `${story.length} 笔${open.length ? ` · 售后中 ${open.length}` : ''}`));
+  }
   const tags = [...new Set([...(b.tags || []), ...((profile && profile.tags) || [])])];
   const supervisor = state.me.role !== 'agent';
   $('tags').replaceChildren(...tags.map((t) => h('span', { class: `tag${t === 'vip' || t === 'svip' ? ' vip' : ''}` }, t,
@@ -277,6 +326,45 @@ function renderSide() {
   $('notes').replaceChildren(...notes.slice(-20).reverse().map((n) => h('li', null,
     h('span', { class: 'note-meta' }, `${n.by || ''} ${n.ts ? clock(n.ts) : ''}`), h('span', null, n.text))));
   renderQuick(conv);
+}
+
+function scanItem(e, latest) {
+  return h('li', { class: `scan${latest ? ' latest' : ''}${e.status ? ` ${e.status}` : ''}` },
+    h('time', null, dateTime(e.ts)), e.status ? h('b', null, label(SCAN_STATUS, e.status)) : null, h('span', null, e.text));
+}
+
+function dateTime(ts) {
+  const d = new Date(ts * 1000);
+  const p = (n) => String(n).padStart(2, '0');
+  return `${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`;
+}
+
+// 订单 tab of the buyer panel: every order of this buyer at the shop, newest activity first, with
+// courier, tracking number, the latest scans (the rest folded) and any after-sale request.
+function renderBuyerOrders(story) {
+  $('buyer-orders').replaceChildren(...story.map((x) => {
+    const o = x.order;
+    const scans = x.logistics || [];
+    return h('article', { class: 'buyer-order', dataset: { order: o.order_id } },
+      h('header', null, h('b', null, `订单 ${o.order_id}`),
+        o.status ? h('span', { class: `badge st-${o.status}` }, label(ORDER_STATE, o.status)) : null),
+      o.goods ? h('div', { class: 'goods' }, o.goods) : null,
+      h('div', { class: 'meta' }, [shopLabel(x.shop_id), o.amount ? `实付 ${yuan(o.amount)}` : null].filter(Boolean).join(' · ')),
+      o.courier || o.tracking_no
+        ? h('div', { class: 'ship' }, h('span', { class: 'courier' }, o.courier || '快递'), ' ',
+          h('span', { class: 'tracking' }, o.tracking_no || ''),
+          o.tracking_no ? h('button', { type: 'button', class: 'link copy', title: '复制运单号',
+            onclick: () => navigator.clipboard?.writeText(o.tracking_no).then(() => toast('运单号已复制'), () => {}) }, '复制') : null)
+        : null,
+      scans.length ? h('ol', { class: 'trace' }, ...scans.slice(0, SCANS_SHOWN).map((e, i) => scanItem(e, i === 0))) : null,
+      scans.length > SCANS_SHOWN ? h('details', { class: 'trace-more' }, h('summary', null, `全部物流轨迹（${scans.length}条）`),
+        h('ol', { class: 'trace' }, ...scans.slice(SCANS_SHOWN).map((e) => scanItem(e, false)))) : null,
+      ...(x.aftersales || []).map((a) => h('div', { class: `aftersale as-${a.state}` },
+        h('b', null, `售后 · ${label(AFTERSALE_KIND, a.kind)}`), ' ',
+        h('span', { class: 'badge' }, label(AFTERSALE_STATE, a.state)),
+        a.amount ? ` 退款 ${yuan(a.amount)}` : '', a.reason ? ` · ${a.reason}` : '',
+        a.opened ? h('time', null, ` 申请于 ${dateTime(a.opened)}`) : null)));
+  }));
 }
 
 async function loadProfile(conv) {
@@ -584,6 +672,7 @@ function onFrame(frame) {
     case 'context': {
       const conv = state.convs.get(frame.conversation_id);
       if (conv) conv.order = frame.order;
+      if (conv && state.selected === conv.id) loadProfile(conv);  // the story changed: orders, scans, 售后
       break;
     }
     default:
@@ -651,11 +740,55 @@ function renderOrders() {
     h('td', null, c.order.goods || '—'), h('td', null, c.order.amount ? `¥${c.order.amount}` : '—'),
     h('td', null, label(ORDER_STATUS, c.order.status))));
   $('orders-body').replaceChildren(...(rows.length ? rows : [h('tr', null, h('td', { colspan: 6, class: 'empty' }, '当前会话没有订单信息'))]));
-  const after = [...state.convs.values()].filter((c) => c.skill === 'aftersale' || (c.order && /refund/.test(c.order.status || '')));
-  $('aftersale-body').replaceChildren(...(after.length ? after.map((c) => h('tr', null,
-    h('td', null, shopLabel(c.shop_id)), h('td', null, buyerName(c)), h('td', null, (c.order && c.order.order_id) || '—'),
-    h('td', null, c.order ? label(ORDER_STATUS, c.order.status) : '—'), h('td', null, lastLine(c))))
-    : [h('tr', null, h('td', { colspan: 5, class: 'empty' }, '暂无售后会话'))]));
+}
+
+// 售后: the open after-sale requests of my shops (GET /v1/aftersales); a row opens the buyer's
+// conversation when one is open.
+async function loadAftersales() {
+  let items;
+  try {
+    items = (await api('GET', '/v1/aftersales')).aftersales;
+  } catch (err) {
+    toast(`售后列表加载失败：${err.message}`, 'error');
+    return;
+  }
+  const convState = (it) => {
+    if (!it.conversation_state) return '无进行中会话';
+    if (state.convs.has(it.conversation_id)) return '我的会话';
+    return it.agent_id ? `${it.agent_id} 接待中` : label(STATE, it.conversation_state);
+  };
+  $('aftersale-count').textContent = items.length ? `（${items.length}）` : '';
+  $('aftersale-body').replaceChildren(...(items.length ? items.map((it) => h('tr', {
+    class: it.conversation_state ? 'clickable' : '', dataset: { cid: it.conversation_id || '', aftersale: it.aftersale.aftersale_id },
+    onclick: () => openAftersale(it),
+  },
+    h('td', null, shopLabel(it.shop_id)),
+    h('td', null, state.convs.has(it.conversation_id) ? buyerName(state.convs.get(it.conversation_id)) : it.buyer_id || '—'),
+    h('td', null, it.order.order_id, it.order.goods ? h('div', { class: 'sub' }, it.order.goods) : null),
+    h('td', null, label(AFTERSALE_KIND, it.aftersale.kind)),
+    h('td', null, h('span', { class: `badge as-${it.aftersale.state}` }, label(AFTERSALE_STATE, it.aftersale.state))),
+    h('td', null, it.aftersale.amount ? yuan(it.aftersale.amount) : '—'), h('td', null, it.aftersale.reason || '—'),
+    h('td', null, it.aftersale.opened ? dateTime(it.aftersale.opened) : '—'),
+    h('td', null, it.conversation_state ? h('button', { type: 'button', class: 'link' }, '打开会话') : h('span', { class: 'sub' }, convState(it)),
+      it.conversation_state ? h('div', { class: 'sub' }, convState(it)) : null)))
+    : [h('tr', null, h('td', { colspan: 9, class: 'empty' }, '暂无待处理的售后申请'))]));
+}
+
+async function openAftersale(it) {
+  const cid = it.conversation_id;
+  if (!cid || !it.conversation_state) { toast('该买家当前没有进行中的会话', 'error'); return; }
+  if (!state.convs.has(cid) && !state.queued.has(cid)) {  // someone else's: read-only
+    try {
+      const full = await api('GET', `/v1/conversations/${encodeURIComponent(cid)}`);
+      state.peek = { ...full, readonly: true, unread: 0, loaded: true };
+    } catch (err) {
+      toast(`无法打开会话：${err.message}`, 'error');
+      return;
+    }
+  }
+  showPane('chat');
+  await select(cid);
+  document.querySelector('.side-tab[data-side="order"]').click();
 }
 
 function renderData() {
@@ -677,7 +810,8 @@ function renderSettings() {
 function showPane(name) {
   for (const btn of document.querySelectorAll('.nav')) btn.classList.toggle('active', btn.dataset.pane === name);
   for (const pane of document.querySelectorAll('.pane')) pane.hidden = pane.id !== `pane-${name}`;
-  if (name === 'orders' || name === 'aftersale') renderOrders();
+  if (name === 'orders') renderOrders();
+  if (name === 'aftersale') loadAftersales();
   if (name === 'data') renderData();
   if (name === 'settings') renderSettings();
 }
@@ -711,6 +845,7 @@ async function start() {
   $('transfer-agent-go').addEventListener('click', () => $('transfer-agent').value && doTransfer({ to_agent: $('transfer-agent').value }));
   $('transfer-skill-go').addEventListener('click', () => $('transfer-skill').value && doTransfer({ to_skill: $('transfer-skill').value }));
   $('save-note').addEventListener('click', saveNote);
+  $('aftersale-refresh').addEventListener('click', loadAftersales);
   $('add-tag').addEventListener('click', () => {
     const conv = current();
     const tag = $('tag-input').value.trim();

@@ -69,12 +69,14 @@ async def test_pmc_refund_becomes_context_of_the_open_conversation(server, tmp_p
                            headers={SIGNATURE_HEADER: sign(SECRET_A.encode(), body)}) as r:
         assert r.status == 200
         acks = await r.json()
-    assert [a["id"] for a in acks] == [7311, 7312, 7313] and {a["commandType"] for a in acks} == {"Ack"}
+    assert [a["id"] for a in acks] == [7311, 7312, 7313, 7314, 7315] and {a["commandType"] for a in acks} == {"Ack"}
     ctx = await agent.next("context", conversation_id="pdd-a:b-42")
     assert ctx["order"]["status"] == "refund_requested" and ctx["order"]["amount"] == 199.0
+    ctx = await agent.next("context", conversation_id="pdd-a:b-42")
+    assert ctx["order"]["status"] == "refund_agreed"
     await c.post_messages("pdd-a", message("m-2", "b-42", text="退款什么时候到"))
     (raw,) = db_rows(tmp_path / "fenliu.db", "SELECT body FROM messages WHERE msg_id = 'm-2'")[0]
-    assert json.loads(raw)["order"]["status"] == "refund_requested"
+    assert json.loads(raw)["order"]["status"] == "refund_agreed"
     assert db_rows(tmp_path / "fenliu.db", "SELECT buyer_id FROM orders WHERE order_id = '240101-90'") == [("b-50",)]
 
     async with c.http.post(f"{c.url}/v1/webhooks/pinduoduo/pdd-a", data=body,
@@ -93,9 +95,10 @@ async def test_doudian_push_signature_and_answer(server, tmp_path):
     headers = {"app-id": "7000001", "event-sign": event_sign("7000001", body, SECRET_B)}
     async with c.http.post(f"{c.url}/v1/webhooks/doudian/tb-b", data=body, headers=headers) as r:
         assert r.status == 200 and await r.json() == {"code": 0, "msg": "success"}
-    rows = db_rows(tmp_path / "fenliu.db", "SELECT order_id, buyer_id, body FROM orders")
-    assert [(o, b) for o, b, _ in rows] == [("6920000000000000088", "b-60")]
-    assert json.loads(rows[0][2]) == {"order_id": "6920000000000000088", "status": "refund_requested", "amount": 89.0}
+    rows = db_rows(tmp_path / "fenliu.db", "SELECT order_id, buyer_id, body FROM orders ORDER BY order_id")
+    assert [(o, b) for o, b, _ in rows] == [("6920000000000000077", "b-62"), ("6920000000000000088", "b-60"),
+                                            ("6920000000000000099", None)]  # a buyer no message named yet
+    assert json.loads(rows[1][2]) == {"order_id": "6920000000000000088", "status": "refund_requested"}
     headers["event-sign"] = "0" * 32
     async with c.http.post(f"{c.url}/v1/webhooks/doudian/tb-b", data=body, headers=headers) as r:
         assert r.status == 401 and "event-sign" in (await r.json())["message"]
@@ -175,7 +178,7 @@ async def test_pmc_client_acks_and_heartbeats(server):
             await ws.send_json(f)
         async for msg in ws:
             got.append(json.loads(msg.data))
-            if sum(1 for g in got if g["commandType"] == "Ack") == 3:
+            if sum(1 for g in got if g["commandType"] == "Ack") == 5:
                 done.set()
         return ws
 
@@ -196,7 +199,7 @@ async def test_pmc_client_acks_and_heartbeats(server):
         await asyncio.gather(task, return_exceptions=True)
         await runner.cleanup()
     assert any(g["commandType"] == "HeartBeat" for g in got)
-    assert [g["id"] for g in got if g["commandType"] == "Ack"] == [7311, 7312, 7313]
+    assert [g["id"] for g in got if g["commandType"] == "Ack"] == [7311, 7312, 7313, 7314, 7315]
     assert srv.service.orders[("pdd-a", "b-50")].status == "shipped"
 
 
@@ -258,8 +261,109 @@ async def test_pmc_client_survives_bad_frames(server, fenliu_logs):
         await asyncio.gather(task, return_exceptions=True)
         await runner.cleanup()
     assert [g["id"] for g in got if g["commandType"] == "Ack"] == [1, 2, 3]
-    assert srv.service.orders[("pdd-a", "b-53")].amount == 9.9
+    (body,) = db_rows(srv.service.store.path, "SELECT body FROM aftersales WHERE order_id = '240101-93'")[0]
+    assert json.loads(body)["amount"] == 9.9 and ("pdd-a", "b-53") in srv.service.orders
     assert ("pdd-a", "b-51") not in srv.service.orders
     bad = [(e["event"], e.get("id")) for e in fenliu_logs if e["event"] in ("pmc_bad_frame", "pmc_bad_content")]
     assert bad == [("pmc_bad_frame", None), ("pmc_bad_frame", None), ("pmc_bad_content", 1), ("pmc_bad_content", 2)]
     assert not [e for e in fenliu_logs if e["event"] == "pmc_disconnected" or e.get("exc_info")]
+
+
+# -- the buyer's story: logistics and refund pushes in the buyer panel and the 售后 list --------------
+
+
+async def _push_pmc(c: Client) -> None:
+    body = (DATA / "adapter_pmc_frames.json").read_bytes()
+    async with c.http.post(f"{c.url}/v1/webhooks/pinduoduo/pdd-a", data=body,
+                           headers={SIGNATURE_HEADER: sign(SECRET_A.encode(), body)}) as r:
+        assert r.status == 200, await r.text()
+
+
+async def _push_doudian(c: Client) -> None:
+    body = (DATA / "adapter_doudian_push.json").read_bytes()
+    headers = {"app-id": "7000001", "event-sign": event_sign("7000001", body, SECRET_B)}
+    async with c.http.post(f"{c.url}/v1/webhooks/doudian/tb-b", data=body, headers=headers) as r:
+        assert r.status == 200, await r.text()
+
+
+async def test_pmc_logistics_and_refund_make_the_buyers_orders(server):
+    """A buyer's message names one order (with its goods); PMC pushes ship another order with a
+    courier and three scans, and open then agree a return on the first: the buyer panel's
+    profile lists both orders with everything the pushes said, the goods the message gave kept."""
+    srv, c = server
+    agent = await Agent.connect(c, await c.login("acme:a01"))
+    await agent.next("hello")
+    order = {"order_id": "240101-88", "status": "delivered", "amount": 199.0, "goods": "轻薄羽绒马甲 米白 L"}
+    await c.post_messages("pdd-a", message("m-1", "b-42", text="马甲有个洞，我要退货", order=order))
+    await agent.next("assigned", conversation_id="pdd-a:b-42")
+    await _push_pmc(c)
+    lead = await c.login("acme:lead-a")
+
+    status, p = await c.call("GET", "/v1/shops/pdd-a/buyers/b-42", lead)
+    assert status == 200, p
+    (o,) = p["orders"]
+    assert o["order"] == {"order_id": "240101-88", "status": "refund_agreed", "amount": 199.0, "goods": "轻薄羽绒马甲 米白 L"}
+    (a,) = o["aftersales"]
+    assert (a["aftersale_id"], a["state"], a["kind"], a["amount"], a["reason"]) == ("88123", "agreed", "return", 199.0, "质量问题")
+    assert a["opened"] == 1763880000.123 and a["updated"] == 1763970000.123
+
+    status, p = await c.call("GET", "/v1/shops/pdd-a/buyers/b-50", lead)
+    (o,) = p["orders"]
+    assert o["order"] == {"order_id": "240101-90", "status": "shipped", "amount": 359.0, "goods": "加厚连帽羽绒服 黑色 XL",
+                          "courier": "中通快递", "tracking_no": "78311234567890"}
+    assert [e["text"] for e in o["logistics"]] == ["【广州市】快件已到达 广州转运中心", "【杭州市】快件已发往 广州转运中心",
+                                                   "【杭州市】中通快递 杭州萧山网点 已揽收"]
+    assert [e["status"] for e in o["logistics"]] == ["in_transit", "in_transit", "collected"]
+    assert o["logistics"][-1]["ts"] == 1763893200.0  # 2025-11-23 18:20 China Standard Time
+    assert o["aftersales"] == []
+
+    # pushing the same frames again (the platform retries) repeats no scan and keeps the state
+    await _push_pmc(c)
+    status, p = await c.call("GET", "/v1/shops/pdd-a/buyers/b-50", lead)
+    assert len(p["orders"][0]["logistics"]) == 3
+    # the 售后 list: the open request, with the conversation the agent holds
+    status, body = await c.call("GET", "/v1/aftersales", await c.login("acme:a01"))
+    assert status == 200, body
+    (item,) = body["aftersales"]
+    assert (item["shop_id"], item["buyer_id"], item["conversation_id"], item["conversation_state"], item["agent_id"]) == (
+        "pdd-a", "b-42", "pdd-a:b-42", "reserved", "a-01")
+    assert item["order"]["goods"] == "轻薄羽绒马甲 米白 L" and item["aftersale"]["state"] == "agreed"
+    await agent.close()
+
+
+async def test_doudian_logistics_and_refunds_and_the_aftersale_list(server):
+    """Doudian ships an order before any message names it; the buyer's later message (an order
+    card) ties it to the buyer, whose panel then shows courier, tracking number and scans. A
+    request that was refunded leaves the 售后 list; each account sees only its shops' requests."""
+    srv, c = server
+    await _push_doudian(c)
+    await c.post_messages("tb-b", message("d-1", "b-61", shop="tb-b", text="[订单卡片]", kind="order_card",
+                                          order={"order_id": "6920000000000000099"}))
+    admin = await c.login("acme")
+    status, p = await c.call("GET", "/v1/shops/tb-b/buyers/b-61", admin)
+    (o,) = p["orders"]
+    assert o["order"] == {"order_id": "6920000000000000099", "status": "shipped", "amount": 129.0,
+                          "goods": "65W氮化镓充电器", "courier": "顺丰速运", "tracking_no": "SF1400123456789"}
+    assert [(e["status"], e["text"]) for e in o["logistics"]][0] == ("delivering", "【广州市】快递员 王师傅 正在派件")
+    assert len(o["logistics"]) == 3
+
+    status, p = await c.call("GET", "/v1/shops/tb-b/buyers/b-62", admin)
+    (a,) = p["orders"][0]["aftersales"]
+    assert (a["state"], a["kind"], a["amount"]) == ("refunded", "refund", 59.0)
+
+    status, body = await c.call("GET", "/v1/aftersales", admin)
+    assert [(i["shop_id"], i["buyer_id"], i["aftersale"]["aftersale_id"], i["aftersale"]["state"], i["aftersale"]["kind"],
+             i["aftersale"]["reason"]) for i in body["aftersales"]] == [
+        ("tb-b", "b-60", "71000001", "requested", "return", "尺码不合适")]
+    assert body["aftersales"][0]["conversation_state"] is None  # b-60 has no open conversation
+
+    await _push_pmc(c)
+    status, body = await c.call("GET", "/v1/aftersales", admin)
+    assert {i["shop_id"] for i in body["aftersales"]} == {"pdd-a", "tb-b"}
+    for account, shop in (("acme:lead-a", "pdd-a"), ("acme:a01", "pdd-a"), ("acme:b01", "tb-b")):
+        status, body = await c.call("GET", "/v1/aftersales", await c.login(account))
+        assert status == 200 and {i["shop_id"] for i in body["aftersales"]} == {shop}, (account, body)
+    status, body = await c.call("GET", "/v1/aftersales?shop_id=tb-b", await c.login("acme:lead-a"))
+    assert status == 403 and "tb-b" not in json.dumps(body.get("aftersales", []))
+    status, body = await c.call("GET", "/v1/shops/tb-b/buyers/b-61", await c.login("acme:lead-a"))
+    assert status == 403

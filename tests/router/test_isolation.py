@@ -20,7 +20,7 @@ import pytest
 from adapters import OrderContext
 from router import accounts as acct
 from router.access import access_of
-from router.models import Order
+from router.models import AfterSale, Order
 from router.store import Store
 from tests.router.serve_support import ENV, PASSWORD, Client, start_server
 
@@ -216,6 +216,8 @@ def requests_for(route: str) -> list[tuple[str, str, Any, str | None]]:
         "GET /v1/me": [("GET", "/v1/me", None, None)],
         "GET /v1/today": [("GET", "/v1/today", None, None)],
         "GET /v1/dashboard": [("GET", "/v1/dashboard", None, None)],
+        "GET /v1/aftersales": [("GET", "/v1/aftersales", None, None)]
+        + [("GET", f"/v1/aftersales?shop_id={s}", None, s) for s in SHOPS],
         "POST /v1/auth/ws-ticket": [("POST", "/v1/auth/ws-ticket", None, None)],
     }
     return listings.get(route, [])
@@ -250,6 +252,9 @@ async def test_no_endpoint_reveals_another_shop(world):
         await f.wait(lambda x: x["type"] == "hello")
     for s in SHOPS:
         await post(c, s, f"m-{s}")
+    await server.service.order_context([OrderContext(s, Order(order_id=f"o-{s}", status="refund_requested"), BUYER[s],
+                                                     aftersale=AfterSale(f"as-{s}", "requested"))
+                                        for s in SHOPS])
     convs = lambda: c.call("GET", "/v1/conversations", tokens["acme"])  # noqa: E731
     async with asyncio.timeout(10):
         while len([x for x in (await convs())[1]["conversations"] if x["agent_id"]]) < 3:
