@@ -66,6 +66,39 @@ Folder_init(Folder *self, PyObject *args, PyObject *kwds)
  * two counts for ``text`` as typed, and the longest run of ASCII digits in the folded text (the
  * filter's regexes are gated on those counts: patterns on the folded text by the first pair and
  * the run, patterns on the original by the second pair). */
+/* Writes the folded values ``vals[0:count]`` into ``out`` (of the right length and width),
+ * leaving out the repeats (marked by REPEAT_MARK, above every code point) when ``skip``. */
+#define REPEAT_MARK ((int32_t)0x40000000)
+#define WRITE_VALUES(TYPE)                                        \
+    do {                                                          \
+        TYPE *d = (TYPE *)PyUnicode_DATA(out);                    \
+        for (Py_ssize_t i = 0; i < count; i++) {                  \
+            int32_t v = vals[i];                                  \
+            if (v & REPEAT_MARK) {                                \
+                if (skip)                                         \
+                    continue;                                     \
+                v &= ~REPEAT_MARK;                                \
+            }                                                     \
+            *d++ = (TYPE)v;                                       \
+        }                                                         \
+    } while (0)
+
+static void
+write_values(PyObject *out, const int32_t *vals, Py_ssize_t count, int skip)
+{
+    switch (PyUnicode_KIND(out)) {
+    case PyUnicode_1BYTE_KIND:
+        WRITE_VALUES(Py_UCS1);
+        break;
+    case PyUnicode_2BYTE_KIND:
+        WRITE_VALUES(Py_UCS2);
+        break;
+    default:
+        WRITE_VALUES(Py_UCS4);
+        break;
+    }
+}
+
 static PyObject *
 Folder_fold(Folder *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -86,7 +119,12 @@ Folder_fold(Folder *self, PyObject *const *args, Py_ssize_t nargs)
     const void *data = PyUnicode_DATA(text);
     const int32_t *table = self->table;
     Py_ssize_t size = self->size;
-    Py_ssize_t out_len = 0, ascii = 0, digits = 0, ascii_in = 0, digits_in = 0, repeats = 0, run = 0, longest = 0;
+    /* One pass: each kept character's folded value (repeats marked) and the counts. */
+    int32_t stack[512];
+    int32_t *vals = n <= 512 ? stack : PyMem_Malloc(n * sizeof(int32_t));
+    if (vals == NULL)
+        return PyErr_NoMemory();
+    Py_ssize_t count = 0, ascii = 0, digits = 0, ascii_in = 0, digits_in = 0, repeats = 0, run = 0, longest = 0;
     Py_UCS4 maxchar = 0;
     int32_t last = -1;
     int changed = 0;
@@ -104,10 +142,6 @@ Folder_fold(Folder *self, PyObject *const *args, Py_ssize_t nargs)
         }
         if ((Py_UCS4)v != cp)
             changed = 1;
-        if (v == last && !Py_UNICODE_ISDECIMAL(cp))
-            repeats++;
-        last = v;
-        out_len++;
         if (v >= '0' && v <= '9') {
             digits++;
             if (++run > longest)
@@ -120,52 +154,36 @@ Folder_fold(Folder *self, PyObject *const *args, Py_ssize_t nargs)
             ascii++;
         if ((Py_UCS4)v > maxchar)
             maxchar = (Py_UCS4)v;
+        if (v == last && !Py_UNICODE_ISDECIMAL(cp)) {
+            repeats++;
+            vals[count++] = v | REPEAT_MARK;  /* code points stay below 0x110000 */
+        }
+        else {
+            vals[count++] = v;
+        }
+        last = v;
     }
-    PyObject *out, *words;
+    PyObject *out = NULL, *words = NULL, *result = NULL;
     if (!changed) {
         out = Py_NewRef(text);
     }
-    else {
-        out = PyUnicode_New(out_len, maxchar);
-        if (out == NULL)
-            return NULL;
-        int okind = PyUnicode_KIND(out);
-        void *odata = PyUnicode_DATA(out);
-        Py_ssize_t j = 0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            Py_UCS4 cp = PyUnicode_READ(kind, data, i);
-            int32_t v = (Py_ssize_t)cp < size ? table[cp] : (int32_t)cp;
-            if (v >= 0)
-                PyUnicode_WRITE(okind, odata, j++, (Py_UCS4)v);
+    else if ((out = PyUnicode_New(count, maxchar)) != NULL) {
+        write_values(out, vals, count, 0);
+    }
+    if (out != NULL) {
+        if (!collapse || !repeats) {
+            words = Py_NewRef(out);
+        }
+        else if ((words = PyUnicode_New(count - repeats, maxchar)) != NULL) {
+            /* The collapsed text has the folded text's characters, so the same width fits. */
+            write_values(words, vals, count, 1);
         }
     }
-    if (!collapse || !repeats) {
-        words = Py_NewRef(out);
-    }
-    else {
-        /* The collapsed text has the folded text's characters, so the same width fits. */
-        words = PyUnicode_New(out_len - repeats, maxchar);
-        if (words == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        int wkind = PyUnicode_KIND(words);
-        void *wdata = PyUnicode_DATA(words);
-        Py_ssize_t j = 0;
-        last = -1;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            Py_UCS4 cp = PyUnicode_READ(kind, data, i);
-            int32_t v = (Py_ssize_t)cp < size ? table[cp] : (int32_t)cp;
-            if (v < 0 || (v == last && !Py_UNICODE_ISDECIMAL(cp)))
-                continue;
-            last = v;
-            PyUnicode_WRITE(wkind, wdata, j++, (Py_UCS4)v);
-        }
-    }
-    PyObject *result = PyTuple_New(7);
-    if (result == NULL) {
-        Py_DECREF(out);
-        Py_DECREF(words);
+    if (vals != stack)
+        PyMem_Free(vals);
+    if (out == NULL || words == NULL || (result = PyTuple_New(7)) == NULL) {
+        Py_XDECREF(out);
+        Py_XDECREF(words);
         return NULL;
     }
     PyTuple_SET_ITEM(result, 0, out);
