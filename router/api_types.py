@@ -276,6 +276,11 @@ class Figures(_Body):
     pending: int
     reply_rate: float | None
     avg_response_s: float | None
+    first_response_s: float | None
+    ratings: int
+    rating_avg: float | None
+    satisfaction_rate: float | None
+    transfers: int
 
 
 class HourFigures(_Body):
@@ -293,6 +298,8 @@ class TeamToday(Figures, kw_only=True):
     reply_window_s: float
     hours: list[HourFigures]
     agents: dict[str, Figures]
+    #: Every figure, as ``fenliu stats`` and ``/v1/stats`` give them for the day (router/figures.py).
+    stats: Stats
 
 
 class AgentToday(Figures, kw_only=True):
@@ -300,9 +307,12 @@ class AgentToday(Figures, kw_only=True):
 
     agent_id: str
     status: AgentStatus
+    #: ``false``: outside the agent's shift (排班外), whatever its own status says.
+    in_shift: bool
     day: str
     updated: float
     reply_window_s: float
+    stats: Stats
 
 
 class ShopCounts(_Body):
@@ -370,6 +380,8 @@ class DashboardAgent(_Body):
     max_concurrent: int
     connected: bool
     today: Figures | None
+    #: When an agent outside its shift (排班外) comes on next; ``None`` while in shift.
+    shift_starts: float | None
 
 
 class DashboardConversation(_Body):
@@ -404,6 +416,12 @@ class FeedDecision(DecisionItem, tag="decision", tag_field="type"):
     """Supervisors' feed: a decision of a permitted shop, as it commits."""
 
 
+class NextOn(_Body):
+    id: str
+    name: str
+    at: float
+
+
 class Dashboard(_Body, tag="dashboard", tag_field="type"):
     """Queues per skill, agents, open conversations (most waiting first, at most 300), today's
     figures and recent decisions of the account's shops; also pushed on the supervisors' feed
@@ -417,6 +435,8 @@ class Dashboard(_Body, tag="dashboard", tag_field="type"):
     today: TeamToday
     shops: list[ShopInfo]
     decisions: list[DecisionItem]
+    #: Who comes on next: agents outside their shift, the soonest first (at most five).
+    next_on: list[NextOn]
 
 
 SupervisorFrame = FeedDecision | Dashboard

@@ -5,9 +5,12 @@ those pages need beyond the service's own API.
 - ``GET /`` → ``/web/``: the login page, then ``workbench.html`` or ``dashboard.html``.
 - ``GET /v1/me``: who the token belongs to (account, role, shops with names and platforms, the
   agent it works as, the skill groups it can transfer to) and the server's clock.
-- ``GET /v1/quick-replies?conversation_id=…[&q=typed]``: the shop's 话术库, grouped, with
-  placeholders filled from the conversation's buyer and order (``{order_id}`` stays visible
-  when unknown), and the ids whose keyword occurs in ``q``.
+- ``GET /v1/quick-replies?conversation_id=…[&q=typed][&text=buyer's message]``: the shop's
+  话术库, grouped, with placeholders filled from the conversation's buyer and order
+  (``{order_id}`` stays visible when unknown), and the ids whose keyword occurs in ``q``; with
+  ``text``, ``assist``: the three best FAQ answers and quick replies for the buyer's message
+  (智能辅助, plugins/bot.py ``suggest_replies``), and ``draft``: the answer the bot's ``suggest``
+  mode left for this conversation's composer, if any.
 - ``POST /v1/replies/check`` ``{"conversation_id" or "shop_id", "text"}``: the outbound filter
   run without sending: ``{"ok", "text", "reason", "hits": [{word, start, end, source}]}``.
 - ``POST /v1/conversations/{cid}/transfer`` ``{"to_agent"}`` or ``{"to_skill"}``: 转接 by the
@@ -132,8 +135,21 @@ async def quick_replies(request: web.Request, scope: Scope) -> web.Response:
     for q in items:
         groups.setdefault(q.group, []).append({"id": q.id, "title": q.title or q.id, "keywords": list(q.keywords),
                                                "template": q.text, "text": rendered[q.id]})
+    assist: list[dict[str, Any]] = []
+    draft = None
+    text = request.query.get("text", "")
+    if text:
+        try:
+            assist = [msgspec.to_builtins(s) for s in bot.suggest_replies(service.config, shop_id, text, stub)]
+        except (AttributeError, KeyError):
+            assist = []
+        conv = service.router.dispatcher.conversations.get(cid) if cid else None
+        hint = conv.meta.get("bot", {}).get("suggestion") if conv is not None else None
+        if isinstance(hint, dict) and hint.get("why") == "suggest":
+            draft = hint.get("text")
     return json_response({"shop_id": shop_id, "conversation_id": cid,
-                          "groups": [{"group": g, "items": v} for g, v in groups.items()], "suggested": suggested})
+                          "groups": [{"group": g, "items": v} for g, v in groups.items()], "suggested": suggested,
+                          "assist": assist, "draft": draft})
 
 
 class CheckRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -197,6 +213,9 @@ async def transfer(request: web.Request, scope: Scope) -> web.Response:
         return error(400, 'give exactly one of "to_agent" or "to_skill"')
     if req.to_agent is not None and req.to_agent not in scope.visible_agents():
         return error(404, f"unknown agent {req.to_agent!r}", "unknown_agent")
+    target = service.router.dispatcher.agents.get(req.to_agent) if req.to_agent is not None else None
+    if target is not None and not target.in_shift:
+        return error(409, f"agent {req.to_agent!r} is off shift (排班外)", "agent_off_shift")
     try:
         moved = await service.event(TransferEvent(cid, req.to_agent, req.to_skill))
     except InputError as exc:
@@ -226,7 +245,7 @@ async def today(request: web.Request, scope: Scope) -> web.Response:
         return error(403, f"account {account.name!r} is neither an agent nor a supervisor")
     st = service.router.dispatcher.agents.get(aid)
     return json_response({"agent_id": aid, "status": st.status if st else "offline",
-                          **figures.figures(shops, agent_id=aid)})
+                          "in_shift": st.in_shift if st else False, **figures.figures(shops, agent_id=aid)})
 
 
 # -- the supervisors' dashboard and live feed ---------------------------------------------------------
@@ -299,13 +318,17 @@ def dashboard_data(app: web.Application, scope: Scope) -> dict[str, Any]:
         cfg = service.config.agents[aid]
         st = d.agents.get(aid)
         status = st.status if st else "offline"
-        online += status == "online"
+        in_shift = st.in_shift if st else False
+        online += status == "online" and in_shift  # 排班外 is not online, whatever the agent's own status
         agents.append({"id": aid, "name": cfg.name or aid, "skills": list(cfg.skills),
                        "shops": [s for s in agent_shops(service.config, aid) if s in shops], "status": status,
-                       "in_shift": st.in_shift if st else False, "load": st.load if st else 0,
+                       "in_shift": in_shift, "load": st.load if st else 0,
                        "max_concurrent": cfg.max_concurrent, "connected": aid in service.sessions,
-                       "today": today_fig["agents"].get(aid)})
+                       "today": today_fig["agents"].get(aid),
+                       "shift_starts": None if in_shift else cfg.shift.next_change(now)})
+    coming = sorted((a for a in agents if a["shift_starts"] is not None), key=lambda a: (a["shift_starts"], a["id"]))
     return {"type": "dashboard", "server_time": now, "totals": {**totals, "agents_online": online},
+            "next_on": [{"id": a["id"], "name": a["name"], "at": a["shift_starts"]} for a in coming[:5]],
             "queues": sorted(queues.values(), key=lambda q: (-q["depth"], q["skill"])), "agents": agents,
             "conversations": convs[:300], "today": today_fig,
             "shops": [{"id": s.id, "name": s.name or s.id, "platform": s.platform}

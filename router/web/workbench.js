@@ -31,6 +31,8 @@ const state = {
   filter: 'all',
   status: 'offline',
   quick: new Map(),       // cid -> quick reply groups
+  assist: new Map(),      // cid -> 智能辅助: the best FAQ answers / quick replies for the buyer's latest message
+  drafted: new Set(),     // cids whose composer already got the bot's suggested answer
   profiles: new Map(),    // cid -> profile
   drafts: new Map(),      // cid -> what was typed for that buyer and not sent
   agents: [],
@@ -248,6 +250,7 @@ function renderChat() {
   $('draft-hint').textContent = locked ? '接入后才能回复' : '';
   tickCountdowns();
   renderSide();
+  renderAssist(conv);
 }
 
 // The composer holds one buyer's draft at a time: switching saves it under the conversation it was
@@ -281,6 +284,7 @@ async function select(cid) {
   renderChat();
   loadProfile(conv);
   loadQuick(conv);
+  loadAssist(conv);
 }
 
 // -- side panel: buyer, order, quick replies --------------------------------------------------------------
@@ -412,6 +416,38 @@ async function loadQuick(conv) {
   }
 }
 
+// 智能辅助: for the buyer's latest message, the three best FAQ answers and quick replies (filled for
+// this buyer and order); a click or Alt+1..3 puts one in the composer, never sends it. The bot's
+// `suggest` mode also leaves its answer as the draft of an empty composer.
+async function loadAssist(conv) {
+  const last = [...(conv.history || [])].reverse().find((it) => it.who === 'buyer' && it.text);
+  if (!last || conv.readonly) { state.assist.delete(conv.id); if (state.selected === conv.id) renderAssist(conv); return; }
+  try {
+    const q = await api('GET', `/v1/quick-replies?conversation_id=${encodeURIComponent(conv.id)}&text=${encodeURIComponent(last.text)}`);
+    state.assist.set(conv.id, q.assist || []);
+    if (state.selected !== conv.id) return;
+    const draft = $('draft');
+    if (q.draft && !draft.value && !state.drafted.has(conv.id)) {
+      draft.value = q.draft;
+      $('draft-hint').textContent = '机器人已备好回复，确认后发送';
+    }
+    if (q.draft) state.drafted.add(conv.id);
+    renderAssist(conv);
+  } catch (err) {
+    state.assist.delete(conv.id);
+  }
+}
+
+function renderAssist(conv) {
+  const box = $('assist');
+  const items = (conv && state.assist.get(conv.id)) || [];
+  box.hidden = !items.length;
+  box.replaceChildren(h('span', { class: 'assist-label' }, '智能辅助'), ...items.map((it, i) => h('button', {
+    type: 'button', class: 'assist-item', dataset: { id: it.id, kind: it.kind }, title: it.text,
+    onclick: () => insertQuick(it, null),
+  }, h('kbd', null, `Alt+${i + 1}`), it.text)));
+}
+
 function quickItems(conv) {
   return (state.quick.get(conv.id) || []).flatMap((g) => g.items.map((it) => ({ ...it, group: g.group })));
 }
@@ -495,8 +531,37 @@ function hideBlocked() {
 function showBlocked(text, reason, hits) {
   $('blocked-reason').textContent = `⚠ 回复未发送：${reason || '含违禁词'}`;
   $('blocked-text').replaceChildren(...highlight(text, hits));
+  $('blocked-text').title = [...new Set((hits || []).map((x) => x.tag).filter(Boolean))].join('、');
+  showAdvice(text, hits || []);
   $('blocked').hidden = false;
   $('draft').classList.add('has-hits');
+}
+
+// Each hit with a category (tag) and a compliant alternative (advice): one click puts the
+// alternative in the draft in place of the word, "全部替换" does it for every hit at once.
+function showAdvice(text, hits) {
+  let box = $('blocked-advice');
+  if (!box) {
+    box = h('div', { id: 'blocked-advice', class: 'blocked-advice' });
+    $('blocked').append(box);
+  }
+  const fix = (chosen) => {
+    const chars = Array.from(text);  // hit positions count code points, as the server's do
+    for (const x of [...chosen].sort((a, b) => b.start - a.start)) chars.splice(x.start, x.end - x.start, x.advice);
+    $('draft').value = chars.join('');
+    hideBlocked();
+    $('draft').focus();
+  };
+  const fixable = [];  // no two replacements over the same characters: the longer hit wins
+  for (const x of hits.filter((y) => y.advice).sort((a, b) => (b.end - b.start) - (a.end - a.start))) {
+    if (!fixable.some((y) => x.start < y.end && y.start < x.end)) fixable.push(x);
+  }
+  const rows = hits.filter((x) => x.tag || x.advice).map((x) => h('div', { class: 'advice' },
+    h('span', { class: 'advice-word' }, x.word), x.tag ? ` ${x.tag} ` : ' ',
+    x.advice ? h('button', { type: 'button', class: 'link', onclick: () => fix([x]) }, `→ ${x.advice}`) : ''));
+  const all = fixable.length > 1 ? h('button', { type: 'button', onclick: () => fix(fixable) }, '全部替换') : '';
+  box.replaceChildren(...rows, all);
+  box.hidden = !rows.length;
 }
 
 async function send() {
@@ -578,9 +643,10 @@ async function openTransfer() {
     toast(`客服列表加载失败：${err.message}`, 'error');
   }
   const agents = state.agents.filter((a) => a.id !== state.me.agent_id && a.shops.includes(conv.shop_id));
-  $('transfer-agent').replaceChildren(...agents.map((a) => h('option', { value: a.id, disabled: a.status !== 'online' || a.load >= a.max_concurrent },
-    `${a.name || a.id}（${label(STATUS, a.status)} ${a.load}/${a.max_concurrent}）`)));
-  const firstFree = agents.find((a) => a.status === 'online' && a.load < a.max_concurrent);
+  const usable = (a) => a.status === 'online' && a.in_shift !== false && a.load < a.max_concurrent;
+  $('transfer-agent').replaceChildren(...agents.map((a) => h('option', { value: a.id, disabled: !usable(a) },
+    `${a.name || a.id}（${a.in_shift === false ? '排班外' : label(STATUS, a.status)} ${a.load}/${a.max_concurrent}）`)));
+  const firstFree = agents.find(usable);
   if (firstFree) $('transfer-agent').value = firstFree.id;
   $('transfer-skill').replaceChildren(...state.me.skills.map((s) => h('option', { value: s }, label(SKILL, s))));
   $('transfer-error').hidden = true;
@@ -655,6 +721,7 @@ function onFrame(frame) {
       const conv = state.convs.get(frame.conversation_id);
       if (!conv) return;
       conv.history.push({ who: 'buyer', text: frame.text, ts: frame.ts, kind: frame.kind || 'text', msg_id: frame.msg_id });
+      if (state.selected === conv.id) loadAssist(conv);
       if (state.selected !== conv.id || document.hidden) conv.unread++;
       break;
     }
@@ -701,7 +768,7 @@ function renderStatus() {
   $('load').textContent = `接待中 ${mine}/${cap}`;
   const t = state.today;
   $('today').textContent = t
-    ? `今日接待 ${t.conversations} · 回复 ${t.replies} · 3分钟回复率 ${percent(t.reply_rate)} · 平均响应 ${duration(t.avg_response_s)}`
+    ? `${t.in_shift === false ? '排班外 · ' : ''}今日接待 ${t.conversations} · 回复 ${t.replies} · 3分钟回复率 ${percent(t.reply_rate)} · 首响 ${duration(t.first_response_s)} · 平均响应 ${duration(t.avg_response_s)}`
     : '';
 }
 
@@ -857,6 +924,10 @@ async function start() {
   draft.addEventListener('input', () => { hideBlocked(); suggest(); });
   draft.addEventListener('blur', () => setTimeout(hideSuggestions, 150));
   draft.addEventListener('keydown', (ev) => {
+    if (ev.altKey && /^[1-3]$/.test(ev.key)) {
+      const item = (state.assist.get(state.selected) || [])[Number(ev.key) - 1];
+      if (item) { ev.preventDefault(); insertQuick(item, null); return; }
+    }
     if (suggestions.length && (ev.key === 'Tab' || (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing))) {
       ev.preventDefault();
       const s = suggestions[suggestIndex];
