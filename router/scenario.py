@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from router.config import Config, ConfigError, ConfigErrors, decode_section
-from router.models import Buyer, Order
+from router.models import Buyer, CloseEvent, Message, Order
 
 NonNeg = Annotated[float, msgspec.Meta(ge=0)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -540,3 +540,23 @@ def generate(s: Scenario, config: Config, seed: int) -> list[ConvSpec]:
                 vip_buyer if cat == "vip" else None, _ORDERS.get(cat),
             ))
     return out
+
+
+def write_jsonl(convs: list[ConvSpec], path: Path) -> int:
+    """Write synthetic conversations as a recorded day (JSONL as ``fenliu route`` and ``fenliu
+    simulate --traffic`` take): every buyer message with its time, buyer and order, and a
+    ``close`` line a minute after each conversation's last message, so the conversations cut from
+    the file are exactly these. Returns the number of conversations."""
+    enc = msgspec.json.Encoder()
+    lines: list[tuple[float, int, bytes]] = []
+    for c in convs:
+        for k, (ts, text) in enumerate(zip(c.times, c.texts)):
+            msg = Message(c.shop_id, f"sm-{c.index}-{k}", c.buyer_id, text, "text", round(ts, 3), c.buyer, c.order)
+            lines.append((msg.ts, 0, enc.encode(msg)))  # type: ignore[arg-type]
+        close = CloseEvent(f"{c.shop_id}:{c.buyer_id}", round(c.times[-1] + 60.0, 3))
+        lines.append((close.ts, 1, enc.encode(close)))  # type: ignore[arg-type]
+    lines.sort(key=lambda x: (x[0], x[1]))
+    with path.open("wb") as f:
+        for _, _, data in lines:
+            f.write(data + b"\n")
+    return len(convs)

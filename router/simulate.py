@@ -144,6 +144,7 @@ class Simulation:
         self.outcomes = {"human": 0, "abandoned": 0, "bot": 0, "blocked": 0, "unfinished": 0}
         self.waits: list[float] = []
         self.waits_all: list[float] = []
+        self.waits_window: list[float] = []
         self.groups: dict[tuple[str, bool], list[Any]] = {}
         self.eligible = 0
         self.in_time = 0
@@ -220,14 +221,14 @@ class Simulation:
             if conv is None:
                 continue
             action = dec.action
+            if dec.flags and not conv.mode and conv.replied is None:
+                for f in dec.flags:
+                    if f.startswith("bot:suggest:"):  # the FAQ answer waits in the agent's composer
+                        conv.mode = "suggest"
             if action == "assigned":
-                if dec.flags and not conv.mode and conv.replied is None and "bot_suggest" in dec.flags:
-                    conv.mode = "suggest"
                 if dec.agent_id != conv.agent:
                     self._assign(conv, dec.agent_id, dec.skill, now)
             elif action == "queued":
-                if dec.flags and not conv.mode and conv.replied is None and "bot_suggest" in dec.flags:
-                    conv.mode = "suggest"
                 if conv.agent is not None:
                     self._unassign(conv, now)
                     conv.ver += 1
@@ -343,6 +344,8 @@ class Simulation:
         if in_windows(self.windows, self.window_starts, conv.t0):
             self.eligible += 1
             g[1] += 1
+            if conv.replied is not None:
+                self.waits_window.append(conv.replied - conv.t0)
             if conv.replied is not None and conv.replied - conv.t0 <= self.target:
                 self.in_time += 1
                 g[2] += 1
@@ -656,6 +659,7 @@ class Simulation:
                 "max": _r(waits[-1]) if waits else None,
             },
             "wait_all_s": wait_summary(self.waits_all),
+            "wait_window_s": wait_summary(self.waits_window),
             "wait_histogram": {"bin_s": 15, "edges": list(WAIT_EDGES), "counts": hist},
             "groups": self._group_figures(),
             "bot_handoffs": dict(self.handoffs),
@@ -869,6 +873,60 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", type=Path, metavar="FILE.html", help="write a self-contained HTML report")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON ('-' for stdout)")
     p.add_argument("--seed", type=int, help="random seed (default: the scenario's seed)")
+    p.add_argument("--baseline", action="store_true",
+                   help="add a first column: the first config as plain round-robin (no sticky, aging, expansion; bot settles)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="run seeds seed … seed+N−1 and report means ± standard errors (3-minute rate, p90 wait, abandonment)")
+    p.add_argument("--write-traffic", type=Path, metavar="FILE.jsonl",
+                   help="write the scenario's buyers as recorded JSONL (messages and a close line per conversation) and exit")
+
+
+def baseline_config(config: Config) -> Config:
+    """Plain round-robin on the same shops, agents and plugins: no sticky agent, no aging, no
+    skill expansion (a chat waits for its own skill), no dedicated agents, the priority queue,
+    and the bot settling what it answers. The yardstick the recommended configuration is
+    measured against (docs/simulate.md)."""
+    from msgspec.structs import replace
+
+    from policies.deadline import QueueSection
+    from router.config import Target
+
+    policies = {}
+    for name, pol in config.policies.items():
+        d = pol.dispatch
+        changes: dict[str, Any] = {"dispatch": replace(
+            d, strategy="round_robin", sticky_hours=0.0, aging_per_minute=0.0, targets=(Target(),),
+            skill_targets={}, dedicated=())}
+        if hasattr(pol, "queue"):
+            changes["queue"] = QueueSection()
+        if hasattr(pol, "bot") and hasattr(pol.bot, "platform_modes"):
+            changes["bot"] = replace(pol.bot, mode="settle", platform_modes={})
+        policies[name] = replace(pol, **changes)
+    out = Config(config.dir, config.main, config.shops, config.agents, policies, config.plugins)
+    out.label = "plain round-robin"  # type: ignore[attr-defined]
+    return out
+
+
+def seed_table(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Mean and standard error over seeds of the figures a comparison is judged by."""
+    def stats(xs: list[float]) -> dict[str, float]:
+        n = len(xs)
+        mean = sum(xs) / n
+        se = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1) / n) if n > 1 else 0.0
+        return {"mean": round(mean, 4), "se": round(se, 4)}
+
+    out = {}
+    for label, figs in runs.items():
+        out[label] = {
+            "seeds": len(figs),
+            "reply_rate": stats([f["reply_rate"]["rate"] or 0.0 for f in figs]),
+            "wait_p90": stats([f["wait_s"]["p90"] or 0.0 for f in figs]),
+            "wait_all_p90": stats([f["wait_all_s"]["p90"] or 0.0 for f in figs]),
+            "wait_window_p90": stats([f["wait_window_s"]["p90"] or 0.0 for f in figs]),
+            "abandoned_share": stats([f["abandoned_share"] for f in figs]),
+            "bot_only": stats([f["outcomes"]["bot"] for f in figs]),
+        }
+    return out
 
 
 def _labels(dirs: list[Path]) -> list[str]:
@@ -904,12 +962,23 @@ def run_command(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         return 1
     seed = scenario.seed if args.seed is None else args.seed
+    if args.write_traffic is not None:
+        from router.scenario import write_jsonl
+
+        n = write_jsonl(generate(scenario, configs[0], seed), args.write_traffic)
+        err.print(f"{n} conversations written to {args.write_traffic}")
+        return 0
+    labels = _labels(dirs)
+    if args.baseline:
+        configs.insert(0, baseline_config(configs[0]))
+        labels.insert(0, "plain round-robin")
+    if args.seeds > 1:
+        return _run_seeds(args, configs, labels, scenario, seed, err)
     traffic, bad = build_traffic(scenario, configs[0], seed, args.traffic)
     if bad:
         for line in bad:
             print(line, file=sys.stderr)
         return 1
-    labels = _labels(dirs)
     results = anyio.run(_run_all, configs, scenario, traffic, seed, labels, err)
     doc = {
         "scenario": {"name": scenario.name, "source": traffic.source, "seed": seed,
@@ -929,6 +998,45 @@ def run_command(args: argparse.Namespace) -> int:
     if args.report is not None:
         write_html(doc, args.report)
         err.print(f"report written to {args.report}")
+    return 0
+
+
+def _run_seeds(args: argparse.Namespace, configs: list[Config], labels: list[str], scenario: Scenario,
+               seed: int, err: Any) -> int:
+    import anyio
+    from rich.console import Console
+    from rich.table import Table
+
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    for k in range(args.seeds):
+        traffic, bad = build_traffic(scenario, configs[0], seed + k, args.traffic)
+        if bad:
+            for line in bad:
+                print(line, file=sys.stderr)
+            return 1
+        for config, label in zip(configs, labels):
+            err.print(f"seed {seed + k}: simulating {label}")
+            runs[label].append(anyio.run(simulate, config, scenario, traffic, seed + k, label))
+    table = seed_table(runs)
+    out = Table(title=f"fenliu simulate · {args.traffic or scenario.name} · seeds {seed}–{seed + args.seeds - 1} (mean ± s.e.)")
+    for col in ("policy", "3-min human reply rate", "p90 wait to 1st human reply (s)", "p90 in the window (s)",
+                "p90 incl. abandoned (s)", "abandoned", "bot-only"):
+        out.add_column(col, justify="left" if col == "policy" else "right")
+    for label, row in table.items():
+        def pm(key: str, pct: bool = False, row: dict[str, Any] = row) -> str:
+            m, e = row[key]["mean"], row[key]["se"]
+            return f"{100 * m:.1f} ± {100 * e:.1f} %" if pct else f"{m:.0f} ± {e:.0f}"
+        out.add_row(label, pm("reply_rate", True), pm("wait_p90"), pm("wait_window_p90"), pm("wait_all_p90"),
+                    pm("abandoned_share", True),
+                    pm("bot_only"))
+    to_stdout = args.json is not None and str(args.json) == "-"
+    (err if to_stdout else Console()).print(out)
+    if args.json is not None:
+        data = encode_results({"seeds": list(range(seed, seed + args.seeds)), "table": table, "runs": runs})
+        if to_stdout:
+            sys.stdout.buffer.write(data)
+        else:
+            args.json.write_bytes(data)
     return 0
 
 
