@@ -35,6 +35,7 @@ from aiohttp import web
 
 from router import accounts as acct
 from router.accounts import Account
+from router.i18n import _
 from router.store import read_only
 
 if TYPE_CHECKING:
@@ -124,9 +125,9 @@ class Scope:
         if shop_id in self.shops:
             return shop_id
         if self.all_shops:
-            raise HTTPError(404, f"unknown shop {shop_id!r}", "unknown_shop")
-        raise HTTPError(403, f"forbidden: shop {shop_id!r} is not permitted to account {self.account.name!r}",
-                        "shop_forbidden")
+            raise HTTPError(404, _("unknown shop {shop!r}", shop=shop_id), "unknown_shop")
+        raise HTTPError(403, _("forbidden: shop {shop!r} is not permitted to account {account!r}",
+                               shop=shop_id, account=self.account.name), "shop_forbidden")
 
     def require_conversation(self, cid: str) -> str:
         """The shop of conversation ``cid`` (``shop:buyer``) if permitted."""
@@ -134,13 +135,14 @@ class Scope:
 
     def require_role(self, role: str) -> None:
         if _ROLE_RANK[self.account.role] < _ROLE_RANK[role]:
-            raise HTTPError(403, f"forbidden: this needs the {role} role; account {self.account.name!r} is "
-                                 f"{self.account.role}", "role_forbidden")
+            raise HTTPError(403, _("forbidden: this needs the {role} role; account {account!r} is {has}",
+                                   role=role, account=self.account.name, has=self.account.role), "role_forbidden")
 
     def require_all_shops(self) -> None:
         if not self.all_shops:
-            raise HTTPError(403, f"forbidden: this needs an account permitted all shops (*); {self.account.name!r} "
-                                 f"is limited to {', '.join(sorted(self.shops)) or 'none'}", "all_shops_required")
+            raise HTTPError(403, _("forbidden: this needs an account permitted all shops (*); {account!r} "
+                                   "is limited to {shops}", account=self.account.name,
+                                   shops=", ".join(sorted(self.shops)) or "none"), "all_shops_required")
 
     def visible_agents(self) -> list[str]:
         """Agents that serve at least one of the scope's shops."""
@@ -340,7 +342,7 @@ TICKETS = web.AppKey("tickets", Tickets)
 # -- authentication -------------------------------------------------------------------------------------
 
 
-_NEEDS_TOKEN = "missing bearer token (POST /v1/auth/login, then Authorization: Bearer <token>)"
+_NEEDS_TOKEN = _("missing bearer token (POST /v1/auth/login, then Authorization: Bearer <token>)")
 
 
 async def authenticate(request: web.BaseRequest, *, ws: bool = False) -> tuple[Account, float]:
@@ -353,25 +355,25 @@ async def authenticate(request: web.BaseRequest, *, ws: bool = False) -> tuple[A
     elif ws and "ticket" in request.query:
         found = request.app[TICKETS].redeem(request.query["ticket"])
         if found is None:
-            raise HTTPError(401, "invalid, used or expired ticket (POST /v1/auth/ws-ticket for a new one)", "bad_ticket")
+            raise HTTPError(401, _("invalid, used or expired ticket (POST /v1/auth/ws-ticket for a new one)"), "bad_ticket")
         account = await book.get(found.name)
         if account is None or account.disabled or account.generation != found.generation:
-            raise HTTPError(401, "ticket no longer valid (account removed, disabled or password changed)", "token_revoked")
+            raise HTTPError(401, _("ticket no longer valid (account removed, disabled or password changed)"), "token_revoked")
         return account, found.token_expires
     elif "token" in request.query:
-        raise HTTPError(401, "tokens are accepted only in the Authorization header (a URL ends up in logs); "
-                             "a WebSocket takes ?ticket= from POST /v1/auth/ws-ticket", "token_in_url")
+        raise HTTPError(401, _("tokens are accepted only in the Authorization header (a URL ends up in logs); "
+                               "a WebSocket takes ?ticket= from POST /v1/auth/ws-ticket"), "token_in_url")
     else:
         raise HTTPError(401, _NEEDS_TOKEN, "missing_token")
     if not token:
         raise HTTPError(401, _NEEDS_TOKEN, "missing_token")
     found_token = acct.read_token(request.app[SERVICE].token_key, token)  # type: ignore[attr-defined]
     if found_token is None:
-        raise HTTPError(401, "invalid or expired token", "bad_token")
+        raise HTTPError(401, _("invalid or expired token"), "bad_token")
     name, generation, expires = found_token
     account = await book.get(name)
     if account is None or account.disabled or account.generation != generation:
-        raise HTTPError(401, "token no longer valid (account removed, disabled or password changed)", "token_revoked")
+        raise HTTPError(401, _("token no longer valid (account removed, disabled or password changed)"), "token_revoked")
     return account, expires
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import anyio
 
-from router import __version__
+from router import __version__, i18n
 from router.config import Config, ConfigErrors, load_config
 from router.logging import configure_logging
 
@@ -52,8 +52,8 @@ def _check(args: argparse.Namespace) -> int:
         for field in policy.__struct_fields__:
             for warning in getattr(getattr(policy, field), "warnings", ()):
                 print(f"warning: {warning}", file=sys.stderr)
-    print(f"{args.config}: ok ({len(config.shops)} shops, {len(config.agents)} agents, "
-          f"{len(config.policies)} policies)")
+    print(i18n.gettext("{config}: ok ({shops} shops, {agents} agents, {policies} policies)", config=args.config,
+                       shops=len(config.shops), agents=len(config.agents), policies=len(config.policies)))
     return 0
 
 
@@ -100,9 +100,9 @@ def _plugins(args: argparse.Namespace) -> int:
 
         sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(config.plugins.describe())) + b"\n")
         return 0
-    table = Table(title="Fenliu plugins")
-    for col in ("name", "status", "origin", "module", "hooks"):
-        table.add_column(col)
+    table = Table(title=i18n.gettext("Fenliu plugins"))
+    for col in (i18n._("name"), i18n._("status"), i18n._("origin"), i18n._("module"), i18n._("hooks")):
+        table.add_column(i18n.t(col))
     for info in config.plugins.describe():
         table.add_row(info.name, info.status, info.origin, info.module, "\n".join(info.hooks))
     Console(width=max(120, Console().width)).print(table)
@@ -120,15 +120,15 @@ def _check_reply(args: argparse.Namespace) -> int:
     try:
         result = anyio.run(router.check_reply, args.shop, args.text)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(i18n.gettext("error: {reason}", reason=i18n.t(exc)), file=sys.stderr)
         return 2
     if result.ok and not result.hits:
-        print("ok")
+        print(i18n.gettext("ok"))
         return 0
     if result.ok:
-        print(f"ok (masked): {result.text}")
+        print(i18n.gettext("ok (masked): {text}", text=result.text))
         return 0
-    print(f"blocked: {result.reason}")
+    print(i18n.gettext("blocked: {reason}", reason=i18n.t(result.reason or "")))
     for hit in result.hits:
         tag = f", {hit.tag}" if hit.tag else ""
         advice = f" → {hit.advice}" if hit.advice else ""
@@ -139,12 +139,15 @@ def _check_reply(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fenliu", description="Multi-shop message router for e-commerce customer service.")
     parser.add_argument("--version", action="version", version=f"fenliu {__version__}")
+    lang_help = "language of what fenliu prints: zh-CN (default) or en (default: $FENLIU_LANG, else zh-CN)"
+    parser.add_argument("--lang", type=_lang, default=None, help=lang_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("--config", default=os.environ.get("FENLIU_CONFIG", "config"), type=Path,
                        help="configuration folder (default: ./config or $FENLIU_CONFIG)")
+        p.add_argument("--lang", type=_lang, default=argparse.SUPPRESS, help=lang_help)
         return p
 
     add("check", "validate the configuration; exit 1 with one error a line")
@@ -159,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lang(value: str) -> str:
+    lang = i18n.normalize(value)
+    if lang is None:
+        raise argparse.ArgumentTypeError(f"unsupported language {value!r} (zh-CN or en)")
+    return lang
+
+
 def _add_extra_commands(sub: argparse._SubParsersAction, add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     """Commands whose modules are heavier (server, simulator) register their arguments here."""
     from router import commands
@@ -170,9 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(os.environ.get("FENLIU_LOG_LEVEL", "warning"), os.environ.get("FENLIU_LOG_FORMAT", "auto"))  # type: ignore[arg-type]
+    previous = i18n.set_default(args.lang)  # --lang: what this command prints, and a server's default language
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        i18n.set_default(previous)

@@ -105,6 +105,9 @@ class ServerConfig(Struct):
     #: Seconds a client has to send a request's whole head (request line and headers), from the
     #: connection's start or a request's first byte; slower ones get 408 and are closed (slowloris).
     header_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    #: The language of messages a person reads (refusals, WebSocket results) when the request's
+    #: ``Accept-Language`` names none supported and ``FENLIU_LANG`` is unset (router/i18n.py).
+    lang: Literal["zh-CN", "en"] = "zh-CN"
 
 
 class StorageConfig(Struct):

@@ -35,6 +35,7 @@ import itertools
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from router import i18n
 from router.models import AgentState, Conversation, Decision
 
 if TYPE_CHECKING:
@@ -414,7 +415,7 @@ class Dispatcher:
     def set_status(self, agent_id: str, status: str) -> list[Decision]:
         st = self.agents.get(agent_id)
         if st is None:
-            raise DispatchError(f"unknown agent {agent_id!r}")
+            raise DispatchError(i18n._("unknown agent {agent!r}", agent=agent_id))
         if st.status == status:
             return []
         self._refused.discard(agent_id)
@@ -559,7 +560,7 @@ class Dispatcher:
     def accept(self, conversation_id: str, agent_id: str) -> None:
         conv = self.conversations.get(conversation_id)
         if conv is None or conv.agent_id != agent_id or conv.state not in ("reserved", "assigned"):
-            raise DispatchError(f"conversation {conversation_id!r} is not reserved for {agent_id!r}")
+            raise DispatchError(i18n._("conversation {cid!r} is not reserved for {agent!r}", cid=conversation_id, agent=agent_id))
         if conv.state == "reserved":
             conv.state = "assigned"
             conv.reserved_until = None
@@ -744,7 +745,7 @@ class Dispatcher:
     def close(self, conversation_id: str) -> list[Decision]:
         conv = self.conversations.get(conversation_id)
         if conv is None:
-            raise DispatchError(f"no open conversation {conversation_id!r}")
+            raise DispatchError(i18n._("no open conversation {cid!r}", cid=conversation_id))
         agent = conv.agent_id
         if agent is not None and conv.state == "assigned":
             self.last_agent[conv.id] = (agent, self.now or conv.last_ts)
@@ -762,20 +763,20 @@ class Dispatcher:
     def transfer(self, conversation_id: str, to_agent: str | None = None, to_skill: str | None = None) -> list[Decision]:
         conv = self.conversations.get(conversation_id)
         if conv is None:
-            raise DispatchError(f"no open conversation {conversation_id!r}")
+            raise DispatchError(i18n._("no open conversation {cid!r}", cid=conversation_id))
         old = conv.agent_id
         if to_agent is not None:
             st = self.agents.get(to_agent)
             if st is None:
-                raise DispatchError(f"unknown agent {to_agent!r}")
+                raise DispatchError(i18n._("unknown agent {agent!r}", agent=to_agent))
             if to_agent == old:
-                raise DispatchError(f"conversation {conversation_id!r} is already with {to_agent!r}")
+                raise DispatchError(i18n._("conversation {cid!r} is already with {agent!r}", cid=conversation_id, agent=to_agent))
             if conv.shop_id not in self._agent_shops.get(to_agent, ()):
-                raise DispatchError(f"agent {to_agent!r} may not serve shop {conv.shop_id!r}")
+                raise DispatchError(i18n._("agent {agent!r} may not serve shop {shop!r}", agent=to_agent, shop=conv.shop_id))
             if st.status != "online" or not st.in_shift:
-                raise DispatchError(f"agent {to_agent!r} is not online")
+                raise DispatchError(i18n._("agent {agent!r} is not online", agent=to_agent))
             if st.load >= st.max_concurrent:
-                raise DispatchError(f"agent {to_agent!r} is at capacity ({st.max_concurrent})")
+                raise DispatchError(i18n._("agent {agent!r} is at capacity ({n})", agent=to_agent, n=st.max_concurrent))
             self._release(conv)
             if self._claimed(conv, st):
                 reservations, self.reservations = self.reservations, False
@@ -787,7 +788,7 @@ class Dispatcher:
         else:
             assert to_skill is not None
             if not any(skill == to_skill for (_, skill) in self._pools):
-                raise DispatchError(f"no agent has skill {to_skill!r}")
+                raise DispatchError(i18n._("no agent has skill {skill!r}", skill=to_skill))
             self._release(conv)
             conv.skill = to_skill
             conv.queued_at = None

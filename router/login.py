@@ -31,6 +31,7 @@ import structlog
 from cachetools import LRUCache
 
 from router import accounts as acct
+from router.i18n import _
 from router.accounts import Account
 from router.store import Store, read_only
 
@@ -140,7 +141,7 @@ class LoginGuard:
         if self.running >= self.capacity:
             self._count("refused", "busy")
             log.debug("login_refused", reason="busy", account=name, client=client)
-            raise LoginRefused(429, f"too many logins are being checked ({self.capacity}); retry in a second",
+            raise LoginRefused(429, _("too many logins are being checked ({n}); retry in a second", n=self.capacity),
                                "login_busy", 1)
         self.running += 1
         try:
@@ -154,7 +155,7 @@ class LoginGuard:
             self._failed(name, client, known=found is not None)
         self._refuse_locked(name, client)  # locked while this check ran: its outcome stays unsaid
         if not ok or found is None:
-            raise LoginRefused(401, "wrong account or password")
+            raise LoginRefused(401, _("wrong account or password"))
         account, old_hash = found
         self.accounts.reset(name)
         if rehashed is not None:
@@ -171,7 +172,7 @@ class LoginGuard:
                 conn.close()
         except sqlite3.Error as exc:
             log.error("login_store_unreadable", error=str(exc))
-            raise LoginRefused(503, "the account store cannot be read; retry later", "unavailable", 1) from exc
+            raise LoginRefused(503, _("the account store cannot be read; retry later"), "unavailable", 1) from exc
         ok = acct.check_password(found[1] if found else None, password)
         rehashed = acct.new_hash(found[1], password) if ok and found else None
         return found, ok, rehashed
@@ -184,7 +185,7 @@ class LoginGuard:
             self._count("refused", "locked_out")
             log.debug("login_refused", reason="locked_out", account=name, client=client)
             retry = max(1, math.ceil(wait))
-            raise LoginRefused(429, f"too many failed logins for this account or address; retry in {retry} s",
+            raise LoginRefused(429, _("too many failed logins for this account or address; retry in {retry} s", retry=retry),
                                "locked_out", retry)
 
     def _failed(self, name: str, client: str, *, known: bool) -> None:

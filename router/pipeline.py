@@ -17,6 +17,7 @@ import structlog
 from router.config import Config
 from router.context import HookContext
 from router.dedupe import SeenIds
+from router.i18n import _
 from router.dispatch import DispatchError, Dispatcher
 from router.logging import bind_message, unbind
 from router.models import (
@@ -115,7 +116,7 @@ class Router:
         try:
             shop = self.config.shops.get(msg.shop_id)
             if shop is None:
-                raise InputError(f"unknown shop {msg.shop_id!r}")
+                raise InputError(_("unknown shop {shop!r}", shop=msg.shop_id))
             d = self.dispatcher
             now, due = self._step(msg.ts)
             out = await self.advance(now) if due else []
@@ -227,7 +228,7 @@ class Router:
             else:
                 raise InputError(f"unsupported event {type(event).__name__}")
         except DispatchError as exc:
-            raise InputError(str(exc)) from None
+            raise InputError(*exc.args) from None  # the message (router.i18n.Text) kept, to translate where shown
         if moved:
             if self.plugins.has_observers:
                 await self._observe(moved)
@@ -252,7 +253,7 @@ class Router:
         the text to send (masked where a filter masks)."""
         shop = self.config.shops.get(shop_id)
         if shop is None:
-            raise InputError(f"unknown shop {shop_id!r}")
+            raise InputError(_("unknown shop {shop!r}", shop=shop_id))
         conv = self.dispatcher.conversations.get(conversation_id or "")
         ctx = HookContext(self.config, shop, self._now(None), conv, self.dispatcher, text)
         reply = Reply(shop_id, conversation_id or "", text, agent_id)

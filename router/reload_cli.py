@@ -13,6 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from router import i18n
+from router.i18n import gettext
+
 
 def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callable[[str], Any]) -> None:
     p = add("reload", "make a running server reload its configuration; print what it refused")
@@ -47,7 +50,7 @@ def _post(url: str, body: dict[str, Any], token: str | None = None) -> tuple[int
     import urllib.error
     import urllib.request
 
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", "Accept-Language": i18n.current().replace("_", "-")}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
@@ -69,31 +72,33 @@ def reload_command(args: argparse.Namespace) -> int:
         token = os.environ.get("FENLIU_TOKEN")
         if not token:
             if not args.account:
-                print("error: name an admin account (--account or $FENLIU_ACCOUNT), or set $FENLIU_TOKEN",
+                print(gettext("error: name an admin account (--account or $FENLIU_ACCOUNT), or set $FENLIU_TOKEN"),
                       file=sys.stderr)
                 return 1
             password = (sys.stdin.readline().rstrip("\r\n") if args.password_stdin
-                        else getpass.getpass(f"password for {args.account}: "))
+                        else getpass.getpass(gettext("password for {account}: ", account=args.account)))
             status, body = _post(f"{base}/v1/auth/login", {"account": args.account, "password": password})
             if status != 200:
-                print(f"error: login refused ({status}): {body.get('message', body)}", file=sys.stderr)
+                print(gettext("error: login refused ({status}): {reason}", status=status, reason=body.get("message", body)),
+                      file=sys.stderr)
                 return 1
             token = body["token"]
         status, body = _post(f"{base}/v1/admin/reload", {"force": bool(args.force)}, token)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        print(f"error: cannot reach {base}: {reason}", file=sys.stderr)
+        print(gettext("error: cannot reach {url}: {reason}", url=base, reason=reason), file=sys.stderr)
         return 1
     if status == 200:
         for line in body.get("forced", []):
-            print(f"forced: {line}", file=sys.stderr)
-        print(f"reloaded: generation {body.get('generation')} ({body.get('shops')} shops, {body.get('agents')} agents)")
+            print(gettext("forced: {line}", line=line), file=sys.stderr)
+        print(gettext("reloaded: generation {generation} ({shops} shops, {agents} agents)", generation=body.get("generation"),
+                      shops=body.get("shops"), agents=body.get("agents")))
         return 0
     for line in body.get("errors", []):
         print(line, file=sys.stderr)
     if body.get("error") == "config_refused":
-        print("refused: the running configuration is kept; fix the files, or run again with --force "
-              "to apply this one anyway", file=sys.stderr)
+        print(gettext("refused: the running configuration is kept; fix the files, or run again with --force "
+                      "to apply this one anyway"), file=sys.stderr)
     else:
-        print(f"error ({status}): {body.get('message', body)}", file=sys.stderr)
+        print(gettext("error ({status}): {reason}", status=status, reason=body.get("message", body)), file=sys.stderr)
     return 1

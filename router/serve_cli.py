@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from router.i18n import gettext
 from router.logging import configure_logging
 
 
@@ -75,8 +76,8 @@ def serve_command(args: argparse.Namespace) -> int:
     else:
         for shop in config.shops.values():
             if shop.secret is None:
-                print(f"warning: shop {shop.id}: no secret ({shop.secret_env or 'secret_env unset'}); "
-                      f"its ingest requests will be refused with 401", file=sys.stderr)
+                print(gettext("warning: shop {shop}: no secret ({env}); its ingest requests will be refused with 401",
+                              shop=shop.id, env=shop.secret_env or "secret_env unset"), file=sys.stderr)
     if args.store:
         import msgspec
 
@@ -95,7 +96,7 @@ def _password(args: argparse.Namespace) -> str | None:
         return line.rstrip("\r\n")
     first = getpass.getpass("password: ")
     if getpass.getpass("again: ") != first:
-        print("error: passwords differ", file=sys.stderr)
+        print(gettext("error: passwords differ"), file=sys.stderr)
         return None
     return first
 
@@ -114,7 +115,7 @@ def accounts_command(args: argparse.Namespace) -> int:
         if args.action == "list":
             rows = store.run_sync(acct.list_accounts)
             if not rows:
-                print("no accounts (create one: fenliu accounts add NAME)")
+                print(gettext("no accounts (create one: fenliu accounts add NAME)"))
             for a in rows:
                 agent = a.agent_id or next((i for i, ag in config.agents.items() if ag.account == a.name), None)
                 print(f"{a.name}\t{a.role}\tshops={','.join(a.shops)}" + (f"\tagent={agent}" if agent else "")
@@ -125,7 +126,8 @@ def accounts_command(args: argparse.Namespace) -> int:
                 store.run_sync(lambda c: acct.remove(c, args.name))
             else:
                 store.run_sync(lambda c: acct.set_disabled(c, args.name, args.action == "disable"))
-            print(f"{args.action}d {args.name} (its open sockets close within a second)")
+            done = {"disable": gettext("disabled"), "enable": gettext("enabled"), "remove": gettext("removed")}[args.action]
+            print(gettext("{done} {name} (its open sockets close within a second)", done=done, name=args.name))
             return 0
         password = _password(args)
         if password is None:
@@ -134,20 +136,20 @@ def accounts_command(args: argparse.Namespace) -> int:
             shops = None if args.shops is None else tuple(s.strip() for s in args.shops.split(",") if s.strip())
             for s in shops or ():
                 if s != "*" and s not in config.shops:
-                    print(f"error: unknown shop {s!r}", file=sys.stderr)
+                    print(gettext("error: unknown shop {shop!r}", shop=s), file=sys.stderr)
                     return 1
             if args.agent is not None and args.agent not in config.agents:
-                print(f"error: unknown agent {args.agent!r}", file=sys.stderr)
+                print(gettext("error: unknown agent {agent!r}", agent=args.agent), file=sys.stderr)
                 return 1
             role = args.role or ("agent" if ":" in args.name else "admin")
             agent = args.agent or next((i for i, ag in config.agents.items() if ag.account == args.name), None)
             served = agent_shops(config, agent) if role == "agent" and agent else None
             a = store.run_sync(lambda c: acct.add(c, args.name, password, role, shops, args.agent, served,
                                                   require_agent=role == "agent"))
-            print(f"created {a.name} ({a.role}, shops {','.join(a.shops)})")
+            print(gettext("created {name} ({role}, shops {shops})", name=a.name, role=a.role, shops=",".join(a.shops)))
         else:
             store.run_sync(lambda c: acct.passwd(c, args.name, password))
-            print(f"password changed for {args.name}")
+            print(gettext("password changed for {name}", name=args.name))
         return 0
     except acct.AccountError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -46,6 +46,8 @@ from router.access import (
     signed,
 )
 from router.config import Config
+from router.i18n import _, t
+from router import i18n
 from router.login import LoginGuard, LoginRefused
 from router.stats import compute, parse_period
 from router.ingest import TOO_DEEP, decode_batch, explain, split_batch
@@ -75,7 +77,8 @@ CODES: dict[int, str] = {400: "bad_request", 401: "unauthorized", 403: "forbidde
 
 
 def error_body(status: int, reason: str, code: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"error": code or CODES.get(status, f"http_{status}"), "message": reason, **extra}
+    """``message`` in the current language (:mod:`router.i18n`: the request's ``Accept-Language``)."""
+    return {"error": code or CODES.get(status, f"http_{status}"), "message": t(reason), **extra}
 
 
 def error(status: int, reason: str, code: str | None = None, headers: dict[str, str] | None = None,
@@ -91,15 +94,15 @@ def sign(secret: bytes, body: bytes) -> str:
 def check_signature(secret: bytes, body: bytes, header: str | None) -> str | None:
     """``None`` when the signature matches, else why not."""
     if not header:
-        return f"missing {SIGNATURE_HEADER} header (sha256=<hex HMAC-SHA256 of the body>)"
-    scheme, _, digest = header.partition("=")
+        return _("missing {header} header (sha256=<hex HMAC-SHA256 of the body>)", header=SIGNATURE_HEADER)
+    scheme, _sep, digest = header.partition("=")
     digest = digest.strip().lower()
     # compare_digest raises TypeError on non-ASCII text: such a header is malformed, not a 500.
     if scheme.strip().lower() != "sha256" or not digest or not digest.isascii():
-        return f"{SIGNATURE_HEADER} must look like sha256=<hex>"
+        return _("{header} must look like sha256=<hex>", header=SIGNATURE_HEADER)
     expected = hmac.digest(secret, body, "sha256").hex()  # the one-shot C path: no HMAC object per request
     if not hmac.compare_digest(expected, digest):
-        return "signature does not match the body"
+        return _("signature does not match the body")
     return None
 
 
@@ -112,13 +115,23 @@ async def _json_errors(request: web.BaseRequest, handler: Callable[..., Awaitabl
                        *args: Any) -> web.StreamResponse:
     """``handler(request, *args)`` with its errors as JSON bodies: ours (:class:`HTTPError`),
     aiohttp's 4xx, and anything unexpected as a 500 whose traceback goes to the log. Each 4xx
-    is one ``request_rejected`` log line (:func:`log_rejection`), never a traceback."""
+    is one ``request_rejected`` log line (:func:`log_rejection`), never a traceback. Messages are
+    in the language the request's ``Accept-Language`` prefers (else the default, zh-CN)."""
+    lang = i18n.use(i18n.negotiate(request.headers.get("Accept-Language")))
+    try:
+        return await _json_errors_in(request, handler, *args)
+    finally:
+        i18n.reset(lang)
+
+
+async def _json_errors_in(request: web.BaseRequest, handler: Callable[..., Awaitable[web.StreamResponse]],
+                          *args: Any) -> web.StreamResponse:
     try:
         resp = await handler(request, *args)
     except HTTPError as exc:
         resp = error(exc.status, exc.reason, exc.code, exc.headers)
     except Overloaded as exc:  # the journal failed under an event, a reply or a context push
-        return error(503, str(exc), headers={"Retry-After": "1"})
+        return error(503, t(exc), headers={"Retry-After": "1"})
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
@@ -127,12 +140,12 @@ async def _json_errors(request: web.BaseRequest, handler: Callable[..., Awaitabl
         resp = error(400, TOO_DEEP)
     except (HttpProcessingError, RequestPayloadError) as exc:  # a body that does not decode (bad gzip)
         cause = exc.__cause__ if isinstance(exc, RequestPayloadError) else exc
-        resp = error(400, f"the body could not be read: {getattr(cause, 'message', None) or exc}")
+        resp = error(400, _("the body could not be read: {detail}", detail=str(getattr(cause, 'message', None) or exc)))
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception:  # noqa: BLE001 - the caller gets a reason, the log gets the traceback
         log.exception("handler_failed", path=request.path)
-        return error(500, "internal error (logged)")
+        return error(500, _("internal error (logged)"))
     if 400 <= resp.status < 500:
         log_rejection(request, resp)
     return resp
@@ -163,22 +176,23 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def _read_body(request: web.BaseRequest, limit: int) -> bytes | web.Response:
     length = request.content_length
     if length is not None and length > limit:
-        return error(413, f"body of {length} bytes is over the limit of {limit} (server.max_body_bytes)")
+        return error(413, _("body of {length} bytes is over the limit of {limit} (server.max_body_bytes)",
+                            length=length, limit=limit))
     try:
         if length is not None and not request.headers.get(CONTENT_ENCODING):
             return await request.content.readexactly(length)  # the usual case: one read of a known size
         return await request.read()  # compressed or chunked: read() counts the decoded bytes against the limit
     except asyncio.IncompleteReadError:
-        raise web.HTTPBadRequest(reason="body shorter than Content-Length") from None
+        raise web.HTTPBadRequest(reason=_("body shorter than Content-Length")) from None
     except web.HTTPRequestEntityTooLarge:
-        return error(413, f"body is over the limit of {limit} bytes (server.max_body_bytes)")
+        return error(413, _("body is over the limit of {limit} bytes (server.max_body_bytes)", limit=limit))
 
 
 async def _signed_body(request: web.Request, service: Service, shop_id: str) -> bytes | web.Response:
     """The raw body of a request a shop's bridge signed, or the refusal (404, 413, 401)."""
     shop = service.config.shops.get(shop_id)
     if shop is None:
-        return error(404, f"unknown shop {shop_id!r}")
+        return error(404, _("unknown shop {shop!r}", shop=shop_id))
     body = await _read_body(request, service.config.main.server.max_body_bytes)
     if isinstance(body, web.Response):
         service.metrics.rejected.labels("413").inc()
@@ -186,8 +200,8 @@ async def _signed_body(request: web.Request, service: Service, shop_id: str) -> 
     secret = shop.secret
     if secret is None:
         service.metrics.rejected.labels("401").inc()
-        return error(401, f"shop {shop_id!r} has no secret configured (set the environment variable "
-                          f"{shop.secret_env or '<secret_env in shops.toml>'}); unsigned ingest is refused")
+        return error(401, _("shop {shop!r} has no secret configured (set the environment variable {env}); "
+                            "unsigned ingest is refused", shop=shop_id, env=shop.secret_env or "<secret_env in shops.toml>"))
     why = check_signature(secret, body, request.headers.get(SIGNATURE_HEADER))
     if why is not None:
         service.metrics.rejected.labels("401").inc()
@@ -216,10 +230,11 @@ async def _ingest(request: web.BaseRequest, service: Service, shop_id: str) -> w
             service.metrics.rejected.labels("400").inc()
             return error(400, explain(exc))
         if not items:
-            return error(400, "empty batch: send one message or a non-empty array")
+            return error(400, _("empty batch: send one message or a non-empty array"))
         if len(items) > server.max_batch:
             service.metrics.rejected.labels("413").inc()
-            return error(413, f"batch of {len(items)} messages is over the limit of {server.max_batch} (server.max_batch)")
+            return error(413, _("batch of {n} messages is over the limit of {limit} (server.max_batch)",
+                                n=len(items), limit=server.max_batch))
     batch = decode_batch(items, shop_id)  # a bad item, even a lone one, is named by its index
     return await _submit(service, batch.messages, batch.index, batch.errors)
 
@@ -232,7 +247,7 @@ async def _submit(service: Service, good: list[Message], index: list[int], error
             result = await service.ingest(good)
         except Overloaded as exc:
             service.metrics.rejected.labels("503").inc()
-            return error(503, str(exc) or "overloaded: the ingest queue is full, retry later", "overloaded",
+            return error(503, t(exc) or _("overloaded: the ingest queue is full, retry later"), "overloaded",
                          headers={"Retry-After": "1"}, queue_max=service.config.main.server.ingest_queue_max)
         for j, reason in result.errors:
             errors.append({"index": index[j], "msg_id": good[j].msg_id, "reason": reason})
@@ -264,10 +279,10 @@ async def webhook(request: web.Request) -> web.Response:
     shop_id = request.match_info["shop_id"]
     shop = service.config.shops.get(shop_id)
     if shop is None:
-        return error(404, f"unknown shop {shop_id!r}")
+        return error(404, _("unknown shop {shop!r}", shop=shop_id))
     cls = adapter_class(platform)
     if cls is None:
-        return error(404, f"unknown platform adapter {platform!r}")
+        return error(404, _("unknown platform adapter {platform!r}", platform=platform))
     body = await _read_body(request, service.config.main.server.max_body_bytes)
     if isinstance(body, web.Response):
         return body
@@ -311,7 +326,7 @@ async def login(request: web.Request) -> web.Response:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         return error(exc.status, exc.message, exc.code, headers)
     if account.disabled:
-        return error(403, f"account {account.name!r} is disabled", "account_disabled")
+        return error(403, _("account {account!r} is disabled", account=account.name), "account_disabled")
     token, expires = acct.issue_token(service.token_key, account, service.config.main.server.token_ttl_s)
     log.info("login", account=account.name, role=account.role)
     return json_response({"token": token, "expires": expires, "account": account.name, "role": account.role,
@@ -354,7 +369,7 @@ async def conversation(request: web.Request, scope: Scope) -> web.Response:
     scope.require_conversation(cid)
     conv = service.router.dispatcher.conversations.get(cid)
     if conv is None or not scope.sees(conv.shop_id):
-        return error(404, f"no open conversation {cid!r}")
+        return error(404, _("no open conversation {cid!r}", cid=cid))
     snap = service.snapshot(cid)
     return json_response({**_conv_json(service, conv), "history": snap.history if snap else [],
                           "buyer": snap.buyer if snap else None, "order": snap.order if snap else None})
@@ -398,10 +413,11 @@ async def agent_status(request: web.Request, scope: Scope) -> web.Response:
     service = request.app[SERVICE]
     aid = request.match_info["agent_id"]
     if aid not in service.config.agents:
-        return error(404, f"unknown agent {aid!r}", "unknown_agent")
+        return error(404, _("unknown agent {agent!r}", agent=aid), "unknown_agent")
     if not scope.may_manage_agent(aid):
-        return error(403, f"forbidden: account {scope.account.name!r} may not set the status of agent {aid!r} "
-                          "(it serves shops outside the account's)", "agent_forbidden")
+        return error(403, _("forbidden: account {account!r} may not set the status of agent {agent!r} "
+                            "(it serves shops outside the account's)", account=scope.account.name, agent=aid),
+                     "agent_forbidden")
     try:
         req = msgspec.json.decode(await request.read(), type=StatusRequest)
         event = AgentStatusEvent(aid, req.status)  # type: ignore[arg-type]
@@ -411,7 +427,7 @@ async def agent_status(request: web.Request, scope: Scope) -> web.Response:
     try:
         moved = await service.event(event)
     except InputError as exc:
-        return error(409, str(exc))
+        return error(409, t(exc))
     return json_response({"agent_id": aid, "status": event.status, "moved": [d for d in moved if scope.sees(d.shop_id)]})
 
 
@@ -491,7 +507,7 @@ async def put_profile(request: web.Request, scope: Scope) -> web.Response:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return error(400, explain(exc))
     if req.tags is not None and account.role == "agent":
-        return error(403, "forbidden: agents may add tags (add_tags) but only supervisors replace them")
+        return error(403, _("forbidden: agents may add tags (add_tags) but only supervisors replace them"))
     p = await service.set_profile(shop_id, buyer_id, tags=req.tags, add_tags=tuple(req.add_tags), note=req.note,
                                   author=account.name)
     return json_response({"shop_id": shop_id, "buyer_id": buyer_id, "tags": p.tags, "notes": p.notes})
@@ -510,7 +526,7 @@ async def rating(request: web.Request) -> web.Response:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return error(400, explain(exc) + ' (expected {"type": "rating", "conversation_id", "score": 1-5})')
     if not event.conversation_id.startswith(f"{shop_id}:"):
-        return error(400, f"conversation {event.conversation_id!r} is not of shop {shop_id!r}")
+        return error(400, _("conversation {cid!r} is not of shop {shop!r}", cid=event.conversation_id, shop=shop_id))
     await service.event(event)
     return json_response({"accepted": 1}, 202)
 
@@ -529,11 +545,12 @@ async def reload(request: web.Request, scope: Scope) -> web.Response:
             return error(400, explain(exc) + ' (expected no body, or {"force": true|false})')
     result = await service.reloader.reload(f"admin:{account.name}" + (":force" if force else ""), force=force)
     if result.refused:
-        return error(409, "reload refused: the new configuration is valid but would take something away; the running "
-                     "one is kept (fix the files, or repeat with ?force=1 or {\"force\": true})", "config_refused",
+        return error(409, _("reload refused: the new configuration is valid but would take something away; the running "
+                            "one is kept (fix the files, or repeat with ?force=1 or {force})", force='{"force": true}'),
+                     "config_refused",
                      errors=result.errors)
     if not result.ok:
-        return error(422, "configuration rejected; the running one is kept", "config_rejected", errors=result.errors)
+        return error(422, _("configuration rejected; the running one is kept"), "config_rejected", errors=result.errors)
     config = service.config
     return json_response({"reloaded": True, "generation": result.generation,
                           "shops": len(config.shops), "agents": len(config.agents), "forced": result.forced})
@@ -570,9 +587,9 @@ async def metrics(request: web.Request) -> web.Response:
         token = os.environ.get(env, "")
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not token:
-            raise HTTPError(401, f"the metrics token is not set: export {env}")
+            raise HTTPError(401, _("the metrics token is not set: export {env}", env=env))
         if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode()):
-            raise HTTPError(401, "a bearer token is required for /metrics (server.metrics_token_env)")
+            raise HTTPError(401, _("a bearer token is required for /metrics (server.metrics_token_env)"))
     body = await asyncio.get_running_loop().run_in_executor(None, service.metrics.render)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
@@ -583,7 +600,8 @@ async def agent_ws(request: web.Request, scope: Scope) -> web.StreamResponse:
 
     service = request.app[SERVICE]
     if scope.agent_id is None:
-        return error(403, f"account {scope.account.name!r} is not an agent (set agent_id, or account in agents.toml)",
+        return error(403, _("account {account!r} is not an agent (set agent_id, or account in agents.toml)",
+                            account=scope.account.name),
                      "not_an_agent")
     if service.config.main.storage.backend == "redis":
         from router.redis.ws import agent_socket as shared_agent_socket
@@ -627,6 +645,7 @@ async def _close_sockets(app: web.Application) -> None:
 
 
 def make_app(service: Service) -> web.Application:
+    i18n.configure(service.config.main.server.lang)
     app = web.Application(middlewares=[errors_middleware],
                           client_max_size=service.config.main.server.max_body_bytes)
     app[SERVICE] = service

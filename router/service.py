@@ -39,6 +39,7 @@ from adapters import Adapter, DeliveryError, OrderContext, OutboundReply, adapte
 from router.config import Config
 from router import snapshot, story
 from router.dedupe import SeenIds
+from router import i18n
 from router.metrics import Metrics
 from router.reload import Reloader
 from router.runtime import tune_gc
@@ -759,10 +760,10 @@ class Service:
         fut = job.future
         conv = self.router.dispatcher.conversations.get(cid)
         if conv is None or conv.agent_id != agent_id:
-            fut.set_exception(NotYours(f"conversation {cid!r} is not yours"))
+            fut.set_exception(NotYours(i18n._("conversation {cid!r} is not yours", cid=cid)))
             return
         if conv.state == "reserved":
-            fut.set_exception(NotYours(f"accept conversation {cid!r} before replying"))
+            fut.set_exception(NotYours(i18n._("accept conversation {cid!r} before replying", cid=cid)))
             return
         self._clock = max(time.time(), self._clock)
         result = await self.router.check_reply(conv.shop_id, text, cid, agent_id)
@@ -900,7 +901,7 @@ class Service:
     async def add_note(self, agent_id: str | None, conversation_id: str, text: str, tags: tuple[str, ...] = ()) -> Profile:
         conv = self.router.dispatcher.conversations.get(conversation_id)
         if conv is None:
-            raise NotYours(f"no open conversation {conversation_id!r}")
+            raise NotYours(i18n._("no open conversation {cid!r}", cid=conversation_id))
         if text:
             now = time.time()
 

@@ -145,6 +145,7 @@ class Simulation:
         self.waits: list[float] = []
         self.waits_all: list[float] = []
         self.waits_window: list[float] = []
+        self.hours: dict[tuple[int, str], list[int]] = {}  # (hour from start, need) → counts
         self.groups: dict[tuple[str, bool], list[Any]] = {}
         self.eligible = 0
         self.in_time = 0
@@ -325,6 +326,13 @@ class Simulation:
 
     def _record(self, conv: _Conv, outcome: str) -> None:
         self.outcomes[outcome] += 1
+        hk = (int((conv.t0 - self.traffic.start) // 3600), conv.need)
+        h = self.hours.get(hk)
+        if h is None:
+            h = self.hours[hk] = [0, 0, 0, 0]  # conversations, eligible, in time, abandoned
+        h[0] += 1
+        if outcome == "abandoned":
+            h[3] += 1
         g = self.groups.get(conv.group)
         if g is None:
             # conversations, eligible, in time, abandoned, waits
@@ -346,9 +354,11 @@ class Simulation:
             g[1] += 1
             if conv.replied is not None:
                 self.waits_window.append(conv.replied - conv.t0)
+            h[1] += 1
             if conv.replied is not None and conv.replied - conv.t0 <= self.target:
                 self.in_time += 1
                 g[2] += 1
+                h[2] += 1
 
     def _needed_skill(self, conv: _Conv) -> str | None:
         skill = NEEDED_SKILL.get(conv.need)
@@ -662,6 +672,7 @@ class Simulation:
             "wait_window_s": wait_summary(self.waits_window),
             "wait_histogram": {"bin_s": 15, "edges": list(WAIT_EDGES), "counts": hist},
             "groups": self._group_figures(),
+            "by_hour": {f"{hr}:{need}": v for (hr, need), v in sorted(self.hours.items())},
             "bot_handoffs": dict(self.handoffs),
             "need_transfers": self.need_transfers,
             "breaks": self.breaks,

@@ -11,11 +11,15 @@ from typing import Any
 
 import msgspec
 
+from router import i18n
+from router.i18n import t
+
+_ = i18n._
 _SHOWN = (
-    ("sessions", "sessions"), ("messages", "msgs"), ("first_response_s_avg", "first resp s"),
-    ("human_response_s_avg", "avg resp s"), ("reply_3min_rate", "3-min rate"), ("queue_wait_s_avg", "queue wait s"),
-    ("transfers", "transfers"), ("bot_answered_share", "bot share"), ("rating_avg", "rating"),
-    ("satisfaction_rate", "satisfied"), ("conversion_rate", "conversion"),
+    ("sessions", _("sessions")), ("messages", _("msgs")), ("first_response_s_avg", _("first resp s")),
+    ("human_response_s_avg", _("avg resp s")), ("reply_3min_rate", _("3-min rate")), ("queue_wait_s_avg", _("queue wait s")),
+    ("transfers", _("transfers")), ("bot_answered_share", _("bot share")), ("rating_avg", _("rating")),
+    ("satisfaction_rate", _("satisfied")), ("conversion_rate", _("conversion")),
 )
 
 
@@ -45,14 +49,14 @@ def stats_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.shop is not None and args.shop not in config.shops:
-        print(f"error: unknown shop {args.shop!r}", file=sys.stderr)
+        print(t(_("error: unknown shop {shop!r}", shop=args.shop)), file=sys.stderr)
         return 1
     if args.agent is not None and args.agent not in config.agents:
-        print(f"error: unknown agent {args.agent!r}", file=sys.stderr)
+        print(t(_("error: unknown agent {agent!r}", agent=args.agent)), file=sys.stderr)
         return 1
     path = Path(args.store or config.main.storage.path)
     if not path.exists():
-        print(f"error: no store at {path} (has `fenliu serve` run with this configuration?)", file=sys.stderr)
+        print(t(_("error: no store at {path} (has `fenliu serve` run with this configuration?)", path=path)), file=sys.stderr)
         return 1
     conn = connect(path)
     try:
@@ -89,13 +93,14 @@ def _table(stats: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Fenliu statistics")
-    table.add_column("group")
-    for _, title in _SHOWN:
-        table.add_column(title, justify="right")
+    table = Table(title=t(_("Fenliu statistics")))
+    table.add_column(t(_("group")))
+    for _key, title in _SHOWN:
+        table.add_column(t(title), justify="right")
+    names = {"all": _("all"), "shop": _("shop"), "skill": _("skill"), "agent": _("agent"), "queue": _("queue")}
     for group, rows in (("all", [stats.total]), ("shop", stats.by_shop), ("skill", stats.by_skill),
                         ("agent", stats.by_agent), ("queue", [stats.queue] if stats.queue else [])):
         for r in rows:
-            table.add_row(f"{group} {r.key}" if group not in ("all", "queue") else group,
+            table.add_row(f"{t(names[group])} {r.key}" if group not in ("all", "queue") else t(names[group]),
                           *(_fmt(getattr(r, k), k) for k, _ in _SHOWN))
     Console(width=max(140, Console().width)).print(table)

@@ -41,6 +41,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from router.access import BOOK, EXPIRES, Scope, agent_shops, gate, public
+from router.i18n import _, t
 from router.ingest import explain
 from router.models import Decision, Message, TransferEvent
 from router.pipeline import InputError
@@ -121,7 +122,7 @@ async def quick_replies(request: web.Request, scope: Scope) -> web.Response:
     elif shop_id:
         scope.require_shop(shop_id)
     else:
-        return error(400, "give conversation_id (or shop_id)")
+        return error(400, _("give conversation_id (or shop_id)"))
     buyer, order = service.context.get(cid or "", (None, None))
     stub = Message(shop_id, "-", (cid or ":-").split(":", 1)[1], buyer=buyer, order=order) if cid else None
     try:
@@ -170,18 +171,18 @@ async def check_reply(request: web.Request, scope: Scope) -> web.Response:
     elif req.shop_id:
         shop_id = scope.require_shop(req.shop_id)
     else:
-        return error(400, "give conversation_id or shop_id")
+        return error(400, _("give conversation_id or shop_id"))
     try:
         result = await service.router.check_reply(shop_id, req.text, req.conversation_id, scope.agent_id)
     except InputError as exc:
-        return error(404, str(exc))
+        return error(404, t(exc))
     reason = result.reason
     if not result.ok:
         words = "、".join(dict.fromkeys(h.word for h in result.hits))
-        reason = reason or "blocked by the outbound filter"
+        reason = reason or _("blocked by the outbound filter")
         if words and words not in reason:
-            reason = f"{reason} (forbidden: {words})"
-    return json_response({"ok": result.ok, "text": result.text, "reason": reason, "hits": result.hits,
+            reason = _("{reason} (forbidden: {words})", reason=reason, words=words)
+    return json_response({"ok": result.ok, "text": result.text, "reason": reason and t(reason), "hits": result.hits,
                           "flags": result.flags})
 
 
@@ -201,25 +202,25 @@ async def transfer(request: web.Request, scope: Scope) -> web.Response:
     shop_id = scope.require_conversation(cid)
     conv = service.router.dispatcher.conversations.get(cid)
     if conv is None:
-        return error(404, f"no open conversation {cid!r}")
+        return error(404, _("no open conversation {cid!r}", cid=cid))
     holder = scope.agent_id
     if not scope.is_supervisor and (holder is None or conv.agent_id != holder):
-        return error(403, f"forbidden: conversation {cid!r} is not yours, and moving others' needs a supervisor")
+        return error(403, _("forbidden: conversation {cid!r} is not yours, and moving others' needs a supervisor", cid=cid))
     try:
         req = msgspec.json.decode(await request.read(), type=TransferRequest)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return error(400, explain(exc))
     if (req.to_agent is None) == (req.to_skill is None):
-        return error(400, 'give exactly one of "to_agent" or "to_skill"')
+        return error(400, _('give exactly one of "to_agent" or "to_skill"'))
     if req.to_agent is not None and req.to_agent not in scope.visible_agents():
-        return error(404, f"unknown agent {req.to_agent!r}", "unknown_agent")
+        return error(404, _("unknown agent {agent!r}", agent=req.to_agent), "unknown_agent")
     target = service.router.dispatcher.agents.get(req.to_agent) if req.to_agent is not None else None
     if target is not None and not target.in_shift:
-        return error(409, f"agent {req.to_agent!r} is off shift (排班外)", "agent_off_shift")
+        return error(409, _("agent {agent!r} is off shift", agent=req.to_agent), "agent_off_shift")
     try:
         moved = await service.event(TransferEvent(cid, req.to_agent, req.to_skill))
     except InputError as exc:
-        return error(409, str(exc))
+        return error(409, t(exc))
     log.info("transferred", by=account.name, shop_id=shop_id, conversation_id=cid, to_agent=req.to_agent,
              to_skill=req.to_skill)
     return json_response({"conversation_id": cid, "moved": moved})
@@ -242,7 +243,7 @@ async def today(request: web.Request, scope: Scope) -> web.Response:
         return json_response(figures.figures(shops))
     aid = scope.agent_id
     if aid is None:
-        return error(403, f"account {account.name!r} is neither an agent nor a supervisor")
+        return error(403, _("account {account!r} is neither an agent nor a supervisor", account=account.name))
     st = service.router.dispatcher.agents.get(aid)
     return json_response({"agent_id": aid, "status": st.status if st else "offline",
                           "in_shift": st.in_shift if st else False, **figures.figures(shops, agent_id=aid)})

@@ -26,6 +26,7 @@ import msgspec
 import structlog
 from aiohttp import WSMsgType, web
 
+from router.i18n import _, t
 from router.ingest import explain
 from router.models import (
     AcceptEvent,
@@ -169,9 +170,9 @@ async def agent_socket(request: web.Request, service: Service, scope: Scope,
 def _holds(service: Service, agent_id: str, cid: str) -> str | None:
     conv = service.router.dispatcher.conversations.get(cid)
     if conv is None:
-        return f"no open conversation {cid!r}"
+        return _("no open conversation {cid!r}", cid=cid)
     if conv.agent_id != agent_id:
-        return f"conversation {cid!r} is not yours"
+        return _("conversation {cid!r} is not yours", cid=cid)
     return None
 
 
@@ -186,9 +187,9 @@ async def _handle(service: Service, session: WsSession, data: bytes) -> WsResult
     log_ = log.bind(agent_id=aid, conversation_id=cid, op=op)
     try:
         if cid is not None and not session.scope.sees_conversation(cid):
-            return WsResult(op, False, ref, cid, reason="forbidden: that shop is not permitted to your account")
+            return WsResult(op, False, ref, cid, reason=t(_("forbidden: that shop is not permitted to your account")))
         if isinstance(frame, WsTransfer) and frame.to_agent is not None and frame.to_agent not in session.scope.visible_agents():
-            return WsResult(op, False, ref, cid, reason=f"unknown agent {frame.to_agent!r}")
+            return WsResult(op, False, ref, cid, reason=t(_("unknown agent {agent!r}", agent=frame.to_agent)))
         match frame:
             case WsAccept():
                 await service.event(AcceptEvent(frame.conversation_id, aid))
@@ -196,28 +197,28 @@ async def _handle(service: Service, session: WsSession, data: bytes) -> WsResult
                 result = await service.reply(aid, frame.conversation_id, frame.text)
                 if not result.ok:
                     words = "、".join(dict.fromkeys(h.word for h in result.hits))
-                    reason = result.reason or "blocked by the outbound filter"
+                    reason = result.reason or _("blocked by the outbound filter")
                     if words and words not in reason:
-                        reason = f"{reason} (forbidden: {words})"
+                        reason = _("{reason} (forbidden: {words})", reason=reason, words=words)
                     log_.info("reply_refused", words=[h.word for h in result.hits])
-                    return WsResult(op, False, ref, cid, reason=reason, text=frame.text, hits=result.hits)
+                    return WsResult(op, False, ref, cid, reason=t(reason), text=frame.text, hits=result.hits)
                 return WsResult(op, True, ref, cid, text=result.text, hits=result.hits)
             case WsTransfer():
                 if (why := _holds(service, aid, frame.conversation_id)) is not None:
-                    return WsResult(op, False, ref, cid, reason=why)
+                    return WsResult(op, False, ref, cid, reason=t(why))
                 await service.event(TransferEvent(frame.conversation_id, frame.to_agent, frame.to_skill))
             case WsClose():
                 if (why := _holds(service, aid, frame.conversation_id)) is not None:
-                    return WsResult(op, False, ref, cid, reason=why)
+                    return WsResult(op, False, ref, cid, reason=t(why))
                 await service.event(CloseEvent(frame.conversation_id))
             case WsStatus():
                 await service.event(AgentStatusEvent(aid, frame.status))
             case WsNote():
                 if (why := _holds(service, aid, frame.conversation_id)) is not None:
-                    return WsResult(op, False, ref, cid, reason=why)
+                    return WsResult(op, False, ref, cid, reason=t(why))
                 await service.add_note(aid, frame.conversation_id, frame.text, frame.tags)
     except (InputError, NotYours, Overloaded) as exc:
-        return WsResult(op, False, ref, cid, reason=str(exc))
+        return WsResult(op, False, ref, cid, reason=t(exc))
     log_.debug("ws_ok")
     return WsResult(op, True, ref, cid)
 
@@ -253,5 +254,5 @@ _ref = msgspec.json.Decoder(_Ref)
 def _frame_reason(exc: Exception) -> str:
     text = explain(exc)
     if "Invalid value" in str(exc) and "type" in str(exc):
-        return "unknown frame type (expected accept, reply, transfer, close, status or note)"
+        return t(_("unknown frame type (expected accept, reply, transfer, close, status or note)"))
     return text

@@ -22,6 +22,7 @@ from router.models import (
     WsStatus,
     WsTransfer,
 )
+from router.i18n import _, t
 from router.pipeline import InputError
 from router.service import NotYours
 from router import ws as ws_module
@@ -49,14 +50,14 @@ async def _handle(service: RedisService, session: WsSession, data: bytes) -> WsR
     cid = getattr(frame, "conversation_id", None)
     try:
         if cid is not None and not session.scope.sees_conversation(cid):
-            return WsResult(op, False, ref, cid, reason="forbidden: that shop is not permitted to your account")
+            return WsResult(op, False, ref, cid, reason=t(_("forbidden: that shop is not permitted to your account")))
         match frame:
             case WsAccept():
                 await service.event(AcceptEvent(frame.conversation_id, aid), requester=aid)
             case WsReply():
                 result = await service.reply(aid, frame.conversation_id, frame.text)
                 if not result.ok:
-                    return WsResult(op, False, ref, cid, reason=result.reason or "blocked by the outbound filter",
+                    return WsResult(op, False, ref, cid, reason=t(result.reason or _("blocked by the outbound filter")),
                                     text=frame.text, hits=result.hits)
                 return WsResult(op, True, ref, cid, text=result.text, hits=result.hits)
             case WsTransfer():
@@ -68,5 +69,5 @@ async def _handle(service: RedisService, session: WsSession, data: bytes) -> WsR
             case WsNote():
                 await service.add_note(aid, frame.conversation_id, frame.text, frame.tags)
     except (InputError, NotYours) as exc:
-        return WsResult(op, False, ref, cid, reason=str(exc))
+        return WsResult(op, False, ref, cid, reason=t(exc))
     return WsResult(op, True, ref, cid)
