@@ -16,6 +16,10 @@ def register(add: Callable[[str, str], Any], command: Callable[[str], Any]) -> N
 
     simulate_arguments(add("simulate", "replay traffic against policies on a virtual clock and report"))
     command("simulate")(lambda args: __import__("router.simulate").simulate.run_command(args))
+    from router.plan import add_arguments as plan_arguments
+
+    plan_arguments(add("plan", "the fewest agents per hour that meet a reply-rate target, confirmed by simulation"))
+    command("plan")(lambda args: __import__("router.plan").plan.run_command(args))
     serve_register(add, command)
     reload_register(add, command)
     stats_register(add, command)
