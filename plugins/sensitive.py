@@ -264,6 +264,7 @@ _CJK = ((0x3400, 0x4DC0), (0x4E00, 0xA000))
 _LATIN_NAME = re.compile(r"LATIN (?:CAPITAL |SMALL )?LETTER (?:SMALL CAPITAL )?([A-Z])$")
 #: Two equal characters in a row (any, or digits) and runs of them, for the pure-Python collapse.
 _ADJACENT = re.compile(r"(.)\1", re.S)
+_CN_DIGIT = re.compile(f"[{CN_DIGITS}]")
 _ADJACENT_DIGITS = re.compile(r"(\d)\1")
 _RUNS = re.compile(r"(.)\1+", re.S)
 
@@ -366,7 +367,7 @@ class Normaliser:
         #: text, longest digit run)``, ``words(text)`` and ``spans(text)`` in C, or ``None`` (no compiler at install
         #: time, or ``FENLIU_PURE_PYTHON=1``): see :meth:`Matcher.scan_counts`.
         self.fold: Callable[[str, bool], tuple[str, str, int, int, int, int, int]] | None = None
-        self.fold_spans: Callable[[str], bytes] | None = None
+        self.fold_spans: Callable[[str, bool], bytes] | None = None
         if Folder is not None and not os.environ.get("FENLIU_PURE_PYTHON"):
             folder = Folder(array("i", (-1 if v is None else v for v in table)))
             self.fold, self.fold_spans = folder.fold, folder.spans
@@ -399,7 +400,7 @@ class Normaliser:
         """:meth:`word_spans` as one flat sequence ``first, last, count, first, …`` (in C when
         built: the Python loop costs ≈1 µs a character)."""
         if self.fold_spans is not None:
-            return memoryview(self.fold_spans(text)).cast("i")
+            return memoryview(self.fold_spans(text, True)).cast("i")
         table, size, spans = self.table, len(self.table), []
         last: int | None = -1
         for i, c in enumerate(text):
@@ -584,9 +585,10 @@ class Matcher:
         for c in EAGER:
             if c in t:
                 t = t.replace(c, "")
-        for c, d in norm.cn_digits:
-            if c in t:
-                t = t.replace(c, d)
+        if _CN_DIGIT.search(t):
+            for c, d in norm.cn_digits:
+                if c in t:
+                    t = t.replace(c, d)
         b: bytes | None = t.encode("ascii", "ignore")
         upper = b != b.lower()
         if not t.isalnum() and t:
@@ -776,13 +778,13 @@ class SensitiveFilter:
         self.replace = replace or {}
         self.warnings = tuple(warnings)
         self.pattern_names = frozenset(r.name for r in self.rules)
-        #: Per direction: the normalised-view rules (all, and those that may run on a text in
+        #: Per direction: the matcher, the normalised-view rules (all, and those that may run on a text in
         #: which no ``requires`` string was found), the original-view rules, and every string
         #: of the original-view rules' ``requires`` (``None``: a rule has none), so a text none
         #: of them can match costs a few ``in`` tests (a regex search costs 5x more).
         #: The last item: the smallest gates of the untriggered rules (no rule of them runs
         #: on a text below all three), checked before calling :meth:`_pattern_hits` at all.
-        self._plans: dict[str, tuple[list[_Rule], list[_Rule], list[_Rule], tuple[str, ...] | None,
+        self._plans: dict[str, tuple[Matcher, list[_Rule], list[_Rule], list[_Rule], tuple[str, ...] | None,
                                      tuple[int, int, int]]] = {}
         for d, rs in rules.items():
             original = [r for r in rs if r.original]
@@ -793,7 +795,7 @@ class SensitiveFilter:
             untriggered = [r for r in normal if not r.triggers]
             lows = (min((r.min_ascii for r in untriggered), default=0), min((r.min_digits for r in untriggered), default=0),
                     min((r.min_run for r in untriggered), default=0))
-            self._plans[d] = (normal, untriggered, original, gate, lows)
+            self._plans[d] = (matchers[d], normal, untriggered, original, gate, lows)
 
     @classmethod
     def build(cls, cfg: SensitiveConfig, base: Path, file: str, cache: dict) -> SensitiveFilter:
@@ -860,8 +862,8 @@ class SensitiveFilter:
         the position map is built only for texts with hits."""
         if not self.enabled or not text:
             return []
-        m = self.matchers[direction]
-        fold = normaliser().fold  # type: ignore[union-attr]
+        m, normal, untriggered, original, gate, lows = self._plans[direction]
+        fold = _normaliser.fold  # type: ignore[union-attr]  # built with the matchers
         if fold is not None:
             n, w, ascii_n, digits_n, ascii_in, digits_in, run = fold(text, m.collapse)
             ms = m.ac.find_matches_as_indexes(w, overlapping=True)
@@ -871,10 +873,9 @@ class SensitiveFilter:
             found, allowed, triggered = m.classify(w, ms)
         else:
             found, allowed, triggered = ms, ms, _NOTHING
-        normal, untriggered, original, gate, (low_ascii, low_digits, low_run) = self._plans[direction]
         if triggered:
             untriggered = normal
-        elif 0 <= ascii_n < low_ascii or 0 <= digits_n < low_digits or 0 <= run < low_run:
+        elif 0 <= ascii_n < lows[0] or 0 <= digits_n < lows[1] or 0 <= run < lows[2]:
             untriggered = _NO_RULES
         if original and gate is not None:
             for x in gate:
@@ -943,25 +944,29 @@ class SensitiveFilter:
         When ``text`` has as many literal occurrences as the normalised text has occurrences (the
         word was typed as listed, the usual case), the k-th is the k-th and ``str.find`` gives
         the position. Any other hit goes through the position map, built once on first need; in
-        a collapsed view (``w`` is not ``n``) through the run map, a hit covering whole runs."""
+        a collapsed view (``w`` is not ``n``) through the run map, a hit covering whole runs.
+        With the C fold, its run map (one pass) serves every word hit instead."""
         norm = normaliser()
         locate: Callable[[int], int] | None = None
         spans: Sequence[int] | None = None
         owners, boundary = m.owners, norm.boundary
         rows: list[_Row] = []
+        if norm.fold_spans is not None and found:  # one C pass maps every position
+            spans = memoryview(norm.fold_spans(text, w is not n)).cast("i")
 
         def span(a: int, b: int) -> tuple[int, int]:
+            """``[a, b)`` of the scanned text ``w`` in ``text``."""
             nonlocal locate, spans
-            if w is not n:
-                if spans is None:
-                    spans = norm.flat_spans(text)
+            if spans is None and w is not n:
+                spans = norm.flat_spans(text)
+            if spans is not None:
                 return spans[3 * a], spans[3 * b - 2] + 1
             locate = locate or norm.locator(text, len(n))
             return locate(a), locate(b - 1) + 1
 
         for idx, a, b in found:
             key = w[a:b]
-            if w is not n:
+            if spans is not None or w is not n:
                 start, end = span(a, b)
             elif (start := text.find(key)) >= 0 and n.find(key) == a and n.find(key, a + 1) < 0:
                 end = start + b - a
@@ -971,6 +976,9 @@ class SensitiveFilter:
             else:
                 start, end = span(a, b)
             for word, source, tag, advice, left, right, runs in owners[idx]:
+                if not (left or right or runs):
+                    rows.append((start, -end, len(rows), word, source, source, tag, advice))
+                    continue
                 if left and start and text[start - 1] in boundary or right and end < len(text) and text[end] in boundary:
                     continue
                 if runs is not None:  # QQ: the text must repeat the q (all runs are 1 when w is n)

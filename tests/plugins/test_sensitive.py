@@ -96,6 +96,7 @@ def test_c_fold_equals_translate_with_the_table(text):
     if w == n:
         assert collapsed is folded
     assert list(memoryview(folder.spans(text)).cast("i")) == _python_spans(text)
+    assert list(memoryview(folder.spans(text, False)).cast("i")) == [x for i in normaliser().positions(text) for x in (i, i, 1)]
 
 
 def _python_spans(text):
