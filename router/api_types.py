@@ -422,6 +422,18 @@ class NextOn(_Body):
     at: float
 
 
+class Alerts(_Body):
+    """The dashboard's thresholds (``[defaults]``): a wait of ``wait_warn_s`` turns amber,
+    ``wait_alert_s`` red (listed under 即将超时, about to miss ``reply_within_s``); a queue of
+    ``queue_warn`` turns amber, ``queue_alarm`` red."""
+
+    wait_warn_s: float
+    wait_alert_s: float
+    reply_within_s: float
+    queue_warn: int
+    queue_alarm: int
+
+
 class Dashboard(_Body, tag="dashboard", tag_field="type"):
     """Queues per skill, agents, open conversations (most waiting first, at most 300), today's
     figures and recent decisions of the account's shops; also pushed on the supervisors' feed
@@ -437,6 +449,7 @@ class Dashboard(_Body, tag="dashboard", tag_field="type"):
     decisions: list[DecisionItem]
     #: Who comes on next: agents outside their shift, the soonest first (at most five).
     next_on: list[NextOn]
+    alerts: Alerts
 
 
 SupervisorFrame = FeedDecision | Dashboard

@@ -139,6 +139,13 @@ class DefaultsConfig(Struct):
     #: and its target, used by ``fenliu stats``, ``/v1/stats`` and the dashboard alike.
     reply_window: tuple[str, str] = ("08:00", "23:00")
     reply_within_s: Seconds = 180.0
+    #: The supervisors' dashboard alerts: a buyer waiting ``wait_warn_s`` for a human reply turns
+    #: amber, ``wait_alert_s`` (about to miss ``reply_within_s``) red and listed under 即将超时
+    #: with a one-click move; a skill group's queue of ``queue_warn`` turns amber, ``queue_alarm`` red.
+    wait_warn_s: Seconds = 60.0
+    wait_alert_s: Seconds = 150.0
+    queue_warn: int = 5
+    queue_alarm: int = 10
 
     def __post_init__(self) -> None:
         from router.schedule import _parse_hhmm

@@ -50,6 +50,7 @@ Cid = Annotated[str, msgspec.Meta(min_length=3, max_length=385, pattern=r"^[^:]+
 BuyerId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Platform = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")]
 PageName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]+\.(html|js|css|svg|png)$")]
+CatalogueName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{2}(-[A-Za-z]{2})?\.json$")]
 Batch = Message | Annotated[list[Message], msgspec.Meta(min_length=1)]
 
 SHOP = ("shop_id", "path", Id, "a shop id from shops.toml")
@@ -183,6 +184,9 @@ OPERATIONS: tuple[Op, ...] = (
     Op("get", "/web/{name}", "A page or asset of the workbench", (),
        (("name", "path", PageName, "a file of router/web/"),), None,
        {200: ("*/*", "the file (html, js, css, svg or png)"), **BAD, 404: (t.Error, "no such page")}, tags=("pages",)),
+    Op("get", "/web/i18n/{lang}", "The pages' strings in one language (zh-CN.json, en.json)", (),
+       (("lang", "path", CatalogueName, "a catalogue of router/web/i18n/"),), None,
+       {200: (dict[str, str], "message key → text"), **BAD, 404: (t.Error, "no such catalogue")}, tags=("pages",)),
 )
 
 SECURITY_SCHEMES = {

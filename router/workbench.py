@@ -62,7 +62,9 @@ PUSH_EVERY_S = 2.0
 
 _NAME = re.compile(r"^[a-z0-9_-]+\.(html|js|css|svg|png)$")
 _TYPES = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8",
-          "css": "text/css; charset=utf-8", "svg": "image/svg+xml", "png": "image/png"}
+          "css": "text/css; charset=utf-8", "svg": "image/svg+xml", "png": "image/png",
+          "json": "application/json; charset=utf-8"}
+_CATALOGUE = re.compile(r"^[A-Za-z]{2}(-[A-Za-z]{2})?\.json$")  # router/web/i18n/: the pages' strings
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src * data: blob:; media-src * data: blob:; "
         "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
@@ -80,8 +82,15 @@ async def root(request: web.Request) -> web.StreamResponse:
 async def static(request: web.Request) -> web.StreamResponse:
     name = request.match_info.get("name") or "index.html"
     path = WEB_DIR / name
-    if not _NAME.match(name) or not path.is_file():
-        return error(404, f"no such page {name!r}")
+    if "lang" in request.match_info:
+        name = request.match_info["lang"]
+        path = WEB_DIR / "i18n" / name
+        if not _CATALOGUE.match(name):
+            name = ""
+    elif not _NAME.match(name):
+        name = ""
+    if not name or not path.is_file():
+        return error(404, _("no such page {name!r}", name=name))
     return web.FileResponse(path, headers={"Content-Type": _TYPES[name.rsplit(".", 1)[1]],
                                            "Cache-Control": "no-cache", "Content-Security-Policy": _CSP,
                                            "X-Content-Type-Options": "nosniff"})
@@ -331,10 +340,17 @@ def dashboard_data(app: web.Application, scope: Scope) -> dict[str, Any]:
     return {"type": "dashboard", "server_time": now, "totals": {**totals, "agents_online": online},
             "next_on": [{"id": a["id"], "name": a["name"], "at": a["shift_starts"]} for a in coming[:5]],
             "queues": sorted(queues.values(), key=lambda q: (-q["depth"], q["skill"])), "agents": agents,
-            "conversations": convs[:300], "today": today_fig,
+            "conversations": convs[:300], "today": today_fig, "alerts": _alerts(service),
             "shops": [{"id": s.id, "name": s.name or s.id, "platform": s.platform}
                       for s in service.config.shops.values() if s.id in shops],
             "decisions": feed.recent_items(shops)}
+
+
+def _alerts(service: Service) -> dict[str, float]:
+    """The dashboard's thresholds (``[defaults]``): waits and queue depths turn amber, then red."""
+    d = service.config.main.defaults
+    return {"wait_warn_s": d.wait_warn_s, "wait_alert_s": d.wait_alert_s, "reply_within_s": d.reply_within_s,
+            "queue_warn": d.queue_warn, "queue_alarm": d.queue_alarm}
 
 
 @gate("supervisor")
@@ -416,6 +432,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/", root)
     r.add_get("/web/", static)
     r.add_get("/web/{name}", static)
+    r.add_get("/web/i18n/{lang}", static)
     r.add_get("/v1/me", me)
     r.add_get("/v1/quick-replies", quick_replies)
     r.add_post("/v1/replies/check", check_reply)

@@ -1,4 +1,6 @@
 // Small inline-SVG charts, drawn by hand (no chart library).
+import { T } from './common.js';
+
 const NS = 'http://www.w3.org/2000/svg';
 
 function s(tag, attrs, text) {
@@ -24,7 +26,7 @@ export function lineChart(container, series, { height = 110, span = 300, now } =
   const width = 400;
   const pad = { l: 26, r: 6, t: 8, b: 16 };
   const svg = frame(width, height);
-  svg.setAttribute('aria-label', '排队深度趋势');
+  svg.setAttribute('aria-label', T('ui.queue_depth_trend'));
   const end = now;
   const start = end - span;
   const maxY = niceMax(Math.max(1, ...series.flatMap((se) => se.points.map((p) => p[1]))));
@@ -36,7 +38,7 @@ export function lineChart(container, series, { height = 110, span = 300, now } =
   }
   for (const m of [5, 4, 3, 2, 1, 0]) {
     const t = end - m * 60;
-    if (t >= start) svg.append(s('text', { x: x(t) - 8, y: height - 3 }, m ? `-${m}分` : '现在'));
+    if (t >= start) svg.append(s('text', { x: x(t) - 8, y: height - 3 }, m ? T('ui.min', m) : T('ui.now')));
   }
   for (const se of series) {
     const pts = se.points.filter((p) => p[0] >= start);
@@ -52,7 +54,7 @@ export function hourChart(container, hours, { height = 130, currentHour } = {}) 
   const width = 400;
   const pad = { l: 26, r: 28, t: 8, b: 16 };
   const svg = frame(width, height);
-  svg.setAttribute('aria-label', '每小时消息量与3分钟回复率');
+  svg.setAttribute('aria-label', T('ui.messages_per_hour_and_3_minute'));
   const maxY = niceMax(Math.max(1, ...hours.map((h) => h.messages)));
   const bw = (width - pad.l - pad.r) / 24;
   const y = (v) => height - pad.b - (v / maxY) * (height - pad.t - pad.b);
@@ -67,10 +69,10 @@ export function hourChart(container, hours, { height = 130, currentHour } = {}) 
     const x0 = pad.l + i * bw;
     if (hr.messages) {
       const rect = s('rect', { x: x0 + 1, y: y(hr.messages), width: Math.max(1, bw - 2), height: height - pad.b - y(hr.messages), fill: i === currentHour ? '#6f96ee' : '#9db8f5' });
-      rect.append(s('title', null, `${i}时：${hr.messages} 条消息`));
+      rect.append(s('title', null, T('ui.00_messages', i, hr.messages)));
       svg.append(rect);
     }
-    if (i % 3 === 0) svg.append(s('text', { x: x0, y: height - 3 }, `${i}时`));
+    if (i % 3 === 0) svg.append(s('text', { x: x0, y: height - 3 }, T('ui.h', i)));
     if (hr.judged) line.push([x0 + bw / 2, yr(hr.in_time / hr.judged)]);
   });
   if (line.length) {
@@ -85,7 +87,7 @@ export function loadChart(container, agents) {
   const width = 400;
   const row = 16;
   const height = Math.max(row * agents.length + 6, 30);
-  const svg = s('svg', { viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': '客服负载' });
+  const svg = s('svg', { viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': T('page.agent_load') });
   const maxCap = Math.max(1, ...agents.map((a) => a.max_concurrent));
   const left = 110;
   agents.forEach((a, i) => {

@@ -1,22 +1,82 @@
 // Shared pieces of the workbench and the dashboard: the session, the API, a reconnecting
 // WebSocket, labels and small DOM helpers. Plain ES modules, no build step.
 
-export const PLATFORM = { pinduoduo: '拼多多', taobao: '淘宝', tmall: '天猫', jd: '京东', douyin: '抖音', other: '其他' };
-export const STATUS = { online: '在线', break: '小休', offline: '离线' };
-export const SKILL = { presale: '售前', logistics: '物流', aftersale: '售后', vip: 'VIP专属' };
-export const STATE = { queued: '排队中', reserved: '待接入', assigned: '接待中', bot: '机器人' };
+// -- strings: one JSON catalogue per language (router/web/i18n/), zh-CN by default --------------------
+// Every string a person reads comes from the catalogue: T(key, ...args) fills {0}, {1}…; the pages'
+// HTML carries data-i18n (text), data-i18n-placeholder, data-i18n-aria-label and data-i18n-title
+// keys. The language is the one chosen with the 中/EN switch (localStorage), else the browser's.
+// Server error messages arrive translated already and are shown as they are.
+
+export const LANGS = ['zh-CN', 'en'];
+const LANG_KEY = 'fenliu.lang';
+
+function pickLang() {
+  const saved = localStorage.getItem(LANG_KEY);
+  if (LANGS.includes(saved)) return saved;
+  for (const l of navigator.languages || [navigator.language || '']) {
+    const lower = String(l).toLowerCase();
+    if (lower.startsWith('zh')) return 'zh-CN';
+    if (lower.startsWith('en')) return 'en';
+  }
+  return 'zh-CN';
+}
+
+export const LANG = pickLang();
+const CATALOGUE = await fetch(`/web/i18n/${LANG}.json`).then((r) => r.json()).catch(() => ({}));
+
+export function T(key, ...args) {
+  const text = CATALOGUE[key];
+  if (text == null) return key;
+  return args.length ? text.replace(/\{(\d+)\}/g, (m, i) => (args[i] == null ? '' : String(args[i]))) : text;
+}
+
+export function setLang(lang) {
+  localStorage.setItem(LANG_KEY, lang);
+  location.reload();
+}
+
+export function applyI18n(root = document) {
+  for (const el of root.querySelectorAll('[data-i18n]')) el.textContent = T(el.dataset.i18n);
+  for (const attr of ['placeholder', 'aria-label', 'title']) {
+    const data = `i18n${attr.replace(/(^|-)([a-z])/g, (m, d, c) => c.toUpperCase())}`;
+    for (const el of root.querySelectorAll(`[data-i18n-${attr}]`)) el.setAttribute(attr, T(el.dataset[data]));
+  }
+}
+
+function addLangSwitch() {
+  const host = document.querySelector('.toplinks') || document.querySelector('.login-card');
+  if (!host || document.getElementById('lang-toggle')) return;
+  const btn = document.createElement('button');
+  btn.type = 'button';
+  btn.id = 'lang-toggle';
+  btn.className = 'link lang-toggle';
+  btn.textContent = T('lang.switch');
+  btn.title = T('lang.switch_title');
+  btn.addEventListener('click', () => setLang(LANG === 'en' ? 'zh-CN' : 'en'));
+  host.prepend(btn);
+}
+
+document.documentElement.lang = LANG;
+applyI18n();
+addLangSwitch();
+
+export const PLATFORM = { pinduoduo: T('ui.pinduoduo'), taobao: T('ui.taobao'), tmall: T('ui.tmall'), jd: T('ui.jd'), douyin: T('ui.douyin'), other: T('ui.other') };
+export const STATUS = { online: T('page.online'), break: T('page.break'), offline: T('page.offline') };
+export const SKILL = { presale: T('ui.pre_sale'), logistics: T('ui.logistics'), aftersale: T('page.after_sale'), vip: T('ui.vip') };
+export const STATE = { queued: T('ui.queued'), reserved: T('ui.to_accept'), assigned: T('ui.serving'), bot: T('ui.bot') };
 export const CAUSE = {
-  message: '新消息', queue_drain: '排队分配', expansion: '扩大技能组', agent_offline: '客服离线',
-  transfer: '转接', reservation_timeout: '超时未接入',
+  message: T('ui.new_message'), queue_drain: T('ui.from_queue'), expansion: T('ui.wider_skill_group'), agent_offline: T('ui.agent_offline'),
+  transfer: T('page.transfer'), reservation_timeout: T('ui.not_accepted_in_time'),
 };
-export const ACTION = { assigned: '分配', queued: '排队', answered: '机器人应答', blocked: '拦截', duplicate: '重复' };
+export const ACTION = { assigned: T('ui.assigned'), queued: T('page.queued'), answered: T('ui.bot_answered'), blocked: T('ui.blocked'), duplicate: T('ui.duplicate') };
 export const ORDER_STATUS = {
-  unpaid: '待付款', paid: '已付款', shipped: '已发货', delivered: '已签收', refund_requested: '申请退款',
-  refunding: '退款中', refunded: '已退款', closed: '已关闭', completed: '已完成',
+  unpaid: T('ui.unpaid'), paid: T('ui.paid'), shipped: T('ui.shipped'), delivered: T('ui.delivered'), refund_requested: T('ui.refund_requested'),
+  refunding: T('ui.refunding'), refunded: T('ui.refunded'), closed: T('ui.closed'), completed: T('ui.completed'),
 };
 export const GROUP = {
-  shipping: '物流发货', size: '尺码推荐', freight_insurance: '运费险', coupon: '优惠活动', invoice: '发票',
-  returns: '退换货', fruit: '生鲜售后', digital: '数码保修',
+  common: T('ui.common_group'),
+  shipping: T('ui.shipping'), size: T('ui.sizing'), freight_insurance: T('ui.return_shipping_insurance'), coupon: T('ui.promotions'), invoice: T('ui.invoices'),
+  returns: T('ui.returns_and_exchanges'), fruit: T('ui.fresh_produce_after_sale'), digital: T('ui.electronics_warranty'),
 };
 
 export const label = (map, key) => (key == null ? '' : map[key] || key);
@@ -148,7 +208,7 @@ export class LiveSocket {
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
       this.ws = null;
-      for (const resolve of this.pending.values()) resolve({ type: 'result', ok: false, reason: '连接已断开，请重试' });
+      for (const resolve of this.pending.values()) resolve({ type: 'result', ok: false, reason: T('ui.connection_lost_please_retry') });
       this.pending.clear();
       if (ev.code === 4000) {
         this.stopped = true;
@@ -173,7 +233,7 @@ export class LiveSocket {
   get open() { return this.ws !== null && this.ws.readyState === WebSocket.OPEN; }
 
   request(frame) {
-    if (!this.open) return Promise.resolve({ type: 'result', ok: false, reason: '未连接到服务器，正在重连…' });
+    if (!this.open) return Promise.resolve({ type: 'result', ok: false, reason: T('ui.not_connected_to_the_server_reconnecting') });
     const ref = `w${++this.seq}`;
     return new Promise((resolve) => {
       this.pending.set(ref, resolve);
@@ -214,9 +274,9 @@ export function mmss(seconds) {
 
 export function duration(seconds) {
   if (seconds == null) return '—';
-  if (seconds < 60) return `${Math.round(seconds)}秒`;
-  if (seconds < 3600) return `${Math.floor(seconds / 60)}分${Math.round(seconds % 60)}秒`;
-  return `${Math.floor(seconds / 3600)}时${Math.floor((seconds % 3600) / 60)}分`;
+  if (seconds < 60) return T('ui.s', Math.round(seconds));
+  if (seconds < 3600) return T('ui.min_s', Math.floor(seconds / 60), Math.round(seconds % 60));
+  return T('ui.h_min', Math.floor(seconds / 3600), Math.floor((seconds % 3600) / 60));
 }
 
 export function clock(ts) {

@@ -1,4 +1,4 @@
-import { api, ApiError, session } from './common.js';
+import { api, ApiError, session, T } from './common.js';
 
 const form = document.getElementById('login');
 const errorBox = document.getElementById('error');
@@ -22,7 +22,7 @@ form.addEventListener('submit', async (ev) => {
     session.save(login);
     location.replace(home(login));
   } catch (err) {
-    errorBox.textContent = err instanceof ApiError && err.status === 401 ? '账号或密码错误' : `登录失败：${err.message}`;
+    errorBox.textContent = err instanceof ApiError && err.status === 401 ? T('ui.wrong_account_or_password') : T('ui.login_failed', err.message);
     errorBox.hidden = false;
   } finally {
     button.disabled = false;

@@ -3,7 +3,7 @@
 // every action again; the page only makes them convenient.
 import {
   api, h, label, logout, mmss, duration, percent, clock, now, toast, highlight, requireLogin,
-  setServerTime, session, LiveSocket, PLATFORM, STATUS, SKILL, STATE, CAUSE, ORDER_STATUS, GROUP,
+  setServerTime, session, LiveSocket, T, PLATFORM, STATUS, SKILL, STATE, CAUSE, ORDER_STATUS, GROUP,
 } from './common.js';
 
 const WINDOW = 180;
@@ -11,14 +11,14 @@ const $ = (id) => document.getElementById(id);
 
 // The buyer's story: order, after-sale and parcel-scan states as the platforms' pushes name them.
 const ORDER_STATE = {
-  ...ORDER_STATUS, created: '待付款', refund_agreed: '同意退款', refund_refused: '拒绝退款', return_shipped: '买家已退货',
-  refund_closed: '退款关闭', address_changed: '已改地址', cancelled: '已取消',
+  ...ORDER_STATUS, created: T('ui.unpaid'), refund_agreed: T('ui.refund_agreed'), refund_refused: T('ui.refund_refused'), return_shipped: T('ui.buyer_returned_the_goods'),
+  refund_closed: T('ui.refund_closed'), address_changed: T('ui.address_changed'), cancelled: T('ui.cancelled'),
 };
 const AFTERSALE_STATE = {
-  requested: '待处理', agreed: '已同意', refused: '已拒绝', return_shipped: '买家已退货', refunded: '退款成功', closed: '已关闭',
+  requested: T('ui.pending'), agreed: T('ui.agreed'), refused: T('ui.refused'), return_shipped: T('ui.buyer_returned_the_goods'), refunded: T('ui.refunded_2'), closed: T('ui.closed'),
 };
-const AFTERSALE_KIND = { refund: '仅退款', return: '退货退款', exchange: '换货' };
-const SCAN_STATUS = { collected: '已揽收', in_transit: '运输中', delivering: '派送中', signed: '已签收', problem: '异常件' };
+const AFTERSALE_KIND = { refund: T('ui.refund_only'), return: T('ui.return_and_refund'), exchange: T('ui.exchange') };
+const SCAN_STATUS = { collected: T('ui.picked_up'), in_transit: T('ui.in_transit'), delivering: T('ui.out_for_delivery'), signed: T('ui.delivered'), problem: T('ui.exception') };
 const SCANS_SHOWN = 3;
 const yuan = (v) => `¥${Number(v).toFixed(2)}`;
 
@@ -29,6 +29,8 @@ const state = {
   queued: new Map(),      // queued conversations of my shops (read-only, polled)
   selected: null,
   filter: 'all',
+  sort: localStorage.getItem('fenliu.sort') || 'wait',  // 排序: wait | last | shop
+  showQueued: false,      // 全部 lists every queued conversation, not only the first QUEUED_SHOWN
   status: 'offline',
   quick: new Map(),       // cid -> quick reply groups
   assist: new Map(),      // cid -> 智能辅助: the best FAQ answers / quick replies for the buyer's latest message
@@ -57,8 +59,8 @@ function lastLine(conv) {
   const items = conv.history || [];
   const last = items[items.length - 1];
   if (!last) return '';
-  const prefix = last.who === 'agent' ? '我：' : last.who === 'bot' ? '机器人：' : '';
-  const kinds = { image: '[图片]', goods_card: '[商品卡片]', order_card: '[订单卡片]', voice: '[语音]', video: '[视频]' };
+  const prefix = last.who === 'agent' ? T('ui.me') : last.who === 'bot' ? T('ui.bot_2') : '';
+  const kinds = { image: T('ui.image'), goods_card: T('ui.goods_card'), order_card: T('ui.order_card'), voice: T('ui.voice'), video: T('ui.video') };
   if (!kinds[last.kind]) return prefix + last.text;
   const card = /_card$/.test(last.kind) ? cardData(last.text || '') : null;  // a card's title, not its JSON
   const words = card ? (card.title || card.goods || card.order_id || '') : /^(https?:|data:)/.test(last.text || '') ? '' : last.text;
@@ -89,6 +91,22 @@ function compare(a, b) {
   return a.id < b.id ? -1 : 1;
 }
 
+// The list's order (排序): by wait (urgency, above), by the last message (newest first) or by shop;
+// the conversations I hold always come before the read-only queued ones.
+function lastTs(conv) {
+  const last = (conv.history || []).at(-1);
+  return last ? last.ts : conv.queued_at || conv.opened_at || 0;
+}
+
+const SORTS = {
+  wait: compare,
+  last: (a, b) => (!!a.readonly - !!b.readonly) || lastTs(b) - lastTs(a) || compare(a, b),
+  shop: (a, b) => (!!a.readonly - !!b.readonly) || shopLabel(a.shop_id).localeCompare(shopLabel(b.shop_id)) || compare(a, b),
+};
+
+// 全部 shows at most this many read-only queued conversations; the rest fold into one line.
+const QUEUED_SHOWN = 20;
+
 function matches(conv, filter) {
   if (filter === 'all') return true;
   if (conv.readonly) return false;
@@ -113,29 +131,35 @@ function buyerName(conv) {
 }
 
 function countdownText(conv) {
-  if (conv.readonly) return { text: '排队中', cls: 'queued' };
+  if (conv.readonly) return { text: T('ui.queued'), cls: 'queued' };
   const t = now();
   if (conv.state === 'reserved' && conv.reserved_until) {
     const left = conv.reserved_until - t;
-    return { text: `接入 ${mmss(left)}`, cls: left < 15 ? 'late' : 'soon' };
+    return { text: T('ui.accept', mmss(left)), cls: left < 15 ? 'late' : 'soon' };
   }
   const since = waitingSince(conv);
-  if (since === null) return { text: '已回复', cls: 'done' };
+  if (since === null) return { text: T('ui.replied'), cls: 'done' };
   const left = WINDOW - (t - since);
-  if (left <= 0) return { text: `超时 ${mmss(-left)}`, cls: 'late' };
+  if (left <= 0) return { text: T('ui.late', mmss(-left)), cls: 'late' };
   return { text: mmss(left), cls: left < 60 ? 'soon' : 'ok' };
 }
 
 function renderList() {
   const list = $('conv-list');
-  const all = allConvs().sort(compare);
+  const all = allConvs().sort(SORTS[state.sort] || compare);
   const counts = { all: all.length, unread: 0, waiting: 0, mine: 0 };
   for (const c of all) for (const f of ['unread', 'waiting', 'mine']) if (matches(c, f)) counts[f]++;
   for (const btn of document.querySelectorAll('.filter')) {
     btn.classList.toggle('active', btn.dataset.filter === state.filter);
-    btn.querySelector('span').textContent = counts[btn.dataset.filter] ? `(${counts[btn.dataset.filter]})` : '';
+    btn.querySelector('span:not([data-i18n])').textContent = counts[btn.dataset.filter] ? `(${counts[btn.dataset.filter]})` : '';
   }
-  const shown = all.filter((c) => matches(c, state.filter));
+  let shown = all.filter((c) => matches(c, state.filter));
+  const queued = shown.filter((c) => c.readonly);
+  const folded = state.showQueued ? 0 : Math.max(0, queued.length - QUEUED_SHOWN);
+  if (folded) {
+    const keep = new Set(queued.slice(0, QUEUED_SHOWN));
+    shown = shown.filter((c) => !c.readonly || keep.has(c));
+  }
   list.replaceChildren(...shown.map((conv) => {
     const cd = countdownText(conv);
     return h('li', {
@@ -149,10 +173,13 @@ function renderList() {
         h('strong', null, buyerName(conv)),
         isVip(conv) ? h('span', { class: 'badge vip' }, 'VIP') : null,
         conv.skill ? h('span', { class: 'badge' }, label(SKILL, conv.skill)) : null,
-        conv.state === 'reserved' ? h('span', { class: 'badge warn' }, '待接入') : null,
+        conv.state === 'reserved' ? h('span', { class: 'badge warn' }, T('ui.to_accept')) : null,
         conv.unread > 0 ? h('span', { class: 'unread' }, String(conv.unread)) : null),
       h('div', { class: 'conv-last' }, conv.readonly ? `${label(STATE, conv.state)} · ${conv.buyer_id}` : lastLine(conv)));
-  }));
+  }), ...(folded || (state.showQueued && queued.length > QUEUED_SHOWN) ? [h('li', { class: 'conv-more', id: 'conv-more', dataset: { folded } },
+    folded ? T('ui.more_queued_conversations_not_shown', folded) : '',
+    h('button', { type: 'button', class: 'link', onclick: () => { state.showQueued = !state.showQueued; renderList(); } },
+      folded ? T('ui.show_all') : T('ui.hide_queued')))] : []));
   $('conv-empty').hidden = shown.length > 0;
 }
 
@@ -166,7 +193,7 @@ function tickCountdowns() {
   }
   const conv = current();
   if (conv && conv.state === 'reserved' && conv.reserved_until) {
-    $('accept-text').textContent = `新会话待接入，请在 ${mmss(conv.reserved_until - now())} 内接入，超时将转给其他客服`;
+    $('accept-text').textContent = T('ui.new_conversation_accept_within_or_it', mmss(conv.reserved_until - now()));
   }
 }
 
@@ -184,8 +211,8 @@ function renderItem(item, conv) {
   const text = item.text || '';
   if (item.kind === 'image') {
     body = /^(https?:|data:image\/)/.test(text)
-      ? h('img', { src: text, alt: '买家图片', class: 'pic', loading: 'lazy', onclick: (ev) => ev.target.classList.toggle('zoom') })
-      : h('div', { class: 'card' }, h('b', null, '图片'), h('span', null, text));
+      ? h('img', { src: text, alt: T('ui.buyer_s_picture'), class: 'pic', loading: 'lazy', onclick: (ev) => ev.target.classList.toggle('zoom') })
+      : h('div', { class: 'card' }, h('b', null, T('ui.image_2')), h('span', null, text));
   } else if (item.kind === 'goods_card') {
     body = goodsCard(text, conv);
   } else if (item.kind === 'order_card') {
@@ -194,11 +221,11 @@ function renderItem(item, conv) {
     const voice = item.kind === 'voice';
     body = /^(https?:|data:(audio|video)\/)/.test(text)
       ? h(voice ? 'audio' : 'video', { src: text, controls: true, preload: 'metadata', class: voice ? 'voice' : 'video' })
-      : h('div', { class: 'card' }, h('b', null, voice ? '语音' : '视频'), h('span', null, text));
+      : h('div', { class: 'card' }, h('b', null, voice ? T('ui.voice_2') : T('ui.video_2')), h('span', null, text));
   } else {
     body = h('div', { class: 'bubble' }, text);
   }
-  const name = who === 'buyer' ? buyerName(conv) : who === 'bot' ? '机器人' : (item.agent_id && item.agent_id !== state.me.agent_id ? item.agent_id : '我');
+  const name = who === 'buyer' ? buyerName(conv) : who === 'bot' ? T('ui.bot') : (item.agent_id && item.agent_id !== state.me.agent_id ? item.agent_id : T('ui.me_2'));
   return h('li', { class: `msg ${who}` }, h('div', { class: 'msg-head' }, name, ' ', when), body);
 }
 
@@ -211,21 +238,21 @@ function cardData(text) {
 
 function goodsCard(text, conv) {
   const d = cardData(text);
-  if (!d) return h('div', { class: 'card goods' }, h('b', null, '商品卡片'), h('span', null, text || (conv.order && conv.order.goods) || ''));
+  if (!d) return h('div', { class: 'card goods' }, h('b', null, T('ui.goods_card_2')), h('span', null, text || (conv.order && conv.order.goods) || ''));
   const pic = d.pic || d.image || d.thumb;
   const price = d.price ?? d.amount;
   return h('div', { class: 'card goods rich' },
-    pic && /^(https?:|data:image\/)/.test(pic) ? h('img', { src: pic, alt: '商品图片', class: 'thumb' }) : null,
-    h('div', { class: 'card-body' }, h('b', null, '商品卡片'), h('span', { class: 'title' }, d.title || d.goods || d.name || ''),
+    pic && /^(https?:|data:image\/)/.test(pic) ? h('img', { src: pic, alt: T('ui.goods_picture'), class: 'thumb' }) : null,
+    h('div', { class: 'card-body' }, h('b', null, T('ui.goods_card_2')), h('span', { class: 'title' }, d.title || d.goods || d.name || ''),
       price != null ? h('span', { class: 'price' }, yuan(price)) : null));
 }
 
 function orderCard(text, conv) {
   const d = cardData(text);
   const o = d || conv.order || {};
-  return h('div', { class: 'card order' }, h('b', null, '订单卡片'),
+  return h('div', { class: 'card order' }, h('b', null, T('ui.order_card_2')),
     d ? h('span', { class: 'title' }, o.goods || o.title || '') : h('span', null, text),
-    o.order_id ? h('span', { class: 'sub' }, `订单号 ${o.order_id}${o.status ? ` · ${label(ORDER_STATE, o.status)}` : ''}${o.amount ? ` · ${yuan(o.amount)}` : ''}`) : null);
+    o.order_id ? h('span', { class: 'sub' }, T('ui.order', o.order_id, o.status ? ` · ${label(ORDER_STATE, o.status)}` : '', o.amount ? ` · ${yuan(o.amount)}` : '')) : null);
 }
 
 function renderChat() {
@@ -235,7 +262,7 @@ function renderChat() {
   renderList();
   if (!conv) { renderSide(); return; }
   $('chat-title').textContent = buyerName(conv);
-  $('chat-meta').textContent = ` ${shopLabel(conv.shop_id)} · ${label(STATE, conv.state)}${conv.skill ? ` · ${label(SKILL, conv.skill)}` : ''}${conv.priority ? ` · 优先级 ${conv.priority}` : ''}`;
+  $('chat-meta').textContent = ` ${shopLabel(conv.shop_id)} · ${label(STATE, conv.state)}${conv.skill ? ` · ${label(SKILL, conv.skill)}` : ''}${conv.priority ? T('ui.priority', conv.priority) : ''}`;
   const hist = $('history');
   hist.replaceChildren(...(conv.history || []).map((item) => renderItem(item, conv)));
   hist.scrollTop = hist.scrollHeight;
@@ -247,7 +274,7 @@ function renderChat() {
   const locked = conv.state === 'reserved';
   $('draft').disabled = locked;
   $('send').disabled = locked;
-  $('draft-hint').textContent = locked ? '接入后才能回复' : '';
+  $('draft-hint').textContent = locked ? T('ui.accept_the_conversation_to_reply') : '';
   tickCountdowns();
   renderSide();
   renderAssist(conv);
@@ -278,7 +305,7 @@ async function select(cid) {
       const full = await api('GET', `/v1/conversations/${encodeURIComponent(cid)}`);
       Object.assign(conv, { history: full.history, buyer: full.buyer, order: full.order, loaded: true });
     } catch (err) {
-      toast(`无法打开会话：${err.message}`, 'error');
+      toast(T('ui.cannot_open_the_conversation', err.message), 'error');
     }
   }
   renderChat();
@@ -303,28 +330,28 @@ function renderSide() {
     facts($('order-facts'), []);
     $('tags').replaceChildren();
     $('notes').replaceChildren();
-    $('quick').replaceChildren(h('p', { class: 'empty' }, '选择会话后显示话术'));
+    $('quick').replaceChildren(h('p', { class: 'empty' }, T('ui.select_a_conversation_to_see_quick')));
     return;
   }
   const b = conv.buyer || {};
-  facts($('buyer-facts'), [['昵称', b.nick || '—'], ['买家ID', conv.buyer_id], ['店铺', shopLabel(conv.shop_id)],
-    ['会员等级', b.level || 0], ['累计消费', b.lifetime_spend ? `¥${b.lifetime_spend}` : '—']]);
+  facts($('buyer-facts'), [[T('ui.nickname'), b.nick || '—'], [T('ui.buyer_id'), conv.buyer_id], [T('page.shop'), shopLabel(conv.shop_id)],
+    [T('ui.member_level'), b.level || 0], [T('ui.total_spent'), b.lifetime_spend ? `¥${b.lifetime_spend}` : '—']]);
   const o = conv.order || {};
   const profile = state.profiles.get(conv.id);
   const story = (profile && profile.orders) || [];
   facts($('order-facts'), story.length ? [] : conv.order
-    ? [['订单号', o.order_id], ['状态', label(ORDER_STATE, o.status)], ['商品', o.goods], ['金额', o.amount ? `¥${o.amount}` : null]]
-    : [['订单', '暂无订单信息']]);
+    ? [[T('page.order_no'), o.order_id], [T('page.status'), label(ORDER_STATE, o.status)], [T('page.goods'), o.goods], [T('page.amount'), o.amount ? `¥${o.amount}` : null]]
+    : [[T('page.orders'), T('ui.no_order_information')]]);
   renderBuyerOrders(story);
   const open = story.flatMap((x) => x.aftersales).filter((a) => !['refunded', 'closed', 'refused'].includes(a.state));
   if (story.length) {
-    $('buyer-facts').append(h('dt', null, '订单'), h('dd', null, `${story.length} 笔${open.length ? ` · 售后中 ${open.length}` : ''}`));
+    $('buyer-facts').append(h('dt', null, T('page.orders')), h('dd', null, T('ui.orders', story.length, open.length ? T('ui.after_sale', open.length) : '')));
   }
   const tags = [...new Set([...(b.tags || []), ...((profile && profile.tags) || [])])];
   const supervisor = state.me.role !== 'agent';
   $('tags').replaceChildren(...tags.map((t) => h('span', { class: `tag${t === 'vip' || t === 'svip' ? ' vip' : ''}` }, t,
     supervisor && profile && profile.tags.includes(t)
-      ? h('button', { type: 'button', class: 'x', title: '删除标签', onclick: () => removeTag(conv, t) }, '×') : null)));
+      ? h('button', { type: 'button', class: 'x', title: T('ui.remove_tag'), onclick: () => removeTag(conv, t) }, '×') : null)));
   $('vip-btn').hidden = tags.includes('vip');
   const notes = (profile && profile.notes) || [];
   $('notes').replaceChildren(...notes.slice(-20).reverse().map((n) => h('li', null,
@@ -350,24 +377,24 @@ function renderBuyerOrders(story) {
     const o = x.order;
     const scans = x.logistics || [];
     return h('article', { class: 'buyer-order', dataset: { order: o.order_id } },
-      h('header', null, h('b', null, `订单 ${o.order_id}`),
+      h('header', null, h('b', null, T('ui.order_2', o.order_id)),
         o.status ? h('span', { class: `badge st-${o.status}` }, label(ORDER_STATE, o.status)) : null),
       o.goods ? h('div', { class: 'goods' }, o.goods) : null,
-      h('div', { class: 'meta' }, [shopLabel(x.shop_id), o.amount ? `实付 ${yuan(o.amount)}` : null].filter(Boolean).join(' · ')),
+      h('div', { class: 'meta' }, [shopLabel(x.shop_id), o.amount ? T('ui.paid_2', yuan(o.amount)) : null].filter(Boolean).join(' · ')),
       o.courier || o.tracking_no
-        ? h('div', { class: 'ship' }, h('span', { class: 'courier' }, o.courier || '快递'), ' ',
+        ? h('div', { class: 'ship' }, h('span', { class: 'courier' }, o.courier || T('ui.courier')), ' ',
           h('span', { class: 'tracking' }, o.tracking_no || ''),
-          o.tracking_no ? h('button', { type: 'button', class: 'link copy', title: '复制运单号',
-            onclick: () => navigator.clipboard?.writeText(o.tracking_no).then(() => toast('运单号已复制'), () => {}) }, '复制') : null)
+          o.tracking_no ? h('button', { type: 'button', class: 'link copy', title: T('ui.copy_tracking_number'),
+            onclick: () => navigator.clipboard?.writeText(o.tracking_no).then(() => toast(T('ui.tracking_number_copied')), () => {}) }, T('ui.copy')) : null)
         : null,
       scans.length ? h('ol', { class: 'trace' }, ...scans.slice(0, SCANS_SHOWN).map((e, i) => scanItem(e, i === 0))) : null,
-      scans.length > SCANS_SHOWN ? h('details', { class: 'trace-more' }, h('summary', null, `全部物流轨迹（${scans.length}条）`),
+      scans.length > SCANS_SHOWN ? h('details', { class: 'trace-more' }, h('summary', null, T('ui.full_logistics_trace_events', scans.length)),
         h('ol', { class: 'trace' }, ...scans.slice(SCANS_SHOWN).map((e) => scanItem(e, false)))) : null,
       ...(x.aftersales || []).map((a) => h('div', { class: `aftersale as-${a.state}` },
-        h('b', null, `售后 · ${label(AFTERSALE_KIND, a.kind)}`), ' ',
+        h('b', null, T('ui.after_sale_2', label(AFTERSALE_KIND, a.kind))), ' ',
         h('span', { class: 'badge' }, label(AFTERSALE_STATE, a.state)),
-        a.amount ? ` 退款 ${yuan(a.amount)}` : '', a.reason ? ` · ${a.reason}` : '',
-        a.opened ? h('time', null, ` 申请于 ${dateTime(a.opened)}`) : null)));
+        a.amount ? T('ui.refund', yuan(a.amount)) : '', a.reason ? ` · ${a.reason}` : '',
+        a.opened ? h('time', null, T('ui.requested', dateTime(a.opened))) : null)));
   }));
 }
 
@@ -378,7 +405,7 @@ async function loadProfile(conv) {
     if (p.order && !conv.order) conv.order = p.order;
     if (state.selected === conv.id) renderSide();
   } catch (err) {
-    toast(`客户信息加载失败：${err.message}`, 'error');
+    toast(T('ui.loading_the_customer_failed', err.message), 'error');
   }
 }
 
@@ -386,11 +413,11 @@ async function addTags(conv, tags) {
   try {
     const p = await api('PUT', `/v1/shops/${encodeURIComponent(conv.shop_id)}/buyers/${encodeURIComponent(conv.buyer_id)}`, { add_tags: tags });
     state.profiles.set(conv.id, { ...(state.profiles.get(conv.id) || {}), ...p });
-    toast(`已添加标签：${tags.join('、')}（从买家下一条消息起生效）`);
+    toast(T('ui.tag_added_applies_from_the_buyer', tags.join(T('ui.sep_2'))));
     renderSide();
     renderList();
   } catch (err) {
-    toast(`添加标签失败：${err.message}`, 'error');
+    toast(T('ui.adding_the_tag_failed', err.message), 'error');
   }
 }
 
@@ -402,7 +429,7 @@ async function removeTag(conv, tag) {
     state.profiles.set(conv.id, { ...profile, ...p });
     renderSide();
   } catch (err) {
-    toast(`删除标签失败：${err.message}`, 'error');
+    toast(T('ui.removing_the_tag_failed', err.message), 'error');
   }
 }
 
@@ -412,7 +439,7 @@ async function loadQuick(conv) {
     state.quick.set(conv.id, q.groups);
     if (state.selected === conv.id) renderQuick(conv);
   } catch (err) {
-    toast(`话术库加载失败：${err.message}`, 'error');
+    toast(T('ui.loading_quick_replies_failed', err.message), 'error');
   }
 }
 
@@ -429,7 +456,7 @@ async function loadAssist(conv) {
     const draft = $('draft');
     if (q.draft && !draft.value && !state.drafted.has(conv.id)) {
       draft.value = q.draft;
-      $('draft-hint').textContent = '机器人已备好回复，确认后发送';
+      $('draft-hint').textContent = T('ui.the_bot_has_a_reply_ready');
     }
     if (q.draft) state.drafted.add(conv.id);
     renderAssist(conv);
@@ -442,7 +469,7 @@ function renderAssist(conv) {
   const box = $('assist');
   const items = (conv && state.assist.get(conv.id)) || [];
   box.hidden = !items.length;
-  box.replaceChildren(h('span', { class: 'assist-label' }, '智能辅助'), ...items.map((it, i) => h('button', {
+  box.replaceChildren(h('span', { class: 'assist-label' }, T('ui.smart_assist')), ...items.map((it, i) => h('button', {
     type: 'button', class: 'assist-item', dataset: { id: it.id, kind: it.kind }, title: it.text,
     onclick: () => insertQuick(it, null),
   }, h('kbd', null, `Alt+${i + 1}`), it.text)));
@@ -453,9 +480,14 @@ function quickItems(conv) {
 }
 
 function renderQuick(conv) {
-  const groups = state.quick.get(conv.id) || [];
+  const all = state.quick.get(conv.id) || [];
   const box = $('quick');
-  if (!groups.length) { box.replaceChildren(h('p', { class: 'empty' }, '该店铺暂无话术')); return; }
+  if (!all.length) { box.replaceChildren(h('p', { class: 'empty' }, T('ui.no_quick_replies_for_this_shop'))); return; }
+  // The search box (话术搜索) keeps the items whose title, keywords or text hold every word typed.
+  const words = $('quick-search').value.toLowerCase().split(/\s+/).filter(Boolean);
+  const hit = (it) => words.every((w) => [it.title, it.text, ...it.keywords].some((f) => (f || '').toLowerCase().includes(w)));
+  const groups = all.map((g) => ({ ...g, items: g.items.filter(hit) })).filter((g) => g.items.length);
+  if (!groups.length) { box.replaceChildren(h('p', { class: 'empty' }, T('ui.no_matching_quick_reply'))); return; }
   box.replaceChildren(...groups.map((g) => h('details', { class: 'quick-group', open: true },
     h('summary', null, label(GROUP, g.group)),
     ...g.items.map((it) => h('button', {
@@ -482,7 +514,7 @@ function insertQuick(item, typed) {
   hideBlocked();
   draft.focus();
   const gap = draft.value.indexOf('{');
-  $('draft-hint').textContent = gap >= 0 ? '话术中还有未填写的 {占位符}' : '';
+  $('draft-hint').textContent = gap >= 0 ? T('ui.the_quick_reply_still_has_placeholders') : '';
 }
 
 function suggest() {
@@ -514,7 +546,7 @@ function suggest() {
     class: `suggestion${i === 0 ? ' active' : ''}`, dataset: { id: s.item.id },
     onmousedown: (ev) => { ev.preventDefault(); insertQuick(s.item, s.typed); },
   }, h('b', null, s.item.title), ' ', h('span', null, s.item.text))));
-  box.append(h('li', { class: 'suggest-hint' }, 'Tab 插入 · ↑↓ 选择 · Esc 关闭'));
+  box.append(h('li', { class: 'suggest-hint' }, T('ui.tab_inserts_choose_esc_closes')));
   box.hidden = false;
 }
 
@@ -529,9 +561,9 @@ function hideBlocked() {
 }
 
 function showBlocked(text, reason, hits) {
-  $('blocked-reason').textContent = `⚠ 回复未发送：${reason || '含违禁词'}`;
+  $('blocked-reason').textContent = T('ui.reply_not_sent', reason || T('ui.forbidden_words'));
   $('blocked-text').replaceChildren(...highlight(text, hits));
-  $('blocked-text').title = [...new Set((hits || []).map((x) => x.tag).filter(Boolean))].join('、');
+  $('blocked-text').title = [...new Set((hits || []).map((x) => x.tag).filter(Boolean))].join(T('ui.sep_2'));
   showAdvice(text, hits || []);
   $('blocked').hidden = false;
   $('draft').classList.add('has-hits');
@@ -559,7 +591,7 @@ function showAdvice(text, hits) {
   const rows = hits.filter((x) => x.tag || x.advice).map((x) => h('div', { class: 'advice' },
     h('span', { class: 'advice-word' }, x.word), x.tag ? ` ${x.tag} ` : ' ',
     x.advice ? h('button', { type: 'button', class: 'link', onclick: () => fix([x]) }, `→ ${x.advice}`) : ''));
-  const all = fixable.length > 1 ? h('button', { type: 'button', onclick: () => fix(fixable) }, '全部替换') : '';
+  const all = fixable.length > 1 ? h('button', { type: 'button', onclick: () => fix(fixable) }, T('ui.replace_all')) : '';
   box.replaceChildren(...rows, all);
   box.hidden = !rows.length;
 }
@@ -570,7 +602,7 @@ async function send() {
   const text = draft.value.trim();
   if (!conv || conv.readonly || !text) return;
   if (/\{[a-z_]+\}/.test(text)) {
-    $('draft-hint').textContent = '请先填写话术中的 {占位符}';
+    $('draft-hint').textContent = T('ui.fill_in_the_placeholders_of_the');
     return;
   }
   $('send').disabled = true;
@@ -580,7 +612,7 @@ async function send() {
     const result = await socket.request({ type: 'reply', conversation_id: conv.id, text });
     if (!result.ok) {
       if (result.hits && result.hits.length) showBlocked(result.text || text, result.reason, result.hits);
-      else toast(`发送失败：${result.reason}`, 'error');
+      else toast(T('ui.sending_failed', result.reason), 'error');
       return;
     }
     state.drafts.delete(conv.id);
@@ -592,7 +624,7 @@ async function send() {
     renderChat();
     refreshToday();
   } catch (err) {
-    toast(`发送失败：${err.message}`, 'error');
+    toast(T('ui.sending_failed', err.message), 'error');
   } finally {
     $('send').disabled = conv.state === 'reserved';
   }
@@ -602,7 +634,7 @@ async function send() {
 
 async function act(frame, done) {
   const result = await socket.request(frame);
-  if (!result.ok) { toast(`操作失败：${result.reason}`, 'error'); return false; }
+  if (!result.ok) { toast(T('ui.action_failed', result.reason), 'error'); return false; }
   if (done) toast(done);
   return true;
 }
@@ -610,7 +642,7 @@ async function act(frame, done) {
 async function accept() {
   const conv = current();
   if (!conv) return;
-  if (await act({ type: 'accept', conversation_id: conv.id }, '已接入会话')) {
+  if (await act({ type: 'accept', conversation_id: conv.id }, T('ui.conversation_accepted'))) {
     conv.state = 'assigned';
     conv.reserved_until = null;
     renderChat();
@@ -625,13 +657,13 @@ async function closeConversation() {
   const btn = $('close-btn');
   if (closeArmed !== conv.id) {
     closeArmed = conv.id;
-    btn.textContent = '确认结束？';
-    setTimeout(() => { closeArmed = null; btn.textContent = '结束会话'; }, 3000);
+    btn.textContent = T('ui.end_it');
+    setTimeout(() => { closeArmed = null; btn.textContent = T('page.end_conversation'); }, 3000);
     return;
   }
   closeArmed = null;
-  btn.textContent = '结束会话';
-  await act({ type: 'close', conversation_id: conv.id }, '会话已结束');
+  btn.textContent = T('page.end_conversation');
+  await act({ type: 'close', conversation_id: conv.id }, T('ui.conversation_ended'));
 }
 
 async function openTransfer() {
@@ -640,15 +672,19 @@ async function openTransfer() {
   try {
     state.agents = (await api('GET', '/v1/agents')).agents;
   } catch (err) {
-    toast(`客服列表加载失败：${err.message}`, 'error');
+    toast(T('ui.loading_agents_failed', err.message), 'error');
   }
   const agents = state.agents.filter((a) => a.id !== state.me.agent_id && a.shops.includes(conv.shop_id));
   const usable = (a) => a.status === 'online' && a.in_shift !== false && a.load < a.max_concurrent;
   $('transfer-agent').replaceChildren(...agents.map((a) => h('option', { value: a.id, disabled: !usable(a) },
-    `${a.name || a.id}（${a.in_shift === false ? '排班外' : label(STATUS, a.status)} ${a.load}/${a.max_concurrent}）`)));
+    T('ui.sep_3', a.name || a.id, a.in_shift === false ? T('ui.off_shift_2') : label(STATUS, a.status), a.load, a.max_concurrent))));
   const firstFree = agents.find(usable);
   if (firstFree) $('transfer-agent').value = firstFree.id;
-  $('transfer-skill').replaceChildren(...state.me.skills.map((s) => h('option', { value: s }, label(SKILL, s))));
+  // The conversation's own skill group first and chosen: a 物流 question stays with 物流 unless the
+  // agent picks another group.
+  const skills = [...new Set([conv.skill, ...state.me.skills].filter(Boolean))];
+  $('transfer-skill').replaceChildren(...skills.map((s) => h('option', { value: s }, label(SKILL, s))));
+  if (conv.skill) $('transfer-skill').value = conv.skill;
   $('transfer-error').hidden = true;
   $('transfer-dialog').showModal();
 }
@@ -658,20 +694,20 @@ async function doTransfer(target) {
   if (!conv) return;
   const result = await socket.request({ type: 'transfer', conversation_id: conv.id, ...target });
   if (!result.ok) {
-    $('transfer-error').textContent = `转接失败：${result.reason}`;
+    $('transfer-error').textContent = T('ui.transfer_failed', result.reason);
     $('transfer-error').hidden = false;
     return;
   }
   $('transfer-dialog').close();
-  toast('会话已转接');
+  toast(T('ui.conversation_transferred'));
 }
 
 async function saveNote() {
   const conv = current();
   const text = $('note-input').value.trim();
   if (!conv || !text) return;
-  if (conv.readonly) { toast('只能给自己接待的会话写备注', 'error'); return; }
-  if (await act({ type: 'note', conversation_id: conv.id, text }, '备注已保存')) {
+  if (conv.readonly) { toast(T('ui.notes_only_on_conversations_you_serve'), 'error'); return; }
+  if (await act({ type: 'note', conversation_id: conv.id, text }, T('ui.note_saved'))) {
     $('note-input').value = '';
     loadProfile(conv);
   }
@@ -679,7 +715,7 @@ async function saveNote() {
 
 async function setStatus(status) {
   const result = await socket.request({ type: 'status', status });
-  if (!result.ok) { toast(`状态切换失败：${result.reason}`, 'error'); return; }
+  if (!result.ok) { toast(T('ui.status_change_failed_2', result.reason), 'error'); return; }
   state.status = status;
   renderStatus();
 }
@@ -713,7 +749,7 @@ function onFrame(frame) {
     }
     case 'assigned': {
       const conv = adopt(frame);
-      toast(`新会话：${buyerName(conv)} · ${shopLabel(conv.shop_id)}${frame.cause !== 'message' ? ` · ${label(CAUSE, frame.cause)}` : ''}`);
+      toast(T('ui.new_conversation', buyerName(conv), shopLabel(conv.shop_id), frame.cause !== 'message' ? ` · ${label(CAUSE, frame.cause)}` : ''));
       if (!state.selected) { select(conv.id); return; }
       break;
     }
@@ -730,7 +766,7 @@ function onFrame(frame) {
       const conv = state.convs.get(frame.conversation_id);
       state.convs.delete(frame.conversation_id);
       if (conv && frame.type === 'transferred') {
-        toast(`会话已转出：${buyerName(conv)} · ${label(CAUSE, frame.cause)}${frame.to_agent ? ` → ${frame.to_agent}` : ''}`);
+        toast(T('ui.conversation_transferred_out', buyerName(conv), label(CAUSE, frame.cause), frame.to_agent ? ` → ${frame.to_agent}` : ''));
       }
       state.drafts.delete(frame.conversation_id);
       if (state.selected === frame.conversation_id) setSelected(null);
@@ -753,7 +789,7 @@ function onFrame(frame) {
 
 function onSocketState(s) {
   const conn = $('conn');
-  const text = { connecting: '连接中…', open: '● 已连接', closed: '○ 连接断开，正在重连…', replaced: '○ 已在其他窗口登录' }[s];
+  const text = { connecting: T('page.connecting'), open: T('ui.connected'), closed: T('ui.disconnected_reconnecting'), replaced: T('ui.logged_in_in_another_window') }[s];
   conn.textContent = text;
   conn.className = `conn ${s}`;
   document.body.dataset.socket = s;
@@ -765,10 +801,10 @@ function renderStatus() {
   for (const btn of document.querySelectorAll('.status-btn')) btn.classList.toggle('active', btn.dataset.status === state.status);
   const mine = [...state.convs.values()].length;
   const cap = state.me.agent ? state.me.agent.max_concurrent : 0;
-  $('load').textContent = `接待中 ${mine}/${cap}`;
+  $('load').textContent = T('ui.serving_2', mine, cap);
   const t = state.today;
   $('today').textContent = t
-    ? `${t.in_shift === false ? '排班外 · ' : ''}今日接待 ${t.conversations} · 回复 ${t.replies} · 3分钟回复率 ${percent(t.reply_rate)} · 首响 ${duration(t.first_response_s)} · 平均响应 ${duration(t.avg_response_s)}`
+    ? T('ui.served_today_replies_3_minute_reply', t.in_shift === false ? T('ui.off_shift_3') : '', t.conversations, t.replies, percent(t.reply_rate), duration(t.first_response_s), duration(t.avg_response_s))
     : '';
 }
 
@@ -806,7 +842,7 @@ function renderOrders() {
     h('td', null, shopLabel(c.shop_id)), h('td', null, buyerName(c)), h('td', null, c.order.order_id || '—'),
     h('td', null, c.order.goods || '—'), h('td', null, c.order.amount ? `¥${c.order.amount}` : '—'),
     h('td', null, label(ORDER_STATUS, c.order.status))));
-  $('orders-body').replaceChildren(...(rows.length ? rows : [h('tr', null, h('td', { colspan: 6, class: 'empty' }, '当前会话没有订单信息'))]));
+  $('orders-body').replaceChildren(...(rows.length ? rows : [h('tr', null, h('td', { colspan: 6, class: 'empty' }, T('ui.no_order_information_for_the_open')))]));
 }
 
 // 售后: the open after-sale requests of my shops (GET /v1/aftersales); a row opens the buyer's
@@ -816,15 +852,15 @@ async function loadAftersales() {
   try {
     items = (await api('GET', '/v1/aftersales')).aftersales;
   } catch (err) {
-    toast(`售后列表加载失败：${err.message}`, 'error');
+    toast(T('ui.loading_after_sale_requests_failed', err.message), 'error');
     return;
   }
   const convState = (it) => {
-    if (!it.conversation_state) return '无进行中会话';
-    if (state.convs.has(it.conversation_id)) return '我的会话';
-    return it.agent_id ? `${it.agent_id} 接待中` : label(STATE, it.conversation_state);
+    if (!it.conversation_state) return T('ui.no_open_conversation');
+    if (state.convs.has(it.conversation_id)) return T('ui.my_conversation');
+    return it.agent_id ? T('ui.serving_3', it.agent_id) : label(STATE, it.conversation_state);
   };
-  $('aftersale-count').textContent = items.length ? `（${items.length}）` : '';
+  $('aftersale-count').textContent = items.length ? T('ui.sep_4', items.length) : '';
   $('aftersale-body').replaceChildren(...(items.length ? items.map((it) => h('tr', {
     class: it.conversation_state ? 'clickable' : '', dataset: { cid: it.conversation_id || '', aftersale: it.aftersale.aftersale_id },
     onclick: () => openAftersale(it),
@@ -836,20 +872,20 @@ async function loadAftersales() {
     h('td', null, h('span', { class: `badge as-${it.aftersale.state}` }, label(AFTERSALE_STATE, it.aftersale.state))),
     h('td', null, it.aftersale.amount ? yuan(it.aftersale.amount) : '—'), h('td', null, it.aftersale.reason || '—'),
     h('td', null, it.aftersale.opened ? dateTime(it.aftersale.opened) : '—'),
-    h('td', null, it.conversation_state ? h('button', { type: 'button', class: 'link' }, '打开会话') : h('span', { class: 'sub' }, convState(it)),
+    h('td', null, it.conversation_state ? h('button', { type: 'button', class: 'link' }, T('ui.open_conversation')) : h('span', { class: 'sub' }, convState(it)),
       it.conversation_state ? h('div', { class: 'sub' }, convState(it)) : null)))
-    : [h('tr', null, h('td', { colspan: 9, class: 'empty' }, '暂无待处理的售后申请'))]));
+    : [h('tr', null, h('td', { colspan: 9, class: 'empty' }, T('ui.no_pending_after_sale_requests')))]));
 }
 
 async function openAftersale(it) {
   const cid = it.conversation_id;
-  if (!cid || !it.conversation_state) { toast('该买家当前没有进行中的会话', 'error'); return; }
+  if (!cid || !it.conversation_state) { toast(T('ui.the_buyer_has_no_open_conversation'), 'error'); return; }
   if (!state.convs.has(cid) && !state.queued.has(cid)) {  // someone else's: read-only
     try {
       const full = await api('GET', `/v1/conversations/${encodeURIComponent(cid)}`);
       state.peek = { ...full, readonly: true, unread: 0, loaded: true };
     } catch (err) {
-      toast(`无法打开会话：${err.message}`, 'error');
+      toast(T('ui.cannot_open_the_conversation', err.message), 'error');
       return;
     }
   }
@@ -862,16 +898,16 @@ function renderData() {
   const t = state.today;
   if (!t) return;
   const kpi = (name, value) => h('div', { class: 'kpi' }, h('span', null, name), h('strong', null, value));
-  $('data-kpis').replaceChildren(kpi('今日接待', t.conversations), kpi('回复条数', t.replies),
-    kpi('3分钟回复率', percent(t.reply_rate)), kpi('平均响应', duration(t.avg_response_s)),
-    kpi('3分钟内回复', t.in_time), kpi('超时', t.missed));
+  $('data-kpis').replaceChildren(kpi(T('ui.served_today'), t.conversations), kpi(T('ui.replies'), t.replies),
+    kpi(T('page.3_minute_reply_rate'), percent(t.reply_rate)), kpi(T('page.avg_response'), duration(t.avg_response_s)),
+    kpi(T('ui.replied_within_3_minutes'), t.in_time), kpi(T('ui.late_2'), t.missed));
 }
 
 function renderSettings() {
   const me = state.me;
-  facts($('settings-facts'), [['账号', me.account], ['角色', { agent: '客服', supervisor: '主管', admin: '管理员' }[me.role]],
-    ['客服', me.agent ? `${me.agent.name}（${me.agent.id}）` : '—'], ['技能组', me.agent ? me.agent.skills.map((s) => label(SKILL, s)).join('、') : '—'],
-    ['接待上限', me.agent ? me.agent.max_concurrent : '—'], ['店铺', me.shops.map((s) => `${label(PLATFORM, s.platform)}·${s.name}`).join('、')]]);
+  facts($('settings-facts'), [[T('ui.account'), me.account], [T('ui.role'), { agent: T('page.agent'), supervisor: T('ui.supervisor'), admin: T('ui.administrator') }[me.role]],
+    [T('page.agent'), me.agent ? T('ui.sep_5', me.agent.name, me.agent.id) : '—'], [T('page.skill_group'), me.agent ? me.agent.skills.map((s) => label(SKILL, s)).join(T('ui.sep_2')) : '—'],
+    [T('ui.concurrent_limit'), me.agent ? me.agent.max_concurrent : '—'], [T('page.shop'), me.shops.map((s) => `${label(PLATFORM, s.platform)}·${s.name}`).join(T('ui.sep_2'))]]);
 }
 
 function showPane(name) {
@@ -894,10 +930,13 @@ async function start() {
   $('to-dashboard').hidden = state.me.role === 'agent';
   $('logout').addEventListener('click', () => { if (socket) socket.stop(); logout(); });
   if (!state.me.agent_id) {
-    $('chat-empty').textContent = '该账号未绑定客服，无法接待会话；主管请使用数据看板。';
+    $('chat-empty').textContent = T('ui.this_account_is_not_linked_to');
     return;
   }
   for (const btn of document.querySelectorAll('.filter')) btn.addEventListener('click', () => { state.filter = btn.dataset.filter; renderList(); });
+  $('conv-sort').value = state.sort;
+  $('conv-sort').addEventListener('change', () => { state.sort = $('conv-sort').value; localStorage.setItem('fenliu.sort', state.sort); renderList(); });
+  $('quick-search').addEventListener('input', () => { const conv = current(); if (conv) renderQuick(conv); });
   for (const btn of document.querySelectorAll('.nav')) btn.addEventListener('click', () => showPane(btn.dataset.pane));
   for (const btn of document.querySelectorAll('.side-tab')) {
     btn.addEventListener('click', () => {
@@ -922,7 +961,10 @@ async function start() {
   $('composer').addEventListener('submit', (ev) => { ev.preventDefault(); send(); });
   const draft = $('draft');
   draft.addEventListener('input', () => { hideBlocked(); suggest(); });
-  draft.addEventListener('blur', () => setTimeout(hideSuggestions, 150));
+  // A blur hides the list a moment later (a click on a suggestion lands first), unless the composer
+  // has the focus again by then: a stale timer from an earlier blur must not empty the list the
+  // agent is about to Tab into.
+  draft.addEventListener('blur', () => setTimeout(() => { if (document.activeElement !== draft) hideSuggestions(); }, 150));
   draft.addEventListener('keydown', (ev) => {
     if (ev.altKey && /^[1-3]$/.test(ev.key)) {
       const item = (state.assist.get(state.selected) || [])[Number(ev.key) - 1];
@@ -955,5 +997,5 @@ async function start() {
 }
 
 start().catch((err) => {
-  if (session.token) toast(`工作台启动失败：${err.message}`, 'error');
+  if (session.token) toast(T('ui.the_workbench_failed_to_start', err.message), 'error');
 });
