@@ -38,7 +38,7 @@ export function lineChart(container, series, { height = 110, span = 300, now } =
   }
   for (const m of [5, 4, 3, 2, 1, 0]) {
     const t = end - m * 60;
-    if (t >= start) svg.append(s('text', { x: x(t) - 8, y: height - 3 }, m ? T('ui.min', m) : T('ui.now')));
+    if (t >= start) svg.append(s('text', { x: x(t) - 8, y: height - 3 }, m ? T('ui.chart_minutes_ago', m) : T('ui.now')));
   }
   for (const se of series) {
     const pts = se.points.filter((p) => p[0] >= start);
@@ -72,7 +72,7 @@ export function hourChart(container, hours, { height = 130, currentHour } = {}) 
       rect.append(s('title', null, T('ui.00_messages', i, hr.messages)));
       svg.append(rect);
     }
-    if (i % 3 === 0) svg.append(s('text', { x: x0, y: height - 3 }, T('ui.h', i)));
+    if (i % 3 === 0) svg.append(s('text', { x: x0, y: height - 3 }, T('ui.chart_hour', i)));
     if (hr.judged) line.push([x0 + bw / 2, yr(hr.in_time / hr.judged)]);
   });
   if (line.length) {

@@ -274,9 +274,9 @@ export function mmss(seconds) {
 
 export function duration(seconds) {
   if (seconds == null) return '—';
-  if (seconds < 60) return T('ui.s', Math.round(seconds));
-  if (seconds < 3600) return T('ui.min_s', Math.floor(seconds / 60), Math.round(seconds % 60));
-  return T('ui.h_min', Math.floor(seconds / 3600), Math.floor((seconds % 3600) / 60));
+  if (seconds < 60) return T('ui.duration_s', Math.round(seconds));
+  if (seconds < 3600) return T('ui.duration_min_s', Math.floor(seconds / 60), Math.round(seconds % 60));
+  return T('ui.duration_h_min', Math.floor(seconds / 3600), Math.floor((seconds % 3600) / 60));
 }
 
 export function clock(ts) {

@@ -63,7 +63,7 @@ function render() {
     h('td', null, label(SKILL, q.skill)),
     h('td', { class: level(q.depth, A.queue_warn, A.queue_alarm), dataset: { level: level(q.depth, A.queue_warn, A.queue_alarm) || 'ok' } }, String(q.depth)),
     h('td', { class: level(q.oldest_wait_s, A.wait_warn_s, A.wait_alert_s) }, duration(q.oldest_wait_s)),
-    h('td', null, Object.entries(q.shops).map(([s, n]) => `${shopLabel(s)} ${n}`).join(T('ui.sep')))))
+    h('td', null, Object.entries(q.shops).map(([s, n]) => `${shopLabel(s)} ${n}`).join(T('ui.list_comma')))))
     : [h('tr', null, h('td', { colspan: 4, class: 'empty' }, T('ui.no_queued_conversations')))]));
 
   $('agents').replaceChildren(...d.agents.map((a) => {
@@ -76,7 +76,7 @@ function render() {
       h('td', null, h('span', { class: `dot ${off ? 'off_shift' : a.status}` }), a.name, a.connected ? '' : h('small', { class: 'empty' }, T('ui.not_connected'))),
       h('td', null, select, off ? h('small', { class: 'off-shift', title: a.shift_starts ? T('ui.on_at', hhmm(a.shift_starts)) : '' }, T('ui.off_shift')) : null),
       h('td', null, h('span', { class: 'loadbar' }, h('i', { class: a.load >= a.max_concurrent ? 'full' : '', style: `width:${pct}%` })), `${a.load}/${a.max_concurrent}`),
-      h('td', { class: 'wrap' }, a.shops.map((s) => state.shops.get(s)?.name || s).join(T('ui.sep_2'))),
+      h('td', { class: 'wrap' }, a.shops.map((s) => state.shops.get(s)?.name || s).join(T('ui.list_enum_comma'))),
       h('td', null, a.today ? String(a.today.replies) : '0',
         a.today && a.today.reply_rate != null ? h('small', { class: 'empty' }, T('ui.3_min', percent(a.today.reply_rate))) : null),
       h('td', null, a.today ? duration(a.today.avg_response_s) : '—'));
@@ -187,7 +187,7 @@ function openMove(conv) {
   const agents = state.data.agents.filter((a) => a.shops.includes(conv.shop_id) && a.id !== conv.agent_id);
   const usable = (a) => a.status === 'online' && a.in_shift !== false && a.load < a.max_concurrent;
   $('move-agent').replaceChildren(...agents.map((a) => h('option', { value: a.id, disabled: !usable(a) },
-    T('ui.sep_3', a.name, a.in_shift === false ? T('ui.off_shift_2') : STATUS[a.status], a.load, a.max_concurrent))));
+    T('ui.agent_option', a.name, a.in_shift === false ? T('ui.off_shift_2') : STATUS[a.status], a.load, a.max_concurrent))));
   const free = agents.find(usable);
   if (free) $('move-agent').value = free.id;
   const skills = [...new Set([conv.skill, ...state.me.skills].filter(Boolean))];  // its own group first

@@ -225,7 +225,7 @@ function renderItem(item, conv) {
   } else {
     body = h('div', { class: 'bubble' }, text);
   }
-  const name = who === 'buyer' ? buyerName(conv) : who === 'bot' ? T('ui.bot') : (item.agent_id && item.agent_id !== state.me.agent_id ? item.agent_id : T('ui.me_2'));
+  const name = who === 'buyer' ? buyerName(conv) : who === 'bot' ? T('ui.bot') : (item.agent_id && item.agent_id !== state.me.agent_id ? item.agent_id : T('ui.me_label'));
   return h('li', { class: `msg ${who}` }, h('div', { class: 'msg-head' }, name, ' ', when), body);
 }
 
@@ -377,10 +377,10 @@ function renderBuyerOrders(story) {
     const o = x.order;
     const scans = x.logistics || [];
     return h('article', { class: 'buyer-order', dataset: { order: o.order_id } },
-      h('header', null, h('b', null, T('ui.order_2', o.order_id)),
+      h('header', null, h('b', null, T('ui.order_id', o.order_id)),
         o.status ? h('span', { class: `badge st-${o.status}` }, label(ORDER_STATE, o.status)) : null),
       o.goods ? h('div', { class: 'goods' }, o.goods) : null,
-      h('div', { class: 'meta' }, [shopLabel(x.shop_id), o.amount ? T('ui.paid_2', yuan(o.amount)) : null].filter(Boolean).join(' · ')),
+      h('div', { class: 'meta' }, [shopLabel(x.shop_id), o.amount ? T('ui.paid_amount', yuan(o.amount)) : null].filter(Boolean).join(' · ')),
       o.courier || o.tracking_no
         ? h('div', { class: 'ship' }, h('span', { class: 'courier' }, o.courier || T('ui.courier')), ' ',
           h('span', { class: 'tracking' }, o.tracking_no || ''),
@@ -413,7 +413,7 @@ async function addTags(conv, tags) {
   try {
     const p = await api('PUT', `/v1/shops/${encodeURIComponent(conv.shop_id)}/buyers/${encodeURIComponent(conv.buyer_id)}`, { add_tags: tags });
     state.profiles.set(conv.id, { ...(state.profiles.get(conv.id) || {}), ...p });
-    toast(T('ui.tag_added_applies_from_the_buyer', tags.join(T('ui.sep_2'))));
+    toast(T('ui.tag_added_applies_from_the_buyer', tags.join(T('ui.list_enum_comma'))));
     renderSide();
     renderList();
   } catch (err) {
@@ -563,7 +563,7 @@ function hideBlocked() {
 function showBlocked(text, reason, hits) {
   $('blocked-reason').textContent = T('ui.reply_not_sent', reason || T('ui.forbidden_words'));
   $('blocked-text').replaceChildren(...highlight(text, hits));
-  $('blocked-text').title = [...new Set((hits || []).map((x) => x.tag).filter(Boolean))].join(T('ui.sep_2'));
+  $('blocked-text').title = [...new Set((hits || []).map((x) => x.tag).filter(Boolean))].join(T('ui.list_enum_comma'));
   showAdvice(text, hits || []);
   $('blocked').hidden = false;
   $('draft').classList.add('has-hits');
@@ -677,7 +677,7 @@ async function openTransfer() {
   const agents = state.agents.filter((a) => a.id !== state.me.agent_id && a.shops.includes(conv.shop_id));
   const usable = (a) => a.status === 'online' && a.in_shift !== false && a.load < a.max_concurrent;
   $('transfer-agent').replaceChildren(...agents.map((a) => h('option', { value: a.id, disabled: !usable(a) },
-    T('ui.sep_3', a.name || a.id, a.in_shift === false ? T('ui.off_shift_2') : label(STATUS, a.status), a.load, a.max_concurrent))));
+    T('ui.agent_option', a.name || a.id, a.in_shift === false ? T('ui.off_shift_2') : label(STATUS, a.status), a.load, a.max_concurrent))));
   const firstFree = agents.find(usable);
   if (firstFree) $('transfer-agent').value = firstFree.id;
   // The conversation's own skill group first and chosen: a 物流 question stays with 物流 unless the
@@ -801,10 +801,10 @@ function renderStatus() {
   for (const btn of document.querySelectorAll('.status-btn')) btn.classList.toggle('active', btn.dataset.status === state.status);
   const mine = [...state.convs.values()].length;
   const cap = state.me.agent ? state.me.agent.max_concurrent : 0;
-  $('load').textContent = T('ui.serving_2', mine, cap);
+  $('load').textContent = T('ui.serving_load', mine, cap);
   const t = state.today;
   $('today').textContent = t
-    ? T('ui.served_today_replies_3_minute_reply', t.in_shift === false ? T('ui.off_shift_3') : '', t.conversations, t.replies, percent(t.reply_rate), duration(t.first_response_s), duration(t.avg_response_s))
+    ? T('ui.served_today_replies_3_minute_reply', t.in_shift === false ? T('ui.off_shift_prefix') : '', t.conversations, t.replies, percent(t.reply_rate), duration(t.first_response_s), duration(t.avg_response_s))
     : '';
 }
 
@@ -858,7 +858,7 @@ async function loadAftersales() {
   const convState = (it) => {
     if (!it.conversation_state) return T('ui.no_open_conversation');
     if (state.convs.has(it.conversation_id)) return T('ui.my_conversation');
-    return it.agent_id ? T('ui.serving_3', it.agent_id) : label(STATE, it.conversation_state);
+    return it.agent_id ? T('ui.serving_by', it.agent_id) : label(STATE, it.conversation_state);
   };
   $('aftersale-count').textContent = items.length ? T('ui.sep_4', items.length) : '';
   $('aftersale-body').replaceChildren(...(items.length ? items.map((it) => h('tr', {
@@ -900,14 +900,14 @@ function renderData() {
   const kpi = (name, value) => h('div', { class: 'kpi' }, h('span', null, name), h('strong', null, value));
   $('data-kpis').replaceChildren(kpi(T('ui.served_today'), t.conversations), kpi(T('ui.replies'), t.replies),
     kpi(T('page.3_minute_reply_rate'), percent(t.reply_rate)), kpi(T('page.avg_response'), duration(t.avg_response_s)),
-    kpi(T('ui.replied_within_3_minutes'), t.in_time), kpi(T('ui.late_2'), t.missed));
+    kpi(T('ui.replied_within_3_minutes'), t.in_time), kpi(T('ui.late_label'), t.missed));
 }
 
 function renderSettings() {
   const me = state.me;
   facts($('settings-facts'), [[T('ui.account'), me.account], [T('ui.role'), { agent: T('page.agent'), supervisor: T('ui.supervisor'), admin: T('ui.administrator') }[me.role]],
-    [T('page.agent'), me.agent ? T('ui.sep_5', me.agent.name, me.agent.id) : '—'], [T('page.skill_group'), me.agent ? me.agent.skills.map((s) => label(SKILL, s)).join(T('ui.sep_2')) : '—'],
-    [T('ui.concurrent_limit'), me.agent ? me.agent.max_concurrent : '—'], [T('page.shop'), me.shops.map((s) => `${label(PLATFORM, s.platform)}·${s.name}`).join(T('ui.sep_2'))]]);
+    [T('page.agent'), me.agent ? T('ui.sep_5', me.agent.name, me.agent.id) : '—'], [T('page.skill_group'), me.agent ? me.agent.skills.map((s) => label(SKILL, s)).join(T('ui.list_enum_comma')) : '—'],
+    [T('ui.concurrent_limit'), me.agent ? me.agent.max_concurrent : '—'], [T('page.shop'), me.shops.map((s) => `${label(PLATFORM, s.platform)}·${s.name}`).join(T('ui.list_enum_comma'))]]);
 }
 
 function showPane(name) {
