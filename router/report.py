@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from router import i18n
+from router.i18n import t
+
 Row = tuple[str, Callable[[dict[str, Any]], str]]
 
 
@@ -40,20 +43,21 @@ def _reply(p: dict[str, Any]) -> str:
 
 
 ROWS: list[Row] = [
-    ("messages routed", lambda p: _num(p["messages"])),
-    ("conversations", lambda p: _num(p["conversations"])),
-    ("wait to 1st human reply p50 / p90 / p99 (s)", _waits),
-    ("3-min human reply rate (in window)", _reply),
-    ("abandoned", lambda p: f"{_num(p['abandoned'])} ({_pct(p['abandoned_share'])})"),
-    ("settled by the bot", lambda p: _num(p["outcomes"]["bot"])),
-    ("expansions", lambda p: _num(p["expansions"])),
-    ("re-routes: offline / reservation timeout / transfer",
+    # Labels are message ids (English), shown with t() in the current language (router/i18n.py).
+    (i18n._("messages routed"), lambda p: _num(p["messages"])),
+    (i18n._("conversations"), lambda p: _num(p["conversations"])),
+    (i18n._("wait to 1st human reply p50 / p90 / p99 (s)"), _waits),
+    (i18n._("3-min human reply rate (in window)"), _reply),
+    (i18n._("abandoned"), lambda p: f"{_num(p['abandoned'])} ({_pct(p['abandoned_share'])})"),
+    (i18n._("settled by the bot"), lambda p: _num(p["outcomes"]["bot"])),
+    (i18n._("expansions"), lambda p: _num(p["expansions"])),
+    (i18n._("re-routes: offline / reservation timeout / transfer"),
      lambda p: " / ".join(_num(p["reroutes"][k]) for k in ("agent_offline", "reservation_timeout", "transfer"))),
-    ("max queue depth (any skill)", lambda p: _num(max(p["queue"]["max"].values(), default=0))),
-    ("agent utilisation (mean)", lambda p: _pct(p["load_spread"]["utilisation_mean"])),
-    ("conversations handled max−min", lambda p: _num(p["load_spread"]["handled_max_minus_min"])),
-    ("Gini of conversations handled", lambda p: _num(p["load_spread"]["handled_gini"], 3)),
-    ("Gini of utilisation", lambda p: _num(p["load_spread"]["utilisation_gini"], 3)),
+    (i18n._("max queue depth (any skill)"), lambda p: _num(max(p["queue"]["max"].values(), default=0))),
+    (i18n._("agent utilisation (mean)"), lambda p: _pct(p["load_spread"]["utilisation_mean"])),
+    (i18n._("conversations handled max−min"), lambda p: _num(p["load_spread"]["handled_max_minus_min"])),
+    (i18n._("Gini of conversations handled"), lambda p: _num(p["load_spread"]["handled_gini"], 3)),
+    (i18n._("Gini of utilisation"), lambda p: _num(p["load_spread"]["utilisation_gini"], 3)),
 ]
 
 
@@ -61,12 +65,12 @@ def print_summary(doc: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
     sc = doc["scenario"]
-    table = Table(title=f"fenliu simulate · {sc['source']} · seed {sc['seed']}")
-    table.add_column("figure")
+    table = Table(title=i18n.gettext("fenliu simulate · {source} · seed {seed}", source=sc["source"], seed=sc["seed"]))
+    table.add_column(i18n.gettext("figure"))
     for p in doc["policies"]:
         table.add_column(f"{p['policy']}\n({_strategies(p)})", justify="right")
     for label, get in ROWS:
-        table.add_row(label, *(get(p) for p in doc["policies"]))
+        table.add_row(t(label), *(get(p) for p in doc["policies"]))
     console.print(table)
 
 
@@ -212,35 +216,40 @@ def render_html(doc: dict[str, Any]) -> str:
     sc = doc["scenario"]
     tz = ZoneInfo(sc["timezone"])
     span = f"{datetime.fromtimestamp(sc['start'], tz):%Y-%m-%d %H:%M} → {datetime.fromtimestamp(sc['end'], tz):%Y-%m-%d %H:%M}"
-    head = ["figure"] + [f"{p['policy']} ({_strategies(p)})" for p in pols]
-    summary = _table(head, [[label] + [get(p) for p in pols] for label, get in ROWS])
+    gettext = i18n.gettext
+    head = [gettext("figure")] + [f"{p['policy']} ({_strategies(p)})" for p in pols]
+    summary = _table(head, [[t(label)] + [get(p) for p in pols] for label, get in ROWS])
     skills = sorted({k for p in pols for k in p["queue"]["max"]})
-    queues = _table(["max queue depth by skill"] + [p["policy"] for p in pols],
+    queues = _table([gettext("max queue depth by skill")] + [p["policy"] for p in pols],
                     [[s] + [_num(p["queue"]["max"].get(s, 0)) for p in pols] for s in skills])
     causes = sorted({c for p in pols for c in p["causes"]})
-    cause_t = _table(["decisions by cause"] + [p["policy"] for p in pols],
+    cause_t = _table([gettext("decisions by cause")] + [p["policy"] for p in pols],
                      [[c] + [_num(p["causes"].get(c, 0)) for p in pols] for c in causes])
     agents = sorted({a for p in pols for a in p["agents"]})
     agent_rows = [[a] + [f"{p['agents'][a]['handled']} · {_pct(p['agents'][a]['utilisation'])}" if a in p["agents"] else "–"
                          for p in pols] for a in agents]
-    agent_t = _table(["agent: handled · utilisation"] + [p["policy"] for p in pols], agent_rows)
-    title = f"Fenliu policy simulation — {sc['name']}"
+    agent_t = _table([gettext("agent: handled · utilisation")] + [p["policy"] for p in pols], agent_rows)
+    title = gettext("Fenliu policy simulation — {name}", name=sc["name"])
+    meta = gettext("Traffic: {source} · {span} ({tz}) · seed {seed} · policies: {policies}", source=sc["source"],
+                   span=span, tz=sc["timezone"], seed=sc["seed"], policies=", ".join(p["policy"] for p in pols))
+    note = gettext("Wait = from the buyer's first message to the first human reply (bot answers don't count). "
+                   "The 3-minute reply rate counts conversations whose first message falls in the platform's window "
+                   "({window}) and were answered by a human within {target:.0f} s. "
+                   "Gini: 0 = perfectly even, 1 = one agent does everything.",
+                   window=pols[0]["reply_rate"]["window"], target=pols[0]["reply_rate"]["target_s"])
+    h = html.escape
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html lang="{i18n.current().replace('_', '-')}"><head><meta charset="utf-8"><title>{h(title)}</title>
 <style>{_CSS}</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p class="meta">Traffic: {html.escape(sc['source'])} · {html.escape(span)} ({html.escape(sc['timezone'])}) · seed {sc['seed']} ·
-policies: {html.escape(', '.join(p['policy'] for p in pols))}</p>
-<h2>Summary</h2>{summary}
-<p class="note">Wait = from the buyer's first message to the first human reply (bot answers don't count).
-The 3-minute reply rate counts conversations whose first message falls in the platform's window
-({html.escape(pols[0]['reply_rate']['window'])}) and were answered by a human within {pols[0]['reply_rate']['target_s']:.0f} s.
-Gini: 0 = perfectly even, 1 = one agent does everything.</p>
-<h2>Queue depth over time</h2><div class="chart">{queue_chart(doc)}</div>{queues}
-<h2>Wait until the first human reply</h2><div class="chart">{wait_chart(doc)}</div>
-<h2>Agents</h2><div class="chart">{agents_chart(doc)}</div>
-<details{' open' if len(agents) <= 20 else ''}><summary>per-agent figures</summary>{agent_t}</details>
-<h2>Expansions and re-routes</h2>{cause_t}
+<h1>{h(title)}</h1>
+<p class="meta">{h(meta)}</p>
+<h2>{h(gettext("Summary"))}</h2>{summary}
+<p class="note">{h(note)}</p>
+<h2>{h(gettext("Queue depth over time"))}</h2><div class="chart">{queue_chart(doc)}</div>{queues}
+<h2>{h(gettext("Wait until the first human reply"))}</h2><div class="chart">{wait_chart(doc)}</div>
+<h2>{h(gettext("Agents"))}</h2><div class="chart">{agents_chart(doc)}</div>
+<details{' open' if len(agents) <= 20 else ''}><summary>{h(gettext("per-agent figures"))}</summary>{agent_t}</details>
+<h2>{h(gettext("Expansions and re-routes"))}</h2>{cause_t}
 </body></html>
 """
 

@@ -116,8 +116,9 @@ async def _json_errors(request: web.BaseRequest, handler: Callable[..., Awaitabl
     """``handler(request, *args)`` with its errors as JSON bodies: ours (:class:`HTTPError`),
     aiohttp's 4xx, and anything unexpected as a 500 whose traceback goes to the log. Each 4xx
     is one ``request_rejected`` log line (:func:`log_rejection`), never a traceback. Messages are
-    in the language the request's ``Accept-Language`` prefers (else the default, zh-CN)."""
-    lang = i18n.use(i18n.negotiate(request.headers.get("Accept-Language")))
+    in the language a ``?lang=`` names (a browser's WebSocket cannot set headers), else the one the
+    request's ``Accept-Language`` prefers, else the default (zh-CN)."""
+    lang = i18n.use(i18n.normalize(request.query.get("lang")) or i18n.negotiate(request.headers.get("Accept-Language")))
     try:
         return await _json_errors_in(request, handler, *args)
     finally:

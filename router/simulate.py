@@ -1029,10 +1029,14 @@ def _run_seeds(args: argparse.Namespace, configs: list[Config], labels: list[str
             err.print(f"seed {seed + k}: simulating {label}")
             runs[label].append(anyio.run(simulate, config, scenario, traffic, seed + k, label))
     table = seed_table(runs)
-    out = Table(title=f"fenliu simulate · {args.traffic or scenario.name} · seeds {seed}–{seed + args.seeds - 1} (mean ± s.e.)")
-    for col in ("policy", "3-min human reply rate", "p90 wait to 1st human reply (s)", "p90 in the window (s)",
-                "p90 incl. abandoned (s)", "abandoned", "bot-only"):
-        out.add_column(col, justify="left" if col == "policy" else "right")
+    from router.i18n import gettext
+
+    out = Table(title=gettext("fenliu simulate · {source} · seeds {first}–{last} (mean ± s.e.)",
+                              source=args.traffic or scenario.name, first=seed, last=seed + args.seeds - 1))
+    for i, col in enumerate((gettext("policy"), gettext("3-min human reply rate"), gettext("p90 wait to 1st human reply (s)"),
+                             gettext("p90 in the window (s)"), gettext("p90 incl. abandoned (s)"), gettext("abandoned"),
+                             gettext("bot-only"))):
+        out.add_column(col, justify="left" if i == 0 else "right")
     for label, row in table.items():
         def pm(key: str, pct: bool = False, row: dict[str, Any] = row) -> str:
             m, e = row[key]["mean"], row[key]["se"]

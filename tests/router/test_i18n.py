@@ -99,6 +99,8 @@ async def test_a_refusal_is_chinese_by_default_and_english_on_request_with_the_s
     assert zh["message"].startswith("缺少登录令牌") and en["message"].startswith("missing bearer token")
     _, zh_cn = await _get(c, "/v1/conversations", **{"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.8"})
     assert zh_cn == zh
+    _, by_query = await _get(c, "/v1/conversations?lang=en", **{"Accept-Language": "zh-CN"})
+    assert by_query == en  # ?lang= first: what a page's own language switch sends on a WebSocket
 
     token = await c.login("acme:b01")  # an agent of tb-b only
     auth = {"Authorization": f"Bearer {token}"}
@@ -172,3 +174,10 @@ def test_cli_tables_in_chinese_by_default_and_english_with_lang(chinese, tmp_pat
     assert "错误：" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--lang", "fr", *argv])
+
+
+def test_simulation_summary_labels_follow_the_language(chinese):
+    from router.report import ROWS
+
+    assert [t(label) for label, _get in ROWS][:2] == ["已分流消息", "会话"]
+    assert [t(label, "en") for label, _get in ROWS][:2] == ["messages routed", "conversations"]
