@@ -866,7 +866,8 @@ def ensure_demo(config: Config, store_path: str | None = None) -> list[str]:
     for shop in config.shops.values():
         if shop.secret_env and not os.environ.get(shop.secret_env):
             os.environ[shop.secret_env] = DEMO_SECRET
-            lines.append(f"  {shop.id}: {shop.secret_env} unset, using the demo secret {DEMO_SECRET!r}")
+            lines.append("  " + i18n.gettext("{shop}: {env} unset, using the demo secret {secret!r}", shop=shop.id,
+                                                  env=shop.secret_env, secret=DEMO_SECRET))
     store = Store(store_path or config.main.storage.path)
     try:
         if not store.run_sync(acct.list_accounts):
@@ -876,8 +877,8 @@ def ensure_demo(config: Config, store_path: str | None = None) -> list[str]:
                 for aid in config.agents:
                     acct.add(conn, f"demo:{aid}", DEMO_PASSWORD, "agent", None, aid, agent_shops(config, aid))
             store.run_sync(create)
-            lines.append(f"  created demo accounts: demo (admin), demo:lead (supervisor), demo:<agent id> (agents); "
-                         f"password {DEMO_PASSWORD!r}")
+            lines.append("  " + i18n.gettext("created demo accounts: demo (admin), demo:lead (supervisor), demo:<agent id> "
+                                                  "(agents); password {password!r}", password=DEMO_PASSWORD))
     finally:
         store.close_sync()
     return lines
@@ -891,22 +892,24 @@ async def serve_forever(config: Config, host: str | None, port: int | None, simu
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(server.service.reloader.reload("SIGHUP")))
-    print(f"fenliu: listening on {server.url}", flush=True)
-    print(f"  ingest   POST {server.url}/v1/shops/<shop_id>/messages  (X-Fenliu-Signature: sha256=<hmac>)")
-    print(f"  health   GET  {server.url}/healthz     metrics GET {server.url}/metrics")
-    print(f"  login    POST {server.url}/v1/auth/login  then GET {server.url}/v1/conversations, /v1/agents, /v1/stats")
-    print(f"  agents   WS   {server.url.replace('http', 'ws')}/v1/agents/ws  (Authorization header, or ?ticket= from "
-          f"POST /v1/auth/ws-ticket)")
-    print(f"  store    {server.service.store.path}", flush=True)
+    gettext = i18n.gettext  # the operator's banner: --lang, FENLIU_LANG or server.lang
+    print(gettext("fenliu: listening on {url}", url=server.url), flush=True)
+    print(gettext("  ingest   POST {url}/v1/shops/<shop_id>/messages  (X-Fenliu-Signature: sha256=<hmac>)", url=server.url))
+    print(gettext("  health   GET  {url}/healthz     metrics GET {url}/metrics", url=server.url))
+    print(gettext("  login    POST {url}/v1/auth/login  then GET {url}/v1/conversations, /v1/agents, /v1/stats", url=server.url))
+    print(gettext("  agents   WS   {ws}/v1/agents/ws  (Authorization header, or ?ticket= from POST /v1/auth/ws-ticket)",
+                  ws=server.url.replace("http", "ws")))
+    print(gettext("  store    {path}", path=server.service.store.path), flush=True)
     sim = None
     if simulate:
         from adapters.simulator import Simulation
 
         sim = Simulation(server.service, server.url, **(sim_options or {}))
         sim.start()
-        print(f"  simulator: {sim.describe()}  (demo login: demo / {DEMO_PASSWORD})", flush=True)
+        print(gettext("  simulator: {what}  (demo login: demo / {password})", what=sim.describe(), password=DEMO_PASSWORD),
+              flush=True)
     await stop.wait()
-    print("fenliu: shutting down (draining)", file=sys.stderr, flush=True)
+    print(gettext("fenliu: shutting down (draining)"), file=sys.stderr, flush=True)
     if sim is not None:
         await sim.stop()
     await server.stop()
