@@ -16,8 +16,9 @@ as ``fenliu simulate``:
    (an agent per hour and group), and the day is simulated. Every hour with first messages in the
    reply window must meet the target reply rate and the abandonment limit; an hour that does not
    gets one more agent in the group with the most misses, until all meet.
-   An hour whose misses one more agent does not reduce (buyers of a shop that is still closed,
-   say) is not short of agents: the agent is taken back and the hour reported as not staffable.
+   An agent that does not reduce the hour's misses is taken back; an hour where two groups'
+   extra agents did not help (buyers of a shop that is still closed, say) is not short of agents
+   and is reported as not staffable. Hours when no shop is open get nobody.
 3. **Tight at the peak.** In the hour with the most agents, agents are taken away one at a time
    while the day still meets the target: so one agent fewer in the peak hour does not.
 
@@ -163,11 +164,17 @@ async def make_plan(config: Config, scenario: Scenario, traffic: Any, seed: int,
     defaults = config.main.defaults
     target_s = scenario.metrics.reply_target_s or defaults.reply_within_s
     start = erlang_start(arrivals, scenario, target_s, rate, cap)
+    for i in range(n_hours):  # no shop open all hour long: nobody to plan (buyers wait for the morning)
+        t = traffic.start + 3600 * i
+        if not any(shop.is_open(t + m * 60) for shop in config.shops.values() for m in (0, 30, 59)):
+            for g in start:
+                start[g][i] = 0
     table = {g: list(v) for g, v in start.items()}
     runs = 0
 
     frozen: set[int] = set()  # hours more agents do not help (a shop still closed, say)
     missed: dict[int, int] = {}
+    tried: dict[int, set[str]] = {}  # groups whose extra agent did not help, per hour
 
     async def judge(tab: dict[str, list[int]]) -> tuple[bool, dict[str, Any], list[int], dict[int, str]]:
         nonlocal runs
@@ -180,15 +187,22 @@ async def make_plan(config: Config, scenario: Scenario, traffic: Any, seed: int,
     ok, fig, failing, worst = await judge(table)
     while not ok and runs < max_runs:
         before = dict(missed)
-        added = {i: worst[i] for i in failing}
-        for i, g in added.items():
+        added = {}
+        for i in failing:
+            order = sorted(GROUPS, key=lambda g: (g != worst[i], g))
+            g = next((g for g in order if g not in tried.get(i, set())), worst[i])
+            added[i] = g
             table[g][i] += 1
         ok, fig, failing, worst = await judge(table)
+        undone = False
         for i, g in added.items():
-            if missed.get(i, 0) >= before.get(i, 0):  # no better: the hour is not short of agents
+            if missed.get(i, 0) >= before.get(i, 0):  # no better: take it back, try another group
                 table[g][i] -= 1
-                frozen.add(i)
-        if frozen & set(added):
+                undone = True
+                tried.setdefault(i, set()).add(g)
+                if len(tried[i]) >= 2:  # two groups did not help: the hour is not short of agents
+                    frozen.add(i)
+        if undone:
             ok, fig, failing, worst = await judge(table)
     tight: set[int] = set()
     while ok and runs < max_runs:
