@@ -25,7 +25,7 @@ import msgspec
 import pluggy
 import structlog
 
-from router import hookspecs
+from router import hookspecs, i18n
 from router.config import ConfigError, ConfigErrors
 from router.models import BotReply, FilterVerdict, Message
 
@@ -490,7 +490,8 @@ class PluginSet:
                 out.append(v)
             elif self.errors[impl.plugin] != before:
                 out.append(FilterVerdict("block", flags=(f"plugin_error:{impl.plugin}",),
-                                         reason=f"the {impl.plugin} check failed, so the reply was not sent; try again"))
+                                         reason=i18n._("the {plugin} check failed, so the reply was not sent; try again",
+                                                       plugin=impl.plugin)))
         return out
 
     async def assigned(self, decision: Any, ctx: HookContext) -> None:

@@ -50,6 +50,7 @@ import structlog
 from prometheus_client import Counter
 from redis.exceptions import RedisError, ResponseError
 
+from router import i18n
 from router.config import Config
 from router.logging import bind_message
 from router.models import (
@@ -301,13 +302,13 @@ class RedisService(Service):
         try:
             if isinstance(event, AgentStatusEvent):
                 if event.agent_id not in self.config.agents:
-                    raise InputError(f"unknown agent {event.agent_id!r}")
+                    raise InputError(i18n._("unknown agent {agent!r}", agent=event.agent_id))
                 await self._set_status(event.agent_id, event.status)
                 return []
             cid = event.conversation_id  # type: ignore[union-attr]
             shop = cid.partition(":")[0]
             if shop not in self.config.shops:
-                raise InputError(f"no open conversation {cid!r}")
+                raise InputError(i18n._("no open conversation {cid!r}", cid=cid))
             req = uuid.uuid4().hex
             fut: asyncio.Future = asyncio.get_running_loop().create_future()
             self._waiting[req] = fut
@@ -320,9 +321,9 @@ class RedisService(Service):
             finally:
                 self._waiting.pop(req, None)
         except RedisError as exc:
-            raise InputError(f"storage unavailable: {exc}") from exc
+            raise InputError(i18n._("storage unavailable: {detail}", detail=str(exc))) from exc
         except TimeoutError:
-            raise InputError("the conversation's router did not answer in time; retry") from None
+            raise InputError(i18n._("the conversation's router did not answer in time; retry")) from None
         if not ok:
             raise InputError(reason)
         return []
@@ -339,14 +340,14 @@ class RedisService(Service):
         whether the conversation is the agent's."""
         shop = conversation_id.partition(":")[0]
         if shop not in self.config.shops:
-            raise NotYours(f"no open conversation {conversation_id!r}")
+            raise NotYours(i18n._("no open conversation {cid!r}", cid=conversation_id))
         n = self.keys.shard(shop)
         owner, raw = await self.r.pipeline(transaction=False).hget(self.keys.owners(n), conversation_id) \
             .hget(self.keys.convs(n), conversation_id).execute()
         if owner is None or owner.decode() != agent_id:
-            raise NotYours(f"conversation {conversation_id!r} is not yours")
+            raise NotYours(i18n._("conversation {cid!r} is not yours", cid=conversation_id))
         if raw is not None and _conversation.decode(raw).state == "reserved":
-            raise NotYours(f"accept conversation {conversation_id!r} before replying")
+            raise NotYours(i18n._("accept conversation {cid!r} before replying", cid=conversation_id))
         result = await self.router.check_reply(shop, text, conversation_id, agent_id)
         if not result.ok:
             self.metrics.replies.labels("refused").inc()
@@ -368,7 +369,7 @@ class RedisService(Service):
         n = self.keys.shard(shop)
         owner = await self.r.hget(self.keys.owners(n), conversation_id)
         if agent_id is not None and (owner is None or owner.decode() != agent_id):
-            raise NotYours(f"conversation {conversation_id!r} is not yours")
+            raise NotYours(i18n._("conversation {cid!r} is not yours", cid=conversation_id))
         return await self.set_profile(shop, buyer, add_tags=tags, note=text or None, author=agent_id)
 
     async def order_context(self, items: list) -> None:
