@@ -10,7 +10,11 @@ babel.cfg``). Two markers, both found by Babel's default keywords:
   language of the request that asked (``Accept-Language``, set by :func:`use` per request).
 * ``gettext("shop", ...)`` — translated at once, in the current language (the CLI's tables).
 
-The language: the request's ``Accept-Language`` when it names a supported one; else the default:
+msgspec does not encode a :class:`Text` (a ``str`` subclass): what goes into a JSON body goes
+through :func:`t` first (``str(text)`` is the English text, also a plain ``str``).
+
+The language: a request's ``?lang=``, else its ``Accept-Language`` when it names a supported one
+(router/server.py, per request; a WebSocket keeps its upgrade request's); else the default:
 ``fenliu --lang``, else ``FENLIU_LANG``, else ``server.lang`` (:func:`configure`), else zh-CN.
 
 The catalogues are read from the ``.po`` files at first use with Babel's ``read_po``: nothing to
