@@ -57,7 +57,7 @@ def test_wrong_type(fenliu, cfg):
 
 
 def test_unknown_strategy_lists_the_known_ones(fenliu, cfg):
-    edit(cfg / "policies/default.toml", 'strategy = "round_robin"', 'strategy = "roundrobin"')
+    edit(cfg / "policies/default.toml", 'strategy = "least_load"', 'strategy = "roundrobin"')
     r = check(fenliu, cfg)
     assert r.returncode == 1
     assert (f'{cfg}/policies/default.toml: dispatch.strategy: expected one of least_load, '
