@@ -31,6 +31,7 @@ import msgspec
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from router import i18n
 from router.store import meta_get, meta_set
 
 Role = Literal["agent", "supervisor", "admin"]
@@ -81,7 +82,7 @@ def list_accounts(conn: sqlite3.Connection) -> list[Account]:
 
 def check_password_strength(password: str) -> None:
     if len(password) < 4:
-        raise AccountError("password must have at least 4 characters")
+        raise AccountError(i18n._("password must have at least 4 characters"))
 
 
 def add(conn: sqlite3.Connection, name: str, password: str, role: str = "agent",
@@ -92,45 +93,47 @@ def add(conn: sqlite3.Connection, name: str, password: str, role: str = "agent",
     account works as (``require_agent``: it must have one), bound its shops too and are its default: an agent's account never sees
     more than its agent serves, and a sub-account never silently inherits all shops (``*``)."""
     if not name or name.count(":") > 1 or name.startswith(":") or name.endswith(":"):
-        raise AccountError(f"bad account name {name!r}: use MAIN or MAIN:SUB")
+        raise AccountError(i18n._("bad account name {name!r}: use MAIN or MAIN:SUB", name=name))
     if role not in ROLES:
-        raise AccountError(f"bad role {role!r}: expected one of {', '.join(ROLES)}")
+        raise AccountError(i18n._("bad role {role!r}: expected one of {roles}", role=role, roles=", ".join(ROLES)))
     check_password_strength(password)
     if get(conn, name) is not None:
-        raise AccountError(f"account {name!r} already exists")
+        raise AccountError(i18n._("account {name!r} already exists", name=name))
     main = None
     owner_shops: tuple[str, ...] = ("*",)
     if ":" in name:
         main = name.split(":", 1)[0]
         owner = get(conn, main)
         if owner is None:
-            raise AccountError(f"main account {main!r} does not exist; create it first")
+            raise AccountError(i18n._("main account {main!r} does not exist; create it first", main=main))
         owner_shops = owner.shops
     if require_agent and agent_shops is None:
-        raise AccountError(f"agent account {name!r} needs its agent: --agent AGENT_ID, or account = {name!r} on the "
-                           "agent in agents.toml")
+        raise AccountError(i18n._("agent account {name!r} needs its agent: --agent AGENT_ID, or account = {name!r} on the "
+                                  "agent in agents.toml", name=name))
     if role == "agent" and agent_shops is not None:
         if shops is None:
             shops = tuple(s for s in agent_shops if "*" in owner_shops or s in owner_shops)
             if not shops:
-                raise AccountError(f"agent {agent_id!r} serves no shop permitted to main account {main!r}")
+                raise AccountError(i18n._("agent {agent!r} serves no shop permitted to main account {main!r}",
+                                          agent=agent_id, main=main))
         elif "*" in shops:
-            raise AccountError(f"an agent's account cannot have all shops (*): agent {agent_id!r} serves "
-                               f"{', '.join(agent_shops) or 'no shop'}")
+            raise AccountError(i18n._("an agent's account cannot have all shops (*): agent {agent!r} serves {shops}",
+                                      agent=agent_id, shops=", ".join(agent_shops) or "-"))
         else:
             outside = [s for s in shops if s not in agent_shops]
             if outside:
-                raise AccountError(f"shops {', '.join(outside)} are not served by agent {agent_id!r} "
-                                   f"(it serves {', '.join(agent_shops) or 'no shop'})")
+                raise AccountError(i18n._("shops {shops} are not served by agent {agent!r} (it serves {served})",
+                                          shops=", ".join(outside), agent=agent_id, served=", ".join(agent_shops) or "-"))
     if shops is None:
         if main is not None and "*" in owner_shops:
-            raise AccountError(f"give the shops of sub-account {name!r} (--shops); it does not inherit all shops "
-                               "(* must be said)")
+            raise AccountError(i18n._("give the shops of sub-account {name!r} (--shops); it does not inherit all shops "
+                                      "(* must be said)", name=name))
         shops = owner_shops
     if "*" not in owner_shops:
         outside = [s for s in shops if s not in owner_shops]
         if outside:
-            raise AccountError(f"shops {', '.join(outside)} are not permitted to main account {main!r}")
+            raise AccountError(i18n._("shops {shops} are not permitted to main account {main!r}",
+                                      shops=", ".join(outside), main=main))
     if role == "agent" and not agent_id:
         agent_id = None
     conn.execute(
@@ -147,14 +150,14 @@ def set_disabled(conn: sqlite3.Connection, name: str, disabled: bool) -> None:
     cur = conn.execute("UPDATE accounts SET disabled = ?, generation = generation + ? WHERE name = ?",
                        (int(disabled), int(disabled), name))
     if cur.rowcount == 0:
-        raise AccountError(f"no account {name!r}")
+        raise AccountError(i18n._("no account {name!r}", name=name))
 
 
 def remove(conn: sqlite3.Connection, name: str) -> None:
     """Remove an account (and, for a main account, its sub-accounts)."""
     cur = conn.execute("DELETE FROM accounts WHERE name = ? OR main = ?", (name, name))
     if cur.rowcount == 0:
-        raise AccountError(f"no account {name!r}")
+        raise AccountError(i18n._("no account {name!r}", name=name))
 
 
 def passwd(conn: sqlite3.Connection, name: str, password: str) -> None:
@@ -163,7 +166,7 @@ def passwd(conn: sqlite3.Connection, name: str, password: str) -> None:
     cur = conn.execute("UPDATE accounts SET password_hash = ?, generation = generation + 1 WHERE name = ?",
                        (_hasher.hash(password), name))
     if cur.rowcount == 0:
-        raise AccountError(f"no account {name!r}")
+        raise AccountError(i18n._("no account {name!r}", name=name))
 
 
 def lookup(conn: sqlite3.Connection, name: str) -> tuple[Account, str] | None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from router.i18n import gettext
+from router.i18n import gettext, t
 from router.logging import configure_logging
 
 
@@ -152,7 +152,7 @@ def accounts_command(args: argparse.Namespace) -> int:
             print(gettext("password changed for {name}", name=args.name))
         return 0
     except acct.AccountError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(gettext("error: {reason}", reason=t(exc)), file=sys.stderr)
         return 1
     finally:
         store.close_sync()
