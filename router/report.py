@@ -42,11 +42,17 @@ def _reply(p: dict[str, Any]) -> str:
     return f"{_pct(r['rate'])} ({r['replied_in_time']}/{r['eligible']})"
 
 
+def _waits_all(p: dict[str, Any]) -> str:
+    w = p.get("wait_all_s")
+    return "–" if not w else f"{_num(w['p50'])} / {_num(w['p90'])} / {_num(w['p99'])}"
+
+
 ROWS: list[Row] = [
     # Labels are message ids (English), shown with t() in the current language (router/i18n.py).
     (i18n._("messages routed"), lambda p: _num(p["messages"])),
     (i18n._("conversations"), lambda p: _num(p["conversations"])),
     (i18n._("wait to 1st human reply p50 / p90 / p99 (s)"), _waits),
+    ("… counting buyers who gave up, p50 / p90 / p99 (s)", _waits_all),
     (i18n._("3-min human reply rate (in window)"), _reply),
     (i18n._("abandoned"), lambda p: f"{_num(p['abandoned'])} ({_pct(p['abandoned_share'])})"),
     (i18n._("settled by the bot"), lambda p: _num(p["outcomes"]["bot"])),
@@ -57,6 +63,7 @@ ROWS: list[Row] = [
     (i18n._("agent utilisation (mean)"), lambda p: _pct(p["load_spread"]["utilisation_mean"])),
     (i18n._("conversations handled max−min"), lambda p: _num(p["load_spread"]["handled_max_minus_min"])),
     (i18n._("Gini of conversations handled"), lambda p: _num(p["load_spread"]["handled_gini"], 3)),
+    ("… within a shift (agents on the same hours)", lambda p: _num(p["load_spread"].get("handled_gini_within_shift"), 3)),
     (i18n._("Gini of utilisation"), lambda p: _num(p["load_spread"]["utilisation_gini"], 3)),
 ]
 
@@ -225,6 +232,20 @@ def render_html(doc: dict[str, Any]) -> str:
     causes = sorted({c for p in pols for c in p["causes"]})
     cause_t = _table([gettext("decisions by cause")] + [p["policy"] for p in pols],
                      [[c] + [_num(p["causes"].get(c, 0)) for p in pols] for c in causes])
+    groups = sorted({g for p in pols for g in p.get("groups", {})})
+
+    def _group(p: dict[str, Any], g: str) -> str:
+        x = p.get("groups", {}).get(g)
+        if x is None:
+            return "–"
+        return (f"{_pct(x['reply_rate'])} in 3 min · p90 {_num(x['wait_p90'])} s · "
+                f"{_pct(x['abandoned_share'])} gave up · {x['conversations']:,} chats")
+
+    group_t = _table(["by platform / VIP"] + [p["policy"] for p in pols], [[g] + [_group(p, g) for p in pols] for g in groups])
+    shifts = sorted({s for p in pols for s in p["load_spread"].get("by_shift", {})})
+    shift_t = _table(["Gini of chats handled, per shift"] + [p["policy"] for p in pols],
+                     [[s] + [f"{_num(p['load_spread']['by_shift'][s]['handled_gini'], 3)} ({p['load_spread']['by_shift'][s]['agents']} agents)"
+                             if s in p["load_spread"].get("by_shift", {}) else "–" for p in pols] for s in shifts])
     agents = sorted({a for p in pols for a in p["agents"]})
     agent_rows = [[a] + [f"{p['agents'][a]['handled']} · {_pct(p['agents'][a]['utilisation'])}" if a in p["agents"] else "–"
                          for p in pols] for a in agents]
@@ -245,9 +266,11 @@ def render_html(doc: dict[str, Any]) -> str:
 <p class="meta">{h(meta)}</p>
 <h2>{h(gettext("Summary"))}</h2>{summary}
 <p class="note">{h(note)}</p>
+<h2>By platform, VIP and others</h2>{group_t}
 <h2>{h(gettext("Queue depth over time"))}</h2><div class="chart">{queue_chart(doc)}</div>{queues}
 <h2>{h(gettext("Wait until the first human reply"))}</h2><div class="chart">{wait_chart(doc)}</div>
 <h2>{h(gettext("Agents"))}</h2><div class="chart">{agents_chart(doc)}</div>
+{shift_t}
 <details{' open' if len(agents) <= 20 else ''}><summary>{h(gettext("per-agent figures"))}</summary>{agent_t}</details>
 <h2>{h(gettext("Expansions and re-routes"))}</h2>{cause_t}
 </body></html>
