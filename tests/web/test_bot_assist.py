@@ -4,11 +4,10 @@ nothing is sent without the agent. The bot's ``suggest`` mode leaves its answer 
 
 from __future__ import annotations
 
-import re
 
 import pytest
 
-from tests.conftest import BROWSER_ARGS
+from tests.web.conftest import log_in
 from tests.web.support import Served, message
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -48,24 +47,11 @@ def served(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(chromium_path, served):
+def page(browser, served):
     errors: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(chromium_path), args=BROWSER_ARGS)
-        ctx = browser.new_context(viewport={"width": 1366, "height": 768}, locale="zh-CN")
-        pg = ctx.new_page()
-        pg.set_default_timeout(WAIT)
-        pg.on("pageerror", lambda exc: errors.append(str(exc)))
-        pg.goto(f"{served.url}/")
-        pg.fill("#main", "acme")
-        pg.fill("#sub", "a01")
-        pg.fill("#password", "pw-1234")
-        pg.click("#submit")
-        expect(pg).to_have_url(re.compile("workbench.html"))
-        try:
-            yield pg
-        finally:
-            browser.close()
+    ctx, pg = log_in(browser, served.url, "acme", "a01", "workbench.html", errors)
+    yield pg
+    ctx.close()
     assert errors == []
 
 

@@ -18,8 +18,9 @@ import zlib
 import pytest
 
 from router.server import SIGNATURE_HEADER, sign
-from tests.conftest import BROWSER_ARGS, DATA
+from tests.conftest import DATA
 from tests.router.serve_support import SECRET_A
+from tests.web.conftest import log_in
 from tests.web.support import ROOT, Served, message
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -55,25 +56,12 @@ def served(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(served, chromium_path):
+def page(browser, served):
     errors: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(chromium_path), args=BROWSER_ARGS)
-        ctx = browser.new_context(viewport={"width": 1366, "height": 768}, locale="zh-CN", timezone_id="Asia/Shanghai")
-        pg = ctx.new_page()
-        pg.set_default_timeout(WAIT)
-        pg.on("pageerror", lambda exc: errors.append(str(exc)))
-        pg.goto(f"{served.url}/")
-        pg.fill("#main", "acme")
-        pg.fill("#sub", "a01")
-        pg.fill("#password", "pw-1234")
-        pg.click("#submit")
-        expect(pg).to_have_url(re.compile("workbench.html"))
-        expect(pg.locator("#conn")).to_have_text("● 已连接")
-        try:
-            yield pg
-        finally:
-            browser.close()
+    ctx, pg = log_in(browser, served.url, "acme", "a01", "workbench.html", errors, timezone_id="Asia/Shanghai")
+    expect(pg.locator("#conn")).to_have_text("● 已连接")
+    yield pg
+    ctx.close()
     assert errors == []
 
 

@@ -12,7 +12,6 @@ import re
 
 import pytest
 
-from tests.conftest import BROWSER_ARGS
 from tests.web.support import ARTIFACTS, Served, message
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -43,41 +42,6 @@ def served(tmp_path_factory):
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser(chromium_path):
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(chromium_path), args=BROWSER_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def open_page(browser, served):
-    contexts = []
-    errors: list[str] = []
-
-    def open_(main: str, sub: str, page_name: str, *, locale: str = "zh-CN", width: int = 1366, height: int = 768):
-        ctx = browser.new_context(viewport={"width": width, "height": height}, locale=locale)
-        contexts.append(ctx)
-        page = ctx.new_page()
-        page.set_default_timeout(WAIT)
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(f"{served.url}/")
-        page.fill("#main", main)
-        page.fill("#sub", sub)
-        page.fill("#password", "pw-1234")
-        page.click("#submit")
-        expect(page).to_have_url(re.compile(page_name))
-        return page
-
-    yield open_
-    for ctx in contexts:
-        ctx.close()
-    assert errors == []
 
 
 def _lead(served) -> str:
