@@ -131,7 +131,7 @@ export class ApiError extends Error {
 }
 
 export async function api(method, path, body) {
-  const headers = { Accept: 'application/json' };
+  const headers = { Accept: 'application/json', 'Accept-Language': LANG };  // the server's messages in the page's language
   if (session.token) headers.Authorization = `Bearer ${session.token}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
@@ -166,7 +166,7 @@ export class LiveSocket {
   async url() {
     const { ticket } = await api('POST', '/v1/auth/ws-ticket');
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    return `${proto}//${location.host}${this.path}?ticket=${encodeURIComponent(ticket)}`;
+    return `${proto}//${location.host}${this.path}?ticket=${encodeURIComponent(ticket)}&lang=${encodeURIComponent(LANG)}`;
   }
 
   retry() {
