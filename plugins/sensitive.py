@@ -393,14 +393,22 @@ class Normaliser:
         """For each character of :meth:`words`, the first and last index in ``text`` of the
         characters it stands for (a run of repeats, separators between them included) and how
         many they are."""
-        flat = self.flat_spans(text)
+        flat = memoryview(self.fold_spans(text, True)).cast("i") if self.fold_spans is not None else self._spans(text)
         return [(flat[k], flat[k + 1], flat[k + 2]) for k in range(0, len(flat), 3)]
 
-    def flat_spans(self, text: str) -> Sequence[int]:
-        """:meth:`word_spans` as one flat sequence ``first, last, count, first, …`` (in C when
-        built: the Python loop costs ≈1 µs a character)."""
+    def flat_spans(self, text: str, n: str | None = None) -> Sequence[int]:
+        """:meth:`word_spans` as one flat sequence ``first, last, count, first, …``: in C when
+        built; else, when no repeat is a digit, worked out on demand from the runs of the
+        normalised text ``n`` (:class:`_RunMap`); else a Python loop (≈ 0.1 µs a character)."""
         if self.fold_spans is not None:
             return memoryview(self.fold_spans(text, True)).cast("i")
+        if n is None:
+            n = self.normalise(text)
+        if _ADJACENT_DIGITS.search(n) is None:
+            return _RunMap(n, self.locator(text, len(n)))  # type: ignore[return-value]
+        return self._spans(text)
+
+    def _spans(self, text: str) -> list[int]:
         table, size, spans = self.table, len(self.table), []
         last: int | None = -1
         for i, c in enumerate(text):
@@ -449,6 +457,42 @@ class Normaliser:
 
 def _same(j: int) -> int:
     return j
+
+
+class _RunMap:
+    """:meth:`Normaliser.flat_spans` of a text whose normalised form ``n`` repeats no digit
+    (then every run of equal characters collapses): one regex finds the runs, an index is
+    worked out with ``bisect`` when asked for (the pure-Python path's run map)."""
+
+    __slots__ = ("locate", "starts", "runs", "dropped", "size")
+
+    def __init__(self, n: str, locate: Callable[[int], int]) -> None:
+        self.locate = locate
+        self.size = 0
+        self.starts: list[int] = []  # where each run of two or more starts in the collapsed text
+        self.runs: list[tuple[int, int]] = []  # and where it is in n
+        self.dropped = [0]  # characters dropped by the runs before run k
+        for mo in _RUNS.finditer(n):
+            a, b = mo.span()
+            self.starts.append(a - self.dropped[-1])
+            self.runs.append((a, b))
+            self.dropped.append(self.dropped[-1] + b - a - 1)
+        self.size = 3 * (len(n) - self.dropped[-1])
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> int:
+        if not 0 <= i < self.size:
+            raise IndexError(i)
+        j, field = divmod(i, 3)
+        k = bisect_right(self.starts, j) - 1
+        if k >= 0 and self.starts[k] == j:
+            a, b = self.runs[k]
+        else:
+            a = j + self.dropped[k + 1]
+            b = a + 1
+        return (self.locate(a), self.locate(b - 1), b - a)[field]
 
 
 def _char_class(cps: Iterable[int]) -> str:
@@ -958,7 +1002,7 @@ class SensitiveFilter:
             """``[a, b)`` of the scanned text ``w`` in ``text``."""
             nonlocal locate, spans
             if spans is None and w is not n:
-                spans = norm.flat_spans(text)
+                spans = norm.flat_spans(text, n)
             if spans is not None:
                 return spans[3 * a], spans[3 * b - 2] + 1
             locate = locate or norm.locator(text, len(n))
@@ -985,7 +1029,7 @@ class SensitiveFilter:
                     if w is n:
                         continue
                     if spans is None:
-                        spans = norm.flat_spans(text)
+                        spans = norm.flat_spans(text, n)
                     if any(spans[3 * (a + k) + 2] < r for k, r in enumerate(runs)):
                         continue
                 rows.append((start, -end, len(rows), word, source, source, tag, advice))

@@ -100,12 +100,7 @@ def test_c_fold_equals_translate_with_the_table(text):
 
 
 def _python_spans(text):
-    norm = normaliser()
-    native, norm.fold_spans = norm.fold_spans, None
-    try:
-        return list(norm.flat_spans(text))
-    finally:
-        norm.fold_spans = native
+    return normaliser()._spans(text)
 
 
 @functools.cache
@@ -178,6 +173,8 @@ def test_fast_path_equals_full_translation_and_positions_map_back(text):
     w, _ = f.matchers["outbound"].scan(text)
     assert w == sensitive.normalise_words(text)
     spans = normaliser().word_spans(text)
+    lazy = normaliser().flat_spans(text, n)
+    assert list(lazy) == [x for span in spans for x in span]
     assert "".join(normalise(text[i]) for i, _, _ in spans) == w
     assert all(normalise(text[i]) == normalise(text[j]) for i, j, _ in spans)
     assert sum(c for _, _, c in spans) == len(n)
