@@ -78,6 +78,18 @@ class Stats(msgspec.Struct):
     by_agent: list[Row]
     #: What nobody held: windows that lapsed while queued or with the bot, queue waits.
     queue: Row | None = None
+    #: Forbidden words in refused replies, per agent and category (客服质检; router/stats.py).
+    violations: list[Violations] = []
+
+
+class Violations(msgspec.Struct):
+    """How often one agent's replies were refused for words of one category (``tag``, empty when
+    the list names none), and the words most often behind it."""
+
+    agent_id: str
+    tag: str
+    hits: int
+    words: list[str]
 
 
 class Cell:

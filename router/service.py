@@ -771,6 +771,11 @@ class Service:
             self.metrics.replies.labels("refused").inc()
             log.info("reply_refused", agent_id=agent_id, conversation_id=cid, shop_id=conv.shop_id,
                      reason=result.reason, words=[h.word for h in result.hits])
+            if result.hits:  # the raw material of quality inspection (fenliu stats: violations)
+                found = [(time.time(), conv.shop_id, cid, agent_id, h.word, h.tag or "", h.source) for h in result.hits]
+                self.store.submit(lambda conn: conn.executemany(
+                    "INSERT INTO violations (ts, shop_id, conversation_id, agent_id, word, tag, source) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)", found))
             fut.set_result(result)
             return
         now = self._clock

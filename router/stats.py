@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from router.config import Config
-from router.figures import QUEUE, Cell, Ledger, Row, Stats, read_rows
+from router.figures import QUEUE, Cell, Ledger, Row, Stats, Violations, read_rows
 from router.models import Order
 
 __all__ = ["COLUMNS", "Row", "Stats", "compute", "parse_period", "to_csv"]
@@ -58,7 +58,30 @@ def compute(conn: sqlite3.Connection, config: Config, *, since: float | None = N
                     cells.setdefault(key, Cell()).converted += 1
                     break
 
-    return ledger.stats(now, shops=shops, shop=shop, agent=agent, extra=convert, conversion=True)
+    stats = ledger.stats(now, shops=shops, shop=shop, agent=agent, extra=convert, conversion=True)
+    stats.violations = violations(conn, since, until, shops=shops, shop=shop, agent=agent)
+    return stats
+
+
+def violations(conn: sqlite3.Connection, since: float | None, until: float | None, *,
+               shops: Iterable[str] | None = None, shop: str | None = None, agent: str | None = None) -> list[Violations]:
+    """Forbidden words in refused replies of ``[since, until)``, per agent and category, most first."""
+    allowed = set(shops) if shops is not None else None
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    try:
+        rows = conn.execute("SELECT shop_id, agent_id, tag, word FROM violations WHERE ts >= ? AND ts < ?",
+                            (since if since is not None else float("-inf"), until if until is not None else float("inf")))
+    except sqlite3.OperationalError:  # a store from before the table
+        return []
+    for shop_id, agent_id, tag, word in rows:
+        if (allowed is not None and shop_id not in allowed) or (shop and shop_id != shop) or (agent and agent_id != agent):
+            continue
+        words = counts.setdefault((agent_id or "", tag), {})
+        words[word] = words.get(word, 0) + 1
+    out = [Violations(a, tag, sum(w.values()), [x for x, _ in sorted(w.items(), key=lambda i: (-i[1], i[0]))[:5]])
+           for (a, tag), w in counts.items()]
+    out.sort(key=lambda v: (-v.hits, v.agent_id, v.tag))
+    return out
 
 
 def _orders(conn: sqlite3.Connection) -> dict[tuple[str, str], list[tuple[str, str, float]]]:

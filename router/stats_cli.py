@@ -103,4 +103,12 @@ def _table(stats: Any) -> None:
         for r in rows:
             table.add_row(f"{t(names[group])} {r.key}" if group not in ("all", "queue") else t(names[group]),
                           *(_fmt(getattr(r, k), k) for k, _ in _SHOWN))
-    Console(width=max(140, Console().width)).print(table)
+    console = Console(width=max(140, Console().width))
+    console.print(table)
+    if stats.violations:  # 客服质检: forbidden words in refused replies, per agent and category
+        found = Table(title=t(_("Refused replies: forbidden words per agent and category")))
+        for title in (_("agent"), _("category"), _("hits"), _("most frequent words")):
+            found.add_column(t(title))
+        for v in stats.violations:
+            found.add_row(v.agent_id or "-", v.tag or "-", str(v.hits), "、".join(v.words))
+        console.print(found)

@@ -131,6 +131,16 @@ CREATE TABLE IF NOT EXISTS notes (
     text TEXT NOT NULL,
     ts REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS violations (  -- forbidden words in refused replies: 客服质检 per agent and category
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    shop_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    agent_id TEXT,
+    word TEXT NOT NULL,
+    tag TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT ''
+);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,
     shop_id TEXT NOT NULL,

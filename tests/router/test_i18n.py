@@ -154,7 +154,18 @@ async def test_websocket_results_are_in_the_upgrade_requests_language(server):
     await english.close()
 
 
-def test_cli_tables_in_chinese_by_default_and_english_with_lang(chinese, tmp_path, capsys, demo_config):
+@pytest.fixture
+def logging_restored():
+    """``main()`` points structlog at this test's captured stderr; later tests must not log into
+    that closed stream."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+def test_cli_tables_in_chinese_by_default_and_english_with_lang(chinese, tmp_path, capsys, demo_config, logging_restored):
     from router.store import Store
 
     store = tmp_path / "fenliu.db"
