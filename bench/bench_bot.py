@@ -1,6 +1,7 @@
 """The FAQ bot's matcher (plugins/bot_match.py): cost per buyer message with 17 (the demo) and
 500 FAQ entries, and the build time per configuration. Goal: under 50 µs a message at 500
-entries. The 500 are the demo's entries plus synthetic ones (random product words, question
+entries. Then what an agent waits for: the workbench's suggestions (``GET /v1/quick-replies``
+with the buyer's message) from a real ``fenliu serve`` on loopback, p50/p99 (goal: 100 ms). The 500 are the demo's entries plus synthetic ones (random product words, question
 shapes and synonyms), so a message meets a realistic vocabulary and posting-list lengths.
 
     .venv/bin/python bench/bench_bot.py [--rounds 5]
@@ -9,6 +10,7 @@ shapes and synonyms), so a message meets a realistic vocabulary and posting-list
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import sys
@@ -67,8 +69,51 @@ def main() -> int:
                      "µs/message": per_message(matcher, labelled, args.rounds),
                      "of which segmenting µs": tokens_us, "build ms": build_ms})
     show(f"FAQ matcher, {len(labelled)} labelled buyer messages (vocabulary built once: {vocab_ms:.0f} ms)", rows)
-    save("bot", rows, vocabulary_ms=vocab_ms, rounds=args.rounds)
+    latency = asyncio.run(suggestion_latency(labelled))
+    show("workbench suggestions over HTTP (GET /v1/quick-replies?text=…), ms", [latency])
+    save("bot", rows, vocabulary_ms=vocab_ms, rounds=args.rounds, suggestions_ms=latency)
     return 0
+
+
+async def suggestion_latency(texts: list[str], n: int = 300) -> dict[str, float]:
+    """p50/p99 of the suggestions an agent's composer asks for, against the demo configuration."""
+    import os
+    import tempfile
+
+    import aiohttp
+
+    from router.config import load_config
+    from router.logging import configure_logging
+    from router.server import DEMO_PASSWORD, DEMO_SECRET, SIGNATURE_HEADER, Server, ensure_demo, sign
+
+    configure_logging("warning")
+    config = load_config(ROOT / "config")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = os.path.join(tmp, "bench.db")
+        for shop in config.shops.values():
+            os.environ[shop.secret_env] = DEMO_SECRET
+        ensure_demo(config, store)
+        server = await Server.start(config, port=0, store_path=store)
+        try:
+            async with aiohttp.ClientSession() as http:
+                body = '{"shop_id":"pdd-1001","msg_id":"bench-1","buyer_id":"b-1","text":"在吗"}'.encode()
+                await (await http.post(f"{server.url}/v1/shops/pdd-1001/messages", data=body,
+                                       headers={SIGNATURE_HEADER: sign(DEMO_SECRET.encode(), body)})).read()
+                login = await http.post(f"{server.url}/v1/auth/login", json={"account": "demo:a-01", "password": DEMO_PASSWORD})
+                headers = {"Authorization": f"Bearer {(await login.json())['token']}"}
+                times = []
+                for i in range(n):
+                    url = f"{server.url}/v1/quick-replies"
+                    params = {"conversation_id": "pdd-1001:b-1", "text": texts[i % len(texts)]}
+                    start = time.perf_counter()
+                    async with http.get(url, params=params, headers=headers) as r:
+                        await r.read()
+                        assert r.status == 200, r.status
+                    times.append((time.perf_counter() - start) * 1e3)
+        finally:
+            await server.stop()
+    times.sort()
+    return {"requests": float(n), "p50 ms": times[n // 2], "p99 ms": times[int(n * 0.99) - 1], "max ms": times[-1]}
 
 
 def _time_tokens(vocab: bot_match.Vocabulary, texts: list[str]) -> float:
