@@ -139,8 +139,8 @@ vip = 20
 [sensitive]
 patterns = []
 lists = [
-    {{ name = "contact", words = ["微信", "VX", "QQ", "支付宝"], inbound = "mask", outbound = "block" }},
-    {{ name = "ad_law", words = ["最好", "第一"], inbound = "off", outbound = "block" }},
+    {{ name = "contact", words = ["微信", "VX", "QQ", "支付宝"], inbound = "mask", outbound = "block", tag = "引流", advice = "平台内沟通" }},
+    {{ name = "ad_law", words = ["最好", "第一"], inbound = "off", outbound = "block", tag = "广告法", advice = "很好" }},
 ]
 """, encoding="utf-8")
     (cfg / "faq" / "common.toml").write_text(QUICK_COMMON, encoding="utf-8")
