@@ -63,28 +63,15 @@ def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callab
 
 
 def faq_command(args: argparse.Namespace) -> int:
-    from router.cli import load_or_report
-    from router.stats import parse_period
+    from router.stats_cli import open_period
     from router.store import connect
 
-    config = load_or_report(args)
-    if config is None:
+    read = open_period(args)
+    if read is None:
         return 1
+    conn = connect(read.path)
     try:
-        since, until = parse_period(args.since, args.until, config.main.defaults.timezone)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if args.shop is not None and args.shop not in config.shops:
-        print(f"error: unknown shop {args.shop!r}", file=sys.stderr)
-        return 1
-    path = Path(args.store or config.main.storage.path)
-    if not path.exists():
-        print(f"error: no store at {path} (has `fenliu serve` run with this configuration?)", file=sys.stderr)
-        return 1
-    conn = connect(path)
-    try:
-        proposals, clusters, seen = mine(conn, config, since, until, args.shop, args.min_count, args.examples)
+        proposals, clusters, seen = mine(conn, read.config, read.since, read.until, args.shop, args.min_count, args.examples)
     finally:
         conn.close()
     sys.stdout.write(to_toml(proposals, clusters, seen, args.since, args.until))

@@ -7,12 +7,15 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
 from router import i18n
 from router.i18n import t
+
+if TYPE_CHECKING:
+    from router.config import Config
 
 _ = i18n._
 _SHOWN = (
@@ -35,32 +38,53 @@ def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callab
     command("stats")(stats_command)
 
 
-def stats_command(args: argparse.Namespace) -> int:
+class StoreRead(NamedTuple):
+    """What a command that reads a period from the store starts from."""
+
+    config: Config
+    since: float | None
+    until: float | None
+    path: Path
+
+
+def open_period(args: argparse.Namespace) -> StoreRead | None:
+    """The configuration, the period (``--from``/``--to``), the store and the ``--shop`` (and
+    ``--agent``, where the command has one) checked, or ``None`` after printing why not."""
     from router.cli import load_or_report
-    from router.stats import compute, parse_period, to_csv
-    from router.store import connect
+    from router.stats import parse_period
 
     config = load_or_report(args)
     if config is None:
-        return 1
+        return None
     try:
         since, until = parse_period(args.since, args.until, config.main.defaults.timezone)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return None
     if args.shop is not None and args.shop not in config.shops:
         print(t(_("error: unknown shop {shop!r}", shop=args.shop)), file=sys.stderr)
-        return 1
-    if args.agent is not None and args.agent not in config.agents:
-        print(t(_("error: unknown agent {agent!r}", agent=args.agent)), file=sys.stderr)
-        return 1
+        return None
+    agent = getattr(args, "agent", None)
+    if agent is not None and agent not in config.agents:
+        print(t(_("error: unknown agent {agent!r}", agent=agent)), file=sys.stderr)
+        return None
     path = Path(args.store or config.main.storage.path)
     if not path.exists():
         print(t(_("error: no store at {path} (has `fenliu serve` run with this configuration?)", path=path)), file=sys.stderr)
+        return None
+    return StoreRead(config, since, until, path)
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    from router.stats import compute, to_csv
+    from router.store import connect
+
+    read = open_period(args)
+    if read is None:
         return 1
-    conn = connect(path)
+    conn = connect(read.path)
     try:
-        stats = compute(conn, config, since=since, until=until, shop=args.shop, agent=args.agent)
+        stats = compute(conn, read.config, since=read.since, until=read.until, shop=args.shop, agent=args.agent)
     finally:
         conn.close()
     if args.csv:
