@@ -28,3 +28,7 @@ form.addEventListener('submit', async (ev) => {
     button.disabled = false;
   }
 });
+
+// Ready: until now a click would have submitted the form natively (the password in a request
+// the page never meant to send); the button stays disabled until this listener is in place.
+document.getElementById('submit').disabled = false;

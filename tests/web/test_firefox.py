@@ -136,6 +136,8 @@ async def test_workbench_works_in_firefox(firefox, served):
     ctx = tree["contexts"][0]["context"]
     await firefox.send("browsingContext.setViewport", context=ctx, viewport={"width": 1366, "height": 768})
     await firefox.send("browsingContext.navigate", context=ctx, url=f"{served.url}/", wait="complete")
+    # the page's module (with its string catalogue) is ready when it enables the login button
+    await firefox.until(ctx, "document.querySelector('#submit') && !document.querySelector('#submit').disabled", "the login form")
     await firefox.eval(ctx, """(() => {
         for (const [id, v] of [["main", "acme"], ["sub", "a01"], ["password", "pw-1234"]]) {
             const el = document.querySelector("#" + id);
