@@ -9,6 +9,7 @@ from typing import Any
 
 def register(add: Callable[[str, str], Any], command: Callable[[str], Any]) -> None:
     from router.faq_cli import register as faq_register
+    from router.pg.cli import register as db_register
     from router.reload_cli import register as reload_register
     from router.serve_cli import register as serve_register
     from router.simulate import add_arguments as simulate_arguments
@@ -24,3 +25,4 @@ def register(add: Callable[[str, str], Any], command: Callable[[str], Any]) -> N
     reload_register(add, command)
     stats_register(add, command)
     faq_register(add, command)
+    db_register(add, command)

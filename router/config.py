@@ -37,6 +37,7 @@ YEAR_S = 366 * 24 * 3600
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=YEAR_S)]
 HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+")]
 RedisUrl = Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://")]
+PostgresUrl = Annotated[str, msgspec.Meta(pattern=r"^(|postgres|postgresql)(://.*)?$")]
 
 
 @cache
@@ -119,6 +120,20 @@ class StorageConfig(Struct):
     #: Journal entries between snapshots of the routing state (0: none); a restart replays
     #: only the entries after the newest one (router/snapshot.py).
     snapshot_every: Annotated[int, msgspec.Meta(ge=0)] = 100_000
+    #: Where accounts, profiles, notes, orders, history, the outbox and statistics live:
+    #: ``sqlite`` (the file at ``path``) or ``postgres`` (shared by every instance; needs
+    #: ``backend = "redis"`` and ``fenliu[postgres]``, docs/deploy.md "PostgreSQL").
+    records: Literal["sqlite", "postgres"] = "sqlite"
+    #: ``postgresql://…`` for ``records = "postgres"``; empty: ``$DATABASE_URL``.
+    postgres_url: PostgresUrl = ""
+    #: Connections each instance keeps to PostgreSQL at most.
+    postgres_pool: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
+    #: Days of message and decision history (and acknowledged replies) kept in PostgreSQL; 0: all.
+    history_days: Annotated[float, msgspec.Meta(ge=0)] = 90.0
+
+    def __post_init__(self) -> None:
+        if self.records == "postgres" and self.backend != "redis":
+            raise ValueError("field records: \"postgres\" needs backend = \"redis\" (one instance keeps its records in SQLite)")
 
 
 class PluginsConfig(Struct):
