@@ -233,3 +233,57 @@ def test_a_disabled_builtin_keeps_its_policy_sections_valid_and_runs_nothing(fen
     pol.write_text(pol.read_text(encoding="utf-8").replace("[bot]", "[bot]\nwelcom = \"typo\"", 1), encoding="utf-8")
     r = fenliu("check", "--config", str(fenliu_config_dir))
     assert r.returncode == 1 and "bot.welcom: unknown key" in r.stderr
+
+
+class _CollectorStall:
+    """A ``gc.callbacks`` entry that, once armed, stalls the next collection for ``seconds``
+    (a long pause of a big heap, made deterministic) and notes when it happened."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.armed = False
+        self.at: float | None = None
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start" and self.armed:
+            self.armed = False
+            self.at = time.perf_counter()
+            time.sleep(self.seconds)
+
+
+async def test_a_collector_pause_inside_a_hook_does_not_drop_its_result(fenliu_harness, fenliu_logs):
+    """The budget measures the hook, not the garbage collector: a 80 ms collection inside the
+    sensitive filter (budget 50 ms) keeps its mask, or the inbound filter would fail open; a hook
+    that is itself slow is still dropped."""
+    import gc
+
+    stall = _CollectorStall(0.08)
+    marks: dict[str, float] = {}
+
+    class Arm:  # registered after the built-ins, so called just before them
+        @hookimpl
+        def fenliu_inbound_filter(self, message, ctx):
+            marks["armed"] = time.perf_counter()
+            stall.armed = True
+            gc.set_threshold(1)  # the sensitive filter's first allocation collects
+
+    class After:
+        @hookimpl(trylast=True)
+        def fenliu_inbound_filter(self, message, ctx):
+            gc.set_threshold(*threshold)
+            marks["after"] = time.perf_counter()
+
+    h = fenliu_harness(After(), Arm(), SlowSync())
+    assert h.router.plugins.chain("fenliu_inbound_filter")[-2:] == ("sensitive", "After-0")
+    threshold = gc.get_threshold()
+    gc.callbacks.append(stall)
+    try:
+        d = await h.send(shop_id="pdd-1001", buyer_id="b-gc", text="加我微信聊")
+    finally:
+        gc.callbacks.remove(stall)
+        gc.set_threshold(*threshold)
+    assert stall.at is not None and marks["armed"] < stall.at < marks["after"]
+    assert d.text == "加我＊＊聊" and "sensitive:微信" in d.flags
+    assert "plugin_error:sensitive" not in d.flags and ("fenliu_inbound_filter", "sensitive") not in h.router.dropped
+    assert "plugin_error:SlowSync-2" in d.flags and d.priority == 0
+    assert {(e["plugin"], e["error"]) for e in fenliu_logs if e["event"] == "plugin_error"} == {("SlowSync-2", "timeout")}
