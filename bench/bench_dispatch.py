@@ -1,5 +1,6 @@
 """Decisions per second of ``fenliu route``'s core (decode → hooks → dispatch → encode, no file
-I/O) with 10, 1,000 and 10,000 agents.
+I/O) with 10, 1,000 and 10,000 agents: no plugins, the built-ins with no rules, and the built-ins
+with the demo's real rules (its Pinduoduo policy, FAQ library and word lists).
 
 The workload keeps fewer conversations open than the smallest team can hold, so every run does the
 same work per message (no queueing) and only the number of agents changes: picking an agent is a
@@ -23,7 +24,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import save, show  # noqa: E402
+from bench.common import demo_rules, save, show  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.pipeline import Router  # noqa: E402
 from router.route import route_lines  # noqa: E402
@@ -33,23 +34,33 @@ SKILLS = ("presale", "aftersale", "logistics")
 T0 = 1763880000.0
 
 
-def make_config(root: Path, agents: int, builtins: bool) -> Path:
+#: The plugin settings measured: none, the built-ins with no rules, the demo's real rules.
+MODES = ("none", "built-ins", "demo rules")
+
+
+def make_config(root: Path, agents: int, plugins: str = "demo rules") -> Path:
     rng = random.Random(7)
     root.mkdir(parents=True, exist_ok=True)
-    disabled = "[]" if builtins else '["sensitive", "bot", "skills", "vip"]'
+    disabled = '["sensitive", "bot", "skills", "vip"]' if plugins == "none" else "[]"
     (root / "fenliu.toml").write_text(f"[plugins]\ndisabled = {disabled}\n")
-    (root / "shops.toml").write_text("".join(f'[[shops]]\nid = "s{i}"\npolicy = "p"\n' for i in range(SHOPS)))
+    platform = 'platform = "pinduoduo"\n' if plugins == "demo rules" else ""
+    (root / "shops.toml").write_text("".join(f'[[shops]]\nid = "s{i}"\npolicy = "p"\n{platform}' for i in range(SHOPS)))
     lines = []
     for i in range(agents):
         skills = rng.sample(SKILLS, 2) if i >= len(SKILLS) else list(SKILLS)
         shops = [f"s{j}" for j in rng.sample(range(SHOPS), 3)] if i >= SHOPS else ["*"]
+        if plugins == "demo rules" and i % 10 == 0:
+            skills.append("vip")  # the demo policy sends VIP buyers to a vip group first
         lines.append(f'[[agents]]\nid = "a{i:05d}"\nskills = {skills!r}\nshops = {shops!r}\nmax_concurrent = 5\n'.replace("'", '"'))
     (root / "agents.toml").write_text("".join(lines))
     (root / "policies").mkdir(exist_ok=True)
-    (root / "policies" / "p.toml").write_text(
-        '[dispatch]\nstrategy = "least_load"\ndefault_skill = "presale"\n'
-        'targets = [{ skills = ["@skill"], timeout_s = 60 }, { skills = ["presale", "aftersale", "logistics"] }]\n'
-    )
+    if plugins == "demo rules":
+        demo_rules(root, ("s0", "s1", "s2"))
+    else:
+        (root / "policies" / "p.toml").write_text(
+            '[dispatch]\nstrategy = "least_load"\ndefault_skill = "presale"\n'
+            'targets = [{ skills = ["@skill"], timeout_s = 60 }, { skills = ["presale", "aftersale", "logistics"] }]\n'
+        )
     return root
 
 
@@ -80,38 +91,53 @@ def workload(n_messages: int, open_max: int = 8) -> list[bytes]:
     return out
 
 
-def run(agents: int, lines: list[bytes], builtins: bool) -> dict[str, float]:
+def load(agents: int, plugins: str):
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(make_config(Path(tmp) / "c", agents, builtins))
+        return load_config(make_config(Path(tmp) / "c", agents, plugins))
+
+
+def route_once(config, lines: list[bytes]) -> tuple[float, int]:
+    """CPU seconds of one ``route`` run over ``lines`` with a fresh router, and its decisions."""
+    router = Router(config)
+    out = io.BytesIO()
+    err = io.StringIO()
+    gc.collect()
+    start = time.process_time()
+    bad = anyio.run(route_lines, router, lines, out, err)
+    elapsed = time.process_time() - start
+    assert bad == 0, err.getvalue()[:500]
+    return elapsed, out.getvalue().count(b"\n")
+
+
+def run(agents: int, lines: list[bytes], plugins: str) -> dict[str, object]:
+    config = load(agents, plugins)
     best = float("inf")
     decisions = 0
     for _ in range(3):
-        router = Router(config)
-        out = io.BytesIO()
-        err = io.StringIO()
-        gc.collect()
-        start = time.process_time()
-        bad = anyio.run(route_lines, router, lines, out, err)
-        elapsed = time.process_time() - start
-        assert bad == 0, err.getvalue()[:500]
-        decisions = out.getvalue().count(b"\n")
+        elapsed, decisions = route_once(config, lines)
         best = min(best, elapsed)
-    return {"agents": agents, "plugins": "built-ins" if builtins else "none",
+    return {"agents": agents, "plugins": plugins,
             "decisions": decisions, "cpu_s": round(best, 3), "decisions_per_s": decisions / best}
 
 
 def main() -> None:
+    import logging
+
+    import structlog
+
+    # as the CLI runs it: the plugins' per-message debug lines are not printed
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 60_000
     lines = workload(n)
     rows = []
-    for builtins in (False, True):
+    for plugins in MODES:
         for agents in (10, 1_000, 10_000):
-            rows.append(run(agents, lines, builtins))
-    for builtins in ("none", "built-ins"):
-        group = [r for r in rows if r["plugins"] == builtins]
+            rows.append(run(agents, lines, plugins))
+    for plugins in MODES:
+        group = [r for r in rows if r["plugins"] == plugins]
         base = group[0]["decisions_per_s"]
         for r in group:
-            r["vs_10_agents"] = round(r["decisions_per_s"] / base, 3)
+            r["vs_10_agents"] = round(r["decisions_per_s"] / base, 3)  # type: ignore[operator]
     show("fenliu route core: decisions per second", rows)
     print(f"results: {save('dispatch', rows, messages=n)}")
 

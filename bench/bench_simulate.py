@@ -33,7 +33,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import save, show  # noqa: E402
+from bench.common import demo_rules, save, show  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.scenario import load_scenario  # noqa: E402
 from router.simulate import Simulation, build_traffic, encode_results  # noqa: E402
@@ -61,9 +61,6 @@ def make_config(root: Path, plugins: bool) -> Path:
     skill mixes and three shift patterns. Every shop runs the demo's Pinduoduo policy with its
     real rules (config/policies/default.toml: sensitive words, FAQ bot, skill rules, VIP scoring,
     the deadline queue), its FAQ library and word lists: the speed users get."""
-    import shutil
-
-    demo = Path(__file__).resolve().parent.parent / "config"
     root.mkdir(parents=True, exist_ok=True)
     disabled = "[]" if plugins else '["sensitive", "bot", "skills", "vip"]'
     (root / "fenliu.toml").write_text(f'[plugins]\ndisabled = {disabled}\n[defaults]\npolicy = "p"\n')
@@ -78,16 +75,7 @@ def make_config(root: Path, plugins: bool) -> Path:
         agents.append(f'[[agents]]\nid = "a{i:03d}"\nskills = [{skills}]\nshops = {shops}\nmax_concurrent = 5\n'
                       f"{SHIFTS[(i // 3) % 3]}")
     (root / "agents.toml").write_text("\n".join(agents))
-    def renamed(text: str) -> str:  # the demo's shop ids, as the benchmark's
-        return text.replace('"pdd-1001"', '"s000"').replace('"pdd-1002"', '"s001"').replace('"tb-2001"', '"s002"')
-
-    shutil.copytree(demo / "words", root / "words", dirs_exist_ok=True)
-    (root / "faq").mkdir(exist_ok=True)
-    for f in (demo / "faq").glob("*.toml"):
-        (root / "faq" / f.name).write_text(renamed(f.read_text(encoding="utf-8")), encoding="utf-8")
-    (root / "policies").mkdir(exist_ok=True)
-    policy = (demo / "policies" / "default.toml").read_text(encoding="utf-8")
-    (root / "policies" / "p.toml").write_text(renamed(policy), encoding="utf-8")
+    demo_rules(root, ("s000", "s001", "s002"))
     return root
 
 

@@ -1,9 +1,10 @@
-"""Helpers shared by the benchmarks: result files and a rich table."""
+"""Helpers shared by the benchmarks: result files, a rich table, and the demo's real rules."""
 
 from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,3 +31,26 @@ def show(title: str, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         table.add_row(*(f"{v:,.0f}" if isinstance(v, float) and v > 100 else f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
     Console().print(table)
+
+
+DEMO = Path(__file__).resolve().parent.parent / "config"
+
+
+def demo_rules(root: Path, shop_ids: tuple[str, str, str], policy: str = "p") -> None:
+    """Copy the demo configuration's real plugin rules into ``root``: its Pinduoduo policy
+    (``config/policies/default.toml``: sensitive words and patterns, the FAQ bot, skill rules,
+    VIP scoring, the deadline queue) as ``policies/{policy}.toml``, the FAQ library and the word
+    lists, with the demo's three shop ids renamed to ``shop_ids``. A benchmark run on plugins
+    with no rules measures nothing users run (issue 17)."""
+    def renamed(text: str) -> str:
+        for old, new in zip(('"pdd-1001"', '"pdd-1002"', '"tb-2001"'), shop_ids, strict=True):
+            text = text.replace(old, f'"{new}"')
+        return text
+
+    shutil.copytree(DEMO / "words", root / "words", dirs_exist_ok=True)
+    (root / "faq").mkdir(exist_ok=True)
+    for f in (DEMO / "faq").glob("*.toml"):
+        (root / "faq" / f.name).write_text(renamed(f.read_text(encoding="utf-8")), encoding="utf-8")
+    (root / "policies").mkdir(exist_ok=True)
+    text = (DEMO / "policies" / "default.toml").read_text(encoding="utf-8")
+    (root / "policies" / f"{policy}.toml").write_text(renamed(text), encoding="utf-8")
