@@ -9,7 +9,13 @@ same machine, whereas the best run of each (also shown) compares one server's lu
 the other's. The bare endpoint varies most from run to run (±25 % here), so best-of-each mostly
 measures its luckiest round. The goal is Fenliu ≥ 50% of the bare endpoint's requests per second.
 
+``--batches 1 10 50`` measures batch ingest instead: Fenliu alone, requests of 1, 10 and 50
+messages taking turns round after round (the journal grows all along), in messages per second;
+the figure is each size's rate over the single-message rate of the same round (goal: ≥ 5× at 50),
+and the requests/s of each round show whether a growing journal slows it down.
+
     .venv/bin/python bench/bench_ingest.py [--requests 6000] [--concurrency 64] [--rounds 9]
+    .venv/bin/python bench/bench_ingest.py --batches 1 10 50 [--messages 20000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -106,12 +112,60 @@ def fenliu_config(tmp: Path) -> Path:
     return cfg
 
 
+def batch_bodies(name: str, round_: int, size: int, messages: int) -> list[tuple[str, bytes]]:
+    """``messages`` messages as requests of ``size`` (one shop per request, as a bridge sends)."""
+    shops = ["pdd-1001", "pdd-1002", "tb-2001"]
+    traffic = Traffic(shops, buyers=2000, seed=1000 + round_ * 10 + size)
+    per_shop: dict[str, list[dict]] = {s: [] for s in shops}
+    out: list[tuple[str, bytes]] = []
+    for n, m in enumerate(traffic.stream(messages)):
+        m["msg_id"] = f"{name}-{round_}-{size}-{n}"
+        group = per_shop[m["shop_id"]]
+        group.append(m)
+        if len(group) == size:
+            out.append((m["shop_id"], msgspec.json.encode(group[0] if size == 1 else group)))
+            group.clear()
+    return out
+
+
+async def batches(args: argparse.Namespace, url: str) -> list[dict]:
+    """Messages/s of each batch size, per round, sizes taking turns."""
+    import statistics
+
+    rates: dict[int, list[float]] = {size: [] for size in args.batches}
+    rps: dict[int, list[float]] = {size: [] for size in args.batches}
+    for round_ in range(args.rounds):
+        for size in args.batches:
+            bodies = batch_bodies("fenl", round_, size, args.messages)
+            warm = max(1, len(bodies) // 20)
+            await drive(url, bodies[:warm], args.concurrency)
+            elapsed, statuses = await drive(url, bodies[warm:], args.concurrency)
+            if set(statuses) != {202}:
+                print(f"round {round_}, batch {size}: statuses {statuses}")
+            rps[size].append((len(bodies) - warm) / elapsed)
+            rates[size].append((len(bodies) - warm) * size / elapsed)
+        print(f"round {round_}: " + "  ".join(f"{size}: {rates[size][-1]:,.0f} msg/s ({rps[size][-1]:,.0f} req/s)"
+                                             for size in args.batches), flush=True)
+    single = rates[args.batches[0]]
+    rows = []
+    for size in args.batches:
+        per_round = [r / s for r, s in zip(rates[size], single, strict=True)]
+        rows.append({"messages per request": size, "median messages/s": statistics.median(rates[size]),
+                     f"of batch {args.batches[0]} (median per round)": statistics.median(per_round),
+                     "requests/s by round": " ".join(f"{r:,.0f}" for r in rps[size])})
+    return rows
+
+
 async def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=6000)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--batches", type=int, nargs="*", help="batch sizes to compare (e.g. 1 10 50)")
+    p.add_argument("--messages", type=int, default=20000, help="messages per batch size and round (--batches)")
     args = p.parse_args()
+    if args.batches:
+        return await batch_main(args)
 
     tmp = Path(tempfile.mkdtemp(prefix="fenliu-bench-"))
     cfg = fenliu_config(tmp)
@@ -178,6 +232,32 @@ async def main() -> int:
     save("ingest", rows, requests=args.requests, concurrency=args.concurrency, ratio=ratio, best_ratio=best_ratio,
          per_round=per_round, journaled=journaled)
     return 0 if ratio >= 0.5 else 1
+
+
+async def batch_main(args: argparse.Namespace) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="fenliu-bench-"))
+    cfg = fenliu_config(tmp)
+    env = {**os.environ, "FENLIU_LOG_LEVEL": "error", "PYTHONUNBUFFERED": "1"}
+    for var in ("FENLIU_SECRET_PDD_1001", "FENLIU_SECRET_PDD_1002", "FENLIU_SECRET_TB_2001"):
+        env[var] = SECRET.decode()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_up(url, proc)
+        rows = await batches(args, url)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    show(f"Batch ingest, fenliu serve, concurrency {args.concurrency}, {args.messages:,} messages per size and "
+         f"round, {args.rounds} rounds", rows)
+    save("ingest-batches", rows, concurrency=args.concurrency, messages=args.messages, rounds=args.rounds)
+    return 0
 
 
 if __name__ == "__main__":

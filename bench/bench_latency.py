@@ -1,0 +1,373 @@
+"""The latency a buyer feels: an open-loop client against ``fenliu serve`` and a bare endpoint.
+
+A closed-loop client (a fixed number of workers, each waiting for its answer) slows down when the
+server does, so it never sends the requests a stall would have delayed, and its percentiles hide
+the stall (coordinated omission). Here requests are scheduled by the clock at a constant rate,
+and each latency is measured from its *scheduled* send time, so a stall counts for every request
+that should have gone out during it.
+
+The run, all on loopback with the demo config (business hours and shifts removed, so any hour
+routes to people), every agent logged in and holding its WebSocket (closing each conversation it
+is given, so it always has room for the next):
+
+1. the maximum ingest rate: a closed-loop client with ``--concurrency`` workers, requests/s;
+2. at 50 % and 80 % of that rate, open-loop for ``--seconds``: p50/p99/p99.9 of the ``202``,
+   and of ingest → the agent's ``assigned`` frame (from the scheduled send time of the message
+   that opened the conversation to the frame's arrival);
+3. the same client at the same rates against a bare aiohttp endpoint that checks the signature,
+   decodes the message with msgspec and answers ``202``: the reference for what the client,
+   aiohttp and the machine cost on their own.
+
+The load generator is a separate process (its own event loop and core), the agents live in the
+benchmark's process. Run it twice: the machine is shared and a tail is the first thing noise
+moves. ``--rates`` sets absolute rates instead of fractions of the measured maximum.
+
+    .venv/bin/python bench/bench_latency.py [--seconds 10] [--concurrency 64] [--fractions 0.5 0.8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_ingest import SECRET, fenliu_config, free_port, wait_up  # noqa: E402
+from bench.common import save  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOPS = ["pdd-1001", "pdd-1002", "tb-2001"]
+PASSWORD = "bench-latency-pw"
+
+BARE = """
+import hashlib, hmac, sys
+import msgspec
+from aiohttp import web
+from router.models import Message
+
+SECRET = sys.argv[2].encode()
+decode = msgspec.json.Decoder(Message).decode
+decode_many = msgspec.json.Decoder(list[Message]).decode
+
+async def ingest(request):
+    body = await request.read()
+    want = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(want, request.headers.get("X-Fenliu-Signature", "")):
+        return web.json_response({"error": "signature"}, status=401)
+    try:
+        msgs = decode_many(body) if body[:1] == b"[" else [decode(body)]
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    if any(m.shop_id != request.match_info["shop_id"] for m in msgs):
+        return web.json_response({"error": "shop"}, status=400)
+    return web.json_response({"accepted": len(msgs), "duplicates": 0}, status=202)
+
+async def health(request):
+    return web.json_response({"status": "ok"})
+
+app = web.Application()
+app.router.add_post("/v1/shops/{shop_id}/messages", ingest)
+app.router.add_get("/healthz", health)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+# -- the load generator (a child process) ----------------------------------------------------------
+
+
+def _bodies(prefix: str, count: int, seed: int) -> list[tuple[str, bytes, str]]:
+    from adapters.simulator import Traffic
+
+    traffic = Traffic(SHOPS, buyers=2000, seed=seed)
+    out = []
+    for i in range(count):
+        m = traffic.next()
+        m["msg_id"] = f"{prefix}-{i}"
+        body = msgspec.json.encode(m)
+        out.append((m["shop_id"], body, "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()))
+    return out
+
+
+async def _generate(args: argparse.Namespace) -> dict:
+    """Open loop (``rate`` > 0): request ``i`` is due at ``start + i / rate``. Closed loop
+    (``rate`` = 0): ``concurrency`` workers for ``seconds``."""
+    count = int(args.rate * args.seconds) if args.rate else int(args.seconds * 10000)
+    bodies = _bodies(args.prefix, count, args.seed)
+    start = time.monotonic() + 0.3  # the schedule starts once every body is made and signed
+    lat: list[float] = [float("nan")] * count
+    status: dict[int, int] = {}
+    connector = aiohttp.TCPConnector(limit=args.concurrency if not args.rate else 1024)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        url = args.url
+
+        async def post(i: int) -> None:
+            shop, body, sig = bodies[i]
+            try:
+                async with http.post(f"{url}/v1/shops/{shop}/messages", data=body,
+                                     headers={"X-Fenliu-Signature": sig, "Content-Type": "application/json"}) as r:
+                    await r.read()
+                    code = r.status
+            except aiohttp.ClientError:
+                code = 0
+            status[code] = status.get(code, 0) + 1
+            lat[i] = time.monotonic()
+
+        await asyncio.sleep(max(0.0, start - time.monotonic()))
+        if args.rate:
+            tasks = set()
+            i = 0
+            while i < count:
+                now = time.monotonic()
+                while i < count and start + i / args.rate <= now:
+                    task = asyncio.create_task(post(i))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    i += 1
+                if i < count:
+                    await asyncio.sleep(max(0.0, start + i / args.rate - time.monotonic()))
+            while tasks:
+                await asyncio.gather(*list(tasks))
+            sent = count
+            lat = [(done - (start + i / args.rate)) * 1000 for i, done in enumerate(lat)]
+            elapsed = time.monotonic() - start
+        else:
+            it = iter(range(count))
+            deadline = start + args.seconds
+            sent = 0
+
+            async def worker() -> None:
+                nonlocal sent
+                for i in it:
+                    if time.monotonic() >= deadline:
+                        return
+                    sent += 1
+                    await post(i)
+
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            elapsed = time.monotonic() - start
+            lat = []
+    return {"sent": sent, "elapsed": elapsed, "status": status, "latency_ms": lat, "start": start}
+
+
+def generate_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--url")
+    p.add_argument("--rate", type=float, default=0.0)
+    p.add_argument("--seconds", type=float)
+    p.add_argument("--prefix")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--concurrency", type=int, default=64)
+    args = p.parse_args(argv)
+    result = asyncio.run(_generate(args))
+    sys.stdout.write(json.dumps(result))
+    return 0
+
+
+# -- agents --------------------------------------------------------------------------------------
+
+
+class Agents:
+    """Every agent of the config logged in, holding its socket; each ``assigned`` frame caused by
+    a message is timed (arrival, by the first buyer message of its history) and closed at once."""
+
+    def __init__(self, url: str, agent_ids: list[str]) -> None:
+        self.url = url
+        self.agent_ids = agent_ids
+        self.arrivals: dict[str, float] = {}
+        self.tasks: list[asyncio.Task] = []
+        self.http: aiohttp.ClientSession | None = None
+        self.ready = 0
+
+    async def start(self) -> None:
+        self.http = aiohttp.ClientSession()
+        self.tasks = [asyncio.create_task(self._agent(aid)) for aid in self.agent_ids]
+        for _ in range(200):
+            if self.ready == len(self.agent_ids):
+                return
+            await asyncio.sleep(0.05)
+        raise SystemExit(f"only {self.ready} of {len(self.agent_ids)} agents connected")
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.http is not None:
+            await self.http.close()
+
+    async def _agent(self, aid: str) -> None:
+        http = self.http
+        assert http is not None
+        async with http.post(f"{self.url}/v1/auth/login", json={"account": f"bench:{aid}", "password": PASSWORD}) as r:
+            token = (await r.json())["token"]
+        async with http.post(f"{self.url}/v1/auth/ws-ticket", headers={"Authorization": f"Bearer {token}"}) as r:
+            ticket = (await r.json())["ticket"]
+        decode = msgspec.json.decode
+        async with http.ws_connect(f"{self.url.replace('http', 'ws')}/v1/agents/ws?ticket={ticket}",
+                                   max_msg_size=0) as ws:
+            self.ready += 1
+            async for frame in ws:
+                now = time.monotonic()
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                data = decode(frame.data)
+                if data.get("type") != "assigned":
+                    continue
+                cid = data["conversation_id"]
+                if data.get("cause", "message") == "message":  # the default, left out of the frame
+                    first = next((h.get("msg_id") for h in data.get("history", ()) if h.get("who") == "buyer"), None)
+                    if first:
+                        self.arrivals.setdefault(first, now)
+                if data.get("state") == "reserved":
+                    await ws.send_str(json.dumps({"type": "accept", "conversation_id": cid}))
+                await ws.send_str(json.dumps({"type": "close", "conversation_id": cid}))
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    if not values:
+        return {"n": 0, "p50": float("nan"), "p99": float("nan"), "p99.9": float("nan"), "max": float("nan")}
+    a = np.asarray(values)
+    return {"n": len(values), "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
+            "p99.9": float(np.percentile(a, 99.9)), "max": float(a.max())}
+
+
+def line(row: dict) -> str:
+    return (f"{row['server']:>12} {row['load']:>11} {row['rate/s']:7,.0f}/s {row['what']:>10}  n={row['n']:<6} "
+            f"p50 {row['p50']:7.1f}  p99 {row['p99']:7.1f}  p99.9 {row['p99.9']:7.1f}  max {row['max']:7.1f}  "
+            f"{row['statuses']}")
+
+
+async def generate(url: str, *, rate: float, seconds: float, prefix: str, seed: int, concurrency: int) -> dict:
+    cmd = [sys.executable, __file__, "--generate", "--url", url, "--rate", str(rate), "--seconds", str(seconds),
+           "--prefix", prefix, "--seed", str(seed), "--concurrency", str(concurrency)]
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.PIPE, cwd=ROOT)
+    out, _ = await proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"load generator failed ({proc.returncode})")
+    return json.loads(out)
+
+
+def bench_config(tmp: Path) -> Path:
+    """The demo config, open at any hour, and an agent account per agent in its store."""
+    from router import accounts as acct
+    from router.config import load_config
+    from router.store import Store
+
+    cfg = fenliu_config(tmp)
+    for name, key in (("shops.toml", "business_hours"), ("agents.toml", "schedule")):
+        path = cfg / name
+        path.write_text(re.sub(rf"(?m)^{key} = .*\n", "", path.read_text(encoding="utf-8")), encoding="utf-8")
+    config = load_config(cfg)
+    store = Store(config.main.storage.path)
+    try:
+        def create(conn) -> None:
+            acct.add(conn, "bench", PASSWORD, "admin", ("*",))
+            for aid, agent in config.agents.items():
+                acct.add(conn, f"bench:{aid}", PASSWORD, "agent", None, aid, tuple(agent.shops))
+        store.run_sync(create)
+    finally:
+        store.close_sync()
+    return cfg
+
+
+async def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each open-loop run")
+    p.add_argument("--max-seconds", type=float, default=8.0, help="length of the closed-loop run for the maximum")
+    p.add_argument("--concurrency", type=int, default=64, help="workers of the closed-loop run")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.8])
+    p.add_argument("--rates", type=float, nargs="*", help="absolute rates (requests/s) instead of fractions")
+    p.add_argument("--no-bare", action="store_true", help="skip the bare endpoint")
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="fenliu-latency-"))
+    env = {**os.environ, "FENLIU_LOG_LEVEL": "error", "PYTHONUNBUFFERED": "1"}
+    for var in ("FENLIU_SECRET_PDD_1001", "FENLIU_SECRET_PDD_1002", "FENLIU_SECRET_TB_2001"):
+        env[var] = SECRET.decode()
+    cfg = bench_config(tmp)
+    from router.config import load_config
+
+    agent_ids = sorted(load_config(cfg).agents)
+    fport, bport = free_port(), free_port()
+    fenliu = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(fport)],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    bare = subprocess.Popen([sys.executable, "-c", BARE, str(bport), SECRET.decode()], cwd=ROOT,
+                            env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    furl, burl = f"http://127.0.0.1:{fport}", f"http://127.0.0.1:{bport}"
+    rows: list[dict] = []
+    agents = Agents(furl, agent_ids)
+    try:
+        await wait_up(furl, fenliu)
+        await wait_up(burl, bare)
+        await agents.start()
+        await generate(furl, rate=0, seconds=2, prefix="warm", seed=1, concurrency=args.concurrency)
+        top = await generate(furl, rate=0, seconds=args.max_seconds, prefix="max", seed=2,
+                             concurrency=args.concurrency)
+        ok = top["status"].get("202", 0)
+        max_rate = ok / top["elapsed"]
+        print(f"maximum (closed loop, {args.concurrency} workers, {args.max_seconds:g} s): {max_rate:,.0f} requests/s "
+              f"(statuses {top['status']})", flush=True)
+        rates = args.rates or [max_rate * f for f in args.fractions]
+        for n, rate in enumerate(rates):
+            label = f"{rate / max_rate:.0%} of max" if not args.rates else f"{rate:,.0f}/s"
+            for name, url in (("fenliu serve", furl), ("bare aiohttp", burl)):
+                if name == "bare aiohttp" and args.no_bare:
+                    continue
+                prefix = f"r{n}-{name[:4]}"
+                res = await generate(url, rate=rate, seconds=args.seconds, prefix=prefix, seed=10 + n,
+                                     concurrency=args.concurrency)
+                lat = [v for v in res["latency_ms"] if v == v]
+                row = {"server": name, "load": label, "rate/s": rate, "what": "202", **percentiles(lat),
+                       "statuses": " ".join(f"{k}:{v}" for k, v in sorted(res["status"].items()))}
+                rows.append(row)
+                if name == "fenliu serve":
+                    await asyncio.sleep(0.5)  # the last frames
+                    start = res["start"]
+                    assigned = []
+                    for msg_id, at in agents.arrivals.items():
+                        if msg_id.startswith(prefix + "-"):
+                            i = int(msg_id.rsplit("-", 1)[1])
+                            assigned.append((at - (start + i / rate)) * 1000)
+                    rows.append({"server": name, "load": label, "rate/s": rate, "what": "→ assigned",
+                                 **percentiles(assigned), "statuses": ""})
+                for row in rows[-2:] if name == "fenliu serve" else rows[-1:]:
+                    print(line(row), flush=True)
+    finally:
+        await agents.stop()
+        for proc in (fenliu, bare):
+            proc.terminate()
+        for proc in (fenliu, bare):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\nOpen-loop latency, ms from the scheduled send (max {max_rate:,.0f} requests/s closed-loop)")
+    for row in rows:
+        print(line(row))
+    save("latency", rows, max_rate=max_rate, seconds=args.seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--generate":
+        raise SystemExit(generate_main(sys.argv[2:]))
+    raise SystemExit(asyncio.run(main()))
