@@ -1,5 +1,5 @@
-"""The Redis backend: routed messages per second with one and with two ``fenliu serve``
-instances on the same Redis, and Redis round trips per routed message.
+"""The Redis backend: Redis commands, round trips and instance CPU per routed message, and routed
+messages per second with one and with two ``fenliu serve`` instances on the same Redis.
 
 Each run gets a fresh key prefix (deleted afterwards), starts the instances as subprocesses on
 loopback, waits until every shard has an owner, then posts signed batches round-robin across the
@@ -8,10 +8,17 @@ messages per second until the last one's decision is in the decisions stream. Ro
 counted by the instances themselves (``fenliu_redis_round_trips`` in /metrics, one per Lua call,
 pipeline or command) and include the background loops (leases, blocking reads); "cmds" is Redis's
 own ``INFO commandstats`` delta, which also counts the commands run inside the Lua scripts.
+"cpu ms/msg" is the CPU time (user + system, from ``/proc``) the instances spent per routed
+message, "redis cpu" Redis's own. On a 2-core machine shared by the load generator, Redis and the
+instances, these per-message costs are what can be compared, not a two-instance speed-up.
 
-Every conversation gets ``--per-conv`` messages, so one in that many messages needs a claim.
+The benchmark starts a private ``redis-server`` on a loopback port when one is installed, so the
+command counts are this run's alone (a shared Redis counts everyone's); ``--shared`` uses
+``REDIS_URL`` instead. Every conversation gets ``--per-conv`` messages, so one in that many
+messages needs a claim.
 
     .venv/bin/python bench/bench_redis.py [--messages 12000] [--batch 20] [--concurrency 16] [--per-conv 4]
+                                          [--instances 1,2] [--shared]
 """
 
 from __future__ import annotations
@@ -46,7 +53,9 @@ SHARDS = 8
 SHOPS = [f"shop-{i}" for i in range(8)]
 AGENTS = [f"a-{i:02d}" for i in range(20)]
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-SHOWN = ("instances", "ingest/s", "routed/s", "rt/msg", "claim rt", "cmds/msg")
+BENCH_OWN = {"xrange", "info"}  # the benchmark's own polling; the instances do not send these while routing
+SHOWN = ("instances", "ingest/s", "routed/s", "cmds/msg", "rt/msg", "claim rt", "msgs/commit", "cpu ms/msg",
+         "redis cpu ms/msg")
 
 
 def free_port() -> int:
@@ -55,7 +64,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(root: Path, prefix: str) -> Path:
+def write_config(root: Path, prefix: str, redis_url: str) -> Path:
     cfg = root / "config"
     (cfg / "policies").mkdir(parents=True, exist_ok=True)
     (cfg / "fenliu.toml").write_text(f"""
@@ -68,7 +77,7 @@ ingest_queue_max = 1000000
 [storage]
 backend = "redis"
 path = "{root / 'unused.db'}"
-redis_url = "{REDIS_URL}"
+redis_url = "{redis_url}"
 redis_prefix = "{prefix}"
 shards = {SHARDS}
 
@@ -123,14 +132,67 @@ def round_trips(text: str) -> dict[str, float]:
     return out
 
 
-def commands(r: redis.Redis) -> int:
-    return sum(v["calls"] for v in r.info("commandstats").values())
+def commands(r: redis.Redis) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
 
 
-async def run(n_instances: int, args: argparse.Namespace, r: redis.Redis) -> dict:
+class Decided:
+    """Counts the decisions in the decisions stream as they arrive (one per entry, or a commit's
+    batch in one entry: ``ds``), reading only the new entries."""
+
+    def __init__(self, r: redis.Redis, prefix: str) -> None:
+        self.r, self.key, self.last, self.total = r, f"{prefix}:decisions", "-", 0
+
+    def __call__(self) -> int:
+        for eid, f in self.r.xrange(self.key, min=self.last, count=1000):
+            if eid == self.last:
+                continue
+            self.last = eid
+            entry = msgspec.json.decode(f[b"d"])
+            self.total += len(entry["ds"]) if "ds" in entry else 1
+        return self.total
+
+
+def redis_cpu(r: redis.Redis) -> float:
+    info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (``/proc/{pid}/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class PrivateRedis:
+    """A throw-away ``redis-server`` (no persistence) on a free loopback port, so that ``INFO
+    commandstats`` counts this benchmark's commands only."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def client(self) -> redis.Redis:
+        r = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                r.ping()
+                return r
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("the private redis-server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+async def run(n_instances: int, args: argparse.Namespace, r: redis.Redis, redis_url: str) -> dict:
     prefix = f"fenliu-bench-{secrets.token_hex(4)}"
     tmp = Path(tempfile.mkdtemp(prefix="fenliu-bench-redis-"))
-    cfg = write_config(tmp, prefix)
+    cfg = write_config(tmp, prefix, redis_url)
     for a in AGENTS:
         r.hset(f"{prefix}:agent:{a}", "status", "online")
     env = {**os.environ, "FENLIU_BENCH_SECRET": SECRET, "FENLIU_LOG_LEVEL": "error"}
@@ -165,7 +227,8 @@ async def run(n_instances: int, args: argparse.Namespace, r: redis.Redis) -> dic
                             out[op] = out.get(op, 0.0) + v
                 return out
 
-            before, cmds0 = await metrics(), commands(r)
+            before, cmds0, rcpu0 = await metrics(), commands(r), redis_cpu(r)
+            cpu0 = sum(cpu_seconds(p.pid) for p in procs)
             queue = list(enumerate(work))
             statuses: dict[int, int] = {}
             t0 = time.perf_counter()
@@ -183,17 +246,23 @@ async def run(n_instances: int, args: argparse.Namespace, r: redis.Redis) -> dic
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
             t_ack = time.perf_counter()
             async with asyncio.timeout(120):
-                while r.xlen(f"{prefix}:decisions") < total:
+                decided = Decided(r, prefix)
+                while decided() < total:
                     await asyncio.sleep(0.02)
             t_done = time.perf_counter()
-            after, cmds1 = await metrics(), commands(r)
+            cpu1 = sum(cpu_seconds(p.pid) for p in procs)
+            after, cmds1, rcpu1 = await metrics(), commands(r), redis_cpu(r)
         assert statuses == {202: len(work)}, statuses
         delta = {op: after.get(op, 0.0) - before.get(op, 0.0) for op in after}
         rt = sum(delta.values())
+        by_command = {c: (n - cmds0.get(c, 0)) / total for c, n in sorted(cmds1.items())
+                      if n > cmds0.get(c, 0) and c not in BENCH_OWN}
         return {"instances": n_instances, "messages": total, "ingest/s": total / (t_ack - t0),
                 "routed/s": total / (t_done - t0), "rt/msg": rt / total,
                 **{f"{op} rt": v / total for op, v in sorted(delta.items())},
-                "cmds/msg": (cmds1 - cmds0) / total}
+                "msgs/commit": total / max(1.0, delta.get("commit", 0.0)),
+                "cmds/msg": sum(by_command.values()), "by command": by_command,
+                "cpu ms/msg": 1000 * (cpu1 - cpu0) / total, "redis cpu ms/msg": 1000 * (rcpu1 - rcpu0) / total}
     finally:
         for p in procs:
             p.terminate()
@@ -214,17 +283,29 @@ async def main() -> int:
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--per-conv", type=int, default=4)
+    ap.add_argument("--instances", default="1,2", help="comma-separated instance counts, one run each")
+    ap.add_argument("--shared", action="store_true", help="use REDIS_URL (its command counts include other clients)")
     args = ap.parse_args()
-    r = redis.Redis.from_url(REDIS_URL)
+    private = None if args.shared or shutil.which("redis-server") is None else PrivateRedis()
+    url = private.url if private else REDIS_URL
     try:
-        r.ping()
-    except redis.RedisError as exc:
-        print(f"no Redis at {REDIS_URL}: {exc}", file=sys.stderr)
-        return 1
-    rows = [await run(1, args, r), await run(2, args, r)]
-    show(f"Redis backend, {os.cpu_count()} cores, {args.messages} messages in batches of {args.batch}, "
-         f"{args.per_conv} per conversation", [{k: row[k] for k in SHOWN} for row in rows])
-    save("redis", rows, args=vars(args), cores=os.cpu_count())
+        r = private.client() if private else redis.Redis.from_url(url)
+        try:
+            r.ping()
+        except redis.RedisError as exc:
+            print(f"no Redis at {url}: {exc}", file=sys.stderr)
+            return 1
+        rows = [await run(int(n), args, r, url) for n in args.instances.split(",")]
+    finally:
+        if private:
+            private.stop()
+    show(f"Redis backend ({'private redis-server' if private else url}), {os.cpu_count()} cores, {args.messages} "
+         f"messages in batches of {args.batch}, {args.per_conv} per conversation",
+         [{k: row[k] for k in SHOWN} for row in rows])
+    for row in rows:
+        print(f"{row['instances']} instance(s), commands per message:",
+              ", ".join(f"{c} {v:.2f}" for c, v in sorted(row["by command"].items(), key=lambda x: -x[1])))
+    save("redis", rows, args=vars(args), cores=os.cpu_count(), redis="private" if private else "shared")
     return 0
 
 
