@@ -29,6 +29,9 @@ class Keys:
     def stream(self, n: int) -> str:
         return f"{self.p}:in:{n}"
 
+    def backlog(self, n: int) -> str:
+        return f"{self.p}:backlog:{n}"
+
     def lease(self, n: int) -> str:
         return f"{self.p}:lease:{n}"
 

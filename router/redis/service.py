@@ -15,12 +15,15 @@ Why it is shaped this way (docs/deploy.md has the long version):
 - **Capacity is shared and guarded.** An agent serves shops of many shards, so its status,
   load and the conversation→agent claims live in Redis and change only in ``claim.lua`` and
   ``release.lua`` (called through the Dispatcher's claim hook), both fenced by the shard lease.
-  Their announcements on ``control`` carry the agent's new global load, so every instance's
-  ``least_load`` and availability count what the agent holds elsewhere (``shared_load``).
+  Their entries in the claim log are also their announcements (every instance follows it beside
+  ``control``): they carry the agent's new global load, so every instance's ``least_load`` and
+  availability count what the agent holds elsewhere (``shared_load``).
 - **A batch commits atomically and fenced.** ``commit.lua`` acknowledges the entries, writes the
   conversation mirror, the decisions and the agents' frames only if the caller still holds every
   lease; otherwise nothing is written and the entries are redelivered to the new owner, so each
-  message is decided exactly once. Any Redis error while routing drops the local state and
+  message is decided exactly once. Its writes are grouped per key (one ``HSET`` per mirror hash,
+  one ``XADD`` for the batch's decisions and one per agent for its frames), and an HTTP batch is
+  one stream entry, so the Redis commands per message do not grow with what a batch holds. Any Redis error while routing drops the local state and
   rebuilds it from Redis (crash-only: the same path as a takeover).
 - **Agents may connect anywhere.** Frames for an agent go to its stream ``to:{agent}`` (in the
   same commit), read by whichever instance holds its WebSocket; streams, unlike pub/sub, keep
@@ -75,6 +78,7 @@ log = structlog.get_logger("fenliu.redis")
 
 _encode = msgspec.json.Encoder().encode
 _message = msgspec.json.Decoder(Message)
+_messages = msgspec.json.Decoder(list[Message])
 _event = msgspec.json.Decoder(Event)
 _conversation = msgspec.json.Decoder(Conversation)
 
@@ -104,10 +108,11 @@ class _Lost(Exception):
 class _Batch:
     """What one pass of the consumer writes in its commit."""
 
-    __slots__ = ("acks", "decisions", "frames", "results")
+    __slots__ = ("acks", "backlog", "decisions", "frames", "results")
 
     def __init__(self) -> None:
         self.acks: dict[int, list[bytes]] = {}
+        self.backlog: dict[int, int] = {}
         self.decisions: list[Decision] = []
         self.frames: list[tuple[str, bytes]] = []
         self.results: list[tuple[str, dict[str, Any]]] = []
@@ -141,6 +146,8 @@ class RedisService(Service):
         self._frame_last: dict[str, bytes | str] = {}
         self._reply_last: bytes | str = "0-0"
         self._control_last: bytes | str = "$"
+        self._claims_last: bytes | str = "$"
+        self._claims_applied = b"0-0"
         self._missing_since: dict[str, float] = {}
         self._tick_queued = False
         self._rebalancing = False
@@ -174,8 +181,10 @@ class RedisService(Service):
         for n in range(self.keys.shards):
             with contextlib.suppress(ResponseError):
                 await self.r.xgroup_create(self.keys.stream(n), GROUP, id="0", mkstream=True)
-        last = await self.r.xrevrange(self.keys.control, count=1)
-        self._control_last = last[0][0] if last else "0-0"
+        last_control, last_claim = await self.r.pipeline(transaction=False).xrevrange(self.keys.control, count=1) \
+            .xrevrange(self.keys.claims, count=1).execute()
+        self._control_last = last_control[0][0] if last_control else "0-0"
+        self._claims_last = last_claim[0][0] if last_claim else "0-0"
         await self._load_statuses()
         await self._load_side_tables()
         self._make_adapters()
@@ -210,7 +219,7 @@ class RedisService(Service):
             d.set_status(aid, (status or b"offline").decode())
             st = d.agents[aid]
             st.assigned = int(assigned or 0)
-            st.last_seq = int(seq or 0) - SEQ_OFFSET
+            st.last_seq = _claim_seq(seq or b"0") - SEQ_OFFSET
             d.set_shared_load(aid, int(load or 0) - st.load)
             d.refresh(aid)
 
@@ -262,8 +271,10 @@ class RedisService(Service):
         return out
 
     def shared_health(self) -> dict[str, Any]:
-        """For ``/healthz``: which instance this is and which shards it routes now."""
-        return {"backend": "redis", "instance": self.id, "shards": sorted(self._readable)}
+        """For ``/healthz``: which instance this is, which shards it routes now and the last claim
+        log entry it has applied (so a caller can wait until a claim's announcement is in)."""
+        return {"backend": "redis", "instance": self.id, "shards": sorted(self._readable),
+                "claims_applied": self._claims_applied.decode()}
 
     # -- ingest and requests (any instance) -----------------------------------------------------
 
@@ -277,7 +288,7 @@ class RedisService(Service):
             groups.setdefault(self.keys.shard(msg.shop_id), []).append(msg)
         try:
             for n, msgs in groups.items():
-                keys = [self.keys.stream(n), *(self.keys.seen(m.shop_id, m.msg_id) for m in msgs)]
+                keys = [self.keys.stream(n), self.keys.backlog(n), *(self.keys.seen(m.shop_id, m.msg_id) for m in msgs)]
                 self._rt["ingest"].inc()
                 flags = await self._ingest(keys=keys, args=[DEDUPE_S, self.config.main.server.ingest_queue_max,
                                                             *(_encode(m) for m in msgs)])
@@ -465,8 +476,7 @@ class RedisService(Service):
             return False
         k = self.keys
         self._rt["claim"].inc()
-        got = self._claim_lua(keys=[k.lease(n), k.agent(agent_id), k.owners(n), k.claims, k.held(agent_id), k.seq,
-                                    k.control],
+        got = self._claim_lua(keys=[k.lease(n), k.agent(agent_id), k.owners(n), k.claims, k.held(agent_id)],
                               args=[token, agent_id, conversation_id, acfg.max_concurrent, self.id], client=self.rs)
         if got == -2:
             self._fenced = True
@@ -482,7 +492,7 @@ class RedisService(Service):
             return
         k = self.keys
         self._rt["release"].inc()
-        got = self._release_lua(keys=[k.lease(n), k.agent(agent_id), k.owners(n), k.claims, k.held(agent_id), k.control],
+        got = self._release_lua(keys=[k.lease(n), k.agent(agent_id), k.owners(n), k.claims, k.held(agent_id)],
                                 args=[token, agent_id, conversation_id, self.id, reason], client=self.rs)
         if got == -2:
             self._fenced = True
@@ -542,9 +552,11 @@ class RedisService(Service):
             await self._commit(batch)
         elif kind == "control":
             batch = self._begin()
-            for fields in job[1]:
-                await self._control(fields)
+            for eid, fields in job[1]:
+                await self._control(eid, fields)
             await self._commit(batch)
+            if job[2]:
+                self._claims_applied = job[2]
         elif kind == "reclaim":
             await self._reclaim()
         elif kind == "reload":
@@ -573,12 +585,23 @@ class RedisService(Service):
             self._batch.decisions.extend(decisions)
         super()._push(decisions, messages)
 
-    async def _control(self, fields: dict[bytes, bytes]) -> None:
+    async def _control(self, eid: bytes, fields: dict[bytes, bytes]) -> None:
+        """One entry of ``control`` or of the claim log (``op``: a claim or release announces the
+        agent's shared counters; ``claimed``/``freed`` on ``control`` are the same from an older
+        version)."""
         kind = fields.get(b"type")
         agent = fields.get(b"agent", b"").decode()
         if agent not in self.router.dispatcher.agents:
             return
-        if kind == b"status":
+        op = fields.get(b"op")
+        if op == b"claim":
+            self._sync_shared_load(agent, fields.get(b"load"))
+            if b"assigned" in fields:
+                self._sync_counters(agent, int(fields[b"assigned"]), _claim_seq(eid))
+        elif op == b"release":
+            self._sync_shared_load(agent, fields.get(b"load"))
+            self._push(self.router.dispatcher.refresh(agent))
+        elif kind == b"status":
             self._clock = max(time.time(), self._clock)
             with contextlib.suppress(InputError):
                 self._push(await self.router.handle_event(AgentStatusEvent(agent, fields[b"status"].decode())))  # type: ignore[arg-type]
@@ -632,11 +655,34 @@ class RedisService(Service):
                     self._poisoned(fields, exc, batch)
         await self._commit(batch)
 
+    async def _route_message(self, msg: Message) -> None:
+        router = self.router
+        self._clock = clock = max(time.time(), self._clock)
+        self._push(await router.advance(clock))
+        msg = self._enrich(msg)
+        try:
+            decisions = await router.handle_message(msg)
+        except InputError as exc:
+            decisions = [Decision(msg.msg_id, msg.shop_id, msg.conversation_id, "blocked", flags=[f"refused:{exc}"])]
+        own = next((d for d in decisions if d.msg_id == msg.msg_id), None)
+        self._remember_message(msg, own, clock)
+        if msg.order is not None and msg.order.order_id:
+            self.order_buyer[(msg.shop_id, msg.order.order_id)] = msg.buyer_id
+        self._push(decisions, {msg.msg_id: msg})
+
+    def _poisoned_message(self, msg: Message, exc: Exception) -> None:
+        self._push([Decision(msg.msg_id, msg.shop_id, msg.conversation_id, "blocked", flags=[f"error:{type(exc).__name__}"])])
+
     def _poisoned(self, fields: dict[bytes, bytes] | None, exc: Exception, batch: _Batch) -> None:
         """An entry that raised is acknowledged (with a ``blocked`` decision naming the error for a
         message, a refusal for a request), so it is decided once instead of failing every owner
         that takes the shard."""
         if not fields:
+            return
+        if fields.get(b"k") == b"M":
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                for msg in _messages.decode(fields[b"b"]):
+                    self._poisoned_message(msg, exc)
             return
         if fields.get(b"k") != b"m":
             req, inst = fields.get(b"req"), fields.get(b"inst")
@@ -644,9 +690,7 @@ class RedisService(Service):
                 batch.results.append((inst.decode(), {"req": req.decode(), "ok": False, "reason": "internal error (logged)"}))
             return
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-            msg = _message.decode(fields[b"b"])
-            self._push([Decision(msg.msg_id, msg.shop_id, msg.conversation_id, "blocked",
-                                 flags=[f"error:{type(exc).__name__}"])])
+            self._poisoned_message(_message.decode(fields[b"b"]), exc)
 
     async def _route_entry(self, n: int, eid: bytes, fields: dict[bytes, bytes] | None, batch: _Batch) -> None:
         if n not in self._leases:
@@ -655,20 +699,23 @@ class RedisService(Service):
         if not fields:
             return
         router = self.router
-        self._clock = clock = max(time.time(), self._clock)
-        self._push(await router.advance(clock))
-        if fields.get(b"k") == b"m":
-            msg = self._enrich(_message.decode(fields[b"b"]))
-            try:
-                decisions = await router.handle_message(msg)
-            except InputError as exc:
-                decisions = [Decision(msg.msg_id, msg.shop_id, msg.conversation_id, "blocked", flags=[f"refused:{exc}"])]
-            own = next((d for d in decisions if d.msg_id == msg.msg_id), None)
-            self._remember_message(msg, own, clock)
-            if msg.order is not None and msg.order.order_id:
-                self.order_buyer[(msg.shop_id, msg.order.order_id)] = msg.buyer_id
-            self._push(decisions, {msg.msg_id: msg})
+        kind = fields.get(b"k")
+        if kind == b"M":
+            batch.backlog[n] = batch.backlog.get(n, 0) + int(fields.get(b"n", 0))
+            for msg in _messages.decode(fields[b"b"]):
+                try:
+                    await self._route_message(msg)
+                except (RedisError, _Lost, OSError):
+                    raise
+                except Exception as exc:  # one bad message must not stop the others of its entry
+                    self.log.exception("message_failed", shard=n, entry=eid.decode(), msg_id=msg.msg_id)
+                    self._poisoned_message(msg, exc)
             return
+        if kind == b"m":
+            await self._route_message(_message.decode(fields[b"b"]))
+            return
+        self._clock = max(time.time(), self._clock)
+        self._push(await router.advance(self._clock))
         event = _event.decode(fields[b"b"])
         who = fields.get(b"who", b"").decode()
         cid = getattr(event, "conversation_id", None)
@@ -712,32 +759,38 @@ class RedisService(Service):
                 i = index[name] = len(keys)
             return i
 
-        sets = []
+        sets: dict[int, list[str]] = {}
         written: dict[str, int] = {}
         for cid, conv in self.router.dispatcher.conversations.items():
             if self._mirrored.get(cid) != conv.version:
-                sets.append([ki(k.convs(k.shard(conv.shop_id))), cid, _encode(conv).decode()])
+                sets.setdefault(ki(k.convs(k.shard(conv.shop_id))), []).extend((cid, _encode(conv).decode()))
                 written[cid] = conv.version
         gone = [cid for cid in self._mirrored if cid not in self.router.dispatcher.conversations]
-        dels = [[ki(k.convs(k.shard_of_conversation(cid))), cid] for cid in gone]
+        dels: dict[int, list[str]] = {}
         last_agent = self.router.dispatcher.last_agent
         for cid in gone:
+            n = k.shard_of_conversation(cid)
+            dels.setdefault(ki(k.convs(n)), []).append(cid)
             if (last := last_agent.get(cid)) is not None:
-                sets.append([ki(k.last(k.shard_of_conversation(cid))), cid, f"{last[0]} {last[1]}"])
+                sets.setdefault(ki(k.last(n)), []).extend((cid, f"{last[0]} {last[1]}"))
         adds = []
-        now = time.time()
-        for d in batch.decisions:
+        if batch.decisions:
             adds.append([ki(k.decisions), DECISIONS_MAX,
-                         _encode({"d": d, "by": self.id, "ts": now}).decode(), 0])
+                         _encode({"ds": batch.decisions, "by": self.id, "ts": time.time()}).decode(), 0])
+        frames: dict[str, list[bytes]] = {}
         for agent, frame in batch.frames:
-            adds.append([ki(k.to(agent)), AGENT_STREAM_MAX, frame.decode(), 0])
+            frames.setdefault(agent, []).append(frame)
+        for agent, group in frames.items():
+            adds.append([ki(k.to(agent)), AGENT_STREAM_MAX, b"\n".join(group).decode(), 0])
         for inst, res in batch.results:
             adds.append([ki(k.replies(inst)), AGENT_STREAM_MAX, _encode(res).decode(), REPLIES_TTL_MS])
         acks = [[ki(k.stream(n)), GROUP, [e.decode() for e in ids]] for n, ids in batch.acks.items() if ids]
+        backlog = [[ki(k.backlog(n)), count] for n, count in batch.backlog.items() if count]
         if not (sets or dels or adds or acks):
             return
         fence = [[ki(k.lease(n)), token] for n, token in sorted(self._leases.items())]
-        payload = _encode({"fence": fence, "ack": acks, "set": sets, "del": dels, "add": adds})
+        payload = _encode({"fence": fence, "ack": acks, "backlog": backlog, "set": list(sets.items()),
+                           "del": list(dels.items()), "add": adds})
         self._rt["commit"].inc()
         ok = await self._commit_lua(keys=keys, args=[payload])
         if not ok:
@@ -933,10 +986,15 @@ class RedisService(Service):
         while not self._stopping:
             try:
                 self._rt["control"].inc()
-                res = await self.r.xread({self.keys.control: self._control_last}, count=500, block=1000)
-                for _, entries in res or ():
-                    self._control_last = entries[-1][0]
-                    self._put(("control", [f for _, f in entries]))
+                res = await self.r.xread({self.keys.control: self._control_last, self.keys.claims: self._claims_last},
+                                         count=500, block=1000)
+                for key, entries in res or ():
+                    if key.decode() == self.keys.claims:
+                        self._claims_last = entries[-1][0]
+                        self._put(("control", entries, entries[-1][0]))
+                    else:
+                        self._control_last = entries[-1][0]
+                        self._put(("control", entries, None))
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -980,7 +1038,8 @@ class RedisService(Service):
                 relay = getattr(session, "deliver_encoded", None)
                 if relay is not None:
                     for _, fields in entries:
-                        relay(fields[b"d"])
+                        for frame in fields[b"d"].split(b"\n"):
+                            relay(frame)
 
     async def _tick_loop(self) -> None:
         while not self._stopping:
@@ -988,6 +1047,14 @@ class RedisService(Service):
             if not self._tick_queued:
                 self._tick_queued = True
                 self._put(("tick",))
+
+
+def _claim_seq(raw: bytes) -> int:
+    """A claim's place in the global claim order: its claim log entry id (``ms-n``, stored as the
+    agent's ``seq``) as one increasing integer; a plain integer is a sequence number of an older
+    version, which sorts before every entry id."""
+    ms, _, n = raw.partition(b"-")
+    return (int(ms) << 20) + int(n) if n else int(ms)
 
 
 __all__ = ["RedisService", "Unavailable"]

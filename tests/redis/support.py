@@ -153,9 +153,16 @@ async def wait_for(predicate: Any, timeout: float, what: str, interval: float = 
 
 
 def decisions(r: redis.Redis, prefix: str) -> list[dict[str, Any]]:
+    """Every decision in order, one ``{"d": decision, "by", "ts"}`` each, from the commits' entries
+    (``ds``: a batch's decisions in one entry)."""
     import msgspec
 
-    return [msgspec.json.decode(f[b"d"]) for _, f in r.xrange(f"{prefix}:decisions")]
+    out = []
+    for _, f in r.xrange(f"{prefix}:decisions"):
+        entry = msgspec.json.decode(f[b"d"])
+        for d in entry["ds"] if "ds" in entry else [entry["d"]]:
+            out.append({"d": d, "by": entry["by"], "ts": entry["ts"]})
+    return out
 
 
 def claim_log(r: redis.Redis, prefix: str) -> list[dict[str, str]]:
@@ -215,6 +222,25 @@ def accounts_db(db: Path, agents: list[str]) -> None:
         found = [template]
     db.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(found[0], db)
+
+
+async def claims_applied(urls: list[str], r: redis.Redis, prefix: str, timeout: float = 10.0) -> None:
+    """Wait until every instance has applied the claim log up to its last entry now (the
+    announcements least load and round robin read), as its ``/healthz`` reports."""
+    import aiohttp
+
+    last = r.xrevrange(f"{prefix}:claims", count=1)
+    if not last:
+        return
+    want = tuple(map(int, last[0][0].decode().split("-")))
+    async with aiohttp.ClientSession() as http, asyncio.timeout(timeout):
+        for url in urls:
+            while True:
+                async with http.get(f"{url}/healthz") as resp:
+                    seen = (await resp.json())["claims_applied"]
+                if tuple(map(int, seen.split("-"))) >= want:
+                    break
+                await asyncio.sleep(0.05)
 
 
 async def routed_shards(urls: list[str]) -> list[list[int]]:

@@ -16,6 +16,7 @@ from tests.redis.support import (
     Instances,
     check_claim_log,
     claim_log,
+    claims_applied,
     decisions,
     owners,
     routed_shards,
@@ -105,8 +106,7 @@ async def test_least_load_counts_the_load_an_agent_carries_on_other_instances(tm
                 status, body = await c.post_messages(shop, [message(msg_id, buyer, shop)], secret=SECRET_A)
                 assert status == 202, body
                 await wait_for(lambda: msg_id in agent_of(), 10, f"{msg_id} decided")
-                # the claim's announcement reaches the other instance in milliseconds
-                await asyncio.sleep(0.5)
+                await claims_applied(nodes.urls, r, prefix)
                 return agent_of()[msg_id]
 
             assert await post(first, one, "m-1", "x-1") == "a"
