@@ -37,6 +37,7 @@ const state = {
   drafted: new Set(),     // cids whose composer already got the bot's suggested answer
   profiles: new Map(),    // cid -> profile
   drafts: new Map(),      // cid -> what was typed for that buyer and not sent
+  closing: new Set(),     // cids this agent is ending (their close is not news to them)
   agents: [],
   today: null,
   hellos: 0,
@@ -663,7 +664,8 @@ async function closeConversation() {
   }
   closeArmed = null;
   btn.textContent = T('page.end_conversation');
-  await act({ type: 'close', conversation_id: conv.id }, T('ui.conversation_ended'));
+  state.closing.add(conv.id);
+  if (!await act({ type: 'close', conversation_id: conv.id }, T('ui.conversation_ended'))) state.closing.delete(conv.id);
 }
 
 async function openTransfer() {
@@ -756,6 +758,8 @@ function onFrame(frame) {
     case 'message': {
       const conv = state.convs.get(frame.conversation_id);
       if (!conv) return;
+      // A batch's later messages can already be in the history the conversation was assigned with.
+      if (frame.msg_id && conv.history.some((i) => i.msg_id === frame.msg_id)) return;
       conv.history.push({ who: 'buyer', text: frame.text, ts: frame.ts, kind: frame.kind || 'text', msg_id: frame.msg_id });
       if (state.selected === conv.id) loadAssist(conv);
       if (state.selected !== conv.id || document.hidden) conv.unread++;
@@ -767,7 +771,12 @@ function onFrame(frame) {
       state.convs.delete(frame.conversation_id);
       if (conv && frame.type === 'transferred') {
         toast(T('ui.conversation_transferred_out', buyerName(conv), label(CAUSE, frame.cause), frame.to_agent ? ` → ${frame.to_agent}` : ''));
+      } else if (conv && !state.closing.delete(frame.conversation_id)) {
+        toast(T('ui.conversation_closed_by_itself', buyerName(conv)));  // e.g. the buyer's silence ended it (router/lifecycle.py)
       }
+      // What was typed for a buyer who left goes with them: neither restored if they come back later
+      // nor left in the composer for the conversation selected next.
+      if (state.selected === frame.conversation_id) $('draft').value = '';
       state.drafts.delete(frame.conversation_id);
       if (state.selected === frame.conversation_id) setSelected(null);
       break;
