@@ -21,6 +21,13 @@ function niceMax(v) {
   return 10 * p;
 }
 
+// The viewBox height (its width is 400) that gives a chart the shape of its box, so a chart that
+// fills what its card has left keeps its text undistorted; ``fallback`` before the box is laid out.
+export function fitHeight(container, fallback) {
+  const { clientWidth: w, clientHeight: h } = container;
+  return w > 0 && h > 0 ? Math.round((400 * h) / w) : fallback;
+}
+
 // Lines over time: series [{name, color, points: [[t, y], …]}]; t in seconds.
 export function lineChart(container, series, { height = 110, span = 300, now } = {}) {
   const width = 400;
@@ -38,7 +45,10 @@ export function lineChart(container, series, { height = 110, span = 300, now } =
   }
   for (const m of [5, 4, 3, 2, 1, 0]) {
     const t = end - m * 60;
-    if (t >= start) svg.append(s('text', { x: x(t) - 8, y: height - 3 }, m ? T('ui.chart_minutes_ago', m) : T('ui.now')));
+    if (t >= start) {  // 现在 ends at the right edge (centred, half of it was cut off)
+      svg.append(m ? s('text', { x: x(t) - 8, y: height - 3 }, T('ui.chart_minutes_ago', m))
+        : s('text', { x: x(t), y: height - 3, 'text-anchor': 'end' }, T('ui.now')));
+    }
   }
   for (const se of series) {
     const pts = se.points.filter((p) => p[0] >= start);

@@ -5,7 +5,7 @@ import {
   api, h, label, logout, duration, percent, clock, now, toast, requireLogin, setServerTime, LiveSocket, T,
   PLATFORM, STATUS, SKILL, STATE, CAUSE, ACTION,
 } from './common.js';
-import { hourChart, lineChart, loadChart, ring } from './charts.js';
+import { fitHeight, hourChart, lineChart, loadChart, ring } from './charts.js';
 
 const $ = (id) => document.getElementById(id);
 const state = { me: null, data: null, shops: new Map(), depth: [], moving: null, fresh: new Set() };
@@ -97,9 +97,9 @@ function render() {
   const skills = [...new Set(state.depth.flatMap((p) => Object.keys(p.q)))].sort();
   lineChart($('queue-chart'), skills.map((sk, i) => ({
     name: sk, color: COLORS[i % COLORS.length], points: state.depth.map((p) => [p.t, p.q[sk] || 0]),
-  })), { now: t0 });
+  })), { now: t0, height: fitHeight($('queue-chart'), 110) });
   $('queue-legend').replaceChildren(...skills.map((sk, i) => h('span', null, h('i', { style: `background:${COLORS[i % COLORS.length]}` }), label(SKILL, sk))));
-  hourChart($('hour-chart'), t.hours, { currentHour: new Date(t0 * 1000).getHours() });
+  hourChart($('hour-chart'), t.hours, { currentHour: new Date(t0 * 1000).getHours(), height: fitHeight($('hour-chart'), 130) });
   loadChart($('load-chart'), d.agents);
 }
 
@@ -223,6 +223,7 @@ async function start() {
   $('logout').addEventListener('click', logout);
   $('move-agent-go').addEventListener('click', () => $('move-agent').value && move({ to_agent: $('move-agent').value }));
   $('move-skill-go').addEventListener('click', () => $('move-skill').value && move({ to_skill: $('move-skill').value }));
+  window.addEventListener('resize', render);  // the charts take their cards' new shape
   await refresh();
   const socket = new LiveSocket('/v1/supervisors/ws', {
     onFrame,

@@ -31,6 +31,15 @@ from tests.router.serve_support import (
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
+IMAGES = ROOT / "docs" / "images"
+
+
+def shots() -> Path:
+    """Where the pages' screenshots go: ``docs/images/`` when regenerating the docs
+    (``FENLIU_DOCS_IMAGES=1``), else ``test-artifacts/``, so a test run leaves the docs alone."""
+    out = IMAGES if os.environ.get("FENLIU_DOCS_IMAGES") else ARTIFACTS
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 QUICK_COMMON = """
 group = "common"

@@ -4,7 +4,8 @@ and open a return on another; the buyer panel's 订单 tab lists both orders wit
 number, parcel scans and the after-sale state; the 售后 view lists the open request and opens the
 buyer's conversation; images and goods/order cards render in the chat as the buyer sent them.
 
-Screenshots of the buyer panel and the 售后 view at 1366×768 and 1920×1080 go to docs/images/.
+Screenshots of the buyer panel and the 售后 view at 1366×768 and 1920×1080 go to docs/images/ with
+``FENLIU_DOCS_IMAGES=1`` (tests/web/support.py: shots).
 """
 
 from __future__ import annotations
@@ -21,14 +22,13 @@ from router.server import SIGNATURE_HEADER, sign
 from tests.conftest import DATA
 from tests.router.serve_support import SECRET_A
 from tests.web.conftest import log_in
-from tests.web.support import ROOT, Served, message
+from tests.web.support import Served, message, shots
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 WAIT = 15_000
 expect.set_options(timeout=WAIT)
-IMAGES = ROOT / "docs" / "images"
 
 
 def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
@@ -83,12 +83,11 @@ def refund(frame_id: int, kind: str, tid: str, refund_id: int, buyer: str, fee: 
 def shoot(page, name: str) -> None:
     """The same view at both sizes the team works at (once the toasts are gone); back to
     1366×768 after."""
-    IMAGES.mkdir(parents=True, exist_ok=True)
     expect(page.locator(".toast")).to_have_count(0)
-    page.screenshot(path=str(IMAGES / f"{name}.png"))
+    page.screenshot(path=str(shots() / f"{name}.png"))
     page.set_viewport_size({"width": 1920, "height": 1080})
     page.wait_for_function("() => window.innerWidth === 1920")
-    page.screenshot(path=str(IMAGES / f"{name}-1920.png"))
+    page.screenshot(path=str(shots() / f"{name}-1920.png"))
     page.set_viewport_size({"width": 1366, "height": 768})
     page.wait_for_function("() => window.innerWidth === 1366")
 
@@ -192,4 +191,4 @@ def test_buyer_panel_orders_logistics_and_the_aftersale_view(served, page):
     expect(page.locator('.side-tab[data-side="order"]')).to_have_class(re.compile("active"))
     expect(page.locator('.buyer-order[data-order="240101-88"] .aftersale .badge')).to_have_text("已同意")
     expect(page.locator(".toast")).to_have_count(0)
-    page.screenshot(path=str(IMAGES / "buyer-panel-aftersale.png"))
+    page.screenshot(path=str(shots() / "buyer-panel-aftersale.png"))

@@ -3,7 +3,9 @@
 workbench's list sorting, folded queued items, 话术 search, the transfer dialog's default skill,
 toasts clear of the chat, no clipped table, and the 中/EN switch.
 
-Screenshots go to ``test-artifacts/`` (docs/images/ holds copies at 1366×768 and 1920×1080).
+Screenshots go to ``test-artifacts/`` (workbench-polish.png to docs/images/ with
+``FENLIU_DOCS_IMAGES=1``); the pages at both sizes with the shipped thresholds are
+test_docs_images.py's.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 
 import pytest
 
-from tests.web.support import ARTIFACTS, Served, message
+from tests.web.support import ARTIFACTS, Served, message, shots
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -85,7 +87,7 @@ def test_dashboard_alerts_and_thresholds(served, open_page):
     expect(row).to_contain_text("小美")
     expect(dash.locator('#conversations tr[data-conversation="pdd-a:b-500"]')).to_have_class(re.compile("alert-row"))
     expect(dash.locator("#alerts-count")).not_to_have_text("")
-    dash.screenshot(path=str(ARTIFACTS / "dashboard-alerts.png"))
+    dash.screenshot(path=str(ARTIFACTS / "dashboard-alerts-small-thresholds.png"))
     button.click()
     served.wait_for(lambda: _conversation(served, "pdd-a:b-500").get("agent_id") == "a-02", what="the one-click move")
     expect(dash.locator("#move-dialog")).to_be_hidden()
@@ -158,7 +160,7 @@ def test_workbench_sorting_search_folding_and_layout(served, open_page):
     more = page.locator("#conv-more")
     expect(more).to_have_attribute("data-folded", "6", timeout=30_000)
     expect(page.locator(".conv.readonly")).to_have_count(20)
-    page.screenshot(path=str(ARTIFACTS / "workbench-polish.png"))
+    page.screenshot(path=str(shots() / "workbench-polish.png"))
     more.locator("button").click()
     expect(page.locator(".conv.readonly")).to_have_count(26)
     more.locator("button").click()
@@ -191,27 +193,6 @@ def test_language_switch_and_browser_language(served, open_page):
     expect(dash.locator("#feed-state")).to_have_text("● Live")
     expect(dash.locator('[data-kpi="reply-rate"] span')).to_have_text("3-minute reply rate today")
     assert not re.search(r"[\u4e00-\u9fff]", dash.locator("#move-dialog").inner_html())
-
-
-@pytest.mark.parametrize("size", [(1366, 768), (1920, 1080)])
-def test_screenshots_without_clipping(served, open_page, size):
-    """The pages as docs/images/ shows them, with a few conversations in; no table clipped."""
-    width, height = size
-    served.post([message(f"p-{width}-{i}", f"b-8{i:02d}", text, buyer={"nick": nick})
-                 for i, (text, nick) in enumerate([("我的快递到哪了", "小王"), ("这件羽绒服有XL码吗", "糖糖"),
-                                                   ("收到的衣服有破洞", "阿杰")])])
-    _set_status(served, "a-01", "online")
-    page = open_page("acme", "a01", "workbench.html", width=width, height=height)
-    expect(page.locator(".conv")).not_to_have_count(0)
-    page.locator(".conv").first.click()
-    expect(page.locator("#chat-main")).to_be_visible()
-    assert page.evaluate(CLIPPED) == []
-    page.screenshot(path=str(ARTIFACTS / f"workbench-{width}.png"))
-    dash = open_page("acme", "lead-a", "dashboard.html", width=width, height=height)
-    expect(dash.locator("#conversations tr[data-conversation]")).not_to_have_count(0)
-    assert dash.evaluate(CLIPPED) == []
-    assert dash.evaluate(CLIPPED_BOXES) == []
-    dash.screenshot(path=str(ARTIFACTS / f"dashboard-{width}.png"))
 
 
 def _conversation_admin(served, cid: str) -> dict:
