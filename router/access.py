@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
@@ -36,7 +35,6 @@ from aiohttp import web
 from router import accounts as acct
 from router.accounts import Account
 from router.i18n import _
-from router.store import read_only
 
 if TYPE_CHECKING:
     from router.config import Config
@@ -232,17 +230,10 @@ class AccountBook:
         self.watched: dict[object, _Watched] = {}
         self.task: asyncio.Task | None = None
 
-    def _read(self) -> dict[str, Account]:
-        conn = read_only(self.service.store.path)
-        try:
-            return {a.name: a for a in acct.list_accounts(conn)}
-        finally:
-            conn.close()
-
     async def refresh(self) -> None:
-        try:
-            self.accounts = await asyncio.to_thread(self._read)
-        except sqlite3.Error as exc:
+        try:  # the service's records store: its SQLite file, or PostgreSQL shared by every instance
+            self.accounts = await self.service.records.accounts()
+        except Exception as exc:  # noqa: BLE001 - unreadable for now: keep the last book
             log.warning("accounts_unreadable", reason=str(exc))
             return
         self.loaded = time.monotonic()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -111,9 +110,13 @@ class LoginGuard:
     replace it to end a lockout without sleeping)."""
 
     def __init__(self, store: Store, settings: ServerConfig, metrics: Metrics | None = None,
-                 now: Callable[[], float] = time.monotonic) -> None:
+                 now: Callable[[], float] = time.monotonic,
+                 lookup: Callable[[str], tuple[Account, str] | None] | None = None) -> None:
+        """``lookup``: the account and its hash from a worker thread (default: the store's file;
+        the service passes its records store's, router/records.py)."""
         self.store = store
         self.path = Path(store.path)
+        self.lookup = lookup or self._lookup_file
         self.metrics = metrics
         self.now = now
         limits = (settings.login_max_failures, settings.login_lockout_s, settings.login_lockout_max_s,
@@ -165,17 +168,20 @@ class LoginGuard:
     def _check(self, name: str, password: str) -> tuple[tuple[Account, str] | None, bool, str | None]:
         """In a pool thread: read the hash (a read-only connection takes no write lock), check it."""
         try:
-            conn = read_only(self.path)
-            try:
-                found = acct.lookup(conn, name)
-            finally:
-                conn.close()
-        except sqlite3.Error as exc:
+            found = self.lookup(name)
+        except Exception as exc:  # noqa: BLE001 - whichever store: unreadable is a 503
             log.error("login_store_unreadable", error=str(exc))
             raise LoginRefused(503, _("the account store cannot be read; retry later"), "unavailable", 1) from exc
         ok = acct.check_password(found[1] if found else None, password)
         rehashed = acct.new_hash(found[1], password) if ok and found else None
         return found, ok, rehashed
+
+    def _lookup_file(self, name: str) -> tuple[Account, str] | None:
+        conn = read_only(self.path)
+        try:
+            return acct.lookup(conn, name)
+        finally:
+            conn.close()
 
     def _refuse_locked(self, name: str, client: str) -> None:
         now = self.now()

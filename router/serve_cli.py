@@ -110,7 +110,14 @@ def accounts_command(args: argparse.Namespace) -> int:
     config = load_or_report(args)
     if config is None:
         return 1
-    store = Store(args.store or config.main.storage.path)
+    if config.main.storage.records == "postgres" and not args.store:  # created once, for every instance
+        from router.pg.records import open_accounts
+
+        store: Any = open_accounts(config)
+        if store is None:
+            return 1
+    else:
+        store = Store(args.store or config.main.storage.path)
     try:
         if args.action == "list":
             rows = store.run_sync(acct.list_accounts)

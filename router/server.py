@@ -49,7 +49,7 @@ from router.config import Config
 from router.i18n import _, t
 from router import i18n
 from router.login import LoginGuard, LoginRefused
-from router.stats import compute, parse_period
+from router.stats import parse_period
 from router.ingest import TOO_DEEP, decode_batch, explain, split_batch
 from router.models import AgentStatus, AgentStatusEvent, Message, RatingEvent
 from router.pipeline import InputError
@@ -353,7 +353,7 @@ async def conversations(request: web.Request, scope: Scope) -> web.Response:
     state = request.query.get("state")
     agent = request.query.get("agent_id")
     out = []
-    for conv in service.router.dispatcher.conversations.values():
+    for conv in await service.open_conversations():
         if not scope.sees(conv.shop_id) or (shop and conv.shop_id != shop):
             continue
         if (state and conv.state != state) or (agent and conv.agent_id != agent):
@@ -368,12 +368,11 @@ async def conversation(request: web.Request, scope: Scope) -> web.Response:
     service = request.app[SERVICE]
     cid = request.match_info["cid"]
     scope.require_conversation(cid)
-    conv = service.router.dispatcher.conversations.get(cid)
-    if conv is None or not scope.sees(conv.shop_id):
+    view = await service.conversation_view(cid)
+    if view is None or not scope.sees(view.conversation.shop_id):
         return error(404, _("no open conversation {cid!r}", cid=cid))
-    snap = service.snapshot(cid)
-    return json_response({**_conv_json(service, conv), "history": snap.history if snap else [],
-                          "buyer": snap.buyer if snap else None, "order": snap.order if snap else None})
+    return json_response({**_conv_json(service, view.conversation), "history": view.history, "notes": view.notes,
+                          "buyer": view.buyer, "order": view.order})
 
 
 @gate()
@@ -465,8 +464,7 @@ async def stats(request: web.Request, scope: Scope) -> web.Response:
         agent_q = scope.agent_id or scope.account.name
     visible = [sid for sid in service.config.shops if scope.sees(sid)]
     config = service.config
-    period = await service.store.call(lambda conn: compute(conn, config, since=since, until=until, shop=shop_q,
-                                                           agent=agent_q, shops=visible))
+    period = await service.records.stats(config, since=since, until=until, shop=shop_q, agent=agent_q, shops=visible)
     body["period"] = msgspec.to_builtins(period)
     if scope.role == "admin" and scope.all_shops:
         try:
@@ -657,7 +655,8 @@ def make_app(service: Service) -> web.Application:
     app.on_startup.append(book.start)
     app.on_cleanup.append(book.stop)
     app.on_shutdown.append(_close_sockets)
-    guard = app[LOGIN] = LoginGuard(service.store, service.config.main.server, service.metrics)
+    guard = app[LOGIN] = LoginGuard(service.store, service.config.main.server, service.metrics,
+                                    lookup=service.records.lookup_blocking)
     app.on_cleanup.append(guard.cleanup)
     r = app.router
     r.add_post("/v1/shops/{shop_id}/messages", ingest)

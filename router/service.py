@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 import structlog
@@ -49,6 +49,7 @@ from router.models import (
     AgentStatusEvent,
     Buyer,
     CloseEvent,
+    Conversation,
     Decision,
     Event,
     Message,
@@ -64,6 +65,7 @@ from router.models import (
 )
 from router.lifecycle import IdleCloser
 from router.pipeline import InputError, Router
+from router.records import Records, SqliteRecords
 from router.store import Store, journal_page, last_seq, read_only
 
 log = structlog.get_logger("fenliu.service")
@@ -109,6 +111,16 @@ class Profile:
     notes: list[dict[str, Any]] = field(default_factory=list)
 
 
+class ConversationView(NamedTuple):
+    """An open conversation as ``GET /v1/conversations/{id}`` shows it."""
+
+    conversation: Conversation
+    history: list[WsHistoryItem]
+    notes: list[dict[str, Any]]
+    buyer: Buyer | None
+    order: Order | None
+
+
 @dataclass
 class IngestResult:
     accepted: list[str] = field(default_factory=list)
@@ -137,6 +149,8 @@ class Service:
         self.config = config
         self.simulate = simulate
         self.store = Store(store_path or config.main.storage.path)
+        #: Accounts, figures and (with PostgreSQL) the other records: router/records.py.
+        self.records: Records = SqliteRecords(self.store)
         self.writer = JournalWriter(self.store.path, on_exit=self._writer_failed,
                                     on_transaction=lambda: self.metrics.commits.inc())
         #: Why the service can no longer work (``/healthz`` answers 503 with it), or ``None``.
@@ -1032,6 +1046,19 @@ class Service:
         for aid, st in self.router.dispatcher.agents.items():
             if st.status != "offline" and aid not in self.sessions and aid not in self._grace:
                 self._enqueue(_Job("event", (AgentStatusEvent(aid, "offline"), None)))
+
+    async def open_conversations(self) -> list[Conversation]:
+        """The open conversations this service shows (all of them on one instance)."""
+        return list(self.router.dispatcher.conversations.values())
+
+    async def conversation_view(self, cid: str) -> ConversationView | None:
+        conv = self.router.dispatcher.conversations.get(cid)
+        if conv is None:
+            return None
+        buyer, order = self.context.get(cid, (None, None))
+        notes = await self.store.call(lambda c: [{"by": a, "text": t, "ts": ts} for a, t, ts in c.execute(
+            "SELECT agent_id, text, ts FROM notes WHERE conversation_id = ? AND ts >= ? ORDER BY id", (cid, conv.opened_at))])
+        return ConversationView(conv, list(self.history.get(cid, ())), notes, buyer, order)
 
     def conversations_of(self, agent_id: str) -> list[str]:
         st = self.router.dispatcher.agents.get(agent_id)

@@ -39,19 +39,37 @@ def compute(conn: sqlite3.Connection, config: Config, *, since: float | None = N
     of the wall clock and the last entry read, never past ``until``), optionally for one shop or
     only what is charged to one agent, restricted to ``shops`` (an account's) when given."""
     rows, _, _ = read_rows(conn, since, until)
+    try:
+        found = conn.execute("SELECT shop_id, agent_id, tag, word FROM violations WHERE ts >= ? AND ts < ?",
+                             (since if since is not None else float("-inf"),
+                              until if until is not None else float("inf"))).fetchall()
+    except sqlite3.OperationalError:  # a store from before the table
+        found = []
+    orders = conn.execute("SELECT shop_id, order_id, buyer_id, body, updated FROM orders WHERE buyer_id IS NOT NULL")
+    return compute_rows(config, rows, orders, found, since=since, until=until, shop=shop, agent=agent, shops=shops,
+                        conversion_window_h=conversion_window_h, now=now)
+
+
+def compute_rows(config: Config, rows: list[tuple], orders: Iterable[tuple], found: Iterable[tuple], *,
+                 since: float | None = None, until: float | None = None, shop: str | None = None,
+                 agent: str | None = None, shops: Iterable[str] | None = None, conversion_window_h: float = 24.0,
+                 now: float | None = None) -> Stats:
+    """:func:`compute` over rows read from any records store: the journal rows and replies
+    (:func:`router.figures.read_rows`'s), the orders ``(shop, order, buyer, body, updated)`` and
+    the violations ``(shop, agent, tag, word)`` of the period."""
     ledger = Ledger(config, since, until, keep_sessions=True)
     ledger.apply(rows)
     if now is None:
         now = max(time.time(), ledger.last_clock)
     if until is not None:
         now = min(now, until)
-    orders = _orders(conn)
+    by_buyer = _orders(orders)
 
     def convert(cells) -> None:
         for s in ledger.sessions():
             if s.blocked == s.messages:
                 continue
-            for order_id, status, updated in orders.get((s.shop, s.buyer), ()):
+            for order_id, status, updated in by_buyer.get((s.shop, s.buyer), ()):
                 if (status in _PAID and order_id not in s.orders_asked
                         and s.start <= updated <= s.start + conversion_window_h * 3600):
                     key = (s.shop, s.last_agent or QUEUE, s.key_skill)  # once, to whoever served last
@@ -59,20 +77,26 @@ def compute(conn: sqlite3.Connection, config: Config, *, since: float | None = N
                     break
 
     stats = ledger.stats(now, shops=shops, shop=shop, agent=agent, extra=convert, conversion=True)
-    stats.violations = violations(conn, since, until, shops=shops, shop=shop, agent=agent)
+    stats.violations = count_violations(found, shops=shops, shop=shop, agent=agent)
     return stats
 
 
 def violations(conn: sqlite3.Connection, since: float | None, until: float | None, *,
                shops: Iterable[str] | None = None, shop: str | None = None, agent: str | None = None) -> list[Violations]:
     """Forbidden words in refused replies of ``[since, until)``, per agent and category, most first."""
-    allowed = set(shops) if shops is not None else None
-    counts: dict[tuple[str, str], dict[str, int]] = {}
     try:
         rows = conn.execute("SELECT shop_id, agent_id, tag, word FROM violations WHERE ts >= ? AND ts < ?",
                             (since if since is not None else float("-inf"), until if until is not None else float("inf")))
     except sqlite3.OperationalError:  # a store from before the table
         return []
+    return count_violations(rows, shops=shops, shop=shop, agent=agent)
+
+
+def count_violations(rows: Iterable[tuple], *, shops: Iterable[str] | None = None, shop: str | None = None,
+                     agent: str | None = None) -> list[Violations]:
+    """:func:`violations` of rows ``(shop, agent, tag, word)`` already read."""
+    allowed = set(shops) if shops is not None else None
+    counts: dict[tuple[str, str], dict[str, int]] = {}
     for shop_id, agent_id, tag, word in rows:
         if (allowed is not None and shop_id not in allowed) or (shop and shop_id != shop) or (agent and agent_id != agent):
             continue
@@ -84,11 +108,9 @@ def violations(conn: sqlite3.Connection, since: float | None, until: float | Non
     return out
 
 
-def _orders(conn: sqlite3.Connection) -> dict[tuple[str, str], list[tuple[str, str, float]]]:
+def _orders(rows: Iterable[tuple]) -> dict[tuple[str, str], list[tuple[str, str, float]]]:
     out: dict[tuple[str, str], list[tuple[str, str, float]]] = defaultdict(list)
-    for shop_id, order_id, buyer_id, body, updated in conn.execute(
-        "SELECT shop_id, order_id, buyer_id, body, updated FROM orders WHERE buyer_id IS NOT NULL"
-    ):
+    for shop_id, order_id, buyer_id, body, updated in rows:
         order = _decode_order.decode(body)
         out[(shop_id, buyer_id)].append((order_id, (order.status or "").lower(), updated))
     return out

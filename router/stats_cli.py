@@ -69,6 +69,8 @@ def open_period(args: argparse.Namespace) -> StoreRead | None:
         print(t(_("error: unknown agent {agent!r}", agent=agent)), file=sys.stderr)
         return None
     path = Path(args.store or config.main.storage.path)
+    if config.main.storage.records == "postgres" and not args.store:  # every instance's records: read there
+        return StoreRead(config, since, until, path)
     if not path.exists():
         print(t(_("error: no store at {path} (has `fenliu serve` run with this configuration?)", path=path)), file=sys.stderr)
         return None
@@ -82,11 +84,20 @@ def stats_command(args: argparse.Namespace) -> int:
     read = open_period(args)
     if read is None:
         return 1
-    conn = connect(read.path)
-    try:
-        stats = compute(conn, read.config, since=read.since, until=read.until, shop=args.shop, agent=args.agent)
-    finally:
-        conn.close()
+    if read.config.main.storage.records == "postgres" and not args.store:
+        from router.pg.records import read_stats
+
+        try:
+            stats = read_stats(read.config, since=read.since, until=read.until, shop=args.shop, agent=args.agent)
+        except Exception as exc:  # noqa: BLE001 - the database unreachable or not set: say why
+            print(t(_("error: {reason}", reason=str(exc).strip())), file=sys.stderr)
+            return 1
+    else:
+        conn = connect(read.path)
+        try:
+            stats = compute(conn, read.config, since=read.since, until=read.until, shop=args.shop, agent=args.agent)
+        finally:
+            conn.close()
     if args.csv:
         _write(args.csv, to_csv(stats))
     if args.json:

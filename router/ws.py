@@ -213,8 +213,8 @@ async def _handle(service: Service, session: WsSession, data: bytes) -> WsResult
                 await service.event(CloseEvent(frame.conversation_id))
             case WsStatus():
                 await service.event(AgentStatusEvent(aid, frame.status))
-            case WsNote():
-                if (why := _holds(service, aid, frame.conversation_id)) is not None:
+            case WsNote():  # the Redis backend checks the claim in Redis, whichever instance routes it
+                if not getattr(service, "checks_claims", False) and (why := _holds(service, aid, frame.conversation_id)):
                     return WsResult(op, False, ref, cid, reason=t(why))
                 await service.add_note(aid, frame.conversation_id, frame.text, frame.tags)
     except (InputError, NotYours, Overloaded) as exc:

@@ -32,12 +32,12 @@ CREATE TABLE accounts (
     name text PRIMARY KEY,            -- "main" or "main:sub"
     main text,
     role text NOT NULL,
-    shops jsonb NOT NULL,
+    shops text NOT NULL,              -- JSON list, as in SQLite: router/accounts.py reads both alike
     agent_id text,
     password_hash text NOT NULL,
     generation integer NOT NULL DEFAULT 1,  -- moves on password change or disable: tokens die
     created double precision NOT NULL,
-    disabled boolean NOT NULL DEFAULT false
+    disabled integer NOT NULL DEFAULT 0
 );
 CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE profiles (

@@ -44,7 +44,7 @@ import os
 import secrets
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import redis
@@ -72,7 +72,10 @@ from router.models import (
 from router.lifecycle import IdleCloser
 from router.pipeline import InputError, Router
 from router.redis.keys import GROUP, Keys, lua
-from router.service import IngestResult, NotYours, Overloaded, Service, _Job
+from router.service import ConversationView, IngestResult, NotYours, Overloaded, Service, _Job
+
+if TYPE_CHECKING:
+    from router.pg.service import PgSide
 
 log = structlog.get_logger("fenliu.redis")
 
@@ -121,6 +124,10 @@ class _Batch:
 class RedisService(Service):
     """The :class:`router.service.Service` of one instance among several sharing a Redis."""
 
+    #: A note is checked against the claim in Redis (:meth:`add_note`), not against this
+    #: instance's router, which may not route the conversation.
+    checks_claims = True
+
     def __init__(self, config: Config, *, store_path: str | None = None, simulate: bool = False) -> None:
         super().__init__(config, store_path=store_path, simulate=simulate)
         st = config.main.storage
@@ -160,6 +167,15 @@ class RedisService(Service):
         self._rt = {op: self.round_trips.labels(op) for op in
                     ("ingest", "commit", "claim", "release", "read", "lease", "control", "frames", "request")}
         self.router = self._new_router(config)
+        #: The PostgreSQL records store's side (``storage.records = "postgres"``), else ``None``.
+        self.pg: PgSide | None = None
+        if st.records == "postgres":
+            from router.pg import database_url
+            from router.pg.records import PgRecords
+            from router.pg.service import PgSide
+
+            self.records = PgRecords(database_url(st), instance=self.id, pool_size=st.postgres_pool)
+            self.pg = PgSide(self, self.records)
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -186,7 +202,9 @@ class RedisService(Service):
         self._control_last = last_control[0][0] if last_control else "0-0"
         self._claims_last = last_claim[0][0] if last_claim else "0-0"
         await self._load_statuses()
-        await self._load_side_tables()
+        pg_tasks = await self.pg.start() if self.pg is not None else []
+        if self.pg is None:
+            await self._load_side_tables()
         self._make_adapters()
         self._tasks = [
             asyncio.create_task(self._consume(), name="fenliu-redis-consumer"),
@@ -196,6 +214,7 @@ class RedisService(Service):
             asyncio.create_task(self._tick_loop(), name="fenliu-redis-ticker"),
             asyncio.create_task(self._outbox_loop(), name="fenliu-outbox"),
             asyncio.create_task(IdleCloser(self).run(), name="fenliu-idle-close"),
+            *pg_tasks,
         ]
         if self.config.main.server.watch_config:
             self._tasks.append(asyncio.create_task(self.reloader.watch(), name="fenliu-config-watch"))
@@ -249,6 +268,8 @@ class RedisService(Service):
             with contextlib.suppress(Exception):
                 await adapter.close()
         await self.store.close()
+        if self.pg is not None:
+            await self.pg.close()
         with contextlib.suppress(Exception):
             await self.r.aclose()
         self.rs.close()
@@ -362,16 +383,22 @@ class RedisService(Service):
         result = await self.router.check_reply(shop, text, conversation_id, agent_id)
         if not result.ok:
             self.metrics.replies.labels("refused").inc()
+            if self.pg is not None and result.hits:  # quality inspection reads them from every instance
+                await self.pg.records.add_violations([(time.time(), shop, conversation_id, agent_id, h.word, h.tag or "",
+                                                       h.source) for h in result.hits])
             return result
         from adapters import OutboundReply
 
         now = time.time()
         buyer = conversation_id.partition(":")[2]
-        rid = await self.store.call(lambda c: c.execute(
-            "INSERT INTO outbox (shop_id, conversation_id, buyer_id, agent_id, text, ts, next_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (shop, conversation_id, buyer, agent_id, result.text, now, now)).lastrowid)
+        if self.pg is not None:  # sent by whichever instance's sender claims the row (normally this one)
+            rid = await self.pg.reply(shop, conversation_id, buyer, agent_id, result.text, now)
+        else:
+            rid = await self.store.call(lambda c: c.execute(
+                "INSERT INTO outbox (shop_id, conversation_id, buyer_id, agent_id, text, ts, next_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (shop, conversation_id, buyer, agent_id, result.text, now, now)).lastrowid)
+            self._queue_outbox(OutboundReply(rid, shop, conversation_id, buyer, result.text, now, agent_id), now, 0)
         self.metrics.replies.labels("sent").inc()
-        self._queue_outbox(OutboundReply(rid, shop, conversation_id, buyer, result.text, now, agent_id), now, 0)
         self._journaled([("reply", shop, conversation_id, buyer, agent_id, result.text, now)], {0: rid})
         return result
 
@@ -381,13 +408,41 @@ class RedisService(Service):
         owner = await self.r.hget(self.keys.owners(n), conversation_id)
         if agent_id is not None and (owner is None or owner.decode() != agent_id):
             raise NotYours(i18n._("conversation {cid!r} is not yours", cid=conversation_id))
+        if self.pg is not None and text:
+            await self.pg.add_note(shop, conversation_id, agent_id, text)
         return await self.set_profile(shop, buyer, add_tags=tags, note=text or None, author=agent_id)
+
+    async def set_profile(self, shop_id: str, buyer_id: str, *, tags: list[str] | None = None,
+                          add_tags: tuple[str, ...] = (), note: str | None = None, author: str | None = None) -> Any:
+        if self.pg is None:
+            return await super().set_profile(shop_id, buyer_id, tags=tags, add_tags=add_tags, note=note, author=author)
+        return await self.pg.set_profile(shop_id, buyer_id, tags=tags, add_tags=add_tags, note=note, author=author)
+
+    async def open_conversations(self) -> list[Conversation]:
+        return await self.pg.open_conversations() if self.pg is not None else await super().open_conversations()
+
+    async def conversation_view(self, cid: str) -> ConversationView | None:
+        """With PostgreSQL, any instance shows any open conversation: the mirror's state, the
+        history and notes every instance wrote (the buyer and order only where it is routed)."""
+        if self.pg is None:
+            return await super().conversation_view(cid)
+        found = await self.pg.conversation(cid)
+        if found is None:
+            return None
+        conv, items, notes = found
+        local = self.snapshot(cid)
+        return ConversationView(conv, items, notes, local.buyer if local else None, local.order if local else None)
 
     async def order_context(self, items: list) -> None:
         rows: list[tuple] = []
         afters: list = []
+        if self.pg is not None:
+            await self.pg.records.record_story(items, time.time())
         self._process_context(_Job("context", (items,), None), rows, afters)
-        if rows:
+        if rows and self.pg is not None:
+            for row in rows:
+                await self.pg.records.save_orders(row[1])
+        elif rows:
             from router.service import _write_rows
 
             await self.store.call(lambda c: _write_rows(c, rows))
@@ -578,6 +633,8 @@ class RedisService(Service):
     def _begin(self) -> _Batch:
         self._batch = _Batch()
         self._fenced = False
+        if self.pg is not None:
+            self.pg.begin()
         return self._batch
 
     def _push(self, decisions: list[Decision], messages: dict[str, Message] | None = None) -> None:
@@ -669,6 +726,9 @@ class RedisService(Service):
         if msg.order is not None and msg.order.order_id:
             self.order_buyer[(msg.shop_id, msg.order.order_id)] = msg.buyer_id
         self._push(decisions, {msg.msg_id: msg})
+        if self.pg is not None:  # keyed by the message: routed again after a takeover, it replaces
+            self.pg.add("message", f"m:{msg.shop_id}:{msg.msg_id}", clock, msg.shop_id, msg.msg_id, msg.conversation_id,
+                        _encode(msg), decisions)
 
     def _poisoned_message(self, msg: Message, exc: Exception) -> None:
         self._push([Decision(msg.msg_id, msg.shop_id, msg.conversation_id, "blocked", flags=[f"error:{type(exc).__name__}"])])
@@ -737,6 +797,9 @@ class RedisService(Service):
             if ok and isinstance(event, AcceptEvent):
                 self.log.info("accepted", agent_id=event.agent_id, conversation_id=event.conversation_id)
             self._push(moved)
+            if ok and self.pg is not None:
+                self.pg.add("event", f"e:{n}:{eid.decode()}", self._clock, (cid or "").partition(":")[0] or None, None,
+                            cid, fields[b"b"], moved)
         req = fields.get(b"req")
         inst = fields.get(b"inst")
         if req and inst:
@@ -748,6 +811,8 @@ class RedisService(Service):
         bind_message(None)
         if self._fenced:
             raise _Lost("a claim or release was fenced")
+        if self.pg is not None:  # the records first: what Redis acknowledges is in PostgreSQL
+            await self.pg.before_commit()
         k = self.keys
         keys: list[str] = []
         index: dict[str, int] = {}
@@ -795,6 +860,8 @@ class RedisService(Service):
         ok = await self._commit_lua(keys=keys, args=[payload])
         if not ok:
             raise _Lost("commit fenced")
+        if self.pg is not None:
+            await self.pg.after_commit(batch.decisions)
         self._mirrored.update(written)
         for cid in gone:
             self._mirrored.pop(cid, None)

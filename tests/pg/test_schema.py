@@ -4,6 +4,7 @@ together; ``fenliu db status`` / ``upgrade`` from the command line."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -37,7 +38,7 @@ def test_concurrent_upgrades_apply_each_migration_once(pg_url: str) -> None:
     outs = [p.communicate(timeout=60) for p in procs]
     assert not errors
     assert [p.returncode for p in procs] == [0, 0, 0], outs
-    from_procs = sum(int(out.split("(")[1].split()[0]) for out, _ in outs)
+    from_procs = sum(int(re.findall(r"\d+", out)[1]) for out, _ in outs)  # "version N (K migrations applied now)"
     assert from_procs + sum(len(a) for a in applied) == len(schema.MIGRATIONS)
     with psycopg.connect(pg_url) as conn:
         rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()

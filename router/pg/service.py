@@ -1,0 +1,213 @@
+"""What a Redis-backed instance does with the PostgreSQL records store
+(``storage.records = "postgres"``): the hooks :class:`router.redis.service.RedisService` calls,
+kept here so the routing service only says *when* (docs/deploy.md, "PostgreSQL").
+
+- **History before acknowledgement.** Every message and agent request routed in a batch is
+  written (keyed by what it is, so routing it again replaces the row) before ``commit.lua``
+  acknowledges the batch; a failed write fails the batch like a Redis error (its entries stay
+  pending and are routed again). Timer decisions go in after the commit.
+- **Replies** are outbox rows; every instance runs a sender that claims due rows with
+  ``FOR UPDATE SKIP LOCKED`` (:meth:`router.pg.records.PgRecords.claim_due`), so the reply an
+  agent wrote through one instance is sent once, by whichever instance claims it first (the
+  writer nudges its own sender, so usually itself, at once).
+- **Profiles** are read-modify-written in one transaction; each instance follows the changed
+  rows every second for the tags it adds to new messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+
+from adapters import DeliveryError, OutboundReply
+from router.models import Conversation, Decision, Order, WsHistoryItem
+from router.pg.records import PgRecords
+
+if TYPE_CHECKING:
+    from router.redis.service import RedisService
+
+log = structlog.get_logger("fenliu.pg")
+
+_encode = msgspec.json.Encoder().encode
+_order = msgspec.json.Decoder(Order)
+_conversation = msgspec.json.Decoder(Conversation)
+
+#: How often the sender looks for due replies when nothing nudged it.
+OUTBOX_POLL_S = 0.25
+#: How often profiles changed elsewhere are read.
+PROFILES_S = 1.0
+#: How often history past ``storage.history_days`` is pruned.
+PRUNE_S = 3600.0
+
+
+class PgSide:
+    """The PostgreSQL half of one Redis-backed instance."""
+
+    def __init__(self, service: RedisService, records: PgRecords) -> None:
+        self.service = service
+        self.records = records
+        self.rows: list[tuple] = []
+        self._ticks = itertools.count()
+        self._nudge = asyncio.Event()
+        self._sending: set[int] = set()
+        self._profiles_seen = 0.0
+
+    # -- start and stop ---------------------------------------------------------------------------
+
+    async def start(self) -> list[asyncio.Task]:
+        """Migrate, load what enrichment reads (profiles, current orders), start the loops."""
+        from router.service import Profile
+
+        await self.records.start()
+        s = self.service
+        for shop, buyer, tags, notes, updated in await self.records.profiles_since(0.0):
+            s.profiles[(shop, buyer)] = Profile(tags, notes)
+            self._profiles_seen = max(self._profiles_seen, updated)
+        async with self.records.pool.connection() as conn:
+            cur = await conn.execute("SELECT shop_id, order_id, buyer_id, body::text FROM orders "
+                                     "WHERE buyer_id IS NOT NULL ORDER BY updated")
+            for shop, order_id, buyer, body in await cur.fetchall():
+                s.order_buyer[(shop, order_id)] = buyer
+                s.orders[(shop, buyer)] = _order.decode(body)
+        return [asyncio.create_task(self._outbox_loop(), name="fenliu-pg-outbox"),
+                asyncio.create_task(self._follow_loop(), name="fenliu-pg-follow")]
+
+    async def close(self) -> None:
+        await self.records.close()
+
+    # -- history ------------------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """A new batch: rows of a batch that never committed are dropped with it."""
+        self.rows = []
+
+    def add(self, kind: str, entry: str, clock: float, shop: str | None, msg_id: str | None, cid: str | None,
+            body: bytes | None, decisions: list[Decision]) -> None:
+        self.rows.append((kind, entry, clock, shop, msg_id, cid, body, decisions))
+
+    async def before_commit(self) -> None:
+        """Write the batch's messages and requests, before Redis acknowledges them."""
+        if self.rows:
+            await self.records.write_history(self.rows)
+
+    async def after_commit(self, decisions: list[Decision]) -> None:
+        """Decisions no message or request explains (timers, status changes) as one tick row."""
+        seen = {id(d) for row in self.rows for d in row[7]}
+        self.rows = []
+        ticks = [d for d in decisions if id(d) not in seen]
+        if ticks:
+            entry = f"t:{self.service.id}:{next(self._ticks)}"
+            await self.records.write_history([("tick", entry, self.service._clock, None, None, None, None, ticks)])
+
+    # -- replies ------------------------------------------------------------------------------------
+
+    async def reply(self, shop: str, cid: str, buyer: str, agent_id: str, text: str, now: float) -> int:
+        rid = await self.records.add_reply(shop, cid, buyer, agent_id, text, now)
+        self._nudge.set()
+        return rid
+
+    async def _outbox_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(OUTBOX_POLL_S):
+                    await self._nudge.wait()
+            self._nudge.clear()
+            try:
+                claimed = await self.records.claim_due(time.time())
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL away: the rows wait, retry
+                log.warning("outbox_claim_failed", error=str(exc))
+                await asyncio.sleep(1.0)
+                continue
+            for item, attempts in claimed:
+                if item.id not in self._sending:
+                    self._sending.add(item.id)
+                    asyncio.get_running_loop().create_task(self._deliver(item, attempts))
+
+    async def _deliver(self, item: OutboundReply, attempts: int) -> None:
+        s = self.service
+        try:
+            adapter = s.adapters.get(item.shop_id)
+            error: str | None = None
+            try:
+                if adapter is None:
+                    raise DeliveryError(f"no adapter for shop {item.shop_id!r}")
+                await adapter.send(item)
+            except DeliveryError as exc:
+                error = str(exc) or type(exc).__name__
+            except Exception as exc:  # noqa: BLE001 - an adapter bug must not lose the reply
+                error = f"{type(exc).__name__}: {exc}"
+            if error is None:
+                s.metrics.outbound.labels("acked").inc()
+                await self.records.acked(item.id, time.time())
+                return
+            attempts += 1
+            delay = min(60.0, 0.5 * 2 ** (attempts - 1))
+            s.metrics.outbound.labels("failed").inc()
+            log.warning("delivery_failed", shop_id=item.shop_id, conversation_id=item.conversation_id,
+                        reply_id=item.id, attempts=attempts, retry_in_s=delay, error=error)
+            await self.records.retry(item.id, attempts, time.time() + delay, error)
+        except Exception as exc:  # noqa: BLE001 - the claim expires and the row is sent again
+            log.warning("outbox_update_failed", reply_id=item.id, error=str(exc))
+        finally:
+            self._sending.discard(item.id)
+
+    # -- profiles, notes, orders ---------------------------------------------------------------------
+
+    async def set_profile(self, shop_id: str, buyer_id: str, *, tags: list[str] | None, add_tags: tuple[str, ...],
+                          note: str | None, author: str | None) -> Any:
+        from router.service import Profile
+
+        entry = {"text": note, "by": author, "ts": time.time()} if note else None
+        new_tags, notes = await self.records.update_profile(shop_id, buyer_id, tags=tags, add_tags=add_tags, note=entry)
+        profile = Profile(new_tags, notes)
+        self.service.profiles[(shop_id, buyer_id)] = profile
+        return profile
+
+    async def add_note(self, shop: str, cid: str, agent_id: str | None, text: str) -> None:
+        await self.records.add_note(shop, cid, agent_id, text, time.time())
+
+    async def _follow_loop(self) -> None:
+        """Profiles changed through other instances; history pruned past its retention."""
+        from router.service import Profile
+
+        pruned = 0.0
+        while True:
+            await asyncio.sleep(PROFILES_S)
+            try:
+                for shop, buyer, tags, notes, updated in await self.records.profiles_since(self._profiles_seen):
+                    self.service.profiles[(shop, buyer)] = Profile(tags, notes)
+                    self._profiles_seen = max(self._profiles_seen, updated)
+                if time.monotonic() - pruned >= PRUNE_S:
+                    pruned = time.monotonic()
+                    await self.records.prune(self.service.config.main.storage.history_days)
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL away: try again next round
+                log.warning("records_follow_failed", error=str(exc))
+
+    # -- what every instance shows ------------------------------------------------------------------
+
+    async def open_conversations(self) -> list[Conversation]:
+        """Every open conversation of the deployment, from the Redis mirror (each shard's owner
+        writes it in its commits), not only this instance's shards."""
+        s = self.service
+        pipe = s.r.pipeline(transaction=False)
+        for n in range(s.keys.shards):
+            pipe.hvals(s.keys.convs(n))
+        return [_conversation.decode(raw) for vals in await pipe.execute() for raw in vals]
+
+    async def conversation(self, cid: str) -> tuple[Conversation, list[WsHistoryItem], list[dict[str, Any]]] | None:
+        """One open conversation as every instance shows it: the mirror's state, the history from
+        PostgreSQL (messages, bot answers, agents' replies) and its notes."""
+        s = self.service
+        raw = await s.r.hget(s.keys.convs(s.keys.shard_of_conversation(cid)), cid)
+        if raw is None:
+            return None
+        conv = _conversation.decode(raw)
+        items, notes = await self.records.conversation(cid, conv.opened_at)
+        return conv, items, notes
+

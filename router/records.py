@@ -1,0 +1,77 @@
+"""Where the records people read live: the small interface the service, the account book, logins
+and statistics go through, implemented by the SQLite file (:class:`SqliteRecords`, the embedded
+default) and by PostgreSQL (:class:`router.pg.records.PgRecords`, shared by several instances).
+
+One class per store rather than ``if backend ==`` in every caller: a caller asks for accounts or
+figures and does not know where they come from. The SQLite side wraps what the service already
+does on its store; what only several instances need (claimed outbox rows, history written by
+every instance) is PostgreSQL's alone (docs/deploy.md, "PostgreSQL").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from router import accounts as acct
+from router.accounts import Account
+from router.store import read_only
+
+if TYPE_CHECKING:
+    from router.config import Config
+    from router.figures import Stats
+    from router.store import Store
+
+
+class Records:
+    """What every records store answers."""
+
+    shared = False  # True: every instance reads and writes the same records
+
+    async def start(self) -> None:
+        """Open (and, for a server database, migrate); called once by the service's start."""
+
+    async def close(self) -> None:
+        """Close what :meth:`start` opened."""
+
+    async def accounts(self) -> dict[str, Account]:
+        """Every account by name (the account book re-reads it every half second)."""
+        raise NotImplementedError
+
+    def lookup_blocking(self, name: str) -> tuple[Account, str] | None:
+        """The account and its password hash, from a worker thread (a login hashes there)."""
+        raise NotImplementedError
+
+    async def stats(self, config: Config, **period: Any) -> Stats:
+        """:func:`router.stats.compute`'s figures over the records (``period``: its keywords)."""
+        raise NotImplementedError
+
+
+class SqliteRecords(Records):
+    """The instance's own SQLite file: reads from a read-only connection (no write lock taken),
+    figures in the store's thread as before."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _read_accounts(self) -> dict[str, Account]:
+        conn = read_only(self.store.path)
+        try:
+            return {a.name: a for a in acct.list_accounts(conn)}
+        finally:
+            conn.close()
+
+    async def accounts(self) -> dict[str, Account]:
+        return await asyncio.to_thread(self._read_accounts)
+
+    def lookup_blocking(self, name: str) -> tuple[Account, str] | None:
+        conn = read_only(self.store.path)
+        try:
+            return acct.lookup(conn, name)
+        finally:
+            conn.close()
+
+    async def stats(self, config: Config, **period: Any) -> Stats:
+        from router.stats import compute
+
+        return await self.store.call(lambda conn: compute(conn, config, **period))

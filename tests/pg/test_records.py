@@ -1,0 +1,107 @@
+"""The PostgreSQL records store on its own: accounts written by the command-line helpers and
+read by every instance, outbox rows claimed once across instances, history rows replaced (not
+added) when an input is routed again, notes kept when written through two instances at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from router import accounts as acct
+from router.models import Decision, Message
+from router.pg.compat import SyncStore
+from router.pg.records import PgRecords
+
+pytestmark = pytest.mark.anyio
+
+
+async def _records(url: str, n: int) -> list[PgRecords]:
+    out = [PgRecords(url, instance=f"i{i}", pool_size=4) for i in range(n)]
+    await asyncio.gather(*(r.start() for r in out))  # migrations under the lock, all at once
+    return out
+
+
+async def test_accounts_created_once_are_read_by_every_instance(pg_url: str) -> None:
+    store = SyncStore(pg_url)
+    try:
+        store.run_sync(lambda c: acct.add(c, "acme", "pw-acme", "admin", ("*",)))
+        store.run_sync(lambda c: acct.add(c, "acme:xiaomei", "pw-xm", "agent", ("s1",)))
+        with pytest.raises(acct.AccountError):
+            store.run_sync(lambda c: acct.add(c, "acme", "pw-other", "admin", ("*",)))
+        a, b = await _records(pg_url, 2)
+        try:
+            assert sorted(await a.accounts()) == sorted(await b.accounts()) == ["acme", "acme:xiaomei"]
+            found = await asyncio.to_thread(b.lookup_blocking, "acme:xiaomei")
+            assert found is not None and acct.check_password(found[1], "pw-xm")
+            store.run_sync(lambda c: acct.set_disabled(c, "acme:xiaomei", True))
+            book = await a.accounts()
+            assert book["acme:xiaomei"].disabled and book["acme:xiaomei"].generation == 2
+        finally:
+            await asyncio.gather(a.close(), b.close())
+    finally:
+        store.close_sync()
+
+
+async def test_outbox_rows_are_claimed_by_one_instance_each(pg_url: str) -> None:
+    recs = await _records(pg_url, 3)
+    try:
+        ids = [await recs[0].add_reply("s1", f"s1:b{i}", f"b{i}", "a1", f"reply {i}", 1000.0 + i) for i in range(60)]
+        claims = await asyncio.gather(*(r.claim_due(2000.0, limit=25) for r in recs for _ in range(2)))
+        got = [item.id for claim in claims for item, _ in claim]
+        assert sorted(got) == ids  # every row claimed, none twice
+        assert await recs[1].claim_due(2000.0 + 1) == []  # claims still held
+        mine = [item.id for item, _ in claims[0]]
+        for rid in mine:
+            await recs[0].acked(rid, 2001.0)
+            await recs[1].acked(rid, 2001.0)  # not its claim: changes nothing
+        taken_over = await recs[2].claim_due(2000.0 + 31)  # the other claims expired (their sender "died")
+        assert sorted(item.id for item, _ in taken_over) == sorted(set(ids) - set(mine))
+        assert await recs[0].pending() == len(ids) - len(mine)
+    finally:
+        for r in recs:
+            await r.close()
+
+
+def _message(i: int) -> tuple:
+    msg = Message(msg_id=f"m{i}", shop_id="s1", buyer_id="b1", text=f"hello {i}", ts=100.0 + i)
+    d = Decision(f"m{i}", "s1", "s1:b1", "queued", cause="message")
+    from router.service import _encode
+
+    return ("message", f"3:{i}-0", 100.0 + i, "s1", f"m{i}", "s1:b1", _encode(msg), [d])
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(st.integers(0, 9), min_size=1, max_size=30))
+def test_history_rewritten_entries_replace(pg_url: str, writes: list[int]) -> None:
+    """However often the same inputs are written (an owner that died after writing, the next
+    owner routing the same entries again), each is one row: the figures count it once."""
+
+    async def run() -> None:
+        (r,) = await _records(pg_url, 1)
+        try:
+            async with r.pool.connection() as conn:
+                await conn.execute("TRUNCATE history")
+            for i in writes:
+                await r.write_history([_message(i)])
+            rows, _, _ = await r.read_rows(None, None)
+            assert sorted(row[4] for row in rows) == sorted(f"m{i}" for i in set(writes))
+        finally:
+            await r.close()
+
+    asyncio.run(run())
+
+
+async def test_notes_through_two_instances_at_once_are_both_kept(pg_url: str) -> None:
+    a, b = await _records(pg_url, 2)
+    try:
+        await asyncio.gather(*(r.update_profile("s1", "b1", tags=None, add_tags=(f"t{i}",),
+                                                note={"text": f"note {i}", "by": "x", "ts": i})
+                               for i, r in enumerate([a, b] * 10)))
+        ((_, _, tags, notes, _),) = await a.profiles_since(0)
+        assert sorted(n["text"] for n in notes) == sorted(f"note {i}" for i in range(20))
+        assert sorted(tags) == sorted(f"t{i}" for i in range(20))
+    finally:
+        await asyncio.gather(a.close(), b.close())
