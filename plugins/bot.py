@@ -39,6 +39,7 @@ from router.config import ConfigError, Platform, _error_from_validation, _read_t
 from router.hookspecs import hookimpl
 from router.logging import debug_enabled
 from router.models import BotReply, Buyer, Message, Order
+from router.plugins import text_cache
 
 if TYPE_CHECKING:
     from router.config import Config, Shop
@@ -207,7 +208,7 @@ class _BotState:
     swaps with the configuration."""
 
     __slots__ = ("cfg", "faq", "matcher", "quick", "quick_by_id", "quick_index", "quick_matcher", "handoff",
-                 "negative", "has_faq", "has_handoff", "has_negative")
+                 "negative", "has_faq", "has_handoff", "has_negative", "asks")
 
     def __init__(self, cfg: BotConfig, library: FaqLibrary, vocab: Vocabulary,
                  platforms: Mapping[str, str] = {}) -> None:
@@ -224,6 +225,13 @@ class _BotState:
         self.handoff: KeywordIndex[None] = KeywordIndex((w, None) for w in cfg.handoff_words)
         self.negative: KeywordIndex[None] = KeywordIndex((w, None) for w in cfg.negative_words)
         self.has_faq, self.has_handoff, self.has_negative = bool(self.faq), bool(self.handoff), bool(self.negative)
+        self.asks = text_cache(self._asks, "bot_words")
+
+    def _asks(self, text: str) -> tuple[bool, bool]:
+        """Whether ``text`` asks for a human (转人工), and whether it is negative (投诉)."""
+        lowered = text.lower()
+        return (self.has_handoff and bool(self.handoff.hits(lowered)),
+                self.has_negative and bool(self.negative.hits(lowered)))
 
     def match(self, text: str, shop_id: str) -> Match:
         """The matcher's verdict (answer / suggest / none) for a buyer's message in a shop."""
@@ -387,7 +395,6 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
         return None
     state = _state(cfg, ctx.config)
     memory: dict[str, Any] = ctx.meta.setdefault("bot", {"answered": [], "last": None})  # type: ignore[assignment]
-    lowered = message.text.lower()
     sid = ctx.shop.id
     shop_texts = cfg.shops.get(sid)
     offline_text = (shop_texts.offline if shop_texts and shop_texts.offline is not None else cfg.offline)
@@ -399,10 +406,12 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
     if not held:
         if ctx.skill in cfg.handoff_skills:
             kind, text = "skill", cfg.handoff_skills[ctx.skill]  # type: ignore[index]
-        elif state.has_handoff and state.handoff.hits(lowered):
-            kind, text = "request", cfg.handoff_reply
-        elif state.has_negative and state.negative.hits(lowered):
-            kind, text = "negative", cfg.negative_reply
+        elif state.has_handoff or state.has_negative:
+            request, negative = state.asks(message.text)
+            if request:
+                kind, text = "request", cfg.handoff_reply
+            elif negative:
+                kind, text = "negative", cfg.negative_reply
     if kind is None and (not held or "faq" in cfg.while_human):
         match = state.match(message.text, sid)
         if match.outcome == "answer":

@@ -26,13 +26,16 @@ was the most precise of the three libraries tried (bm25s, rapidfuzz, scikit-lear
 
 from __future__ import annotations
 
+import functools
 import math
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
 import msgspec
+
+from router.plugins import text_cache
 
 #: Synonym groups shipped by default; the first word of a group is what the others become.
 DEFAULT_SYNONYMS: tuple[tuple[str, ...], ...] = (
@@ -213,7 +216,7 @@ class Matcher:
     """Ranks a policy's FAQ entries for a message (see the module docstring)."""
 
     __slots__ = ("vocab", "thresholds", "doc_entry", "postings", "entry_texts", "n_entries", "shops", "_idf",
-                 "_masks")
+                 "_masks", "_by_shop", "_by_mask")
 
     #: idf given to a message word no FAQ document has (as rare as the rarest known word)
     _idf: float
@@ -241,6 +244,10 @@ class Matcher:
         self.postings: dict[str, tuple[float, dict[int, float]]] = {}
         self._idf = 0.0
         self._masks: dict[str, list[bool]] = {}
+        #: per shop, :meth:`match` behind an exact-text cache shared by the shops that may use
+        #: the same entries (the verdict depends on the text and that set only)
+        self._by_shop: dict[str, Callable[[str], Match]] = {}
+        self._by_mask: dict[tuple[bool, ...], Callable[[str], Match]] = {}
         if not docs:
             return
         tfidf = TfidfVectorizer(analyzer=_identity, sublinear_tf=True, norm="l2")
@@ -296,6 +303,16 @@ class Matcher:
 
     def match(self, text: str, shop_id: str = "") -> Match:
         """The best entry for ``text`` (raw buyer text) in shop ``shop_id``."""
+        cached = self._by_shop.get(shop_id)
+        if cached is None:
+            key = tuple(self._allowed(shop_id))
+            cached = self._by_mask.get(key)
+            if cached is None:
+                cached = self._by_mask[key] = text_cache(functools.partial(self._match, shop_id=shop_id), "bot")
+            self._by_shop[shop_id] = cached
+        return cached(text)
+
+    def _match(self, text: str, shop_id: str = "") -> Match:
         found = self._scores(text, shop_id)
         if found is None:
             return Match("none")

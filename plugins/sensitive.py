@@ -31,6 +31,7 @@ the word scan itself says whether one is present. After the scan, matches are sp
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -50,6 +51,7 @@ import structlog
 from router.config import ConfigError, read_word_list
 from router.hookspecs import hookimpl
 from router.models import FilterVerdict, Hit
+from router.plugins import text_cache
 
 if TYPE_CHECKING:
     from router.config import Config
@@ -840,6 +842,8 @@ class SensitiveFilter:
             lows = (min((r.min_ascii for r in untriggered), default=0), min((r.min_digits for r in untriggered), default=0),
                     min((r.min_run for r in untriggered), default=0))
             self._plans[d] = (matchers[d], normal, untriggered, original, gate, lows)
+        #: the inbound hook's verdicts by exact text (buyers repeat themselves; verdicts are frozen)
+        self.inbound = text_cache(functools.partial(self.verdict, direction="inbound"), "sensitive")
 
     @classmethod
     def build(cls, cfg: SensitiveConfig, base: Path, file: str, cache: dict) -> SensitiveFilter:
@@ -1190,7 +1194,7 @@ def fenliu_configure(config: Config) -> None:
 def fenliu_inbound_filter(message: Message, ctx: HookContext) -> FilterVerdict | None:
     if message.kind != "text":  # an image's or a card's text is a link or a payload, not words a buyer wrote
         return None
-    return ctx.policy.sensitive.filter.verdict(ctx.text if ctx.text is not None else message.text, "inbound")
+    return ctx.policy.sensitive.filter.inbound(ctx.text if ctx.text is not None else message.text)
 
 
 @hookimpl

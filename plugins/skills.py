@@ -22,7 +22,9 @@ import structlog
 
 from router.config import ConfigError, Platform
 from router.hookspecs import hookimpl
+from router.logging import debug_enabled
 from router.models import Kind
+from router.plugins import text_cache
 
 if TYPE_CHECKING:
     from router.config import Config
@@ -112,7 +114,7 @@ class SkillsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, dic
 class _Compiled:
     """A policy's rules with keywords in one index and regexes compiled, built once per config."""
 
-    __slots__ = ("rules", "regex", "text_rules", "keywords", "has_keywords")
+    __slots__ = ("rules", "regex", "text_rules", "keywords", "has_keywords", "has_text", "text_hits")
 
     def __init__(self, cfg: SkillsConfig) -> None:
         self.rules = cfg.rules
@@ -120,12 +122,21 @@ class _Compiled:
         self.text_rules = [bool(r.keywords or r.regex) for r in cfg.rules]
         self.keywords: KeywordIndex[int] = KeywordIndex((k, i) for i, r in enumerate(cfg.rules) for k in r.keywords)
         self.has_keywords = bool(self.keywords)
+        self.has_text = any(self.text_rules)
+        self.text_hits = text_cache(self._text_hits, "skills")
+
+    def _text_hits(self, text: str) -> frozenset[int]:
+        """The rules whose text condition (a keyword, or else the regex) holds for ``text``."""
+        found = {self.keywords.values[n] for n in self.keywords.hits(text.lower())} if self.has_keywords else set()
+        for i, pattern in enumerate(self.regex):
+            if pattern is not None and i not in found and pattern.search(text) is not None:
+                found.add(i)
+        return frozenset(found)
 
     def match(self, message: Message, platform: str) -> SkillRule | None:
         if not self.rules:
             return None
-        keyword_rules = (set(self.keywords.values[n] for n in self.keywords.hits(message.text.lower()))
-                         if self.has_keywords else ())
+        text_hits = self.text_hits(message.text) if self.has_text else _NONE
         status = message.order.status if message.order is not None else None
         for i, rule in enumerate(self.rules):
             if rule.kinds and message.kind not in rule.kinds:
@@ -134,12 +145,13 @@ class _Compiled:
                 continue
             if rule.platforms and platform not in rule.platforms:
                 continue
-            if self.text_rules[i] and i not in keyword_rules:
-                pattern = self.regex[i]
-                if pattern is None or pattern.search(message.text) is None:
-                    continue
+            if self.text_rules[i] and i not in text_hits:
+                continue
             return rule
         return None
+
+
+_NONE: frozenset[int] = frozenset()
 
 
 def validate(file: str, cfg: SkillsConfig, known_skills: set[str] | None = None) -> ConfigError | None:
@@ -175,7 +187,8 @@ def classify(message: Message, ctx: HookContext) -> str | None:
     current = conv.skill if conv is not None else None
     if current is not None:
         if rule is not None and rule.switch and rule.skill != current:
-            log.debug("skill_switch", rule=rule.name or rule.skill, old=current, new=rule.skill)
+            if debug_enabled():
+                log.debug("skill_switch", rule=rule.name or rule.skill, old=current, new=rule.skill)
             return rule.skill
         return None
     if rule is not None:

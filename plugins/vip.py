@@ -25,6 +25,7 @@ import msgspec
 from plugins.skills import KeywordIndex
 from router.config import ConfigError
 from router.hookspecs import hookimpl
+from router.plugins import text_cache
 
 if TYPE_CHECKING:
     from router.config import Config
@@ -67,7 +68,7 @@ def _label(value: float) -> str:
 class _Compiled:
     """Thresholds sorted highest first and the urgency words in one index, built once."""
 
-    __slots__ = ("levels", "spend", "amount", "urgent", "urgent_skills", "has_urgent", "scores")
+    __slots__ = ("levels", "spend", "amount", "urgent", "urgent_skills", "has_urgent", "scores", "urgent_in")
 
     def __init__(self, cfg: VipConfig) -> None:
         self.levels = sorted(cfg.levels, key=lambda t: -t.min)
@@ -76,6 +77,7 @@ class _Compiled:
         self.urgent: KeywordIndex[int] = KeywordIndex(cfg.urgent_words.items())
         self.urgent_skills = frozenset(cfg.urgent_skills)
         self.has_urgent = bool(self.urgent)
+        self.urgent_in = text_cache(lambda text: tuple(self.urgent.matches(text.lower())), "vip")
         #: whether any rule could add a point: without one every score is 0 and no flag
         self.scores = bool(cfg.tags or self.levels or self.spend or self.amount or self.has_urgent)
 
@@ -112,7 +114,7 @@ def score(message: Message, skill: str | None, cfg: VipConfig, buyer: Buyer | No
         total += t.points
         flags.append(f"vip:order>={_label(t.min)}")
     if c.has_urgent and (not c.urgent_skills or skill in c.urgent_skills):
-        for word, points in c.urgent.matches(message.text.lower()):
+        for word, points in c.urgent_in(message.text):
             total += points
             flags.append(f"urgent:{word}")
     return min(total, cfg.max_priority), flags

@@ -27,6 +27,7 @@ from plugins.sensitive import (
 )
 from router.config import ConfigErrors, load_config
 from router.models import Hit
+from router.plugins import clear_text_caches
 from tests.conftest import DATA, ROOT, T0, run_fenliu
 
 DEMO = ROOT / "config"
@@ -48,8 +49,10 @@ def fold_path(request):
         norm.fold = norm.fold_spans = None
     elif native[0] is None:
         pytest.skip("plugins._fold is not built (no C compiler at install time)")
+    clear_text_caches()  # verdicts the other path cached would hide this one's
     yield request.param
     norm.fold, norm.fold_spans = native
+    clear_text_caches()
 
 
 def test_c_fold_is_built_where_a_compiler_is():

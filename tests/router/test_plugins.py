@@ -287,3 +287,33 @@ async def test_a_collector_pause_inside_a_hook_does_not_drop_its_result(fenliu_h
     assert "plugin_error:sensitive" not in d.flags and ("fenliu_inbound_filter", "sensitive") not in h.router.dropped
     assert "plugin_error:SlowSync-2" in d.flags and d.priority == 0
     assert {(e["plugin"], e["error"]) for e in fenliu_logs if e["event"] == "plugin_error"} == {("SlowSync-2", "timeout")}
+
+
+async def test_exact_text_caches_answer_repeats_and_stay_bounded(fenliu_harness):
+    """Buyers repeat 在吗 and 发货了吗: the plugins' pure text → result steps are cached by exact
+    text (counted per cache), a repeat routes exactly as the first did, a long text is not kept,
+    and a cache holds at most its size."""
+    from router.plugins import TEXT_CACHE_MAX_CHARS, text_cache, text_cache_stats
+
+    h = fenliu_harness()
+    # a presale question (the bot's words and FAQ), an after-sale one (VIP urgency words)
+    for n, (text, caches) in enumerate((("什么时候发货，加我微信聊", ("sensitive", "skills", "bot", "bot_words")),
+                                        ("我要退款，再不处理就投诉", ("sensitive", "skills", "vip")))):
+        first = await h.send(shop_id="pdd-1001", buyer_id=f"b-c{n}", text=text)
+        before = text_cache_stats()
+        again = await h.send(shop_id="pdd-1001", buyer_id=f"b-d{n}", text=text)
+        after = text_cache_stats()
+        for name in caches:
+            assert after[name][0] > before[name][0], name  # a hit
+            assert after[name][1] == before[name][1], name  # no miss
+        assert (again.action, again.text, again.skill, again.priority, again.flags) == (
+            first.action, first.text, first.skill, first.priority, first.flags)
+    long = "在吗" * TEXT_CACHE_MAX_CHARS
+    await h.send(shop_id="pdd-1001", buyer_id="b-c3", text=long)
+    await h.send(shop_id="pdd-1001", buyer_id="b-c4", text=long)
+    assert text_cache_stats()["sensitive"][2] == after["sensitive"][2]
+
+    calls = []
+    upper = text_cache(lambda t: calls.append(t) or t.upper(), "test", size=2)
+    assert [upper(t) for t in ("a", "b", "a", "c", "a")] == ["A", "B", "A", "C", "A"]
+    assert calls == ["a", "b", "c"] and upper.cache_info().currsize == 2  # type: ignore[attr-defined]
