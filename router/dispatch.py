@@ -56,12 +56,14 @@ class DispatchError(ValueError):
 
 
 class _Pool:
-    """Available agents of one (shop, skill), smallest strategy key first."""
+    """Available agents of one (shop, skill), smallest strategy key first. An entry is the
+    key's fields followed by the agent's version and id, one flat tuple: comparing nested key
+    tuples was a tenth of all instructions routing a message."""
 
     __slots__ = ("heap", "key", "members", "limit")
 
     def __init__(self, key: Any) -> None:
-        self.heap: list[tuple[Any, int, str]] = []
+        self.heap: list[tuple[Any, ...]] = []
         self.key = key
         self.members = 0
         self.limit = _COMPACT_MIN
@@ -328,15 +330,24 @@ class Dispatcher:
             return
         groups = self._agent_groups.get(aid, ())
         # one key per strategy among the agent's shops; usually one strategy, so one key
-        keys = groups[0][0](st) if len(groups) == 1 else tuple([key(st) for key, _ in groups])
-        if not force and listed.get(aid) == keys:
-            return
+        single = len(groups) == 1
+        keys = groups[0][0](st) if single else tuple([key(st) for key, _ in groups])
+        if not force:
+            old = listed.get(aid)
+            if old == keys:
+                return
+            if single and old is not None and keys > old:
+                # a key that only grew (an assignment, under every built-in strategy): the
+                # entries already pushed sit too high and ``_top`` re-keys one when it surfaces,
+                # instead of a push into each of the agent's pools now
+                listed[aid] = keys
+                return
         listed[aid] = keys
         st.version += 1
         version = st.version
         push = heapq.heappush
         for i, (_, pools) in enumerate(groups):
-            entry = (keys if len(groups) == 1 else keys[i], version, aid)
+            entry = (*(keys if single else keys[i]), version, aid)
             for pool in pools:
                 heap = pool.heap
                 push(heap, entry)
@@ -346,21 +357,29 @@ class Dispatcher:
     def _compact(self, pool: _Pool) -> None:
         agents = self.agents
         refused = self._refused
-        pool.heap = [e for e in pool.heap if (a := agents.get(e[2])) is not None and a.version == e[1]
+        pool.heap = [e for e in pool.heap if (a := agents.get(e[-1])) is not None and a.version == e[-2]
                      and a.id not in refused]
         heapq.heapify(pool.heap)
 
-    def _top(self, pool: _Pool) -> tuple[Any, int, str] | None:
+    def _top(self, pool: _Pool) -> tuple[Any, ...] | None:
         """The pool's best entry that is still current. An entry is pushed only while its agent
-        is available, and a change of its key or of its availability bumps its version, so a
-        matching version means the agent is still available with that key."""
+        is available, and a loss of availability or a smaller key bumps its version, so a
+        matching version means the agent is still available with that key or a larger one (a
+        key that grew is not pushed, see :meth:`_touch`): such an entry is re-keyed when it
+        reaches the top, and the top is right because no agent's key is below its entry's."""
         heap = pool.heap
         agents = self.agents
         while heap:
+        refused = self._refused
+        key = pool.key
             entry = heap[0]
-            a = agents.get(entry[2])
-            if a is not None and a.version == entry[1] and a.id not in self._refused:
-                return entry
+            a = agents.get(entry[-1])
+            if a is not None and a.version == entry[-2] and a.id not in refused:
+                current = (*key(a), a.version, a.id)
+                if current == entry:
+                    return entry
+                heapq.heapreplace(heap, current)
+                continue
             heapq.heappop(heap)
         return None
 
@@ -374,18 +393,18 @@ class Dispatcher:
             if pool is None:
                 continue
             entry = self._top(pool)
-            if entry is not None and entry[2] == exclude:
+            if entry is not None and entry[-1] == exclude:
                 entry = self._second(pool, exclude)
             if entry is not None and (best is None or entry < best):
                 best = entry
-        return self.agents[best[2]] if best is not None else None
+        return self.agents[best[-1]] if best is not None else None
 
-    def _second(self, pool: _Pool, exclude: str) -> tuple[Any, int, str] | None:
+    def _second(self, pool: _Pool, exclude: str) -> tuple[Any, ...] | None:
         held = []
         heap = pool.heap
         found = None
         while (entry := self._top(pool)) is not None:
-            if entry[2] != exclude:
+            if entry[-1] != exclude:
                 found = entry
                 break
             held.append(heapq.heappop(heap))
@@ -410,7 +429,7 @@ class Dispatcher:
         if skill is None:
             return self.online_count(shop_id)
         pool = self._pools.get((shop_id, skill))
-        return 0 if pool is None else len({e[2] for e in pool.heap if self._eligible(self.agents.get(e[2]), shop_id)})
+        return 0 if pool is None else len({e[-1] for e in pool.heap if self._eligible(self.agents.get(e[-1]), shop_id)})
 
     def set_status(self, agent_id: str, status: str) -> list[Decision]:
         st = self.agents.get(agent_id)
