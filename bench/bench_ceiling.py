@@ -127,11 +127,10 @@ def ceiling(lines: list[bytes], agents: int, cap: int = 5) -> tuple[float, int]:
 
 
 def main() -> int:
-    import logging
+    from router.logging import configure_logging
 
-    import structlog
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    # as the CLI configures it (so hot paths skip their debug lines), quieter
+    configure_logging("warning")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--agents", type=int, default=1_000)

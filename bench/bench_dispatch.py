@@ -121,12 +121,10 @@ def run(agents: int, lines: list[bytes], plugins: str) -> dict[str, object]:
 
 
 def main() -> None:
-    import logging
+    from router.logging import configure_logging
 
-    import structlog
-
-    # as the CLI runs it: the plugins' per-message debug lines are not printed
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    # as the CLI configures it (so hot paths skip their debug lines), quieter
+    configure_logging("warning")
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 60_000
     lines = workload(n)
     rows = []

@@ -133,12 +133,10 @@ def run(plugins: bool, per_shop: int, profile: bool, repeat: int = 3) -> dict[st
 
 
 def main() -> int:
-    import logging
+    from router.logging import configure_logging
 
-    import structlog
-
-    # as the CLI runs it: the plugins' per-message debug lines are not printed
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    # as the CLI configures it (so hot paths skip their debug lines), quieter
+    configure_logging("warning")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conversations", type=int, default=600, help="conversations per shop per day")
     parser.add_argument("--plugins", choices=("on", "off", "both"), default="both")

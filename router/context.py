@@ -76,7 +76,14 @@ class HookContext:
         return self._dispatcher.available_count(self.shop.id, skill)
 
     def in_business_hours(self) -> bool:
-        """Whether the shop is open at ``now`` by its ``business_hours``."""
+        """Whether the shop is open at ``now`` by its ``business_hours``: the dispatcher's flag,
+        which its timers flip at each opening and closing, where there is one (working it out
+        from the schedule costs a time-zone conversion per message)."""
+        d = self._dispatcher
+        if d is not None and d.now == self.now:
+            known = d._shop_open.get(self.shop.id)
+            if known is not None:
+                return known
         return self.shop.is_open(self.now)
 
     def flag(self, flag: str) -> None:
