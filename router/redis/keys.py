@@ -59,7 +59,11 @@ class Keys:
     def replies(self, instance: str) -> str:
         return f"{self.p}:replies:{instance}"
 
+    def dedupe(self, shop_id: str) -> str:
+        return f"{self.p}:dedupe:{shop_id}"
+
     def seen(self, shop_id: str, msg_id: str) -> str:
+        """Where an older version remembered one message id (read at ingest until they expire)."""
         return f"{self.p}:seen:{shop_id}:{msg_id}"
 
     @property
@@ -69,10 +73,6 @@ class Keys:
     @property
     def decisions(self) -> str:
         return f"{self.p}:decisions"
-
-    @property
-    def seq(self) -> str:
-        return f"{self.p}:seq"
 
     @property
     def control(self) -> str:

@@ -4,8 +4,9 @@ no double assignment.
 Why it is shaped this way (docs/deploy.md has the long version):
 
 - **Ingest is stateless.** Any instance takes a signed batch, drops the messages already seen
-  (``SET NX`` on ``(shop, msg_id)``) and appends the rest to the stream of the shop's shard, in
-  one Lua call, one round trip. ``202`` only after Redis answered; Redis unreachable → ``503``.
+  (the shop's sorted set of ``msg_id`` by the end of their dedupe window) and appends the rest to
+  the stream of the shop's shard as one entry, in one Lua call, one round trip. ``202`` only
+  after Redis answered; Redis unreachable → ``503``.
 - **Routing is sharded by ownership.** Each instance holds leases on some shards (fair share of
   the live instances) and reads only those streams through the consumer group. All the
   conversations and queues of a shop live in exactly one :class:`router.pipeline.Router` at a
@@ -304,14 +305,17 @@ class RedisService(Service):
         if self._stopping:
             raise Overloaded
         result = IngestResult()
-        groups: dict[int, list[Message]] = {}
+        groups: dict[str, list[Message]] = {}
         for msg in messages:
-            groups.setdefault(self.keys.shard(msg.shop_id), []).append(msg)
+            groups.setdefault(msg.shop_id, []).append(msg)
         try:
-            for n, msgs in groups.items():
-                keys = [self.keys.stream(n), self.keys.backlog(n), *(self.keys.seen(m.shop_id, m.msg_id) for m in msgs)]
+            for shop, msgs in groups.items():
+                n = self.keys.shard(shop)
+                keys = [self.keys.stream(n), self.keys.backlog(n), self.keys.dedupe(shop),
+                        *(self.keys.seen(shop, m.msg_id) for m in msgs)]
                 self._rt["ingest"].inc()
                 flags = await self._ingest(keys=keys, args=[DEDUPE_S, self.config.main.server.ingest_queue_max,
+                                                            int(time.time()), len(msgs), *(m.msg_id for m in msgs),
                                                             *(_encode(m) for m in msgs)])
                 if flags == [-1]:
                     raise Overloaded(f"overloaded: shard {n} has {self.config.main.server.ingest_queue_max} messages "

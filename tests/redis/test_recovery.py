@@ -114,7 +114,7 @@ async def test_a_full_backlog_means_503_and_nothing_stored(tmp_path, shared_redi
             c = Client(nodes.urls[0], http)
             status, body = await c.post_messages("s", [message(f"m-{i}", f"b-{i}", "s") for i in range(6)], secret=SECRET_A)
             assert status == 503 and "waiting to be routed" in body["message"], body
-            assert r.xlen(f"{prefix}:in:0") == 0 and r.get(f"{prefix}:seen:s:m-0") is None
+            assert r.xlen(f"{prefix}:in:0") == 0 and r.zscore(f"{prefix}:dedupe:s", "m-0") is None
             status, body = await c.post_messages("s", [message(f"m-{i}", f"b-{i}", "s") for i in range(5)], secret=SECRET_A)
             assert (status, body["accepted"]) == (202, 5)
     finally:
@@ -146,7 +146,7 @@ async def test_redis_unreachable_means_503_and_nothing_acknowledged_is_lost(tmp_
                 assert resp.status == 503
                 assert resp.headers["Retry-After"] == "1"
                 assert "storage unavailable" in (await resp.json())["message"]
-            assert r.get(f"{prefix}:seen:s:m-2") is None
+            assert r.zscore(f"{prefix}:dedupe:s", "m-2") is None
             assert r.xlen(f"{prefix}:in:0") == 0
             await proxy.start()
             async with asyncio.timeout(15):
