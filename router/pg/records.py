@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -62,11 +62,15 @@ class PgRecords(Records):
         self.pool = AsyncConnectionPool(url, min_size=1, max_size=pool_size, open=False,
                                         kwargs={"autocommit": True, "connect_timeout": 5})
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: Round trips to PostgreSQL, by purpose (bench/bench_records.py reads them).
+        #: Round trips to PostgreSQL, by purpose; ``on_round_trip(what, n)`` also gets them (the
+        #: service's ``fenliu_pg_round_trips`` in /metrics, which bench/bench_records.py reads).
         self.round_trips: dict[str, int] = {}
+        self.on_round_trip: Callable[[str, int], None] | None = None
 
     def _rt(self, what: str, n: int = 1) -> None:
         self.round_trips[what] = self.round_trips.get(what, 0) + n
+        if self.on_round_trip is not None:
+            self.on_round_trip(what, n)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
+from prometheus_client import Counter
 
 from adapters import DeliveryError, OutboundReply
 from router.models import Conversation, Decision, Order, WsHistoryItem
@@ -57,6 +58,9 @@ class PgSide:
         self._nudge = asyncio.Event()
         self._sending: set[int] = set()
         self._profiles_seen = 0.0
+        trips = Counter("fenliu_pg_round_trips", "Round trips to PostgreSQL, by purpose", ["op"],
+                        registry=service.metrics.registry)
+        records.on_round_trip = lambda op, n: trips.labels(op).inc(n)
 
     # -- start and stop ---------------------------------------------------------------------------
 
