@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -331,6 +331,27 @@ class PgRecords(Records):
             events.append((ts, 1, rid, ("reply", shop, cid, buyer, agent, text, ts)))
         events.sort(key=lambda e: (e[0], e[1], e[2]))
         return [e[3] for e in events], orders, found
+
+    async def rows_after(self, history_id: int, outbox_id: int, since: float, skip: tuple[Container[int], Container[int]]
+                         ) -> tuple[list[tuple], list[tuple]]:
+        """History rows with an id above ``history_id`` and replies above ``outbox_id``, both
+        from ``since`` on and not in ``skip`` (ids already read), in :func:`read_rows`'s form (a
+        row's second field is its id): what the live figures fold next. The ids first, then only
+        the rows not read yet (the overlap the caller asks for costs ids, not bodies)."""
+        async with self.pool.connection() as conn:
+            self._rt("follow", 2)
+            cur = await conn.execute("SELECT id FROM history WHERE id > %s AND clock >= %s", (history_id, since))
+            want = [i for (i,) in await cur.fetchall() if i not in skip[0]]
+            cur = await conn.execute(
+                "SELECT kind, id, clock, shop_id, msg_id, conversation_id, body, decisions::text FROM history "
+                "WHERE id = ANY(%s) ORDER BY id", (want,))
+            history = [(k, i, c, s, m, cid, bytes(b) if b is not None else None, _decisions.decode(d))
+                       for k, i, c, s, m, cid, b, d in await cur.fetchall()]
+            cur = await conn.execute(
+                "SELECT id, shop_id, conversation_id, buyer_id, agent_id, text, ts FROM outbox WHERE id > %s AND ts >= %s "
+                "ORDER BY id", (outbox_id, since))
+            replies = [r for r in await cur.fetchall() if r[0] not in skip[1]]
+        return history, replies
 
     async def stats(self, config: Config, **period: Any) -> Stats:
         from router.stats import compute_rows

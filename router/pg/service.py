@@ -45,6 +45,8 @@ OUTBOX_POLL_S = 0.25
 PROFILES_S = 1.0
 #: How often history past ``storage.history_days`` is pruned.
 PRUNE_S = 3600.0
+#: How far back in ids each read of new history goes again (rows committed out of id order).
+FOLLOW_OVERLAP = 2000
 
 
 class PgSide:
@@ -58,6 +60,9 @@ class PgSide:
         self._nudge = asyncio.Event()
         self._sending: set[int] = set()
         self._profiles_seen = 0.0
+        self._history_last = self._outbox_last = 0
+        self._history_seen: dict[int, None] = {}
+        self._outbox_seen: dict[int, None] = {}
         trips = Counter("fenliu_pg_round_trips", "Round trips to PostgreSQL, by purpose", ["op"],
                         registry=service.metrics.registry)
         records.on_round_trip = lambda op, n: trips.labels(op).inc(n)
@@ -177,7 +182,8 @@ class PgSide:
         await self.records.add_note(shop, cid, agent_id, text, time.time())
 
     async def _follow_loop(self) -> None:
-        """Profiles changed through other instances; history pruned past its retention."""
+        """Profiles changed through other instances, every instance's new history and replies
+        for the live figures, and history pruned past its retention."""
         from router.service import Profile
 
         pruned = 0.0
@@ -187,11 +193,50 @@ class PgSide:
                 for shop, buyer, tags, notes, updated in await self.records.profiles_since(self._profiles_seen):
                     self.service.profiles[(shop, buyer)] = Profile(tags, notes)
                     self._profiles_seen = max(self._profiles_seen, updated)
+                await self._follow_rows()
                 if time.monotonic() - pruned >= PRUNE_S:
                     pruned = time.monotonic()
                     await self.records.prune(self.service.config.main.storage.history_days)
             except Exception as exc:  # noqa: BLE001 - PostgreSQL away: try again next round
                 log.warning("records_follow_failed", error=str(exc))
+
+    async def _follow_rows(self) -> None:
+        """Fold every instance's new history rows and replies into the live figures (the
+        dashboard, the workbench's status bar: ``on_journaled``), once each.
+
+        Ids are taken from a sequence before a row commits, so a row may become visible after
+        one with a higher id: each read goes back :data:`FOLLOW_OVERLAP` ids and skips the ids
+        already folded. The first read starts a day back (the figures are today's)."""
+        if not self.service.on_journaled:
+            return
+        since = time.time() - 86400
+        fresh, new_replies = await self.records.rows_after(
+            max(0, self._history_last - FOLLOW_OVERLAP), max(0, self._outbox_last - FOLLOW_OVERLAP), since,
+            (self._history_seen.keys(), self._outbox_seen.keys()))
+        if not fresh and not new_replies:
+            return
+        rows: list[tuple] = []
+        ids: dict[int, int] = {}
+        events = [(row[2], 0, row[1], row) for row in fresh]
+        events += [(r[6], 1, r[0], ("reply", *r[1:])) for r in new_replies]
+        for _, source, rid, row in sorted(events, key=lambda e: (e[0], e[1], e[2])):
+            if source == 1:
+                ids[len(rows)] = rid
+            rows.append(row)
+        for row in fresh:
+            self._remember(self._history_seen, row[1])
+            self._history_last = max(self._history_last, row[1])
+        for r in new_replies:
+            self._remember(self._outbox_seen, r[0])
+            self._outbox_last = max(self._outbox_last, r[0])
+        self.service._journaled(rows, ids)
+
+    @staticmethod
+    def _remember(seen: dict[int, None], rid: int) -> None:
+        seen[rid] = None
+        if len(seen) > 4 * FOLLOW_OVERLAP:
+            for old in list(seen)[:len(seen) - 2 * FOLLOW_OVERLAP]:
+                del seen[old]
 
     # -- what every instance shows ------------------------------------------------------------------
 

@@ -403,7 +403,8 @@ class RedisService(Service):
                 (shop, conversation_id, buyer, agent_id, result.text, now, now)).lastrowid)
             self._queue_outbox(OutboundReply(rid, shop, conversation_id, buyer, result.text, now, agent_id), now, 0)
         self.metrics.replies.labels("sent").inc()
-        self._journaled([("reply", shop, conversation_id, buyer, agent_id, result.text, now)], {0: rid})
+        if self.pg is None:  # with PostgreSQL the live figures follow every instance's replies (router/pg/service.py)
+            self._journaled([("reply", shop, conversation_id, buyer, agent_id, result.text, now)], {0: rid})
         return result
 
     async def add_note(self, agent_id: str | None, conversation_id: str, text: str, tags: tuple[str, ...] = ()) -> Any:

@@ -122,6 +122,14 @@ async def test_three_instances_show_one_workbench(tmp_path, shared_redis, pg_url
                 stats.append(got["period"])
             assert stats[0] == stats[1] == stats[2]
             assert stats[0]["total"]["messages"] == 2 and stats[0]["total"]["sessions"] == 1
+            for client in (ca, cb, cc):  # the dashboard's live figures follow every instance's rows
+                for _ in range(50):
+                    st, today = await client.call("GET", "/v1/today", admin)
+                    assert st == 200, today
+                    if (today["messages"], today["conversations"], today["replies"]) == (2, 1, 1):
+                        break
+                    await asyncio.sleep(0.1)
+                assert (today["messages"], today["conversations"], today["replies"]) == (2, 1, 1), today
             cli = run_fenliu("stats", "--config", str(cfg), "--from", str(t0 - 1), "--to", str(until), "--json", "-")
             assert cli.returncode == 0, cli.stderr
             assert json.loads(cli.stdout) == stats[0]
