@@ -1,7 +1,8 @@
 """The workbench and the dashboard in a real browser (Debian's Chromium through Playwright)
 against a real ``fenliu serve`` subprocess on a loopback port, fed signed buyer messages.
 
-Screenshots go to ``test-artifacts/`` (gitignored); docs/images/ holds copies of two of them.
+Screenshots go to ``test-artifacts/`` (gitignored); docs/images/ comes from test_docs_images.py and
+test_buyer_story.py.
 """
 
 from __future__ import annotations
