@@ -18,8 +18,11 @@ from router.accounts import Account
 from router.store import read_only
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from router.config import Config
     from router.figures import Stats
+    from router.models import BuyerOrder, OpenAfterSale
     from router.store import Store
 
 
@@ -44,6 +47,14 @@ class Records:
 
     async def stats(self, config: Config, **period: Any) -> Stats:
         """:func:`router.stats.compute`'s figures over the records (``period``: its keywords)."""
+        raise NotImplementedError
+
+    async def buyer_orders(self, shop_id: str, buyer_id: str) -> list[BuyerOrder]:
+        """The buyer's story (:func:`router.story.buyer_orders`)."""
+        raise NotImplementedError
+
+    async def open_aftersales(self, shops: Iterable[str]) -> list[OpenAfterSale]:
+        """Open after-sale requests of ``shops`` (:func:`router.story.open_aftersales`)."""
         raise NotImplementedError
 
 
@@ -75,3 +86,14 @@ class SqliteRecords(Records):
         from router.stats import compute
 
         return await self.store.call(lambda conn: compute(conn, config, **period))
+
+    async def buyer_orders(self, shop_id: str, buyer_id: str) -> list[BuyerOrder]:
+        from router.story import buyer_orders
+
+        return await self.store.call(lambda conn: buyer_orders(conn, shop_id, buyer_id))
+
+    async def open_aftersales(self, shops: Iterable[str]) -> list[OpenAfterSale]:
+        from router.story import open_aftersales
+
+        shops = list(shops)
+        return await self.store.call(lambda conn: open_aftersales(conn, shops))

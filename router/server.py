@@ -488,9 +488,7 @@ async def get_profile(request: web.Request, scope: Scope) -> web.Response:
     scope.require_shop(shop_id)
     p = service.profiles.get((shop_id, buyer_id))
     order = service.orders.get((shop_id, buyer_id))
-    from router.story import buyer_orders
-
-    orders = await service.store.call(lambda conn: buyer_orders(conn, shop_id, buyer_id))
+    orders = await service.records.buyer_orders(shop_id, buyer_id)
     return json_response({"shop_id": shop_id, "buyer_id": buyer_id, "tags": p.tags if p else [],
                           "notes": p.notes if p else [], "order": order, "orders": orders})
 

@@ -127,7 +127,7 @@ async def aftersales(request: web.Request, scope: Scope) -> web.Response:
     service = request.app[SERVICE]
     shop_q = request.query.get("shop_id")
     shops = [scope.require_shop(shop_q)] if shop_q else sorted(scope.shops)
-    items = await service.store.call(lambda conn: open_aftersales(conn, shops))
+    items = await service.records.open_aftersales(shops)
     convs = service.router.dispatcher.conversations
     out = []
     for it in items:

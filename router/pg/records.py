@@ -31,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from router import accounts as acct
 from router.accounts import Account
-from router.models import Decision, Message, WsHistoryItem
+from router.models import BuyerOrder, Decision, LogisticsEvent, Message, OpenAfterSale, Order, WsHistoryItem
 from router.pg import schema
 from router.records import Records
 
@@ -192,6 +192,43 @@ class PgRecords(Records):
                     "order_id = excluded.order_id, buyer_id = COALESCE(excluded.buyer_id, aftersales.buyer_id), "
                     "state = excluded.state, open = excluded.open, body = excluded.body, updated = excluded.updated",
                     (shop, a.aftersale_id, oid, item.buyer_id, a.state, a.state not in CLOSED, _encode(a).decode(), a.updated))
+
+    async def buyer_orders(self, shop_id: str, buyer_id: str) -> list[BuyerOrder]:
+        """router/story.py's ``buyer_orders`` over the shared tables (the same queries)."""
+        from router.story import ORDERS_SHOWN, SCANS_SHOWN, _aftersale, _order
+
+        async with self.pool.connection() as conn:
+            self._rt("story")
+            cur = await conn.execute(
+                "SELECT order_id, body::text, updated FROM orders WHERE shop_id = %s AND (buyer_id = %s OR order_id IN "
+                "(SELECT order_id FROM aftersales WHERE shop_id = %s AND buyer_id = %s)) ORDER BY updated DESC LIMIT %s",
+                (shop_id, buyer_id, shop_id, buyer_id, ORDERS_SHOWN))
+            out = []
+            for order_id, body, updated in await cur.fetchall():
+                scans = await conn.execute("SELECT ts, text, status FROM logistics WHERE shop_id = %s AND order_id = %s "
+                                           "ORDER BY ts DESC LIMIT %s", (shop_id, order_id, SCANS_SHOWN))
+                requests = await conn.execute("SELECT body::text FROM aftersales WHERE shop_id = %s AND order_id = %s "
+                                              "ORDER BY updated DESC", (shop_id, order_id))
+                out.append(BuyerOrder(shop_id, _order.decode(body), updated,
+                                      tuple(LogisticsEvent(*row) for row in await scans.fetchall()),
+                                      tuple(_aftersale.decode(b) for (b,) in await requests.fetchall())))
+        return out
+
+    async def open_aftersales(self, shops: Iterable[str]) -> list[OpenAfterSale]:
+        from router.story import AFTERSALES_SHOWN, _aftersale, _order
+
+        shops = list(shops)
+        if not shops:
+            return []
+        async with self.pool.connection() as conn:
+            self._rt("story")
+            cur = await conn.execute(
+                "SELECT a.shop_id, a.order_id, COALESCE(a.buyer_id, o.buyer_id), a.body::text, o.body::text FROM aftersales a "
+                "LEFT JOIN orders o ON o.shop_id = a.shop_id AND o.order_id = a.order_id "
+                "WHERE a.open AND a.shop_id = ANY(%s) ORDER BY a.updated DESC LIMIT %s", (shops, AFTERSALES_SHOWN))
+            rows = await cur.fetchall()
+        return [OpenAfterSale(shop, buyer, f"{shop}:{buyer}" if buyer else None, _aftersale.decode(a),
+                              _order.decode(o) if o else Order(order_id=oid)) for shop, oid, buyer, a, o in rows]
 
     # -- history ------------------------------------------------------------------------------------
 

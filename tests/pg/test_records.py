@@ -105,3 +105,34 @@ async def test_notes_through_two_instances_at_once_are_both_kept(pg_url: str) ->
         assert sorted(tags) == sorted(f"t{i}" for i in range(20))
     finally:
         await asyncio.gather(a.close(), b.close())
+
+
+async def test_buyer_story_is_the_same_as_sqlite_keeps_it(pg_url: str, tmp_path) -> None:
+    """Pushes recorded through PostgreSQL read back as router/story.py reads them from SQLite:
+    orders merged, a repeated scan once, after-sale requests merged and closed ones left out."""
+    from adapters import OrderContext
+    from router import story
+    from router.models import AfterSale, LogisticsEvent, Order
+    from router.store import Store
+
+    pushes = [
+        [OrderContext("s1", Order("o1", "paid", 99.0, goods="羽绒服"), "b1")],
+        [OrderContext("s1", Order("o1", "shipped", courier="顺丰", tracking_no="SF1"), None,
+                      logistics=(LogisticsEvent(10.0, "已揽收", "collected"), LogisticsEvent(20.0, "运输中", "in_transit")))],
+        [OrderContext("s1", Order("o1"), None, logistics=(LogisticsEvent(20.0, "运输中", "in_transit"),),
+                      aftersale=AfterSale("as1", "requested", "return", 99.0, "尺码不合适", 30.0, 30.0))],
+        [OrderContext("s1", Order("o2", "paid"), "b1", aftersale=AfterSale("as2", "requested", opened=40.0, updated=40.0))],
+        [OrderContext("s1", Order("o2"), None, aftersale=AfterSale("as2", "refunded", updated=50.0))],
+    ]
+    (r,) = await _records(pg_url, 1)
+    store = Store(tmp_path / "s.db")
+    try:
+        for i, items in enumerate(pushes):
+            await r.record_story(items, 100.0 + i)
+            store.run_sync(lambda c, items=items, i=i: story.record(c, items, 100.0 + i))
+        assert await r.buyer_orders("s1", "b1") == store.run_sync(lambda c: story.buyer_orders(c, "s1", "b1"))
+        assert await r.open_aftersales(["s1"]) == store.run_sync(lambda c: story.open_aftersales(c, ["s1"]))
+        assert [a.aftersale.aftersale_id for a in await r.open_aftersales(["s1", "s2"])] == ["as1"]
+    finally:
+        store.close_sync()
+        await r.close()
