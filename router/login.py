@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,12 +111,15 @@ class LoginGuard:
 
     def __init__(self, store: Store, settings: ServerConfig, metrics: Metrics | None = None,
                  now: Callable[[], float] = time.monotonic,
-                 lookup: Callable[[str], tuple[Account, str] | None] | None = None) -> None:
-        """``lookup``: the account and its hash from a worker thread (default: the store's file;
-        the service passes its records store's, router/records.py)."""
+                 lookup: Callable[[str], tuple[Account, str] | None] | None = None,
+                 rehash: Callable[[str, str, str], Awaitable[None]] | None = None) -> None:
+        """``lookup``: the account and its hash from a worker thread, ``rehash(name, old, new)``:
+        store a hash with today's parameters (default: the store's file; the service passes its
+        records store's, router/records.py)."""
         self.store = store
         self.path = Path(store.path)
         self.lookup = lookup or self._lookup_file
+        self.rehash = rehash or self._rehash_file
         self.metrics = metrics
         self.now = now
         limits = (settings.login_max_failures, settings.login_lockout_s, settings.login_lockout_max_s,
@@ -162,7 +165,7 @@ class LoginGuard:
         account, old_hash = found
         self.accounts.reset(name)
         if rehashed is not None:
-            await self.store.call(lambda c: acct.store_rehash(c, name, old_hash, rehashed))
+            await self.rehash(name, old_hash, rehashed)
         return account
 
     def _check(self, name: str, password: str) -> tuple[tuple[Account, str] | None, bool, str | None]:
@@ -175,6 +178,9 @@ class LoginGuard:
         ok = acct.check_password(found[1] if found else None, password)
         rehashed = acct.new_hash(found[1], password) if ok and found else None
         return found, ok, rehashed
+
+    async def _rehash_file(self, name: str, old_hash: str, new: str) -> None:
+        await self.store.call(lambda c: acct.store_rehash(c, name, old_hash, new))
 
     def _lookup_file(self, name: str) -> tuple[Account, str] | None:
         conn = read_only(self.path)

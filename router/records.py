@@ -45,6 +45,10 @@ class Records:
         """The account and its password hash, from a worker thread (a login hashes there)."""
         raise NotImplementedError
 
+    async def rehash(self, name: str, old_hash: str, new: str) -> None:
+        """Replace the password hash if it is still ``old_hash`` (a login found older parameters)."""
+        raise NotImplementedError
+
     async def stats(self, config: Config, **period: Any) -> Stats:
         """:func:`router.stats.compute`'s figures over the records (``period``: its keywords)."""
         raise NotImplementedError
@@ -81,6 +85,9 @@ class SqliteRecords(Records):
             return acct.lookup(conn, name)
         finally:
             conn.close()
+
+    async def rehash(self, name: str, old_hash: str, new: str) -> None:
+        await self.store.call(lambda c: acct.store_rehash(c, name, old_hash, new))
 
     async def stats(self, config: Config, **period: Any) -> Stats:
         from router.stats import compute

@@ -654,7 +654,7 @@ def make_app(service: Service) -> web.Application:
     app.on_cleanup.append(book.stop)
     app.on_shutdown.append(_close_sockets)
     guard = app[LOGIN] = LoginGuard(service.store, service.config.main.server, service.metrics,
-                                    lookup=service.records.lookup_blocking)
+                                    lookup=service.records.lookup_blocking, rehash=service.records.rehash)
     app.on_cleanup.append(guard.cleanup)
     r = app.router
     r.add_post("/v1/shops/{shop_id}/messages", ingest)

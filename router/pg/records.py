@@ -103,6 +103,11 @@ class PgRecords(Records):
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(self.lookup(name), self._loop).result(10)
 
+    async def rehash(self, name: str, old_hash: str, new: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute("UPDATE accounts SET password_hash = %s WHERE name = %s AND password_hash = %s",
+                               (new, name, old_hash))
+
     # -- buyer profiles and notes ---------------------------------------------------------------
 
     async def update_profile(self, shop_id: str, buyer_id: str, *, tags: list[str] | None, add_tags: Sequence[str],

@@ -27,8 +27,9 @@ import structlog
 from prometheus_client import Counter
 
 from adapters import DeliveryError, OutboundReply
-from router.models import Conversation, Decision, Order, WsHistoryItem
+from router.models import Conversation, Decision, Message, Order, WsHistoryItem
 from router.pg.records import PgRecords
+from router.story import order_json
 
 if TYPE_CHECKING:
     from router.redis.service import RedisService
@@ -56,6 +57,7 @@ class PgSide:
         self.service = service
         self.records = records
         self.rows: list[tuple] = []
+        self.orders: list[tuple[str, str, str | None, str, float]] = []
         self._ticks = itertools.count()
         self._nudge = asyncio.Event()
         self._sending: set[int] = set()
@@ -95,15 +97,30 @@ class PgSide:
     def begin(self) -> None:
         """A new batch: rows of a batch that never committed are dropped with it."""
         self.rows = []
+        self.orders = []
 
     def add(self, kind: str, entry: str, clock: float, shop: str | None, msg_id: str | None, cid: str | None,
             body: bytes | None, decisions: list[Decision]) -> None:
         self.rows.append((kind, entry, clock, shop, msg_id, cid, body, decisions))
 
+    def add_message(self, msg: Message, clock: float, decisions: list[Decision]) -> None:
+        """A routed message, keyed by itself (routed again after a takeover, it replaces its row),
+        and the order it names when that changes what is known of the buyer's current order
+        (what conversion figures and the buyer's story read)."""
+        self.add("message", f"m:{msg.shop_id}:{msg.msg_id}", clock, msg.shop_id, msg.msg_id, msg.conversation_id,
+                 _encode(msg), decisions)
+        if msg.order is not None and msg.order.order_id:
+            order = self.service._note_order(msg.shop_id, msg.buyer_id, msg.order)
+            if order is not None and order.order_id:
+                self.orders.append((msg.shop_id, order.order_id, msg.buyer_id, order_json(order), clock))
+
     async def before_commit(self) -> None:
         """Write the batch's messages and requests, before Redis acknowledges them."""
         if self.rows:
             await self.records.write_history(self.rows)
+        if self.orders:
+            orders, self.orders = self.orders, []
+            await self.records.save_orders(orders)
 
     async def after_commit(self, decisions: list[Decision]) -> None:
         """Decisions no message or request explains (timers, status changes) as one tick row."""

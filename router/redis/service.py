@@ -517,8 +517,9 @@ class RedisService(Service):
             if raw is None:
                 continue
             conv = _conversation.decode(raw)
+            history = (await self.pg.records.conversation(cid, conv.opened_at))[0] if self.pg is not None else []
             snaps.append(WsAssigned(cid, conv.shop_id, conv.buyer_id, conv.state, conv.skill, conv.priority,
-                                    "message", conv.reserved_until))
+                                    "message", conv.reserved_until, history=history))
         return (status or b"offline").decode(), snaps
 
     def _send(self, agent_id: str, frame: msgspec.Struct) -> None:
@@ -731,9 +732,8 @@ class RedisService(Service):
         if msg.order is not None and msg.order.order_id:
             self.order_buyer[(msg.shop_id, msg.order.order_id)] = msg.buyer_id
         self._push(decisions, {msg.msg_id: msg})
-        if self.pg is not None:  # keyed by the message: routed again after a takeover, it replaces
-            self.pg.add("message", f"m:{msg.shop_id}:{msg.msg_id}", clock, msg.shop_id, msg.msg_id, msg.conversation_id,
-                        _encode(msg), decisions)
+        if self.pg is not None:
+            self.pg.add_message(msg, clock, decisions)
 
     def _poisoned_message(self, msg: Message, exc: Exception) -> None:
         self._push([Decision(msg.msg_id, msg.shop_id, msg.conversation_id, "blocked", flags=[f"error:{type(exc).__name__}"])])

@@ -71,13 +71,16 @@ async def test_three_instances_show_one_workbench(tmp_path, shared_redis, pg_url
             ws_b = await http.ws_connect(f"{b.replace('http', 'ws')}/v1/agents/ws", headers=auth)
             await _frame(ws_b, "hello")
             shop = shops[0]
-            status, body = await ca.post_messages(shop, [message("m1", "buyer-1", shop, text="请问发货了吗")], secret=SECRET_A)
+            first = message("m1", "buyer-1", shop, text="请问发货了吗", order={"order_id": "o-1", "status": "paid"})
+            status, body = await ca.post_messages(shop, [first], secret=SECRET_A)
             assert status == 202, body
             cid = f"{shop}:buyer-1"
             await _frame(ws_b, "assigned", conversation_id=cid)
             assert (await _request(ws_b, {"type": "accept", "conversation_id": cid}, "acc"))["ok"]
             ws_c = await http.ws_connect(f"{c.replace('http', 'ws')}/v1/agents/ws", headers=auth)  # the agent moves to C
-            await _frame(ws_c, "hello")
+            hello = await _frame(ws_c, "hello")
+            (held,) = hello["conversations"]  # with its history, from PostgreSQL, wherever it is routed
+            assert held["conversation_id"] == cid and [h["text"] for h in held["history"]] == ["请问发货了吗"]
             note = await _request(ws_c, {"type": "note", "conversation_id": cid, "text": "老客户，优先处理", "tags": ["vip"]}, "n")
             assert note["ok"], note
             reply = await _request(ws_c, {"type": "reply", "conversation_id": cid, "text": "今天下午发货"}, "r")
@@ -113,6 +116,7 @@ async def test_three_instances_show_one_workbench(tmp_path, shared_redis, pg_url
                         break
                     await asyncio.sleep(0.1)
                 assert profile["tags"] == ["vip"] and [n["text"] for n in profile["notes"]] == ["老客户，优先处理"]
+                assert [o["order"]["order_id"] for o in profile["orders"]] == ["o-1"]  # the buyer's story, shared
             until = time.time() + 1
             period = f"from={t0 - 1}&to={until}"
             stats = []
