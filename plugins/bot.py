@@ -24,6 +24,7 @@ Quick replies (话术库) live in the same FAQ files; :func:`list_quick_replies`
 
 from __future__ import annotations
 
+import functools
 import string
 import typing
 from collections.abc import Mapping
@@ -208,7 +209,7 @@ class _BotState:
     swaps with the configuration."""
 
     __slots__ = ("cfg", "faq", "matcher", "quick", "quick_by_id", "quick_index", "quick_matcher", "handoff",
-                 "negative", "has_faq", "has_handoff", "has_negative", "asks")
+                 "negative", "has_faq", "has_handoff", "has_negative", "asks", "_plain")
 
     def __init__(self, cfg: BotConfig, library: FaqLibrary, vocab: Vocabulary,
                  platforms: Mapping[str, str] = {}) -> None:
@@ -226,6 +227,19 @@ class _BotState:
         self.negative: KeywordIndex[None] = KeywordIndex((w, None) for w in cfg.negative_words)
         self.has_faq, self.has_handoff, self.has_negative = bool(self.faq), bool(self.handoff), bool(self.negative)
         self.asks = text_cache(self._asks, "bot_words")
+        self._plain = functools.lru_cache(maxsize=1024)(self._render_plain)
+
+    def fill(self, template: str, shop: Shop, buyer: Buyer | None, order: Order | None) -> str:
+        """``template`` filled for a message: rendered once per shop when the message names no
+        buyer and no order (the welcome, an FAQ answer), else each time."""
+        if order is None and (buyer is None or not buyer.nick):
+            return self._plain(template, shop.name or shop.id)
+        return render(template, placeholder_values(shop, buyer, order, self.cfg.fallbacks))
+
+    def _render_plain(self, template: str, shop_label: str) -> str:
+        values = dict(self.cfg.fallbacks)
+        values["shop"] = shop_label
+        return render(template, values)
 
     def _asks(self, text: str) -> tuple[bool, bool]:
         """Whether ``text`` asks for a human (转人工), and whether it is negative (投诉)."""
@@ -445,7 +459,7 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
         kind, text = "welcome", welcome
     if kind is None or not text:
         return None
-    reply = render(text, placeholder_values(ctx.shop, message.buyer, message.order, cfg.fallbacks))
+    reply = state.fill(text, ctx.shop, message.buyer, message.order)
     if reply == memory["last"]:
         if debug_enabled():
             log.debug("bot_repeat_suppressed", kind=kind)
@@ -464,7 +478,7 @@ def _suggest(ctx: HookContext, memory: dict[str, Any], cfg: BotConfig, entry: Fa
     ``bot:suggest:ID`` (a confident match in ``suggest`` mode) or ``bot:plausible:ID`` (a plausible
     match), and ``conversation.meta["bot"]["suggestion"]`` holds the filled text."""
     ctx.flag(f"bot:{why}:{entry.id}")
-    text = render(entry.answer, placeholder_values(ctx.shop, message.buyer, message.order, cfg.fallbacks))
+    text = _state(cfg, ctx.config).fill(entry.answer, ctx.shop, message.buyer, message.order)
     memory["suggestion"] = {"faq": entry.id, "text": text, "why": why}
 
 

@@ -11,8 +11,9 @@ keywords are fastest as plain ``in`` checks, many as one ahocorasick-rs automato
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -114,7 +115,7 @@ class SkillsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, dic
 class _Compiled:
     """A policy's rules with keywords in one index and regexes compiled, built once per config."""
 
-    __slots__ = ("rules", "regex", "text_rules", "keywords", "has_keywords", "has_text", "text_hits")
+    __slots__ = ("rules", "regex", "text_rules", "keywords", "has_keywords", "has_text", "statuses", "_by_context")
 
     def __init__(self, cfg: SkillsConfig) -> None:
         self.rules = cfg.rules
@@ -123,7 +124,8 @@ class _Compiled:
         self.keywords: KeywordIndex[int] = KeywordIndex((k, i) for i, r in enumerate(cfg.rules) for k in r.keywords)
         self.has_keywords = bool(self.keywords)
         self.has_text = any(self.text_rules)
-        self.text_hits = text_cache(self._text_hits, "skills")
+        self.statuses = frozenset(st for r in cfg.rules for st in r.order_status)
+        self._by_context: dict[tuple[str, str | None, str], Callable[[str], SkillRule | None]] = {}
 
     def _text_hits(self, text: str) -> frozenset[int]:
         """The rules whose text condition (a keyword, or else the regex) holds for ``text``."""
@@ -134,12 +136,23 @@ class _Compiled:
         return frozenset(found)
 
     def match(self, message: Message, platform: str) -> SkillRule | None:
+        """The first rule that holds, cached by exact text per (kind, order status, platform):
+        a status no rule names counts as none, so buyers' input cannot grow the contexts."""
         if not self.rules:
             return None
-        text_hits = self.text_hits(message.text) if self.has_text else _NONE
         status = message.order.status if message.order is not None else None
+        if status not in self.statuses:
+            status = None
+        key = (message.kind, status, platform)
+        first = self._by_context.get(key)
+        if first is None:
+            first = self._by_context[key] = text_cache(functools.partial(self._first, *key), "skills")
+        return first(message.text)
+
+    def _first(self, kind: str, status: str | None, platform: str, text: str) -> SkillRule | None:
+        text_hits = self._text_hits(text) if self.has_text else _NONE
         for i, rule in enumerate(self.rules):
-            if rule.kinds and message.kind not in rule.kinds:
+            if rule.kinds and kind not in rule.kinds:
                 continue
             if rule.order_status and status not in rule.order_status:
                 continue
