@@ -227,17 +227,17 @@ class _BotState:
         self.negative: KeywordIndex[None] = KeywordIndex((w, None) for w in cfg.negative_words)
         self.has_faq, self.has_handoff, self.has_negative = bool(self.faq), bool(self.handoff), bool(self.negative)
         self.asks = text_cache(self._asks, "bot_words")
-        self._plain = functools.lru_cache(maxsize=1024)(self._render_plain)
+        self._plain = functools.lru_cache(maxsize=4096)(self._render_plain)
 
     def fill(self, template: str, shop: Shop, buyer: Buyer | None, order: Order | None) -> str:
-        """``template`` filled for a message: rendered once per shop when the message names no
-        buyer and no order (the welcome, an FAQ answer), else each time."""
-        if order is None and (buyer is None or not buyer.nick):
-            return self._plain(template, shop.name or shop.id)
-        return render(template, placeholder_values(shop, buyer, order, self.cfg.fallbacks))
+        """``template`` filled for a message, from a bounded cache: a conversation's buyer and
+        order come with each of its messages, and most replies name neither."""
+        if buyer is not None and not buyer.nick:
+            buyer = None  # only the nick is a placeholder
+        return self._plain(template, shop.name or shop.id, buyer, order)
 
-    def _render_plain(self, template: str, shop_label: str) -> str:
-        values = dict(self.cfg.fallbacks)
+    def _render_plain(self, template: str, shop_label: str, buyer: Buyer | None, order: Order | None) -> str:
+        values = placeholder_values(None, buyer, order, self.cfg.fallbacks)
         values["shop"] = shop_label
         return render(template, values)
 

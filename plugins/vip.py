@@ -16,6 +16,7 @@ kept in the conversation's ``meta`` and scores the later messages too.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated
@@ -68,7 +69,8 @@ def _label(value: float) -> str:
 class _Compiled:
     """Thresholds sorted highest first and the urgency words in one index, built once."""
 
-    __slots__ = ("levels", "spend", "amount", "urgent", "urgent_skills", "has_urgent", "scores", "urgent_in")
+    __slots__ = ("levels", "spend", "amount", "urgent", "urgent_skills", "has_urgent", "scores", "urgent_in", "tags",
+                 "buyer_points")
 
     def __init__(self, cfg: VipConfig) -> None:
         self.levels = sorted(cfg.levels, key=lambda t: -t.min)
@@ -78,8 +80,27 @@ class _Compiled:
         self.urgent_skills = frozenset(cfg.urgent_skills)
         self.has_urgent = bool(self.urgent)
         self.urgent_in = text_cache(lambda text: tuple(self.urgent.matches(text.lower())), "vip")
+        self.tags = dict(cfg.tags)
+        #: a buyer's points and flags, cached: every message of a conversation carries its buyer
+        self.buyer_points = functools.lru_cache(maxsize=4096)(self._buyer_points)
         #: whether any rule could add a point: without one every score is 0 and no flag
         self.scores = bool(cfg.tags or self.levels or self.spend or self.amount or self.has_urgent)
+
+    def _buyer_points(self, buyer: Buyer) -> tuple[int, tuple[str, ...]]:
+        total = 0
+        flags = []
+        for tag in buyer.tags:
+            points = self.tags.get(tag)
+            if points is not None:
+                total += points
+                flags.append(f"vip:{tag}")
+        if (t := _first(self.levels, buyer.level)) is not None:
+            total += t.points
+            flags.append(f"vip:level>={_label(t.min)}")
+        if (t := _first(self.spend, buyer.lifetime_spend)) is not None:
+            total += t.points
+            flags.append(f"vip:spend>={_label(t.min)}")
+        return total, tuple(flags)
 
 
 def _first(thresholds: list[Threshold], value: float) -> Threshold | None:
@@ -99,17 +120,8 @@ def score(message: Message, skill: str | None, cfg: VipConfig, buyer: Buyer | No
         return 0, flags
     buyer = message.buyer or buyer
     if buyer is not None:
-        for tag in buyer.tags:
-            points = cfg.tags.get(tag)
-            if points is not None:
-                total += points
-                flags.append(f"vip:{tag}")
-        if (t := _first(c.levels, buyer.level)) is not None:
-            total += t.points
-            flags.append(f"vip:level>={_label(t.min)}")
-        if (t := _first(c.spend, buyer.lifetime_spend)) is not None:
-            total += t.points
-            flags.append(f"vip:spend>={_label(t.min)}")
+        total, found = c.buyer_points(buyer)
+        flags.extend(found)
     if message.order is not None and (t := _first(c.amount, message.order.amount)) is not None:
         total += t.points
         flags.append(f"vip:order>={_label(t.min)}")
