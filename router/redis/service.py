@@ -202,6 +202,7 @@ class RedisService(Service):
             .xrevrange(self.keys.claims, count=1).execute()
         self._control_last = last_control[0][0] if last_control else "0-0"
         self._claims_last = last_claim[0][0] if last_claim else "0-0"
+        self._claims_applied = last_claim[0][0] if last_claim else b"0-0"  # the statuses below include them
         await self._load_statuses()
         pg_tasks = await self.pg.start() if self.pg is not None else []
         if self.pg is None:

@@ -47,3 +47,20 @@ async def test_each_message_id_is_accepted_once_per_window(tmp_path, shared_redi
             assert int(r.get(f"{prefix}:backlog:0")) == 0
     finally:
         nodes.stop()
+
+
+def test_a_batch_of_thousands_is_one_entry_and_deduped_whole(shared_redis):  # noqa: F811
+    """Past Lua's unpack limit (a few thousand arguments): ``ingest.lua`` works in chunks."""
+    import msgspec
+
+    from router.redis.keys import lua
+
+    r, prefix = shared_redis
+    ids = [f"m-{i}" for i in range(5000)]
+    keys = [f"{prefix}:in:0", f"{prefix}:backlog:0", f"{prefix}:dedupe:s", *(f"{prefix}:seen:s:{i}" for i in ids)]
+    args = [172800, 10**6, int(time.time()), len(ids), *ids, *(msgspec.json.encode(message(i, "b", "s")) for i in ids)]
+    ingest = r.register_script(lua("ingest"))
+    assert ingest(keys=keys, args=args) == [1] * len(ids)
+    assert ingest(keys=keys, args=args) == [0] * len(ids)
+    assert r.xlen(f"{prefix}:in:0") == 1 and r.zcard(f"{prefix}:dedupe:s") == len(ids)
+    assert int(r.get(f"{prefix}:backlog:0")) == len(ids)

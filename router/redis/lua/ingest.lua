@@ -10,13 +10,21 @@
 -- ARGV[5+m..4+2m] their JSON
 -- Returns one 1 (appended) or 0 (duplicate) per message, or -1 alone when the backlog is full (nothing
 -- written). Atomic: a message is seen iff it is in the stream.
+-- (ZMSCORE, MGET and ZADD take at most 1,000 arguments at a time: unpack has a stack limit)
 local m = tonumber(ARGV[4])
 if tonumber(redis.call('GET', KEYS[2]) or '0') + m > tonumber(ARGV[2]) then return {-1} end
 local now = tonumber(ARGV[3])
 local until_ = now + tonumber(ARGV[1])
-local scores = redis.call('ZMSCORE', KEYS[3], unpack(ARGV, 5, 4 + m))
-local legacy = {}
-if #KEYS > 3 then legacy = redis.call('MGET', unpack(KEYS, 4, #KEYS)) end
+local scores, legacy = {}, {}
+for i = 1, m, 1000 do
+  local j = math.min(i + 999, m)
+  local s = redis.call('ZMSCORE', KEYS[3], unpack(ARGV, 4 + i, 4 + j))
+  local l = redis.call('MGET', unpack(KEYS, 3 + i, 3 + j))
+  for k = 1, j - i + 1 do
+    scores[i + k - 1] = s[k]
+    legacy[i + k - 1] = l[k]
+  end
+end
 local out, fresh, add, here = {}, {}, {}, {}
 for i = 1, m do
   local id = ARGV[4 + i]
@@ -31,7 +39,7 @@ for i = 1, m do
   end
 end
 if #fresh > 0 then
-  redis.call('ZADD', KEYS[3], unpack(add))
+  for i = 1, #add, 1000 do redis.call('ZADD', KEYS[3], unpack(add, i, math.min(i + 999, #add))) end
   redis.call('XADD', KEYS[1], '*', 'k', 'M', 'n', #fresh, 'b', '[' .. table.concat(fresh, ',') .. ']')
   redis.call('INCRBY', KEYS[2], #fresh)
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
