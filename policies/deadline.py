@@ -12,7 +12,12 @@ costs the next one its deadline too. So:
    after it is served before it, so its wait is at most its deadline + ``starve_after_s`` plus
    the time to serve the (earlier-deadline) starving conversations ahead of it;
 2. then the conversations that can still meet their deadline, earliest deadline first (EDF
-   maximises the number that meet it when they all can, and degrades gracefully when not);
+   maximises the number that meet it when they all can). "Can still" means the deadline is at
+   least ``reply_margin_s`` away: the deadline is for the agent's first *reply*, and a busy
+   agent takes a while from the assignment to it (accepting, then typing in several windows).
+   One picked with less time left misses anyway, and serving it first makes a fresher
+   conversation wait past its own deadline too: under a rush plain EDF serves everyone at the
+   edge of their deadline and many miss it;
 3. then those that missed it (or never counted: first message outside the window, or a human
    already served them before a transfer), earliest deadline first.
 
@@ -54,6 +59,7 @@ class PlatformDeadline(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
 class QueueSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     discipline: Literal["priority", "deadline"] = "priority"
     starve_after_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 120.0
+    reply_margin_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.0
     priority_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
     platforms: dict[Platform, PlatformDeadline] = {}
 

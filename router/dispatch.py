@@ -76,13 +76,14 @@ class _Pool:
 class _DeadlineRule:
     """A shop's reply deadline under ``[queue] discipline = "deadline"`` (:mod:`policies.deadline`)."""
 
-    __slots__ = ("within", "window", "starve_after_s", "priority_s")
+    __slots__ = ("within", "window", "starve_after_s", "priority_s", "margin")
 
-    def __init__(self, within: float, window: Any, starve_after_s: float, priority_s: float) -> None:
+    def __init__(self, within: float, window: Any, starve_after_s: float, priority_s: float, margin: float = 0.0) -> None:
         self.within = within
         self.window = window
         self.starve_after_s = starve_after_s
         self.priority_s = priority_s
+        self.margin = margin  # ``reply_margin_s``: closer to its deadline than this, a conversation is late
 
     def deadline(self, conv: Conversation) -> tuple[float, bool]:
         """``(deadline, counts)``: a conversation counts for the platform when its first message
@@ -104,7 +105,7 @@ def _deadline_rule(config: Config, shop_id: str) -> _DeadlineRule | None:
     within = (plat.reply_within_s if plat is not None else None) or defaults.reply_within_s
     start, end = (plat.reply_window if plat is not None else None) or defaults.reply_window
     window = Schedule((Window("mon-sun", start, end),), shop.timezone or defaults.timezone)
-    return _DeadlineRule(within, window, section.starve_after_s, section.priority_s)
+    return _DeadlineRule(within, window, section.starve_after_s, section.priority_s, section.reply_margin_s)
 
 
 class Dispatcher:
@@ -611,7 +612,7 @@ class Dispatcher:
             key = -(conv.priority - policy.aging_per_minute * conv.queued_at / 60.0)
         else:
             key, counts = rule.deadline(conv)
-            if not counts or key < now:
+            if not counts or key < now + rule.margin:
                 queues = self._late
         targets = self.targets(conv)
         idx = min(conv.target, len(targets) - 1)
@@ -666,12 +667,13 @@ class Dispatcher:
 
     def _deadline_best(self, key: tuple[str, str], rule: _DeadlineRule) -> tuple[int, float, int, str] | None:
         """The queue's next conversation under the deadline discipline, as ``(class, deadline,
-        seq, id)``: class 0 starving (``starve_after_s`` past its deadline), 1 still in time,
-        2 late. Conversations whose deadline passed move to the late heap (once each)."""
+        seq, id)``: class 0 starving (``starve_after_s`` past its deadline), 1 still in time
+        (``reply_margin_s`` or more before it), 2 late. Conversations whose deadline is nearer
+        than the margin move to the late heap (once each)."""
         now = self.now or 0.0
         live = self._queues.get(key)
         late = self._late.get(key)
-        while (entry := self._valid_top(live)) is not None and entry[0] < now:
+        while (entry := self._valid_top(live)) is not None and entry[0] < now + rule.margin:
             heapq.heappop(live)  # type: ignore[arg-type]
             if late is None:
                 late = self._late[key] = []

@@ -45,6 +45,23 @@ def test_a_conversation_that_can_still_make_its_deadline_goes_before_one_that_ca
     assert [d["conversation_id"] for d in fifo.decisions if d["cause"] == "queue_drain"][0] == "s1:c2"
 
 
+def test_a_conversation_too_close_to_its_deadline_for_a_reply_waits_behind_a_fresher_one(tmp_path, route):
+    """One agent, busy 0–150 s. At 150 s c2 (t = 10) has 40 s left of its 3 minutes and c3
+    (t = 100) 130 s. With ``reply_margin_s = 60`` (about what an agent needs to accept and
+    reply) c2 can no longer make it and c3 goes first, then c4 (t = 160, in time) at 200 s.
+    The margin changes who is in time, not the starvation bound: at 400 s c2 is 210 s past its
+    deadline, more than ``starve_after_s = 120``, and goes before c5 (t = 350, in time).
+    Without a margin plain EDF takes c2 first, at the edge of its deadline."""
+    lines = [msg(1, "c1", 0), msg(2, "c2", 10), msg(3, "c3", 100), ev("close", 150, conversation_id="s1:c1"),
+             msg(4, "c4", 160), ev("close", 200, conversation_id="s1:c3"), msg(5, "c5", 350),
+             ev("close", 400, conversation_id="s1:c4")]
+    margin = QUEUE + "reply_margin_s = 60\n"
+    r = route(write_config(tmp_path / "m", ONE_SHOP, ONE_AGENT, {"p": policy(extra="sticky_hours = 0\n" + margin)}), lines)
+    assert [d["conversation_id"] for d in r.decisions if d["cause"] == "queue_drain"] == ["s1:c3", "s1:c4", "s1:c2"]
+    plain = route(write_config(tmp_path / "p", ONE_SHOP, ONE_AGENT, {"p": policy(extra="sticky_hours = 0\n" + QUEUE)}), lines)
+    assert [d["conversation_id"] for d in plain.decisions if d["cause"] == "queue_drain"][0] == "s1:c2"
+
+
 def test_the_window_and_deadline_come_per_platform(tmp_path, route):
     """A platform whose window has closed: nothing counts, so the queue is served earliest
     deadline first, which is arrival order — even for a conversation that is late."""
@@ -54,14 +71,15 @@ def test_the_window_and_deadline_come_per_platform(tmp_path, route):
     assert [d["conversation_id"] for d in r.decisions if d["cause"] == "queue_drain"] == ["s1:c2"]
 
 
-def _build(agents: int, starve: float) -> Router:
+def _build(agents: int, starve: float, margin: float = 0.0) -> Router:
     root = Path(tempfile.mkdtemp(prefix="fenliu-deadline-"))
     write_config(root, ONE_SHOP, agents_toml(*({"id": f"a{i}", "skills": ["presale"], "max_concurrent": 1} for i in range(agents))),
-                 {"p": policy(extra=f'sticky_hours = 0\n[queue]\ndiscipline = "deadline"\nstarve_after_s = {starve}\npriority_s = 2\n')})
+                 {"p": policy(extra=f'sticky_hours = 0\n[queue]\ndiscipline = "deadline"\nstarve_after_s = {starve}\n'
+                                    f'reply_margin_s = {margin}\npriority_s = 2\n')})
     return Router(load_config(root))
 
 
-async def _run(router: Router, ops: list[tuple], starve: float) -> None:
+async def _run(router: Router, ops: list[tuple], starve: float, margin: float = 0.0) -> None:
     d = router.dispatcher
     now = T0
     n = 0
@@ -87,7 +105,7 @@ async def _run(router: Router, ops: list[tuple], starve: float) -> None:
         assert len(drained) == 1  # one agent of capacity 1 freed up
         chosen = before[drained[0]]
         starving = [t for t in before.values() if now - t > starve]
-        live = [t for t in before.values() if t >= now]
+        live = [t for t in before.values() if t >= now + margin]
         if starving:
             # the bound: nobody goes before a conversation this late, oldest deadline first
             assert chosen == min(starving)
@@ -102,6 +120,7 @@ async def _run(router: Router, ops: list[tuple], starve: float) -> None:
 @given(
     agents=st.integers(1, 2),
     starve=st.sampled_from([0.0, 60.0, 120.0]),
+    margin=st.sampled_from([0.0, 45.0, 120.0]),
     ops=st.lists(st.one_of(
         st.tuples(st.just("msg"), st.integers(0, 40), st.integers(0, 30)),
         st.tuples(st.just("msg"), st.integers(0, 40), st.just(0)),
@@ -109,8 +128,10 @@ async def _run(router: Router, ops: list[tuple], starve: float) -> None:
         st.tuples(st.just("tick"), st.integers(1, 300)),
     ), min_size=1, max_size=80),
 )
-def test_every_pick_follows_the_deadline_order_and_the_starvation_bound(agents, starve, ops):
+def test_every_pick_follows_the_deadline_order_and_the_starvation_bound(agents, starve, margin, ops):
     """Whatever arrives and closes, each freed agent takes: a conversation more than
     ``starve_after_s`` past its deadline if there is one (the earliest such), else the earliest
-    deadline still ahead, else the earliest missed one."""
-    anyio.run(_run, _build(agents, starve), ops, starve)
+    deadline still ``reply_margin_s`` or more ahead, else the earliest of the rest. The margin
+    never delays the bound: a conversation is starving ``starve_after_s`` after its deadline
+    whatever the margin."""
+    anyio.run(_run, _build(agents, starve, margin), ops, starve, margin)
