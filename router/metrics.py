@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from router.plugins import text_cache_stats
+
 if TYPE_CHECKING:
     from router.pipeline import Router
 
@@ -57,6 +59,15 @@ class _Live(Collector):
             errors.add_metric([name], n)
         yield errors
         yield GaugeMetricFamily("fenliu_open_conversations", "Open conversations", value=len(d.conversations))
+        hits = CounterMetricFamily("fenliu_text_cache_hits", "Plugin steps answered from the exact-text cache",
+                                   labels=["cache"])
+        misses = CounterMetricFamily("fenliu_text_cache_misses", "Plugin steps that missed the exact-text cache",
+                                     labels=["cache"])
+        for name, (hit, miss, _) in text_cache_stats().items():
+            hits.add_metric([name], hit)
+            misses.add_metric([name], miss)
+        yield hits
+        yield misses
 
 
 class Metrics:

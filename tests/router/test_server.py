@@ -334,6 +334,7 @@ async def test_health_metrics_and_stats(server):
     assert 'fenliu_messages_total{shop="pdd-a"} 1.0' in text
     assert 'fenliu_decisions_total{action="queued",cause="message"} 1.0' in text
     assert "fenliu_queue_depth" in text and "fenliu_agent_load" in text and "fenliu_reply_latency_seconds" in text
+    assert 'fenliu_text_cache_hits_total{cache=' in text and 'fenliu_text_cache_misses_total{cache=' in text
     status, body = await c.call("GET", "/v1/stats", await c.login("acme"))
     assert body["shops"]["pdd-a"]["queued"] == 1 and body["invariants"] == "ok"
 
