@@ -141,6 +141,14 @@ class PgRecords(Records):
                                      (updated,))
             return [(s, b, list(t), list(n), u) for s, b, t, n, u in await cur.fetchall()]
 
+    async def orders_since(self, updated: float) -> list[tuple[str, str, str, str, float]]:
+        """Orders with a buyer changed at or after ``updated``: ``(shop, order, buyer, body, updated)``."""
+        async with self.pool.connection() as conn:
+            self._rt("orders")
+            cur = await conn.execute("SELECT shop_id, order_id, buyer_id, body::text, updated FROM orders "
+                                     "WHERE buyer_id IS NOT NULL AND updated >= %s ORDER BY updated", (updated,))
+            return await cur.fetchall()
+
     async def add_note(self, shop_id: str, conversation_id: str, agent_id: str | None, text: str, ts: float) -> None:
         async with self.pool.connection() as conn:
             self._rt("note")

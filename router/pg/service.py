@@ -61,7 +61,7 @@ class PgSide:
         self._ticks = itertools.count()
         self._nudge = asyncio.Event()
         self._sending: set[int] = set()
-        self._profiles_seen = 0.0
+        self._profiles_seen = self._orders_seen = 0.0
         self._history_last = self._outbox_last = 0
         self._history_seen: dict[int, None] = {}
         self._outbox_seen: dict[int, None] = {}
@@ -80,12 +80,7 @@ class PgSide:
         for shop, buyer, tags, notes, updated in await self.records.profiles_since(0.0):
             s.profiles[(shop, buyer)] = Profile(tags, notes)
             self._profiles_seen = max(self._profiles_seen, updated)
-        async with self.records.pool.connection() as conn:
-            cur = await conn.execute("SELECT shop_id, order_id, buyer_id, body::text FROM orders "
-                                     "WHERE buyer_id IS NOT NULL ORDER BY updated")
-            for shop, order_id, buyer, body in await cur.fetchall():
-                s.order_buyer[(shop, order_id)] = buyer
-                s.orders[(shop, buyer)] = _order.decode(body)
+        await self._follow_orders()
         return [asyncio.create_task(self._outbox_loop(), name="fenliu-pg-outbox"),
                 asyncio.create_task(self._follow_loop(), name="fenliu-pg-follow")]
 
@@ -210,12 +205,22 @@ class PgSide:
                 for shop, buyer, tags, notes, updated in await self.records.profiles_since(self._profiles_seen):
                     self.service.profiles[(shop, buyer)] = Profile(tags, notes)
                     self._profiles_seen = max(self._profiles_seen, updated)
+                await self._follow_orders()
                 await self._follow_rows()
                 if time.monotonic() - pruned >= PRUNE_S:
                     pruned = time.monotonic()
                     await self.records.prune(self.service.config.main.storage.history_days)
             except Exception as exc:  # noqa: BLE001 - PostgreSQL away: try again next round
                 log.warning("records_follow_failed", error=str(exc))
+
+    async def _follow_orders(self) -> None:
+        """Each buyer's current order (the one changed last), for the orders enrichment adds to
+        messages, as pushes and messages through any instance left it."""
+        s = self.service
+        for shop, order_id, buyer, body, updated in await self.records.orders_since(self._orders_seen):
+            s.order_buyer[(shop, order_id)] = buyer
+            s.orders[(shop, buyer)] = _order.decode(body)
+            self._orders_seen = max(self._orders_seen, updated)
 
     async def _follow_rows(self) -> None:
         """Fold every instance's new history rows and replies into the live figures (the
