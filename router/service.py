@@ -666,15 +666,17 @@ class Service:
             (messages,) = job.args
             result = IngestResult()
             try:
+                # One clock value for a job's messages (a batch arrived at once): the timers are
+                # run once per request, not once per message.
+                moved = await self._advance(rows)
+                if moved:
+                    pushed.extend(moved)
                 for i, msg in enumerate(messages):
                     if ids.maybe_seen_long_ago(msg.shop_id, msg.msg_id) and await self._journaled_before(msg):
                         result.duplicates.append(msg.msg_id)
                         count(metrics.duplicates, msg.shop_id)
                         continue
                     msg = self._enrich(msg)
-                    moved = await self._advance(rows)
-                    if moved:
-                        pushed.extend(moved)
                     try:
                         decisions = await router.handle_message(msg)
                     except InputError as exc:
