@@ -96,6 +96,31 @@ def test_sticky_returns_to_last_agent_within_window_and_falls_back(tmp_path, rou
     assert "sticky" in r.of("m3")["flags"] and "sticky" not in r.of("m5")["flags"]
 
 
+def test_sticky_never_waits_for_a_busy_agent(tmp_path, route):
+    """The last agent is taken only while they have room: at their cap, the returning buyer goes
+    to whoever the strategy picks at once, and with nobody free waits in the queue for *any*
+    agent, never for that one (docs/dispatch.md)."""
+    cfg = write_config(tmp_path, ONE_SHOP, agents_toml(agent("a1", cap=1), agent("a2", cap=1)),
+                       {"p": policy(extra="sticky_hours = 1")})
+    lines = [
+        msg(1, "b1", 0), ev("close", 10, conversation_id="s1:b1"),  # b1's last agent: a1
+        msg(2, "b2", 20),  # a2 (round robin)
+        ev("close", 25, conversation_id="s1:b2"),
+        msg(3, "b3", 30),  # a1, now full
+        msg(4, "b1", 40),  # a1 is busy: a2 at once, no sticky wait
+        ev("close", 50, conversation_id="s1:b3"),
+        ev("close", 55, conversation_id="s1:b1"),  # b1's last agent: a2
+        msg(5, "b4", 60), msg(6, "b5", 61),  # both full
+        msg(7, "b1", 70),  # queued: nobody has room
+        ev("close", 80, conversation_id="s1:b4"),  # a1 frees up first and takes b1
+    ]
+    r = route(cfg, lines)
+    assert r.of("m4")["agent_id"] == "a2" and "sticky" not in r.of("m4")["flags"]
+    assert r.of("m7")["action"] == "queued"
+    drained = [(d["conversation_id"], d["agent_id"]) for d in r.decisions if d["cause"] == "queue_drain"]
+    assert drained == [("s1:b1", r.of("m5")["agent_id"])]
+
+
 def test_dedicated_agents_for_buyers_and_tags_with_fallback(tmp_path, route):
     extra = '[[dispatch.dedicated]]\nbuyers = ["boss"]\ntags = ["svip"]\nagents = ["a3"]\n'
     cfg = write_config(tmp_path, ONE_SHOP, agents_toml(agent("a1"), agent("a2"), agent("a3", cap=1)),
