@@ -19,15 +19,16 @@ instance of a deployment.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Callable, Container, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Container, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import psycopg
 import structlog
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from router import accounts as acct
 from router.accounts import Account
@@ -50,6 +51,25 @@ _COLS = acct._COLS
 #: Seconds a claimed outbox row stays with its sender before another instance may take it.
 CLAIM_S = 30.0
 
+_T = TypeVar("_T")
+
+
+def _answers_503(fn: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
+    """A read a person waits for (a page, ``/v1/stats``): PostgreSQL unreachable is ``503``
+    with a reason, not a traceback."""
+    @functools.wraps(fn)
+    async def read(*args: Any, **kw: Any) -> _T:
+        try:
+            return await fn(*args, **kw)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            from router.access import HTTPError
+            from router.i18n import _
+
+            log.warning("records_unavailable", read=fn.__name__, error=str(exc))
+            raise HTTPError(503, _("the records database cannot be read; retry later"), "unavailable",
+                            {"Retry-After": "1"}) from exc
+    return read
+
 
 class PgRecords(Records):
     """The records of every instance sharing ``url``."""
@@ -59,7 +79,7 @@ class PgRecords(Records):
     def __init__(self, url: str, *, instance: str, pool_size: int = 8) -> None:
         self.url = url
         self.instance = instance
-        self.pool = AsyncConnectionPool(url, min_size=1, max_size=pool_size, open=False,
+        self.pool = AsyncConnectionPool(url, min_size=1, max_size=pool_size, open=False, timeout=5,
                                         kwargs={"autocommit": True, "connect_timeout": 5})
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Round trips to PostgreSQL, by purpose; ``on_round_trip(what, n)`` also gets them (the
@@ -206,6 +226,7 @@ class PgRecords(Records):
                     "state = excluded.state, open = excluded.open, body = excluded.body, updated = excluded.updated",
                     (shop, a.aftersale_id, oid, item.buyer_id, a.state, a.state not in CLOSED, _encode(a).decode(), a.updated))
 
+    @_answers_503
     async def buyer_orders(self, shop_id: str, buyer_id: str) -> list[BuyerOrder]:
         """router/story.py's ``buyer_orders`` over the shared tables (the same queries)."""
         from router.story import ORDERS_SHOWN, SCANS_SHOWN, _aftersale, _order
@@ -227,6 +248,7 @@ class PgRecords(Records):
                                       tuple(_aftersale.decode(b) for (b,) in await requests.fetchall())))
         return out
 
+    @_answers_503
     async def open_aftersales(self, shops: Iterable[str]) -> list[OpenAfterSale]:
         from router.story import AFTERSALES_SHOWN, _aftersale, _order
 
@@ -261,6 +283,7 @@ class PgRecords(Records):
                     "kind = excluded.kind, clock = excluded.clock, decisions = excluded.decisions, "
                     "instance = excluded.instance", params)
 
+    @_answers_503
     async def conversation(self, conversation_id: str, since: float, limit: int = 50
                            ) -> tuple[list[WsHistoryItem], list[dict[str, Any]]]:
         """The conversation's last ``limit`` messages, bot answers and agents' replies since
@@ -403,6 +426,7 @@ class PgRecords(Records):
             replies = [r for r in await cur.fetchall() if r[0] not in skip[1]]
         return history, replies
 
+    @_answers_503
     async def stats(self, config: Config, **period: Any) -> Stats:
         from router.stats import compute_rows
 

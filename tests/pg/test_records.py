@@ -136,3 +136,48 @@ async def test_buyer_story_is_the_same_as_sqlite_keeps_it(pg_url: str, tmp_path)
     finally:
         store.close_sync()
         await r.close()
+
+
+async def test_prune_keeps_what_retention_and_delivery_require(pg_url: str) -> None:
+    """``storage.history_days``: older history, delivered replies, notes and violations go;
+    undelivered replies stay whatever their age; 0 keeps everything."""
+    (r,) = await _records(pg_url, 1)
+    try:
+        day = 86400.0
+        now = 100 * day
+        await r.write_history([_message(1), _message(2)])  # clocks 101, 102: a hundred days ago
+        async with r.pool.connection() as conn:
+            await conn.execute("UPDATE history SET clock = %s WHERE msg_id = 'm2'", (now - day,))
+        old_sent = await r.add_reply("s1", "s1:b1", "b1", "a1", "old, delivered", now - 50 * day)
+        old_pending = await r.add_reply("s1", "s1:b1", "b1", "a1", "old, never delivered", now - 50 * day)
+        await r.claim_due(now)
+        await r.acked(old_sent, now)
+        await r.add_note("s1", "s1:b1", "a1", "old note", now - 50 * day)
+        await r.add_violations([(now - 50 * day, "s1", "s1:b1", "a1", "微信", "contact", "words")])
+        assert await r.prune(0, now=now) == {}
+        assert await r.prune(30, now=now) == {"history": 1, "outbox": 1, "notes": 1, "violations": 1}
+        rows, _, _ = await r.read_rows(None, None)
+        assert [row[4] for row in rows if row[0] == "message"] == ["m2"]
+        assert [row[5] for row in rows if row[0] == "reply"] == ["old, never delivered"]
+        assert old_pending in [item.id for item, _ in await r.claim_due(now + 60)]
+    finally:
+        await r.close()
+
+
+async def test_reads_answer_503_when_the_database_is_gone(pg_url: str) -> None:
+    from router.access import HTTPError
+    from router.config import Config
+    from tests.pg.conftest import _admin
+
+    (r,) = await _records(pg_url, 1)
+    admin, _ = _admin()
+    try:
+        admin.execute(f'DROP DATABASE "{pg_url.rsplit("/", 1)[1]}" WITH (FORCE)')  # every connection cut
+        for read in (r.buyer_orders("s1", "b1"), r.open_aftersales(["s1"]), r.conversation("s1:b1", 0.0),
+                     r.stats(Config.__new__(Config))):
+            with pytest.raises(HTTPError) as err:
+                await read
+            assert err.value.status == 503 and err.value.code == "unavailable"
+    finally:
+        admin.close()
+        await r.close()
