@@ -90,7 +90,9 @@ def stats_command(args: argparse.Namespace) -> int:
         try:
             stats = read_stats(read.config, since=read.since, until=read.until, shop=args.shop, agent=args.agent)
         except Exception as exc:  # noqa: BLE001 - the database unreachable or not set: say why
-            print(t(_("error: {reason}", reason=str(exc).strip())), file=sys.stderr)
+            from router.pg.records import reason
+
+            print(t(_("error: {reason}", reason=reason(exc))), file=sys.stderr)
             return 1
     else:
         conn = connect(read.path)

@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 
 from router.config import StorageConfig
+from router.i18n import _
+
+#: Why a command or the service has no database to use.
+NO_DATABASE = _("no database: set storage.postgres_url or $DATABASE_URL")
 
 
 def database_url(storage: StorageConfig) -> str:

@@ -52,7 +52,9 @@ def db_command(args: argparse.Namespace) -> int:
                 return 0
             st = schema.status(conn)
     except (psycopg.Error, RuntimeError) as exc:
-        print(t(_("error: {reason}", reason=str(exc).strip())), file=sys.stderr)
+        from router.pg.records import reason
+
+        print(t(_("error: {reason}", reason=reason(exc))), file=sys.stderr)
         return 1
     for version, name, when in st.applied:
         print(f"{version:>4}  {name:<20} {t(_('applied'))} {when}")

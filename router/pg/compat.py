@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from router.config import Config
-from router.pg import database_url, schema
+from router.pg import NO_DATABASE, database_url, schema
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ class SyncStore:
     def from_config(cls, config: Config) -> SyncStore:
         url = database_url(config.main.storage)
         if not url:
-            raise psycopg.OperationalError("no database: set storage.postgres_url or $DATABASE_URL")
+            raise ValueError(NO_DATABASE)
         return cls(url)
 
     def run_sync(self, fn: Callable[[Any], T]) -> T:

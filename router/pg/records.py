@@ -32,6 +32,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from router import accounts as acct
 from router.accounts import Account
+from router.i18n import Text
 from router.models import BuyerOrder, Decision, LogisticsEvent, Message, OpenAfterSale, Order, WsHistoryItem
 from router.pg import schema
 from router.records import Records
@@ -453,11 +454,11 @@ class PgRecords(Records):
 
 def read_stats(config: Config, **period: Any) -> Stats:
     """``fenliu stats`` over the shared records: the same figures as every instance's ``/v1/stats``."""
-    from router.pg import database_url
+    from router.pg import NO_DATABASE, database_url
 
     url = database_url(config.main.storage)
     if not url:
-        raise ValueError("no database: set storage.postgres_url or $DATABASE_URL")
+        raise ValueError(NO_DATABASE)
 
     async def run() -> Stats:
         records = PgRecords(url, instance="fenliu-stats", pool_size=1)
@@ -480,6 +481,13 @@ def open_accounts(config: Config) -> Any:
 
     try:
         return SyncStore.from_config(config)
-    except (psycopg.Error, RuntimeError) as exc:
-        print(i18n.gettext("error: {reason}", reason=str(exc).strip()), file=sys.stderr)
+    except (psycopg.Error, RuntimeError, ValueError) as exc:
+        print(i18n.t(i18n._("error: {reason}", reason=reason(exc))), file=sys.stderr)
         return None
+
+
+def reason(exc: BaseException) -> str:
+    """An error's words for a person: ours are catalogue texts (translated when printed), the
+    driver's are PostgreSQL's own."""
+    first = exc.args[0] if exc.args else None
+    return first if isinstance(first, Text) else str(exc).strip()

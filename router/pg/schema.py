@@ -14,6 +14,8 @@ from typing import NamedTuple
 import psycopg
 import structlog
 
+from router.i18n import _
+
 log = structlog.get_logger("fenliu.pg")
 
 #: The advisory lock key of Fenliu's migrations (any 64-bit number no other tool uses: b"fenliu" as an int).
@@ -168,8 +170,8 @@ def upgrade(conn: psycopg.Connection, *, instance: str = "") -> list[int]:
         done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
         newer = [v for v in done if v > LATEST]
         if newer:
-            raise RuntimeError(f"the database has schema version {max(newer)}, newer than this Fenliu knows "
-                               f"({LATEST}): upgrade Fenliu")
+            raise RuntimeError(_("the database has schema version {found}, newer than this Fenliu knows ({known}): "
+                                 "upgrade Fenliu", found=max(newer), known=LATEST))
         applied = []
         for m in MIGRATIONS:
             if m.version in done:

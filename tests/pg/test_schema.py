@@ -69,3 +69,21 @@ def test_newer_schema_is_refused(pg_url: str) -> None:
         conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, 'future')", (schema.LATEST + 1,))
     out = run_fenliu("db", "upgrade", "--url", pg_url)
     assert out.returncode == 1 and "newer than this Fenliu knows" in out.stderr
+
+
+def test_commands_without_a_database_say_why(tmp_path, demo_config) -> None:
+    """``records = "postgres"`` with no URL: ``fenliu stats``, ``accounts`` and ``db`` name the
+    settings to set, exit 1, no traceback."""
+    import shutil
+
+    cfg = tmp_path / "config"
+    shutil.copytree(demo_config, cfg)
+    main = (cfg / "fenliu.toml").read_text(encoding="utf-8")
+    main = "\n".join(line for line in main.splitlines() if not line.startswith("backend"))
+    (cfg / "fenliu.toml").write_text(main.replace("[storage]", '[storage]\nbackend = "redis"\nrecords = "postgres"', 1),
+                                     encoding="utf-8")
+    env = {"DATABASE_URL": ""}
+    for args in (["stats"], ["accounts", "list"], ["db", "status"]):
+        out = run_fenliu(*args, "--config", str(cfg), env=env)
+        assert out.returncode == 1, (args, out.stdout, out.stderr)
+        assert "no database" in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
