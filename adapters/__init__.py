@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from router.i18n import _
 from router.models import AfterSale, LogisticsEvent, Message, Order
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ class Adapter:
         raise DeliveryError(f"adapter {self.name!r} cannot send replies")
 
     def parse_webhook(self, headers: Any, body: bytes) -> WebhookResult:
-        raise WebhookError(404, f"adapter {self.name!r} takes no webhooks")
+        raise WebhookError(404, _("adapter {name!r} takes no webhooks", name=self.name))
 
     async def close(self) -> None:
         return None

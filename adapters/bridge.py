@@ -17,6 +17,7 @@ import aiohttp
 import msgspec
 
 from adapters import Adapter, DeliveryError, OutboundReply, WebhookError, WebhookResult
+from router.i18n import _
 from router.ingest import decode_batch, explain, split_batch
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -68,7 +69,7 @@ class BridgeAdapter(Adapter):
 
         secret = self.shop.secret
         if secret is None:
-            raise WebhookError(401, f"shop {self.shop.id!r} has no secret configured; unsigned ingest is refused")
+            raise WebhookError(401, _("shop {shop!r} has no secret configured; unsigned ingest is refused", shop=self.shop.id))
         why = check_signature(secret, body, headers.get(SIGNATURE_HEADER))
         if why is not None:
             raise WebhookError(401, why)

@@ -28,6 +28,7 @@ from typing import Annotated, Any
 import msgspec
 
 from adapters import Adapter, OrderContext, WebhookError, WebhookResult, platform_time
+from router.i18n import _
 from router.ingest import explain
 from router.models import AfterSale, LogisticsEvent, Order
 
@@ -118,13 +119,13 @@ class DoudianAdapter(Adapter):
     def _keys(self, app_id: str) -> tuple[str, str]:
         secret = self.shop.secret
         if secret is None:
-            raise WebhookError(401, f"shop {self.shop.id!r} has no secret configured (APP_KEY:APP_SECRET in "
-                                    f"{self.shop.secret_env or 'secret_env'})")
+            raise WebhookError(401, _("shop {shop!r} has no secret configured (APP_KEY:APP_SECRET in {env})",
+                                      shop=self.shop.id, env=self.shop.secret_env or "secret_env"))
         text = secret.decode()
         if ":" in text:
-            key, _, sec = text.partition(":")
+            key, _sep, sec = text.partition(":")
             if app_id and app_id != key:
-                raise WebhookError(401, f"app-id {app_id!r} is not this shop's app")
+                raise WebhookError(401, _("app-id {app_id!r} is not this shop's app", app_id=app_id))
             return key, sec
         return app_id, text
 
@@ -132,25 +133,25 @@ class DoudianAdapter(Adapter):
         app_id = headers.get("app-id", "")
         sign = headers.get("event-sign", "").strip().lower()
         if not sign:
-            raise WebhookError(401, "missing event-sign header")
+            raise WebhookError(401, _("missing event-sign header"))
         # Header text is not ASCII-checked by HTTP: md5 of it, or compare_digest, would raise.
         if not sign.isascii():
-            raise WebhookError(401, "event-sign must be the hex md5(app_key + body + app_secret)")
+            raise WebhookError(401, _("event-sign must be the hex md5(app_key + body + app_secret)"))
         if not app_id.isascii():
-            raise WebhookError(401, "app-id must be ASCII")
+            raise WebhookError(401, _("app-id must be ASCII"))
         key, secret = self._keys(app_id)
         if not hmac.compare_digest(event_sign(key, body, secret), sign):
-            raise WebhookError(401, "event-sign does not match md5(app_key + body + app_secret)")
+            raise WebhookError(401, _("event-sign does not match md5(app_key + body + app_secret)"))
         try:
             events = _events.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-            raise WebhookError(400, f"not a Doudian push: {explain(exc)}") from None
+            raise WebhookError(400, _("not a Doudian push: {reason}", reason=explain(exc))) from None
         items, errors = [], []
         for i, ev in enumerate(events):
             try:
                 ctx = to_context(self.shop.id, ev)
             except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-                errors.append({"index": i, "msg_id": ev.msg_id, "reason": f"data: {explain(exc)}"})
+                errors.append({"index": i, "msg_id": ev.msg_id, "reason": _("{path}: {reason}", path="data", reason=explain(exc))})
                 continue
             if ctx is not None:
                 items.append(ctx)

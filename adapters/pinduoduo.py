@@ -38,6 +38,7 @@ import msgspec
 import structlog
 
 from adapters import Adapter, OrderContext, WebhookError, WebhookResult, platform_time
+from router.i18n import _
 from router.ingest import explain
 from router.models import AfterSale, LogisticsEvent, Order
 
@@ -183,7 +184,7 @@ class PinduoduoAdapter(Adapter):
         try:
             frames = _frames.decode(body) if body.lstrip()[:1] == b"[" else [_frame.decode(body)]
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-            raise WebhookError(400, f"not a PMC frame: {explain(exc)}") from None
+            raise WebhookError(400, _("not a PMC frame: {reason}", reason=explain(exc))) from None
         items, acks, errors = [], [], []
         for i, f in enumerate(frames):
             if f.commandType == "Common":
@@ -191,7 +192,7 @@ class PinduoduoAdapter(Adapter):
                 try:
                     ctx = to_context(self.shop.id, f)
                 except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-                    errors.append({"index": i, "id": f.id, "reason": f"message.content: {explain(exc)}"})
+                    errors.append({"index": i, "id": f.id, "reason": _("{path}: {reason}", path="message.content", reason=explain(exc))})
                     continue
                 if ctx is not None:
                     items.append(ctx)
@@ -204,7 +205,7 @@ class PinduoduoAdapter(Adapter):
 
         secret = self.shop.secret
         if secret is None:
-            raise WebhookError(401, f"shop {self.shop.id!r} has no secret configured; unsigned pushes are refused")
+            raise WebhookError(401, _("shop {shop!r} has no secret configured; unsigned pushes are refused", shop=self.shop.id))
         why = check_signature(secret, body, headers.get(SIGNATURE_HEADER))
         if why is not None:
             raise WebhookError(401, why)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
+from router.i18n import Text, _, toml_reason, validation_reason
 from router.schedule import Schedule, Window
 
 if TYPE_CHECKING:
@@ -50,8 +51,8 @@ def check_timezone(name: str) -> str:
     than by opening it: ``ZoneInfo("Asia")`` raises ``IsADirectoryError``, not a clean error."""
     if name not in _zones():
         close = difflib.get_close_matches(name, _zones(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else " (expected an IANA name like 'Asia/Shanghai')"
-        raise ValueError(f"unknown time zone {name!r}{hint}")
+        raise ValueError(_("unknown time zone {name!r} (did you mean {close!r}?)", name=name, close=close[0]) if close
+                         else _("unknown time zone {name!r} (expected an IANA name like 'Asia/Shanghai')", name=name))
     return name
 
 
@@ -62,7 +63,15 @@ class ConfigError(Exception):
         self.file = str(file)
         self.key = key
         self.reason = reason
-        super().__init__(str(self))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # args[0] is the line as a catalogue message, kept up to date when a caller renames the key
+        # or rewords the reason: t(error) prints it in the current language, str(error) in English.
+        super().__setattr__(name, value)
+        if name in ("file", "key", "reason") and "reason" in self.__dict__:
+            why = self.reason if isinstance(self.reason, Text) else Text(str(self.reason))  # plugins' words: matched back
+            self.args = (_("{file}: {key}: {reason}", file=self.file, key=self.key, reason=why) if self.key
+                         else _("{file}: {reason}", file=self.file, reason=why),)
 
     def __str__(self) -> str:
         return f"{self.file}: {self.key}: {self.reason}" if self.key else f"{self.file}: {self.reason}"
@@ -285,28 +294,26 @@ class DispatchConfig(Struct):
 
 
 def _error_from_validation(file: Path | str, exc: msgspec.ValidationError, prefix: str = "") -> ConfigError:
-    """Turn msgspec's ``Expected `int`, got `str` - at `$.a[0].b``` into ``a[0].b: expected int, got str``."""
+    """Turn msgspec's ``Expected `int`, got `str` - at `$.a[0].b``` into ``a[0].b: expected int, got str``
+    (msgspec's wording a catalogue message, router/i18n.py)."""
     text = str(exc)
-    reason, _, where = text.rpartition(" - at `")
-    if not _:
+    reason, sep, where = text.rpartition(" - at `")
+    if not sep:
         reason, where = text, ""
     path = where.rstrip("`").removeprefix("$").removeprefix(".")
     if prefix:
         path = f"{prefix}.{path}" if path and not path.startswith("[") else f"{prefix}{path}"
-    reason = reason.replace("`", "")
-    reason = reason[:1].lower() + reason[1:]
-    if reason.startswith("object contains unknown field"):
-        field = reason.split()[-1]
-        path = f"{path}.{field}" if path else field
-        reason = "unknown key"
-    elif reason.startswith("object missing required field"):
-        field = reason.split()[-1]
-        path = f"{path}.{field}" if path else field
-        reason = "required key is missing"
-    elif reason.startswith("field ") and ": " in reason:  # a __post_init__ check naming its key
-        field, _, reason = reason[6:].partition(": ")
-        path = f"{path}.{field}" if path else field
-    return ConfigError(file, path, reason)
+    plain = reason.replace("`", "")
+    if plain.startswith("Object contains unknown field"):
+        field = plain.split()[-1]
+        return ConfigError(file, f"{path}.{field}" if path else field, _("unknown key"))
+    if plain.startswith("Object missing required field"):
+        field = plain.split()[-1]
+        return ConfigError(file, f"{path}.{field}" if path else field, _("required key is missing"))
+    if plain.startswith("field ") and ": " in plain:  # a __post_init__ check naming its key
+        field, _sep, why = plain[6:].partition(": ")
+        return ConfigError(file, f"{path}.{field}" if path else field, validation_reason(why))
+    return ConfigError(file, path, validation_reason(reason))
 
 
 _BOM = b"\xef\xbb\xbf"
@@ -318,25 +325,25 @@ def read_text(path: Path) -> str:
     file (an interrupted save), a byte-order mark, or bytes that are not UTF-8 (with where)."""
     data = path.read_bytes()
     if not data.strip():
-        raise ValueError("file is empty (an interrupted save?)")
+        raise ValueError(_("file is empty (an interrupted save?)"))
     if data.startswith(_BOM):
-        raise ValueError("file starts with a byte-order mark (BOM); save it as UTF-8 without BOM")
+        raise ValueError(_("file starts with a byte-order mark (BOM); save it as UTF-8 without BOM"))
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = len(data[data.rfind(b"\n", 0, exc.start) + 1:exc.start].decode("utf-8", "replace")) + 1
-        raise ValueError(f"line {line}, column {column}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); "
-                         f"save the file as UTF-8") from None
+        raise ValueError(_("line {line}, column {column}: not valid UTF-8 (byte 0x{byte:02x}); save the file as UTF-8",
+                           line=line, column=column, byte=data[exc.start])) from None
 
 
 def _odd_numbers(value: Any, path: str, out: list[tuple[str, str]]) -> None:
     """TOML allows ``inf``, ``nan`` and integers beyond 64 bits; no setting wants them, and they
     fail only later (a timer, a JSON encoder), so they are named at load."""
     if isinstance(value, float) and not math.isfinite(value):
-        out.append((path, f"expected a finite number, got {value}"))
+        out.append((path, _("expected a finite number, got {value}", value=value)))
     elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > _INT64:
-        out.append((path, "integer out of range (64-bit)"))
+        out.append((path, _("integer out of range (64-bit)")))
     elif isinstance(value, dict):
         for k, v in value.items():
             _odd_numbers(v, f"{path}.{k}" if path else str(k), out)
@@ -353,16 +360,16 @@ def _read_toml(path: Path, errors: list[ConfigError], required: bool = True) -> 
         data = tomllib.loads(text)
     except FileNotFoundError:
         if required:
-            errors.append(ConfigError(path, "", "file not found"))
+            errors.append(ConfigError(path, "", _("file not found")))
         return None
     except tomllib.TOMLDecodeError as exc:
-        errors.append(ConfigError(path, "", f"TOML syntax error: {exc}"))
+        errors.append(ConfigError(path, "", _("TOML syntax error: {detail}", detail=toml_reason(exc))))
         return None
     except ValueError as exc:
-        errors.append(ConfigError(path, "", str(exc)))
+        errors.append(ConfigError(path, "", exc.args[0] if exc.args else str(exc)))
         return None
     except OSError as exc:
-        errors.append(ConfigError(path, "", f"cannot read: {exc.strerror or exc}"))
+        errors.append(ConfigError(path, "", _("cannot read: {detail}", detail=exc.strerror or exc)))
         return None
     odd: list[tuple[str, str]] = []
     _odd_numbers(data, "", odd)
@@ -385,10 +392,10 @@ def _decode_list(file: Path, raw: dict[str, Any], key: str, type_: type, errors:
     """Decode ``[[key]]`` entries one by one, so one run reports a problem in every entry."""
     for other in raw:
         if other != key:
-            errors.append(ConfigError(file, other, "unknown key"))
+            errors.append(ConfigError(file, other, _("unknown key")))
     items = raw.get(key, [])
     if not isinstance(items, list):
-        errors.append(ConfigError(file, key, f"expected an array of tables [[{key}]]"))
+        errors.append(ConfigError(file, key, _("expected an array of tables [[{key}]]", key=key)))
         return []
     out = []
     for i, item in enumerate(items):
@@ -459,7 +466,7 @@ def load_config(directory: str | os.PathLike[str], plugins: PluginSet | None = N
     root = Path(directory)
     errors: list[ConfigError] = []
     if not root.is_dir():
-        raise ConfigErrors([ConfigError(root, "", "not a directory")])
+        raise ConfigErrors([ConfigError(root, "", _("not a directory"))])
 
     main_path = root / "fenliu.toml"
     raw_main = _read_toml(main_path, errors, required=False)
@@ -475,11 +482,11 @@ def load_config(directory: str | os.PathLike[str], plugins: PluginSet | None = N
     if raw is not None:
         for i, shop in _decode_list(shops_path, raw, "shops", Shop, errors):
             if shop.id in shops:
-                errors.append(ConfigError(shops_path, f"shops[{i}].id", f"duplicate shop id {shop.id!r}"))
+                errors.append(ConfigError(shops_path, f"shops[{i}].id", _("duplicate shop id {shop!r}", shop=shop.id)))
             try:
                 shop.hours  # noqa: B018 - validates the time zone now
             except ValueError as exc:
-                errors.append(ConfigError(shops_path, f"shops[{i}].timezone", str(exc)))
+                errors.append(ConfigError(shops_path, f"shops[{i}].timezone", exc.args[0]))
             shops[shop.id] = shop
 
     agents_path = root / "agents.toml"
@@ -488,16 +495,16 @@ def load_config(directory: str | os.PathLike[str], plugins: PluginSet | None = N
     if raw is not None:
         for i, agent in _decode_list(agents_path, raw, "agents", Agent, errors):
             if agent.id in agents:
-                errors.append(ConfigError(agents_path, f"agents[{i}].id", f"duplicate agent id {agent.id!r}"))
+                errors.append(ConfigError(agents_path, f"agents[{i}].id", _("duplicate agent id {agent!r}", agent=agent.id)))
             for j, sid in enumerate(agent.shops):
                 if sid != "*" and shops and sid not in shops:
-                    errors.append(ConfigError(agents_path, f"agents[{i}].shops[{j}]", f"unknown shop {sid!r}"))
+                    errors.append(ConfigError(agents_path, f"agents[{i}].shops[{j}]", _("unknown shop {shop!r}", shop=sid)))
             if not agent.skills:
-                errors.append(ConfigError(agents_path, f"agents[{i}].skills", "an agent needs at least one skill"))
+                errors.append(ConfigError(agents_path, f"agents[{i}].skills", _("an agent needs at least one skill")))
             try:
                 agent.shift  # noqa: B018
             except ValueError as exc:
-                errors.append(ConfigError(agents_path, f"agents[{i}].timezone", str(exc)))
+                errors.append(ConfigError(agents_path, f"agents[{i}].timezone", exc.args[0]))
             agents[agent.id] = agent
 
     ptype = policy_type(plugins.sections)
@@ -517,7 +524,7 @@ def load_config(directory: str | os.PathLike[str], plugins: PluginSet | None = N
         if name not in policies and not any(e.file == str(pdir / f"{name}.toml") for e in errors):
             key = f"shops[{i}].policy" if shop.policy else "defaults.policy"
             file = shops_path if shop.policy else main_path
-            errors.append(ConfigError(file, key, f"no policy file {pdir / (name + '.toml')}"))
+            errors.append(ConfigError(file, key, _("no policy file {path}", path=pdir / (name + ".toml"))))
     if errors:
         raise ConfigErrors(_dedupe(errors))
 
@@ -532,20 +539,21 @@ def _check_policy(path: Path, policy: Any, plugins: PluginSet, agents: dict[str,
     d: DispatchConfig = policy.dispatch
     names = sorted(plugins.strategies)
     if d.strategy not in plugins.strategies:
-        errors.append(ConfigError(path, "dispatch.strategy", f"expected one of {', '.join(names)}; got {d.strategy!r}".replace("'", '"')))
+        got = '"' + d.strategy + '"'
+        errors.append(ConfigError(path, "dispatch.strategy", _("expected one of {choices}; got {got}", choices=", ".join(names), got=got)))
     skills = {s for a in agents.values() for s in a.skills}
     routes = [("dispatch.targets", d.targets)] + [(f"dispatch.skill_targets.{k}", v) for k, v in d.skill_targets.items()]
     for key, targets in routes:
         if not targets:
-            errors.append(ConfigError(path, key, "needs at least one target"))
+            errors.append(ConfigError(path, key, _("needs at least one target")))
         for i, t in enumerate(targets):
             for j, s in enumerate(t.skills):
                 if s != "@skill" and agents and s not in skills:
-                    errors.append(ConfigError(path, f"{key}[{i}].skills[{j}]", f"no agent has skill {s!r}"))
+                    errors.append(ConfigError(path, f"{key}[{i}].skills[{j}]", _("no agent has skill {skill!r}", skill=s)))
     for i, ded in enumerate(d.dedicated):
         for j, a in enumerate(ded.agents):
             if agents and a not in agents:
-                errors.append(ConfigError(path, f"dispatch.dedicated[{i}].agents[{j}]", f"unknown agent {a!r}"))
+                errors.append(ConfigError(path, f"dispatch.dedicated[{i}].agents[{j}]", _("unknown agent {agent!r}", agent=a)))
 
 
 def _dedupe(errors: list[ConfigError]) -> list[ConfigError]:

@@ -10,8 +10,15 @@ babel.cfg``). Two markers, both found by Babel's default keywords:
   language of the request that asked (``Accept-Language``, set by :func:`use` per request).
 * ``gettext("shop", ...)`` — translated at once, in the current language (the CLI's tables).
 
-msgspec does not encode a :class:`Text` (a ``str`` subclass): what goes into a JSON body goes
-through :func:`t` first (``str(text)`` is the English text, also a plain ``str``).
+msgspec does not encode a :class:`Text` (a ``str`` subclass) by itself: what goes into a JSON body
+goes through :func:`t` first, or through an encoder built with :func:`enc_hook`, which translates
+any :class:`Text` left in the body (a reason nested in a list of per-item errors) in the current
+language. A refusal that crosses instances (the Redis backend) travels as :func:`portable` and is
+rebuilt with :func:`revive`, so the asker's instance translates it in the asker's language.
+
+msgspec's own validation messages (``Expected `int`, got `str` - at `$.ts```) are English; their few
+shapes are catalogue entries too (:func:`validation_reason`, :func:`json_reason`), so a 400's
+message reads ``字段 ts：应为整数，收到字符串`` in Chinese and keeps msgspec's wording in English.
 
 The language: a request's ``?lang=``, else its ``Accept-Language`` when it names a supported one
 (router/server.py, per request; a WebSocket keeps its upgrade request's); else the default:
@@ -27,6 +34,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +122,52 @@ def catalogue(lang: str) -> dict[str, str]:
 
 
 def _lookup(msgid: str, lang: str | None) -> str:
-    return catalogue(lang or current()).get(msgid, msgid)
+    lang = lang or current()
+    found = catalogue(lang).get(msgid)
+    if found is not None:
+        return found
+    return _reformat(msgid, lang) if lang != "en" and " " in msgid else msgid
+
+
+_PLACEHOLDER = re.compile(r"\{(\w+)[^{}]*\}")
+#: Fields that are numbers: matched as digits when text is matched back (``line 1, column 2``).
+_NUMERIC = {"n", "line", "column", "index", "count", "limit", "length", "size", "headers"}
+
+
+@functools.cache
+def _patterns(lang: str) -> list[tuple[re.Pattern[str], str, list[str]]]:
+    """The catalogue's messages with fields as regular expressions over their English text, for
+    text that lost its :class:`Text` on the way (an exception's message formatted inside a library,
+    a ``__post_init__`` check's words msgspec passed on). Ids that are nothing but fields and
+    punctuation (``{path}: {reason}``) would match anything, so they are left out."""
+    out = []
+    for msgid, msgstr in catalogue(lang).items():
+        parts = _PLACEHOLDER.split(msgid)
+        literal = "".join(parts[0::2])
+        if len(parts) < 3 or not re.search(r"[A-Za-z]{3,}", literal):
+            continue
+        names = parts[1::2]
+        if len(set(names)) != len(names):
+            continue
+        regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>-?\\d+)" if p in _NUMERIC else f"(?P<{p}>.+?)"
+                        for i, p in enumerate(parts))
+        out.append((len(literal), re.compile(regex, re.DOTALL), msgstr, names))
+    out.sort(key=lambda x: -x[0])  # the most specific (most fixed text) first
+    return [(regex, msgstr, names) for _n, regex, msgstr, names in out]
+
+
+@functools.lru_cache(maxsize=1024)
+def _reformat(text: str, lang: str, depth: int = 0) -> str:
+    """``text`` (English, formatted) in ``lang`` when it is one of the catalogue's messages with its
+    fields filled in; the fields' own text is translated the same way; else ``text`` as it is."""
+    for regex, msgstr, _names in _patterns(lang):
+        m = regex.fullmatch(text)
+        if m is None:
+            continue
+        values = {k: catalogue(lang).get(v) or (_reformat(v, lang, depth + 1) if depth < 3 else v)
+                  for k, v in m.groupdict().items()}
+        return _PLACEHOLDER.sub(lambda f, values=values: values.get(f[1], f[0]), msgstr)
+    return text
 
 
 class Text(str):
@@ -166,3 +219,174 @@ def t(value: Any, lang: str | None = None) -> str:
     if isinstance(value, str):
         return _lookup(value, lang) if value else value
     return str(value)
+
+
+def enc_hook(value: Any) -> Any:
+    """msgspec ``enc_hook``: a :class:`Text` in a JSON body, translated in the current language."""
+    if isinstance(value, Text):
+        return value.translate()
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+def portable(reason: Any) -> Any:
+    """A reason as JSON-able data that :func:`revive` turns back into the same :class:`Text`
+    (a plain string stays a string)."""
+    if not isinstance(reason, Text):
+        return reason if reason is None or isinstance(reason, str | int | float | bool) else str(reason)
+    return [reason.msgid, {k: portable(v) for k, v in reason.fields.items()}]
+
+
+def revive(data: Any) -> Any:
+    """The :class:`Text` :func:`portable` described, or the plain value it was."""
+    if isinstance(data, list) and len(data) == 2 and isinstance(data[0], str) and isinstance(data[1], dict):
+        return Text(data[0], **{k: revive(v) for k, v in data[1].items()})
+    return data
+
+
+# -- msgspec's messages --------------------------------------------------------------------------------
+
+#: msgspec's type names, as its messages spell them (``Expected `int | null```).
+TYPES: dict[str, Text] = {
+    "int": _("int"), "float": _("float"), "str": _("str"), "bool": _("bool"), "null": _("null"),
+    "array": _("array"), "object": _("object"), "bytes": _("bytes"), "datetime": _("datetime"),
+    "date": _("date"), "time": _("time"), "uuid": _("uuid"), "decimal": _("decimal"),
+    "duration": _("duration"), "number": _("number"),
+}
+#: Reasons msgspec gives without fields (lower-cased as :func:`validation_reason` shows them).
+FIXED: dict[str, Text] = {m: m for m in (  # type: ignore[misc]
+    _("invalid RFC3339 encoded datetime"), _("invalid RFC3339 encoded date"), _("invalid RFC3339 encoded time"),
+    _("invalid UUID"), _("invalid base64 encoded string"), _("invalid decimal string"), _("invalid epoch timestamp"),
+    _("invalid ISO8601 duration"), _("integer value out of range"), _("number out of range"),
+    _("invalid UTF-8 encoded string"), _("input data was truncated"),
+)}
+#: The detail of msgspec's ``JSON is malformed: <detail> (byte N)``.
+MALFORMED: dict[str, Text] = {m: m for m in (  # type: ignore[misc]
+    _("invalid character"), _("trailing characters"), _("expected ',' or ']'"), _("expected ',' or '}'"),
+    _("expected ':'"), _('expected \'"\''), _("invalid number"), _("invalid escape character in string"),
+    _("invalid escaped character"), _("invalid character in unicode escape"), _("invalid utf-16 surrogate pair"),
+    _("unexpected end of escaped utf-16 surrogate pair"), _("unexpected end of hex escape"),
+    _("object keys must be strings"), _("trailing comma in array"), _("trailing comma in object"),
+)}
+
+_GOT = re.compile(r"expected (.+?), got (.+)")
+_BOUND = re.compile(r"expected (\S+) (<=|>=|<|>) (\S+)")
+_LENGTH = re.compile(r"expected (\S+) of length (<=|>=) (\d+)")
+_EXACT = re.compile(r"expected (\S+) of length (\d+)")
+_SPAN = re.compile(r"expected (\S+) of length (\d+) to (\d+)")
+_AT = re.compile(r"expected (\S+) of at (least|most) length (\d+)")
+_REGEX = re.compile(r"expected (\S+) matching regex (.+)")
+_MULTIPLE = re.compile(r"expected (\S+) that's a multiple of (\S+)")
+_ZONE = re.compile(r"expected (\S+) with (a|no) timezone component")
+_VALUE = re.compile(r"invalid (enum )?value (.+)")
+_FIELD = re.compile(r"object (missing required|contains unknown) field (\S+)")
+_MALFORMED = re.compile(r"JSON is malformed: (.+) \(byte (\d+)\)")
+
+
+def type_name(name: str) -> Any:
+    """``int`` → :class:`Text` ``int`` (整数); ``int | null`` → both, joined."""
+    first, sep, rest = name.partition(" | ")
+    if sep:
+        return _("{first} | {rest}", first=type_name(first), rest=type_name(rest))
+    return TYPES.get(name, name)
+
+
+def validation_reason(reason: str) -> Text:
+    """msgspec's validation reason (the text before `` - at `$…```) as a catalogue message whose
+    English is msgspec's own, lower-cased and without backticks (``expected int, got str``)."""
+    text = reason.replace("`", "")
+    text = text[:1].lower() + text[1:]
+    if text in FIXED:
+        return FIXED[text]
+    m = _FIELD.fullmatch(text)
+    if m:
+        field = m[2]
+        return (_("object missing required field {field}", field=field) if m[1] == "missing required"
+                else _("object contains unknown field {field}", field=field))
+    for pattern, make in _SHAPES:
+        m = pattern.fullmatch(text)
+        if m:
+            return make(m)
+    return Text(text)  # a __post_init__ check's own words: looked up as they are
+
+
+_SHAPES: list[tuple[re.Pattern[str], Any]] = [
+    (_SPAN, lambda m: _("expected {expected} of length {low} to {high}", expected=type_name(m[1]), low=m[2], high=m[3])),
+    (_LENGTH, lambda m: _("expected {expected} of length {op} {n}", expected=type_name(m[1]), op=m[2], n=m[3])),
+    (_EXACT, lambda m: _("expected {expected} of length {n}", expected=type_name(m[1]), n=m[2])),
+    (_AT, lambda m: _("expected {expected} of length {op} {n}", expected=type_name(m[1]),
+                      op=">=" if m[2] == "least" else "<=", n=m[3])),
+    (_REGEX, lambda m: _("expected {expected} matching regex {pattern}", expected=type_name(m[1]), pattern=m[2])),
+    (_MULTIPLE, lambda m: _("expected {expected} that's a multiple of {n}", expected=type_name(m[1]), n=m[2])),
+    (_ZONE, lambda m: (_("expected {expected} with a timezone component", expected=type_name(m[1])) if m[2] == "a"
+                       else _("expected {expected} with no timezone component", expected=type_name(m[1])))),
+    (_BOUND, lambda m: _("expected {expected} {op} {bound}", expected=type_name(m[1]), op=m[2], bound=m[3])),
+    (_GOT, lambda m: _("expected {expected}, got {got}", expected=type_name(m[1]), got=type_name(m[2]))),
+    (re.compile(r"expected (\S+)"), lambda m: _("expected {expected}", expected=type_name(m[1]))),
+    (_VALUE, lambda m: (_("invalid enum value {value}", value=m[2]) if m[1] else _("invalid value {value}", value=m[2]))),
+]
+
+
+def json_reason(text: str) -> Text:
+    """msgspec's ``DecodeError`` text as ``not valid JSON: …`` from the catalogue."""
+    m = _MALFORMED.fullmatch(text)
+    if m:
+        detail = MALFORMED.get(m[1], m[1])
+        return _("not valid JSON: {reason} (byte {byte})", reason=detail, byte=m[2])
+    return _("not valid JSON: {reason}", reason=validation_reason(text.removeprefix("JSON is malformed: ")))
+
+
+#: tomllib's messages (``Invalid value (at line 2, column 6)``), their fields filled by tomllib.
+TOML = (
+    _("Invalid value"), _("Invalid statement"), _("Invalid date or datetime"), _("Invalid hex value"),
+    _("Invalid initial character for a key part"), _("Unclosed array"), _("Unclosed inline table"),
+    _("Unterminated string"), _("Cannot overwrite a value"), _("Expected '=' after a key in a key/value pair"),
+    _("Expected ']' at the end of a table declaration"), _("Expected ']]' at the end of an array declaration"),
+    _("Expected newline or end of document after a statement"), _("Escaped character is not a Unicode scalar value"),
+    _("Unescaped '\\' in a string"), _("There is no nest behind this key"), _("An object other than list found behind this key"),
+    _("Cannot declare {key} twice"), _("Cannot mutate immutable namespace {key}"), _("Cannot redefine namespace {key}"),
+    _("Duplicate inline table key {key}"), _("Expected {expected}"), _("Found invalid character {char}"),
+    _("Illegal character {char}"),
+)
+_TOML_AT = re.compile(r"(.+) \(at line (\d+), column (\d+)\)", re.DOTALL)
+
+
+def toml_reason(exc: Exception) -> Text:
+    """tomllib's ``TOMLDecodeError`` as a catalogue message, its position kept."""
+    text = str(exc)
+    m = _TOML_AT.fullmatch(text)
+    if m:
+        return _("{reason} (at line {line}, column {column})", reason=Text(m[1]), line=m[2], column=m[3])
+    if text.endswith(" (at end of document)"):
+        return _("{reason} (at end of document)", reason=Text(text.removesuffix(" (at end of document)")))
+    return Text(text)
+
+
+#: What the built-in plugins (plugins/*.py), the plugin loader and the scenario checks say about a configuration, in the
+#: words they format themselves (``ConfigError(file, key, f"…")``, ``ValueError`` in a
+#: ``__post_init__``): the catalogue has them, and :func:`t` matches the formatted text back to
+#: its entry. A message marked where it is made needs no entry here.
+PLUGINS = (
+    _("empty id"), _("empty keyword"), _("empty text"), _("empty question"), _("empty word"),
+    _("duplicate id {id!r} (also in {other})"), _("an FAQ entry needs at least one keyword"),
+    _("unknown platform {platform!r} (known: {known})"), _("no FAQ group {group!r} in {path} (groups: {known})"),
+    _("must be between 0 and 1"), _("must not exceed answer_threshold ({value})"),
+    _("a synonym group needs at least two words"),
+    _("every list needs a name (used in flags and reasons)"), _("give a word file, extra_files or inline words"),
+    _("only the digits detector takes a length"), _("expected a positive number of digits"),
+    _("give a regex or a detector, not both"), _("every pattern needs a name (used in flags)"),
+    _("a pattern needs a regex or a detector"), _("invalid regular expression: {error}"),
+    _("the name {name!r} is used twice (lists and patterns share names)"), _("entry {line!r}: no word before '|'"),
+    _("entry {line!r}: {field!r} is not one of tag=…, advice=…, replace=…"), _("file not found: {path}"),
+    _("cannot read {path}: {reason}"),
+    _("entry {word!r} normalises to nothing: skipped"),
+    _("entry {word!r} is a single character: it hits every {char!r}, kept"),
+    _("entry {word!r} normalises to {key!r} (fewer than 2 characters, it would hit every {char!r}): skipped"),
+    _("a rule needs at least one condition (keywords, regex, kinds, order_status, platforms)"),
+    _("no plugin named {name!r} (entry points: {known})"),
+    # the simulator's scenario checks (router/scenario.py)
+    _("unknown time zone {name!r}"), _("expected 24 values (one per hour), got {n}"),
+    _("at least one hour needs a rate above 0"), _("at least one category needs a share above 0"),
+    _("no texts for category {category!r}: add traffic.texts.{name}"), _("needs at least one text"),
+    _("start and end are the same time"), _("expected a platform ({platforms}); got {got!r}"),
+    _("the configuration has no shops"),
+)

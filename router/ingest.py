@@ -10,6 +10,7 @@ from typing import Any, get_args
 
 import msgspec
 
+from router.i18n import _, json_reason, validation_reason
 from router.models import AgentStatus, Event, Kind, Message
 
 _CHOICES = {"kind": get_args(Kind), "status": get_args(AgentStatus)}
@@ -21,12 +22,13 @@ _TYPE = b'"type"'
 
 #: The reason for JSON nested past msgspec's recursion guard (about Python's recursion limit,
 #: 1000 levels); no message, event or platform push of ours is more than a few levels deep.
-TOO_DEEP = "JSON nested too deep (more than about 1000 levels)"
+TOO_DEEP = _("JSON nested too deep (more than about 1000 levels)")
 
 
 def explain(exc: BaseException) -> str:
     """A one-line reason for a decode or validation error (or the :class:`RecursionError` msgspec
-    raises for absurdly nested JSON)."""
+    raises for absurdly nested JSON): a :class:`router.i18n.Text`, English as ``str``, translated
+    where it is shown (msgspec's message shapes are catalogue entries, router/i18n.py)."""
     if isinstance(exc, RecursionError):
         return TOO_DEEP
     text = str(exc)
@@ -34,21 +36,19 @@ def explain(exc: BaseException) -> str:
         reason, sep, where = text.rpartition(" - at `")
         if not sep:
             reason, where = text, ""
-        reason = reason.replace("`", "")
-        reason = reason[:1].lower() + reason[1:]
         path = where.rstrip("`").removeprefix("$").removeprefix(".")
-        if reason.startswith("object missing required field "):
-            field = reason.rsplit(" ", 1)[1]
-            return f"missing required field {(path + '.' if path else '') + field!r}"
-        if reason.startswith("object contains unknown field "):
-            field = reason.rsplit(" ", 1)[1]
-            return f"unknown field {(path + '.' if path else '') + field!r}"
-        if reason.startswith("invalid enum value") and path in _CHOICES:
-            got = reason.removeprefix("invalid enum value ")
-            return f"{path}: expected one of {', '.join(_CHOICES[path])}; got {got}"
-        return f"{path}: {reason}" if path else reason
+        plain = reason.replace("`", "")
+        if plain.startswith("Object missing required field "):
+            return _("missing required field {field!r}", field=(path + "." if path else "") + plain.rsplit(" ", 1)[1])
+        if plain.startswith("Object contains unknown field "):
+            return _("unknown field {field!r}", field=(path + "." if path else "") + plain.rsplit(" ", 1)[1])
+        if plain.startswith("Invalid enum value") and path in _CHOICES:
+            return _("{path}: expected one of {choices}; got {got}", path=path, choices=", ".join(_CHOICES[path]),
+                     got=plain.removeprefix("Invalid enum value "))
+        why = validation_reason(reason)
+        return _("{path}: {reason}", path=path, reason=why) if path else why
     if isinstance(exc, msgspec.DecodeError):
-        return "not valid JSON: " + text.removeprefix("JSON is malformed: ")
+        return json_reason(text)
     return text
 
 

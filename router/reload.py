@@ -30,6 +30,7 @@ import msgspec
 import structlog
 
 from router.config import Config, ConfigError, ConfigErrors, load_config
+from router.i18n import _
 
 log = structlog.get_logger("fenliu.reload")
 
@@ -40,6 +41,7 @@ TEMP_SUFFIXES = ("~", ".swp", ".swx", ".tmp", ".bak")
 class ReloadResult(msgspec.Struct):
     ok: bool
     trigger: str
+    #: One ``file: key.path: reason`` line each (a :class:`router.i18n.Text`: English in logs, translated where shown).
     errors: list[str] = msgspec.field(default_factory=list)
     generation: int = 0
     #: ``errors`` are refusals a forced reload would override (the configuration itself is valid).
@@ -111,15 +113,15 @@ def guard(old: Config, new: Config, old_files: dict[str, bool], new_files: dict[
     problems: list[ConfigError] = []
     for rel, had in sorted(old_files.items()):
         if had and new_files.get(rel) is False:
-            problems.append(ConfigError(new.dir / rel, "", "the reload would empty this file (it had content)"))
+            problems.append(ConfigError(new.dir / rel, "", _("the reload would empty this file (it had content)")))
     shops_path, agents_path = new.dir / "shops.toml", new.dir / "agents.toml"
     for i, sid in enumerate(new.shops):
         if sid not in old.shops:
             continue
         before = serving(old, sid)
         if before and not serving(new, sid):
-            problems.append(ConfigError(agents_path, "agents", f"no agent would serve shop {sid!r} "
-                                        f"(now {len(before)}: {', '.join(before)})"))
+            problems.append(ConfigError(agents_path, "agents", _("no agent would serve shop {shop!r} (now {n}: {agents})",
+                                                                 shop=sid, n=len(before), agents=", ".join(before))))
         had, will = outbound_rules(old, sid), outbound_rules(new, sid)
         lost = sorted(had - will)
         if lost:
@@ -133,8 +135,9 @@ def guard(old: Config, new: Config, old_files: dict[str, bool], new_files: dict[
             else:
                 file, key = new.policy_file(name), lost[0].split(".")[0]
             shown = ", ".join(lost[:6]) + (", ..." if len(lost) > 6 else "")
-            what = "would be off" if not will else "would lose outbound rules"
-            problems.append(ConfigError(file, key, f"the outbound filter of shop {sid!r} {what}: {shown}"))
+            why = (_("the outbound filter of shop {shop!r} would be off: {rules}", shop=sid, rules=shown) if not will
+                   else _("the outbound filter of shop {shop!r} would lose outbound rules: {rules}", shop=sid, rules=shown))
+            problems.append(ConfigError(file, key, why))
     return problems
 
 
@@ -175,13 +178,14 @@ class Reloader:
             try:
                 config, files = await anyio.to_thread.run_sync(self._load_and_scan)
             except ConfigErrors as exc:
-                return self._failed(ReloadResult(False, trigger, [str(e) for e in exc.errors], self.generation))
+                return self._failed(ReloadResult(False, trigger, [e.args[0] for e in exc.errors], self.generation))
             except Exception as exc:  # noqa: BLE001 - a bug in a loader must not end the watch or answer 500
                 log.exception("config_reload_crashed", trigger=trigger)
-                return self._failed(ReloadResult(False, trigger, [f"{self.directory}: reload failed: "
-                                                                  f"{type(exc).__name__}: {exc}"], self.generation))
+                error = type(exc).__name__ + ": " + str(exc)
+                return self._failed(ReloadResult(False, trigger, [_("{dir}: reload failed: {error}", dir=self.directory,
+                                                                    error=error)], self.generation))
             old = self._current()
-            problems = [str(p) for p in guard(old, config, self._files, files)] if old is not None else []
+            problems = [p.args[0] for p in guard(old, config, self._files, files)] if old is not None else []
             if problems and not force:
                 return self._failed(ReloadResult(False, trigger, problems, self.generation, refused=True))
             try:
@@ -190,8 +194,9 @@ class Reloader:
                     await applied
             except Exception as exc:  # noqa: BLE001
                 log.error("config_apply_failed", trigger=trigger, error=f"{type(exc).__name__}: {exc}")
-                return self._failed(ReloadResult(False, trigger, [f"{self.directory}: could not apply: "
-                                                                  f"{type(exc).__name__}: {exc}"], self.generation))
+                error = type(exc).__name__ + ": " + str(exc)
+                return self._failed(ReloadResult(False, trigger, [_("{dir}: could not apply: {error}", dir=self.directory,
+                                                                    error=error)], self.generation))
             self._applied = config
             self._files = files
             self.generation += 1

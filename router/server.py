@@ -61,7 +61,7 @@ SIGNATURE_HEADER = "X-Fenliu-Signature"
 DEMO_SECRET = "fenliu-demo-secret"
 DEMO_PASSWORD = "demo1234"
 
-_encode = msgspec.json.Encoder().encode
+_encode = msgspec.json.Encoder(enc_hook=i18n.enc_hook).encode  # a Text left in a body: the asker's language
 
 
 
@@ -260,8 +260,10 @@ async def _submit(service: Service, good: list[Message], index: list[int], error
         errors.sort(key=lambda e: e["index"])
         service.metrics.rejected.labels("400").inc()
         first = errors[0]
-        body = {**error_body(400, f"item {first['index']}: {first['reason']}"
-                             + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""), "invalid_items"),
+        reason = _("item {index}: {reason}", index=first["index"], reason=first["reason"])
+        if len(errors) > 1:
+            reason = _("{reason} (and {n} more)", reason=reason, n=len(errors) - 1)
+        body = {**error_body(400, reason, "invalid_items"),
                 "errors": errors, **body,
                 "accepted_ids": result.accepted if result else [],
                 "duplicate_ids": result.duplicates if result else []}
@@ -320,7 +322,8 @@ async def login(request: web.Request) -> web.Response:
     try:
         req = msgspec.json.decode(await request.read(), type=LoginRequest)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return error(400, explain(exc) + ' (expected {"account": "main" or "main:sub", "password": "..."})')
+        return error(400, _("{reason} (expected {shape})", reason=explain(exc),
+                            shape='{"account": "main" or "main:sub", "password": "..."}'))
     try:  # argon2 in the guard's pool, never on the loop nor in a store transaction
         account = await request.app[LOGIN].login(req.account, req.password, request.remote or "unknown")
     except LoginRefused as exc:
@@ -423,7 +426,8 @@ async def agent_status(request: web.Request, scope: Scope) -> web.Response:
         event = AgentStatusEvent(aid, req.status)  # type: ignore[arg-type]
         event = msgspec.convert(msgspec.to_builtins(event), AgentStatusEvent)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return error(400, explain(exc) + ' (expected {"status": "online" | "break" | "offline"})')
+        return error(400, _("{reason} (expected {shape})", reason=explain(exc),
+                            shape='{"status": "online" | "break" | "offline"}'))
     try:
         moved = await service.event(event)
     except InputError as exc:
@@ -521,7 +525,8 @@ async def rating(request: web.Request) -> web.Response:
     try:
         event = msgspec.json.decode(body, type=RatingEvent)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return error(400, explain(exc) + ' (expected {"type": "rating", "conversation_id", "score": 1-5})')
+        return error(400, _("{reason} (expected {shape})", reason=explain(exc),
+                            shape='{"type": "rating", "conversation_id", "score": 1-5}'))
     if not event.conversation_id.startswith(f"{shop_id}:"):
         return error(400, _("conversation {cid!r} is not of shop {shop!r}", cid=event.conversation_id, shop=shop_id))
     await service.event(event)
@@ -539,18 +544,18 @@ async def reload(request: web.Request, scope: Scope) -> web.Response:
         try:
             force = msgspec.json.decode(body, type=ReloadRequest).force or force
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return error(400, explain(exc) + ' (expected no body, or {"force": true|false})')
+            return error(400, _("{reason} (expected no body, or {shape})", reason=explain(exc), shape='{"force": true|false}'))
     result = await service.reloader.reload(f"admin:{account.name}" + (":force" if force else ""), force=force)
     if result.refused:
         return error(409, _("reload refused: the new configuration is valid but would take something away; the running "
                             "one is kept (fix the files, or repeat with ?force=1 or {force})", force='{"force": true}'),
                      "config_refused",
-                     errors=result.errors)
+                     errors=[t(e) for e in result.errors])
     if not result.ok:
-        return error(422, _("configuration rejected; the running one is kept"), "config_rejected", errors=result.errors)
+        return error(422, _("configuration rejected; the running one is kept"), "config_rejected", errors=[t(e) for e in result.errors])
     config = service.config
     return json_response({"reloaded": True, "generation": result.generation,
-                          "shops": len(config.shops), "agents": len(config.agents), "forced": result.forced})
+                          "shops": len(config.shops), "agents": len(config.agents), "forced": [t(e) for e in result.forced]})
 
 
 class ReloadRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -757,12 +762,12 @@ class _Connection(RequestHandler):
         if self._loop.time() < deadline:
             self._head_timer = self._loop.call_at(deadline, self._check_head)
             return
-        reason = f"request head not complete within {self._header_timeout:g} s (server.header_timeout_s)"
+        reason = _("request head not complete within {seconds:g} s (server.header_timeout_s)", seconds=self._header_timeout)
         body = _encode(error_body(408, reason))
         self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
                              b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         peer = self.transport.get_extra_info("peername")
-        log.warning("request_rejected", method=None, path=None, status=408, error=CODES[408], reason=reason,
+        log.warning("request_rejected", method=None, path=None, status=408, error=CODES[408], reason=str(reason),
                     peer=peer[0] if isinstance(peer, tuple) else None)
         self.force_close()
 
@@ -781,11 +786,12 @@ class _Connection(RequestHandler):
                      message: str | None = None) -> web.StreamResponse:
         if status >= 500:  # a failure of ours, not the client's: aiohttp's answer and traceback
             return super().handle_error(request, status, exc, message)
-        text = message or (str(exc) if exc else "") or "malformed request"
+        text = (message or (str(exc) if exc else "") or "malformed request")[:400]  # the parser's own words
         if isinstance(exc, LineTooLong) or "Too many headers" in text:
-            status, text = 431, f"request line or headers too large (at most {MAX_HEADERS} headers of " \
-                                f"{MAX_FIELD_BYTES} bytes each): {text}"
-        resp = error(status, f"malformed HTTP request: {text}"[:500])
+            status = 431
+            text = _("request line or headers too large (at most {headers} headers of {size} bytes each): {detail}",
+                     headers=MAX_HEADERS, size=MAX_FIELD_BYTES, detail=text)
+        resp = error(status, _("malformed HTTP request: {detail}", detail=text))
         resp.force_close()
         log_rejection(request, resp)
         return resp

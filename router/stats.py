@@ -24,6 +24,7 @@ import msgspec
 
 from router.config import Config
 from router.figures import QUEUE, Cell, Ledger, Row, Stats, Violations, read_rows
+from router.i18n import _
 from router.models import Order
 
 __all__ = ["COLUMNS", "Row", "Stats", "compute", "parse_period", "to_csv"]
@@ -145,12 +146,13 @@ def parse_period(since: str | None, until: str | None, timezone: str) -> tuple[f
         try:
             dt = datetime.fromisoformat(value)
         except ValueError:
-            raise ValueError(f"{name}: expected YYYY-MM-DD, an ISO date-time or epoch seconds; got {value!r}") from None
+            raise ValueError(_("{name}: expected YYYY-MM-DD, an ISO date-time or epoch seconds; got {value!r}",
+                               name=name, value=value)) from None
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=tz)
         return dt.timestamp()
 
     a, b = one(since, "from"), one(until, "to")
     if a is not None and b is not None and b <= a:
-        raise ValueError("to: must be after from")
+        raise ValueError(_("to: must be after from"))
     return a, b

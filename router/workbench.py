@@ -174,7 +174,7 @@ async def check_reply(request: web.Request, scope: Scope) -> web.Response:
     try:
         req = msgspec.json.decode(await request.read(), type=CheckRequest)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return error(400, explain(exc) + ' (expected {"conversation_id" or "shop_id", "text"})')
+        return error(400, _("{reason} (expected {shape})", reason=explain(exc), shape='{"conversation_id" or "shop_id", "text"}'))
     if req.conversation_id:
         shop_id = scope.require_conversation(req.conversation_id)
     elif req.shop_id:

@@ -26,6 +26,7 @@ import msgspec
 import structlog
 from aiohttp import WSMsgType, web
 
+from router import i18n
 from router.i18n import _, t
 from router.ingest import explain
 from router.models import (
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("fenliu.ws")
 
 _decode = msgspec.json.Decoder(WsClientFrame)
-_encode = msgspec.json.Encoder().encode
+_encode = msgspec.json.Encoder(enc_hook=i18n.enc_hook).encode  # a Text left in a frame: translated
 SEND_QUEUE = 2000
 
 
@@ -252,7 +253,6 @@ _ref = msgspec.json.Decoder(_Ref)
 
 
 def _frame_reason(exc: Exception) -> str:
-    text = explain(exc)
     if "Invalid value" in str(exc) and "type" in str(exc):
         return t(_("unknown frame type (expected accept, reply, transfer, close, status or note)"))
-    return text
+    return t(explain(exc))

@@ -319,8 +319,8 @@ class RedisService(Service):
                                                             int(time.time()), len(msgs), *(m.msg_id for m in msgs),
                                                             *(_encode(m) for m in msgs)])
                 if flags == [-1]:
-                    raise Overloaded(f"overloaded: shard {n} has {self.config.main.server.ingest_queue_max} messages "
-                                     "waiting to be routed, retry later")
+                    raise Overloaded(i18n._("overloaded: shard {n} has {limit} messages waiting to be routed, retry later",
+                                            n=n, limit=self.config.main.server.ingest_queue_max))
                 for m, fresh in zip(msgs, flags, strict=True):
                     if fresh:
                         result.accepted.append(m.msg_id)
@@ -753,7 +753,8 @@ class RedisService(Service):
         if fields.get(b"k") != b"m":
             req, inst = fields.get(b"req"), fields.get(b"inst")
             if req and inst:
-                batch.results.append((inst.decode(), {"req": req.decode(), "ok": False, "reason": "internal error (logged)"}))
+                batch.results.append((inst.decode(), {"req": req.decode(), "ok": False,
+                                                      "reason": i18n.portable(i18n._("internal error (logged)"))}))
             return
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
             self._poisoned_message(_message.decode(fields[b"b"]), exc)
@@ -788,13 +789,14 @@ class RedisService(Service):
         conv = router.dispatcher.conversations.get(cid or "")
         ok, reason = True, None
         if who and isinstance(event, (CloseEvent, TransferEvent)) and (conv is None or conv.agent_id != who):
-            ok, reason = False, f"no open conversation {cid!r}" if conv is None else f"conversation {cid!r} is not yours"
+            ok, reason = False, (i18n._("no open conversation {cid!r}", cid=cid) if conv is None
+                                 else i18n._("conversation {cid!r} is not yours", cid=cid))
         else:
             closing = self.owner.get(cid or "") if isinstance(event, CloseEvent) else None
             try:
                 moved = await router.handle_event(event)
             except InputError as exc:
-                ok, reason, moved = False, str(exc), []
+                ok, reason, moved = False, exc.args[0] if len(exc.args) == 1 else str(exc), []
             if ok and isinstance(event, CloseEvent):
                 if closing is not None:
                     self._send(closing, WsClosed(event.conversation_id))
@@ -809,7 +811,7 @@ class RedisService(Service):
         req = fields.get(b"req")
         inst = fields.get(b"inst")
         if req and inst:
-            batch.results.append((inst.decode(), {"req": req.decode(), "ok": ok, "reason": reason}))
+            batch.results.append((inst.decode(), {"req": req.decode(), "ok": ok, "reason": i18n.portable(reason)}))
 
     async def _commit(self, batch: _Batch) -> None:
         """Write the batch in one fenced Lua call; a lost lease drops the local state."""
@@ -1101,7 +1103,7 @@ class RedisService(Service):
                         res_ = msgspec.json.decode(fields[b"d"])
                         fut = self._waiting.get(res_["req"])
                         if fut is not None and not fut.done():
-                            fut.set_result((res_["ok"], res_["reason"]))
+                            fut.set_result((res_["ok"], i18n.revive(res_["reason"])))  # the asker translates
                     continue
                 aid = key.rsplit(":", 1)[1]
                 if aid not in self._frame_last:
