@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 
@@ -36,7 +37,7 @@ def load_or_report(args: argparse.Namespace) -> Config | None:
         return load_config(args.config)
     except ConfigErrors as exc:
         for e in exc.errors:
-            print(e, file=sys.stderr)
+            print(i18n.t(e), file=sys.stderr)
         return None
 
 
@@ -47,14 +48,22 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     for info in config.plugins.infos:
         if info.status.startswith("failed"):
-            print(f"warning: plugin {info.name}: {info.status}", file=sys.stderr)
+            print(i18n.gettext("warning: plugin {name}: {status}", name=info.name, status=i18n.t(info.status)), file=sys.stderr)
     for policy in config.policies.values():  # sections that can tell what looks wrong (word lists)
         for field in policy.__struct_fields__:
             for warning in getattr(getattr(policy, field), "warnings", ()):
-                print(f"warning: {warning}", file=sys.stderr)
+                print(i18n.gettext("warning: {warning}", warning=_warning(warning)), file=sys.stderr)
     print(i18n.gettext("{config}: ok ({shops} shops, {agents} agents, {policies} policies)", config=args.config,
                        shops=len(config.shops), agents=len(config.agents), policies=len(config.policies)))
     return 0
+
+
+def _warning(text: str) -> str:
+    """A section's ``file: key: reason`` warning with the reason in the current language."""
+    parts = text.split(": ", 2)
+    if len(parts) < 3:
+        return i18n.t(text)
+    return i18n.gettext("{file}: {key}: {reason}", file=parts[0], key=parts[1], reason=i18n.t(parts[2]))
 
 
 @command("route")
@@ -87,6 +96,11 @@ def _route(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+#: What the plugins table shows as a status or an origin (router/plugins.py), for t() to translate.
+_PLUGIN_WORDS = (i18n._("loaded"), i18n._("disabled"), i18n._("not enabled"), i18n._("failed: {error}"), i18n._("builtin"),
+                 i18n._("module"), i18n._("test"), i18n._("third-party"), i18n._("entry point"), i18n._("entry point ({dist})"))
+
+
 @command("plugins")
 def _plugins(args: argparse.Namespace) -> int:
     from rich.console import Console
@@ -104,7 +118,7 @@ def _plugins(args: argparse.Namespace) -> int:
     for col in (i18n._("name"), i18n._("status"), i18n._("origin"), i18n._("module"), i18n._("hooks")):
         table.add_column(i18n.t(col))
     for info in config.plugins.describe():
-        table.add_row(info.name, info.status, info.origin, info.module, "\n".join(info.hooks))
+        table.add_row(info.name, i18n.t(info.status), i18n.t(info.origin), info.module, "\n".join(info.hooks))
     Console(width=max(120, Console().width)).print(table)
     return 0
 
@@ -132,12 +146,35 @@ def _check_reply(args: argparse.Namespace) -> int:
     for hit in result.hits:
         tag = f", {hit.tag}" if hit.tag else ""
         advice = f" → {hit.advice}" if hit.advice else ""
-        print(f"  {hit.word!r} at {hit.start}-{hit.end} ({hit.source}{tag}): {args.text[hit.start:hit.end]!r}{advice}")
+        print("  " + i18n.gettext("{word!r} at {start}-{end} ({source}{tag}): {text!r}{advice}", word=hit.word, start=hit.start,
+                                  end=hit.end, source=hit.source, tag=tag, text=args.text[hit.start:hit.end], advice=advice))
     return 1
 
 
+#: argparse's own refusals (Python 3.11+ wording), matched back by t() once argparse has formatted them.
+ARGPARSE = (
+    i18n._("the following arguments are required: {args}"), i18n._("unrecognized arguments: {args}"),
+    i18n._("argument {argument}: {message}"), i18n._("invalid choice: {value} (choose from {choices})"),
+    i18n._("invalid {type} value: {value}"), i18n._("expected one argument"), i18n._("expected at most one argument"),
+    i18n._("expected at least one argument"), i18n._("one of the arguments {args} is required"),
+    i18n._("not allowed with argument {argument}"), i18n._("ambiguous option: {option} could match {matches}"),
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its refusals and its ``usage:`` in the current language (sub-commands' parsers
+    are made of the same class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, i18n.gettext("{prog}: error: {message}", prog=self.prog, message=i18n.t(message)) + "\n")
+
+    def format_usage(self) -> str:
+        return super().format_usage().replace("usage: ", i18n.gettext("usage: "), 1)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fenliu", description="Multi-shop message router for e-commerce customer service.")
+    parser = Parser(prog="fenliu", description="Multi-shop message router for e-commerce customer service.")
     parser.add_argument("--version", action="version", version=f"fenliu {__version__}")
     lang_help = "language of what fenliu prints: zh-CN (default) or en (default: $FENLIU_LANG, else zh-CN)"
     parser.add_argument("--lang", type=_lang, default=None, help=lang_help)
@@ -165,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _lang(value: str) -> str:
     lang = i18n.normalize(value)
     if lang is None:
-        raise argparse.ArgumentTypeError(f"unsupported language {value!r} (zh-CN or en)")
+        raise argparse.ArgumentTypeError(i18n.gettext("unsupported language {lang!r} (zh-CN or en)", lang=value))
     return lang
 
 
@@ -176,11 +213,27 @@ def _add_extra_commands(sub: argparse._SubParsersAction, add: Callable[[str, str
     commands.register(add, command)
 
 
+def _lang_in(argv: Sequence[str]) -> str | None:
+    """``--lang X`` or ``--lang=X`` anywhere in ``argv``, before argparse reads it: its refusals of
+    the rest of the line are in that language too."""
+    for i, arg in enumerate(argv):
+        if arg == "--lang" and i + 1 < len(argv):
+            return i18n.normalize(argv[i + 1])
+        if arg.startswith("--lang="):
+            return i18n.normalize(arg.partition("=")[2])
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    previous = i18n.set_default(_lang_in(argv))
+    try:
+        args = build_parser().parse_args(argv)
+    except BaseException:
+        i18n.set_default(previous)
+        raise
     configure_logging(os.environ.get("FENLIU_LOG_LEVEL", "warning"), os.environ.get("FENLIU_LOG_FORMAT", "auto"))  # type: ignore[arg-type]
-    previous = i18n.set_default(args.lang)  # --lang: what this command prints, and a server's default language
+    i18n.set_default(args.lang)  # --lang: what this command prints, and a server's default language
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from router.i18n import gettext
+
 if TYPE_CHECKING:
     from router.config import Config
 
@@ -214,18 +216,22 @@ def _s(text: str) -> str:
 
 
 def to_toml(proposals: list[Proposal], clusters: list[Cluster], seen: int, since: str | None, until: str | None) -> str:
-    lines = [f"# fenliu faq mine --from {since or '(start)'} --to {until or '(end)'}: {seen} buyer messages read.",
-             "# Nothing was changed. Paste what you agree with into config/faq/*.toml.", ""]
+    # The comments are for the person pasting (in the current language); the keys are TOML's.
+    lines = ["# " + gettext("fenliu faq mine --from {since} --to {until}: {seen} buyer messages read.",
+                            since=since or gettext("(start)"), until=until or gettext("(end)"), seen=seen),
+             "# " + gettext("Nothing was changed. Paste what you agree with into config/faq/*.toml."), ""]
     if not proposals:
-        lines += ["# No agent reply matched an FAQ answer or quick reply for a question the bot missed.", ""]
+        lines += ["# " + gettext("No agent reply matched an FAQ answer or quick reply for a question the bot missed."), ""]
     for p in proposals:
-        lines += [f"# {p.file}: add to the `questions` of entry {p.entry!r}", "[[proposal]]", f"entry = {_s(p.entry)}",
+        lines += ["# " + gettext("{file}: add to the `questions` of entry {entry!r}", file=p.file, entry=p.entry),
+                  "[[proposal]]", f"entry = {_s(p.entry)}",
                   f"questions = [{', '.join(_s(q) for q in p.questions)}]",
                   f"counts = [{', '.join(map(str, p.counts))}]", ""]
     if not clusters:
-        lines += ["# No frequent unanswered question.", ""]
+        lines += ["# " + gettext("No frequent unanswered question."), ""]
     for c in clusters:
-        lines += [f"# asked {c.count} times; a new [[faq]] entry could take these as its questions", "[[cluster]]",
+        lines += ["# " + gettext("asked {n} times; a new [[faq]] entry could take these as its questions", n=c.count),
+                  "[[cluster]]",
                   f"count = {c.count}", f"words = [{', '.join(map(_s, c.words))}]",
                   f"shops = [{', '.join(map(_s, c.shops))}]", f"examples = [{', '.join(map(_s, c.examples))}]", ""]
     return "\n".join(lines)

@@ -37,7 +37,9 @@ from typing import Any
 
 import msgspec
 
+from router import i18n
 from router.config import Agent, Config, ConfigErrors, load_config
+from router.i18n import _, gettext
 from router.scenario import Scenario, load_scenario
 from router.schedule import Window
 
@@ -282,14 +284,14 @@ def plan_chart(plan: Plan) -> str:
         bottom = [b + r for b, r in zip(bottom, row)]
     ax2 = ax.twinx()
     rates = [100 * h["reply_rate"] if h["reply_rate"] is not None else float("nan") for h in plan.by_hour]
-    ax2.plot(xs, rates, color="#c44e52", marker="o", markersize=3, linewidth=1.2, label="3-min rate (sim)")
+    ax2.plot(xs, rates, color="#c44e52", marker="o", markersize=3, linewidth=1.2, label=gettext("3-min rate (sim)"))
     ax2.axhline(100 * plan.target_rate, color="#c44e52", linestyle="--", linewidth=0.8)
     ax2.set_ylim(0, 105)
-    ax2.set_ylabel("3-min human reply rate %")
+    ax2.set_ylabel(gettext("3-min human reply rate %"))
     ax.set_xticks(xs, [f"{h:02d}" for h in plan.hours])
-    ax.set_xlabel("local hour")
-    ax.set_ylabel("agents")
-    ax.set_title("Planned agents per hour and group, and the simulated reply rate")
+    ax.set_xlabel(gettext("local hour"))
+    ax.set_ylabel(gettext("agents"))
+    ax.set_title(gettext("Planned agents per hour and group, and the simulated reply rate"))
     ax.legend(fontsize=8, loc="upper left")
     return _svg(fig)
 
@@ -299,7 +301,7 @@ def render_html(plan: Plan, title: str) -> str:
 
     from router.report import _CSS, _table
 
-    head = ["hour", *plan.table, "total", "Erlang C", "3-min rate (sim)", "abandoned (sim)"]
+    head = [gettext("hour"), *plan.table, gettext("total"), "Erlang C", gettext("3-min rate (sim)"), gettext("abandoned (sim)")]
     rows = []
     for i, h in enumerate(plan.hours):
         b = plan.by_hour[i]
@@ -307,18 +309,26 @@ def render_html(plan: Plan, title: str) -> str:
                      str(sum(plan.erlang[g][i] for g in plan.erlang)),
                      "–" if b["reply_rate"] is None else f"{100 * b['reply_rate']:.1f} %",
                      f"{100 * b['abandoned_share']:.1f} %"])
-    shifts = _table(["group", "shifts (start–end × agents)"],
-                    [[g, ", ".join(f"{a:02d}–{b:02d} × {n}" for a, b, n in s)] for g, s in plan.shifts.items()])
+    shifts = _table([gettext("group"), gettext("shifts (start–end × agents)")],
+                    [[gettext("all") if g == "all" else g, ", ".join(f"{a:02d}–{b:02d} × {n}" for a, b, n in s)]
+                     for g, s in plan.shifts.items()])
+    meta = gettext("Target: 3-minute human reply rate ≥ {rate:.0f} % in every hour of the window, abandonment ≤ "
+                   "{abandoned:.0f} %.", rate=100 * plan.target_rate, abandoned=100 * plan.target_abandoned) + " " + _verdict(plan)
+    per_hour, cover = gettext("Agents per hour"), gettext("Shifts that cover it")  # not in the f-string: Babel skips those
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>
+<html lang="{i18n.current().replace('_', '-')}"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p class="meta">Target: 3-minute human reply rate ≥ {100 * plan.target_rate:.0f} % in every hour of the window,
-abandonment ≤ {100 * plan.target_abandoned:.0f} %. {'Met' if plan.met else 'NOT met'} in simulation
-(day: {100 * (plan.reply_rate or 0):.1f} %, abandoned {100 * plan.abandoned_share:.1f} %; {plan.simulations} simulations).</p>
-<h2>Agents per hour</h2><div class="chart">{plan_chart(plan)}</div>{_table(head, rows)}
-<h2>Shifts that cover it</h2>{shifts}
+<p class="meta">{html.escape(meta)}</p>
+<h2>{html.escape(per_hour)}</h2><div class="chart">{plan_chart(plan)}</div>{_table(head, rows)}
+<h2>{html.escape(cover)}</h2>{shifts}
 </body></html>
 """
+
+
+def _verdict(plan: Plan) -> str:
+    what = (_("met in simulation: day {rate:.1f} %, abandoned {abandoned:.1f} % ({n} simulations)") if plan.met
+            else _("NOT met in simulation: day {rate:.1f} %, abandoned {abandoned:.1f} % ({n} simulations)"))
+    return gettext(what, rate=100 * (plan.reply_rate or 0), abandoned=100 * plan.abandoned_share, n=plan.simulations)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -339,6 +349,7 @@ def run_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from router.report import source_label
     from router.simulate import build_traffic
 
     try:
@@ -346,32 +357,32 @@ def run_command(args: argparse.Namespace) -> int:
         scenario = load_scenario(args.scenario, config)
     except ConfigErrors as exc:
         for e in exc.errors:
-            print(e, file=sys.stderr)
+            print(i18n.t(e), file=sys.stderr)
         return 1
     seed = scenario.seed if args.seed is None else args.seed
     traffic, bad = build_traffic(scenario, config, seed, args.traffic)
     if bad:
         for line in bad:
-            print(line, file=sys.stderr)
+            print(i18n.t(line), file=sys.stderr)
         return 1
     plan = anyio.run(make_plan, config, scenario, traffic, seed, args.reply_rate, args.abandoned, args.cap)
     to_stdout = args.json is not None and str(args.json) == "-"
     console = Console(stderr=True) if to_stdout else Console()
-    t = Table(title=f"fenliu plan · {traffic.source} · target {100 * args.reply_rate:.0f} % in 3 min, "
-                    f"≤ {100 * args.abandoned:.0f} % abandoned")
-    for col in ("hour", *plan.table, "total", "Erlang C", "3-min rate", "abandoned"):
-        t.add_column(col, justify="right")
+    table = Table(title=gettext("fenliu plan · {source} · target {rate:.0f} % in 3 min, ≤ {abandoned:.0f} % abandoned",
+                            source=source_label(traffic.source), rate=100 * args.reply_rate, abandoned=100 * args.abandoned))
+    for col in (gettext("hour"), *plan.table, gettext("total"), "Erlang C", gettext("3-min rate"), gettext("abandoned")):
+        table.add_column(col, justify="right")
     for i, h in enumerate(plan.hours):
         b = plan.by_hour[i]
-        t.add_row(f"{h:02d}:00", *(str(plan.table[g][i]) for g in plan.table), str(b["agents"]),
+        table.add_row(f"{h:02d}:00", *(str(plan.table[g][i]) for g in plan.table), str(b["agents"]),
                   str(sum(plan.erlang[g][i] for g in plan.erlang)),
                   "–" if b["reply_rate"] is None else f"{100 * b['reply_rate']:.1f} %", f"{100 * b['abandoned_share']:.1f} %")
-    console.print(t)
-    console.print("shifts: " + "; ".join(f"{a:02d}–{b:02d} × {n}" for a, b, n in plan.shifts["all"]))
+    console.print(table)
+    console.print(gettext("shifts: {shifts}", shifts="; ".join(f"{a:02d}–{b:02d} × {n}" for a, b, n in plan.shifts["all"])))
     if plan.unstaffable:
-        console.print("hours more agents do not help (shops closed, …): " + ", ".join(f"{h:02d}:00" for h in plan.unstaffable))
-    console.print(f"{'met' if plan.met else 'NOT met'} in simulation: day {100 * (plan.reply_rate or 0):.1f} %, "
-                  f"abandoned {100 * plan.abandoned_share:.1f} % ({plan.simulations} simulations)")
+        console.print(gettext("hours more agents do not help (shops closed, …): {hours}",
+                              hours=", ".join(f"{h:02d}:00" for h in plan.unstaffable)))
+    console.print(_verdict(plan))
     if args.json is not None:
         data = msgspec.json.format(msgspec.json.encode(plan, order="sorted"), indent=2) + b"\n"
         if to_stdout:
@@ -379,5 +390,5 @@ def run_command(args: argparse.Namespace) -> int:
         else:
             args.json.write_bytes(data)
     if args.report is not None:
-        args.report.write_text(render_html(plan, f"Fenliu staffing plan — {scenario.name}"), encoding="utf-8")
+        args.report.write_text(render_html(plan, gettext("Fenliu staffing plan — {name}", name=scenario.name)), encoding="utf-8")
     return 0 if plan.met else 2

@@ -1,9 +1,11 @@
 """Reports of ``fenliu simulate``: a rich table on the terminal and one self-contained HTML file.
 
 Both are drawn from the JSON figures alone (the document ``--json`` writes), so a report can be
-rebuilt from saved figures. Charts are matplotlib SVGs inlined in the page, with text kept as
-SVG text (``svg.fonttype = none``) and labelled in English so they read the same on machines
-without CJK fonts.
+rebuilt from saved figures. Every label, chart titles and legends too, comes from the catalogue
+(router/i18n.py) in the current language. Charts are matplotlib SVGs inlined in the page with text
+kept as SVG text (``svg.fonttype = none``): the reader's browser draws the Chinese with its own
+fonts, and matplotlib measures it with an installed Noto CJK font when there is one (else the
+layout is approximate, never boxes in the page).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from router import i18n
-from router.i18n import t
+from router.i18n import _, gettext, t
 
 Row = tuple[str, Callable[[dict[str, Any]], str]]
 
@@ -52,7 +54,7 @@ ROWS: list[Row] = [
     (i18n._("messages routed"), lambda p: _num(p["messages"])),
     (i18n._("conversations"), lambda p: _num(p["conversations"])),
     (i18n._("wait to 1st human reply p50 / p90 / p99 (s)"), _waits),
-    ("… counting buyers who gave up, p50 / p90 / p99 (s)", _waits_all),
+    (i18n._("… counting buyers who gave up, p50 / p90 / p99 (s)"), _waits_all),
     (i18n._("3-min human reply rate (in window)"), _reply),
     (i18n._("abandoned"), lambda p: f"{_num(p['abandoned'])} ({_pct(p['abandoned_share'])})"),
     (i18n._("settled by the bot"), lambda p: _num(p["outcomes"]["bot"])),
@@ -63,7 +65,7 @@ ROWS: list[Row] = [
     (i18n._("agent utilisation (mean)"), lambda p: _pct(p["load_spread"]["utilisation_mean"])),
     (i18n._("conversations handled max−min"), lambda p: _num(p["load_spread"]["handled_max_minus_min"])),
     (i18n._("Gini of conversations handled"), lambda p: _num(p["load_spread"]["handled_gini"], 3)),
-    ("… within a shift (agents on the same hours)", lambda p: _num(p["load_spread"].get("handled_gini_within_shift"), 3)),
+    (i18n._("… within a shift (agents on the same hours)"), lambda p: _num(p["load_spread"].get("handled_gini_within_shift"), 3)),
     (i18n._("Gini of utilisation"), lambda p: _num(p["load_spread"]["utilisation_gini"], 3)),
 ]
 
@@ -72,10 +74,10 @@ def print_summary(doc: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
     sc = doc["scenario"]
-    table = Table(title=i18n.gettext("fenliu simulate · {source} · seed {seed}", source=sc["source"], seed=sc["seed"]))
+    table = Table(title=i18n.gettext("fenliu simulate · {source} · seed {seed}", source=source_label(sc["source"]), seed=sc["seed"]))
     table.add_column(i18n.gettext("figure"))
     for p in doc["policies"]:
-        table.add_column(f"{p['policy']}\n({_strategies(p)})", justify="right")
+        table.add_column(f"{policy_label(p['policy'])}\n({_strategies(p)})", justify="right")
     for label, get in ROWS:
         table.add_row(t(label), *(get(p) for p in doc["policies"]))
     console.print(table)
@@ -83,6 +85,58 @@ def print_summary(doc: dict[str, Any], console: Any) -> None:
 
 def _strategies(p: dict[str, Any]) -> str:
     return ", ".join(sorted(set(p["strategies"].values())))
+
+
+#: The label ``--baseline`` gives its column (router/simulate.py); other labels are folder names.
+BASELINE = _("plain round-robin")
+
+
+def policy_label(label: str) -> str:
+    return t(BASELINE) if label == BASELINE else label
+_SCENARIO = "scenario "
+
+
+def source_label(source: str) -> str:
+    """Where the traffic came from, as the reader's language says it: ``scenario sale-day`` (the
+    simulator's own words) becomes ``场景 sale-day``; a file name stays as it is."""
+    if source.startswith(_SCENARIO):
+        return gettext("scenario {name}", name=source.removeprefix(_SCENARIO))
+    return source
+
+
+#: The simulator's word for a reply window or a shift that never closes.
+ALWAYS = _("always")
+
+
+def window_label(window: str) -> str:
+    return t(ALWAYS) if window == ALWAYS else window
+
+
+#: The platforms' names (router/config.py ``Platform``) as readers know them.
+PLATFORMS = {"pinduoduo": _("Pinduoduo"), "taobao": _("Taobao"), "tmall": _("Tmall"), "jd": _("JD"),
+             "douyin": _("Douyin"), "other": _("other platform")}
+_GROUPS = {"vip": _("VIP"), "others": _("others")}
+
+
+def group_label(key: str) -> str:
+    """A row of the per-platform / VIP table: ``platform:pinduoduo`` → ``平台 拼多多``."""
+    kind, sep, name = key.partition(":")
+    if sep and kind == "platform":
+        return gettext("platform {name}", name=t(PLATFORMS.get(name, name)))
+    return t(_GROUPS.get(key, key))
+
+
+#: Installed fonts with Chinese glyphs, the first found used for charts (Debian: fonts-noto-cjk).
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+             "Droid Sans Fallback", "AR PL UMing CN")
+
+
+def cjk_font() -> str | None:
+    """The first of :data:`CJK_FONTS` matplotlib can find, or ``None``."""
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return next((name for name in CJK_FONTS if name in installed), None)
 
 
 # -- charts -----------------------------------------------------------------------------------------
@@ -112,12 +166,22 @@ def _setup() -> Any:
         "svg.fonttype": "none",
         "svg.hashsalt": "fenliu",
         "font.family": "sans-serif",
-        "font.sans-serif": ["DejaVu Sans", "Arial", "Liberation Sans"],
+        "font.sans-serif": _fonts(),
         "font.size": 10,
         "axes.spines.top": False,
         "axes.spines.right": False,
     })
     return plt
+
+
+def _fonts() -> list[str]:
+    """In Chinese a CJK font first (it has Latin letters too; matplotlib lays SVG text out with the
+    first font only, so Chinese behind DejaVu would be measured as missing glyphs); else DejaVu."""
+    latin = ["DejaVu Sans", "Arial", "Liberation Sans"]
+    cjk = cjk_font()
+    if cjk is None:
+        return latin
+    return [cjk, *latin] if i18n.current() != "en" else [*latin, cjk]
 
 
 def queue_chart(doc: dict[str, Any]) -> str:
@@ -137,14 +201,14 @@ def queue_chart(doc: dict[str, Any]) -> str:
                 continue
             xs = [datetime.fromtimestamp(q["start"] + i * q["bucket_s"], tz) for i in range(len(ys))]
             ax.step(xs, ys, where="post", label=skill, color=colours[skill], linewidth=1.2)
-        ax.set_title(f"{p['policy']} — waiting conversations")
+        ax.set_title(gettext("{policy} — waiting conversations", policy=policy_label(p["policy"])))
         ax.xaxis.set_major_locator(mdates.AutoDateLocator(tz=tz, minticks=3, maxticks=6))
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=tz))
-        ax.set_xlabel(f"local time ({doc['scenario']['timezone']}), max per {q['bucket_s']:.0f} s")
+        ax.set_xlabel(gettext("local time ({tz}), max per {bucket:.0f} s", tz=doc["scenario"]["timezone"], bucket=q["bucket_s"]))
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("queue depth")
+    axes[0][0].set_ylabel(gettext("queue depth"))
     if skills:
-        axes[0][-1].legend(title="skill", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        axes[0][-1].legend(title=gettext("skill"), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _svg(fig)
 
 
@@ -161,10 +225,10 @@ def wait_chart(doc: dict[str, Any]) -> str:
         ax.axvline(target, color="#c44e52", linestyle="--", linewidth=1)
         ax.text(target + 5, max(share, default=1) * 0.95, f"{target:.0f} s", color="#c44e52", fontsize=8)
         w = p["wait_s"]
-        ax.set_title(f"{p['policy']} — p50 {_num(w['p50'])} s, p90 {_num(w['p90'])} s")
-        ax.set_xlabel(f"wait to first human reply (s; last bar = {h['edges'][-1]} s or more)")
+        ax.set_title(gettext("{policy} — p50 {p50} s, p90 {p90} s", policy=policy_label(p["policy"]), p50=_num(w["p50"]), p90=_num(w["p90"])))
+        ax.set_xlabel(gettext("wait to first human reply (s; last bar = {last} s or more)", last=h["edges"][-1]))
         ax.grid(alpha=0.3, axis="y")
-    axes[0][0].set_ylabel("% of conversations")
+    axes[0][0].set_ylabel(gettext("% of conversations"))
     return _svg(fig)
 
 
@@ -178,20 +242,20 @@ def agents_chart(doc: dict[str, Any]) -> str:
         width = 0.8 / len(pols)
         for k, p in enumerate(pols):
             xs = [i + (k - (len(pols) - 1) / 2) * width for i in range(len(agents))]
-            ax1.bar(xs, [p["agents"].get(a, {}).get("handled", 0) for a in agents], width, label=p["policy"])
-            ax2.bar(xs, [100 * p["agents"].get(a, {}).get("utilisation", 0) for a in agents], width, label=p["policy"])
+            ax1.bar(xs, [p["agents"].get(a, {}).get("handled", 0) for a in agents], width, label=policy_label(p["policy"]))
+            ax2.bar(xs, [100 * p["agents"].get(a, {}).get("utilisation", 0) for a in agents], width, label=policy_label(p["policy"]))
         ax2.set_xticks(range(len(agents)), agents, rotation=45 if len(agents) > 12 else 0, ha="right" if len(agents) > 12 else "center")
-        ax2.set_xlabel("agent")
+        ax2.set_xlabel(gettext("agent"))
     else:
         for p in pols:
             handled = sorted((v["handled"] for v in p["agents"].values()), reverse=True)
             util = sorted((100 * v["utilisation"] for v in p["agents"].values()), reverse=True)
-            ax1.plot(range(len(handled)), handled, label=p["policy"])
-            ax2.plot(range(len(util)), util, label=p["policy"])
-        ax2.set_xlabel("agents, busiest first")
-    ax1.set_ylabel("conversations handled")
-    ax2.set_ylabel("utilisation %")
-    ax1.set_title("Load per agent (closed conversations) and utilisation (open conversations ÷ cap, on shift)")
+            ax1.plot(range(len(handled)), handled, label=policy_label(p["policy"]))
+            ax2.plot(range(len(util)), util, label=policy_label(p["policy"]))
+        ax2.set_xlabel(gettext("agents, busiest first"))
+    ax1.set_ylabel(gettext("conversations handled"))
+    ax2.set_ylabel(gettext("utilisation %"))
+    ax1.set_title(gettext("Load per agent (closed conversations) and utilisation (open conversations ÷ cap, on shift)"))
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, axis="y")
     ax1.legend(fontsize=8)
@@ -223,14 +287,14 @@ def render_html(doc: dict[str, Any]) -> str:
     sc = doc["scenario"]
     tz = ZoneInfo(sc["timezone"])
     span = f"{datetime.fromtimestamp(sc['start'], tz):%Y-%m-%d %H:%M} → {datetime.fromtimestamp(sc['end'], tz):%Y-%m-%d %H:%M}"
-    gettext = i18n.gettext
-    head = [gettext("figure")] + [f"{p['policy']} ({_strategies(p)})" for p in pols]
+    names = [policy_label(p["policy"]) for p in pols]
+    head = [gettext("figure")] + [f"{name} ({_strategies(p)})" for name, p in zip(names, pols)]
     summary = _table(head, [[t(label)] + [get(p) for p in pols] for label, get in ROWS])
     skills = sorted({k for p in pols for k in p["queue"]["max"]})
-    queues = _table([gettext("max queue depth by skill")] + [p["policy"] for p in pols],
+    queues = _table([gettext("max queue depth by skill")] + names,
                     [[s] + [_num(p["queue"]["max"].get(s, 0)) for p in pols] for s in skills])
     causes = sorted({c for p in pols for c in p["causes"]})
-    cause_t = _table([gettext("decisions by cause")] + [p["policy"] for p in pols],
+    cause_t = _table([gettext("decisions by cause")] + names,
                      [[c] + [_num(p["causes"].get(c, 0)) for p in pols] for c in causes])
     groups = sorted({g for p in pols for g in p.get("groups", {})})
 
@@ -238,41 +302,49 @@ def render_html(doc: dict[str, Any]) -> str:
         x = p.get("groups", {}).get(g)
         if x is None:
             return "–"
-        return (f"{_pct(x['reply_rate'])} in 3 min · p90 {_num(x['wait_p90'])} s · "
-                f"{_pct(x['abandoned_share'])} gave up · {x['conversations']:,} chats")
+        return gettext("{rate} in 3 min · p90 {p90} s · {abandoned} gave up · {n} chats", rate=_pct(x["reply_rate"]),
+                       p90=_num(x["wait_p90"]), abandoned=_pct(x["abandoned_share"]), n=_num(x["conversations"]))
 
-    group_t = _table(["by platform / VIP"] + [p["policy"] for p in pols], [[g] + [_group(p, g) for p in pols] for g in groups])
+    group_t = _table([gettext("by platform / VIP")] + names, [[group_label(g)] + [_group(p, g) for p in pols] for g in groups])
     shifts = sorted({s for p in pols for s in p["load_spread"].get("by_shift", {})})
-    shift_t = _table(["Gini of chats handled, per shift"] + [p["policy"] for p in pols],
-                     [[s] + [f"{_num(p['load_spread']['by_shift'][s]['handled_gini'], 3)} ({p['load_spread']['by_shift'][s]['agents']} agents)"
-                             if s in p["load_spread"].get("by_shift", {}) else "–" for p in pols] for s in shifts])
+
+    def _shift(p: dict[str, Any], s: str) -> str:
+        x = p["load_spread"].get("by_shift", {}).get(s)
+        return "–" if x is None else gettext("{gini} ({n} agents)", gini=_num(x["handled_gini"], 3), n=x["agents"])
+
+    shift_t = _table([gettext("Gini of chats handled, per shift")] + names, [[window_label(s)] + [_shift(p, s) for p in pols] for s in shifts])
     agents = sorted({a for p in pols for a in p["agents"]})
     agent_rows = [[a] + [f"{p['agents'][a]['handled']} · {_pct(p['agents'][a]['utilisation'])}" if a in p["agents"] else "–"
                          for p in pols] for a in agents]
-    agent_t = _table([gettext("agent: handled · utilisation")] + [p["policy"] for p in pols], agent_rows)
+    agent_t = _table([gettext("agent: handled · utilisation")] + names, agent_rows)
     title = gettext("Fenliu policy simulation — {name}", name=sc["name"])
-    meta = gettext("Traffic: {source} · {span} ({tz}) · seed {seed} · policies: {policies}", source=sc["source"],
-                   span=span, tz=sc["timezone"], seed=sc["seed"], policies=", ".join(p["policy"] for p in pols))
+    meta = gettext("Traffic: {source} · {span} ({tz}) · seed {seed} · policies: {policies}", source=source_label(sc["source"]),
+                   span=span, tz=sc["timezone"], seed=sc["seed"], policies=", ".join(names))
     note = gettext("Wait = from the buyer's first message to the first human reply (bot answers don't count). "
                    "The 3-minute reply rate counts conversations whose first message falls in the platform's window "
                    "({window}) and were answered by a human within {target:.0f} s. "
                    "Gini: 0 = perfectly even, 1 = one agent does everything.",
-                   window=pols[0]["reply_rate"]["window"], target=pols[0]["reply_rate"]["target_s"])
+                   window=window_label(pols[0]["reply_rate"]["window"]), target=pols[0]["reply_rate"]["target_s"])
     h = html.escape
+    # Headings translated here, not inside the f-string: Babel's extraction does not look into f-strings.
+    heads = {k: h(gettext(v)) for k, v in (
+        ("summary", _("Summary")), ("groups", _("By platform, VIP and others")), ("queue", _("Queue depth over time")),
+        ("wait", _("Wait until the first human reply")), ("agents", _("Agents")), ("per_agent", _("per-agent figures")),
+        ("causes", _("Expansions and re-routes")))}
     return f"""<!doctype html>
 <html lang="{i18n.current().replace('_', '-')}"><head><meta charset="utf-8"><title>{h(title)}</title>
 <style>{_CSS}</style></head><body>
 <h1>{h(title)}</h1>
 <p class="meta">{h(meta)}</p>
-<h2>{h(gettext("Summary"))}</h2>{summary}
+<h2>{heads["summary"]}</h2>{summary}
 <p class="note">{h(note)}</p>
-<h2>By platform, VIP and others</h2>{group_t}
-<h2>{h(gettext("Queue depth over time"))}</h2><div class="chart">{queue_chart(doc)}</div>{queues}
-<h2>{h(gettext("Wait until the first human reply"))}</h2><div class="chart">{wait_chart(doc)}</div>
-<h2>{h(gettext("Agents"))}</h2><div class="chart">{agents_chart(doc)}</div>
+<h2>{heads["groups"]}</h2>{group_t}
+<h2>{heads["queue"]}</h2><div class="chart">{queue_chart(doc)}</div>{queues}
+<h2>{heads["wait"]}</h2><div class="chart">{wait_chart(doc)}</div>
+<h2>{heads["agents"]}</h2><div class="chart">{agents_chart(doc)}</div>
 {shift_t}
-<details{' open' if len(agents) <= 20 else ''}><summary>{h(gettext("per-agent figures"))}</summary>{agent_t}</details>
-<h2>{h(gettext("Expansions and re-routes"))}</h2>{cause_t}
+<details{' open' if len(agents) <= 20 else ''}><summary>{heads["per_agent"]}</summary>{agent_t}</details>
+<h2>{heads["causes"]}</h2>{cause_t}
 </body></html>
 """
 

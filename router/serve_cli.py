@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from router.i18n import gettext, t
+from router.i18n import _, gettext, t
 from router.logging import configure_logging
 
 
@@ -86,16 +86,24 @@ def serve_command(args: argparse.Namespace) -> int:
         return asyncio.run(serve_forever(config, args.host, args.port, args.simulate,
                                          {"rate": args.rate, "buyers": args.buyers}))
     except OSError as exc:
-        print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        print(gettext("error: cannot listen: {reason}", reason=exc.strerror or exc), file=sys.stderr)
         return 1
+
+
+#: The roles as a person says them (the ids stay what --role takes).
+ROLES = {"admin": _("admin"), "supervisor": _("supervisor"), "agent": _("agent")}
+
+
+def role_label(role: str) -> str:
+    return t(ROLES.get(role, role))
 
 
 def _password(args: argparse.Namespace) -> str | None:
     if args.password_stdin:
         line = sys.stdin.readline()
         return line.rstrip("\r\n")
-    first = getpass.getpass("password: ")
-    if getpass.getpass("again: ") != first:
+    first = getpass.getpass(gettext("password: "))
+    if getpass.getpass(gettext("again: ")) != first:
         print(gettext("error: passwords differ"), file=sys.stderr)
         return None
     return first
@@ -125,8 +133,9 @@ def accounts_command(args: argparse.Namespace) -> int:
                 print(gettext("no accounts (create one: fenliu accounts add NAME)"))
             for a in rows:
                 agent = a.agent_id or next((i for i, ag in config.agents.items() if ag.account == a.name), None)
-                print(f"{a.name}\t{a.role}\tshops={','.join(a.shops)}" + (f"\tagent={agent}" if agent else "")
-                      + ("\tdisabled" if a.disabled else ""))
+                print(f"{a.name}\t{role_label(a.role)}\t" + gettext("shops={shops}", shops=",".join(a.shops))
+                      + ("\t" + gettext("agent={agent}", agent=agent) if agent else "")
+                      + ("\t" + gettext("disabled") if a.disabled else ""))
             return 0
         if args.action in ("disable", "enable", "remove"):
             if args.action == "remove":
@@ -153,7 +162,7 @@ def accounts_command(args: argparse.Namespace) -> int:
             served = agent_shops(config, agent) if role == "agent" and agent else None
             a = store.run_sync(lambda c: acct.add(c, args.name, password, role, shops, args.agent, served,
                                                   require_agent=role == "agent"))
-            print(gettext("created {name} ({role}, shops {shops})", name=a.name, role=a.role, shops=",".join(a.shops)))
+            print(gettext("created {name} ({role}, shops {shops})", name=a.name, role=role_label(a.role), shops=",".join(a.shops)))
         else:
             store.run_sync(lambda c: acct.passwd(c, args.name, password))
             print(gettext("password changed for {name}", name=args.name))

@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from router import i18n
 from router.config import Config, ConfigError, ConfigErrors, load_config
 from router.scenario import (
     NEEDED_SKILL,
@@ -795,10 +796,10 @@ def read_traffic(path: Path) -> tuple[list[tuple[float, int, Any]], list[str]]:
         return [], [f"{path}: {exc.strerror}"]
     for n, item, reason in read_lines(data.splitlines()):
         if item is None:
-            errors.append(f"{path}: line {n}: {reason}")
+            errors.append(i18n._("{path}: line {n}: {reason}", path=path, n=n, reason=reason))
             continue
         if item.ts is None:  # type: ignore[union-attr]
-            errors.append(f"{path}: line {n}: ts: needed to simulate")
+            errors.append(i18n._("{path}: line {n}: {reason}", path=path, n=n, reason=i18n._("ts: needed to simulate")))
             continue
         if isinstance(item, Message | AgentStatusEvent | TickEvent | CloseEvent):
             items.append((item.ts, n, item))  # type: ignore[arg-type]
@@ -953,31 +954,31 @@ def run_command(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     dirs = [args.config, *args.compare]
     configs: list[Config] = []
-    problems: list[str] = []
+    problems: list[Any] = []
     for d in dirs:
         try:
             configs.append(load_config(d))
         except ConfigErrors as exc:
-            problems.extend(map(str, exc.errors))
+            problems.extend(exc.errors)
     scenario = None
     if not problems:
         try:
             scenario = load_scenario(args.scenario, configs[0])
             for c in configs[1:]:
                 extra = _check_other(args.scenario, scenario, c)
-                problems.extend(map(str, extra))
+                problems.extend(extra)
         except ConfigErrors as exc:
-            problems.extend(map(str, exc.errors))
+            problems.extend(exc.errors)
     if problems or scenario is None:
         for line in problems:
-            print(line, file=sys.stderr)
+            print(i18n.t(line), file=sys.stderr)
         return 1
     seed = scenario.seed if args.seed is None else args.seed
     if args.write_traffic is not None:
         from router.scenario import write_jsonl
 
         n = write_jsonl(generate(scenario, configs[0], seed), args.write_traffic)
-        err.print(f"{n} conversations written to {args.write_traffic}")
+        err.print(i18n.gettext("{n} conversations written to {path}", n=n, path=args.write_traffic))
         return 0
     labels = _labels(dirs)
     if args.baseline:
@@ -988,7 +989,7 @@ def run_command(args: argparse.Namespace) -> int:
     traffic, bad = build_traffic(scenario, configs[0], seed, args.traffic)
     if bad:
         for line in bad:
-            print(line, file=sys.stderr)
+            print(i18n.t(line), file=sys.stderr)
         return 1
     results = anyio.run(_run_all, configs, scenario, traffic, seed, labels, err)
     doc = {
@@ -1008,7 +1009,7 @@ def run_command(args: argparse.Namespace) -> int:
             args.json.write_bytes(data)
     if args.report is not None:
         write_html(doc, args.report)
-        err.print(f"report written to {args.report}")
+        err.print(i18n.gettext("report written to {path}", path=args.report))
     return 0
 
 
@@ -1018,15 +1019,17 @@ def _run_seeds(args: argparse.Namespace, configs: list[Config], labels: list[str
     from rich.console import Console
     from rich.table import Table
 
+    from router.report import policy_label
+
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
     for k in range(args.seeds):
         traffic, bad = build_traffic(scenario, configs[0], seed + k, args.traffic)
         if bad:
             for line in bad:
-                print(line, file=sys.stderr)
+                print(i18n.t(line), file=sys.stderr)
             return 1
         for config, label in zip(configs, labels):
-            err.print(f"seed {seed + k}: simulating {label}")
+            err.print(i18n.gettext("seed {seed}: simulating {label}", seed=seed + k, label=policy_label(label)))
             runs[label].append(anyio.run(simulate, config, scenario, traffic, seed + k, label))
     table = seed_table(runs)
     from router.i18n import gettext
@@ -1041,7 +1044,7 @@ def _run_seeds(args: argparse.Namespace, configs: list[Config], labels: list[str
         def pm(key: str, pct: bool = False, row: dict[str, Any] = row) -> str:
             m, e = row[key]["mean"], row[key]["se"]
             return f"{100 * m:.1f} ± {100 * e:.1f} %" if pct else f"{m:.0f} ± {e:.0f}"
-        out.add_row(label, pm("reply_rate", True), pm("wait_p90"), pm("wait_window_p90"), pm("wait_all_p90"),
+        out.add_row(policy_label(label), pm("reply_rate", True), pm("wait_p90"), pm("wait_window_p90"), pm("wait_all_p90"),
                     pm("abandoned_share", True),
                     pm("bot_only"))
     to_stdout = args.json is not None and str(args.json) == "-"
@@ -1065,12 +1068,14 @@ async def _run_all(configs: list[Config], scenario: Scenario, traffic: Traffic, 
                    labels: list[str], err: Any) -> list[dict[str, Any]]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from router.report import policy_label
+
     span = max(traffic.end - traffic.start, 1.0)
     out = []
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TimeElapsedColumn(), console=err, disable=not err.is_terminal, transient=False) as bar:
         for config, label in zip(configs, labels):
-            task = bar.add_task(f"simulating {label}", total=span)
+            task = bar.add_task(i18n.gettext("simulating {label}", label=policy_label(label)), total=span)
 
             def tick(t: float, task: Any = task) -> None:
                 bar.update(task, completed=min(t - traffic.start, span))

@@ -59,7 +59,7 @@ def open_period(args: argparse.Namespace) -> StoreRead | None:
     try:
         since, until = parse_period(args.since, args.until, config.main.defaults.timezone)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(t(_("error: {reason}", reason=exc.args[0] if exc.args else str(exc))), file=sys.stderr)
         return None
     if args.shop is not None and args.shop not in config.shops:
         print(t(_("error: unknown shop {shop!r}", shop=args.shop)), file=sys.stderr)

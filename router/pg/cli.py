@@ -56,8 +56,9 @@ def db_command(args: argparse.Namespace) -> int:
 
         print(t(_("error: {reason}", reason=reason(exc))), file=sys.stderr)
         return 1
+    applied, pending = t(_("applied")), t(_("pending"))  # outside the f-strings, where Babel finds them
     for version, name, when in st.applied:
-        print(f"{version:>4}  {name:<20} {t(_('applied'))} {when}")
+        print(f"{version:>4}  {name:<20} {applied} {when}")
     for m in st.pending:
-        print(f"{m.version:>4}  {m.name:<20} {t(_('pending'))}")
+        print(f"{m.version:>4}  {m.name:<20} {pending}")
     return 2 if st.pending else 0

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import get_args
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from router import i18n
 from router.cli import main
 from router.i18n import _, t
+from router.models import Kind
+from tests.router.test_config import mutate, mutation
 from tests.router.serve_support import ENV, Agent, Client, add_accounts, message, start_server, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +41,7 @@ def extracted() -> dict[str, list[str]]:
     from babel.messages.extract import extract_from_dir
 
     found: dict[str, list[str]] = {}
-    for folder in ("router", "plugins"):
+    for folder in ("router", "plugins", "adapters", "policies"):
         for filename, lineno, msgid, _comments, _context in extract_from_dir(
                 ROOT / folder, method_map=[("**.py", "python")], keywords={"_": None, "gettext": None}):
             found.setdefault(msgid, []).append(f"{folder}/{filename}:{lineno}")
@@ -192,3 +197,370 @@ def test_simulation_summary_labels_follow_the_language(chinese):
 
     assert [t(label) for label, _get in ROWS][:2] == ["已分流消息", "会话"]
     assert [t(label, "en") for label, _get in ROWS][:2] == ["messages routed", "conversations"]
+
+
+# -- no English where a person reads Chinese ---------------------------------------------------------
+
+#: Words that stay as they are in Chinese text: names of things, formats and units.
+ALLOWED = {"fenliu", "Fenliu", "Erlang", "JSON", "TOML", "HTTP", "UTF", "BOM", "IANA", "UUID", "RFC", "ISO", "Unix",
+           "Base64", "YYYY", "MM", "DD", "URL", "ID", "VIP", "SQLite", "PostgreSQL", "Redis", "ms", "Asia", "Shanghai",
+           "min", "ok", "nan", "inf"}
+_COMMAND = re.compile(r"\bfenliu(?: (?:faq mine|accounts [a-z]+|[a-z][a-z-]+))?\b")  # a command to type
+_FIELD_NAME = re.compile(r"字段 [^\s：]+")  # a JSON field's name, as the catalogue introduces one
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|`[^`\n]*`")
+_TOKEN = re.compile(r"(?<![\w\-])[A-Za-z][\w.\-/\[\]@*+]*")  # not --options
+
+
+def leaks(text: str, ids: set[str] = frozenset()) -> set[str]:
+    """English words in ``text`` that are not data: quoted values, paths, key paths and ids (a token
+    with a digit, ``.``, ``_``, ``-``, ``/`` or a bracket), the configuration's names, and
+    :data:`ALLOWED`. What is left is a message someone forgot to put in the catalogue."""
+    found = set()
+    text = _FIELD_NAME.sub(" ", _COMMAND.sub(" ", _QUOTED.sub(" ", text)))
+    for token in _TOKEN.findall(text):
+        token = token.rstrip(".-")
+        if len(token) < 2 or re.search(r"[\d._\-/\[\]@*+]", token) or token in ALLOWED or token in ids:
+            continue
+        found.add(token)
+    return found
+
+
+def config_ids(*dirs: Path) -> set[str]:
+    """The names a configuration gives things (shops, agents, skills, policies, plugins, hooks, word
+    list categories, platforms, strategies): data, shown as they are in any language."""
+    from router.config import load_config
+
+    ids: set[str] = set()
+    for d in dirs:
+        config = load_config(d)
+        ids |= set(config.shops) | set(config.agents) | set(config.policies) | set(config.strategies)
+        ids |= {s for a in config.agents.values() for s in a.skills} | {s.platform for s in config.shops.values()}
+        for info in config.plugins.describe():
+            ids |= {info.name, *info.hooks, *info.module.split(".")}
+        for policy in config.policies.values():
+            d = policy.dispatch
+            ids |= {d.default_skill, *d.skill_targets, *(s for t in d.targets for s in t.skills)}
+    from router.scenario import Scenario
+
+    ids |= set(Scenario().traffic.mix)  # the skill groups a scenario's buyers ask for (and plan staffs)
+    return ids | {"contact"}  # the demo word list's category of the checked reply
+
+
+def test_the_leak_finder_finds_english_and_passes_data():
+    assert leaks("警告：插件 bot：loaded", {"bot"}) == {"loaded"}
+    assert leaks("字段 items[0].ts：应为整数，收到字符串") == set()
+    assert leaks("店铺 'pdd-1001' 的 least_load, presale", {"presale"}) == set()
+    assert leaks("report written to var/r.html") == {"report", "written", "to"}
+    assert leaks("创建：fenliu accounts add NAME，或 fenliu faq mine --from 今天") == {"NAME"}
+
+
+@pytest.fixture
+def wide(monkeypatch):
+    """rich would cut long ids in narrow columns (``logist…``); a wide terminal shows them whole."""
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setenv("FENLIU_LOG_LEVEL", "error")  # logs stay English, for operators
+
+
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[.*$\n?", re.MULTILINE)
+
+
+def _run(capsys, *argv: str) -> tuple[int, str]:
+    """``fenliu --lang zh-CN …`` in this process: its exit status, and what it printed (log lines,
+    English for operators, left out)."""
+    code = main(["--lang", "zh-CN", *argv])
+    out = capsys.readouterr()
+    return code, _LOG_LINE.sub("", out.out + out.err)
+
+
+def _html_text(page: str) -> str:
+    """The text a reader sees in a page: element text and SVG ``<text>``, not styles."""
+    from html.parser import HTMLParser
+
+    class Text(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.skip, self.parts = 0, []
+
+        def handle_starttag(self, tag, attrs):
+            self.skip += tag in ("style", "script")
+
+        def handle_endtag(self, tag):
+            self.skip -= tag in ("style", "script")
+
+        def handle_data(self, data):
+            if not self.skip:
+                self.parts.append(data)
+
+    parser = Text()
+    parser.feed(page)
+    return "\n".join(parser.parts)
+
+
+def _policy_copy(tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "least_load"
+    shutil.copytree(ROOT / "tests" / "data" / "sim_policy", target)
+    policy = target / "policies" / "default.toml"
+    policy.write_text(policy.read_text().replace('"round_robin"', '"least_load"'))
+    return target
+
+
+def test_simulate_and_plan_print_and_report_in_chinese(chinese, wide, tmp_path, capsys, logging_restored):
+    """The simulator's tables (summary, per seed), its HTML report with the charts' titles, axes and
+    legends, and ``fenliu plan`` with its report: nothing English but names and units."""
+    data = ROOT / "tests" / "data"
+    other = _policy_copy(tmp_path)
+    ids = config_ids(data / "sim_policy", other)
+    report = tmp_path / "sim.html"
+    code, out = _run(capsys, "simulate", "--config", str(data / "sim_policy"), "--compare", str(other),
+                     "--scenario", str(data / "sim_policy.toml"), "--baseline", "--report", str(report))
+    assert code == 0, out
+    assert "普通轮询" in out and "首次人工回复等待" in out and "报告已写入" in out
+    assert not leaks(out, ids), out
+    page = report.read_text(encoding="utf-8")
+    assert '<html lang="zh-CN">' in page
+    seen = _html_text(page)
+    assert not leaks(seen, ids), sorted(leaks(seen, ids))
+    charts = "".join(re.findall(r"<svg.*?</svg>", page, re.DOTALL))
+    for label in ("排队数", "首次人工回复等待", "接待会话数", "利用率 %", "普通轮询"):  # axes, titles, legend
+        assert label in charts, label
+
+    code, out = _run(capsys, "simulate", "--config", str(data / "sim_policy"), "--scenario",
+                     str(data / "sim_policy.toml"), "--baseline", "--seeds", "2")
+    assert code == 0 and "±" in out, out
+    assert not leaks(out, ids), out
+
+    plan = tmp_path / "plan.html"
+    code, out = _run(capsys, "plan", "--config", str(data / "sim_policy"), "--scenario", str(data / "sim_policy.toml"),
+                     "--report", str(plan))
+    assert code in (0, 2) and "班次" in out, out
+    assert not leaks(out, ids), out
+    page = plan.read_text(encoding="utf-8")
+    assert not leaks(_html_text(page), ids), sorted(leaks(_html_text(page), ids))
+    assert "每小时各技能组计划客服数" in page
+
+
+def test_stats_faq_accounts_check_route_and_plugins_print_in_chinese(chinese, wide, tmp_path, capsys, demo_config,
+                                                                     logging_restored, monkeypatch):
+    import io
+    import shutil
+
+    from tests.plugins.test_bot_mine import plant
+    from tests.router.test_stats import store as stats_store
+
+    ids = config_ids(demo_config)
+    history = stats_store.__wrapped__(tmp_path)
+    outputs = []
+    for argv in (["stats", "--config", str(demo_config), "--store", str(history)],
+                 ["stats", "--config", str(demo_config), "--store", str(history), "--from", "soon"],
+                 ["stats", "--config", str(demo_config), "--store", str(history), "--from", "2025-11-24", "--to", "2025-11-23"],
+                 ["stats", "--config", str(demo_config), "--store", str(history), "--shop", "nope"],
+                 ["stats", "--config", str(demo_config), "--store", str(tmp_path / "none.db")],
+                 ["plugins", "--config", str(demo_config)],
+                 ["check", "--config", str(demo_config)],
+                 ["check-reply", "--config", str(demo_config), "--shop", "pdd-1001", "加我微信，全网最低价"]):
+        outputs.append(_run(capsys, *argv))
+
+    mined = tmp_path / "mined" / "fenliu.db"
+    mined.parent.mkdir()
+    plant(mined)
+    outputs.append(_run(capsys, "faq", "mine", "--config", str(demo_config), "--store", str(mined),
+                        "--from", "2025-11-23", "--to", "2025-11-24"))
+    faq_keys = {"proposal", "entry", "questions", "counts", "cluster", "count", "words", "shops", "examples", "faq",
+                "acme", "nobody"}  # and the accounts' names below
+
+    db = tmp_path / "accounts.db"
+    for argv, stdin in ((["add", "acme", "--role", "admin", "--shops", "*", "--password-stdin"], "correct horse battery\n"),
+                        (["add", "acme:a01", "--role", "agent", "--agent", "a-01", "--password-stdin"], "correct horse battery\n"),
+                        (["add", "acme:x", "--role", "agent", "--agent", "a-99", "--password-stdin"], "correct horse battery\n"),
+                        (["disable", "acme:a01"], ""), (["list"], ""), (["passwd", "nobody", "--password-stdin"], "short\n")):
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        outputs.append(_run(capsys, "accounts", "--config", str(demo_config), "--store", str(db), *argv))
+
+    bad = tmp_path / "bad"
+    shutil.copytree(demo_config, bad)
+    agents = (bad / "agents.toml").read_text()
+    (bad / "agents.toml").write_text(agents.replace('id = "a-02"', 'id = "a-01"', 1)
+                                     .replace('shops = ["tb-2001"]', 'shops = ["tb-9999"]', 1)
+                                     .replace("max_concurrent = 4", "max_concurrent = -4", 1))
+    policy = (bad / "policies" / "default.toml").read_text()
+    (bad / "policies" / "default.toml").write_text(policy.replace('on_agent_offline = "reroute"', 'on_agent_offline = "panic"'))
+    outputs.append(_run(capsys, "check", "--config", str(bad)))
+    (bad / "shops.toml").write_text('[[shops]]\nid = pdd\n')
+    outputs.append(_run(capsys, "check", "--config", str(bad)))
+    outputs.append(_run(capsys, "check", "--config", str(tmp_path / "nowhere")))
+
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text('{"shop_id": "pdd-1001", "msg_id": "m1", "buyer_id": "b1", "text": "在吗", "ts": "soon"}\n'
+                     '{"shop_id": "pdd-1001", "msg_id": "m2"}\n{"nope\n', encoding="utf-8")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO()))
+    monkeypatch.setattr("sys.stdout", io.TextIOWrapper(io.BytesIO()))  # decisions go to stdout's buffer
+    code, err = _run(capsys, "route", "--config", str(demo_config), str(lines))
+    assert code == 1 and "第 1 行" in err and "字段 ts：" in err, err
+    outputs.append((code, err))
+
+    assert any("错误：" in out for _code, out in outputs)
+    for _code, out in outputs:
+        assert not leaks(out, ids | faq_keys), out
+
+
+@pytest.mark.anyio
+async def test_a_validation_error_reads_chinese_with_its_path_and_the_same_code(server):
+    """msgspec's own words (``Expected `float | null`, got `str` - at `$.ts```) in a 400, in the
+    asker's language; the ``error`` code and the field's path are the same in both."""
+    _srv, c = server
+    bad = [message("m-1", ts="soon"), message("m-2", text=7), {"shop_id": "pdd-a", "msg_id": "m-3"}]
+    status, zh = await c.post_messages("pdd-a", bad)
+    status_en, en = await c.post_messages("pdd-a", bad, headers={"Accept-Language": "en"})
+    assert status == status_en == 400 and zh["error"] == en["error"] == "invalid_items", (zh, en)
+    assert en["message"] == "item 0: ts: expected float | null, got str (and 2 more)", en
+    assert zh["message"] == "第 0 条：字段 ts：应为数字或空值，收到字符串（另有 2 条）", zh
+    assert [e["reason"] for e in zh["errors"]] == ["字段 ts：应为数字或空值，收到字符串", "字段 text：应为字符串，收到整数",
+                                                 "缺少必填字段 'buyer_id'"]
+    assert [e["index"] for e in zh["errors"]] == [e["index"] for e in en["errors"]]
+
+    status, zh = await c.post_messages("pdd-a", None, raw=b'{"shop_id": "pdd-a",')
+    assert status == 400 and zh["error"] == "invalid_items" and "不是有效的 JSON" in zh["message"], zh
+    async with c.http.post(f"{c.url}/v1/auth/login", json={"account": 7, "password": "x"}) as r:
+        body = await r.json()
+    assert r.status == 400 and body["error"] == "bad_request", body
+    assert body["message"].startswith("字段 account：应为字符串，收到整数（应为 {"), body
+    assert not leaks(body["message"].split("（应为")[0])
+
+
+@pytest.mark.anyio
+async def test_protocol_refusals_are_chinese_by_default(server):
+    """The 431 and malformed-head replies aiohttp's parser triggers (no request to negotiate with:
+    the default language), with their stable codes."""
+    from tests.router.test_hardening import request_bytes, send
+
+    srv, _c = server
+    port = int(srv.url.rsplit(":", 1)[1])
+    status, _h, got = await send(port, request_bytes("GET", "/healthz", headers={f"X-H{i}": "1" for i in range(300)}))
+    assert status == 431 and got["error"] == "headers_too_large", got
+    assert got["message"].startswith("HTTP 请求格式错误：请求行或请求头过大（最多 100 个请求头"), got
+    status, _h, got = await send(port, b"GARBAGE\r\n\r\n")
+    assert status == 400 and got["error"] == "bad_request" and got["message"].startswith("HTTP 请求格式错误："), got
+
+
+def test_the_request_head_timeout_is_chinese(chinese):
+    from router.server import error_body
+
+    body = error_body(408, _("request head not complete within {seconds:g} s (server.header_timeout_s)", seconds=10.0))
+    assert body == {"error": "request_timeout", "message": "请求头未在 10 秒内收完（server.header_timeout_s）"}
+
+
+KINDS = set(get_args(Kind))  # the choices a refusal names are ids
+int_or_text = st.one_of(st.integers(), st.text(max_size=5), st.floats(allow_nan=False), st.booleans(), st.none(),
+                        st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=st.dictionaries(st.sampled_from(["shop_id", "msg_id", "buyer_id", "text", "ts", "kind", "order", "extra"]),
+                              int_or_text, max_size=6),
+       raw=st.one_of(st.none(), st.binary(max_size=12)))
+def test_every_decode_refusal_has_a_chinese_reason_and_keeps_its_english(fields, raw):
+    """Whatever msgspec says about a message (wrong types, missing or unknown fields, bad JSON),
+    the reason is a catalogue message: English as before, Chinese with the same field names."""
+    import msgspec
+
+    from router.ingest import decode_message, explain
+
+    body = raw if raw is not None else msgspec.json.encode(fields)
+    try:
+        decode_message(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        reason = explain(exc)
+        assert t(reason, "en") == str(reason)
+        zh = t(reason, "zh_CN")
+        assert re.search(r"[\u4e00-\u9fff]", zh) and not leaks(zh, KINDS), (str(reason), zh)
+
+
+def test_a_refusal_crossing_instances_is_translated_by_the_asker():
+    """The Redis backend sends a refusal to the instance that asked as JSON data; it is the same
+    message there, translated in that instance's asker's language."""
+    import msgspec
+
+    reason = _("conversation {cid!r} is not yours", cid="pdd-a:b-1")
+    back = i18n.revive(msgspec.json.decode(msgspec.json.encode(i18n.portable(reason))))
+    assert str(back) == str(reason) and t(back, "zh_CN") == t(reason, "zh_CN") != str(reason)
+    nested = _("item {index}: {reason}", index=2, reason=_("unknown agent {agent!r}", agent="a-9"))
+    assert t(i18n.revive(msgspec.json.decode(msgspec.json.encode(i18n.portable(nested)))), "zh_CN") == t(nested, "zh_CN")
+    assert i18n.revive(i18n.portable("plain")) == "plain" and i18n.portable(None) is None
+
+
+def test_english_text_that_lost_its_message_is_still_translated(chinese):
+    """A message formatted to a plain ``str`` on the way (inside msgspec, an f-string elsewhere) is
+    matched back to its catalogue entry; text that is not one stays as it is."""
+    assert t("unknown agent 'a-9'") == "未知客服 'a-9'"
+    assert t("item 3: unknown agent 'a-9'") == "第 3 条：未知客服 'a-9'"
+    assert t("a-9: b") == "a-9: b" and t("在吗") == "在吗"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutations=st.lists(mutation(), min_size=1, max_size=3))
+def test_a_damaged_configuration_is_explained_in_chinese(tmp_path_factory, demo_config, mutations):
+    """Any damage to the demo configuration (tests/router/test_config.py's mutations): each
+    ``file: key: reason`` line's reason reads Chinese."""
+    import shutil
+
+    from router.config import ConfigErrors, load_config
+
+    cfg = tmp_path_factory.mktemp("mutated") / "config"
+    shutil.copytree(demo_config, cfg)
+    for name, kind, rnd in mutations:
+        (cfg / name).write_bytes(mutate((cfg / name).read_bytes(), kind, rnd))
+    try:
+        load_config(cfg)
+    except ConfigErrors as exc:
+        for e in exc.errors:
+            zh = t(e.reason, "zh_CN")
+            assert re.search(r"[\u4e00-\u9fff]", zh) and not leaks(zh), (str(e), zh)
+            assert t(e, "zh_CN").startswith(e.file)
+
+
+def test_charts_use_an_installed_cjk_font_in_chinese(chinese):
+    from matplotlib import font_manager
+
+    from router.report import CJK_FONTS, _setup, cjk_font
+
+    installed = {f.name for f in font_manager.fontManager.ttflist} & set(CJK_FONTS)
+    if not installed:
+        pytest.skip("no CJK font installed (Debian: fonts-noto-cjk); charts fall back to DejaVu")
+    assert _setup().rcParams["font.sans-serif"][0] == cjk_font() in installed
+    assert _setup().rcParams["font.sans-serif"][0] == cjk_font()
+    previous = i18n.set_default("en")
+    try:
+        assert _setup().rcParams["font.sans-serif"][0] == "DejaVu Sans"
+    finally:
+        i18n.set_default(previous)
+
+
+def test_no_message_is_marked_inside_an_f_string():
+    """Babel does not look into f-strings: a ``_()`` or ``gettext()`` there is never extracted, so
+    its text would be missing from the catalogue without the test above noticing."""
+    import ast
+
+    found = []
+    for folder in ("router", "plugins", "adapters", "policies"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.JoinedStr):
+                    for call in ast.walk(node):
+                        if isinstance(call, ast.Call) and getattr(call.func, "id", getattr(call.func, "attr", None)) in ("_", "gettext"):
+                            found.append(f"{path.relative_to(ROOT)}:{call.lineno}")
+    assert not found, found
+
+
+@pytest.mark.parametrize("argv", [["check-reply", "--config", "config"], ["stats", "--from"], ["stats", "--nope"],
+                                  ["accounts", "frob"], ["--lang", "fr", "check"]])
+def test_argparse_refusals_are_chinese(chinese, capsys, argv, logging_restored):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "用法：fenliu" in err and "错误：" in err, err
+    assert not leaks(err.split("错误：", 1)[1], {"ACTION", "text", "en"}), err  # argument names, a language code
+    with pytest.raises(SystemExit):
+        main(["--lang", "en", *argv])
+    assert "error: " in capsys.readouterr().err
