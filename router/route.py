@@ -11,12 +11,11 @@ from typing import BinaryIO, TextIO
 
 import msgspec
 
-from router.i18n import gettext, t
 from router.ingest import read_lines
 from router.models import Message
 from router.pipeline import InputError, Router
 
-_encode = msgspec.json.Encoder().encode
+_encode_lines = msgspec.json.Encoder().encode_lines
 
 
 async def route_lines(router: Router, lines: Iterable[bytes], out: BinaryIO, err: TextIO) -> int:
@@ -34,9 +33,8 @@ async def route_lines(router: Router, lines: Iterable[bytes], out: BinaryIO, err
                 decisions = await router.handle_event(item)
         except InputError as exc:
             bad += 1
-            err.write(gettext("line {n}: {reason}", n=n, reason=t(exc)) + "\n")
+            err.write(f"line {n}: {exc}\n")
             continue
-        for d in decisions:
-            write(_encode(d))
-            write(b"\n")
+        if decisions:
+            write(_encode_lines(decisions))
     return bad
