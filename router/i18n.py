@@ -382,7 +382,9 @@ PLUGINS = (
     _("entry {word!r} is a single character: it hits every {char!r}, kept"),
     _("entry {word!r} normalises to {key!r} (fewer than 2 characters, it would hit every {char!r}): skipped"),
     _("a rule needs at least one condition (keywords, regex, kinds, order_status, platforms)"),
-    _("no plugin named {name!r} (entry points: {known})"),
+    _("no plugin named {name!r} (entry points: {known})"), _("configure failed: {error}"),
+    _("{kind} {key!r} is declared by two plugins"), _("empty key"), _("unsupported event {name}"),
+    _("set vip_skill_tags, vip_skill_min_level or vip_skill_min_spend to say who is a VIP"),
     # the simulator's scenario checks (router/scenario.py)
     _("unknown time zone {name!r}"), _("expected 24 values (one per hour), got {n}"),
     _("at least one hour needs a rate above 0"), _("at least one category needs a share above 0"),
