@@ -40,10 +40,10 @@ op_st = st.one_of(
 )
 
 
-def build(agents: list[dict], strategies: tuple[str, str], offline: str) -> Router:
+def build(agents: list[dict], strategies: tuple[str, str], offline: str, queue: str = "") -> Router:
     root = Path(tempfile.mkdtemp(prefix="fenliu-prop-"))
     targets = '[{ skills = ["@skill"], timeout_s = 30 }, { skills = ["@skill", "presale"], timeout_s = 60 }, { skills = ["presale", "aftersale", "logistics"] }]'
-    extra = f'on_agent_offline = "{offline}"\naging_per_minute = 1.5\nsticky_hours = 1'
+    extra = f'on_agent_offline = "{offline}"\naging_per_minute = 1.5\nsticky_hours = 1\n{queue}'
     everyone = {"skills": SKILLS, "shops": ["s1"], "max_concurrent": 1, "weight": 1}
     write_config(root, SHOPS, agents_toml(*({"id": f"a{i}", **a} for i, a in enumerate([*agents, everyone]))),
                  {"p": policy(strategies[0], extra, targets), "q": policy(strategies[1], extra, targets)})
@@ -107,10 +107,13 @@ async def run(router: Router, ops: list[tuple]) -> None:
     strategies=st.tuples(st.sampled_from(["round_robin", "least_load", "weighted"]),
                          st.sampled_from(["round_robin", "least_load", "weighted"])),
     offline=st.sampled_from(["reroute", "keep"]),
+    queue=st.sampled_from(["", '[queue]\ndiscipline = "deadline"\nstarve_after_s = 30',
+                           '[queue]\ndiscipline = "deadline"\nstarve_after_s = 120\nreply_margin_s = 120']),
     ops=st.lists(op_st, min_size=1, max_size=80),
 )
-def test_routing_invariants_hold_for_any_stream(agents, strategies, offline, ops):
-    router = build(agents, strategies, offline)
+def test_routing_invariants_hold_for_any_stream(agents, strategies, offline, queue, ops):
+    """Under the priority queue and the deadline queue (with and without a reply margin)."""
+    router = build(agents, strategies, offline, queue)
     anyio.run(run, router, ops)
 
 
