@@ -33,7 +33,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import demo_rules, save, show  # noqa: E402
+from bench.common import cache_hit_rates, demo_rules, save, show  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.scenario import load_scenario  # noqa: E402
 from router.simulate import Simulation, build_traffic, encode_results  # noqa: E402
@@ -129,6 +129,7 @@ def run(plugins: bool, per_shop: int, profile: bool, repeat: int = 3) -> dict[st
         "steps_per_s": round(sim.steps / best),
         "reply_rate": figures["reply_rate"]["rate"],  # type: ignore[index]
         "profiled": profile,
+        "text_cache_hit_rate": cache_hit_rates(),
     }
 
 
@@ -148,6 +149,9 @@ def main() -> int:
     cols = ("plugins", "messages", "cpu_s", "messages_per_s", "messages_per_s_median", "steps_per_s")
     show(f"fenliu simulate: {SHOPS} shops, {AGENTS} agents, one day, one core (per CPU second)",
          [{k: r[k] for k in cols} for r in rows])
+    for r in rows:
+        if r["text_cache_hit_rate"]:
+            print(f"exact-text cache hit rates ({r['plugins']}): {r['text_cache_hit_rate']}")
     print(f"results: {save('simulate', rows, shops=SHOPS, agents=AGENTS, target_messages_per_s=30_000)}")
     return 0
 

@@ -54,3 +54,12 @@ def demo_rules(root: Path, shop_ids: tuple[str, str, str], policy: str = "p") ->
     (root / "policies").mkdir(exist_ok=True)
     text = (DEMO / "policies" / "default.toml").read_text(encoding="utf-8")
     (root / "policies" / f"{policy}.toml").write_text(renamed(text), encoding="utf-8")
+
+
+def cache_hit_rates() -> dict[str, float]:
+    """Hit rate per exact-text cache (``router.plugins.text_cache``) so far in this process:
+    how much of a figure comes from buyers repeating themselves."""
+    from router.plugins import text_cache_stats
+
+    return {name: round(hits / (hits + misses), 3) for name, (hits, misses, _) in text_cache_stats().items()
+            if hits + misses}
