@@ -161,6 +161,12 @@ ARGPARSE = (
 )
 
 
+_ARGPARSE_HELP = (("\npositional arguments:\n", i18n._("\npositional arguments:\n")),
+                  ("\noptions:\n", i18n._("\noptions:\n")),
+                  ("show this help message and exit", i18n._("show this help message and exit")),
+                  ("show program's version number and exit", i18n._("show program's version number and exit")))
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with its refusals and its ``usage:`` in the current language (sub-commands' parsers
     are made of the same class)."""
@@ -172,29 +178,36 @@ class Parser(argparse.ArgumentParser):
     def format_usage(self) -> str:
         return super().format_usage().replace("usage: ", i18n.gettext("usage: "), 1)
 
+    def format_help(self) -> str:
+        """argparse's own headings and the -h/--version lines (its words, not ours) translated."""
+        text = super().format_help().replace("usage: ", i18n.gettext("usage: "), 1)
+        for english, mine in _ARGPARSE_HELP:
+            text = text.replace(english, i18n.t(mine))
+        return text
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="fenliu", description="Multi-shop message router for e-commerce customer service.")
+    parser = Parser(prog="fenliu", description=i18n.gettext("Multi-shop message router for e-commerce customer service."))
     parser.add_argument("--version", action="version", version=f"fenliu {__version__}")
-    lang_help = "language of what fenliu prints: zh-CN (default) or en (default: $FENLIU_LANG, else zh-CN)"
+    lang_help = i18n.gettext("language of what fenliu prints: zh-CN or en (default: $FENLIU_LANG, else zh-CN)")
     parser.add_argument("--lang", type=_lang, default=None, help=lang_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("--config", default=os.environ.get("FENLIU_CONFIG", "config"), type=Path,
-                       help="configuration folder (default: ./config or $FENLIU_CONFIG)")
+                       help=i18n.gettext("configuration folder (default: ./config or $FENLIU_CONFIG)"))
         p.add_argument("--lang", type=_lang, default=argparse.SUPPRESS, help=lang_help)
         return p
 
-    add("check", "validate the configuration; exit 1 with one error a line")
-    p = add("route", "route JSONL messages and events offline; one decision a line on stdout")
-    p.add_argument("file", nargs="?", help="JSONL file, or - for standard input (default)")
-    p = add("plugins", "list plugins, their hooks and where they came from")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = add("check-reply", "check an agent's reply against the outbound filters")
-    p.add_argument("--shop", required=True, help="shop id whose policy applies")
-    p.add_argument("text", help="the reply text")
+    add("check", i18n.gettext("validate the configuration; exit 1 with one error a line"))
+    p = add("route", i18n.gettext("route JSONL messages and events offline; one decision a line on stdout"))
+    p.add_argument("file", nargs="?", help=i18n.gettext("JSONL file, or - for standard input (default)"))
+    p = add("plugins", i18n.gettext("list plugins, their hooks and where they came from"))
+    p.add_argument("--json", action="store_true", help=i18n.gettext("machine-readable output"))
+    p = add("check-reply", i18n.gettext("check an agent's reply against the outbound filters"))
+    p.add_argument("--shop", required=True, help=i18n.gettext("shop id whose policy applies"))
+    p.add_argument("text", help=i18n.gettext("the reply text"))
     _add_extra_commands(sub, add)
     return parser
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from router import i18n
+
 
 def register(add: Callable[[str, str], Any], command: Callable[[str], Any]) -> None:
     from router.faq_cli import register as faq_register
@@ -15,11 +17,11 @@ def register(add: Callable[[str, str], Any], command: Callable[[str], Any]) -> N
     from router.simulate import add_arguments as simulate_arguments
     from router.stats_cli import register as stats_register
 
-    simulate_arguments(add("simulate", "replay traffic against policies on a virtual clock and report"))
+    simulate_arguments(add("simulate", i18n.gettext("replay traffic against policies on a virtual clock and report")))
     command("simulate")(lambda args: __import__("router.simulate").simulate.run_command(args))
     from router.plan import add_arguments as plan_arguments
 
-    plan_arguments(add("plan", "the fewest agents per hour that meet a reply-rate target, confirmed by simulation"))
+    plan_arguments(add("plan", i18n.gettext("the fewest agents per hour that meet a reply-rate target, confirmed by simulation")))
     command("plan")(lambda args: __import__("router.plan").plan.run_command(args))
     serve_register(add, command)
     reload_register(add, command)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from router import i18n
 from router.i18n import gettext
 
 if TYPE_CHECKING:
@@ -50,17 +51,17 @@ class Cluster(msgspec.Struct):
 
 
 def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callable[[str], Any]) -> None:
-    p = add("faq", "FAQ tools: `faq mine` proposes questions from the store's history")
+    p = add("faq", i18n.gettext("FAQ tools: `faq mine` proposes questions from the store's history"))
     sub = p.add_subparsers(dest="faq_command", required=True, metavar="SUBCOMMAND")
-    m = sub.add_parser("mine", help="propose FAQ questions and new entries from a period's conversations (TOML)",
-                       description=__doc__.split("\n\n")[0])
-    m.add_argument("--config", default=argparse.SUPPRESS, type=Path, help="configuration folder")
-    m.add_argument("--from", dest="since", default=None, help="start: YYYY-MM-DD, ISO date-time or epoch (shop time zone)")
-    m.add_argument("--to", dest="until", default=None, help="end (exclusive), same forms as --from")
-    m.add_argument("--shop", default=None, help="only this shop")
-    m.add_argument("--store", default=None, help="SQLite file (default: storage.path)")
-    m.add_argument("--min-count", type=int, default=3, help="smallest cluster shown (default 3)")
-    m.add_argument("--examples", type=int, default=5, help="examples per cluster (default 5)")
+    m = sub.add_parser("mine", help=i18n.gettext("propose FAQ questions and new entries from a period's conversations (TOML)"),
+                       description=i18n.gettext("propose FAQ questions and new entries from a period's conversations (TOML)"))
+    m.add_argument("--config", default=argparse.SUPPRESS, type=Path, help=i18n.gettext("configuration folder"))
+    m.add_argument("--from", dest="since", default=None, help=i18n.gettext("start: YYYY-MM-DD, ISO date-time or epoch (shop time zone)"))
+    m.add_argument("--to", dest="until", default=None, help=i18n.gettext("end (exclusive), same forms as --from"))
+    m.add_argument("--shop", default=None, help=i18n.gettext("only this shop"))
+    m.add_argument("--store", default=None, help=i18n.gettext("SQLite file (default: storage.path)"))
+    m.add_argument("--min-count", type=int, default=3, help=i18n.gettext("smallest cluster shown (default 3)"))
+    m.add_argument("--examples", type=int, default=5, help=i18n.gettext("examples per cluster (default 5)"))
     command("faq")(faq_command)
 
 

@@ -332,14 +332,14 @@ def _verdict(plan: Plan) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenario", type=Path, help="scenario TOML (default: built-in defaults)")
-    p.add_argument("--traffic", type=Path, help="recorded JSONL instead of the scenario's synthetic buyers")
-    p.add_argument("--reply-rate", type=float, default=0.95, help="target 3-minute human reply rate in every hour (0.95)")
-    p.add_argument("--abandoned", type=float, default=0.03, help="largest share of buyers who give up, per hour (0.03)")
-    p.add_argument("--cap", type=int, default=5, help="max_concurrent of the planned agents (5)")
-    p.add_argument("--seed", type=int, help="random seed (default: the scenario's seed)")
-    p.add_argument("--report", type=Path, metavar="FILE.html", help="write the plan with its chart as HTML")
-    p.add_argument("--json", type=Path, metavar="FILE", help="write the plan as JSON ('-' for stdout)")
+    p.add_argument("--scenario", type=Path, help=i18n.gettext("scenario TOML (default: built-in defaults)"))
+    p.add_argument("--traffic", type=Path, help=i18n.gettext("recorded JSONL instead of the scenario's synthetic buyers"))
+    p.add_argument("--reply-rate", type=float, default=0.95, help=i18n.gettext("target 3-minute human reply rate in every hour (0.95)"))
+    p.add_argument("--abandoned", type=float, default=0.03, help=i18n.gettext("largest share of buyers who give up, per hour (0.03)"))
+    p.add_argument("--cap", type=int, default=5, help=i18n.gettext("max_concurrent of the planned agents (5)"))
+    p.add_argument("--seed", type=int, help=i18n.gettext("random seed (default: the scenario's seed)"))
+    p.add_argument("--report", type=Path, metavar="FILE.html", help=i18n.gettext("write the plan with its chart as HTML"))
+    p.add_argument("--json", type=Path, metavar="FILE", help=i18n.gettext("write the plan as JSON ('-' for stdout)"))
 
 
 def run_command(args: argparse.Namespace) -> int:

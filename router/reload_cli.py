@@ -18,15 +18,15 @@ from router.i18n import gettext
 
 
 def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callable[[str], Any]) -> None:
-    p = add("reload", "make a running server reload its configuration; print what it refused")
+    p = add("reload", i18n.gettext("make a running server reload its configuration; print what it refused"))
     p.add_argument("--url", default=None,
-                   help="the server (default: http://server.host:server.port from the configuration)")
+                   help=i18n.gettext("the server (default: http://server.host:server.port from the configuration)"))
     p.add_argument("--account", default=os.environ.get("FENLIU_ACCOUNT"),
-                   help="an admin of all shops (default: $FENLIU_ACCOUNT); $FENLIU_TOKEN instead skips the login")
-    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+                   help=i18n.gettext("an admin of all shops (default: $FENLIU_ACCOUNT); $FENLIU_TOKEN instead skips the login"))
+    p.add_argument("--password-stdin", action="store_true", help=i18n.gettext("read the password from standard input"))
     p.add_argument("--force", action="store_true",
-                   help="apply a valid configuration even if it empties a file, leaves a shop without agents "
-                        "or turns an outbound filter off")
+                   help=i18n.gettext("apply a valid configuration even if it empties a file, leaves a shop without agents "
+                        "or turns an outbound filter off"))
     command("reload")(reload_command)
 
 

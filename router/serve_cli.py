@@ -11,50 +11,51 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from router import i18n
 from router.i18n import _, gettext, t
 from router.logging import configure_logging
 
 
 def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callable[[str], Any]) -> None:
-    p = add("serve", "run the service: ingest, agents' WebSocket, accounts, metrics")
-    p.add_argument("--host", default=None, help="listen address (default: server.host)")
-    p.add_argument("--port", type=int, default=None, help="listen port (default: server.port; 0 picks a free one)")
+    p = add("serve", i18n.gettext("run the service: ingest, agents' WebSocket, accounts, metrics"))
+    p.add_argument("--host", default=None, help=i18n.gettext("listen address (default: server.host)"))
+    p.add_argument("--port", type=int, default=None, help=i18n.gettext("listen port (default: server.port; 0 picks a free one)"))
     p.add_argument("--simulate", action="store_true",
-                   help="demo mode: simulated buyers and agents, demo secrets and accounts when missing")
-    p.add_argument("--rate", type=float, default=2.0, help="with --simulate: buyer messages per second (default 2)")
-    p.add_argument("--buyers", type=int, default=200, help="with --simulate: buyers per shop (default 200)")
-    p.add_argument("--store", default=None, help="SQLite file (default: storage.path)")
+                   help=i18n.gettext("demo mode: simulated buyers and agents, demo secrets and accounts when missing"))
+    p.add_argument("--rate", type=float, default=2.0, help=i18n.gettext("with --simulate: buyer messages per second (default 2)"))
+    p.add_argument("--buyers", type=int, default=200, help=i18n.gettext("with --simulate: buyers per shop (default 200)"))
+    p.add_argument("--store", default=None, help=i18n.gettext("SQLite file (default: storage.path)"))
     command("serve")(serve_command)
 
-    p = add("accounts", "manage accounts: main accounts (主账号) and sub-accounts (子账号)")
+    p = add("accounts", i18n.gettext("manage accounts: main accounts (主账号) and sub-accounts (子账号)"))
     # --config and --store read the same before or after the action (`accounts list --config config`)
     shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="configuration folder")
-    shared.add_argument("--store", default=argparse.SUPPRESS, help="SQLite file (default: storage.path)")
+    shared.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=i18n.gettext("configuration folder"))
+    shared.add_argument("--store", default=argparse.SUPPRESS, help=i18n.gettext("SQLite file (default: storage.path)"))
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def action(name: str, help: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, parents=[shared])
 
-    a = action("add", "create an account")
-    a.add_argument("name", help="MAIN for a main account, MAIN:SUB for a sub-account")
+    a = action("add", i18n.gettext("create an account"))
+    a.add_argument("name", help=i18n.gettext("MAIN for a main account, MAIN:SUB for a sub-account"))
     a.add_argument("--role", choices=("agent", "supervisor", "admin"), default=None,
-                   help="default: admin for a main account, agent for a sub-account")
+                   help=i18n.gettext("default: admin for a main account, agent for a sub-account"))
     a.add_argument("--shops", default=None,
-                   help="comma-separated shop ids, or * (default: an agent's account gets its agent's shops; "
-                        "another sub-account must name them)")
-    a.add_argument("--agent", default=None, help="agent id this account works as (role agent)")
-    a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    action("list", "list accounts")
-    w = action("passwd", "set a new password (existing tokens and open sockets stop working)")
+                   help=i18n.gettext("comma-separated shop ids, or * (default: an agent's account gets its agent's shops; "
+                        "another sub-account must name them)"))
+    a.add_argument("--agent", default=None, help=i18n.gettext("agent id this account works as (role agent)"))
+    a.add_argument("--password-stdin", action="store_true", help=i18n.gettext("read the password from standard input"))
+    action("list", i18n.gettext("list accounts"))
+    w = action("passwd", i18n.gettext("set a new password (existing tokens and open sockets stop working)"))
     w.add_argument("name")
-    w.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    for name, text in (("disable", "refuse the account's logins, tokens and open sockets"),
-                         ("enable", "let a disabled account log in again"),
-                         ("remove", "delete the account (a main account: with its sub-accounts)")):
+    w.add_argument("--password-stdin", action="store_true", help=i18n.gettext("read the password from standard input"))
+    for name, text in (("disable", i18n.gettext("refuse the account's logins, tokens and open sockets")),
+                       ("enable", i18n.gettext("let a disabled account log in again")),
+                       ("remove", i18n.gettext("delete the account (a main account: with its sub-accounts)"))):
         action(name, text).add_argument("name")
     for q in (p,):
-        q.add_argument("--store", default=None, help="SQLite file (default: storage.path)")
+        q.add_argument("--store", default=None, help=i18n.gettext("SQLite file (default: storage.path)"))
     command("accounts")(accounts_command)
 
 

@@ -878,19 +878,19 @@ def encode_results(results: dict[str, Any]) -> bytes:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenario", type=Path, help="scenario TOML (default: built-in defaults)")
-    p.add_argument("--traffic", type=Path, help="recorded JSONL to replay instead of synthetic arrivals")
+    p.add_argument("--scenario", type=Path, help=i18n.gettext("scenario TOML (default: built-in defaults)"))
+    p.add_argument("--traffic", type=Path, help=i18n.gettext("recorded JSONL to replay instead of synthetic arrivals"))
     p.add_argument("--compare", type=Path, nargs="+", action="extend", default=[], metavar="DIR",
-                   help="further config folders (policies) to run on the same traffic")
-    p.add_argument("--report", type=Path, metavar="FILE.html", help="write a self-contained HTML report")
-    p.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON ('-' for stdout)")
-    p.add_argument("--seed", type=int, help="random seed (default: the scenario's seed)")
+                   help=i18n.gettext("further config folders (policies) to run on the same traffic"))
+    p.add_argument("--report", type=Path, metavar="FILE.html", help=i18n.gettext("write a self-contained HTML report"))
+    p.add_argument("--json", type=Path, metavar="FILE", help=i18n.gettext("write the figures as JSON ('-' for stdout)"))
+    p.add_argument("--seed", type=int, help=i18n.gettext("random seed (default: the scenario's seed)"))
     p.add_argument("--baseline", action="store_true",
-                   help="add a first column: the first config as plain round-robin (no sticky, aging, expansion; bot settles)")
+                   help=i18n.gettext("add a first column: the first config as plain round-robin (no sticky, aging, expansion; bot settles)"))
     p.add_argument("--seeds", type=int, default=1, metavar="N",
-                   help="run seeds seed … seed+N−1 and report means ± standard errors (3-minute rate, p90 wait, abandonment)")
+                   help=i18n.gettext("run seeds seed … seed+N−1 and report means ± standard errors (3-minute rate, p90 wait, abandonment)"))
     p.add_argument("--write-traffic", type=Path, metavar="FILE.jsonl",
-                   help="write the scenario's buyers as recorded JSONL (messages and a close line per conversation) and exit")
+                   help=i18n.gettext("write the scenario's buyers as recorded JSONL (messages and a close line per conversation) and exit"))
 
 
 def baseline_config(config: Config) -> Config:

@@ -27,14 +27,14 @@ _SHOWN = (
 
 
 def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callable[[str], Any]) -> None:
-    p = add("stats", "service statistics for a period, computed from the store")
-    p.add_argument("--from", dest="since", default=None, help="start: YYYY-MM-DD, ISO date-time or epoch (shop time zone)")
-    p.add_argument("--to", dest="until", default=None, help="end (exclusive), same forms as --from")
-    p.add_argument("--shop", default=None, help="only this shop")
-    p.add_argument("--agent", default=None, help="only what is charged to this agent (docs/stats.md)")
-    p.add_argument("--csv", default=None, metavar="FILE", help="also write every row as CSV (- for stdout)")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON (- for stdout)")
-    p.add_argument("--store", default=None, help="SQLite file (default: storage.path)")
+    p = add("stats", i18n.gettext("service statistics for a period, computed from the store"))
+    p.add_argument("--from", dest="since", default=None, help=i18n.gettext("start: YYYY-MM-DD, ISO date-time or epoch (shop time zone)"))
+    p.add_argument("--to", dest="until", default=None, help=i18n.gettext("end (exclusive), same forms as --from"))
+    p.add_argument("--shop", default=None, help=i18n.gettext("only this shop"))
+    p.add_argument("--agent", default=None, help=i18n.gettext("only what is charged to this agent (docs/stats.md)"))
+    p.add_argument("--csv", default=None, metavar="FILE", help=i18n.gettext("also write every row as CSV (- for stdout)"))
+    p.add_argument("--json", default=None, metavar="FILE", help=i18n.gettext("also write the figures as JSON (- for stdout)"))
+    p.add_argument("--store", default=None, help=i18n.gettext("SQLite file (default: storage.path)"))
     command("stats")(stats_command)
 
 

@@ -17,9 +17,9 @@ _ = i18n._
 
 
 def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callable[[str], Any]) -> None:
-    p = add("db", "the PostgreSQL records store's schema: upgrade or status")
-    p.add_argument("action", choices=("upgrade", "status"), help="upgrade: apply pending migrations; status: list them")
-    p.add_argument("--url", default=None, help="postgresql://… (default: storage.postgres_url, else $DATABASE_URL)")
+    p = add("db", i18n.gettext("the PostgreSQL records store's schema: upgrade or status"))
+    p.add_argument("action", choices=("upgrade", "status"), help=i18n.gettext("upgrade: apply pending migrations; status: list them"))
+    p.add_argument("--url", default=None, help=i18n.gettext("postgresql://… (default: storage.postgres_url, else $DATABASE_URL)"))
     command("db")(db_command)
 
 

@@ -208,7 +208,7 @@ ALLOWED = {"fenliu", "Fenliu", "Erlang", "JSON", "TOML", "HTTP", "UTF", "BOM", "
 _COMMAND = re.compile(r"\bfenliu(?: (?:faq mine|accounts [a-z]+|[a-z][a-z-]+))?\b")  # a command to type
 _FIELD_NAME = re.compile(r"字段 [^\s：]+")  # a JSON field's name, as the catalogue introduces one
 _QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|`[^`\n]*`")
-_TOKEN = re.compile(r"(?<![\w\-])[A-Za-z][\w.\-/\[\]@*+]*")  # not --options
+_TOKEN = re.compile(r"(?<![\w\-/.$])[A-Za-z][\w.\-/\[\]@*+:]*")  # not --options
 
 
 def leaks(text: str, ids: set[str] = frozenset()) -> set[str]:
@@ -218,7 +218,7 @@ def leaks(text: str, ids: set[str] = frozenset()) -> set[str]:
     found = set()
     text = _FIELD_NAME.sub(" ", _COMMAND.sub(" ", _QUOTED.sub(" ", text)))
     for token in _TOKEN.findall(text):
-        token = token.rstrip(".-")
+        token = token.rstrip(".-:")
         if len(token) < 2 or re.search(r"[\d._\-/\[\]@*+]", token) or token in ALLOWED or token in ids:
             continue
         found.add(token)
@@ -564,3 +564,29 @@ def test_argparse_refusals_are_chinese(chinese, capsys, argv, logging_restored):
     with pytest.raises(SystemExit):
         main(["--lang", "en", *argv])
     assert "error: " in capsys.readouterr().err
+
+
+def test_every_commands_help_is_chinese(chinese):
+    """``fenliu … --help`` for every command and sub-command: our help texts and argparse's own
+    headings. Metavars (``CONFIG``), options, --role and db choices are names."""
+    import argparse
+
+    from router.cli import build_parser
+
+    def parsers(p: argparse.ArgumentParser):
+        yield p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    names = {"admin", "agent", "supervisor", "upgrade", "status", "WebSocket", "en"}
+    seen = 0
+    for p in parsers(build_parser()):
+        names |= {c for a in p._actions if isinstance(a, argparse._SubParsersAction) for c in a.choices}  # commands
+        names |= {a.dest for a in p._actions if not a.option_strings}  # positional arguments' names
+        text = p.format_help()
+        assert text.startswith("用法：") and "选项：" in text, text
+        assert not {w for w in leaks(text, names) if not w.isupper()}, (p.prog, text)
+        seen += 1
+    assert seen >= 15
