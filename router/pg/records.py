@@ -49,8 +49,9 @@ _decisions = msgspec.json.Decoder(list[Decision])
 _message = msgspec.json.Decoder(Message)
 _COLS = acct._COLS
 
-#: Seconds a claimed outbox row stays with its sender before another instance may take it.
-CLAIM_S = 30.0
+#: Seconds a claimed outbox row stays with its sender before another instance may take it: above
+#: the bridge's 10 s callback timeout (adapters/bridge.py), so a live sender is never overtaken.
+CLAIM_S = 15.0
 
 _T = TypeVar("_T")
 

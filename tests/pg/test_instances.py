@@ -261,7 +261,7 @@ async def test_sigkill_under_load_loses_nothing_and_counts_nothing_twice(tmp_pat
             await asyncio.gather(*agent_tasks)
             with psycopg.connect(pg_url) as conn:
                 await wait_for(lambda: conn.execute("SELECT count(*) FROM outbox WHERE acked IS NULL").fetchone() == (0,),
-                               30, "every reply acknowledged")
+                               45, "every reply acknowledged (a dead sender's claims expire after 15 s)")
                 history = Counter(m for (m,) in conn.execute("SELECT msg_id FROM history WHERE kind = 'message'"))
                 outbox = [rid for (rid,) in conn.execute("SELECT id FROM outbox")]
             survivor = nodes.urls[0]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from router import accounts as acct
 from router.models import Decision, Message
 from router.pg.compat import SyncStore
-from router.pg.records import PgRecords
+from router.pg.records import CLAIM_S, PgRecords
 
 pytestmark = pytest.mark.anyio
 
@@ -57,7 +57,7 @@ async def test_outbox_rows_are_claimed_by_one_instance_each(pg_url: str) -> None
         for rid in mine:
             await recs[0].acked(rid, 2001.0)
             await recs[1].acked(rid, 2001.0)  # not its claim: changes nothing
-        taken_over = await recs[2].claim_due(2000.0 + 31)  # the other claims expired (their sender "died")
+        taken_over = await recs[2].claim_due(2000.0 + CLAIM_S + 1)  # the other claims expired (their sender "died")
         assert sorted(item.id for item, _ in taken_over) == sorted(set(ids) - set(mine))
         assert await recs[0].pending() == len(ids) - len(mine)
     finally:
