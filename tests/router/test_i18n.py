@@ -7,6 +7,7 @@ The rest of the suite runs with ``FENLIU_LANG=en`` (tests/conftest.py); these te
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import get_args
@@ -21,6 +22,7 @@ from router.cli import main
 from router.i18n import _, t
 from router.models import Kind
 from tests.router.test_config import mutate, mutation
+from tests.redis.support import shared_redis  # noqa: F401 - a fixture (Redis key prefix, cleaned up)
 from tests.router.serve_support import ENV, Agent, Client, add_accounts, message, start_server, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -590,3 +592,42 @@ def test_every_commands_help_is_chinese(chinese):
         assert not {w for w in leaks(text, names) if not w.isupper()}, (p.prog, text)
         seen += 1
     assert seen >= 15
+
+
+@pytest.mark.anyio
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_a_refusal_from_the_owning_redis_instance_reads_in_the_askers_language(tmp_path, shared_redis):  # noqa: F811
+    """Redis backend, two instances, one shard: an agent on the instance that does not own it asks
+    to close a conversation nobody holds; the owner refuses, and the agent reads the refusal in its
+    own socket's language (the reason crosses as its message id and fields)."""
+    import json
+
+    from tests.redis.support import PASSWORD, Instances, owners, wait_for
+    from tests.redis.support import write_config as redis_config
+
+    r, prefix = shared_redis
+    cfg = redis_config(tmp_path, prefix, shops={"s": "FENLIU_TEST_SECRET_A"},
+                       agents=[{"id": "solo", "shops": ["*"], "cap": 3}], shards=1)
+    nodes = Instances(cfg, tmp_path, 2, ["solo"])
+    try:
+        await nodes.healthy()
+        await wait_for(lambda: owners(r, prefix, 1)[0] is not None, 15, "the shard to have an owner")
+        router_pid = int(owners(r, prefix, 1)[0].rsplit("-", 2)[1])
+        other = next(i for i, p in enumerate(nodes.procs) if p.pid != router_pid)
+        async with aiohttp.ClientSession() as http:
+            client = Client(nodes.urls[other], http)
+            token = await client.login("ops:solo", PASSWORD)
+            reasons = {}
+            for lang in ("zh-CN", "en"):
+                async with http.ws_connect(f"{client.url.replace('http', 'ws')}/v1/agents/ws",
+                                           headers={"Authorization": f"Bearer {token}", "Accept-Language": lang}) as ws:
+                    await ws.send_json({"type": "close", "conversation_id": "s:b-nobody", "ref": "c"})
+                    async with asyncio.timeout(15):
+                        while (frame := json.loads((await ws.receive()).data))["type"] != "result":
+                            pass
+                    assert frame["ok"] is False, frame
+                    reasons[lang] = frame["reason"]
+            assert reasons == {"zh-CN": "会话 's:b-nobody' 不存在或已结束", "en": "no open conversation 's:b-nobody'"}
+    finally:
+        nodes.stop()
