@@ -134,13 +134,17 @@ _PLACEHOLDER = re.compile(r"\{(\w+)[^{}]*\}")
 _NUMERIC = {"n", "line", "column", "index", "count", "limit", "length", "size", "headers"}
 
 
+Pattern = tuple[int, re.Pattern[str], str]
+
+
 @functools.cache
-def _patterns(lang: str) -> list[tuple[re.Pattern[str], str, list[str]]]:
+def _patterns(lang: str) -> dict[str, list[Pattern]]:
     """The catalogue's messages with fields as regular expressions over their English text, for
     text that lost its :class:`Text` on the way (an exception's message formatted inside a library,
-    a ``__post_init__`` check's words msgspec passed on). Ids that are nothing but fields and
-    punctuation (``{path}: {reason}``) would match anything, so they are left out."""
-    out = []
+    a ``__post_init__`` check's words msgspec passed on), by the text's first word (``""``: ids that
+    begin with a field), so a lookup tries a few. Ids that are nothing but fields and punctuation
+    (``{path}: {reason}``) would match anything, so they are left out."""
+    out: dict[str, list[Pattern]] = {}
     for msgid, msgstr in catalogue(lang).items():
         parts = _PLACEHOLDER.split(msgid)
         literal = "".join(parts[0::2])
@@ -151,16 +155,19 @@ def _patterns(lang: str) -> list[tuple[re.Pattern[str], str, list[str]]]:
             continue
         regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>-?\\d+)" if p in _NUMERIC else f"(?P<{p}>.+?)"
                         for i, p in enumerate(parts))
-        out.append((len(literal), re.compile(regex, re.DOTALL), msgstr, names))
-    out.sort(key=lambda x: -x[0])  # the most specific (most fixed text) first
-    return [(regex, msgstr, names) for _n, regex, msgstr, names in out]
+        first = parts[0].split(" ", 1)[0] if " " in parts[0] else ""
+        out.setdefault(first, []).append((len(literal), re.compile(regex, re.DOTALL), msgstr))
+    return out
 
 
 @functools.lru_cache(maxsize=1024)
 def _reformat(text: str, lang: str, depth: int = 0) -> str:
     """``text`` (English, formatted) in ``lang`` when it is one of the catalogue's messages with its
     fields filled in; the fields' own text is translated the same way; else ``text`` as it is."""
-    for regex, msgstr, _names in _patterns(lang):
+    index = _patterns(lang)
+    candidates = index.get(text.split(" ", 1)[0], []) + index.get("", [])
+    candidates.sort(key=lambda c: -c[0])  # the most specific (most fixed text) first
+    for _size, regex, msgstr in candidates:
         m = regex.fullmatch(text)
         if m is None:
             continue
