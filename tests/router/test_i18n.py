@@ -631,3 +631,25 @@ async def test_a_refusal_from_the_owning_redis_instance_reads_in_the_askers_lang
             assert reasons == {"zh-CN": "会话 's:b-nobody' 不存在或已结束", "en": "no open conversation 's:b-nobody'"}
     finally:
         nodes.stop()
+
+
+@pytest.mark.anyio
+async def test_a_rejected_or_refused_reload_lists_its_reasons_in_the_askers_language(server):
+    srv, c = server
+    cfg = srv.service.config.dir
+    admin = await c.login("acme")
+    path = cfg / "policies" / "default.toml"
+    good = path.read_bytes()
+    path.write_bytes(good.replace(b'"round_robin"', b'"round_robin\xff"'))
+    status, zh = await c.call("POST", "/v1/admin/reload", admin)
+    assert (status, zh["error"]) == (422, "config_rejected"), zh
+    assert zh["errors"] == [f"{path}：第 3 行第 24 列：不是有效的 UTF-8（字节 0xff）；请将文件存为 UTF-8"], zh
+    path.write_bytes(good)
+    agents = cfg / "agents.toml"
+    agents.write_text(agents.read_text(encoding="utf-8").split("[[agents]]\nid = \"b-01\"")[0], encoding="utf-8")
+    status, zh = await c.call("POST", "/v1/admin/reload", admin)
+    status_en, en = await c.call("POST", "/v1/admin/reload?lang=en", admin)
+    assert status == status_en == 409 and zh["error"] == en["error"] == "config_refused", (zh, en)
+    assert zh["errors"] == [f"{agents}：agents：店铺 'tb-b' 将没有客服接待（目前 1 名：b-01）"], zh
+    assert en["errors"] == [f"{agents}: agents: no agent would serve shop 'tb-b' (now 1: b-01)"], en
+    assert "force" in zh["message"] and not leaks(zh["message"].split("（")[0]), zh["message"]
