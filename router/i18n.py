@@ -398,4 +398,10 @@ PLUGINS = (
     _("no texts for category {category!r}: add traffic.texts.{name}"), _("needs at least one text"),
     _("start and end are the same time"), _("expected a platform ({platforms}); got {got!r}"),
     _("the configuration has no shops"),
+    # what ingest says before msgspec does (router/ingest.py), and why a reply was not delivered (adapters)
+    _("unknown event type (expected agent_status, close, transfer, accept, tick or rating)"), _("not one complete array"),
+    _("no adapter for shop {shop!r}"), _("adapter {name!r} cannot send replies"),
+    _("shop {shop!r} has no callback_url; reply kept in the outbox"), _("shop {shop!r} has no secret to sign the callback with"),
+    _("callback failed: {error}"), _("callback answered {status}"),
+    _("PMC carries no chat replies; give the shop a bridge callback_url"),
 )
