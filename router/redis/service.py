@@ -45,6 +45,7 @@ import os
 import secrets
 import time
 import uuid
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -69,11 +70,12 @@ from router.models import (
     TransferEvent,
     WsAssigned,
     WsClosed,
+    WsHistoryItem,
 )
 from router.lifecycle import IdleCloser
 from router.pipeline import InputError, Router
 from router.redis.keys import GROUP, Keys, lua
-from router.service import ConversationView, IngestResult, NotYours, Overloaded, Service, _Job
+from router.service import HISTORY, ConversationView, IngestResult, NotYours, Overloaded, Service, _Job
 
 if TYPE_CHECKING:
     from router.pg.service import PgSide
@@ -85,6 +87,7 @@ _message = msgspec.json.Decoder(Message)
 _messages = msgspec.json.Decoder(list[Message])
 _event = msgspec.json.Decoder(Event)
 _conversation = msgspec.json.Decoder(Conversation)
+_history_item = msgspec.json.Decoder(WsHistoryItem)
 
 LEASE_MS = 2000
 RENEW_S = 0.4
@@ -406,6 +409,10 @@ class RedisService(Service):
         self.metrics.replies.labels("sent").inc()
         if self.pg is None:  # with PostgreSQL the live figures follow every instance's replies (router/pg/service.py)
             self._journaled([("reply", shop, conversation_id, buyer, agent_id, result.text, now)], {0: rid})
+        with contextlib.suppress(RedisError):  # the reply is stored and will be sent: only its place in the history is lost
+            self._rt["request"].inc()
+            await self.r.xadd(self.keys.stream(n), {"k": "r", "c": conversation_id,
+                                                    "b": _encode(WsHistoryItem("agent", result.text, now, agent_id=agent_id))})
         return result
 
     async def add_note(self, agent_id: str | None, conversation_id: str, text: str, tags: tuple[str, ...] = ()) -> Any:
@@ -780,6 +787,11 @@ class RedisService(Service):
             return
         if kind == b"m":
             await self._route_message(_message.decode(fields[b"b"]))
+            return
+        if kind == b"r":  # an agent's reply through any instance, in order with the buyer's messages
+            cid = fields[b"c"].decode()
+            if cid in router.dispatcher.conversations:  # the history the next assigned frame carries
+                self.history.setdefault(cid, deque(maxlen=HISTORY)).append(_history_item.decode(fields[b"b"]))
             return
         self._clock = max(time.time(), self._clock)
         self._push(await router.advance(self._clock))

@@ -55,9 +55,9 @@ async def test_three_instances_show_one_workbench(tmp_path, shared_redis, pg_url
     shops = _shops(3)
     platform = Platform()
     await platform.start()
-    cfg = write_pg_config(tmp_path, prefix, pg_url, platform.url, shops=shops, agents=["x1"], shards=3, cap=5)
-    add_accounts(cfg, ["x1"])
-    nodes = Instances(cfg, tmp_path, 3, ["x1"])
+    cfg = write_pg_config(tmp_path, prefix, pg_url, platform.url, shops=shops, agents=["x1", "x2"], shards=3, cap=5)
+    add_accounts(cfg, ["x1", "x2"])
+    nodes = Instances(cfg, tmp_path, 3, ["x1", "x2"])
     try:
         await nodes.healthy()
         await wait_for(lambda: None not in owners(r, prefix, 3).values(), 20, "every shard owned")
@@ -138,6 +138,26 @@ async def test_three_instances_show_one_workbench(tmp_path, shared_redis, pg_url
             cli = run_fenliu("stats", "--config", str(cfg), "--from", str(t0 - 1), "--to", str(until), "--json", "-")
             assert cli.returncode == 0, cli.stderr
             assert json.loads(cli.stdout) == stats[0]
+            # moved to x2 (connected to A) by a supervisor on the instance that routes it: the
+            # assigned frame x2 gets carries the reply x1 wrote through C
+            x2 = await http.ws_connect(f"{a.replace('http', 'ws')}/v1/agents/ws",
+                                       headers={"Authorization": f"Bearer {await ca.login('ops:x2', PG_PASSWORD)}"})
+            await _frame(x2, "hello")
+            names = {}
+            for client in (ca, cb, cc):
+                st, health = await client.call("GET", "/healthz")
+                names[health["instance"]] = client
+            router_of = names[owners(r, prefix, 3)[zlib.crc32(shop.encode()) % 3]]
+            for _ in range(50):  # until the routing instance has read x2's status from the control stream
+                st, moved = await router_of.call("POST", f"/v1/conversations/{cid}/transfer", admin, json={"to_agent": "x2"})
+                if st != 409:
+                    break
+                await asyncio.sleep(0.1)
+            assert st == 200, moved
+            frame = await _frame(x2, "assigned", conversation_id=cid)
+            assert [(h["who"], h["text"]) for h in frame["history"]] == [
+                ("buyer", "请问发货了吗"), ("agent", "今天下午发货"), ("buyer", "好的谢谢")], frame["history"]
+            await x2.close()
             await ws_b.close()
             await ws_c.close()
         assert list(platform.deliveries.values()) == [1]
