@@ -344,10 +344,11 @@ MAX_GROUP_BATCHES = 64
 MAX_GROUP_ROWS = 4096
 #: A transaction slower than this is logged with its size and the WAL's (the writer's own timings).
 SLOW_COMMIT_S = 0.05
-#: Checkpoint pacing (:class:`_Checkpointer`): the thread passes again almost at once while the
-#: WAL holds frames it has not seen start over, and idles this long once it has.
-CHECKPOINT_IDLE_S = 0.05
-CHECKPOINT_BUSY_S = 0.002
+#: Checkpoint pacing (:class:`_Checkpointer`): the thread passes again soon while the WAL holds
+#: frames (not at once: a pass that copies syncs the WAL and the database), and idles this long
+#: once the WAL has started over.
+CHECKPOINT_IDLE_S = 0.1
+CHECKPOINT_BUSY_S = 0.02
 #: A WAL this long (4 KiB pages) is made to start over (:meth:`_Checkpointer.finish_up`) once the
 #: thread has copied everything but the last transaction; at eight times this the writer copies
 #: the rest whatever it costs (the thread cannot keep up), so the WAL stays bounded.
