@@ -557,6 +557,11 @@ class Service:
                 every = self.config.main.storage.snapshot_every
                 if every and self._seq - self._snapshot_seq >= every:
                     await self._snapshot()
+                # The hooks are synchronous and ``queue.get()`` does not suspend while jobs wait,
+                # so without this the consumer drained a whole backlog in one step: the callers
+                # whose commits were done (woken behind it) waited for all of it before their
+                # ``202``, while their agents had long been told (bench_latency.py).
+                await asyncio.sleep(0)
             if stop:
                 if self.config.main.storage.snapshot_every:
                     await self._snapshot()  # the next start replays nothing
