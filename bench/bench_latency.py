@@ -13,7 +13,7 @@ is given, so it always has room for the next):
 1. the maximum ingest rate: a closed-loop client with ``--concurrency`` workers, requests/s;
 2. at 50 % and 80 % of that rate, open-loop for ``--seconds``: p50/p99/p99.9 of the ``202``,
    and of ingest → the agent's ``assigned`` frame (from the scheduled send time of the message
-   that opened the conversation to the frame's arrival);
+   that caused it, the buyer's newest in the frame's history, to the frame's arrival);
 3. the same client at the same rates against a bare aiohttp endpoint that checks the signature,
    decodes the message with msgspec and answers ``202``: the reference for what the client,
    aiohttp and the machine cost on their own.
@@ -182,7 +182,7 @@ def generate_main(argv: list[str]) -> int:
 
 class Agents:
     """Every agent of the config logged in, holding its socket; each ``assigned`` frame caused by
-    a message is timed (arrival, by the first buyer message of its history) and closed at once."""
+    a message is timed (arrival, by the message that caused it) and closed at once."""
 
     def __init__(self, url: str, agent_ids: list[str]) -> None:
         self.url = url
@@ -228,9 +228,12 @@ class Agents:
                     continue
                 cid = data["conversation_id"]
                 if data.get("cause", "message") == "message":  # the default, left out of the frame
-                    first = next((h.get("msg_id") for h in data.get("history", ()) if h.get("who") == "buyer"), None)
-                    if first:
-                        self.arrivals.setdefault(first, now)
+                    # the message that caused it: the newest of the buyer's (an older one may have
+                    # waited in the queue or with the bot; that wait is not this message's latency)
+                    last = next((h.get("msg_id") for h in reversed(data.get("history", ())) if h.get("who") == "buyer"),
+                                None)
+                    if last:
+                        self.arrivals.setdefault(last, now)
                 if data.get("state") == "reserved":
                     await ws.send_str(json.dumps({"type": "accept", "conversation_id": cid}))
                 await ws.send_str(json.dumps({"type": "close", "conversation_id": cid}))
