@@ -75,6 +75,7 @@ from router.models import (
 from router.lifecycle import IdleCloser
 from router.pipeline import InputError, Router
 from router.redis.keys import GROUP, Keys, lua
+from router.access import Scope
 from router.service import HISTORY, ConversationView, IngestResult, NotYours, Overloaded, Service, _Job
 
 if TYPE_CHECKING:
@@ -110,6 +111,42 @@ class Unavailable(Overloaded):
 
 class _Lost(Exception):
     """A shard lease was lost while routing: drop the local state."""
+
+
+class Refused(InputError):
+    """A request the conversation's owner refused, with the HTTP status and error code a local
+    refusal of the same request would have (so an endpoint answers alike on every instance)."""
+
+    def __init__(self, reason: Any, status: int = 409, code: str | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.code = code
+
+
+class Requester(msgspec.Struct, omit_defaults=True):
+    """Who asked for a forwarded request: the account's fields the isolation rule reads, so the
+    owner rebuilds the asker's :class:`router.access.Scope` and checks what a local request is
+    checked for. ``via`` is ``ws`` (the agent's socket: its own conversations only) or ``http``
+    (``POST /v1/conversations/{cid}/transfer``: a supervisor may move others')."""
+
+    account: str
+    role: str
+    shops: tuple[str, ...]
+    agent_id: str | None = None
+    via: str = "ws"
+
+    @classmethod
+    def of(cls, scope: Scope, via: str = "ws") -> Requester:
+        a = scope.account
+        return cls(a.name, a.role, tuple(a.shops), a.agent_id, via)
+
+    def scope(self, config: Config) -> Scope:
+        from router.accounts import Account
+
+        return Scope(Account(self.account, self.role, self.shops, agent_id=self.agent_id), config)  # type: ignore[arg-type]
+
+
+_requester = msgspec.json.Decoder(Requester)
 
 
 class _Batch:
@@ -336,9 +373,12 @@ class RedisService(Service):
             raise Unavailable(f"storage unavailable: {exc}") from exc
         return result
 
-    async def event(self, event: Event, requester: str | None = None) -> list[Decision]:
+    async def event(self, event: Event, requester: str | Scope | None = None, *, via: str = "ws") -> list[Decision]:
         """Agent status changes apply everywhere at once; conversation events go to the owner of
-        the conversation's shard, in order with its messages, and this waits for the verdict."""
+        the conversation's shard, in order with its messages, and this waits for the verdict.
+        ``requester``: the asker's scope (the owner checks it as a local request is checked;
+        ``via`` says which), or an agent id (the holder check only). A refusal raises
+        :class:`Refused`."""
         try:
             if isinstance(event, AgentStatusEvent):
                 if event.agent_id not in self.config.agents:
@@ -354,10 +394,15 @@ class RedisService(Service):
             self._waiting[req] = fut
             try:
                 self._rt["request"].inc()
-                await self.r.xadd(self.keys.stream(self.keys.shard(shop)),
-                                  {"k": "e", "b": _encode(event), "req": req, "who": requester or "", "inst": self.id})
+                entry = {"k": "e", "b": _encode(event), "req": req, "inst": self.id}
+                if isinstance(requester, Scope):  # "who" stays for an owner of an older version
+                    entry["who"] = requester.agent_id or ""
+                    entry["as"] = _encode(Requester.of(requester, via))
+                else:
+                    entry["who"] = requester or ""
+                await self.r.xadd(self.keys.stream(self.keys.shard(shop)), entry)
                 async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                    ok, reason = await fut
+                    ok, reason, status, code = await fut
             finally:
                 self._waiting.pop(req, None)
         except RedisError as exc:
@@ -365,7 +410,7 @@ class RedisService(Service):
         except TimeoutError:
             raise InputError(i18n._("the conversation's router did not answer in time; retry")) from None
         if not ok:
-            raise InputError(reason)
+            raise Refused(reason, status or 409, code)
         return []
 
     async def _set_status(self, agent_id: str, status: str) -> None:
@@ -796,13 +841,13 @@ class RedisService(Service):
         self._clock = max(time.time(), self._clock)
         self._push(await router.advance(self._clock))
         event = _event.decode(fields[b"b"])
-        who = fields.get(b"who", b"").decode()
         cid = getattr(event, "conversation_id", None)
         conv = router.dispatcher.conversations.get(cid or "")
-        ok, reason = True, None
-        if who and isinstance(event, (CloseEvent, TransferEvent)) and (conv is None or conv.agent_id != who):
-            ok, reason = False, (i18n._("no open conversation {cid!r}", cid=cid) if conv is None
-                                 else i18n._("conversation {cid!r} is not yours", cid=cid))
+        ok, reason, status, code = True, None, None, None
+        refusal = self._refusal(event, conv, fields)
+        if refusal is not None:
+            ok = False
+            reason, status, code = refusal
         else:
             closing = self.owner.get(cid or "") if isinstance(event, CloseEvent) else None
             try:
@@ -823,7 +868,50 @@ class RedisService(Service):
         req = fields.get(b"req")
         inst = fields.get(b"inst")
         if req and inst:
-            batch.results.append((inst.decode(), {"req": req.decode(), "ok": ok, "reason": i18n.portable(reason)}))
+            batch.results.append((inst.decode(), {"req": req.decode(), "ok": ok, "reason": i18n.portable(reason),
+                                                  "status": status, "code": code}))
+
+    def _refusal(self, event: Event, conv: Conversation | None,
+                 fields: dict[bytes, bytes]) -> tuple[Any, int, str | None] | None:
+        """Why the owner refuses a forwarded request, checked as the asking instance would check
+        it locally (router/ws.py, ``POST /v1/conversations/{cid}/transfer``): the asker's scope
+        (its shops, the agents it may move to), then the holder (an agent's socket acts on its own
+        conversations; a supervisor over HTTP moves anyone's) and the target's shift. ``None``:
+        go ahead (the router may still refuse)."""
+        moving = isinstance(event, (CloseEvent, TransferEvent))
+        cid = getattr(event, "conversation_id", "")
+        raw = fields.get(b"as")
+        if raw is None:  # an agent id only (an asker of an older version, or accept)
+            who = fields.get(b"who", b"").decode()
+            if not who or not moving or (conv is not None and conv.agent_id == who):
+                return None
+            return (i18n._("no open conversation {cid!r}", cid=cid) if conv is None
+                    else i18n._("conversation {cid!r} is not yours", cid=cid)), 409, None
+        asker = _requester.decode(raw)
+        scope = asker.scope(self.config)
+        http = asker.via == "http"
+        if not scope.sees_conversation(cid):
+            if http:
+                shop = cid.partition(":")[0]
+                return i18n._("forbidden: shop {shop!r} is not permitted to account {account!r}",
+                              shop=shop, account=asker.account), 403, "shop_forbidden"
+            return i18n._("forbidden: that shop is not permitted to your account"), 403, "shop_forbidden"
+        to_agent = event.to_agent if isinstance(event, TransferEvent) else None
+        if to_agent is not None and to_agent not in scope.visible_agents():
+            return i18n._("unknown agent {agent!r}", agent=to_agent), 404, "unknown_agent"
+        if not moving:
+            return None
+        if conv is None:
+            return i18n._("no open conversation {cid!r}", cid=cid), 404, None
+        if http and not scope.is_supervisor and (scope.agent_id is None or conv.agent_id != scope.agent_id):
+            return i18n._("forbidden: conversation {cid!r} is not yours, and moving others' needs a supervisor",
+                          cid=cid), 403, None
+        if not http and conv.agent_id != scope.agent_id:
+            return i18n._("conversation {cid!r} is not yours", cid=cid), 403, None
+        target = self.router.dispatcher.agents.get(to_agent or "")
+        if http and target is not None and not target.in_shift:
+            return i18n._("agent {agent!r} is off shift", agent=to_agent), 409, "agent_off_shift"
+        return None
 
     async def _commit(self, batch: _Batch) -> None:
         """Write the batch in one fenced Lua call; a lost lease drops the local state."""
@@ -1115,7 +1203,8 @@ class RedisService(Service):
                         res_ = msgspec.json.decode(fields[b"d"])
                         fut = self._waiting.get(res_["req"])
                         if fut is not None and not fut.done():
-                            fut.set_result((res_["ok"], i18n.revive(res_["reason"])))  # the asker translates
+                            fut.set_result((res_["ok"], i18n.revive(res_["reason"]),  # the asker translates
+                                            res_.get("status"), res_.get("code")))
                     continue
                 aid = key.rsplit(":", 1)[1]
                 if aid not in self._frame_last:

@@ -51,9 +51,12 @@ async def _handle(service: RedisService, session: WsSession, data: bytes) -> WsR
     try:
         if cid is not None and not session.scope.sees_conversation(cid):
             return WsResult(op, False, ref, cid, reason=t(_("forbidden: that shop is not permitted to your account")))
+        if isinstance(frame, WsTransfer) and frame.to_agent is not None and frame.to_agent not in session.scope.visible_agents():
+            return WsResult(op, False, ref, cid, reason=t(_("unknown agent {agent!r}", agent=frame.to_agent)))
+        scope = session.scope  # the owner checks the asker as a local request is checked
         match frame:
             case WsAccept():
-                await service.event(AcceptEvent(frame.conversation_id, aid), requester=aid)
+                await service.event(AcceptEvent(frame.conversation_id, aid), requester=scope)
             case WsReply():
                 result = await service.reply(aid, frame.conversation_id, frame.text)
                 if not result.ok:
@@ -61,9 +64,9 @@ async def _handle(service: RedisService, session: WsSession, data: bytes) -> WsR
                                     text=frame.text, hits=result.hits)
                 return WsResult(op, True, ref, cid, text=result.text, hits=result.hits)
             case WsTransfer():
-                await service.event(TransferEvent(frame.conversation_id, frame.to_agent, frame.to_skill), requester=aid)
+                await service.event(TransferEvent(frame.conversation_id, frame.to_agent, frame.to_skill), requester=scope)
             case WsClose():
-                await service.event(CloseEvent(frame.conversation_id), requester=aid)
+                await service.event(CloseEvent(frame.conversation_id), requester=scope)
             case WsStatus():
                 await service.event(AgentStatusEvent(aid, frame.status))
             case WsNote():
