@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Container, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Container, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -301,21 +301,34 @@ class PgRecords(Records):
             cur = await conn.execute("SELECT agent_id, text, ts FROM notes WHERE conversation_id = %s AND ts >= %s "
                                      "ORDER BY ts", (conversation_id, since))
             notes = [{"by": a, "text": t, "ts": ts} for a, t, ts in await cur.fetchall()]
-        items: list[WsHistoryItem] = []
-        for source, ts, body, decisions, agent_id, text in rows:
-            if source == 1:
-                items.append(WsHistoryItem("agent", text, ts, agent_id=agent_id))
+        return _items(rows, limit), notes
+
+    async def histories(self, opened: dict[str, float], *, skip_entries: Collection[str] = (),
+                        skip_replies: Collection[tuple[str, float]] = (), limit: int = 50) -> dict[str, list[WsHistoryItem]]:
+        """:meth:`conversation`'s history of many conversations (id → opened at) in two queries:
+        what a new owner of a shard loads, so its ``assigned`` frames carry what the old owner
+        remembered. ``skip_entries`` (history keys) and ``skip_replies`` (conversation, ts) are
+        inputs the new owner routes again itself (left pending by the old one), not to be counted twice."""
+        if not opened:
+            return {}
+        cids, since = list(opened), [opened[c] for c in opened]
+        async with self.pool.connection() as conn:
+            self._rt("conversation")
+            cur = await conn.execute(
+                "SELECT o.cid, 0, h.clock, h.body, h.decisions, NULL, NULL FROM unnest(%s::text[], %s::float8[]) AS o(cid, since) "
+                "CROSS JOIN LATERAL (SELECT clock, body, decisions FROM history WHERE conversation_id = o.cid "
+                " AND kind = 'message' AND clock >= o.since AND entry <> ALL(%s::text[]) ORDER BY clock DESC LIMIT %s) h "
+                "UNION ALL "
+                "SELECT o.cid, 1, b.ts, NULL, NULL, b.agent_id, b.text FROM unnest(%s::text[], %s::float8[]) AS o(cid, since) "
+                "CROSS JOIN LATERAL (SELECT ts, agent_id, text FROM outbox WHERE conversation_id = o.cid AND ts >= o.since "
+                " ORDER BY ts DESC LIMIT %s) b", (cids, since, list(skip_entries), limit, cids, since, limit))
+            rows = await cur.fetchall()
+        by: dict[str, list[tuple]] = {}
+        for cid, *row in rows:
+            if row[0] == 1 and (cid, row[1]) in skip_replies:
                 continue
-            msg = _message.decode(body)
-            own = next((d for d in msgspec.convert(decisions, list[Decision]) if d.msg_id == msg.msg_id), None)
-            if own is not None and own.action == "blocked":
-                continue
-            items.append(WsHistoryItem("buyer", own.text if own is not None and own.text is not None else msg.text,
-                                       msg.ts or ts, msg_id=msg.msg_id, kind=msg.kind))
-            if own is not None and own.reply:
-                items.append(WsHistoryItem("bot", own.reply, ts))
-        items.sort(key=lambda h: h.ts)
-        return items[-limit:], notes
+            by.setdefault(cid, []).append(tuple(row))
+        return {cid: _items(found, limit) for cid, found in by.items()}
 
     # -- outbox -----------------------------------------------------------------------------------
 
@@ -492,3 +505,23 @@ def reason(exc: BaseException) -> str:
     driver's are PostgreSQL's own."""
     first = exc.args[0] if exc.args else None
     return first if isinstance(first, Text) else str(exc).strip()
+
+
+def _items(rows: list[tuple], limit: int) -> list[WsHistoryItem]:
+    """History rows ``(source, ts, body, decisions, agent_id, text)`` (source 0: a routed message,
+    1: an agent's reply) as the last ``limit`` items an ``assigned`` frame carries, oldest first."""
+    items: list[WsHistoryItem] = []
+    for source, ts, body, decisions, agent_id, text in rows:
+        if source == 1:
+            items.append(WsHistoryItem("agent", text, ts, agent_id=agent_id))
+            continue
+        msg = _message.decode(body)
+        own = next((d for d in msgspec.convert(decisions, list[Decision]) if d.msg_id == msg.msg_id), None)
+        if own is not None and own.action == "blocked":
+            continue
+        items.append(WsHistoryItem("buyer", own.text if own is not None and own.text is not None else msg.text,
+                                   msg.ts or ts, msg_id=msg.msg_id, kind=msg.kind))
+        if own is not None and own.reply:
+            items.append(WsHistoryItem("bot", own.reply, ts))
+    items.sort(key=lambda h: h.ts)
+    return items[-limit:]

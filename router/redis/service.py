@@ -1022,6 +1022,7 @@ class RedisService(Service):
         convs, owners, lasts = await self.r.pipeline(transaction=False).hgetall(k.convs(n)).hgetall(k.owners(n)) \
             .hgetall(k.last(n)).execute()
         mirror = {cid.decode(): _conversation.decode(raw) for cid, raw in convs.items()}
+        loaded = await self._load_histories(mirror, pending)
         d = self.router.dispatcher
         self._clock = max(time.time(), self._clock)
         d.advance(self._clock)
@@ -1054,6 +1055,8 @@ class RedisService(Service):
             self._mirrored[conv.id] = conv.version
             if conv.agent_id is not None:
                 self.owner[conv.id] = conv.agent_id
+        for cid, items in loaded.items():
+            self.history[cid] = deque(items, maxlen=HISTORY)
         if self._fenced:
             raise _Lost("fenced while adopting")
         self._readable.add(n)
@@ -1064,6 +1067,25 @@ class RedisService(Service):
         for aid in sorted(d.agents):
             self._push(d.refresh(aid))
         await self._commit(batch)
+
+    async def _load_histories(self, mirror: dict[str, Conversation], pending: list) -> dict[str, list[WsHistoryItem]]:
+        """The history of the shard's open conversations from the records store (PostgreSQL; the
+        SQLite records are the old owner's own file), so ``assigned`` frames after a takeover carry
+        it. The old owner's pending entries are left out: they are routed again here and added then."""
+        if self.pg is None or not mirror:
+            return {}
+        entries: list[str] = []
+        replies: set[tuple[str, float]] = set()
+        for _eid, fields in pending:
+            kind = (fields or {}).get(b"k")
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                if kind in (b"M", b"m"):
+                    msgs = _messages.decode(fields[b"b"]) if kind == b"M" else [_message.decode(fields[b"b"])]
+                    entries.extend(f"m:{m.shop_id}:{m.msg_id}" for m in msgs)
+                elif kind == b"r":
+                    replies.add((fields[b"c"].decode(), _history_item.decode(fields[b"b"]).ts))
+        return await self.pg.records.histories({cid: conv.opened_at for cid, conv in mirror.items()},
+                                               skip_entries=entries, skip_replies=replies, limit=HISTORY)
 
     async def _reclaim(self) -> None:
         """Entries of our shards left pending on another consumer (read by an owner that had just

@@ -73,6 +73,30 @@ def _message(i: int) -> tuple:
     return ("message", f"3:{i}-0", 100.0 + i, "s1", f"m{i}", "s1:b1", _encode(msg), [d])
 
 
+async def test_histories_of_a_shard_equal_each_conversations_without_what_is_routed_again(pg_url: str) -> None:
+    """What a new owner loads for all the shard's conversations at once is what each
+    conversation shows, less the inputs it routes again itself (the old owner's pending entries)."""
+    (r,) = await _records(pg_url, 1)
+    try:
+        from router.service import _encode
+
+        other = ("message", "m:s2:x", 150.0, "s2", "x", "s2:b9", _encode(Message(msg_id="x", shop_id="s2", buyer_id="b9",
+                 text="elsewhere", ts=150.0)), [Decision("x", "s2", "s2:b9", "queued", cause="message")])
+        await r.write_history([_message(1), _message(2), _message(3), other])
+        await r.add_reply("s1", "s1:b1", "b1", "a1", "first answer", 101.5)
+        await r.add_reply("s1", "s1:b1", "b1", "a1", "second answer", 102.5)
+        opened = {"s1:b1": 100.0, "s2:b9": 0.0, "s1:nobody": 0.0}
+        whole = await r.histories(opened)
+        assert whole["s1:b1"] == (await r.conversation("s1:b1", 100.0))[0]
+        assert whole["s2:b9"] == (await r.conversation("s2:b9", 0.0))[0] and "s1:nobody" not in whole
+        assert [h.text for h in whole["s1:b1"]] == ["hello 1", "first answer", "hello 2", "second answer", "hello 3"]
+        less = await r.histories(opened, skip_entries=["3:3-0"], skip_replies={("s1:b1", 102.5)})
+        assert [h.text for h in less["s1:b1"]] == ["hello 1", "first answer", "hello 2"]
+        assert [h.text for h in (await r.histories({"s1:b1": 102.0}, limit=2))["s1:b1"]] == ["second answer", "hello 3"]
+    finally:
+        await r.close()
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(writes=st.lists(st.integers(0, 9), min_size=1, max_size=30))
 def test_history_rewritten_entries_replace(pg_url: str, writes: list[int]) -> None:
