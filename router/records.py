@@ -53,6 +53,12 @@ class Records:
         """:func:`router.stats.compute`'s figures over the records (``period``: its keywords)."""
         raise NotImplementedError
 
+    async def figure_rows(self, since: float, until: float) -> tuple[list[tuple], int, int]:
+        """The live figures' start-up read (:class:`router.today.Today`): the rows of ``[since,
+        until)`` in :func:`router.figures.read_rows`'s form, and the last journal seq and outbox
+        id read (a batch fed while reading is folded only above them)."""
+        raise NotImplementedError
+
     async def buyer_orders(self, shop_id: str, buyer_id: str) -> list[BuyerOrder]:
         """The buyer's story (:func:`router.story.buyer_orders`)."""
         raise NotImplementedError
@@ -93,6 +99,19 @@ class SqliteRecords(Records):
         from router.stats import compute
 
         return await self.store.call(lambda conn: compute(conn, config, **period))
+
+    def _figure_rows(self, since: float, until: float) -> tuple[list[tuple], int, int]:
+        from router.figures import read_rows
+
+        c = read_only(self.store.path)
+        try:
+            c.execute("BEGIN")  # one snapshot: the journal, the decisions and the outbox agree
+            return read_rows(c, since, until)
+        finally:
+            c.close()
+
+    async def figure_rows(self, since: float, until: float) -> tuple[list[tuple], int, int]:
+        return await asyncio.to_thread(self._figure_rows, since, until)  # a worker thread, once, off the loop
 
     async def buyer_orders(self, shop_id: str, buyer_id: str) -> list[BuyerOrder]:
         from router.story import buyer_orders

@@ -3,9 +3,10 @@
 
 They are :mod:`router.figures`'s — the same fold ``fenliu stats`` runs over the store — kept up
 to date from the journal rows the service commits (:meth:`Today.feed`, on the event loop, a few
-dict updates per row), and read back from the store once at start (:meth:`Today.load`, the same
-:func:`~router.figures.read_rows` as ``stats``), so they survive restarts and equal ``fenliu
-stats --from <today>`` at any moment. An earlier design polled the store every two seconds from a
+dict updates per row), and read back once at start through the records interface
+(:meth:`Today.load`, :meth:`router.records.Records.figure_rows`: the SQLite file's
+:func:`~router.figures.read_rows`, as ``stats`` reads it, or PostgreSQL's every-instance rows),
+so they survive restarts and equal ``fenliu stats --from <today>`` at any moment. An earlier design polled the store every two seconds from a
 worker thread; that thread's Python work contended for the GIL with the event loop and cost
 ingest about a fifth of its throughput (docs/service.md, "Benchmark").
 
@@ -24,8 +25,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from router.figures import Ledger, Row, Stats, read_rows
-from router.store import read_only
+from router.figures import Ledger, Row, Stats
 
 if TYPE_CHECKING:
     from router.service import Service
@@ -113,10 +113,10 @@ class Today:
     # -- at start: what the store holds for today --------------------------------------------------
 
     async def load(self) -> None:
-        """Read today's rows from the store (in a worker thread, once), then fold the batches
-        committed meanwhile that the read did not see."""
+        """Read today's rows from the records store (once), then fold the batches committed
+        meanwhile that the read did not see."""
         try:
-            await asyncio.to_thread(self._read_store, self.clock())
+            await self._read_store(self.clock())
         except Exception as exc:  # noqa: BLE001 - the figures then start from now; routing goes on
             log.warning("today_load_failed", error=str(exc))
             self._roll(self.clock())
@@ -131,14 +131,12 @@ class Today:
         """Wait until :meth:`load` has read the store (at once after that)."""
         await self._loaded.wait()
 
-    def _read_store(self, now: float) -> None:
+    async def _read_store(self, now: float) -> None:
+        """Through the records interface: the SQLite file (read in a worker thread), or, with
+        PostgreSQL records, nothing of this instance's file — every instance's rows of the last
+        day come through ``feed`` from the records' first follow, which this waits for."""
         self._roll(now)
-        c = read_only(self.service.store.path)
-        try:
-            c.execute("BEGIN")  # one snapshot: the journal, the decisions and the outbox agree
-            rows, self.seq, self.outbox_id = read_rows(c, self.day_start, self.day_end)
-        finally:
-            c.close()
+        rows, self.seq, self.outbox_id = await self.service.records.figure_rows(self.day_start, self.day_end)
         self.ledger.apply(rows)  # type: ignore[union-attr]
         log.info("today_loaded", day=self.day, rows=len(rows))
 

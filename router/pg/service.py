@@ -199,8 +199,11 @@ class PgSide:
         from router.service import Profile
 
         pruned = 0.0
+        first = True
         while True:
-            await asyncio.sleep(PROFILES_S)
+            if not first:  # the first round at once: the live figures wait for its rows
+                await asyncio.sleep(PROFILES_S)
+            first = False
             try:
                 for shop, buyer, tags, notes, updated in await self.records.profiles_since(self._profiles_seen):
                     self.service.profiles[(shop, buyer)] = Profile(tags, notes)
@@ -236,6 +239,7 @@ class PgSide:
             max(0, self._history_last - FOLLOW_OVERLAP), max(0, self._outbox_last - FOLLOW_OVERLAP), since,
             (self._history_seen.keys(), self._outbox_seen.keys()))
         if not fresh and not new_replies:
+            self.records.followed.set()
             return
         rows: list[tuple] = []
         ids: dict[int, int] = {}
@@ -252,6 +256,7 @@ class PgSide:
             self._remember(self._outbox_seen, r[0])
             self._outbox_last = max(self._outbox_last, r[0])
         self.service._journaled(rows, ids)
+        self.records.followed.set()
 
     @staticmethod
     def _remember(seen: dict[int, None], rid: int) -> None:
