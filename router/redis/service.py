@@ -479,6 +479,18 @@ class RedisService(Service):
     async def open_conversations(self) -> list[Conversation]:
         return await self.pg.open_conversations() if self.pg is not None else await super().open_conversations()
 
+    async def conversations_of(self, cids: list[str]) -> dict[str, Conversation]:
+        """Open conversations by id from their shards' mirrors in Redis (one round trip), as every
+        instance sees them, whichever routes them: the 售后 list's state and agent."""
+        cids = [c for c in dict.fromkeys(cids) if c.partition(":")[0] in self.config.shops]
+        if not cids:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for cid in cids:
+            pipe.hget(self.keys.convs(self.keys.shard_of_conversation(cid)), cid)
+        return {cid: _conversation.decode(raw) for cid, raw in zip(cids, await pipe.execute(), strict=True)
+                if raw is not None}
+
     async def conversation_view(self, cid: str) -> ConversationView | None:
         """With PostgreSQL, any instance shows any open conversation: the mirror's state, the
         history and notes every instance wrote (the buyer and order only where it is routed)."""

@@ -5,12 +5,16 @@ as a local request is checked (issue 21)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 
 import aiohttp
 import msgspec
 import pytest
 
+from adapters import OrderContext
+from router.models import AfterSale, Order
+from router.pg.records import PgRecords
 from tests.conftest import run_fenliu
 from tests.pg.support import PG_PASSWORD, Platform, add_accounts, write_pg_config
 from tests.pg.test_instances import _frame, _request, _shops
@@ -125,6 +129,20 @@ async def test_close_and_transfer_from_an_instance_that_does_not_route(tmp_path,
                 assert not refused["ok"] and refused["reason"] == "forbidden: that shop is not permitted to your account"
             st, view = await asker.call("GET", f"/v1/conversations/{cid}", admin)
             assert st == 200 and view["agent_id"] == other, view  # nothing refused moved it
+
+            # the 售后 list shows the buyer's open conversation alike from both instances
+            records = PgRecords(pg_url, instance="test", pool_size=1)
+            await records.start()
+            try:
+                await records.record_story([OrderContext(shop, Order("o-9", "refund_requested"), cid.partition(":")[2],
+                                                         aftersale=AfterSale("as-9", "requested"))], time.time())
+            finally:
+                await records.close()
+            for client in (asker, router_of):
+                st, body = await client.call("GET", "/v1/aftersales", admin)
+                assert st == 200, body
+                assert [(i["conversation_id"], i["conversation_state"], i["agent_id"]) for i in body["aftersales"]] == [
+                    (cid, view["state"], other)], (client.url, body)
             for ws_ in sockets.values():
                 await ws_.close()
     finally:
