@@ -11,6 +11,7 @@ from typing import BinaryIO, TextIO
 
 import msgspec
 
+from router.i18n import gettext, t
 from router.ingest import read_lines
 from router.models import Message
 from router.pipeline import InputError, Router
@@ -33,7 +34,7 @@ async def route_lines(router: Router, lines: Iterable[bytes], out: BinaryIO, err
                 decisions = await router.handle_event(item)
         except InputError as exc:
             bad += 1
-            err.write(f"line {n}: {exc}\n")
+            err.write(gettext("line {n}: {reason}", n=n, reason=t(exc)) + "\n")
             continue
         if decisions:
             write(_encode_lines(decisions))
