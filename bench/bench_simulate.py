@@ -14,7 +14,7 @@ deflates it), so the minimum is the stable estimate of the cost. The median run 
 CPU time are reported beside it, and the runs must give identical figures.
 
 Run: ``.venv/bin/python bench/bench_simulate.py [--conversations N] [--plugins on|off|both]
-[--repeat N] [--profile]``; results go to ``bench/results/simulate.json``.
+[--repeat N] [--profile] [--no-text-cache]``; results go to ``bench/results/simulate.json``.
 """
 
 from __future__ import annotations
@@ -143,7 +143,13 @@ def main() -> int:
     parser.add_argument("--plugins", choices=("on", "off", "both"), default="both")
     parser.add_argument("--repeat", type=int, default=3, help="runs per setting; the best CPU time counts")
     parser.add_argument("--profile", action="store_true", help="cProfile one run and print the top entries")
+    parser.add_argument("--no-text-cache", action="store_true",
+                        help="route without the exact-text caches (scenario texts come from a few dozen templates)")
     args = parser.parse_args()
+    if args.no_text_cache:
+        import router.plugins
+
+        router.plugins.TEXT_CACHE_MAX_CHARS = -1  # read when a configuration builds its caches
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.plugins]
     rows = [run(p, args.conversations, args.profile, max(1, args.repeat)) for p in modes]
     cols = ("plugins", "messages", "cpu_s", "messages_per_s", "messages_per_s_median", "steps_per_s")
