@@ -128,7 +128,7 @@ async def aftersales(request: web.Request, scope: Scope) -> web.Response:
     shop_q = request.query.get("shop_id")
     shops = [scope.require_shop(shop_q)] if shop_q else sorted(scope.shops)
     items = await service.records.open_aftersales(shops)
-    shared = getattr(service, "conversations_of", None)  # the Redis backend: every shard's mirror, not ours only
+    shared = getattr(service, "mirrored_conversations", None)  # the Redis backend: every shard's mirror, not ours only
     convs = (await shared([it.conversation_id for it in items if it.conversation_id]) if shared is not None
              else service.router.dispatcher.conversations)
     out = []

@@ -479,7 +479,7 @@ class RedisService(Service):
     async def open_conversations(self) -> list[Conversation]:
         return await self.pg.open_conversations() if self.pg is not None else await super().open_conversations()
 
-    async def conversations_of(self, cids: list[str]) -> dict[str, Conversation]:
+    async def mirrored_conversations(self, cids: list[str]) -> dict[str, Conversation]:
         """Open conversations by id from their shards' mirrors in Redis (one round trip), as every
         instance sees them, whichever routes them: the 售后 list's state and agent."""
         cids = [c for c in dict.fromkeys(cids) if c.partition(":")[0] in self.config.shops]
