@@ -86,7 +86,9 @@ def fenliu_inbound_filter(message: Message, ctx: HookContext) -> FilterVerdict |
     Called after enrichment. Return a :class:`router.models.FilterVerdict`: ``block`` stops the
     message (decision ``blocked``, never delivered), ``mask`` replaces the text the agent sees,
     ``flag`` only adds ``flags``; return ``None`` for a clean message. All implementations run;
-    a block from any of them wins, masks apply in order.
+    a block from any of them wins, masks apply in order. A blocking implementation that returns
+    past its budget keeps its verdict (logged and flagged as an overrun): a dropped mask would
+    fail open because the machine was busy.
     """
 
 

@@ -449,6 +449,17 @@ class PluginSet:
         """An implementation overran its budget: its result is dropped."""
         self._fault(impl, hook, ctx, "timeout", f"over its {self.timeout * 1000:.0f} ms budget")
 
+    def _slow_kept(self, impl: _Impl, hook: str, ctx: HookContext) -> None:
+        """A blocking inbound filter returned past its budget: the time is spent either way, and
+        dropping its verdict would only show the agent unmasked text (fail open because the
+        machine was busy). So the verdict is kept, and the overrun logged, counted and flagged like
+        any other; it is not named among the dropped calls, so a replay applies it as the live run
+        did."""
+        self.errors[impl.plugin] += 1
+        log.warning("plugin_error", plugin=impl.plugin, hook=hook, error="timeout",
+                    detail=f"over its {self.timeout * 1000:.0f} ms budget; its verdict was kept")
+        ctx.flag(f"plugin_error:{impl.plugin}")
+
     async def inbound_enrich(self, message: Message, ctx: HookContext) -> Message:
         hook = "fenliu_inbound_enrich"
         for impl in self._enrich:
@@ -485,7 +496,7 @@ class PluginSet:
             if type(v) not in _PLAIN:
                 v = await self._settle(impl, hook, ctx, v, start)
             elif perf_counter() - start > self.timeout and _overran(start, self.timeout):
-                v = self._late(impl, hook, ctx)
+                self._slow_kept(impl, hook, ctx)
             if v is None:
                 continue
             if not isinstance(v, FilterVerdict):

@@ -119,6 +119,42 @@ async def test_block_wins_over_later_filters(fenliu_harness):
     assert "test:block" in d.flags
 
 
+class SlowMask:
+    """A blocking inbound filter that answers past the 50 ms budget (a busy machine)."""
+
+    @hookimpl
+    def fenliu_inbound_filter(self, message, ctx):
+        time.sleep(0.08)
+        return FilterVerdict("mask", text=ctx.text.replace("秘密", "＊＊"), flags=("test:mask",))
+
+
+class SlowBlock:
+    @hookimpl
+    def fenliu_inbound_filter(self, message, ctx):
+        time.sleep(0.08)
+        return FilterVerdict("block", reason="test", flags=("test:block",))
+
+
+async def test_a_late_inbound_verdict_is_kept_not_dropped(fenliu_harness, fenliu_logs):
+    """An inbound filter that overruns its budget has already spent the time: dropping its verdict
+    would only show the agent what it masks, or route what it blocks. The verdict is kept, the
+    overrun logged, counted and flagged, and a replay applies it as the live run did."""
+    h = fenliu_harness(SlowMask())
+    d = await h.send(shop_id="pdd-1001", buyer_id="b-slow", text="告诉你一个秘密")
+    assert d.text == "告诉你一个＊＊" and "test:mask" in d.flags
+    assert "plugin_error:SlowMask-0" in d.flags and h.router.plugins.errors["SlowMask-0"] == 1
+    assert h.router.dropped == []
+    assert any(e["event"] == "plugin_error" and e["plugin"] == "SlowMask-0" and e["error"] == "timeout"
+               for e in fenliu_logs)
+    msg = msgspec.convert({"shop_id": "pdd-1001", "buyer_id": "b-slow2", "text": "告诉你一个秘密",
+                           "msg_id": "m-slow-replay", "ts": T0 + 100}, Message)
+    again = (await h.router.replay_message(msg, list(h.router.dropped)))[-1]
+    assert again.text == "告诉你一个＊＊"
+
+    blocked = await fenliu_harness(SlowBlock()).send(shop_id="pdd-1001", buyer_id="b-slow3", text="随便")
+    assert blocked.action == "blocked" and blocked.text is None
+
+
 def test_builtins_are_registered_in_order():
     ps = PluginSet.load()
     names = [i.name for i in ps.infos if i.origin == "builtin"]
