@@ -751,6 +751,7 @@ function onFrame(frame) {
     }
     case 'assigned': {
       const conv = adopt(frame);
+      soonToday();
       toast(T('ui.new_conversation', buyerName(conv), shopLabel(conv.shop_id), frame.cause !== 'message' ? ` · ${label(CAUSE, frame.cause)}` : ''));
       if (!state.selected) { select(conv.id); return; }
       break;
@@ -779,6 +780,7 @@ function onFrame(frame) {
       if (state.selected === frame.conversation_id) $('draft').value = '';
       state.drafts.delete(frame.conversation_id);
       if (state.selected === frame.conversation_id) setSelected(null);
+      soonToday();
       break;
     }
     case 'context': {
@@ -818,6 +820,13 @@ function renderStatus() {
 }
 
 let todayTimer = null;
+// A new or ended conversation changes 今日接待 at once: read the figures shortly after the frame
+// (they are folded when the routing is committed, before the frame is sent), not at the next tick.
+function soonToday() {
+  clearTimeout(todayTimer);
+  todayTimer = setTimeout(refreshToday, 300);
+}
+
 async function refreshToday() {
   clearTimeout(todayTimer);
   try {

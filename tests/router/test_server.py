@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 
 import aiohttp
 import anyio
@@ -470,8 +469,10 @@ async def test_replay_ignores_plugin_time_budgets(tmp_path, env):
 
 
 class FlakyBlock:
-    """An inbound filter that blocks every message, when it answers: ``overrun`` answers past the
-    time budget, ``outage`` raises as if its blocklist service were down, ``None`` is healthy."""
+    """An inbound filter that blocks every message, when it answers: ``overrun`` awaits a lookup
+    past the time budget and is cancelled at it (a *blocking* filter's late verdict is kept, so it
+    would not be lost), ``outage`` raises as if its blocklist service were down, ``None`` is
+    healthy."""
 
     __name__ = "flaky_block"
 
@@ -479,9 +480,9 @@ class FlakyBlock:
         self.mode = mode
 
     @hookimpl
-    def fenliu_inbound_filter(self, message, ctx):
+    async def fenliu_inbound_filter(self, message, ctx):
         if self.mode == "overrun":
-            time.sleep(0.05)
+            await anyio.sleep(0.05)
         elif self.mode == "outage":
             raise ConnectionError("blocklist service unreachable")
         return FilterVerdict("block", reason="blocklisted")

@@ -203,6 +203,15 @@ def test_the_status_bar_and_the_dashboard_give_the_same_figures(served, open_pag
     _set_status(served, "a-03", "offline")
     served.post([message("f-1", "b-930", "这件有黑色吗", buyer={"nick": "数数"}),
                  message("f-2", "b-931", "什么时候发货", buyer={"nick": "算算"})])
+    # 今日接待 follows the conversations an agent receives, as the server counts them
+    expect(page.locator('.conv[data-id="pdd-a:b-931"]')).to_be_visible()
+
+    def agree() -> bool:
+        code, mine = served.request("GET", "/v1/today", token=served.token("acme:a02"))
+        shown = re.search(r"今日接待 (\d+)", page.locator("#today").inner_text())
+        return code == 200 and shown is not None and int(shown.group(1)) == mine["conversations"] >= 2
+
+    served.wait_for(agree, what="今日接待 as the server counts it")
     for cid, nick, text in (("pdd-a:b-930", "数数", "有的，黑色有货"), ("pdd-a:b-931", "算算", "今天16点前发出")):
         _open(page, cid, nick)
         page.locator("#draft").fill(text)
