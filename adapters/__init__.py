@@ -132,6 +132,21 @@ _BUILTIN = {
 }
 
 
+async def deliver_once(adapter: Adapter | None, item: OutboundReply) -> str | None:
+    """One attempt to hand a reply to its shop's platform: ``None`` when it was taken, else why
+    not. Any exception counts as a failed attempt (an adapter bug must not lose the reply: the
+    outbox keeps it and retries with backoff)."""
+    try:
+        if adapter is None:
+            raise DeliveryError(f"no adapter for shop {item.shop_id!r}")
+        await adapter.send(item)
+    except DeliveryError as exc:
+        return str(exc) or type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - an adapter bug must not lose the reply
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def _load(target: str) -> type[Adapter]:
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, Protocol
 import msgspec
 import structlog
 
-from adapters import Adapter, DeliveryError, OrderContext, OutboundReply, adapter_class
+from adapters import Adapter, OrderContext, OutboundReply, adapter_class, deliver_once
 from router.config import Config
 from router import snapshot, story
 from router.dedupe import SeenIds
@@ -1100,16 +1100,7 @@ class Service:
         try:
             if item is None:
                 return
-            adapter = self.adapters.get(item.shop_id)
-            error: str | None = None
-            try:
-                if adapter is None:
-                    raise DeliveryError(f"no adapter for shop {item.shop_id!r}")
-                await adapter.send(item)
-            except DeliveryError as exc:
-                error = str(exc) or type(exc).__name__
-            except Exception as exc:  # noqa: BLE001 - an adapter bug must not lose the reply
-                error = f"{type(exc).__name__}: {exc}"
+            error = await deliver_once(self.adapters.get(item.shop_id), item)
             if self._stopping:
                 return
             if error is None:

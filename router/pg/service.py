@@ -26,7 +26,7 @@ import msgspec
 import structlog
 from prometheus_client import Counter
 
-from adapters import DeliveryError, OutboundReply
+from adapters import OutboundReply, deliver_once
 from router.models import Conversation, Decision, Message, Order, WsHistoryItem
 from router.pg.records import PgRecords
 from router.story import order_json
@@ -153,16 +153,7 @@ class PgSide:
     async def _deliver(self, item: OutboundReply, attempts: int) -> None:
         s = self.service
         try:
-            adapter = s.adapters.get(item.shop_id)
-            error: str | None = None
-            try:
-                if adapter is None:
-                    raise DeliveryError(f"no adapter for shop {item.shop_id!r}")
-                await adapter.send(item)
-            except DeliveryError as exc:
-                error = str(exc) or type(exc).__name__
-            except Exception as exc:  # noqa: BLE001 - an adapter bug must not lose the reply
-                error = f"{type(exc).__name__}: {exc}"
+            error = await deliver_once(s.adapters.get(item.shop_id), item)
             if error is None:
                 s.metrics.outbound.labels("acked").inc()
                 await self.records.acked(item.id, time.time())
