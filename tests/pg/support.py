@@ -4,10 +4,13 @@ with the real ``fenliu accounts`` command."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 from aiohttp import web
 
@@ -72,3 +75,20 @@ class Platform:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+
+async def next_frame(ws: aiohttp.ClientWebSocketResponse, kind: str, timeout: float = 15.0, **match: object) -> dict:
+    """The next frame of ``kind`` matching ``match`` on a raw socket; frames before it are passed over."""
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await ws.receive()
+            assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data)
+            frame = json.loads(msg.data)
+            if frame["type"] == kind and all(frame.get(k) == v for k, v in match.items()):
+                return frame
+
+
+async def request(ws: aiohttp.ClientWebSocketResponse, frame: dict, ref: str) -> dict:
+    """Send ``frame`` with ``ref`` and wait for its ``result``."""
+    await ws.send_json({**frame, "ref": ref})
+    return await next_frame(ws, "result", ref=ref)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import zlib
 
 import aiohttp
 import msgspec
@@ -15,10 +14,10 @@ import pytest
 from adapters import OrderContext
 from router.models import AfterSale, Order
 from router.pg.records import PgRecords
+from router.redis.keys import shard_of
 from tests.conftest import run_fenliu
-from tests.pg.support import PG_PASSWORD, Platform, add_accounts, write_pg_config
-from tests.pg.test_instances import _frame, _request, _shops
-from tests.redis.support import Instances, owners, shared_redis, wait_for  # noqa: F401 - shared_redis: a fixture
+from tests.pg.support import PG_PASSWORD, add_accounts, next_frame, Platform, request, write_pg_config
+from tests.redis.support import Instances, owners, shared_redis, shops_per_shard, wait_for  # noqa: F401 - shared_redis: a fixture
 from tests.router.serve_support import SECRET_A, Client, message
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.slow]
@@ -26,7 +25,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.slow]
 
 async def test_close_and_transfer_from_an_instance_that_does_not_route(tmp_path, shared_redis, pg_url):  # noqa: F811
     r, prefix = shared_redis
-    shops = _shops(2)
+    shops = shops_per_shard(2)
     platform = Platform()
     await platform.start()
     cfg = write_pg_config(tmp_path, prefix, pg_url, platform.url, shops=shops, agents=["x1", "x2"], shards=2, cap=5)
@@ -46,7 +45,7 @@ async def test_close_and_transfer_from_an_instance_that_does_not_route(tmp_path,
                 st, health = await client.call("GET", "/healthz")
                 names[health["instance"]] = client
             shop = shops[0]
-            router_of = names[owners(r, prefix, 2)[zlib.crc32(shop.encode()) % 2]]
+            router_of = names[owners(r, prefix, 2)[shard_of(shop, 2)]]
             asker = next(c for c in clients if c is not router_of)  # holds the sockets, routes the other shard
             admin = await asker.login("ops", PG_PASSWORD)
             sockets = {}
@@ -54,7 +53,7 @@ async def test_close_and_transfer_from_an_instance_that_does_not_route(tmp_path,
                 token = await asker.login(f"ops:{aid}", PG_PASSWORD)
                 sockets[aid] = await http.ws_connect(f"{asker.url.replace('http', 'ws')}/v1/agents/ws",
                                                      headers={"Authorization": f"Bearer {token}"})
-                await _frame(sockets[aid], "hello")
+                await next_frame(sockets[aid], "hello")
             await wait_for(lambda: all(r.hget(f"{prefix}:agent:{a}", "status") == b"online" for a in ("x1", "x2")),
                            10, "both agents online")
             await asyncio.sleep(0.3)  # the routing instance reads the statuses from the control stream
@@ -64,26 +63,26 @@ async def test_close_and_transfer_from_an_instance_that_does_not_route(tmp_path,
                 st, body = await router_of.post_messages(shop, [message(f"m-{buyer}", buyer, shop)], secret=SECRET_A)
                 assert st == 202, body
                 cid = f"{shop}:{buyer}"
-                await wait_for(lambda: r.hget(f"{prefix}:owners:{zlib.crc32(shop.encode()) % 2}", cid) is not None,
+                await wait_for(lambda: r.hget(f"{prefix}:owners:{shard_of(shop, 2)}", cid) is not None,
                                10, "the conversation claimed")
-                holder = r.hget(f"{prefix}:owners:{zlib.crc32(shop.encode()) % 2}", cid).decode()
-                await _frame(sockets[holder], "assigned", conversation_id=cid)
+                holder = r.hget(f"{prefix}:owners:{shard_of(shop, 2)}", cid).decode()
+                await next_frame(sockets[holder], "assigned", conversation_id=cid)
                 return cid, holder
 
             # over the WebSocket on the instance that does not route the conversation
             cid, holder = await opened("b1")
             other = "x2" if holder == "x1" else "x1"
             ws, ws_other = sockets[holder], sockets[other]
-            assert (await _request(ws, {"type": "accept", "conversation_id": cid}, "a1"))["ok"]
-            refused = await _request(ws_other, {"type": "close", "conversation_id": cid}, "c0")
+            assert (await request(ws, {"type": "accept", "conversation_id": cid}, "a1"))["ok"]
+            refused = await request(ws_other, {"type": "close", "conversation_id": cid}, "c0")
             assert not refused["ok"] and refused["reason"] == f"conversation {cid!r} is not yours", refused
-            moved = await _request(ws, {"type": "transfer", "conversation_id": cid, "to_agent": other}, "t1")
+            moved = await request(ws, {"type": "transfer", "conversation_id": cid, "to_agent": other}, "t1")
             assert moved["ok"], moved
-            await _frame(ws_other, "assigned", conversation_id=cid)
-            assert (await _request(ws_other, {"type": "accept", "conversation_id": cid}, "a2"))["ok"]
-            closed = await _request(ws_other, {"type": "close", "conversation_id": cid}, "c1")
+            await next_frame(ws_other, "assigned", conversation_id=cid)
+            assert (await request(ws_other, {"type": "accept", "conversation_id": cid}, "a2"))["ok"]
+            closed = await request(ws_other, {"type": "close", "conversation_id": cid}, "c1")
             assert closed["ok"], closed  # (its closed frame may come before or after the result)
-            gone = await _request(ws_other, {"type": "close", "conversation_id": cid}, "c2")
+            gone = await request(ws_other, {"type": "close", "conversation_id": cid}, "c2")
             assert not gone["ok"] and gone["reason"] == f"no open conversation {cid!r}", gone
 
             # POST /v1/conversations/{cid}/transfer through the instance that does not route it
@@ -92,7 +91,7 @@ async def test_close_and_transfer_from_an_instance_that_does_not_route(tmp_path,
             path = f"/v1/conversations/{cid}/transfer"
             st, body = await asker.call("POST", path, admin, json={"to_agent": other})
             assert st == 200 and body["conversation_id"] == cid, body
-            await _frame(sockets[other], "assigned", conversation_id=cid)
+            await next_frame(sockets[other], "assigned", conversation_id=cid)
             not_holder = await asker.login(f"ops:{holder}", PG_PASSWORD)  # an agent moving another's conversation
             st, body = await asker.call("POST", path, not_holder, json={"to_agent": holder})
             assert (st, body["error"]) == (403, "forbidden"), body
@@ -107,7 +106,7 @@ async def test_close_and_transfer_from_an_instance_that_does_not_route(tmp_path,
             # the owner applies the asker's scope itself: a request whose account may not see the
             # shop is refused there with the same code, whatever the asking instance let through
             req = "raw-1"
-            r.xadd(f"{prefix}:in:{zlib.crc32(shop.encode()) % 2}", {
+            r.xadd(f"{prefix}:in:{shard_of(shop, 2)}", {
                 "k": "e", "b": msgspec.json.encode({"type": "close", "conversation_id": cid}), "req": req,
                 "who": other, "inst": "test-asker",
                 "as": msgspec.json.encode({"account": "ops:sup", "role": "supervisor", "shops": [shops[1]], "via": "http"})})
@@ -124,8 +123,8 @@ async def test_close_and_transfer_from_an_instance_that_does_not_route(tmp_path,
             lim = await asker.login("ops:lim", PG_PASSWORD)
             async with http.ws_connect(f"{asker.url.replace('http', 'ws')}/v1/agents/ws",
                                        headers={"Authorization": f"Bearer {lim}"}) as limited:
-                await _frame(limited, "hello")
-                refused = await _request(limited, {"type": "close", "conversation_id": cid}, "c3")
+                await next_frame(limited, "hello")
+                refused = await request(limited, {"type": "close", "conversation_id": cid}, "c3")
                 assert not refused["ok"] and refused["reason"] == "forbidden: that shop is not permitted to your account"
             st, view = await asker.call("GET", f"/v1/conversations/{cid}", admin)
             assert st == 200 and view["agent_id"] == other, view  # nothing refused moved it

@@ -10,49 +10,24 @@ import os
 import random
 import signal
 import time
-import zlib
 from collections import Counter
 
 import aiohttp
 import psycopg
 import pytest
 
+from router.redis.keys import shard_of
 from tests.conftest import run_fenliu
-from tests.pg.support import PG_PASSWORD, Platform, add_accounts, write_pg_config
-from tests.redis.support import Instances, owners, shared_redis, wait_for  # noqa: F401 - shared_redis: a fixture
+from tests.pg.support import PG_PASSWORD, add_accounts, next_frame, Platform, request, write_pg_config
+from tests.redis.support import Instances, owners, shared_redis, shops_per_shard, wait_for  # noqa: F401 - shared_redis: a fixture
 from tests.router.serve_support import SECRET_A, Client, message
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.slow]
 
 
-def _shops(shards: int) -> list[str]:
-    found: dict[int, str] = {}
-    i = 0
-    while len(found) < shards:
-        sid = f"shop-{i}"
-        found.setdefault(zlib.crc32(sid.encode()) % shards, sid)
-        i += 1
-    return [found[n] for n in range(shards)]
-
-
-async def _frame(ws: aiohttp.ClientWebSocketResponse, kind: str, timeout: float = 15.0, **match: object) -> dict:
-    async with asyncio.timeout(timeout):
-        while True:
-            msg = await ws.receive()
-            assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data)
-            frame = json.loads(msg.data)
-            if frame["type"] == kind and all(frame.get(k) == v for k, v in match.items()):
-                return frame
-
-
-async def _request(ws: aiohttp.ClientWebSocketResponse, frame: dict, ref: str) -> dict:
-    await ws.send_json({**frame, "ref": ref})
-    return await _frame(ws, "result", ref=ref)
-
-
 async def test_three_instances_show_one_workbench(tmp_path, shared_redis, pg_url):  # noqa: F811
     r, prefix = shared_redis
-    shops = _shops(3)
+    shops = shops_per_shard(3)
     platform = Platform()
     await platform.start()
     cfg = write_pg_config(tmp_path, prefix, pg_url, platform.url, shops=shops, agents=["x1", "x2"], shards=3, cap=5)
@@ -69,21 +44,21 @@ async def test_three_instances_show_one_workbench(tmp_path, shared_redis, pg_url
             agent = await ca.login("ops:x1", PG_PASSWORD)
             auth = {"Authorization": f"Bearer {agent}"}
             ws_b = await http.ws_connect(f"{b.replace('http', 'ws')}/v1/agents/ws", headers=auth)
-            await _frame(ws_b, "hello")
+            await next_frame(ws_b, "hello")
             shop = shops[0]
             first = message("m1", "buyer-1", shop, text="请问发货了吗", order={"order_id": "o-1", "status": "paid"})
             status, body = await ca.post_messages(shop, [first], secret=SECRET_A)
             assert status == 202, body
             cid = f"{shop}:buyer-1"
-            await _frame(ws_b, "assigned", conversation_id=cid)
-            assert (await _request(ws_b, {"type": "accept", "conversation_id": cid}, "acc"))["ok"]
+            await next_frame(ws_b, "assigned", conversation_id=cid)
+            assert (await request(ws_b, {"type": "accept", "conversation_id": cid}, "acc"))["ok"]
             ws_c = await http.ws_connect(f"{c.replace('http', 'ws')}/v1/agents/ws", headers=auth)  # the agent moves to C
-            hello = await _frame(ws_c, "hello")
+            hello = await next_frame(ws_c, "hello")
             (held,) = hello["conversations"]  # with its history, from PostgreSQL, wherever it is routed
             assert held["conversation_id"] == cid and [h["text"] for h in held["history"]] == ["请问发货了吗"]
-            note = await _request(ws_c, {"type": "note", "conversation_id": cid, "text": "老客户，优先处理", "tags": ["vip"]}, "n")
+            note = await request(ws_c, {"type": "note", "conversation_id": cid, "text": "老客户，优先处理", "tags": ["vip"]}, "n")
             assert note["ok"], note
-            reply = await _request(ws_c, {"type": "reply", "conversation_id": cid, "text": "今天下午发货"}, "r")
+            reply = await request(ws_c, {"type": "reply", "conversation_id": cid, "text": "今天下午发货"}, "r")
             assert reply["ok"], reply
             await wait_for(lambda: len(platform.deliveries) == 1, 10, "the reply delivered")
             status, body = await cb.post_messages(shop, [message("m2", "buyer-1", shop, text="好的谢谢")], secret=SECRET_A)
@@ -142,19 +117,19 @@ async def test_three_instances_show_one_workbench(tmp_path, shared_redis, pg_url
             # assigned frame x2 gets carries the reply x1 wrote through C
             x2 = await http.ws_connect(f"{a.replace('http', 'ws')}/v1/agents/ws",
                                        headers={"Authorization": f"Bearer {await ca.login('ops:x2', PG_PASSWORD)}"})
-            await _frame(x2, "hello")
+            await next_frame(x2, "hello")
             names = {}
             for client in (ca, cb, cc):
                 st, health = await client.call("GET", "/healthz")
                 names[health["instance"]] = client
-            router_of = names[owners(r, prefix, 3)[zlib.crc32(shop.encode()) % 3]]
+            router_of = names[owners(r, prefix, 3)[shard_of(shop, 3)]]
             for _ in range(50):  # until the routing instance has read x2's status from the control stream
                 st, moved = await router_of.call("POST", f"/v1/conversations/{cid}/transfer", admin, json={"to_agent": "x2"})
                 if st != 409:
                     break
                 await asyncio.sleep(0.1)
             assert st == 200, moved
-            frame = await _frame(x2, "assigned", conversation_id=cid)
+            frame = await next_frame(x2, "assigned", conversation_id=cid)
             assert [(h["who"], h["text"]) for h in frame["history"]] == [
                 ("buyer", "请问发货了吗"), ("agent", "今天下午发货"), ("buyer", "好的谢谢")], frame["history"]
             await x2.close()
@@ -221,7 +196,7 @@ class ReplyingAgent:
 
 async def test_sigkill_under_load_loses_nothing_and_counts_nothing_twice(tmp_path, shared_redis, pg_url):  # noqa: F811
     r, prefix = shared_redis
-    shops = _shops(SHARDS)
+    shops = shops_per_shard(SHARDS)
     platform = Platform()
     await platform.start()
     cfg = write_pg_config(tmp_path, prefix, pg_url, platform.url, shops=shops, agents=AGENTS, shards=SHARDS, cap=3)

@@ -16,8 +16,7 @@ from router.models import Decision
 from router.store import connect
 from router.writer import flat_rows, write_rows
 from tests.pg.support import PG_PASSWORD, Platform, add_accounts, write_pg_config
-from tests.pg.test_instances import _shops
-from tests.redis.support import Instances, accounts_db, owners, shared_redis, wait_for  # noqa: F401 - shared_redis: a fixture
+from tests.redis.support import Instances, accounts_db, owners, shared_redis, shops_per_shard, wait_for  # noqa: F401 - shared_redis: a fixture
 from tests.router.serve_support import ENV, ROOT, SECRET_A, Client, free_port, message, wait_healthy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.slow]
@@ -25,7 +24,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.slow]
 
 async def test_an_instance_started_later_answers_the_days_figures_at_once(tmp_path, shared_redis, pg_url):  # noqa: F811
     r, prefix = shared_redis
-    shops = _shops(2)
+    shops = shops_per_shard(2)
     platform = Platform()
     await platform.start()
     cfg = write_pg_config(tmp_path, prefix, pg_url, platform.url, shops=shops, agents=["x1"], shards=2, cap=5)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from router.redis.keys import shard_of
 from tests.router.serve_support import ENV, ROOT, free_port, wait_healthy
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -132,6 +133,17 @@ class Instances:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def shops_per_shard(shards: int) -> list[str]:
+    """One shop id per shard, in shard order: a test that needs every shard busy names these."""
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < shards:
+        sid = f"shop-{i}"
+        found.setdefault(shard_of(sid, shards), sid)
+        i += 1
+    return [found[n] for n in range(shards)]
 
 
 def owners(r: redis.Redis, prefix: str, shards: int) -> dict[int, str | None]:

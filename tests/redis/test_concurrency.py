@@ -4,7 +4,6 @@ shards are routed by different processes: exactly three are assigned, the rest q
 from __future__ import annotations
 
 import asyncio
-import zlib
 
 import aiohttp
 import pytest
@@ -17,6 +16,7 @@ from tests.redis.support import (
     decisions,
     owners,
     routed_shards,
+    shops_per_shard,
     wait_for,
     write_config,
 )
@@ -27,20 +27,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.slow]
 SHARDS = 3
 
 
-def _shops() -> list[str]:
-    """Three shop ids that hash to three different shards."""
-    found: dict[int, str] = {}
-    i = 0
-    while len(found) < SHARDS:
-        sid = f"shop-{i}"
-        found.setdefault(zlib.crc32(sid.encode()) % SHARDS, sid)
-        i += 1
-    return [found[n] for n in range(SHARDS)]
-
-
 async def test_one_agent_cap_three_across_instances(tmp_path, shared_redis):  # noqa: F811
     r, prefix = shared_redis
-    shops = _shops()
+    shops = shops_per_shard(SHARDS)
     cfg = write_config(tmp_path, prefix, shops={s: "FENLIU_TEST_SECRET_A" for s in shops},
                        agents=[{"id": "solo", "shops": ["*"], "cap": 3}], shards=SHARDS)
     nodes = Instances(cfg, tmp_path, 3, ["solo"])

@@ -10,12 +10,12 @@ import json
 import os
 import random
 import signal
-import zlib
 from collections import Counter
 
 import aiohttp
 import pytest
 
+from router.redis.keys import shard_of
 from tests.redis.support import (
     PASSWORD,
     Instances,
@@ -23,6 +23,7 @@ from tests.redis.support import (
     claim_log,
     decisions,
     owners,
+    shops_per_shard,
     wait_for,
     write_config,
 )
@@ -33,16 +34,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.slow]
 SHARDS = 6
 AGENTS = [f"x{i}" for i in range(6)]
 CAP = 3
-
-
-def _shops() -> list[str]:
-    found: dict[int, str] = {}
-    i = 0
-    while len(found) < SHARDS:
-        sid = f"shop-{i}"
-        found.setdefault(zlib.crc32(sid.encode()) % SHARDS, sid)
-        i += 1
-    return [found[n] for n in range(SHARDS)]
 
 
 class WsAgent:
@@ -95,7 +86,7 @@ class WsAgent:
 
 async def test_sigkill_one_of_three_loses_nothing_and_assigns_nothing_twice(tmp_path, shared_redis):  # noqa: F811
     r, prefix = shared_redis
-    shops = _shops()
+    shops = shops_per_shard(SHARDS)
     cfg = write_config(tmp_path, prefix, shops={s: "FENLIU_TEST_SECRET_A" for s in shops},
                        agents=[{"id": a, "shops": ["*"], "cap": CAP} for a in AGENTS], shards=SHARDS)
     nodes = Instances(cfg, tmp_path, 3, AGENTS)
@@ -109,7 +100,7 @@ async def test_sigkill_one_of_three_loses_nothing_and_assigns_nothing_twice(tmp_
                        and len(set(owners(r, prefix, SHARDS).values())) == 3, 20, "three instances to own shards")
         before_kill = owners(r, prefix, SHARDS)
         victim_id = before_kill[0]
-        victim_shops = {s for s in shops if before_kill[zlib.crc32(s.encode()) % SHARDS] == victim_id}
+        victim_shops = {s for s in shops if before_kill[shard_of(s, SHARDS)] == victim_id}
         async with aiohttp.ClientSession() as http:
             clients = [Client(u, http) for u in nodes.urls]
             stop_agents = asyncio.Event()
