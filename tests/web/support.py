@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from router.server import SIGNATURE_HEADER, sign
@@ -191,6 +192,15 @@ class Served:
                 pass
             time.sleep(0.1)
         raise AssertionError("fenliu serve did not become healthy")
+
+    def serving(self) -> Iterator[Served]:
+        """A fixture's body: ``yield from server.serving()`` starts it, hands it to the tests and
+        stops it after them, however they end."""
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

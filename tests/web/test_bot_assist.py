@@ -39,11 +39,7 @@ ANSWER = "小王，现货商品付款后48小时内发货~"
 def served(tmp_path_factory):
     server = Served(tmp_path_factory.mktemp("assist"), accept_timeout_s=600)
     (server.cfg / "faq" / "assist.toml").write_text(FAQ, encoding="utf-8")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from server.serving()
 
 
 @pytest.fixture(scope="module")

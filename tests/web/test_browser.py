@@ -23,11 +23,7 @@ expect.set_options(timeout=WAIT)
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     server = Served(tmp_path_factory.mktemp("workbench"), accept_timeout_s=600)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from server.serving()
 
 
 def _conversation(served, cid: str) -> dict:

@@ -48,11 +48,7 @@ THUMB = "data:image/png;base64," + base64.b64encode(png(56, 56, (60, 90, 160))).
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     server = Served(tmp_path_factory.mktemp("story"), accept_timeout_s=600)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from server.serving()
 
 
 @pytest.fixture(scope="module")

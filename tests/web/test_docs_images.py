@@ -63,11 +63,7 @@ BUYERS = [  # (buyer, nick, first message, extra fields)
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     server = Served(tmp_path_factory.mktemp("docs"), accept_timeout_s=600)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from server.serving()
 
 
 @pytest.fixture(scope="module")

@@ -124,11 +124,7 @@ async def firefox(firefox_path, tmp_path):
 @pytest.fixture
 def served(tmp_path):
     server = Served(tmp_path / "srv", accept_timeout_s=600)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from server.serving()
 
 
 async def test_workbench_works_in_firefox(firefox, served):

@@ -39,11 +39,7 @@ def served(tmp_path_factory):
     server = Served(tmp_path_factory.mktemp("polish"), accept_timeout_s=600)
     toml = server.cfg / "fenliu.toml"
     toml.write_text(toml.read_text(encoding="utf-8").replace("[defaults]\n", f"[defaults]\n{ALERTS}"), encoding="utf-8")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from server.serving()
 
 
 def _lead(served) -> str:

@@ -60,11 +60,7 @@ max_concurrent = 5
 timezone = "Asia/Shanghai"
 schedule = [{{ days = "mon-sun", start = "{start}", end = "{end}" }}]
 """)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from server.serving()
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +71,7 @@ def quiet(tmp_path_factory):
     text = re.sub(r"(?m)^(accept_timeout_s = .*)$", r"\1\nidle_close_s = 2\nbot_idle_close_s = 2", policy.read_text(encoding="utf-8"))
     assert "idle_close_s = 2" in text
     policy.write_text(text, encoding="utf-8")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from server.serving()
 
 
 def _lead(served) -> str:
