@@ -38,7 +38,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import save, show  # noqa: E402
+from bench.common import save, show, stop_processes  # noqa: E402
 from adapters.simulator import Traffic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,13 +202,7 @@ async def main() -> int:
                 if name not in best or rps > best[name][0]:
                     best[name] = (rps, statuses)
     finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs.values())
         journaled = 0
         db = tmp / "bench.db"
         if db.exists():
@@ -248,11 +242,7 @@ async def batch_main(args: argparse.Namespace) -> int:
         await wait_up(url, proc)
         rows = await batches(args, url)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_processes([proc], timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
     show(f"Batch ingest, fenliu serve, concurrency {args.concurrency}, {args.messages:,} messages per size and "
          f"round, {args.rounds} rounds", rows)

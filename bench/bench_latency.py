@@ -47,7 +47,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_ingest import SECRET, fenliu_config, free_port, wait_up  # noqa: E402
-from bench.common import save  # noqa: E402
+from bench.common import save, stop_processes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOPS = ["pdd-1001", "pdd-1002", "tb-2001"]
@@ -355,13 +355,7 @@ async def main() -> int:
                     print(line(row), flush=True)
     finally:
         await agents.stop()
-        for proc in (fenliu, bare):
-            proc.terminate()
-        for proc in (fenliu, bare):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes((fenliu, bare))
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nOpen-loop latency, ms from the scheduled send (max {max_rate:,.0f} requests/s closed-loop)")
     for row in rows:

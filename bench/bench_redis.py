@@ -45,7 +45,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import save, show
+from bench.common import save, show, stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret"
@@ -264,13 +264,7 @@ async def run(n_instances: int, args: argparse.Namespace, r: redis.Redis, redis_
                 "cmds/msg": sum(by_command.values()), "by command": by_command,
                 "cpu ms/msg": 1000 * (cpu1 - cpu0) / total, "redis cpu ms/msg": 1000 * (rcpu1 - rcpu0) / total}
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs, timeout=15)
         keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
         for i in range(0, len(keys), 500):
             r.unlink(*keys[i:i + 500])

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_ingest import SECRET, fenliu_config, free_port, wait_up  # noqa: E402
 from bench.bench_latency import BARE, SHOPS  # noqa: E402
-from bench.common import save, show  # noqa: E402
+from bench.common import save, show, stop_processes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -190,13 +190,7 @@ async def main() -> int:
                     notes.append(f"round {round_} {name}: {bad} non-2xx answers")
                 print(f"round {round_}: {name} {rps:,.0f} requests/s ({rps * args.batch:,.0f} messages/s)", flush=True)
     finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs.values())
         shutil.rmtree(tmp, ignore_errors=True)
 
     per_round = [f / b for f, b in zip(runs["fenliu serve"], runs["bare aiohttp"], strict=True)]

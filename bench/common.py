@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +65,16 @@ def cache_hit_rates() -> dict[str, float]:
 
     return {name: round(hits / (hits + misses), 3) for name, (hits, misses, _) in text_cache_stats().items()
             if hits + misses}
+
+
+def stop_processes(procs: Iterable[subprocess.Popen], timeout: float = 20.0) -> None:
+    """Ask every server to stop first, then wait for each (killing one that hangs): stopping them
+    one after another would make the total wait the sum of their shutdowns."""
+    procs = list(procs)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
