@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from router.i18n import _
-from router.models import AfterSale, LogisticsEvent, Message, Order
+from router.core.i18n import _
+from router.core.models import AfterSale, LogisticsEvent, Message, Order
 
 if TYPE_CHECKING:
-    from router.config import Shop
+    from router.core.config import Shop
 
 ENTRY_POINT_GROUP = "fenliu.adapters"
 
@@ -104,7 +104,7 @@ class WebhookResult(msgspec.Struct):
 
 
 class Adapter:
-    """Base class. ``service`` is the running :class:`router.service.Service` (or ``None`` in
+    """Base class. ``service`` is the running :class:`router.service.service.Service` (or ``None`` in
     tools); ``shop`` the shop's config."""
 
     name = ""

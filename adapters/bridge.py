@@ -17,8 +17,8 @@ import aiohttp
 import msgspec
 
 from adapters import Adapter, DeliveryError, OutboundReply, WebhookError, WebhookResult
-from router.i18n import _
-from router.ingest import decode_batch, explain, split_batch
+from router.core.i18n import _
+from router.core.ingest import decode_batch, explain, split_batch
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 
@@ -43,7 +43,7 @@ class BridgeAdapter(Adapter):
         self._http: aiohttp.ClientSession | None = None
 
     async def send(self, reply: OutboundReply) -> None:
-        from router.server import SIGNATURE_HEADER, sign
+        from router.service.server import SIGNATURE_HEADER, sign
 
         url = self.shop.callback_url
         if not url:
@@ -65,7 +65,7 @@ class BridgeAdapter(Adapter):
             raise DeliveryError(f"callback failed: {type(exc).__name__}: {exc}") from None
 
     def parse_webhook(self, headers: Any, body: bytes) -> WebhookResult:
-        from router.server import SIGNATURE_HEADER, check_signature
+        from router.service.server import SIGNATURE_HEADER, check_signature
 
         secret = self.shop.secret
         if secret is None:

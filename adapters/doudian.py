@@ -28,9 +28,9 @@ from typing import Annotated, Any
 import msgspec
 
 from adapters import Adapter, OrderContext, WebhookError, WebhookResult, platform_time
-from router.i18n import _
-from router.ingest import explain
-from router.models import AfterSale, LogisticsEvent, Order
+from router.core.i18n import _
+from router.core.ingest import explain
+from router.core.models import AfterSale, LogisticsEvent, Order
 
 
 class DoudianEvent(msgspec.Struct):

@@ -38,9 +38,9 @@ import msgspec
 import structlog
 
 from adapters import Adapter, OrderContext, WebhookError, WebhookResult, platform_time
-from router.i18n import _
-from router.ingest import explain
-from router.models import AfterSale, LogisticsEvent, Order
+from router.core.i18n import _
+from router.core.ingest import explain
+from router.core.models import AfterSale, LogisticsEvent, Order
 
 log = structlog.get_logger("fenliu.pinduoduo")
 
@@ -201,7 +201,7 @@ class PinduoduoAdapter(Adapter):
         return items, acks, errors
 
     def parse_webhook(self, headers: Any, body: bytes) -> WebhookResult:
-        from router.server import SIGNATURE_HEADER, check_signature
+        from router.service.server import SIGNATURE_HEADER, check_signature
 
         secret = self.shop.secret
         if secret is None:

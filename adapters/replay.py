@@ -17,8 +17,8 @@ from typing import Any
 import msgspec
 
 from adapters import Adapter
-from router.ingest import read_lines
-from router.models import Message
+from router.core.ingest import read_lines
+from router.core.models import Message
 
 
 class ReplayAdapter(Adapter):
@@ -44,7 +44,7 @@ async def replay(url: str, messages: Iterable[Message], secrets: dict[str, bytes
     ``pace`` > 0 sleeps the recorded gap between messages divided by ``pace``."""
     import aiohttp
 
-    from router.server import SIGNATURE_HEADER, sign
+    from router.service.server import SIGNATURE_HEADER, sign
 
     counts: dict[str, int] = {}
     last_ts: float | None = None
@@ -75,7 +75,7 @@ async def replay(url: str, messages: Iterable[Message], secrets: dict[str, bytes
 
 
 def main(argv: list[str] | None = None) -> int:
-    from router.config import ConfigErrors, load_config
+    from router.core.config import ConfigErrors, load_config
 
     p = argparse.ArgumentParser(prog="python -m adapters.replay", description=__doc__.split("\n\n")[0])
     p.add_argument("file", help="JSONL file, or - for standard input")

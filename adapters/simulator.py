@@ -27,10 +27,10 @@ import msgspec
 import structlog
 
 from adapters import Adapter, OutboundReply
-from router.models import AcceptEvent, CloseEvent, WsAssigned, WsMessage
+from router.core.models import AcceptEvent, CloseEvent, WsAssigned, WsMessage
 
 if TYPE_CHECKING:
-    from router.service import Service
+    from router.service.service import Service
 
 log = structlog.get_logger("fenliu.simulator")
 
@@ -258,7 +258,7 @@ class Simulation:
     async def _buyers(self) -> None:
         import aiohttp
 
-        from router.server import SIGNATURE_HEADER, sign
+        from router.service.server import SIGNATURE_HEADER, sign
 
         traffic = Traffic(sorted(self.service.config.shops), self.buyers, self.seed)
         t0 = time.monotonic()

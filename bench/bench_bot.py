@@ -82,9 +82,9 @@ async def suggestion_latency(texts: list[str], n: int = 300) -> dict[str, float]
 
     import aiohttp
 
-    from router.config import load_config
-    from router.logging import configure_logging
-    from router.server import DEMO_PASSWORD, DEMO_SECRET, SIGNATURE_HEADER, Server, ensure_demo, sign
+    from router.core.config import load_config
+    from router.core.logging import configure_logging
+    from router.service.server import DEMO_PASSWORD, DEMO_SECRET, SIGNATURE_HEADER, Server, ensure_demo, sign
 
     configure_logging("warning")
     config = load_config(ROOT / "config")

@@ -132,7 +132,7 @@ def ceiling(lines: list[bytes], agents: int, cap: int = 5) -> tuple[float, int]:
 
 
 def main() -> int:
-    from router.logging import configure_logging
+    from router.core.logging import configure_logging
 
     # as the CLI configures it (so hot paths skip their debug lines), quieter
     configure_logging("warning")
@@ -144,9 +144,9 @@ def main() -> int:
                         help="route without the exact-text caches (the workload repeats six texts)")
     args = parser.parse_args()
     if args.no_text_cache:
-        import router.plugins
+        import router.core.plugins
 
-        router.plugins.TEXT_CACHE_MAX_CHARS = -1  # read when a configuration builds its caches
+        router.core.plugins.TEXT_CACHE_MAX_CHARS = -1  # read when a configuration builds its caches
     lines = workload(args.messages)
     configs = {mode: load(args.agents, mode) for mode in MODES}
     per_round: dict[str, list[float]] = {m: [] for m in MODES}

@@ -1,4 +1,4 @@
-"""Idempotent ingest's id memory (``router.dedupe.SeenIds``) once its window is full: the cost of
+"""Idempotent ingest's id memory (``router.core.dedupe.SeenIds``) once its window is full: the cost of
 a new id must not grow with the window. Beside it, the dict popped from the front that it
 replaced: ``next(iter(d))`` skips every slot deleted since the dict's last resize, so its cost
 grows with the window and with the time since that resize (measured here: 43 µs an id averaged
@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import save, show  # noqa: E402
-from router.dedupe import SeenIds  # noqa: E402
+from router.core.dedupe import SeenIds  # noqa: E402
 
 
 def per_id(window: int, n: int, keep_evicted: bool) -> float:

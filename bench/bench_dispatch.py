@@ -25,9 +25,9 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import demo_rules, save, show  # noqa: E402
-from router.config import load_config  # noqa: E402
-from router.pipeline import Router  # noqa: E402
-from router.route import route_lines  # noqa: E402
+from router.core.config import load_config  # noqa: E402
+from router.core.pipeline import Router  # noqa: E402
+from router.tools.route import route_lines  # noqa: E402
 
 SHOPS = 10
 SKILLS = ("presale", "aftersale", "logistics")
@@ -121,7 +121,7 @@ def run(agents: int, lines: list[bytes], plugins: str) -> dict[str, object]:
 
 
 def main() -> None:
-    from router.logging import configure_logging
+    from router.core.logging import configure_logging
 
     # as the CLI configures it (so hot paths skip their debug lines), quieter
     configure_logging("warning")

@@ -57,7 +57,7 @@ BARE = """
 import hashlib, hmac, sys
 import msgspec
 from aiohttp import web
-from router.models import Message
+from router.core.models import Message
 
 SECRET = sys.argv[2].encode()
 decode = msgspec.json.Decoder(Message).decode
@@ -270,9 +270,9 @@ async def generate(url: str, *, rate: float, seconds: float, prefix: str, seed: 
 
 def bench_config(tmp: Path) -> Path:
     """The demo config, open at any hour, and an agent account per agent in its store."""
-    from router import accounts as acct
-    from router.config import load_config
-    from router.store import Store
+    from router.storage import accounts as acct
+    from router.core.config import load_config
+    from router.storage.store import Store
 
     cfg = fenliu_config(tmp)
     for name, key in (("shops.toml", "business_hours"), ("agents.toml", "schedule")):
@@ -306,7 +306,7 @@ async def main() -> int:
     for var in ("FENLIU_SECRET_PDD_1001", "FENLIU_SECRET_PDD_1002", "FENLIU_SECRET_TB_2001"):
         env[var] = SECRET.decode()
     cfg = bench_config(tmp)
-    from router.config import load_config
+    from router.core.config import load_config
 
     agent_ids = sorted(load_config(cfg).agents)
     fport, bport = free_port(), free_port()

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import save, show  # noqa: E402
 from plugins.sensitive import SensitiveConfig, WordList, normaliser  # noqa: E402
-from router.config import read_word_list  # noqa: E402
+from router.core.config import read_word_list  # noqa: E402
 
 SENTENCES = [
     "亲，您好！请问有什么可以帮您？", "这款羽绒服是今年的新款，含绒量90%，保暖效果很不错哦。",

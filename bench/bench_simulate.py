@@ -34,9 +34,9 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import cache_hit_rates, demo_rules, save, show  # noqa: E402
-from router.config import load_config  # noqa: E402
-from router.scenario import load_scenario  # noqa: E402
-from router.simulate import Simulation, build_traffic, encode_results  # noqa: E402
+from router.core.config import load_config  # noqa: E402
+from router.tools.scenario import load_scenario  # noqa: E402
+from router.tools.simulate import Simulation, build_traffic, encode_results  # noqa: E402
 
 SHOPS = 100
 AGENTS = 300
@@ -134,7 +134,7 @@ def run(plugins: bool, per_shop: int, profile: bool, repeat: int = 3) -> dict[st
 
 
 def main() -> int:
-    from router.logging import configure_logging
+    from router.core.logging import configure_logging
 
     # as the CLI configures it (so hot paths skip their debug lines), quieter
     configure_logging("warning")
@@ -147,9 +147,9 @@ def main() -> int:
                         help="route without the exact-text caches (scenario texts come from a few dozen templates)")
     args = parser.parse_args()
     if args.no_text_cache:
-        import router.plugins
+        import router.core.plugins
 
-        router.plugins.TEXT_CACHE_MAX_CHARS = -1  # read when a configuration builds its caches
+        router.core.plugins.TEXT_CACHE_MAX_CHARS = -1  # read when a configuration builds its caches
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.plugins]
     rows = [run(p, args.conversations, args.profile, max(1, args.repeat)) for p in modes]
     cols = ("plugins", "messages", "cpu_s", "messages_per_s", "messages_per_s_median", "steps_per_s")

@@ -1,1 +1,1 @@
-"""Built-in plugins: each module is a pluggy plugin listed in ``router.plugins.BUILTIN_PLUGINS``."""
+"""Built-in plugins: each module is a pluggy plugin listed in ``router.core.plugins.BUILTIN_PLUGINS``."""

@@ -36,15 +36,15 @@ import structlog
 
 from plugins.bot_match import Match, Matcher, Thresholds, Vocabulary, build_vocabulary
 from plugins.skills import KeywordIndex
-from router.config import ConfigError, Platform, _error_from_validation, _read_toml
-from router.hookspecs import hookimpl
-from router.logging import debug_enabled
-from router.models import BotReply, Buyer, Message, Order
-from router.plugins import text_cache
+from router.core.config import ConfigError, Platform, _error_from_validation, _read_toml
+from router.core.hookspecs import hookimpl
+from router.core.logging import debug_enabled
+from router.core.models import BotReply, Buyer, Message, Order
+from router.core.plugins import text_cache
 
 if TYPE_CHECKING:
-    from router.config import Config, Shop
-    from router.context import HookContext
+    from router.core.config import Config, Shop
+    from router.core.context import HookContext
 
 log = structlog.get_logger("fenliu.bot")
 

@@ -35,7 +35,7 @@ from typing import Literal
 
 import msgspec
 
-from router.plugins import text_cache
+from router.core.plugins import text_cache
 
 #: Synonym groups shipped by default; the first word of a group is what the others become.
 DEFAULT_SYNONYMS: tuple[tuple[str, ...], ...] = (
@@ -176,7 +176,7 @@ def normalise(text: str) -> str:
 def load_synonyms(config_dir: Path) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]:
     """The synonym groups and caution words of a configuration: the shipped defaults (unless
     ``use_defaults = false``) plus ``config_dir/synonyms.toml``. Raises ``ConfigError``."""
-    from router.config import ConfigError, _error_from_validation, _read_toml
+    from router.core.config import ConfigError, _error_from_validation, _read_toml
 
     path = config_dir / "synonyms.toml"
     data = SynonymsFile()

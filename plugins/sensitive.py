@@ -48,15 +48,15 @@ import ahocorasick_rs
 import msgspec
 import structlog
 
-from router.config import ConfigError, read_word_list
-from router.hookspecs import hookimpl
-from router.models import FilterVerdict, Hit
-from router.plugins import text_cache
+from router.core.config import ConfigError, read_word_list
+from router.core.hookspecs import hookimpl
+from router.core.models import FilterVerdict, Hit
+from router.core.plugins import text_cache
 
 if TYPE_CHECKING:
-    from router.config import Config
-    from router.context import HookContext
-    from router.models import Message, Reply
+    from router.core.config import Config
+    from router.core.context import HookContext
+    from router.core.models import Message, Reply
 
 try:
     from plugins._fold import Folder
@@ -1163,7 +1163,7 @@ def check_text(section: SensitiveConfig | SensitiveFilter, text: str,
     """Check ``text`` without a router: the hits that would block or mask it in ``direction``.
 
     ``section`` is a compiled filter, or a policy's ``[sensitive]`` section as loaded by
-    ``router.config.load_config`` (``config.policy_for(shop_id).sensitive``).
+    ``router.core.config.load_config`` (``config.policy_for(shop_id).sensitive``).
     """
     f = section.filter if isinstance(section, SensitiveConfig) else section
     return f.check(text, direction)

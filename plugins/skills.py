@@ -21,16 +21,16 @@ import ahocorasick_rs
 import msgspec
 import structlog
 
-from router.config import ConfigError, Platform
-from router.hookspecs import hookimpl
-from router.logging import debug_enabled
-from router.models import Kind
-from router.plugins import text_cache
+from router.core.config import ConfigError, Platform
+from router.core.hookspecs import hookimpl
+from router.core.logging import debug_enabled
+from router.core.models import Kind
+from router.core.plugins import text_cache
 
 if TYPE_CHECKING:
-    from router.config import Config
-    from router.context import HookContext
-    from router.models import Message
+    from router.core.config import Config
+    from router.core.context import HookContext
+    from router.core.models import Message
 
 log = structlog.get_logger("fenliu.skills")
 

@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Annotated
 import msgspec
 
 from plugins.skills import KeywordIndex
-from router.config import ConfigError
-from router.hookspecs import hookimpl
-from router.plugins import text_cache
+from router.core.config import ConfigError
+from router.core.hookspecs import hookimpl
+from router.core.plugins import text_cache
 
 if TYPE_CHECKING:
-    from router.config import Config
-    from router.context import HookContext
-    from router.models import Buyer, Message
+    from router.core.config import Config
+    from router.core.context import HookContext
+    from router.core.models import Buyer, Message
 
 
 class Threshold(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

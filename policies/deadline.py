@@ -35,8 +35,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from router.config import Platform
-from router.hookspecs import hookimpl
+from router.core.config import Platform
+from router.core.hookspecs import hookimpl
 
 
 class PlatformDeadline(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -47,7 +47,7 @@ class PlatformDeadline(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
     reply_window: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
-        from router.schedule import _parse_hhmm
+        from router.core.schedule import _parse_hhmm
 
         for value in self.reply_window or ():
             try:

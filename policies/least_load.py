@@ -5,8 +5,8 @@ several instances on one Redis, across all instances (``load + shared_load``).""
 from __future__ import annotations
 
 from policies import Strategy
-from router.hookspecs import hookimpl
-from router.models import AgentState
+from router.core.hookspecs import hookimpl
+from router.core.models import AgentState
 
 
 class LeastLoad(Strategy):

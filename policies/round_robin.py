@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from policies import Strategy
-from router.hookspecs import hookimpl
-from router.models import AgentState
+from router.core.hookspecs import hookimpl
+from router.core.models import AgentState
 
 
 class RoundRobin(Strategy):

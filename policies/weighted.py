@@ -8,8 +8,8 @@ smallest goes next, so over any run the shares track the weights within one assi
 from __future__ import annotations
 
 from policies import Strategy
-from router.hookspecs import hookimpl
-from router.models import AgentState
+from router.core.hookspecs import hookimpl
+from router.core.models import AgentState
 
 
 class Weighted(Strategy):

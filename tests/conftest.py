@@ -1,4 +1,4 @@
-"""Shared fixtures. The ``fenliu_*`` fixtures come from ``router.testing`` (our pytest plugin)."""
+"""Shared fixtures. The ``fenliu_*`` fixtures come from ``router.tools.testing`` (our pytest plugin)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from router import hookspecs
+from router.core import hookspecs
 from tests.conftest import ROOT
 
 PLUGINS_MD = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")

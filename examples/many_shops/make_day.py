@@ -27,8 +27,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from router.config import load_config  # noqa: E402
-from router.scenario import generate, load_scenario, write_jsonl  # noqa: E402
+from router.core.config import load_config  # noqa: E402
+from router.tools.scenario import generate, load_scenario, write_jsonl  # noqa: E402
 
 EXTRA_SHOPS = 17
 

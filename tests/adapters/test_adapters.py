@@ -17,8 +17,8 @@ from adapters.doudian import event_sign
 from adapters.pinduoduo import PinduoduoAdapter, PmcClient
 from adapters.replay import read_messages, replay
 from adapters.simulator import Traffic, rate_at
-from router.models import Message
-from router.server import SIGNATURE_HEADER, check_signature, sign
+from router.core.models import Message
+from router.service.server import SIGNATURE_HEADER, check_signature, sign
 from tests.conftest import DATA
 from tests.router.serve_support import (
     ENV,

@@ -12,8 +12,8 @@ import msgspec
 import pytest
 
 from adapters.simulator import Simulation, SimulatorAdapter
-from router.config import load_config
-from router.server import Server, ensure_demo
+from router.core.config import load_config
+from router.service.server import Server, ensure_demo
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -38,7 +38,7 @@ async def test_the_demo_holds_a_steady_state(tmp_path, demo_config, monkeypatch)
         d.idle_close_s = d.idle_close_s / SPEED if d.idle_close_s else None
         d.bot_idle_close_s = d.bot_idle_close_s / SPEED if d.bot_idle_close_s else None
         d.accept_timeout_s = d.accept_timeout_s / SPEED
-    monkeypatch.setattr("router.lifecycle.SWEEP_S", 5.0 / SPEED)
+    monkeypatch.setattr("router.service.lifecycle.SWEEP_S", 5.0 / SPEED)
     server = await Server.start(config, port=0, simulate=True, store_path=store)
     sim = Simulation(server.service, server.url, rate=2.0, seed=11, speed=SPEED)
     d = server.service.router.dispatcher

@@ -12,9 +12,9 @@ import msgspec
 import pytest
 
 from adapters import OrderContext
-from router.models import AfterSale, Order
-from router.pg.records import PgRecords
-from router.redis.keys import shard_of
+from router.core.models import AfterSale, Order
+from router.storage.pg.records import PgRecords
+from router.storage.redis.keys import shard_of
 from tests.conftest import run_fenliu
 from tests.pg.support import PG_PASSWORD, add_accounts, next_frame, Platform, request, write_pg_config
 from tests.redis.support import Instances, owners, shared_redis, shops_per_shard, wait_for  # noqa: F401 - shared_redis: a fixture

@@ -16,7 +16,7 @@ import aiohttp
 import psycopg
 import pytest
 
-from router.redis.keys import shard_of
+from router.storage.redis.keys import shard_of
 from tests.conftest import run_fenliu
 from tests.pg.support import PG_PASSWORD, add_accounts, next_frame, Platform, request, write_pg_config
 from tests.redis.support import Instances, owners, shared_redis, shops_per_shard, wait_for  # noqa: F401 - shared_redis: a fixture

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router import accounts as acct
-from router.models import Decision, Message
-from router.pg.compat import SyncStore
-from router.pg.records import CLAIM_S, PgRecords
+from router.storage import accounts as acct
+from router.core.models import Decision, Message
+from router.storage.pg.compat import SyncStore
+from router.storage.pg.records import CLAIM_S, PgRecords
 
 pytestmark = pytest.mark.anyio
 
@@ -68,7 +68,7 @@ async def test_outbox_rows_are_claimed_by_one_instance_each(pg_url: str) -> None
 def _message(i: int) -> tuple:
     msg = Message(msg_id=f"m{i}", shop_id="s1", buyer_id="b1", text=f"hello {i}", ts=100.0 + i)
     d = Decision(f"m{i}", "s1", "s1:b1", "queued", cause="message")
-    from router.service import _encode
+    from router.service.service import _encode
 
     return ("message", f"3:{i}-0", 100.0 + i, "s1", f"m{i}", "s1:b1", _encode(msg), [d])
 
@@ -78,7 +78,7 @@ async def test_histories_of_a_shard_equal_each_conversations_without_what_is_rou
     conversation shows, less the inputs it routes again itself (the old owner's pending entries)."""
     (r,) = await _records(pg_url, 1)
     try:
-        from router.service import _encode
+        from router.service.service import _encode
 
         other = ("message", "m:s2:x", 150.0, "s2", "x", "s2:b9", _encode(Message(msg_id="x", shop_id="s2", buyer_id="b9",
                  text="elsewhere", ts=150.0)), [Decision("x", "s2", "s2:b9", "queued", cause="message")])
@@ -132,12 +132,12 @@ async def test_notes_through_two_instances_at_once_are_both_kept(pg_url: str) ->
 
 
 async def test_buyer_story_is_the_same_as_sqlite_keeps_it(pg_url: str, tmp_path) -> None:
-    """Pushes recorded through PostgreSQL read back as router/story.py reads them from SQLite:
+    """Pushes recorded through PostgreSQL read back as router/service/story.py reads them from SQLite:
     orders merged, a repeated scan once, after-sale requests merged and closed ones left out."""
     from adapters import OrderContext
-    from router import story
-    from router.models import AfterSale, LogisticsEvent, Order
-    from router.store import Store
+    from router.service import story
+    from router.core.models import AfterSale, LogisticsEvent, Order
+    from router.storage.store import Store
 
     pushes = [
         [OrderContext("s1", Order("o1", "paid", 99.0, goods="羽绒服"), "b1")],
@@ -189,8 +189,8 @@ async def test_prune_keeps_what_retention_and_delivery_require(pg_url: str) -> N
 
 
 async def test_reads_answer_503_when_the_database_is_gone(pg_url: str) -> None:
-    from router.access import HTTPError
-    from router.config import Config
+    from router.service.access import HTTPError
+    from router.core.config import Config
     from tests.pg.conftest import _admin
 
     (r,) = await _records(pg_url, 1)

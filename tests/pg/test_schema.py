@@ -11,7 +11,7 @@ import threading
 
 import psycopg
 
-from router.pg import schema
+from router.storage.pg import schema
 from tests.conftest import ROOT, run_fenliu
 
 

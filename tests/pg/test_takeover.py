@@ -10,7 +10,7 @@ import signal
 import aiohttp
 import pytest
 
-from router.redis.keys import shard_of
+from router.storage.redis.keys import shard_of
 from tests.pg.support import PG_PASSWORD, add_accounts, next_frame, Platform, request, write_pg_config
 from tests.redis.support import Instances, owners, shared_redis, shops_per_shard, wait_for  # noqa: F401 - shared_redis: a fixture
 from tests.router.serve_support import SECRET_A, Client, message

@@ -12,9 +12,9 @@ import aiohttp
 import psycopg
 import pytest
 
-from router.models import Decision
-from router.store import connect
-from router.writer import flat_rows, write_rows
+from router.core.models import Decision
+from router.storage.store import connect
+from router.storage.writer import flat_rows, write_rows
 from tests.pg.support import PG_PASSWORD, Platform, add_accounts, write_pg_config
 from tests.redis.support import Instances, accounts_db, owners, shared_redis, shops_per_shard, wait_for  # noqa: F401 - shared_redis: a fixture
 from tests.router.serve_support import ENV, ROOT, SECRET_A, Client, free_port, message, wait_healthy

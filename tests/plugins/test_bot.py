@@ -13,9 +13,9 @@ import msgspec
 import pytest
 
 from plugins import bot
-from router.config import ConfigErrors, load_config
-from router.models import Buyer, Message, Order
-from router.testing import Harness
+from router.core.config import ConfigErrors, load_config
+from router.core.models import Buyer, Message, Order
+from router.tools.testing import Harness
 from tests.conftest import DATA, ROOT, T0, run_fenliu
 
 pytestmark = pytest.mark.anyio

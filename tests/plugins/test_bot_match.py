@@ -17,8 +17,8 @@ import msgspec
 import pytest
 
 from plugins import bot, bot_match
-from router.config import ConfigErrors, load_config
-from router.testing import Harness
+from router.core.config import ConfigErrors, load_config
+from router.tools.testing import Harness
 from tests.conftest import DATA, ROOT, T0, run_fenliu
 
 pytestmark = pytest.mark.anyio
@@ -178,7 +178,7 @@ async def test_plausible_match_is_a_suggestion_only(fenliu_harness):
 
 
 def test_workbench_suggestions_are_filled(demo_loaded):
-    from router.models import Buyer, Message, Order
+    from router.core.models import Buyer, Message, Order
 
     msg = Message(shop_id="pdd-1001", msg_id="m", buyer_id="b", buyer=Buyer(nick="小王"),
                   order=Order(order_id="240101-88", goods="羽绒服"), text="我的包裹现在在什么位置")

@@ -7,8 +7,8 @@ import tomllib
 
 import msgspec
 
-from router.models import Decision, Message
-from router.store import connect
+from router.core.models import Decision, Message
+from router.storage.store import connect
 from tests.conftest import ROOT, T0, run_fenliu
 
 

@@ -25,9 +25,9 @@ from plugins.sensitive import (
     normalise,
     normaliser,
 )
-from router.config import ConfigErrors, load_config
-from router.models import Hit
-from router.plugins import clear_text_caches
+from router.core.config import ConfigErrors, load_config
+from router.core.models import Hit
+from router.core.plugins import clear_text_caches
 from tests.conftest import DATA, ROOT, T0, run_fenliu
 
 DEMO = ROOT / "config"

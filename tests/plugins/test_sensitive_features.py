@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from plugins import sensitive
 from plugins.sensitive import DEFAULT_PATTERNS, Pattern, SensitiveConfig, WordList, parse_entry
-from router.config import ConfigErrors, load_config
+from router.core.config import ConfigErrors, load_config
 from tests.conftest import DATA, run_fenliu
 from tests.plugins.test_sensitive import DEMO, _replace_sensitive, fold_path  # noqa: F401 - both paths
 

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from plugins.skills import KeywordIndex, SkillsConfig
-from router.config import ConfigErrors, load_config
+from router.core.config import ConfigErrors, load_config
 from tests.conftest import T0, run_fenliu
 
 pytestmark = pytest.mark.anyio

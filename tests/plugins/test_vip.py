@@ -8,8 +8,8 @@ import msgspec
 import pytest
 
 from plugins.vip import VipConfig, is_vip, score
-from router.config import ConfigErrors, load_config
-from router.models import Buyer, Message, Order
+from router.core.config import ConfigErrors, load_config
+from router.core.models import Buyer, Message, Order
 from tests.conftest import T0, run_fenliu
 
 pytestmark = pytest.mark.anyio

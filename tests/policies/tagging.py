@@ -6,7 +6,7 @@ the dispatch tests do not depend on the built-in classifier's rules.
 
 import re
 
-from router.hookspecs import hookimpl
+from router.core.hookspecs import hookimpl
 
 _SKILL = re.compile(r"^\[(\w+)\]")
 _PRIO = re.compile(r"!(\d+)")

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.config import ConfigErrors, load_config
-from router.models import CloseEvent, Message, TickEvent
-from router.pipeline import Router
+from router.core.config import ConfigErrors, load_config
+from router.core.models import CloseEvent, Message, TickEvent
+from router.core.pipeline import Router
 from tests.conftest import T0
 from tests.policies.conftest import ONE_SHOP, agents_toml, ev, msg, policy, write_config
 

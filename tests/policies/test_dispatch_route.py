@@ -312,8 +312,8 @@ def test_queued_conversation_that_changes_skill_is_assigned_when_that_group_has_
 
 @pytest.mark.anyio
 async def test_skill_switch_notifies_observers_only_when_the_agent_changes(tmp_path):
-    from router.hookspecs import hookimpl
-    from router.testing import Harness
+    from router.core.hookspecs import hookimpl
+    from router.tools.testing import Harness
 
     seen = []
 

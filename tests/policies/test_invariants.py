@@ -13,10 +13,10 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.config import load_config
-from router.dispatch import DispatchError
-from router.models import AgentStatusEvent, CloseEvent, Message, TickEvent, TransferEvent
-from router.pipeline import InputError, Router
+from router.core.config import load_config
+from router.core.dispatch import DispatchError
+from router.core.models import AgentStatusEvent, CloseEvent, Message, TickEvent, TransferEvent
+from router.core.pipeline import InputError, Router
 from tests.conftest import T0
 from tests.policies.conftest import agents_toml, policy, write_config
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import anyio
 
-from router.config import load_config
-from router.models import AcceptEvent, CloseEvent, Message
-from router.pipeline import Router
+from router.core.config import load_config
+from router.core.models import AcceptEvent, CloseEvent, Message
+from router.core.pipeline import Router
 from tests.conftest import T0
 from tests.policies.conftest import ONE_SHOP, agents_toml, policy, write_config
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from router.redis.keys import shard_of
+from router.storage.redis.keys import shard_of
 from tests.router.serve_support import ENV, ROOT, free_port, wait_healthy
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -213,8 +213,8 @@ def accounts_db(db: Path, agents: list[str]) -> None:
     import sqlite3
     import tempfile
 
-    from router import accounts as acct
-    from router.store import Store
+    from router.storage import accounts as acct
+    from router.storage.store import Store
 
     key = ",".join(agents)
     found = [t for t in _TEMPLATE if t.name == f"{abs(hash(key))}.db"]

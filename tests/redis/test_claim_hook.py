@@ -13,9 +13,9 @@ import anyio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.dispatch import DispatchError
-from router.models import AgentStatusEvent, CloseEvent, Message, TickEvent, TransferEvent
-from router.pipeline import InputError, Router
+from router.core.dispatch import DispatchError
+from router.core.models import AgentStatusEvent, CloseEvent, Message, TickEvent, TransferEvent
+from router.core.pipeline import InputError, Router
 from tests.conftest import T0
 from tests.policies.test_invariants import SKILLS, agent_st, build, op_st
 

@@ -15,7 +15,7 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from router.redis.keys import shard_of
+from router.storage.redis.keys import shard_of
 from tests.redis.support import (
     PASSWORD,
     Instances,

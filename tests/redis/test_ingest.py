@@ -53,7 +53,7 @@ def test_a_batch_of_thousands_is_one_entry_and_deduped_whole(shared_redis):  # n
     """Past Lua's unpack limit (a few thousand arguments): ``ingest.lua`` works in chunks."""
     import msgspec
 
-    from router.redis.keys import lua
+    from router.storage.redis.keys import lua
 
     r, prefix = shared_redis
     ids = [f"m-{i}" for i in range(5000)]

@@ -13,8 +13,8 @@ import aiohttp
 import msgspec
 import pytest
 
-from router.models import Conversation
-from router.server import SIGNATURE_HEADER, sign
+from router.core.models import Conversation
+from router.service.server import SIGNATURE_HEADER, sign
 from tests.redis.support import (
     Instances,
     check_claim_log,

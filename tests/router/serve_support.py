@@ -16,13 +16,13 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from router import accounts as acct
-from router.config import FenliuFile, load_config
-from router.hookspecs import hookimpl
-from router.models import FilterVerdict, Hit
-from router.plugins import PluginSet
-from router.server import SIGNATURE_HEADER, Server, sign
-from router.store import Store
+from router.storage import accounts as acct
+from router.core.config import FenliuFile, load_config
+from router.core.hookspecs import hookimpl
+from router.core.models import FilterVerdict, Hit
+from router.core.plugins import PluginSet
+from router.service.server import SIGNATURE_HEADER, Server, sign
+from router.storage.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_A = "secret-shop-a"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from router import accounts as acct
-from router.access import BOOK
-from router.store import Store
+from router.storage import accounts as acct
+from router.service.access import BOOK
+from router.storage.store import Store
 from tests.router.serve_support import ENV, Client, start_server, write_config
 
 pytestmark = pytest.mark.anyio
@@ -87,9 +87,9 @@ def test_cli_agent_accounts_stay_within_their_agents_shops(tmp_path, fenliu):
 
 
 def test_demo_agent_accounts_see_only_their_agents_shops(tmp_path, demo_config):
-    from router.access import agent_shops
-    from router.config import load_config
-    from router.server import ensure_demo
+    from router.service.access import agent_shops
+    from router.core.config import load_config
+    from router.service.server import ensure_demo
 
     config = load_config(demo_config)
     ensure_demo(config, str(tmp_path / "demo.db"))

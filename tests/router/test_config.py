@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.config import ConfigErrors, load_config
+from router.core.config import ConfigErrors, load_config
 
 LINE = re.compile(r"^\S+\.toml: [\w.\[\]\-]+: .+$|^\S+\.toml: .+$")
 ROOT_CONFIG = Path(__file__).resolve().parents[2] / "config"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.dedupe import SeenIds
+from router.core.dedupe import SeenIds
 
 
 def test_the_window_is_exact_and_evicted_ids_are_maybe():

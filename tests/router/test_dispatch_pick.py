@@ -14,8 +14,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.config import load_config
-from router.dispatch import Dispatcher
+from router.core.config import load_config
+from router.core.dispatch import Dispatcher
 from tests.conftest import T0
 from tests.policies.conftest import agents_toml, write_config
 

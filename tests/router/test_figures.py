@@ -1,6 +1,6 @@
 """One recorded day through the real service, figures computed by hand: the dashboard
 (``GET /v1/dashboard`` and the supervisors' feed), the workbench's ``GET /v1/today``, ``fenliu
-stats`` and ``GET /v1/stats`` all return exactly them (router/figures.py is their one
+stats`` and ``GET /v1/stats`` all return exactly them (router/storage/figures.py is their one
 implementation). The service's clock is a stand-in moved by the test, so a 3-minute window can
 lapse without waiting; everything else is real (SQLite, the journal writer, aiohttp on loopback).
 """
@@ -16,8 +16,8 @@ import aiohttp
 import msgspec
 import pytest
 
-import router.service
-from router.server import SIGNATURE_HEADER, sign
+import router.service.service
+from router.service.server import SIGNATURE_HEADER, sign
 from tests.router.serve_support import ENV, SECRET_A, SECRET_B, Agent, Client, add_accounts, message, start_server, write_config
 
 pytestmark = pytest.mark.anyio
@@ -30,7 +30,7 @@ T0 = datetime(_tomorrow.year, _tomorrow.month, _tomorrow.day, 9, 0, tzinfo=TZ).t
 
 
 class Clock:
-    """Stands in for the ``time`` module inside router/service.py: ``time()`` is the test's."""
+    """Stands in for the ``time`` module inside router/service/service.py: ``time()`` is the test's."""
 
     def __init__(self) -> None:
         self.now = T0
@@ -45,7 +45,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch):
     c = Clock()
-    monkeypatch.setattr(router.service, "time", c)
+    monkeypatch.setattr(router.service.service, "time", c)
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)
     return c

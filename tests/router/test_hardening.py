@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.doudian import event_sign
-from router.ingest import split_array
-from router.server import SIGNATURE_HEADER, sign
+from router.core.ingest import split_array
+from router.service.server import SIGNATURE_HEADER, sign
 from tests.router.serve_support import (
     ENV,
     ROOT,

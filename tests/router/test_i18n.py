@@ -1,4 +1,4 @@
-"""Chinese first, English available (router/i18n.py): refusals keep their machine ``error`` code and
+"""Chinese first, English available (router/core/i18n.py): refusals keep their machine ``error`` code and
 carry the message in the request's language (zh-CN when it names none), WebSocket results too,
 the command line prints in ``--lang``, and every message id in the code has its zh_CN translation.
 
@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router import i18n
-from router.cli import main
-from router.i18n import _, t
-from router.models import Kind
+from router.core import i18n
+from router.tools.cli import main
+from router.core.i18n import _, t
+from router.core.models import Kind
 from tests.router.test_config import mutate, mutation
 from tests.redis.support import shared_redis  # noqa: F401 - a fixture (Redis key prefix, cleaned up)
 from tests.router.serve_support import ENV, Agent, Client, add_accounts, message, start_server, write_config
@@ -173,7 +173,7 @@ def logging_restored():
 
 
 def test_cli_tables_in_chinese_by_default_and_english_with_lang(chinese, tmp_path, capsys, demo_config, logging_restored):
-    from router.store import Store
+    from router.storage.store import Store
 
     store = tmp_path / "fenliu.db"
     Store(store).close_sync()
@@ -195,7 +195,7 @@ def test_cli_tables_in_chinese_by_default_and_english_with_lang(chinese, tmp_pat
 
 
 def test_simulation_summary_labels_follow_the_language(chinese):
-    from router.report import ROWS
+    from router.tools.report import ROWS
 
     assert [t(label) for label, _get in ROWS][:2] == ["已分流消息", "会话"]
     assert [t(label, "en") for label, _get in ROWS][:2] == ["messages routed", "conversations"]
@@ -230,7 +230,7 @@ def leaks(text: str, ids: set[str] = frozenset()) -> set[str]:
 def config_ids(*dirs: Path) -> set[str]:
     """The names a configuration gives things (shops, agents, skills, policies, plugins, hooks, word
     list categories, platforms, strategies): data, shown as they are in any language."""
-    from router.config import load_config
+    from router.core.config import load_config
 
     ids: set[str] = set()
     for d in dirs:
@@ -242,7 +242,7 @@ def config_ids(*dirs: Path) -> set[str]:
         for policy in config.policies.values():
             d = policy.dispatch
             ids |= {d.default_skill, *d.skill_targets, *(s for t in d.targets for s in t.skills)}
-    from router.scenario import Scenario
+    from router.tools.scenario import Scenario
 
     ids |= set(Scenario().traffic.mix)  # the skill groups a scenario's buyers ask for (and plan staffs)
     return ids | {"contact"}  # the demo word list's category of the checked reply
@@ -447,7 +447,7 @@ async def test_protocol_refusals_are_chinese_by_default(server):
 
 
 def test_the_request_head_timeout_is_chinese(chinese):
-    from router.server import error_body
+    from router.service.server import error_body
 
     body = error_body(408, _("request head not complete within {seconds:g} s (server.header_timeout_s)", seconds=10.0))
     assert body == {"error": "request_timeout", "message": "请求头未在 10 秒内收完（server.header_timeout_s）"}
@@ -467,7 +467,7 @@ def test_every_decode_refusal_has_a_chinese_reason_and_keeps_its_english(fields,
     the reason is a catalogue message: English as before, Chinese with the same field names."""
     import msgspec
 
-    from router.ingest import decode_message, explain
+    from router.core.ingest import decode_message, explain
 
     body = raw if raw is not None else msgspec.json.encode(fields)
     try:
@@ -507,7 +507,7 @@ def test_a_damaged_configuration_is_explained_in_chinese(tmp_path_factory, demo_
     ``file: key: reason`` line's reason reads Chinese."""
     import shutil
 
-    from router.config import ConfigErrors, load_config
+    from router.core.config import ConfigErrors, load_config
 
     cfg = tmp_path_factory.mktemp("mutated") / "config"
     shutil.copytree(demo_config, cfg)
@@ -525,7 +525,7 @@ def test_a_damaged_configuration_is_explained_in_chinese(tmp_path_factory, demo_
 def test_charts_use_an_installed_cjk_font_in_chinese(chinese):
     from matplotlib import font_manager
 
-    from router.report import CJK_FONTS, _setup, cjk_font
+    from router.tools.report import CJK_FONTS, _setup, cjk_font
 
     installed = {f.name for f in font_manager.fontManager.ttflist} & set(CJK_FONTS)
     if not installed:
@@ -573,7 +573,7 @@ def test_every_commands_help_is_chinese(chinese):
     headings. Metavars (``CONFIG``), options, --role and db choices are names."""
     import argparse
 
-    from router.cli import build_parser
+    from router.tools.cli import build_parser
 
     def parsers(p: argparse.ArgumentParser):
         yield p

@@ -18,10 +18,10 @@ import aiohttp
 import pytest
 
 from adapters import OrderContext
-from router import accounts as acct
-from router.access import access_of
-from router.models import AfterSale, Order
-from router.store import Store
+from router.storage import accounts as acct
+from router.service.access import access_of
+from router.core.models import AfterSale, Order
+from router.storage.store import Store
 from tests.router.serve_support import ENV, PASSWORD, Client, start_server
 
 pytestmark = pytest.mark.anyio

@@ -1,4 +1,4 @@
-"""Conversations end after a silence (router/lifecycle.py): the agent sees them close and its
+"""Conversations end after a silence (router/service/lifecycle.py): the agent sees them close and its
 capacity is free; a buyer still owed an answer is never closed."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 import aiohttp
 import pytest
 
-from router.lifecycle import IdleCloser
+from router.service.lifecycle import IdleCloser
 from tests.router.serve_support import (
     ENV,
     Agent,
@@ -90,8 +90,8 @@ async def test_auto_closes_are_journaled(served):
 
 
 async def test_a_conversation_the_bot_settled_closes_after_its_own_timeout(tmp_path, monkeypatch, demo_config):
-    from router.config import load_config
-    from router.server import DEMO_SECRET, Server, sign
+    from router.core.config import load_config
+    from router.service.server import DEMO_SECRET, Server, sign
 
     config = load_config(demo_config)
     for shop in config.shops.values():

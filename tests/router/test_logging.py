@@ -8,8 +8,8 @@ import json
 import pytest
 import structlog
 
-from router.hookspecs import hookimpl
-from router.logging import configure_logging
+from router.core.hookspecs import hookimpl
+from router.core.logging import configure_logging
 
 pytestmark = pytest.mark.anyio
 

@@ -15,10 +15,10 @@ from argon2 import PasswordHasher
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router import accounts as acct
-from router.login import Limiter
-from router.server import LOGIN, Server
-from router.store import Store
+from router.storage import accounts as acct
+from router.service.login import Limiter
+from router.service.server import LOGIN, Server
+from router.storage.store import Store
 from tests.router.serve_support import ENV, PASSWORD, Client, add_accounts, message, start_server, write_config
 
 LOGIN_PATH = "/v1/auth/login"

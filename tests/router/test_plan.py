@@ -8,10 +8,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from router.config import load_config
-from router.plan import cover_shifts, erlang_c, judge_table, make_plan, service_level
-from router.scenario import load_scenario
-from router.simulate import build_traffic
+from router.core.config import load_config
+from router.tools.plan import cover_shifts, erlang_c, judge_table, make_plan, service_level
+from router.tools.scenario import load_scenario
+from router.tools.simulate import build_traffic
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

@@ -9,9 +9,9 @@ import anyio
 import msgspec
 import pytest
 
-from router.hookspecs import hookimpl
-from router.models import BotReply, FilterVerdict, Message
-from router.plugins import BUILTIN_PLUGINS, PluginSet
+from router.core.hookspecs import hookimpl
+from router.core.models import BotReply, FilterVerdict, Message
+from router.core.plugins import BUILTIN_PLUGINS, PluginSet
 from tests.conftest import T0
 
 pytestmark = pytest.mark.anyio
@@ -229,7 +229,7 @@ def test_broken_third_party_plugin_is_skipped_not_fatal(fenliu, fenliu_config_di
 
 
 def test_configure_may_report_several_errors(fenliu_config_dir):
-    from router.config import ConfigError, ConfigErrors, load_config
+    from router.core.config import ConfigError, ConfigErrors, load_config
 
     class Picky:
         @hookimpl
@@ -329,7 +329,7 @@ async def test_exact_text_caches_answer_repeats_and_stay_bounded(fenliu_harness)
     """Buyers repeat 在吗 and 发货了吗: the plugins' pure text → result steps are cached by exact
     text (counted per cache), a repeat routes exactly as the first did, a long text is not kept,
     and a cache holds at most its size."""
-    from router.plugins import TEXT_CACHE_MAX_CHARS, text_cache, text_cache_stats
+    from router.core.plugins import TEXT_CACHE_MAX_CHARS, text_cache, text_cache_stats
 
     h = fenliu_harness()
     # a presale question (the bot's words and FAQ), an after-sale one (VIP urgency words)

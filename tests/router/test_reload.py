@@ -11,10 +11,10 @@ import aiohttp
 import anyio
 import pytest
 
-from router.config import load_config
-from router.models import Message
-from router.pipeline import Router
-from router.reload import Reloader
+from router.core.config import load_config
+from router.core.models import Message
+from router.core.pipeline import Router
+from router.service.reload import Reloader
 from tests.conftest import T0, run_fenliu
 from tests.policies.conftest import ONE_SHOP, agents_toml, policy, write_config
 from tests.router import serve_support as ss

@@ -6,7 +6,7 @@ import json
 
 import msgspec
 
-from router.models import Decision
+from router.core.models import Decision
 from tests.conftest import DATA, T0
 
 

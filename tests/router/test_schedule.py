@@ -8,7 +8,7 @@ import bisect
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.schedule import Schedule, Window
+from router.core.schedule import Schedule, Window
 
 ZONES = ("Asia/Shanghai", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu",
          "Australia/Lord_Howe")

@@ -12,9 +12,9 @@ import anyio
 import msgspec
 import pytest
 
-from router.hookspecs import hookimpl
-from router.models import FilterVerdict
-from router.server import SIGNATURE_HEADER, IngestFirst, sign
+from router.core.hookspecs import hookimpl
+from router.core.models import FilterVerdict
+from router.service.server import SIGNATURE_HEADER, IngestFirst, sign
 from tests.router.serve_support import (
     ENV,
     SECRET_A,

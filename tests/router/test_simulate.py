@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from router.simulate import gini, percentile
+from router.tools.simulate import gini, percentile
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -223,9 +223,9 @@ def _sim(config: Path, scenario: str, tmp_path: Path, traffic: list[dict] | None
     """One policy in-process: ``scenario`` is TOML text, ``traffic`` recorded lines."""
     import anyio
 
-    from router.config import load_config
-    from router.scenario import load_scenario
-    from router.simulate import Simulation, build_traffic
+    from router.core.config import load_config
+    from router.tools.scenario import load_scenario
+    from router.tools.simulate import Simulation, build_traffic
 
     cfg = load_config(config)
     path = tmp_path / "scenario.toml"
@@ -291,9 +291,9 @@ def test_synthetic_traffic_routes_every_message_of_a_buyer_who_stays(tmp_path):
     up, no message is lost to an agent closing early."""
     import anyio
 
-    from router.config import load_config
-    from router.scenario import load_scenario
-    from router.simulate import build_traffic, simulate
+    from router.core.config import load_config
+    from router.tools.scenario import load_scenario
+    from router.tools.simulate import build_traffic, simulate
 
     cfg = load_config(DATA / "sim_policy")
     path = tmp_path / "s.toml"
@@ -315,7 +315,7 @@ class _Spy:
 
     @classmethod
     def make(cls):
-        from router.simulate import Simulation
+        from router.tools.simulate import Simulation
 
         seen: dict[str, tuple] = {}
 
@@ -447,9 +447,9 @@ def erlang_c(c: int, a: float) -> float:
 def _mmc_waits(tmp_path: Path, rho: float, hours: int, seeds: tuple[int, ...], c: int = 10, mean: float = 100.0) -> list[float]:
     import anyio
 
-    from router.config import load_config
-    from router.scenario import load_scenario
-    from router.simulate import Simulation, build_traffic
+    from router.core.config import load_config
+    from router.tools.scenario import load_scenario
+    from router.tools.simulate import Simulation, build_traffic
 
     lam = rho * c / mean
     agents = "".join(f'[[agents]]\nid = "a-{i}"\nskills = ["presale"]\nmax_concurrent = 1\n\n' for i in range(c))

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.models import AcceptEvent, AgentStatusEvent, CloseEvent, Message
-from router.pipeline import InputError
-from router.service import NotYours, Service
+from router.core.models import AcceptEvent, AgentStatusEvent, CloseEvent, Message
+from router.core.pipeline import InputError
+from router.service.service import NotYours, Service
 from tests.router.serve_support import ENV, NoWechat, db_rows, load, write_config
 
 pytestmark = pytest.mark.anyio

@@ -11,10 +11,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from router.config import load_config
-from router.models import CloseEvent, Decision, Message, Order, RatingEvent
-from router.stats import compute, parse_period
-from router.store import connect
+from router.core.config import load_config
+from router.core.models import CloseEvent, Decision, Message, Order, RatingEvent
+from router.storage.stats import compute, parse_period
+from router.storage.store import connect
 from tests.conftest import T0  # 14:40 Shanghai time
 
 enc = msgspec.json.encode
@@ -179,7 +179,7 @@ def test_the_reply_window_is_configurable(store, demo_config, tmp_path):
     import shutil
     import sqlite3
 
-    from router.config import ConfigErrors
+    from router.core.config import ConfigErrors
 
     cfg = tmp_path / "cfg"
     shutil.copytree(demo_config, cfg)

@@ -8,9 +8,9 @@ import sqlite3
 
 import pytest
 
-from router.models import AcceptEvent, AgentStatusEvent, CloseEvent, Message, TransferEvent
-from router.service import Service
-from router.store import WAL_CHECKPOINT_PAGES, Store, connect
+from router.core.models import AcceptEvent, AgentStatusEvent, CloseEvent, Message, TransferEvent
+from router.service.service import Service
+from router.storage.store import WAL_CHECKPOINT_PAGES, Store, connect
 from tests.router.serve_support import ENV, load, write_config
 
 pytestmark = pytest.mark.anyio

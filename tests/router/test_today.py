@@ -1,6 +1,6 @@
-"""Today's figures (router/today.py): folded live from committed journal rows, read back from
+"""Today's figures (router/service/today.py): folded live from committed journal rows, read back from
 the store at start, never twice, reset at midnight; a lapsed window charged to whoever held the
-conversation when it lapsed, the same live as from the store (router/figures.py)."""
+conversation when it lapsed, the same live as from the store (router/storage/figures.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import aiohttp
 import msgspec
 import pytest
 
-from router.models import Decision
-from router.service import Service
-from router.store import connect
-from router.today import Today
-from router.writer import flat_rows, write_rows
+from router.core.models import Decision
+from router.service.service import Service
+from router.storage.store import connect
+from router.service.today import Today
+from router.storage.writer import flat_rows, write_rows
 from tests.router.serve_support import ENV, Agent, Client, add_accounts, load, start_server
 from tests.web.support import message, write_config
 
@@ -160,7 +160,7 @@ async def test_a_lapsed_window_is_charged_to_who_held_it_not_who_replied_later(t
     """a-02 holds b-1 when its 180 s run out, hands it to a-01, who replies: the miss is a-02's.
     b-2 lapses in the queue before a-01 gets it: the queue's. The live fold and ``stats`` over the
     same rows in the store agree."""
-    from router.stats import compute
+    from router.storage.stats import compute
 
     now = NOON
     rows = [_message(1, now - 900, "m-1", "b-1", "assigned", "a-02"),

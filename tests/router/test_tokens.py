@@ -8,8 +8,8 @@ import asyncio
 import aiohttp
 import pytest
 
-from router import accounts as acct
-from router.access import CLOSE_REVOKED, TICKETS
+from router.storage import accounts as acct
+from router.service.access import CLOSE_REVOKED, TICKETS
 from tests.router.serve_support import ENV, Client, add_accounts, start_server, write_config
 
 pytestmark = pytest.mark.anyio
@@ -152,14 +152,14 @@ async def test_a_broken_frame_closes_the_socket_with_a_reason(served, fenliu_log
 
 
 def test_metrics_ask_for_a_token_beyond_loopback(tmp_path, monkeypatch):
-    from router.server import _is_loopback
+    from router.service.server import _is_loopback
 
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.0.2.7") and not _is_loopback("::")
 
 
 async def test_metrics_on_all_interfaces_need_the_token(tmp_path, monkeypatch):
-    from router.server import Server
+    from router.service.server import Server
     from tests.router.serve_support import load
 
     for k, v in ENV.items():

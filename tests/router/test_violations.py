@@ -8,7 +8,7 @@ import json
 import aiohttp
 import pytest
 
-from router import accounts as acct
+from router.storage import accounts as acct
 from tests.router.serve_support import ENV, Agent, Client, add_accounts, message, start_server, write_config
 
 pytestmark = pytest.mark.anyio

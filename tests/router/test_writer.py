@@ -1,4 +1,4 @@
-"""The journal writer process (router/writer.py): batches committed in order, a refused batch
+"""The journal writer process (router/storage/writer.py): batches committed in order, a refused batch
 does not sink the others, nothing is answered before it is in the file, a dead writer fails its
 callers instead of hanging them, and the writer never outlives a killed service."""
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from router.models import Decision
-from router.store import StoreClosed, connect
-from router.writer import JournalWriter, flat_rows, write_rows
+from router.core.models import Decision
+from router.storage.store import StoreClosed, connect
+from router.storage.writer import JournalWriter, flat_rows, write_rows
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.anyio
@@ -162,7 +162,7 @@ def test_the_writer_dies_with_a_killed_service(tmp_path: Path, db: Path):
     script = textwrap.dedent(f"""
         import asyncio, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from router.writer import JournalWriter
+        from router.storage.writer import JournalWriter
 
         async def main():
             w = JournalWriter({str(db)!r})

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from router import accounts as acct
+from router.storage import accounts as acct
 from tests.router.serve_support import ENV, Client, add_accounts, start_server, write_config
 
 FRAME_TYPES = ("accept", "reply", "transfer", "close", "status", "note")

@@ -1,4 +1,4 @@
-"""The published contract (router/openapi.py): what the server serves is what docs/ holds, every
+"""The published contract (router/service/openapi.py): what the server serves is what docs/ holds, every
 route is described (and nothing else), each route's security matches its gate, and schemathesis
 run against a real ``fenliu serve`` on loopback — logged in, bridge requests signed — gets no 5xx
 and only answers the document describes."""
@@ -22,9 +22,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from router.access import access_of
-from router.openapi import document, encoded
-from router.server import SIGNATURE_HEADER, sign
+from router.service.access import access_of
+from router.service.openapi import document, encoded
+from router.service.server import SIGNATURE_HEADER, sign
 from tests.router.serve_support import ENV, SECRET_A, SECRET_B, start_server
 from tests.web.support import Served, write_config
 
@@ -47,8 +47,8 @@ schema = schemathesis.openapi.from_dict(document(), config=schemathesis.Config.f
 
 
 def test_served_document_is_the_checked_in_one(tmp_path):
-    """``docs/openapi.json`` is regenerated with ``python -m router.openapi > docs/openapi.json``."""
-    assert DOCS.read_bytes() == encoded(), "docs/openapi.json is stale: python -m router.openapi > docs/openapi.json"
+    """``docs/openapi.json`` is regenerated with ``python -m router.service.openapi > docs/openapi.json``."""
+    assert DOCS.read_bytes() == encoded(), "docs/openapi.json is stale: python -m router.service.openapi > docs/openapi.json"
     served = Served(tmp_path)
     served.start()
     try:

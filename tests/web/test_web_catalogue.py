@@ -1,4 +1,4 @@
-"""The pages' strings live in one JSON catalogue per language (router/web/i18n/): both catalogues
+"""The pages' strings live in one JSON catalogue per language (router/service/web/i18n/): both catalogues
 have the same keys and placeholders, every key the pages use exists, and the pages themselves
 (JS, HTML, CSS outside comments) hold no Chinese text of their own."""
 
@@ -63,4 +63,4 @@ def test_the_pages_hold_no_chinese_of_their_own():
         for n, line in enumerate(without_comments(path).split("\n"), 1):
             if CJK.search(line):
                 found.append(f"{path.name}:{n}: {line.strip()[:100]}")
-    assert found == [], "strings a person reads belong in router/web/i18n/*.json:\n" + "\n".join(found)
+    assert found == [], "strings a person reads belong in router/service/web/i18n/*.json:\n" + "\n".join(found)

@@ -1,4 +1,4 @@
-"""The endpoints the workbench and the dashboard add (router/workbench.py), and the rule behind
+"""The endpoints the workbench and the dashboard add (router/service/workbench.py), and the rule behind
 both pages: nothing trusts the client. An agent crafting requests by hand, over HTTP or the
 WebSocket, cannot act on another shop's conversation or on a colleague's."""
 

@@ -14,7 +14,7 @@ from collections import Counter
 import msgspec
 
 from policies import Strategy
-from router.hookspecs import hookimpl
+from router.core.hookspecs import hookimpl
 
 assignments: Counter[str] = Counter()
 
