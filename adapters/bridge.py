@@ -43,7 +43,7 @@ class BridgeAdapter(Adapter):
         self._http: aiohttp.ClientSession | None = None
 
     async def send(self, reply: OutboundReply) -> None:
-        from router.service.server import SIGNATURE_HEADER, sign
+        from router.core.signing import SIGNATURE_HEADER, sign
 
         url = self.shop.callback_url
         if not url:
@@ -65,7 +65,7 @@ class BridgeAdapter(Adapter):
             raise DeliveryError(f"callback failed: {type(exc).__name__}: {exc}") from None
 
     def parse_webhook(self, headers: Any, body: bytes) -> WebhookResult:
-        from router.service.server import SIGNATURE_HEADER, check_signature
+        from router.core.signing import SIGNATURE_HEADER, check_signature
 
         secret = self.shop.secret
         if secret is None:

@@ -201,7 +201,7 @@ class PinduoduoAdapter(Adapter):
         return items, acks, errors
 
     def parse_webhook(self, headers: Any, body: bytes) -> WebhookResult:
-        from router.service.server import SIGNATURE_HEADER, check_signature
+        from router.core.signing import SIGNATURE_HEADER, check_signature
 
         secret = self.shop.secret
         if secret is None:

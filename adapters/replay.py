@@ -44,7 +44,7 @@ async def replay(url: str, messages: Iterable[Message], secrets: dict[str, bytes
     ``pace`` > 0 sleeps the recorded gap between messages divided by ``pace``."""
     import aiohttp
 
-    from router.service.server import SIGNATURE_HEADER, sign
+    from router.core.signing import SIGNATURE_HEADER, sign
 
     counts: dict[str, int] = {}
     last_ts: float | None = None

@@ -258,7 +258,7 @@ class Simulation:
     async def _buyers(self) -> None:
         import aiohttp
 
-        from router.service.server import SIGNATURE_HEADER, sign
+        from router.core.signing import SIGNATURE_HEADER, sign
 
         traffic = Traffic(sorted(self.service.config.shops), self.buyers, self.seed)
         t0 = time.monotonic()

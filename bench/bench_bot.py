@@ -84,7 +84,8 @@ async def suggestion_latency(texts: list[str], n: int = 300) -> dict[str, float]
 
     from router.core.config import load_config
     from router.core.logging import configure_logging
-    from router.service.server import DEMO_PASSWORD, DEMO_SECRET, SIGNATURE_HEADER, Server, ensure_demo, sign
+    from router.service.server import DEMO_PASSWORD, DEMO_SECRET, Server, ensure_demo
+    from router.core.signing import SIGNATURE_HEADER, sign
 
     configure_logging("warning")
     config = load_config(ROOT / "config")

@@ -17,18 +17,18 @@ import math
 import os
 import tomllib
 import zoneinfo
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from functools import cache, cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from router.core.i18n import Text, _, toml_reason, validation_reason
+from router.core.errors import ConfigError, ConfigErrors
+from router.core.i18n import _, toml_reason, validation_reason
+from router.core.plugins import PluginsConfig, PluginSet
 from router.core.schedule import Schedule, Window
 
-if TYPE_CHECKING:
-    from router.core.plugins import PluginSet
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 Platform = Literal["pinduoduo", "taobao", "tmall", "jd", "douyin", "other"]
@@ -54,35 +54,6 @@ def check_timezone(name: str) -> str:
         raise ValueError(_("unknown time zone {name!r} (did you mean {close!r}?)", name=name, close=close[0]) if close
                          else _("unknown time zone {name!r} (expected an IANA name like 'Asia/Shanghai')", name=name))
     return name
-
-
-class ConfigError(Exception):
-    """One configuration problem: ``file: key.path: reason``."""
-
-    def __init__(self, file: str | os.PathLike[str], key: str, reason: str) -> None:
-        self.file = str(file)
-        self.key = key
-        self.reason = reason
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # args[0] is the line as a catalogue message, kept up to date when a caller renames the key
-        # or rewords the reason: t(error) prints it in the current language, str(error) in English.
-        super().__setattr__(name, value)
-        if name in ("file", "key", "reason") and "reason" in self.__dict__:
-            why = self.reason if isinstance(self.reason, Text) else Text(str(self.reason))  # plugins' words: matched back
-            self.args = (_("{file}: {key}: {reason}", file=self.file, key=self.key, reason=why) if self.key
-                         else _("{file}: {reason}", file=self.file, reason=why),)
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.key}: {self.reason}" if self.key else f"{self.file}: {self.reason}"
-
-
-class ConfigErrors(Exception):
-    """All the problems found in one load; ``str()`` gives one error a line."""
-
-    def __init__(self, errors: Iterable[ConfigError]) -> None:
-        self.errors = list(errors)
-        super().__init__("\n".join(map(str, self.errors)))
 
 
 class Struct(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -143,12 +114,6 @@ class StorageConfig(Struct):
     def __post_init__(self) -> None:
         if self.records == "postgres" and self.backend != "redis":
             raise ValueError("field records: \"postgres\" needs backend = \"redis\" (one instance keeps its records in SQLite)")
-
-
-class PluginsConfig(Struct):
-    enabled: tuple[str, ...] = ()
-    disabled: tuple[str, ...] = ()
-    hook_timeout_ms: Annotated[float, msgspec.Meta(gt=0, le=60_000)] = 50.0
 
 
 class LoggingConfig(Struct):
@@ -461,8 +426,6 @@ def load_config(directory: str | os.PathLike[str], plugins: PluginSet | None = N
     ``[plugins]`` table of ``fenliu.toml``, plus the ``extra`` plugin objects (a reload passes
     those the running configuration was started with).
     """
-    from router.core.plugins import PluginSet
-
     root = Path(directory)
     errors: list[ConfigError] = []
     if not root.is_dir():

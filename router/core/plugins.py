@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import entry_points
 from time import perf_counter
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import anyio
 import msgspec
@@ -29,11 +29,11 @@ import pluggy
 import structlog
 
 from router.core import hookspecs, i18n
-from router.core.config import ConfigError, ConfigErrors
+from router.core.errors import ConfigError, ConfigErrors
 from router.core.models import BotReply, FilterVerdict, Message
 
 if TYPE_CHECKING:
-    from router.core.config import Config, PluginsConfig
+    from router.core.config import Config
     from router.core.context import HookContext
 
 ENTRY_POINT_GROUP = "fenliu"
@@ -187,6 +187,14 @@ def _binder(impl: pluggy.HookImpl, spec_args: tuple[str, ...]) -> Callable[..., 
     return lambda *args: fn(*[args[i] for i in index])
 
 
+class PluginsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``fenliu.toml``'s ``[plugins]`` table (defined here, beside what reads it, so the
+    configuration module imports the plugin machinery and not the other way round)."""
+
+    enabled: tuple[str, ...] = ()
+    disabled: tuple[str, ...] = ()
+    hook_timeout_ms: Annotated[float, msgspec.Meta(gt=0, le=60_000)] = 50.0
+
 class PluginSet:
     """The loaded plugins, their config sections and strategies, and the resolved hook chains."""
 
@@ -216,8 +224,6 @@ class PluginSet:
     ) -> PluginSet:
         """Built-ins (minus ``disabled``), then the ``enabled`` third-party plugins, then
         ``extra`` plugin objects (the test harness uses these)."""
-        from router.core.config import PluginsConfig
-
         settings = settings or PluginsConfig()
         errors = errors if errors is not None else []
         self = cls(settings.hook_timeout_ms)

@@ -34,6 +34,7 @@ from aiohttp import web
 
 from router.storage import accounts as acct
 from router.storage.accounts import Account
+from router.core.errors import HTTPError
 from router.core.i18n import _
 
 if TYPE_CHECKING:
@@ -55,18 +56,6 @@ SERVICE = web.AppKey("service", object)
 SOCKETS = web.AppKey("sockets", set)
 
 _ROLE_RANK = {"agent": 0, "supervisor": 1, "admin": 2}
-
-
-class HTTPError(Exception):
-    """A refusal raised from anywhere under a handler; the server's error wrapper turns it into
-    the JSON error body (``code`` defaults to the status's)."""
-
-    def __init__(self, status: int, reason: str, code: str | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.code = code
-        self.headers = headers
 
 
 # -- the rule ---------------------------------------------------------------------------------------

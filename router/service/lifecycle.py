@@ -86,7 +86,7 @@ class IdleCloser:
         return closed
 
     async def run(self) -> None:
-        from router.service.service import Overloaded  # the service imports this module
+        from router.service.errors import Overloaded
 
         while True:
             await asyncio.sleep(SWEEP_S)

@@ -53,11 +53,12 @@ from router.storage.stats import parse_period
 from router.core.ingest import TOO_DEEP, decode_batch, explain, split_batch
 from router.core.models import AgentStatus, AgentStatusEvent, Message, RatingEvent
 from router.core.pipeline import InputError
-from router.service.service import Overloaded, Service
+from router.core.signing import SIGNATURE_HEADER, check_signature
+from router.service.errors import Overloaded
+from router.service.service import Service
 
 log = structlog.get_logger("fenliu.server")
 
-SIGNATURE_HEADER = "X-Fenliu-Signature"
 DEMO_SECRET = "fenliu-demo-secret"
 DEMO_PASSWORD = "demo1234"
 
@@ -84,26 +85,6 @@ def error_body(status: int, reason: str, code: str | None = None, **extra: Any) 
 def error(status: int, reason: str, code: str | None = None, headers: dict[str, str] | None = None,
           **extra: Any) -> web.Response:
     return json_response(error_body(status, reason, code, **extra), status, headers)
-
-
-def sign(secret: bytes, body: bytes) -> str:
-    """The ``X-Fenliu-Signature`` value for ``body``."""
-    return "sha256=" + hmac.digest(secret, body, "sha256").hex()
-
-
-def check_signature(secret: bytes, body: bytes, header: str | None) -> str | None:
-    """``None`` when the signature matches, else why not."""
-    if not header:
-        return _("missing {header} header (sha256=<hex HMAC-SHA256 of the body>)", header=SIGNATURE_HEADER)
-    scheme, _sep, digest = header.partition("=")
-    digest = digest.strip().lower()
-    # compare_digest raises TypeError on non-ASCII text: such a header is malformed, not a 500.
-    if scheme.strip().lower() != "sha256" or not digest or not digest.isascii():
-        return _("{header} must look like sha256=<hex>", header=SIGNATURE_HEADER)
-    expected = hmac.digest(secret, body, "sha256").hex()  # the one-shot C path: no HMAC object per request
-    if not hmac.compare_digest(expected, digest):
-        return _("signature does not match the body")
-    return None
 
 
 # -- authentication and isolation: router/service/access.py ---------------------------------------------

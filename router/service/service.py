@@ -38,7 +38,7 @@ import structlog
 from adapters import Adapter, OrderContext, OutboundReply, adapter_class, deliver_once
 from router.core.config import Config
 from router.storage import snapshot
-from router.service import story
+from router.storage import story
 from router.core.dedupe import SeenIds
 from router.core import i18n
 from router.service.metrics import Metrics
@@ -64,6 +64,7 @@ from router.core.models import (
     WsMessage,
     WsTransferred,
 )
+from router.service.errors import JournalFailed, NotYours, Overloaded
 from router.service.lifecycle import IdleCloser
 from router.core.pipeline import InputError, Router
 from router.storage.records import Records, SqliteRecords
@@ -89,21 +90,6 @@ class Session(Protocol):
     agent_id: str
 
     def deliver(self, frame: msgspec.Struct) -> None: ...
-
-
-class Overloaded(Exception):
-    """The ingest queue is at its bound."""
-
-
-class JournalFailed(Overloaded):
-    """Nothing more can be journaled: the writer died, or a commit failed after the router had
-    already applied its batch in memory. The service refuses work (``503``, ``/healthz`` says why)
-    until it is restarted, which rebuilds the state from what the store holds. Carrying on would
-    acknowledge retries of the lost batch as duplicates of messages the store never got."""
-
-
-class NotYours(Exception):
-    """The agent does not hold that conversation."""
 
 
 @dataclass

@@ -443,5 +443,24 @@ def setup(app: web.Application) -> None:
     r.add_get("/v1/today", today)
     r.add_get("/v1/dashboard", dashboard)
     r.add_get("/v1/supervisors/ws", supervisor_ws)
-    from router.service.story import aftersales
     r.add_get("/v1/aftersales", aftersales)
+
+
+@gate()
+async def aftersales(request: web.Request, scope: Scope) -> web.Response:
+    """``GET /v1/aftersales[?shop_id=]``: open after-sale requests of the account's shops, with
+    the buyer's open conversation (its state and agent) for the 售后 view to open."""
+    service = request.app[SERVICE]
+    shop_q = request.query.get("shop_id")
+    shops = [scope.require_shop(shop_q)] if shop_q else sorted(scope.shops)
+    items = await service.records.open_aftersales(shops)
+    shared = getattr(service, "mirrored_conversations", None)  # the Redis backend: every shard's mirror, not ours only
+    convs = (await shared([it.conversation_id for it in items if it.conversation_id]) if shared is not None
+             else service.router.dispatcher.conversations)
+    out = []
+    for it in items:
+        conv = convs.get(it.conversation_id or "")
+        if conv is not None:
+            it = msgspec.structs.replace(it, conversation_state=conv.state, agent_id=conv.agent_id)
+        out.append(it)
+    return json_response({"aftersales": out})

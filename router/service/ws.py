@@ -46,7 +46,7 @@ from router.core.models import (
 )
 from router.core.pipeline import InputError
 from router.service.access import BOOK, EXPIRES, SOCKETS, Scope, visible_encoded
-from router.service.service import NotYours, Overloaded
+from router.service.errors import NotYours, Overloaded
 
 if TYPE_CHECKING:
     from router.service.service import Service

@@ -60,11 +60,11 @@ class Records:
         raise NotImplementedError
 
     async def buyer_orders(self, shop_id: str, buyer_id: str) -> list[BuyerOrder]:
-        """The buyer's story (:func:`router.service.story.buyer_orders`)."""
+        """The buyer's story (:func:`router.storage.story.buyer_orders`)."""
         raise NotImplementedError
 
     async def open_aftersales(self, shops: Iterable[str]) -> list[OpenAfterSale]:
-        """Open after-sale requests of ``shops`` (:func:`router.service.story.open_aftersales`)."""
+        """Open after-sale requests of ``shops`` (:func:`router.storage.story.open_aftersales`)."""
         raise NotImplementedError
 
 
@@ -114,12 +114,12 @@ class SqliteRecords(Records):
         return await asyncio.to_thread(self._figure_rows, since, until)  # a worker thread, once, off the loop
 
     async def buyer_orders(self, shop_id: str, buyer_id: str) -> list[BuyerOrder]:
-        from router.service.story import buyer_orders
+        from router.storage.story import buyer_orders
 
         return await self.store.call(lambda conn: buyer_orders(conn, shop_id, buyer_id))
 
     async def open_aftersales(self, shops: Iterable[str]) -> list[OpenAfterSale]:
-        from router.service.story import open_aftersales
+        from router.storage.story import open_aftersales
 
         shops = list(shops)
         return await self.store.call(lambda conn: open_aftersales(conn, shops))

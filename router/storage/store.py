@@ -101,7 +101,7 @@ CREATE TABLE IF NOT EXISTS orders (
     updated REAL NOT NULL,
     PRIMARY KEY (shop_id, order_id)
 );
--- The buyer's story (router/service/story.py): a buyer's orders, their parcel scans, after-sale requests.
+-- The buyer's story (router/storage/story.py): a buyer's orders, their parcel scans, after-sale requests.
 CREATE INDEX IF NOT EXISTS orders_buyer ON orders (shop_id, buyer_id);
 CREATE TABLE IF NOT EXISTS logistics (
     shop_id TEXT NOT NULL,

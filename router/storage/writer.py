@@ -145,7 +145,7 @@ def write_rows(conn: sqlite3.Connection, rows: list[tuple]) -> dict[int, int]:
         elif kind == "orders":
             # Merged into what is stored (json_patch: the fields given win, the others stay): a
             # push or a message naming an older order with a field or two must not erase its
-            # goods, courier or tracking number (the buyer's story, router/service/story.py).
+            # goods, courier or tracking number (the buyer's story, router/storage/story.py).
             conn.executemany(
                 "INSERT INTO orders (shop_id, order_id, buyer_id, body, updated) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(shop_id, order_id) DO UPDATE SET buyer_id = excluded.buyer_id, "

@@ -18,7 +18,7 @@ from adapters.pinduoduo import PinduoduoAdapter, PmcClient
 from adapters.replay import read_messages, replay
 from adapters.simulator import Traffic, rate_at
 from router.core.models import Message
-from router.service.server import SIGNATURE_HEADER, check_signature, sign
+from router.core.signing import SIGNATURE_HEADER, check_signature, sign
 from tests.conftest import DATA
 from tests.router.serve_support import (
     ENV,

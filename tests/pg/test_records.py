@@ -132,10 +132,10 @@ async def test_notes_through_two_instances_at_once_are_both_kept(pg_url: str) ->
 
 
 async def test_buyer_story_is_the_same_as_sqlite_keeps_it(pg_url: str, tmp_path) -> None:
-    """Pushes recorded through PostgreSQL read back as router/service/story.py reads them from SQLite:
+    """Pushes recorded through PostgreSQL read back as router/storage/story.py reads them from SQLite:
     orders merged, a repeated scan once, after-sale requests merged and closed ones left out."""
     from adapters import OrderContext
-    from router.service import story
+    from router.storage import story
     from router.core.models import AfterSale, LogisticsEvent, Order
     from router.storage.store import Store
 

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from router.core.models import Conversation
-from router.service.server import SIGNATURE_HEADER, sign
+from router.core.signing import SIGNATURE_HEADER, sign
 from tests.redis.support import (
     Instances,
     check_claim_log,

@@ -21,7 +21,8 @@ from router.core.config import FenliuFile, load_config
 from router.core.hookspecs import hookimpl
 from router.core.models import FilterVerdict, Hit
 from router.core.plugins import PluginSet
-from router.service.server import SIGNATURE_HEADER, Server, sign
+from router.service.server import Server
+from router.core.signing import SIGNATURE_HEADER, sign
 from router.storage.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 import router.service.service
-from router.service.server import SIGNATURE_HEADER, sign
+from router.core.signing import SIGNATURE_HEADER, sign
 from tests.router.serve_support import ENV, SECRET_A, SECRET_B, Agent, Client, add_accounts, message, start_server, write_config
 
 pytestmark = pytest.mark.anyio

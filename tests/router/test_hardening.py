@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from adapters.doudian import event_sign
 from router.core.ingest import split_array
-from router.service.server import SIGNATURE_HEADER, sign
+from router.core.signing import SIGNATURE_HEADER, sign
 from tests.router.serve_support import (
     ENV,
     ROOT,

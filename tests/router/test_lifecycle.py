@@ -91,7 +91,8 @@ async def test_auto_closes_are_journaled(served):
 
 async def test_a_conversation_the_bot_settled_closes_after_its_own_timeout(tmp_path, monkeypatch, demo_config):
     from router.core.config import load_config
-    from router.service.server import DEMO_SECRET, Server, sign
+    from router.service.server import DEMO_SECRET, Server
+    from router.core.signing import sign
 
     config = load_config(demo_config)
     for shop in config.shops.values():

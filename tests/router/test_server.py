@@ -14,7 +14,8 @@ import pytest
 
 from router.core.hookspecs import hookimpl
 from router.core.models import FilterVerdict
-from router.service.server import SIGNATURE_HEADER, IngestFirst, sign
+from router.service.server import IngestFirst
+from router.core.signing import SIGNATURE_HEADER, sign
 from tests.router.serve_support import (
     ENV,
     SECRET_A,

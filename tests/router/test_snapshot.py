@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from router.core.models import AcceptEvent, AgentStatusEvent, CloseEvent, Message
 from router.core.pipeline import InputError
-from router.service.service import NotYours, Service
+from router.service.errors import NotYours
+from router.service.service import Service
 from tests.router.serve_support import ENV, NoWechat, db_rows, load, write_config
 
 pytestmark = pytest.mark.anyio

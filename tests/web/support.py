@@ -20,7 +20,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
-from router.service.server import SIGNATURE_HEADER, sign
+from router.core.signing import SIGNATURE_HEADER, sign
 from tests.router.serve_support import (
     ENV,
     PASSWORD,

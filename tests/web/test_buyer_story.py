@@ -18,7 +18,7 @@ import zlib
 
 import pytest
 
-from router.service.server import SIGNATURE_HEADER, sign
+from router.core.signing import SIGNATURE_HEADER, sign
 from tests.conftest import DATA
 from tests.router.serve_support import SECRET_A
 from tests.web.conftest import log_in

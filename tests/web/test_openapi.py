@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 
 from router.service.access import access_of
 from router.service.openapi import document, encoded
-from router.service.server import SIGNATURE_HEADER, sign
+from router.core.signing import SIGNATURE_HEADER, sign
 from tests.router.serve_support import ENV, SECRET_A, SECRET_B, start_server
 from tests.web.support import Served, write_config
 

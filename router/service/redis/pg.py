@@ -29,7 +29,7 @@ from prometheus_client import Counter
 from adapters import OutboundReply, deliver_once
 from router.core.models import Conversation, Decision, Message, Order, WsHistoryItem
 from router.storage.pg.records import PgRecords
-from router.service.story import order_json
+from router.storage.story import order_json
 
 if TYPE_CHECKING:
     from router.service.redis.service import RedisService

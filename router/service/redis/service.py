@@ -76,7 +76,8 @@ from router.service.lifecycle import IdleCloser
 from router.core.pipeline import InputError, Router
 from router.storage.redis.keys import GROUP, Keys, lua
 from router.service.access import Scope
-from router.service.service import HISTORY, ConversationView, IngestResult, NotYours, Overloaded, Service, _Job
+from router.service.errors import NotYours, Overloaded
+from router.service.service import HISTORY, ConversationView, IngestResult, Service, _Job
 
 if TYPE_CHECKING:
     from router.service.redis.pg import PgSide

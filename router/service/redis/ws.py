@@ -24,7 +24,7 @@ from router.core.models import (
 )
 from router.core.i18n import _, t
 from router.core.pipeline import InputError
-from router.service.service import NotYours
+from router.service.errors import NotYours
 from router.service import ws as ws_module
 from router.service.ws import WsSession, decode_frame
 

@@ -64,7 +64,7 @@ def _answers_503(fn: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T
         try:
             return await fn(*args, **kw)
         except (psycopg.OperationalError, PoolTimeout) as exc:
-            from router.service.access import HTTPError
+            from router.core.errors import HTTPError
             from router.core.i18n import _
 
             log.warning("records_unavailable", read=fn.__name__, error=str(exc))
@@ -202,8 +202,8 @@ class PgRecords(Records):
                     "body = orders.body || excluded.body, updated = excluded.updated", rows)
 
     async def record_story(self, items: Iterable[OrderContext], now: float) -> None:
-        """What platform pushes said (router/service/story.py's ``record``): orders, scans, after-sale requests."""
-        from router.service.story import CLOSED, _aftersale, _merge, order_json
+        """What platform pushes said (router/storage/story.py's ``record``): orders, scans, after-sale requests."""
+        from router.storage.story import CLOSED, _aftersale, _merge, order_json
 
         async with self.pool.connection() as conn, conn.transaction():
             self._rt("orders")
@@ -238,8 +238,8 @@ class PgRecords(Records):
 
     @_answers_503
     async def buyer_orders(self, shop_id: str, buyer_id: str) -> list[BuyerOrder]:
-        """router/service/story.py's ``buyer_orders`` over the shared tables (the same queries)."""
-        from router.service.story import ORDERS_SHOWN, SCANS_SHOWN, _aftersale, _order
+        """router/storage/story.py's ``buyer_orders`` over the shared tables (the same queries)."""
+        from router.storage.story import ORDERS_SHOWN, SCANS_SHOWN, _aftersale, _order
 
         async with self.pool.connection() as conn:
             self._rt("story")
@@ -260,7 +260,7 @@ class PgRecords(Records):
 
     @_answers_503
     async def open_aftersales(self, shops: Iterable[str]) -> list[OpenAfterSale]:
-        from router.service.story import AFTERSALES_SHOWN, _aftersale, _order
+        from router.storage.story import AFTERSALES_SHOWN, _aftersale, _order
 
         shops = list(shops)
         if not shops:

@@ -15,9 +15,6 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import msgspec
-from aiohttp import web
-
-from router.service.access import Scope, gate
 from router.core.models import AfterSale, BuyerOrder, LogisticsEvent, OpenAfterSale, Order
 
 if TYPE_CHECKING:
@@ -116,25 +113,3 @@ def open_aftersales(conn: sqlite3.Connection, shops: Iterable[str], limit: int =
     return [OpenAfterSale(shop, buyer, f"{shop}:{buyer}" if buyer else None, _aftersale.decode(a),
                           _order.decode(o) if o else Order(order_id=oid))
             for shop, oid, buyer, a, o in rows]
-
-
-@gate()
-async def aftersales(request: web.Request, scope: Scope) -> web.Response:
-    """``GET /v1/aftersales[?shop_id=]``: open after-sale requests of the account's shops, with
-    the buyer's open conversation (its state and agent) for the 售后 view to open."""
-    from router.service.server import SERVICE, json_response
-
-    service = request.app[SERVICE]
-    shop_q = request.query.get("shop_id")
-    shops = [scope.require_shop(shop_q)] if shop_q else sorted(scope.shops)
-    items = await service.records.open_aftersales(shops)
-    shared = getattr(service, "mirrored_conversations", None)  # the Redis backend: every shard's mirror, not ours only
-    convs = (await shared([it.conversation_id for it in items if it.conversation_id]) if shared is not None
-             else service.router.dispatcher.conversations)
-    out = []
-    for it in items:
-        conv = convs.get(it.conversation_id or "")
-        if conv is not None:
-            it = msgspec.structs.replace(it, conversation_state=conv.state, agent_id=conv.agent_id)
-        out.append(it)
-    return json_response({"aftersales": out})
