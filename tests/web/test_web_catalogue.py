@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-WEB = Path(__file__).resolve().parents[2] / "router" / "web"
+WEB = Path(__file__).resolve().parents[2] / "router" / "service" / "web"
 CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
 LANGS = ("zh-CN", "en")
 
