@@ -230,12 +230,14 @@ async def test_sigkill_under_load_loses_nothing_and_counts_nothing_twice(tmp_pat
                     try:
                         status, body = await clients[node].post_messages(shop, batch, secret=SECRET_A)
                     except (TimeoutError, aiohttp.ClientError):
+                        unsure.update(m["msg_id"] for m in batch)  # the instance may have journaled it before dying
                         continue
                     assert status in (202, 503), body
                     if status == 202:
                         acked.extend(m["msg_id"] for m in batch)
                     await asyncio.sleep(0.02)
 
+            unsure: set[str] = set()
             workers = [asyncio.create_task(producer(w)) for w in range(3)]
             await wait_for(lambda: len(platform.deliveries) >= 40, 60, "40 replies delivered")
             victim = 1
@@ -262,8 +264,10 @@ async def test_sigkill_under_load_loses_nothing_and_counts_nothing_twice(tmp_pat
             survivor = nodes.urls[0]
             admin = await Client(survivor, http).login("ops", PG_PASSWORD)
             st, got = await Client(survivor, http).call("GET", f"/v1/stats?from={t0 - 1}&to={time.time() + 1}", admin)
-        assert set(history) == set(acked) and max(history.values()) == 1  # nothing lost, nothing twice
-        assert got["period"]["total"]["messages"] == len(set(acked))
+        # Nothing acknowledged lost, nothing twice; beyond the acknowledged only what was in flight
+        # when the instance died (the request failed, but it was journaled first).
+        assert set(acked) <= set(history) <= set(acked) | unsure and max(history.values()) == 1
+        assert got["period"]["total"]["messages"] == len(history)
         assert sorted(platform.deliveries) == sorted(outbox)  # every reply in the outbox delivered
         twice = {rid for rid, n in platform.deliveries.items() if n > 1}
         # A reply the killed instance had sent but not yet marked acknowledged is sent again by the
