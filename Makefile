@@ -26,10 +26,12 @@ check: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check router plugins policies adapters bench tests examples
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check router plugins policies adapters bench tests examples
+	$(BIN)/lint-imports
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench
