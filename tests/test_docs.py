@@ -32,3 +32,17 @@ def test_no_documented_hook_is_missing_from_the_specs():
 def test_readme_starts_with_make_run_and_make_test():
     head = (ROOT / "README.md").read_text(encoding="utf-8")[:1500]
     assert "make run" in head and "make test" in head
+
+
+#: Placeholders and generated output the guides name on purpose.
+NOT_FILES = ("bench/results", "config/faq/x.toml", "policies/NAME.toml", "tests/data/adapter_")
+PATH_IN_DOCS = re.compile(r"(?<![\w./\[-])((?:router|plugins|policies|adapters|bench|config|tests|examples)/[\w./-]*\w)")
+
+
+@pytest.mark.parametrize("doc", [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))], ids=lambda p: p.name)
+def test_every_path_the_guides_name_exists(doc):
+    """The README's layout table and docs/ follow the tree: a moved or split module fails here."""
+    text = doc.read_text(encoding="utf-8")
+    missing = {p for p in PATH_IN_DOCS.findall(text)
+               if not p.startswith(NOT_FILES) and not (ROOT / p).exists() and not (doc.parent / p).exists()}
+    assert not missing, f"{doc.relative_to(ROOT)} names paths that do not exist: {sorted(missing)}"
