@@ -18,8 +18,9 @@ import anyio
 from router import __version__
 
 from router.core import i18n
-from router.core.config import Config, ConfigErrors, load_config
 from router.core.logging import configure_logging
+from router.tools import commands
+from router.tools.common import load_or_report
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Handler] = {}
@@ -30,17 +31,6 @@ def command(name: str) -> Callable[[Handler], Handler]:
         _COMMANDS[name] = fn
         return fn
     return deco
-
-
-def load_or_report(args: argparse.Namespace) -> Config | None:
-    """The configuration named by ``--config``, or ``None`` after printing its errors (one
-    ``file: key.path: reason`` a line) on stderr."""
-    try:
-        return load_config(args.config)
-    except ConfigErrors as exc:
-        for e in exc.errors:
-            print(i18n.t(e), file=sys.stderr)
-        return None
 
 
 @command("check")
@@ -223,8 +213,6 @@ def _lang(value: str) -> str:
 
 def _add_extra_commands(sub: argparse._SubParsersAction, add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     """Commands whose modules are heavier (server, simulator) register their arguments here."""
-    from router.tools import commands
-
     commands.register(add, command)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from router.core import i18n
 from router.core.i18n import t
+from router.tools.common import load_or_report
 
 _ = i18n._
 
@@ -26,7 +27,6 @@ def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callab
 def db_command(args: argparse.Namespace) -> int:
     url = args.url
     if not url:
-        from router.tools.cli import load_or_report
         from router.storage.pg import database_url
 
         config = load_or_report(args)

@@ -14,6 +14,7 @@ from typing import Any
 from router.core import i18n
 from router.core.i18n import _, gettext, t
 from router.core.logging import configure_logging
+from router.tools.common import load_or_report
 
 
 def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callable[[str], Any]) -> None:
@@ -60,8 +61,6 @@ def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callab
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from router.tools.cli import load_or_report
-
     import asyncio
 
     from router.service.server import ensure_demo, serve_forever
@@ -113,7 +112,6 @@ def _password(args: argparse.Namespace) -> str | None:
 def accounts_command(args: argparse.Namespace) -> int:
     from router.storage import accounts as acct
     from router.service.access import agent_shops
-    from router.tools.cli import load_or_report
     from router.storage.store import Store
 
     config = load_or_report(args)

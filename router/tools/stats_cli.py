@@ -13,6 +13,7 @@ import msgspec
 
 from router.core import i18n
 from router.core.i18n import t
+from router.tools.common import load_or_report
 
 if TYPE_CHECKING:
     from router.core.config import Config
@@ -50,7 +51,6 @@ class StoreRead(NamedTuple):
 def open_period(args: argparse.Namespace) -> StoreRead | None:
     """The configuration, the period (``--from``/``--to``), the store and the ``--shop`` (and
     ``--agent``, where the command has one) checked, or ``None`` after printing why not."""
-    from router.tools.cli import load_or_report
     from router.storage.stats import parse_period
 
     config = load_or_report(args)
