@@ -447,7 +447,7 @@ async def test_protocol_refusals_are_chinese_by_default(server):
 
 
 def test_the_request_head_timeout_is_chinese(chinese):
-    from router.service.server import error_body
+    from router.service.http import error_body
 
     body = error_body(408, _("request head not complete within {seconds:g} s (server.header_timeout_s)", seconds=10.0))
     assert body == {"error": "request_timeout", "message": "请求头未在 10 秒内收完（server.header_timeout_s）"}

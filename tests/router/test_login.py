@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from router.storage import accounts as acct
 from router.service.login import Limiter
-from router.service.server import LOGIN, Server
+from router.service.accounts_api import LOGIN
+from router.service.server import Server
 from router.storage.store import Store
 from tests.router.serve_support import ENV, PASSWORD, Client, add_accounts, message, start_server, write_config
 

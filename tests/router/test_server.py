@@ -14,7 +14,7 @@ import pytest
 
 from router.core.hookspecs import hookimpl
 from router.core.models import FilterVerdict
-from router.service.server import IngestFirst
+from router.service.http_server import IngestFirst
 from router.core.signing import SIGNATURE_HEADER, sign
 from tests.router.serve_support import (
     ENV,

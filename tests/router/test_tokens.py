@@ -152,7 +152,7 @@ async def test_a_broken_frame_closes_the_socket_with_a_reason(served, fenliu_log
 
 
 def test_metrics_ask_for_a_token_beyond_loopback(tmp_path, monkeypatch):
-    from router.service.server import _is_loopback
+    from router.service.ops_api import _is_loopback
 
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.0.2.7") and not _is_loopback("::")
