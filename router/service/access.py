@@ -36,6 +36,7 @@ from router.storage import accounts as acct
 from router.storage.accounts import Account
 from router.core.errors import HTTPError
 from router.core.i18n import _
+from router.service.http import SERVICE
 
 if TYPE_CHECKING:
     from router.core.config import Config
@@ -51,9 +52,6 @@ TICKET_TTL_S = 30.0
 REFRESH_S = 0.5
 #: Tickets kept at most (a flood of ticket requests cannot grow memory without bound).
 TICKETS_MAX = 10_000
-
-SERVICE = web.AppKey("service", object)
-SOCKETS = web.AppKey("sockets", set)
 
 _ROLE_RANK = {"agent": 0, "supervisor": 1, "admin": 2}
 

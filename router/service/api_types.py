@@ -1,7 +1,8 @@
-"""The bodies ``fenliu serve`` answers with, as msgspec structs, so the published OpenAPI
-document (router/service/openapi.py) is generated from types rather than written by hand, and so a
-handler can encode one of these instead of a dict. Request bodies and WebSocket frames are
-defined beside their handlers (router/service/server.py, router/service/workbench.py) and in router/core/models.py.
+"""The bodies ``fenliu serve`` takes and answers with, as msgspec structs, so the published
+OpenAPI document (router/service/openapi.py) is generated from types rather than written by
+hand, and so a handler can encode one of these instead of a dict. They live here, not beside
+their handlers, so that the document and the handlers import them without importing each other.
+Messages, events and WebSocket frames are in router/core/models.py.
 
 Response structs forbid unknown fields: the document then says ``additionalProperties: false``
 and the schemathesis test (tests/web/test_openapi.py) fails when a handler grows a key the
@@ -10,7 +11,7 @@ contract does not name.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -112,6 +113,11 @@ class LoginResponse(_Body):
     role: Literal["admin", "supervisor", "agent"]
     shops: list[str]
     agent_id: str | None
+
+
+class TicketResponse(msgspec.Struct):
+    ticket: str
+    expires: float
 
 
 class ShopInfo(_Body):
@@ -453,3 +459,40 @@ class Dashboard(_Body, tag="dashboard", tag_field="type"):
 
 
 SupervisorFrame = FeedDecision | Dashboard
+
+
+# -- request bodies ------------------------------------------------------------------------------------
+
+
+class LoginRequest(msgspec.Struct, forbid_unknown_fields=True):
+    # Bounded: a guessed name is remembered for its lockout (router/service/login.py).
+    account: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    password: Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class StatusRequest(msgspec.Struct, forbid_unknown_fields=True):
+    status: AgentStatus
+
+
+class ProfileRequest(msgspec.Struct, forbid_unknown_fields=True):
+    tags: list[str] | None = None
+    add_tags: list[str] = []
+    note: str | None = None
+
+
+class ReloadRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/admin/reload``: ``force`` applies a valid configuration the guards refused
+    (an emptied file, a shop left without agents, an outbound filter turned off)."""
+
+    force: bool = False
+
+
+class CheckRequest(msgspec.Struct, forbid_unknown_fields=True):
+    text: str
+    conversation_id: str | None = None
+    shop_id: str | None = None
+
+
+class TransferRequest(msgspec.Struct, forbid_unknown_fields=True):
+    to_agent: str | None = None
+    to_skill: str | None = None

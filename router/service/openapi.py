@@ -24,8 +24,14 @@ from router.service import api_types as t
 from router.core.config import Id
 from router.core.models import Message, RatingEvent, WsClientFrame, WsServerFrame
 from router.service.access import public
-from router.service.server import LoginRequest, ProfileRequest, StatusRequest, TicketResponse
-from router.service.workbench import CheckRequest, TransferRequest
+from router.service.api_types import (
+    CheckRequest,
+    LoginRequest,
+    ProfileRequest,
+    StatusRequest,
+    TicketResponse,
+    TransferRequest,
+)
 
 REF = "#/components/schemas/{name}"
 JSON = "application/json"

@@ -45,12 +45,8 @@ from router.core.i18n import _, t
 from router.core.ingest import explain
 from router.core.models import Decision, Message, TransferEvent
 from router.core.pipeline import InputError
-from router.service.server import (
-    SERVICE,
-    SOCKETS,
-    error,
-    json_response,
-)
+from router.service.api_types import CheckRequest, TransferRequest
+from router.service.http import SERVICE, SOCKETS, error, json_response
 from router.service.service import Service
 from router.service.today import Today
 
@@ -162,12 +158,6 @@ async def quick_replies(request: web.Request, scope: Scope) -> web.Response:
                           "assist": assist, "draft": draft})
 
 
-class CheckRequest(msgspec.Struct, forbid_unknown_fields=True):
-    text: str
-    conversation_id: str | None = None
-    shop_id: str | None = None
-
-
 @gate()
 async def check_reply(request: web.Request, scope: Scope) -> web.Response:
     service = request.app[SERVICE]
@@ -196,11 +186,6 @@ async def check_reply(request: web.Request, scope: Scope) -> web.Response:
 
 
 # -- moving conversations -----------------------------------------------------------------------------
-
-
-class TransferRequest(msgspec.Struct, forbid_unknown_fields=True):
-    to_agent: str | None = None
-    to_skill: str | None = None
 
 
 @gate()

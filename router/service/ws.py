@@ -45,8 +45,9 @@ from router.core.models import (
     WsTransfer,
 )
 from router.core.pipeline import InputError
-from router.service.access import BOOK, EXPIRES, SOCKETS, Scope, visible_encoded
+from router.service.access import BOOK, EXPIRES, Scope, visible_encoded
 from router.service.errors import NotYours, Overloaded
+from router.service.http import SOCKETS
 
 if TYPE_CHECKING:
     from router.service.service import Service
