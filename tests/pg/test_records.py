@@ -68,7 +68,7 @@ async def test_outbox_rows_are_claimed_by_one_instance_each(pg_url: str) -> None
 def _message(i: int) -> tuple:
     msg = Message(msg_id=f"m{i}", shop_id="s1", buyer_id="b1", text=f"hello {i}", ts=100.0 + i)
     d = Decision(f"m{i}", "s1", "s1:b1", "queued", cause="message")
-    from router.service.service import _encode
+    from msgspec.json import encode as _encode
 
     return ("message", f"3:{i}-0", 100.0 + i, "s1", f"m{i}", "s1:b1", _encode(msg), [d])
 
@@ -78,7 +78,7 @@ async def test_histories_of_a_shard_equal_each_conversations_without_what_is_rou
     conversation shows, less the inputs it routes again itself (the old owner's pending entries)."""
     (r,) = await _records(pg_url, 1)
     try:
-        from router.service.service import _encode
+        from msgspec.json import encode as _encode
 
         other = ("message", "m:s2:x", 150.0, "s2", "x", "s2:b9", _encode(Message(msg_id="x", shop_id="s2", buyer_id="b9",
                  text="elsewhere", ts=150.0)), [Decision("x", "s2", "s2:b9", "queued", cause="message")])

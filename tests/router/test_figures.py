@@ -16,6 +16,11 @@ import aiohttp
 import msgspec
 import pytest
 
+import router.service.buyers
+import router.service.intake
+import router.service.journal
+import router.service.loop
+import router.service.outbox
 import router.service.service
 from router.core.signing import SIGNATURE_HEADER, sign
 from tests.router.serve_support import ENV, SECRET_A, SECRET_B, Agent, Client, add_accounts, message, start_server, write_config
@@ -30,7 +35,7 @@ T0 = datetime(_tomorrow.year, _tomorrow.month, _tomorrow.day, 9, 0, tzinfo=TZ).t
 
 
 class Clock:
-    """Stands in for the ``time`` module inside router/service/service.py: ``time()`` is the test's."""
+    """Stands in for the ``time`` module inside the service's parts (router/service/): ``time()`` is the test's."""
 
     def __init__(self) -> None:
         self.now = T0
@@ -45,7 +50,9 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch):
     c = Clock()
-    monkeypatch.setattr(router.service.service, "time", c)
+    for part in (router.service.service, router.service.loop, router.service.journal, router.service.buyers,
+                 router.service.outbox, router.service.intake):
+        monkeypatch.setattr(part, "time", c)
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)
     return c

@@ -420,7 +420,7 @@ async def test_a_dead_journal_writer_fails_closed_and_health_says_so(server, tmp
     answers 503 and ``/healthz`` says why (an orchestrator restarts the service)."""
     srv, c = server
     assert (await c.post_messages("pdd-a", message("m-1")))[0] == 202
-    proc = srv.service.writer._proc
+    proc = srv.service.journal.writer._proc
     proc.kill()
     await proc.wait()
     for _ in range(100):

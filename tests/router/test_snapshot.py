@@ -83,7 +83,7 @@ async def test_a_snapshot_and_the_tail_rebuild_what_the_whole_journal_does(tmp_p
     db = tmp_path / "fenliu.db"
     live = await started(cfg)
     await run_traffic(live)
-    await live.writer.flush()
+    await live.journal.writer.flush()
     before_stop = state(live)
     await live.stop()
     snaps = db_rows(db, "SELECT seq FROM snapshots ORDER BY seq")
@@ -95,14 +95,14 @@ async def test_a_snapshot_and_the_tail_rebuild_what_the_whole_journal_does(tmp_p
         conn.execute("DELETE FROM snapshots WHERE seq = ?", (last,))
     tail = await started(cfg)
     from_snapshot = state(tail)
-    assert tail._snapshot_seq == snaps[0][0] < last - 40
+    assert tail.journal.snapshot_seq == snaps[0][0] < last - 40
     await tail.stop()
 
     with sqlite3.connect(db) as conn:
         conn.execute("DELETE FROM snapshots")
     full = await started(cfg)
     from_journal = state(full)
-    assert full._snapshot_seq == 0
+    assert full.journal.snapshot_seq == 0
     await full.stop()
 
     assert from_snapshot["conversations"] and from_snapshot["queued"] and from_snapshot["history"]
@@ -121,7 +121,7 @@ async def test_the_dedupe_ids_come_back_with_a_snapshot(tmp_path, env):
     await live.stop()
     again = await started(cfg)
     try:
-        assert again._snapshot_seq > 0
+        assert again.journal.snapshot_seq > 0
         result = await again.ingest([Message(shop_id="pdd-a", msg_id=f"m-{i}", buyer_id=f"b-{i}", text="在吗")
                                      for i in (0, 12, 29)] + [Message(shop_id="pdd-a", msg_id="m-30", buyer_id="b-30", text="在吗")])
         assert sorted(result.duplicates) == ["m-0", "m-12", "m-29"] and result.accepted == ["m-30"]
@@ -140,13 +140,13 @@ async def test_a_snapshot_of_another_configuration_is_not_used(tmp_path, env):
     main = cfg / "fenliu.toml"
     main.write_text(main.read_text(encoding="utf-8").replace('level = "warning"', 'level = "error"'), encoding="utf-8")
     again = await started(cfg)
-    assert again._snapshot_seq > 0
+    assert again.journal.snapshot_seq > 0
     await again.stop()
     agents = cfg / "agents.toml"
     agents.write_text(agents.read_text(encoding="utf-8") + "\n# a comment is a change too\n", encoding="utf-8")
     again = await started(cfg)
     try:
-        assert again._snapshot_seq == 0  # the whole journal was replayed
+        assert again.journal.snapshot_seq == 0  # the whole journal was replayed
         assert state(again)["conversations"] == expected["conversations"]
     finally:
         await again.stop()
@@ -163,7 +163,7 @@ async def test_an_unreadable_snapshot_costs_a_full_replay(tmp_path, env):
         conn.execute("UPDATE snapshots SET body = x'00ff00'")
     again = await started(cfg)
     try:
-        assert again._snapshot_seq == 0
+        assert again.journal.snapshot_seq == 0
         assert state(again)["conversations"] == expected["conversations"]
     finally:
         await again.stop()

@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter
 
-from adapters import OutboundReply, deliver_once
+from adapters import OutboundReply
 from router.core.models import Conversation, Decision, Message, Order, WsHistoryItem
+from router.service.buyers import Profile
+from router.service.outbox import attempt
 from router.storage.pg.records import PgRecords
 from router.storage.story import order_json
 
@@ -51,7 +53,8 @@ FOLLOW_OVERLAP = 2000
 
 
 class PgSide:
-    """The PostgreSQL half of one Redis-backed instance."""
+    """The PostgreSQL half of one Redis-backed instance; also the book its buyers' profiles and
+    notes are written to (:class:`router.service.buyers.Book`)."""
 
     def __init__(self, service: RedisService, records: PgRecords) -> None:
         self.service = service
@@ -65,16 +68,16 @@ class PgSide:
         self._history_last = self._outbox_last = 0
         self._history_seen: dict[int, None] = {}
         self._outbox_seen: dict[int, None] = {}
-        trips = Counter("fenliu_pg_round_trips", "Round trips to PostgreSQL, by purpose", ["op"],
-                        registry=service.metrics.registry)
-        records.on_round_trip = lambda op, n: trips.labels(op).inc(n)
+
+    def count_on(self, registry: CollectorRegistry) -> None:
+        """Count round trips in the service's metrics."""
+        trips = Counter("fenliu_pg_round_trips", "Round trips to PostgreSQL, by purpose", ["op"], registry=registry)
+        self.records.on_round_trip = lambda op, n: trips.labels(op).inc(n)
 
     # -- start and stop ---------------------------------------------------------------------------
 
     async def start(self) -> list[asyncio.Task]:
         """Migrate, load what enrichment reads (profiles, current orders), start the loops."""
-        from router.service.service import Profile
-
         await self.records.start()
         s = self.service
         for shop, buyer, tags, notes, updated in await self.records.profiles_since(0.0):
@@ -105,7 +108,7 @@ class PgSide:
         self.add("message", f"m:{msg.shop_id}:{msg.msg_id}", clock, msg.shop_id, msg.msg_id, msg.conversation_id,
                  _encode(msg), decisions)
         if msg.order is not None and msg.order.order_id:
-            order = self.service._note_order(msg.shop_id, msg.buyer_id, msg.order)
+            order = self.service.buyers.note_order(msg.shop_id, msg.buyer_id, msg.order)
             if order is not None and order.order_id:
                 self.orders.append((msg.shop_id, order.order_id, msg.buyer_id, order_json(order), clock))
 
@@ -124,7 +127,7 @@ class PgSide:
         ticks = [d for d in decisions if id(d) not in seen]
         if ticks:
             entry = f"t:{self.service.id}:{next(self._ticks)}"
-            await self.records.write_history([("tick", entry, self.service._clock, None, None, None, None, ticks)])
+            await self.records.write_history([("tick", entry, self.service.clock, None, None, None, None, ticks)])
 
     # -- replies ------------------------------------------------------------------------------------
 
@@ -153,17 +156,7 @@ class PgSide:
     async def _deliver(self, item: OutboundReply, attempts: int) -> None:
         s = self.service
         try:
-            error = await deliver_once(s.adapters.get(item.shop_id), item)
-            if error is None:
-                s.metrics.outbound.labels("acked").inc()
-                await self.records.acked(item.id, time.time())
-                return
-            attempts += 1
-            delay = min(60.0, 0.5 * 2 ** (attempts - 1))
-            s.metrics.outbound.labels("failed").inc()
-            log.warning("delivery_failed", shop_id=item.shop_id, conversation_id=item.conversation_id,
-                        reply_id=item.id, attempts=attempts, retry_in_s=delay, error=error)
-            await self.records.retry(item.id, attempts, time.time() + delay, error)
+            await attempt(s.adapters.get(item.shop_id), item, attempts, s.metrics, self.records, logger=log)
         except Exception as exc:  # noqa: BLE001 - the claim expires and the row is sent again
             log.warning("outbox_update_failed", reply_id=item.id, error=str(exc))
         finally:
@@ -171,24 +164,18 @@ class PgSide:
 
     # -- profiles, notes, orders ---------------------------------------------------------------------
 
-    async def set_profile(self, shop_id: str, buyer_id: str, *, tags: list[str] | None, add_tags: tuple[str, ...],
-                          note: str | None, author: str | None) -> Any:
-        from router.service.service import Profile
+    async def update_profile(self, shop_id: str, buyer_id: str, current: Profile | None, *, tags: list[str] | None,
+                             add_tags: tuple[str, ...], note: dict[str, Any] | None) -> Profile:
+        """Read-modify-written in one transaction (``current``, this instance's copy, may be stale)."""
+        new_tags, notes = await self.records.update_profile(shop_id, buyer_id, tags=tags, add_tags=add_tags, note=note)
+        return Profile(new_tags, notes)
 
-        entry = {"text": note, "by": author, "ts": time.time()} if note else None
-        new_tags, notes = await self.records.update_profile(shop_id, buyer_id, tags=tags, add_tags=add_tags, note=entry)
-        profile = Profile(new_tags, notes)
-        self.service.profiles[(shop_id, buyer_id)] = profile
-        return profile
-
-    async def add_note(self, shop: str, cid: str, agent_id: str | None, text: str) -> None:
-        await self.records.add_note(shop, cid, agent_id, text, time.time())
+    async def add_note(self, shop_id: str, cid: str, agent_id: str | None, text: str, ts: float) -> None:
+        await self.records.add_note(shop_id, cid, agent_id, text, ts)
 
     async def _follow_loop(self) -> None:
         """Profiles changed through other instances, every instance's new history and replies
         for the live figures, and history pruned past its retention."""
-        from router.service.service import Profile
-
         pruned = 0.0
         first = True
         while True:
@@ -246,7 +233,7 @@ class PgSide:
         for r in new_replies:
             self._remember(self._outbox_seen, r[0])
             self._outbox_last = max(self._outbox_last, r[0])
-        self.service._journaled(rows, ids)
+        self.service.journaled(rows, ids)
         self.records.followed.set()
 
     @staticmethod
