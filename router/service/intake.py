@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from router.service.service import Service
 
 
-class Intake:
+class LocalIntake:
     """Jobs for :class:`router.service.loop.RouterLoop`, each answered after its commit."""
 
     def __init__(self, service: Service) -> None:

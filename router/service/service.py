@@ -25,7 +25,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 
@@ -36,7 +36,7 @@ from router.core.models import Conversation, Decision, Event, Message, OutboundR
 from router.core.pipeline import Router
 from router.service.buyers import BuyerRecords, Profile, SqliteBook
 from router.service.errors import JournalFailed
-from router.service.intake import Intake
+from router.service.intake import LocalIntake
 from router.service.journal import Journal
 from router.service.lifecycle import IdleCloser
 from router.service.loop import IngestResult, RouterLoop
@@ -48,22 +48,62 @@ from router.service.views import ConversationView, LocalView
 from router.storage.records import Records, SqliteRecords
 from router.storage.store import Store
 
-if TYPE_CHECKING:
-    from router.service.redis.stream import StreamLoop
-
 log = structlog.get_logger("fenliu.service")
 
 __all__ = ["HISTORY", "ConversationView", "IngestResult", "Parts", "Profile", "Service", "Session", "local_parts"]
+
+
+class Engine(Protocol):
+    """Feeds the router and commits what it decides (:class:`RouterLoop`, or the Redis backend's
+    :class:`router.service.redis.stream.StreamLoop`)."""
+
+    async def open(self) -> None:
+        """Open the stores and rebuild the router's state."""
+
+    def tasks(self) -> list[asyncio.Task]:
+        """Start the engine's loops; the first is the consumer, drained at stop."""
+
+    def started(self) -> None: ...
+
+    async def drain(self, consumer: asyncio.Task | None) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Intake(Protocol):
+    """Turns callers' requests into the engine's work (:class:`LocalIntake`, or the Redis
+    backend's :class:`router.service.redis.intake.SharedIntake`)."""
+
+    async def ingest(self, messages: list[Message]) -> IngestResult: ...
+
+    async def event(self, event: Event, requester: Any = None, *, via: str = "ws") -> list[Decision]: ...
+
+    async def reply(self, agent_id: str, conversation_id: str, text: str) -> OutboundResult: ...
+
+    async def order_context(self, items: list[OrderContext]) -> None: ...
+
+    async def reload(self, config: Config) -> list[Decision]: ...
+
+
+class View(Protocol):
+    """Shows open conversations to the API (:class:`LocalView`, or the Redis backend's
+    :class:`router.service.redis.view.SharedView`)."""
+
+    async def open_conversations(self) -> list[Conversation]: ...
+
+    async def conversation_view(self, cid: str) -> ConversationView | None: ...
+
+    async def note_target(self, agent_id: str | None, cid: str) -> tuple[str, str]: ...
 
 
 class Parts(NamedTuple):
     """What a backend supplies to the wiring."""
 
     router: Router
-    engine: RouterLoop | StreamLoop
-    intake: Any
+    engine: Engine
+    intake: Intake
     desk: Sessions
-    view: Any
+    view: View
     buyers: BuyerRecords
     journal: Journal | None = None
 
@@ -73,7 +113,7 @@ def local_parts(service: Service) -> Parts:
     config = service.config
     router = Router(config, reservations=True, clock=lambda: service.clock,
                     dedupe=SeenIds(config.main.server.dedupe_window, keep_evicted=True))
-    return Parts(router, RouterLoop(service), Intake(service), Sessions(service, LocalPresence(service)),
+    return Parts(router, RouterLoop(service), LocalIntake(service), Sessions(service, LocalPresence(service)),
                  LocalView(service), BuyerRecords(SqliteBook(service.store)), Journal(service))
 
 

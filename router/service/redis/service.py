@@ -41,7 +41,7 @@ def redis_parts(service: RedisService) -> Parts:
     engine = StreamLoop(service)
     book = service.pg if service.pg is not None else SqliteBook(service.store, notes=False)
     return Parts(service.claims.new_router(service.config), engine, SharedIntake(service),
-                 Sessions(service, SharedPresence(service), outlet=engine), SharedView(service), BuyerRecords(book))
+                 Sessions(service, service.presence, outlet=engine), SharedView(service), BuyerRecords(book))
 
 
 class RedisService(Service):
@@ -56,6 +56,7 @@ class RedisService(Service):
         self.id, self.keys, self.r, self.rs = link.id, link.keys, link.r, link.rs
         self.leases = Leases(self)
         self.claims = Claims(self)
+        self.presence = SharedPresence(self)
         #: The PostgreSQL records store's side (``storage.records = "postgres"``), else ``None``.
         self.pg: PgSide | None = None
         st = config.main.storage

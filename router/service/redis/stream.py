@@ -55,6 +55,7 @@ class StreamLoop:
         self._jobs: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._tick_queued = False
+        self._pg_tasks: list[asyncio.Task] = []
 
     # -- life cycle (called by the Service) ---------------------------------------------------------
 
@@ -80,7 +81,7 @@ class StreamLoop:
         return [asyncio.create_task(self._consume(), name="fenliu-redis-consumer"),
                 asyncio.create_task(s.leases.run(), name="fenliu-redis-leases"),
                 asyncio.create_task(s.claims.follow(), name="fenliu-redis-control"),
-                asyncio.create_task(s.desk.presence.relay(), name="fenliu-redis-frames"),
+                asyncio.create_task(s.presence.relay(), name="fenliu-redis-frames"),
                 asyncio.create_task(self._tick_loop(), name="fenliu-redis-ticker"),
                 *self._pg_tasks]
 
