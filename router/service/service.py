@@ -118,7 +118,7 @@ def local_parts(service: Service) -> Parts:
 
 
 class Service:
-    """Everything ``serve`` runs, minus HTTP."""
+    """Everything ``serve`` runs, minus HTTP: the parts a backend supplies (``parts``), wired."""
 
     def __init__(self, config: Config, *, store_path: str | Path | None = None, simulate: bool = False,
                  parts: Callable[[Service], Parts] = local_parts) -> None:
@@ -147,6 +147,8 @@ class Service:
         #: its reply rows (by index): what the store now holds, for figures kept live (router/service/today.py).
         self.on_journaled: list[Callable[[list[tuple], dict[int, int]], None]] = []
         self.memory = Memory()
+        # The parts' tables under the names the HTTP layer, the workbench and tests read (the same
+        # dicts: a part that clears one clears it here too).
         self.owner, self.history = self.memory.owner, self.memory.history
         self.context, self.waiting_since = self.memory.context, self.memory.waiting_since
         self.outbox = Outbox(lambda: self.adapters, self.metrics, SqliteLedger(self.store), lambda: self.stopping)

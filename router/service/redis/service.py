@@ -52,6 +52,7 @@ class RedisService(Service):
     checks_claims = True
 
     def __init__(self, config: Config, *, store_path: str | None = None, simulate: bool = False) -> None:
+        # What the parts reach for, made before the wiring builds them (redis_parts).
         self.link = link = Link(config)
         self.id, self.keys, self.r, self.rs = link.id, link.keys, link.r, link.rs
         self.leases = Leases(self)
