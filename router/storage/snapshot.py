@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from router.core.dispatch import Dispatcher
 
 #: Bumped whenever what a snapshot holds changes shape: an older snapshot is then ignored.
-FORMAT = 1
+FORMAT = 2
 
 #: Dispatcher attributes that come from the configuration (reattached on restore) or from the
 #: service (hooks), not from routing.

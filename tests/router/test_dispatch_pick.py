@@ -51,7 +51,7 @@ def test_every_pick_is_the_strategys_best_eligible_agent(agents, strategy, ops):
     for n, op in enumerate(ops):
         if op[0] == "open":
             _, shop, skill = op
-            eligible = [st_ for aid, st_ in d.agents.items() if st_.available and shop in d._agent_shops[aid]
+            eligible = [st_ for aid, st_ in d.agents.items() if st_.available and shop in d._pools.shops[aid]
                         and skill in cfg.agents[aid].skills]
             best = min(eligible, key=key) if eligible else None
             expected = best.id if best is not None else None

@@ -1,0 +1,252 @@
+"""Who could take a conversation where: the agents' pools, kept ordered by each shop's strategy.
+
+One *pool* per ``(shop, skill)``: a heap of the agents who could take a conversation there,
+keyed by the shop's strategy (:mod:`policies`), so a pick is O(log n) in the number of agents.
+Entries are invalidated lazily: each carries the agent's ``version`` when pushed, and an agent
+whose key or availability changes is pushed again (a change that keeps both, such as a
+round-robin release below capacity, pushes nothing).
+
+:class:`AgentPools` also keeps what the pools are built from (which shops each agent serves),
+the agents refused by the shared claim function (skipped until refreshed), and how many agents
+are online per shop. It holds plain data only (the dispatcher's snapshot pickles it).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from router.core.models import AgentState
+
+if TYPE_CHECKING:
+    from router.core.config import Config, DispatchConfig
+
+_COMPACT_MIN = 64
+
+#: A strategy's sort key for an agent (``policies``' ``Strategy.key``).
+Key = Callable[[AgentState], tuple[Any, ...]]
+
+
+class Pool:
+    """Available agents of one (shop, skill), smallest strategy key first. An entry is the
+    key's fields followed by the agent's version and id, one flat tuple: comparing nested key
+    tuples was a tenth of all instructions routing a message."""
+
+    __slots__ = ("heap", "key", "members", "limit")
+
+    def __init__(self, key: Key) -> None:
+        self.heap: list[tuple[Any, ...]] = []
+        self.key = key
+        self.members = 0
+        self.limit = _COMPACT_MIN
+
+    def add_member(self) -> None:
+        self.members += 1
+        self.limit = 4 * self.members + _COMPACT_MIN
+
+
+class AgentPools:
+    """The pools of every (shop, skill), and the agents' places in them."""
+
+    def __init__(self, agents: dict[str, AgentState], refused: set[str] | None = None) -> None:
+        self.agents = agents
+        #: agents the shared claim function refused, skipped until refreshed or their status changes
+        self.refused: set[str] = refused if refused is not None else set()
+        self.pools: dict[tuple[str, str], Pool] = {}
+        #: per agent, its pools grouped by strategy key: ``((key, pools), …)``
+        self.groups: dict[str, tuple[tuple[Key, tuple[Pool, ...]], ...]] = {}
+        #: per agent, the ``(shop, skill)`` queues it drains
+        self.queue_keys: dict[str, list[tuple[str, str]]] = {}
+        #: per agent, the shops it may serve
+        self.shops: dict[str, tuple[str, ...]] = {}
+        #: per shop, the agents online and in shift who may serve it
+        self.online: dict[str, int] = {}
+        #: per agent, the keys its current entries were pushed with (absent: not available)
+        self.listed: dict[str, tuple[Any, ...]] = {}
+
+    @classmethod
+    def for_config(cls, agents: dict[str, AgentState], config: Config, policy: dict[str, DispatchConfig],
+                   refused: set[str]) -> AgentPools:
+        """The pools of ``config``'s agents (``policy``: each shop's dispatch policy), adding the
+        agents new to ``agents`` and updating the others' capacity and weight."""
+        self = cls(agents, refused)
+        all_shops = tuple(config.shops)
+        for aid, acfg in config.agents.items():
+            st = agents.get(aid)
+            if st is None:
+                st = agents[aid] = AgentState(aid, acfg.max_concurrent, acfg.weight)
+            st.max_concurrent, st.weight = acfg.max_concurrent, acfg.weight
+            shops = all_shops if "*" in acfg.shops else tuple(s for s in acfg.shops if s in config.shops)
+            self.join(aid, shops, acfg.skills, lambda sid: config.strategies[policy[sid].strategy].key)
+        return self
+
+    def join(self, aid: str, shops: tuple[str, ...], skills: Iterable[str], key_of: Callable[[str], Key]) -> None:
+        """Place agent ``aid`` in the pools of ``shops`` × ``skills`` (``key_of(shop)`` is the
+        shop's strategy key)."""
+        self.shops[aid] = shops
+        pools = []
+        keys = []
+        skills = tuple(skills)
+        for sid in shops:
+            key = key_of(sid)
+            for skill in skills:
+                pool = self.pools.get((sid, skill))
+                if pool is None:
+                    pool = self.pools[(sid, skill)] = Pool(key)
+                pool.add_member()
+                pools.append(pool)
+                keys.append((sid, skill))
+        self.queue_keys[aid] = keys
+        groups: dict[Key, list[Pool]] = {}
+        for pool in pools:
+            groups.setdefault(pool.key, []).append(pool)
+        self.groups[aid] = tuple((k, tuple(v)) for k, v in groups.items())
+
+    # -- online counts --------------------------------------------------------------------------
+
+    def recount(self, shops: Iterable[str]) -> None:
+        counts = {sid: 0 for sid in shops}
+        for aid, served in self.shops.items():
+            st = self.agents[aid]
+            if st.status == "online" and st.in_shift:
+                for sid in served:
+                    counts[sid] += 1
+        self.online = counts
+
+    def set_online(self, st: AgentState, change: Callable[[], Any]) -> None:
+        """Apply ``change`` (to the agent's status or shift) and follow it in the online counts."""
+        before = st.status == "online" and st.in_shift
+        change()
+        after = st.status == "online" and st.in_shift
+        if before != after:
+            for sid in self.shops.get(st.id, ()):
+                self.online[sid] += 1 if after else -1
+
+    # -- keys -------------------------------------------------------------------------------------
+
+    def touch(self, st: AgentState, force: bool = False) -> None:
+        """Re-key the agent in all its pools after a change to its state. Lazy: the entries
+        already in the heaps stay valid while the agent stays available under the same keys (a
+        round-robin agent released below capacity, say), so only a new key or a return to
+        availability pushes; becoming unavailable bumps the version, which invalidates them
+        (stale entries are skipped when they reach the top, and swept when a heap grows past 4×
+        its members). ``force`` pushes anyway, for heaps that may have lost the agent's entries
+        (rebuilt pools, an agent no longer refused)."""
+        aid = st.id
+        listed = self.listed
+        if not st.available:
+            if aid in listed:
+                del listed[aid]
+                st.version += 1
+            return
+        groups = self.groups.get(aid, ())
+        # one key per strategy among the agent's shops; usually one strategy, so one key
+        single = len(groups) == 1
+        keys = groups[0][0](st) if single else tuple([key(st) for key, _ in groups])
+        if not force:
+            old = listed.get(aid)
+            if old == keys:
+                return
+            if single and old is not None and keys > old:
+                # a key that only grew (an assignment, under every built-in strategy): the
+                # entries already pushed sit too high and ``top`` re-keys one when it surfaces,
+                # instead of a push into each of the agent's pools now
+                listed[aid] = keys
+                return
+        listed[aid] = keys
+        st.version += 1
+        version = st.version
+        push = heapq.heappush
+        for i, (_, pools) in enumerate(groups):
+            entry = (*(keys if single else keys[i]), version, aid)
+            for pool in pools:
+                heap = pool.heap
+                push(heap, entry)
+                if len(heap) > pool.limit:
+                    self.compact(pool)
+
+    def readmit(self, st: AgentState) -> None:
+        """Consider the agent again after a refusal (its status changed, or capacity was freed
+        elsewhere): push it into its pools anew."""
+        self.refused.discard(st.id)
+        self.touch(st, force=True)
+
+    def compact(self, pool: Pool) -> None:
+        agents = self.agents
+        refused = self.refused
+        pool.heap = [e for e in pool.heap if (a := agents.get(e[-1])) is not None and a.version == e[-2]
+                     and a.id not in refused]
+        heapq.heapify(pool.heap)
+
+    # -- picking ----------------------------------------------------------------------------------
+
+    def top(self, pool: Pool) -> tuple[Any, ...] | None:
+        """The pool's best entry that is still current. An entry is pushed only while its agent
+        is available, and a loss of availability or a smaller key bumps its version, so a
+        matching version means the agent is still available with that key or a larger one (a
+        key that grew is not pushed, see :meth:`touch`): such an entry is re-keyed when it
+        reaches the top, and the top is right because no agent's key is below its entry's."""
+        heap = pool.heap
+        agents = self.agents
+        refused = self.refused
+        key = pool.key
+        while heap:
+            entry = heap[0]
+            a = agents.get(entry[-1])
+            if a is not None and a.version == entry[-2] and a.id not in refused:
+                current = (*key(a), a.version, a.id)
+                if current == entry:
+                    return entry
+                heapq.heapreplace(heap, current)
+                continue
+            heapq.heappop(heap)
+        return None
+
+    def pick(self, shop_id: str, skills: Iterable[str], exclude: str | None = None) -> AgentState | None:
+        """The strategy's choice among available agents of any of ``skills`` at the shop (the
+        caller checks that the shop is open)."""
+        best = None
+        for skill in skills:
+            pool = self.pools.get((shop_id, skill))
+            if pool is None:
+                continue
+            entry = self.top(pool)
+            if entry is not None and entry[-1] == exclude:
+                entry = self._second(pool, exclude)
+            if entry is not None and (best is None or entry < best):
+                best = entry
+        return self.agents[best[-1]] if best is not None else None
+
+    def _second(self, pool: Pool, exclude: str) -> tuple[Any, ...] | None:
+        held = []
+        heap = pool.heap
+        found = None
+        while (entry := self.top(pool)) is not None:
+            if entry[-1] != exclude:
+                found = entry
+                break
+            held.append(heapq.heappop(heap))
+        for e in held:
+            heapq.heappush(heap, e)
+        return found
+
+    def eligible(self, st: AgentState | None, shop_id: str) -> bool:
+        """Whether the agent is available, not refused, and may serve the shop (the caller
+        checks that the shop is open)."""
+        return (
+            st is not None
+            and st.available
+            and st.id not in self.refused
+            and shop_id in self.shops.get(st.id, ())
+        )
+
+    def has_skill(self, skill: str) -> bool:
+        return any(s == skill for (_, s) in self.pools)
+
+    def available(self, shop_id: str, skill: str, open_: bool) -> int:
+        """Agents of ``skill`` at the shop who could take a conversation now."""
+        pool = self.pools.get((shop_id, skill))
+        if pool is None or not open_:
+            return 0
+        return len({e[-1] for e in pool.heap if self.eligible(self.agents.get(e[-1]), shop_id)})
