@@ -35,7 +35,7 @@ from typing import Literal
 
 import msgspec
 
-from router.core.plugins import text_cache
+from router.core.textcache import text_cache
 
 #: Synonym groups shipped by default; the first word of a group is what the others become.
 DEFAULT_SYNONYMS: tuple[tuple[str, ...], ...] = (

@@ -26,7 +26,7 @@ import msgspec
 from plugins.skills import KeywordIndex
 from router.core.config import ConfigError
 from router.core.hookspecs import hookimpl
-from router.core.plugins import text_cache
+from router.core.textcache import text_cache
 
 if TYPE_CHECKING:
     from router.core.config import Config

@@ -20,7 +20,7 @@ from plugins.sensitive.folding import normaliser
 from plugins.sensitive.matcher import NOTHING, Matcher
 from plugins.sensitive.rules import Rule
 from router.core.models import FilterVerdict, Hit
-from router.core.plugins import text_cache
+from router.core.textcache import text_cache
 
 if TYPE_CHECKING:
     from plugins.sensitive.config import Direction

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from router.core.plugins import text_cache_stats
+from router.core.textcache import text_cache_stats
 
 if TYPE_CHECKING:
     from router.core.pipeline import Router

@@ -27,7 +27,7 @@ from plugins.sensitive import (
 )
 from router.core.config import ConfigErrors, load_config
 from router.core.models import Hit
-from router.core.plugins import clear_text_caches
+from router.core.textcache import clear_text_caches
 from tests.conftest import DATA, ROOT, T0, run_fenliu
 
 DEMO = ROOT / "config"

@@ -329,7 +329,7 @@ async def test_exact_text_caches_answer_repeats_and_stay_bounded(fenliu_harness)
     """Buyers repeat 在吗 and 发货了吗: the plugins' pure text → result steps are cached by exact
     text (counted per cache), a repeat routes exactly as the first did, a long text is not kept,
     and a cache holds at most its size."""
-    from router.core.plugins import TEXT_CACHE_MAX_CHARS, text_cache, text_cache_stats
+    from router.core.textcache import TEXT_CACHE_MAX_CHARS, text_cache, text_cache_stats
 
     h = fenliu_harness()
     # a presale question (the bot's words and FAQ), an after-sale one (VIP urgency words)
