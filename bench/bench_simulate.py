@@ -36,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import cache_hit_rates, demo_rules, save, show  # noqa: E402
 from router.core.config import load_config  # noqa: E402
 from router.tools.scenario import load_scenario  # noqa: E402
-from router.tools.simulate import Simulation, build_traffic, encode_results  # noqa: E402
+from router.tools.simulate import Simulation  # noqa: E402
+from router.tools.simulate_measures import encode_results  # noqa: E402
+from router.tools.simulate_traffic import build_traffic  # noqa: E402
 
 SHOPS = 100
 AGENTS = 300

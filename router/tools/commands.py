@@ -15,11 +15,11 @@ def register(add: Callable[[str, str], Any], command: Callable[[str], Any]) -> N
     from router.tools.db_cli import register as db_register
     from router.tools.reload_cli import register as reload_register
     from router.tools.serve_cli import register as serve_register
-    from router.tools.simulate import add_arguments as simulate_arguments
+    from router.tools.simulate_cli import add_arguments as simulate_arguments
     from router.tools.stats_cli import register as stats_register
 
     simulate_arguments(add("simulate", i18n.gettext("replay traffic against policies on a virtual clock and report")))
-    command("simulate")(lambda args: import_module("router.tools.simulate").run_command(args))
+    command("simulate")(lambda args: import_module("router.tools.simulate_cli").run_command(args))
     from router.tools.plan import add_arguments as plan_arguments
 
     plan_arguments(add("plan", i18n.gettext("the fewest agents per hour that meet a reply-rate target, confirmed by simulation")))

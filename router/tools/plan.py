@@ -350,7 +350,7 @@ def run_command(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from router.tools.report import source_label
-    from router.tools.simulate import build_traffic
+    from router.tools.simulate_traffic import build_traffic
 
     try:
         config = load_config(args.config)

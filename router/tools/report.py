@@ -87,7 +87,7 @@ def _strategies(p: dict[str, Any]) -> str:
     return ", ".join(sorted(set(p["strategies"].values())))
 
 
-#: The label ``--baseline`` gives its column (router/tools/simulate.py); other labels are folder names.
+#: The label ``--baseline`` gives its column (router/tools/simulate_cli.py); other labels are folder names.
 BASELINE = _("plain round-robin")
 
 

@@ -11,7 +11,7 @@ import pytest
 from router.core.config import load_config
 from router.tools.plan import cover_shifts, erlang_c, judge_table, make_plan, service_level
 from router.tools.scenario import load_scenario
-from router.tools.simulate import build_traffic
+from router.tools.simulate_traffic import build_traffic
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

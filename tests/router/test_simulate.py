@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from router.tools.simulate import gini, percentile
+from router.tools.simulate_measures import gini, percentile
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -225,7 +225,8 @@ def _sim(config: Path, scenario: str, tmp_path: Path, traffic: list[dict] | None
 
     from router.core.config import load_config
     from router.tools.scenario import load_scenario
-    from router.tools.simulate import Simulation, build_traffic
+    from router.tools.simulate import Simulation
+    from router.tools.simulate_traffic import build_traffic
 
     cfg = load_config(config)
     path = tmp_path / "scenario.toml"
@@ -293,7 +294,8 @@ def test_synthetic_traffic_routes_every_message_of_a_buyer_who_stays(tmp_path):
 
     from router.core.config import load_config
     from router.tools.scenario import load_scenario
-    from router.tools.simulate import build_traffic, simulate
+    from router.tools.simulate import simulate
+    from router.tools.simulate_traffic import build_traffic
 
     cfg = load_config(DATA / "sim_policy")
     path = tmp_path / "s.toml"
@@ -449,7 +451,8 @@ def _mmc_waits(tmp_path: Path, rho: float, hours: int, seeds: tuple[int, ...], c
 
     from router.core.config import load_config
     from router.tools.scenario import load_scenario
-    from router.tools.simulate import Simulation, build_traffic
+    from router.tools.simulate import Simulation
+    from router.tools.simulate_traffic import build_traffic
 
     lam = rho * c / mean
     agents = "".join(f'[[agents]]\nid = "a-{i}"\nskills = ["presale"]\nmax_concurrent = 1\n\n' for i in range(c))
