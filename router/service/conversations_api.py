@@ -149,8 +149,5 @@ async def agent_ws(request: web.Request, scope: Scope) -> web.StreamResponse:
         return error(403, _("account {account!r} is not an agent (set agent_id, or account in agents.toml)",
                             account=scope.account.name),
                      "not_an_agent")
-    if service.config.main.storage.backend == "redis":
-        from router.service.redis.ws import agent_socket as shared_agent_socket
-
-        return await shared_agent_socket(request, service, scope)  # type: ignore[arg-type]
-    return await agent_socket(request, service, scope)
+    instance = getattr(service, "id", None)  # a shared backend's instance, for the logs
+    return await agent_socket(request, service, scope, **({"instance": instance} if instance else {}))

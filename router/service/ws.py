@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -118,12 +117,9 @@ class FrameRejected(Exception):
         self.code = code
 
 
-async def agent_socket(request: web.Request, service: Service, scope: Scope,
-                       handle: Callable[[Any, WsSession, bytes], Awaitable[WsResult]] | None = None,
-                       **log_context: Any) -> web.WebSocketResponse:
-    """One agent's WebSocket: hello, then one result frame per command (``handle``: this
-    module's, or the Redis backend's, which forwards commands to the instance routing them)."""
-    handle = handle or _handle
+async def agent_socket(request: web.Request, service: Service, scope: Scope, **log_context: Any) -> web.WebSocketResponse:
+    """One agent's WebSocket: hello, then one result frame per command. The same on every
+    backend: on a shared Redis the service forwards a command to the instance routing it."""
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=64 * 1024)
     await ws.prepare(request)
     session = WsSession(ws, scope)
@@ -143,7 +139,7 @@ async def agent_socket(request: web.Request, service: Service, scope: Scope,
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 data = msg.data.encode() if msg.type == WSMsgType.TEXT else msg.data
                 try:
-                    session.answer(await handle(service, session, data))
+                    session.answer(await _handle(service, session, data))
                 except FrameRejected as exc:
                     bound.info("ws_frame_rejected", reason=str(exc))
                     await session.close(exc.code, str(exc).encode()[:120])
@@ -179,6 +175,9 @@ def _holds(service: Service, agent_id: str, cid: str) -> str | None:
 
 
 async def _handle(service: Service, session: WsSession, data: bytes) -> WsResult:
+    """One command frame, answered by one result. The asker's scope goes with every event: with
+    one instance it was checked here; on a shared Redis the instance routing the conversation
+    checks it (and whether the agent holds the conversation) as it would a local request."""
     aid = session.agent_id
     frame = decode_frame(data)
     if isinstance(frame, WsResult):
@@ -186,15 +185,19 @@ async def _handle(service: Service, session: WsSession, data: bytes) -> WsResult
     op = type(frame).__struct_config__.tag  # type: ignore[attr-defined]
     ref = frame.ref
     cid = getattr(frame, "conversation_id", None)
+    scope = session.scope
+    local = not getattr(service, "checks_claims", False)
     log_ = log.bind(agent_id=aid, conversation_id=cid, op=op)
     try:
-        if cid is not None and not session.scope.sees_conversation(cid):
+        if cid is not None and not scope.sees_conversation(cid):
             return WsResult(op, False, ref, cid, reason=t(_("forbidden: that shop is not permitted to your account")))
-        if isinstance(frame, WsTransfer) and frame.to_agent is not None and frame.to_agent not in session.scope.visible_agents():
+        if isinstance(frame, WsTransfer) and frame.to_agent is not None and frame.to_agent not in scope.visible_agents():
             return WsResult(op, False, ref, cid, reason=t(_("unknown agent {agent!r}", agent=frame.to_agent)))
+        if local and isinstance(frame, WsTransfer | WsClose | WsNote) and (why := _holds(service, aid, frame.conversation_id)):
+            return WsResult(op, False, ref, cid, reason=t(why))
         match frame:
             case WsAccept():
-                await service.event(AcceptEvent(frame.conversation_id, aid))
+                await service.event(AcceptEvent(frame.conversation_id, aid), requester=scope)
             case WsReply():
                 result = await service.reply(aid, frame.conversation_id, frame.text)
                 if not result.ok:
@@ -206,18 +209,12 @@ async def _handle(service: Service, session: WsSession, data: bytes) -> WsResult
                     return WsResult(op, False, ref, cid, reason=t(reason), text=frame.text, hits=result.hits)
                 return WsResult(op, True, ref, cid, text=result.text, hits=result.hits)
             case WsTransfer():
-                if (why := _holds(service, aid, frame.conversation_id)) is not None:
-                    return WsResult(op, False, ref, cid, reason=t(why))
-                await service.event(TransferEvent(frame.conversation_id, frame.to_agent, frame.to_skill))
+                await service.event(TransferEvent(frame.conversation_id, frame.to_agent, frame.to_skill), requester=scope)
             case WsClose():
-                if (why := _holds(service, aid, frame.conversation_id)) is not None:
-                    return WsResult(op, False, ref, cid, reason=t(why))
-                await service.event(CloseEvent(frame.conversation_id))
+                await service.event(CloseEvent(frame.conversation_id), requester=scope)
             case WsStatus():
                 await service.event(AgentStatusEvent(aid, frame.status))
-            case WsNote():  # the Redis backend checks the claim in Redis, whichever instance routes it
-                if not getattr(service, "checks_claims", False) and (why := _holds(service, aid, frame.conversation_id)):
-                    return WsResult(op, False, ref, cid, reason=t(why))
+            case WsNote():
                 await service.add_note(aid, frame.conversation_id, frame.text, frame.tags)
     except (InputError, NotYours, Overloaded) as exc:
         return WsResult(op, False, ref, cid, reason=t(exc))
