@@ -6,7 +6,7 @@ babel.cfg``). Two markers, both found by Babel's default keywords:
 * ``_("agent {agent!r} is not online", agent=a)`` — a :class:`Text`: a ``str`` holding the English
   text (so logs, ``str(exc)`` and comparisons stay English, for machines and operators' grep) that
   remembers its id and fields, so a boundary translates it late with :func:`t`: an HTTP refusal's
-  ``message`` (:func:`router.service.server.error_body`) and a WebSocket ``result``'s ``reason``, in the
+  ``message`` (:func:`router.service.http.error_body`) and a WebSocket ``result``'s ``reason``, in the
   language of the request that asked (``Accept-Language``, set by :func:`use` per request).
 * ``gettext("shop", ...)`` — translated at once, in the current language (the CLI's tables).
 
@@ -21,7 +21,7 @@ shapes are catalogue entries too (:func:`validation_reason`, :func:`json_reason`
 message reads ``字段 ts：应为整数，收到字符串`` in Chinese and keeps msgspec's wording in English.
 
 The language: a request's ``?lang=``, else its ``Accept-Language`` when it names a supported one
-(router/service/server.py, per request; a WebSocket keeps its upgrade request's); else the default:
+(router/service/http.py, per request; a WebSocket keeps its upgrade request's); else the default:
 ``fenliu --lang``, else ``FENLIU_LANG``, else ``server.lang`` (:func:`configure`), else zh-CN.
 
 The catalogues are read from the ``.po`` files at first use with Babel's ``read_po``: nothing to
