@@ -37,6 +37,8 @@ def test_readme_starts_with_make_run_and_make_test():
 #: Placeholders and generated output the guides name on purpose.
 NOT_FILES = ("bench/results", "config/faq/x.toml", "policies/NAME.toml", "tests/data/adapter_")
 PATH_IN_DOCS = re.compile(r"(?<![\w./\[-])((?:router|plugins|policies|adapters|bench|config|tests|examples)/[\w./-]*\w)")
+#: Markdown link targets, relative to the guide: ``](../router/core/dispatch.py#L10)``.
+LINK_IN_DOCS = re.compile(r"\]\(((?!https?:|mailto:|#)[^)\s#]+)")
 
 
 @pytest.mark.parametrize("doc", [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))], ids=lambda p: p.name)
@@ -45,4 +47,5 @@ def test_every_path_the_guides_name_exists(doc):
     text = doc.read_text(encoding="utf-8")
     missing = {p for p in PATH_IN_DOCS.findall(text)
                if not p.startswith(NOT_FILES) and not (ROOT / p).exists() and not (doc.parent / p).exists()}
+    missing |= {p for p in LINK_IN_DOCS.findall(text) if not (doc.parent / p).exists()}
     assert not missing, f"{doc.relative_to(ROOT)} names paths that do not exist: {sorted(missing)}"

@@ -100,6 +100,20 @@ async def test_async_hook_results_are_awaited(fenliu_harness):
     assert d.reply == "亲,在的~" and d.action == "assigned"
 
 
+async def test_a_plugin_written_against_the_first_contract_address_still_loads(fenliu_harness):
+    """DESIGN.md named ``router/hookspecs.py``; the contract moved to the core layer."""
+    from router import hookspecs as first_address
+
+    class OldStyle:
+        @first_address.hookimpl
+        def fenliu_bot_reply(self, message, ctx):
+            return BotReply("老地址的插件", handoff=True)
+
+    h = fenliu_harness(OldStyle())
+    d = await h.send(shop_id="pdd-1001", buyer_id="b-9", text="在吗")
+    assert d.reply == "老地址的插件"
+
+
 async def test_wrong_return_type_is_a_plugin_error(fenliu_harness):
     h = fenliu_harness(WrongType())
     d = await h.send(shop_id="pdd-1001", buyer_id="b-3", text="在吗")
