@@ -9,7 +9,6 @@ shared by several instances (:class:`router.service.redis.pg.PgSide`).
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,7 +17,7 @@ import msgspec
 
 from adapters import OrderContext
 from router.core.models import Buyer, Message, Order
-from router.storage import story
+from router.storage import buyer_rows, story
 
 if TYPE_CHECKING:
     from router.storage.store import Store
@@ -59,26 +58,13 @@ class SqliteBook:
             notes.append(note)
             notes = notes[-200:]
 
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO profiles (shop_id, buyer_id, tags, notes, updated) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(shop_id, buyer_id) DO UPDATE SET tags = excluded.tags, notes = excluded.notes, "
-                "updated = excluded.updated",
-                (shop_id, buyer_id, json.dumps(new_tags, ensure_ascii=False), json.dumps(notes, ensure_ascii=False), time.time()),
-            )
-
-        await self.store.call(write)
+        await self.store.call(lambda c: buyer_rows.save_profile(c, shop_id, buyer_id, new_tags, notes))
         return Profile(new_tags, notes)
 
     async def add_note(self, shop_id: str, cid: str, agent_id: str | None, text: str, ts: float) -> None:
         if not self.notes:
             return
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO notes (shop_id, conversation_id, agent_id, text, ts) VALUES (?, ?, ?, ?, ?)",
-                         (shop_id, cid, agent_id, text, ts))
-
-        await self.store.call(write)
+        await self.store.call(lambda c: buyer_rows.add_note(c, shop_id, cid, agent_id, text, ts))
 
 
 _order = msgspec.json.Decoder(Order)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,8 +28,9 @@ from router.core.models import CloseEvent, Event, Message, ServiceSnapshot, WsHi
 from router.core.pipeline import InputError
 from router.service.sessions import HISTORY
 from router.storage import snapshot
-from router.storage.store import journal_page, last_seq, read_only
-from router.storage.writer import JournalWriter, flat_rows, write_rows
+from router.storage.journal_reads import JournalLookup, newest_snapshot, read_seen_ids, side_tables
+from router.storage.store import journal_page, last_seq
+from router.storage.writer import JournalWriter, flat_rows
 
 if TYPE_CHECKING:
     from router.service.service import Service
@@ -53,7 +53,7 @@ class Journal:
         self.seq = 0
         self.snapshot_seq = 0  # the journal entry the newest snapshot includes
         self.fingerprint = ""
-        self._lookup: sqlite3.Connection | None = None
+        self._lookup = JournalLookup(service.store.path)
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -61,8 +61,7 @@ class Journal:
 
     async def close(self) -> None:
         await self.writer.close()
-        if self._lookup is not None:
-            self._lookup.close()
+        self._lookup.close()
 
     # -- committing -------------------------------------------------------------------------------
 
@@ -94,14 +93,7 @@ class Journal:
     async def journaled_before(self, msg: Message) -> bool:
         """The store's exact answer for a message id older than the dedupe window that its Bloom
         filters could not rule out (an old resend, or one false positive in a thousand)."""
-        def look() -> bool:
-            if self._lookup is None:
-                self._lookup = read_only(self.service.store.path, check_same_thread=False)
-            return self._lookup.execute(
-                "SELECT 1 FROM journal WHERE kind = 'message' AND shop_id = ? AND msg_id = ?",
-                (msg.shop_id, msg.msg_id)).fetchone() is not None
-
-        return await asyncio.to_thread(look)
+        return await asyncio.to_thread(self._lookup.journaled, msg.shop_id, msg.msg_id)
 
     # -- snapshots ----------------------------------------------------------------------------------
 
@@ -166,8 +158,7 @@ class Journal:
         it includes (0: none, replay everything). The dedupe ids up to it are read back from the
         journal without routing."""
         s = self.service
-        row = await s.store.call(lambda c: c.execute(
-            "SELECT seq, fingerprint, format, body FROM snapshots ORDER BY seq DESC LIMIT 1").fetchone())
+        row = await s.store.call(newest_snapshot)
         if row is None:
             return 0
         seq, fp, fmt, body = row
@@ -188,20 +179,7 @@ class Journal:
         s.clock = service.clock
         ids = s.router.seen
         assert ids is not None
-
-        def read_ids(conn: sqlite3.Connection) -> None:
-            # Ids older than the window go to the filters in the order of the (covering) unique
-            # index, which reads a tenth of the table; the window's own ids in journal order.
-            row = conn.execute("SELECT seq FROM journal WHERE kind = 'message' AND seq <= ? ORDER BY seq DESC "
-                               "LIMIT 1 OFFSET ?", (seq, ids.window - 1)).fetchone()
-            start = row[0] if row is not None else 0
-            ids.remember_old(conn.execute("SELECT shop_id, msg_id FROM journal INDEXED BY journal_msg "
-                                          "WHERE kind = 'message' AND seq < ?", (start,)))
-            for shop_id, msg_id in conn.execute("SELECT shop_id, msg_id FROM journal WHERE kind = 'message' "
-                                                "AND seq >= ? AND seq <= ? ORDER BY seq", (start, seq)):
-                ids.seen_before(shop_id, msg_id)
-
-        await s.store.call(read_ids)
+        await s.store.call(lambda c: read_seen_ids(c, seq, ids))
         log.info("snapshot_restored", seq=seq, conversations=len(s.router.dispatcher.conversations))
         return seq
 
@@ -249,23 +227,7 @@ async def load_side_tables(service: Service) -> None:
     s = service
     open_ids = list(s.router.dispatcher.conversations)
 
-    def read(conn: sqlite3.Connection) -> tuple[list, list, list, list]:
-        profiles = conn.execute("SELECT shop_id, buyer_id, tags, notes FROM profiles").fetchall()
-        orders = conn.execute("SELECT shop_id, order_id, buyer_id, body, updated FROM orders ORDER BY updated").fetchall()
-        replies = []
-        for i in range(0, len(open_ids), 500):
-            chunk = open_ids[i:i + 500]
-            marks = ",".join("?" * len(chunk))
-            replies += conn.execute(
-                f"SELECT conversation_id, agent_id, text, ts FROM outbox WHERE conversation_id IN ({marks})", chunk
-            ).fetchall()
-        pending = conn.execute(
-            "SELECT id, shop_id, conversation_id, buyer_id, text, ts, agent_id, attempts, next_at "
-            "FROM outbox WHERE acked IS NULL"
-        ).fetchall()
-        return profiles, orders, replies, pending
-
-    profiles, orders, replies, pending = await s.store.call(read)
+    profiles, orders, replies, pending = await s.store.call(lambda c: side_tables(c, open_ids))
     s.buyers.load(profiles, orders)
     history, waiting_since = s.memory.history, s.memory.waiting_since
     conversations = s.router.dispatcher.conversations
@@ -290,9 +252,3 @@ async def load_side_tables(service: Service) -> None:
                     del waiting_since[cid]
     for rid, shop_id, cid, buyer_id, text, ts, agent_id, attempts, next_at in pending:
         s.outbox.queue(OutboundReply(rid, shop_id, cid, buyer_id, text, ts, agent_id), next_at, attempts)
-
-
-def write_now(conn: sqlite3.Connection, rows: list[tuple]) -> dict[int, int]:
-    """Write one batch of journal rows (with ``Decision`` structs) on ``conn``: what the
-    journal writer does, for callers that write in the store's thread (the Redis backend)."""
-    return write_rows(conn, flat_rows(rows))

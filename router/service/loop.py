@@ -22,6 +22,7 @@ from router.core.pipeline import InputError
 from router.core.runtime import tune_gc
 from router.service.errors import NotYours
 from router.service.journal import load_side_tables
+from router.storage.replies import add_violations
 
 if TYPE_CHECKING:
     from router.service.service import Service
@@ -379,9 +380,7 @@ class RouterLoop:
                      reason=result.reason, words=[h.word for h in result.hits])
             if result.hits:  # the raw material of quality inspection (fenliu stats: violations)
                 found = [(time.time(), conv.shop_id, cid, agent_id, h.word, h.tag or "", h.source) for h in result.hits]
-                s.store.submit(lambda conn: conn.executemany(
-                    "INSERT INTO violations (ts, shop_id, conversation_id, agent_id, word, tag, source) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)", found))
+                s.store.submit(lambda conn: add_violations(conn, found))
             fut.set_result(result)
             return
         now = s.clock

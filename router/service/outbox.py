@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from adapters import Adapter, OutboundReply, deliver_once
+from router.storage.replies import mark_acked, mark_retry
 
 if TYPE_CHECKING:
     from router.service.metrics import Metrics
@@ -40,11 +41,10 @@ class SqliteLedger:
         self.store = store
 
     async def acked(self, rid: int, now: float) -> None:
-        await self.store.call(lambda c: c.execute("UPDATE outbox SET acked = ?, failed = NULL WHERE id = ?", (now, rid)))
+        await self.store.call(lambda c: mark_acked(c, rid, now))
 
     async def retry(self, rid: int, attempts: int, next_at: float, error: str) -> None:
-        await self.store.call(lambda c: c.execute(
-            "UPDATE outbox SET attempts = ?, next_at = ?, failed = ? WHERE id = ?", (attempts, next_at, error, rid)))
+        await self.store.call(lambda c: mark_retry(c, rid, attempts, next_at, error))
 
 
 async def attempt(adapter: Adapter | None, item: OutboundReply, attempts: int, metrics: Metrics, ledger: Ledger,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from router.core import i18n
 from router.core.models import Buyer, Conversation, Order, WsHistoryItem
 from router.service.errors import NotYours
+from router.storage.buyer_rows import conversation_notes
 
 if TYPE_CHECKING:
     from router.service.service import Service
@@ -38,8 +39,7 @@ class LocalView:
         if conv is None:
             return None
         buyer, order = s.memory.context.get(cid, (None, None))
-        notes = await s.store.call(lambda c: [{"by": a, "text": t, "ts": ts} for a, t, ts in c.execute(
-            "SELECT agent_id, text, ts FROM notes WHERE conversation_id = ? AND ts >= ? ORDER BY id", (cid, conv.opened_at))])
+        notes = await s.store.call(lambda c: conversation_notes(c, cid, conv.opened_at))
         return ConversationView(conv, list(s.memory.history.get(cid, ())), notes, buyer, order)
 
     async def note_target(self, agent_id: str | None, cid: str) -> tuple[str, str]:

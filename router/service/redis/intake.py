@@ -37,8 +37,8 @@ from router.core.models import (
 from router.core.pipeline import InputError
 from router.service.access import Scope
 from router.service.errors import NotYours, Overloaded
-from router.service.journal import write_now
 from router.service.loop import IngestResult
+from router.storage.writer import write_rows
 
 if TYPE_CHECKING:
     from router.service.redis.service import RedisService
@@ -203,9 +203,8 @@ class SharedIntake:
         if s.pg is not None:  # sent by whichever instance's sender claims the row (normally this one)
             rid = await s.pg.reply(shop, conversation_id, buyer, agent_id, result.text, now)
         else:
-            rid = await s.store.call(lambda c: c.execute(
-                "INSERT INTO outbox (shop_id, conversation_id, buyer_id, agent_id, text, ts, next_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (shop, conversation_id, buyer, agent_id, result.text, now, now)).lastrowid)
+            rid = await s.store.call(  # the reply's outbox row, as the journal writer writes it
+                lambda c: write_rows(c, [("reply", shop, conversation_id, buyer, agent_id, result.text, now)])[0])
             s.outbox.queue(OutboundReply(rid, shop, conversation_id, buyer, result.text, now, agent_id), now, 0)
         s.metrics.replies.labels("sent").inc()
         if s.pg is None:  # with PostgreSQL the live figures follow every instance's replies (router/service/redis/pg.py)
@@ -224,7 +223,7 @@ class SharedIntake:
         if writes and s.pg is not None:
             await s.pg.records.save_orders(writes)
         elif writes:
-            await s.store.call(lambda c: write_now(c, [("orders", writes)]))
+            await s.store.call(lambda c: write_rows(c, [("orders", writes)]))
         s.desk.tell_context(pushes)
 
     async def reload(self, config: Config) -> list[Decision]:
