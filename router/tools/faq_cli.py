@@ -1,6 +1,7 @@
 """``fenliu faq mine``: learn FAQ questions from the team's own history (docs/plugins/bot.md).
 
-Reads the store for a period and prints TOML a shop can paste; changes nothing.
+Reads the store for a period — the instance's SQLite file, or with ``storage.records =
+"postgres"`` the history every instance shares — and prints TOML a shop can paste; changes nothing.
 
 - ``[[proposal]]``: buyer messages that an agent answered with an FAQ entry's answer or one of
   its group's quick replies, while the bot did not answer them itself: new ``questions`` for
@@ -15,7 +16,6 @@ import argparse
 import difflib
 import json
 import re
-import sqlite3
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -29,6 +29,7 @@ from router.core.i18n import gettext
 
 if TYPE_CHECKING:
     from router.core.config import Config
+    from router.storage.mining import MineRows
 
 #: How close an agent's reply must be to an answer or quick reply text (difflib ratio, with the
 #: template's placeholders removed) to count as "answered with it".
@@ -67,21 +68,48 @@ def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callab
 
 def faq_command(args: argparse.Namespace) -> int:
     from router.tools.stats_cli import open_period
-    from router.storage.store import connect
 
     read = open_period(args)
     if read is None:
         return 1
+    if read.config.main.storage.records == "postgres" and not args.store:
+        return _mine_postgres(args, read)
+    from router.storage.mining import sqlite_rows
+    from router.storage.store import connect
+
     conn = connect(read.path)
     try:
-        proposals, clusters, seen = mine(conn, read.config, read.since, read.until, args.shop, args.min_count, args.examples)
+        proposals, clusters, seen = mine(sqlite_rows(conn), read.config, read.since, read.until, args.shop,
+                                         args.min_count, args.examples)
     finally:
         conn.close()
     sys.stdout.write(to_toml(proposals, clusters, seen, args.since, args.until))
     return 0
 
 
-def mine(conn: sqlite3.Connection, config: Config, since: float | None, until: float | None, shop: str | None = None,
+def _mine_postgres(args: argparse.Namespace, read: Any) -> int:
+    """The shared history: what every instance routed, not only the one whose file is here."""
+    import psycopg
+
+    from router.storage.mining import postgres_rows
+    from router.storage.pg import NO_DATABASE, database_url
+    from router.storage.pg.records import reason
+
+    url = database_url(read.config.main.storage)
+    try:
+        if not url:
+            raise ValueError(NO_DATABASE)
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            rows = postgres_rows(conn, read.since, read.until)
+    except (psycopg.Error, ValueError) as exc:
+        print(i18n.t(i18n._("error: {reason}", reason=reason(exc))), file=sys.stderr)
+        return 1
+    proposals, clusters, seen = mine(rows, read.config, read.since, read.until, args.shop, args.min_count, args.examples)
+    sys.stdout.write(to_toml(proposals, clusters, seen, args.since, args.until))
+    return 0
+
+
+def mine(rows: MineRows, config: Config, since: float | None, until: float | None, shop: str | None = None,
          min_count: int = 3, examples: int = 5) -> tuple[list[Proposal], list[Cluster], int]:
     """Proposals for existing entries, clusters of unanswered questions, buyer messages read."""
     from plugins import bot
@@ -92,19 +120,14 @@ def mine(conn: sqlite3.Connection, config: Config, since: float | None, until: f
     lo, hi = since if since is not None else float("-inf"), until if until is not None else float("inf")
     # buyer messages of the period, by conversation, in order; the bot's verdict on each
     msgs: dict[str, list[tuple[float, int, Message]]] = defaultdict(list)
-    for seq, clock, body in conn.execute("SELECT seq, clock, body FROM journal WHERE kind = 'message' ORDER BY seq"):
+    for seq, clock, body in rows.messages:
         if body is None or not lo <= clock < hi:
             continue
         msg = decode.decode(body)
         if (shop is not None and msg.shop_id != shop) or msg.shop_id not in config.shops or msg.kind != "text":
             continue
         msgs[msg.conversation_id].append((clock, seq, msg))
-    verdict: dict[int, str] = {}
-    for seq, body in conn.execute("SELECT seq, body FROM decisions WHERE cause = 'message'"):
-        flags = msgspec.json.decode(body).get("flags") or ()
-        for f in flags:
-            if f.startswith("bot:"):
-                verdict[seq] = f
+    verdict = rows.verdicts
     seen = sum(len(v) for v in msgs.values())
 
     # (a) agents' replies that are an entry's answer or a quick reply of its group
@@ -118,8 +141,7 @@ def mine(conn: sqlite3.Connection, config: Config, since: float | None, until: f
     quick_group = {q.id: q.group for q in library.quick}
     found: dict[str, Counter[str]] = defaultdict(Counter)
     answered_seqs: set[int] = set()
-    for cid, _agent, text, ts in conn.execute(
-            "SELECT conversation_id, agent_id, text, ts FROM outbox WHERE agent_id IS NOT NULL ORDER BY ts, id"):
+    for cid, _agent, text, ts in rows.replies:
         history = msgs.get(cid)
         if not history or not lo <= ts < hi:
             continue

@@ -69,7 +69,7 @@ def open_period(args: argparse.Namespace) -> StoreRead | None:
         print(t(_("error: unknown agent {agent!r}", agent=agent)), file=sys.stderr)
         return None
     path = Path(args.store or config.main.storage.path)
-    if config.main.storage.records == "postgres" and not args.store and args.command == "stats":  # read there
+    if config.main.storage.records == "postgres" and not args.store and args.command in ("stats", "faq"):  # read there
         return StoreRead(config, since, until, path)
     if not path.exists():
         print(t(_("error: no store at {path} (has `fenliu serve` run with this configuration?)", path=path)), file=sys.stderr)

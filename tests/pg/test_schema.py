@@ -72,7 +72,7 @@ def test_newer_schema_is_refused(pg_url: str) -> None:
 
 
 def test_commands_without_a_database_say_why(tmp_path, demo_config) -> None:
-    """``records = "postgres"`` with no URL: ``fenliu stats``, ``accounts`` and ``db`` name the
+    """``records = "postgres"`` with no URL: ``fenliu stats``, ``accounts``, ``db`` and ``faq mine`` name the
     settings to set, exit 1, no traceback."""
     import shutil
 
@@ -83,7 +83,7 @@ def test_commands_without_a_database_say_why(tmp_path, demo_config) -> None:
     (cfg / "fenliu.toml").write_text(main.replace("[storage]", '[storage]\nbackend = "redis"\nrecords = "postgres"', 1),
                                      encoding="utf-8")
     env = {"DATABASE_URL": ""}
-    for args in (["stats"], ["accounts", "list"], ["db", "status"]):
+    for args in (["stats"], ["accounts", "list"], ["db", "status"], ["faq", "mine"]):
         out = run_fenliu(*args, "--config", str(cfg), env=env)
         assert out.returncode == 1, (args, out.stdout, out.stderr)
         assert "no database" in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)

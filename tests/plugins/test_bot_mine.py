@@ -12,22 +12,12 @@ from router.storage.store import connect
 from tests.conftest import ROOT, T0, run_fenliu
 
 
-def plant(path) -> None:
-    conn = connect(path)
-    seq = 0
+def planted_day() -> list[tuple[str, str, str, float, list[str], str | None]]:
+    """``(shop, buyer, text, clock, flags, reply)`` rows of one day (2025-11-23) and a later one."""
+    rows: list[tuple[str, str, str, float, list[str], str | None]] = []
 
-    def message(shop, buyer, text, clock, flags=(), reply_by=None, reply=None):
-        nonlocal seq
-        seq += 1
-        msg = Message(shop_id=shop, msg_id=f"m-{seq}", buyer_id=buyer, text=text, ts=clock)
-        conn.execute("INSERT INTO journal (seq, kind, clock, shop_id, msg_id, conversation_id, body) VALUES (?, 'message', ?, ?, ?, ?, ?)",
-                     (seq, clock, shop, msg.msg_id, msg.conversation_id, msgspec.json.encode(msg)))
-        d = Decision(msg.msg_id, shop, msg.conversation_id, "assigned", "a-01", "presale", flags=list(flags))
-        conn.execute("INSERT INTO decisions (seq, msg_id, shop_id, conversation_id, action, agent_id, cause, body) "
-                     "VALUES (?, ?, ?, ?, 'assigned', 'a-01', 'message', ?)", (seq, msg.msg_id, shop, msg.conversation_id, msgspec.json.encode(d)))
-        if reply is not None:
-            conn.execute("INSERT INTO outbox (shop_id, conversation_id, buyer_id, agent_id, text, ts, next_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (shop, msg.conversation_id, buyer, reply_by or "a-01", reply, clock + 30, clock + 30))
+    def message(shop, buyer, text, clock, flags=(), reply=None):
+        rows.append((shop, buyer, text, clock, list(flags), reply))
 
     t = T0
     # the planted pattern: buyers asking for delivery to the door, which no entry covers
@@ -44,15 +34,26 @@ def plant(path) -> None:
     message("pdd-1001", "b-7", "有赠品吗", t + 1100)
     for i in range(5):
         message("pdd-1001", f"late-{i}", "能开发票到付吗", t + 3 * 86400 + i)
+    return rows
+
+
+def plant(path) -> None:
+    conn = connect(path)
+    for seq, (shop, buyer, text, clock, flags, reply) in enumerate(planted_day(), 1):
+        msg = Message(shop_id=shop, msg_id=f"m-{seq}", buyer_id=buyer, text=text, ts=clock)
+        conn.execute("INSERT INTO journal (seq, kind, clock, shop_id, msg_id, conversation_id, body) VALUES (?, 'message', ?, ?, ?, ?, ?)",
+                     (seq, clock, shop, msg.msg_id, msg.conversation_id, msgspec.json.encode(msg)))
+        d = Decision(msg.msg_id, shop, msg.conversation_id, "assigned", "a-01", "presale", flags=flags)
+        conn.execute("INSERT INTO decisions (seq, msg_id, shop_id, conversation_id, action, agent_id, cause, body) "
+                     "VALUES (?, ?, ?, ?, 'assigned', 'a-01', 'message', ?)", (seq, msg.msg_id, shop, msg.conversation_id, msgspec.json.encode(d)))
+        if reply is not None:
+            conn.execute("INSERT INTO outbox (shop_id, conversation_id, buyer_id, agent_id, text, ts, next_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (shop, msg.conversation_id, buyer, "a-01", reply, clock + 30, clock + 30))
     conn.close()
 
 
-def test_faq_mine_finds_the_planted_pattern_and_the_agents_answers(tmp_path):
-    store = tmp_path / "fenliu.db"
-    plant(store)
-    faq_before = {f.name: f.read_bytes() for f in (ROOT / "config" / "faq").iterdir()}
-    r = run_fenliu("faq", "mine", "--config", str(ROOT / "config"), "--store", str(store),
-                   "--from", "2025-11-23", "--to", "2025-11-24")
+def check_mined(r) -> None:
+    """What ``faq mine --from 2025-11-23 --to 2025-11-24`` prints for the planted day."""
     assert r.returncode == 0, r.stderr
     data = tomllib.loads(r.stdout)
     proposals = {p["entry"]: p for p in data["proposal"]}
@@ -63,6 +64,15 @@ def test_faq_mine_finds_the_planted_pattern_and_the_agents_answers(tmp_path):
     assert cluster["count"] == 7 and cluster["shops"] == ["pdd-1001"]
     assert cluster["examples"][0] == "能送货上门吗" and "可以送货上门吗" in cluster["examples"]
     assert "这件能便宜吗" not in r.stdout and "有赠品吗" not in r.stdout and "能开发票到付吗" not in r.stdout
+
+
+def test_faq_mine_finds_the_planted_pattern_and_the_agents_answers(tmp_path):
+    store = tmp_path / "fenliu.db"
+    plant(store)
+    faq_before = {f.name: f.read_bytes() for f in (ROOT / "config" / "faq").iterdir()}
+    r = run_fenliu("faq", "mine", "--config", str(ROOT / "config"), "--store", str(store),
+                   "--from", "2025-11-23", "--to", "2025-11-24")
+    check_mined(r)
     assert {f.name: f.read_bytes() for f in (ROOT / "config" / "faq").iterdir()} == faq_before  # nothing changes
 
 
