@@ -144,9 +144,9 @@ def main() -> int:
                         help="route without the exact-text caches (the workload repeats six texts)")
     args = parser.parse_args()
     if args.no_text_cache:
-        import router.core.plugins
+        import router.core.textcache
 
-        router.core.plugins.TEXT_CACHE_MAX_CHARS = -1  # read when a configuration builds its caches
+        router.core.textcache.TEXT_CACHE_MAX_CHARS = -1  # read when a configuration builds its caches
     lines = workload(args.messages)
     configs = {mode: load(args.agents, mode) for mode in MODES}
     per_round: dict[str, list[float]] = {m: [] for m in MODES}

@@ -149,9 +149,9 @@ def main() -> int:
                         help="route without the exact-text caches (scenario texts come from a few dozen templates)")
     args = parser.parse_args()
     if args.no_text_cache:
-        import router.core.plugins
+        import router.core.textcache
 
-        router.core.plugins.TEXT_CACHE_MAX_CHARS = -1  # read when a configuration builds its caches
+        router.core.textcache.TEXT_CACHE_MAX_CHARS = -1  # read when a configuration builds its caches
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.plugins]
     rows = [run(p, args.conversations, args.profile, max(1, args.repeat)) for p in modes]
     cols = ("plugins", "messages", "cpu_s", "messages_per_s", "messages_per_s_median", "steps_per_s")

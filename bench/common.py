@@ -59,9 +59,9 @@ def demo_rules(root: Path, shop_ids: tuple[str, str, str], policy: str = "p") ->
 
 
 def cache_hit_rates() -> dict[str, float]:
-    """Hit rate per exact-text cache (``router.core.plugins.text_cache``) so far in this process:
+    """Hit rate per exact-text cache (``router.core.textcache.text_cache``) so far in this process:
     how much of a figure comes from buyers repeating themselves."""
-    from router.core.plugins import text_cache_stats
+    from router.core.textcache import text_cache_stats
 
     return {name: round(hits / (hits + misses), 3) for name, (hits, misses, _) in text_cache_stats().items()
             if hits + misses}
