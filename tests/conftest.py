@@ -14,7 +14,7 @@ DATA = Path(__file__).resolve().parent / "data"
 T0 = 1763880000.0  # 2025-11-23 14:40:00 Asia/Shanghai, inside business hours
 CHROMIUM = Path("/usr/bin/chromium")
 # The suite asserts the English message ids; the default language (zh-CN) is tested in
-# tests/router/test_i18n.py, and the browser tests ask for zh-CN with their locale (Accept-Language).
+# tests/router/core/test_i18n.py, and the browser tests ask for zh-CN with their locale (Accept-Language).
 os.environ["FENLIU_LANG"] = "en"
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run"]

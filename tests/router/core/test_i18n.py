@@ -21,11 +21,11 @@ from router.core import i18n
 from router.tools.cli import main
 from router.core.i18n import _, t
 from router.core.models import Kind
-from tests.router.test_config import mutate, mutation
+from tests.router.core.test_config import mutate, mutation
 from tests.redis.support import shared_redis  # noqa: F401 - a fixture (Redis key prefix, cleaned up)
 from tests.router.serve_support import ENV, Agent, Client, add_accounts, message, start_server, write_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FIELD = re.compile(r"\{[^{}]*\}")
 
 
@@ -349,7 +349,7 @@ def test_stats_faq_accounts_check_route_and_plugins_print_in_chinese(chinese, wi
     import shutil
 
     from tests.plugins.test_bot_mine import plant
-    from tests.router.test_stats import store as stats_store
+    from tests.router.storage.test_stats import store as stats_store
 
     ids = config_ids(demo_config)
     history = stats_store.__wrapped__(tmp_path)
@@ -435,7 +435,7 @@ async def test_a_validation_error_reads_chinese_with_its_path_and_the_same_code(
 async def test_protocol_refusals_are_chinese_by_default(server):
     """The 431 and malformed-head replies aiohttp's parser triggers (no request to negotiate with:
     the default language), with their stable codes."""
-    from tests.router.test_hardening import request_bytes, send
+    from tests.router.service.test_hardening import request_bytes, send
 
     srv, _c = server
     port = int(srv.url.rsplit(":", 1)[1])
@@ -503,7 +503,7 @@ def test_english_text_that_lost_its_message_is_still_translated(chinese):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutations=st.lists(mutation(), min_size=1, max_size=3))
 def test_a_damaged_configuration_is_explained_in_chinese(tmp_path_factory, demo_config, mutations):
-    """Any damage to the demo configuration (tests/router/test_config.py's mutations): each
+    """Any damage to the demo configuration (tests/router/core/test_config.py's mutations): each
     ``file: key: reason`` line's reason reads Chinese."""
     import shutil
 

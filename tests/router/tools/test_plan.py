@@ -13,7 +13,7 @@ from router.tools.plan import cover_shifts, erlang_c, judge_table, make_plan, se
 from router.tools.scenario import load_scenario
 from router.tools.simulate_traffic import build_traffic
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_erlang_c_and_the_service_level():

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from router.core.config import ConfigErrors, load_config
 
 LINE = re.compile(r"^\S+\.toml: [\w.\[\]\-]+: .+$|^\S+\.toml: .+$")
-ROOT_CONFIG = Path(__file__).resolve().parents[2] / "config"
+ROOT_CONFIG = Path(__file__).resolve().parents[3] / "config"
 
 
 @pytest.fixture
