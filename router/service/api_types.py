@@ -177,7 +177,9 @@ class ConversationDetail(ConversationSummary, kw_only=True):
     order: Order | None
 
 
-class AgentSummary(_Body):
+class _Agent(_Body):
+    """What every view of an agent shows (the team list and the dashboard add their own)."""
+
     id: str
     name: str
     skills: list[str]
@@ -187,6 +189,9 @@ class AgentSummary(_Body):
     load: int
     max_concurrent: int
     connected: bool
+
+
+class AgentSummary(_Agent):
     conversations: list[str]
     other_conversations: int = 0  # the agent's conversations of shops this account may not see
 
@@ -375,16 +380,7 @@ class QueueInfo(_Body):
     shops: dict[str, int]
 
 
-class DashboardAgent(_Body):
-    id: str
-    name: str
-    skills: list[str]
-    shops: list[str]
-    status: AgentStatus
-    in_shift: bool
-    load: int
-    max_concurrent: int
-    connected: bool
+class DashboardAgent(_Agent):
     today: Figures | None
     #: When an agent outside its shift (排班外) comes on next; ``None`` while in shift.
     shift_starts: float | None
