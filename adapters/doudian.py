@@ -28,6 +28,7 @@ from typing import Annotated, Any
 import msgspec
 
 from adapters import Adapter, OrderContext, WebhookError, WebhookResult, platform_time
+from adapters.fields import Fen, Id, Text, When
 from router.core.i18n import _
 from router.core.ingest import explain
 from router.core.models import AfterSale, LogisticsEvent, Order
@@ -37,15 +38,6 @@ class DoudianEvent(msgspec.Struct):
     tag: str | int
     msg_id: str | int | None = None
     data: str = "{}"
-
-
-#: An amount in fen (分): bounded, so 1e400 is a named refusal rather than an OverflowError.
-Fen = str | Annotated[float, msgspec.Meta(ge=-1e15, le=1e15)] | None
-Id = str | int | None
-
-
-Text = Annotated[str, msgspec.Meta(max_length=2000)] | None
-When = str | Annotated[float, msgspec.Meta(ge=0, le=1e14)] | None
 
 
 class DoudianTrace(msgspec.Struct):

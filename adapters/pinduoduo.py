@@ -38,6 +38,7 @@ import msgspec
 import structlog
 
 from adapters import Adapter, OrderContext, WebhookError, WebhookResult, platform_time
+from adapters.fields import Fen, Id, Text, When
 from router.core.i18n import _
 from router.core.ingest import explain
 from router.core.models import AfterSale, LogisticsEvent, Order
@@ -57,15 +58,6 @@ class PmcFrame(msgspec.Struct):
     time: int | None = None
     sendTime: int | None = None  # noqa: N815
     message: PmcMessage | None = None
-
-
-#: An amount in fen (分): bounded, so 1e400 is a named refusal rather than an OverflowError.
-Fen = str | Annotated[float, msgspec.Meta(ge=-1e15, le=1e15)] | None
-Id = str | int | None
-
-
-Text = Annotated[str, msgspec.Meta(max_length=2000)] | None
-When = str | Annotated[float, msgspec.Meta(ge=0, le=1e14)] | None
 
 
 class PmcTrace(msgspec.Struct):
