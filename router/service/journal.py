@@ -106,6 +106,7 @@ class Journal:
             return
         seq, fp = self.seq, self.fingerprint
         memory = s.memory
+        started = time.perf_counter()
         try:
             # msgspec, not pickle, for the histories: seven times faster, and this blocks routing
             body = snapshot.dump(s.router.dispatcher, msgspec.msgpack.encode(ServiceSnapshot(
@@ -116,11 +117,13 @@ class Journal:
             self.snapshot_seq = seq  # try again after another snapshot_every entries
             return
 
+        blocked_ms = round((time.perf_counter() - started) * 1000, 1)  # routing waited this long
+
         def done(_ids: Any, error: BaseException | None) -> None:
             if error is not None:
                 log.warning("snapshot_not_written", seq=seq, error=str(error))
             else:
-                log.info("snapshot_written", seq=seq, bytes=len(body))
+                log.info("snapshot_written", seq=seq, bytes=len(body), ms=blocked_ms)
 
         self.snapshot_seq = seq
         self.writer.submit([("snapshot", seq, time.time(), fp, snapshot.FORMAT, body)], done)
