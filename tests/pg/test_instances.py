@@ -250,10 +250,17 @@ async def test_sigkill_under_load_loses_nothing_and_counts_nothing_twice(tmp_pat
             stop.set()
             await asyncio.gather(*workers)
 
-            def drained() -> bool:
-                return all(r.hlen(f"{prefix}:convs:{n}") == 0 for n in range(SHARDS))
+            # A message acknowledged into one of the victim's shards after the kill waits in its
+            # stream until a survivor takes the shard over (a lease lasts 2 s) and routes it: only
+            # then is it in the history, so "nothing lost" is read once every one is routed.
+            with psycopg.connect(pg_url, autocommit=True) as watch:
+                def drained() -> bool:
+                    if any(r.hlen(f"{prefix}:convs:{n}") for n in range(SHARDS)):
+                        return False
+                    routed = {m for (m,) in watch.execute("SELECT msg_id FROM history WHERE kind = 'message'")}
+                    return set(acked) <= routed
 
-            await wait_for(drained, 60, "every conversation closed", interval=0.3)
+                await wait_for(drained, 60, "every acknowledged message routed and every conversation closed", interval=0.3)
             stop_agents.set()
             await asyncio.gather(*agent_tasks)
             with psycopg.connect(pg_url) as conn:
@@ -272,7 +279,10 @@ async def test_sigkill_under_load_loses_nothing_and_counts_nothing_twice(tmp_pat
         twice = {rid for rid, n in platform.deliveries.items() if n > 1}
         # A reply the killed instance had sent but not yet marked acknowledged is sent again by the
         # survivor that takes its claim over (same reply_id, which the bridge drops): only those.
-        assert all(platform.first[rid] <= killed_at for rid in twice), twice
+        # The platform answers in this test's own event loop, so a request the victim wrote just
+        # before it died is handled after ``os.kill`` returns: a second of slack for that.
+        assert all(platform.first[rid] <= killed_at + 1.0 for rid in twice), \
+            {rid: round(platform.first[rid] - killed_at, 3) for rid in twice}
         assert len(twice) <= 3, twice
     finally:
         nodes.stop()
