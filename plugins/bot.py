@@ -513,7 +513,7 @@ def fenliu_configure(config: Config) -> None:
                 raise err
         for i, group in enumerate(cfg.faq_groups):
             if group not in library.groups:
-                known = ", ".join(sorted(library.groups)) or "none"
+                known = ", ".join(repr(g) for g in sorted(library.groups)) or "—"
                 raise ConfigError(file, f"bot.faq_groups[{i}]", f"no FAQ group {group!r} in {config.dir / 'faq'} (groups: {known})")
         for key, words in (("handoff_words", cfg.handoff_words), ("negative_words", cfg.negative_words)):
             for i, word in enumerate(words):

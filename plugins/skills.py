@@ -179,7 +179,7 @@ def validate(file: str, cfg: SkillsConfig, known_skills: set[str] | None = None)
             except re.error as exc:
                 return ConfigError(file, f"{key}.regex", f"invalid regular expression: {exc}")
         if not (rule.keywords or rule.regex or rule.kinds or rule.order_status or rule.platforms):
-            return ConfigError(file, key, "a rule needs at least one condition (keywords, regex, kinds, order_status, platforms)")
+            return ConfigError(file, key, "a rule needs at least one condition (`keywords`, `regex`, `kinds`, `order_status`, `platforms`)")
         for j, word in enumerate(rule.keywords):
             if not word.strip():
                 return ConfigError(file, f"{key}.keywords[{j}]", "empty keyword")

@@ -31,7 +31,7 @@ def parse_entry(line: str) -> Entry:
     for field in fields:
         key, sep, value = (x.strip() for x in field.partition("="))
         if not sep or key not in values:
-            raise ValueError(f"entry {line!r}: {field!r} is not one of tag=…, advice=…, replace=…")
+            raise ValueError(f"entry {line!r}: {field!r} is not one of `tag=…`, `advice=…`, `replace=…`")
         values[key] = value
     return word, values["tag"], values["advice"], values["replace"]
 

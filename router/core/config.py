@@ -503,7 +503,7 @@ def _check_policy(path: Path, policy: Any, plugins: PluginSet, agents: dict[str,
     names = sorted(plugins.strategies)
     if d.strategy not in plugins.strategies:
         got = '"' + d.strategy + '"'
-        errors.append(ConfigError(path, "dispatch.strategy", _("expected one of {choices}; got {got}", choices=", ".join(names), got=got)))
+        errors.append(ConfigError(path, "dispatch.strategy", _("expected one of {choices}; got {got}", choices=", ".join(f'"{n}"' for n in names), got=got)))
     skills = {s for a in agents.values() for s in a.skills}
     routes = [("dispatch.targets", d.targets)] + [(f"dispatch.skill_targets.{k}", v) for k, v in d.skill_targets.items()]
     for key, targets in routes:

@@ -304,6 +304,8 @@ def validation_reason(reason: str) -> Text:
     text = text[:1].lower() + text[1:]
     if text in FIXED:
         return FIXED[text]
+    if any(rx.fullmatch(text) for rx in _own_words()):
+        return Text(text)  # a check's own words ("expected days like …, got …"), not msgspec's shape
     m = _FIELD.fullmatch(text)
     if m:
         field = m[2]
@@ -314,6 +316,17 @@ def validation_reason(reason: str) -> Text:
         if m:
             return make(m)
     return Text(text)  # a __post_init__ check's own words: looked up as they are
+
+
+@functools.cache
+def _own_words() -> list[re.Pattern[str]]:
+    """:data:`PLUGINS`' messages as patterns over their English text: a ``__post_init__`` check
+    that says ``expected …, got …`` in its own words must not be read as msgspec's shape."""
+    out = []
+    for msgid in PLUGINS:
+        parts = _PLACEHOLDER.split(str(msgid))
+        out.append(re.compile("".join(re.escape(part) if i % 2 == 0 else ".+?" for i, part in enumerate(parts)), re.DOTALL))
+    return out
 
 
 _SHAPES: list[tuple[re.Pattern[str], Any]] = [
@@ -382,13 +395,13 @@ PLUGINS = (
     _("only the digits detector takes a length"), _("expected a positive number of digits"),
     _("give a regex or a detector, not both"), _("every pattern needs a name (used in flags)"),
     _("a pattern needs a regex or a detector"), _("invalid regular expression: {error}"),
-    _("the name {name!r} is used twice (lists and patterns share names)"), _("entry {line!r}: no word before '|'"),
-    _("entry {line!r}: {field!r} is not one of tag=…, advice=…, replace=…"), _("file not found: {path}"),
+    _("the name {name!r} is used twice (lists and patterns share names)"), _("entry {entry!r}: no word before '|'"),
+    _("entry {entry!r}: {field!r} is not one of `tag=…`, `advice=…`, `replace=…`"), _("file not found: {path}"),
     _("cannot read {path}: {reason}"),
     _("entry {word!r} normalises to nothing: skipped"),
     _("entry {word!r} is a single character: it hits every {char!r}, kept"),
     _("entry {word!r} normalises to {key!r} (fewer than 2 characters, it would hit every {char!r}): skipped"),
-    _("a rule needs at least one condition (keywords, regex, kinds, order_status, platforms)"),
+    _("a rule needs at least one condition (`keywords`, `regex`, `kinds`, `order_status`, `platforms`)"),
     _("no plugin named {name!r} (entry points: {known})"), _("configure failed: {error}"),
     _("{kind} {key!r} is declared by two plugins"), _("empty key"), _("unsupported event {name}"),
     _("set vip_skill_tags, vip_skill_min_level or vip_skill_min_spend to say who is a VIP"),
@@ -398,6 +411,9 @@ PLUGINS = (
     _("no texts for category {category!r}: add traffic.texts.{name}"), _("needs at least one text"),
     _("start and end are the same time"), _("expected a platform ({platforms}); got {got!r}"),
     _("the configuration has no shops"),
+    # shifts and business hours (router/core/schedule.py)
+    _("expected a time between 00:00 and 24:00, got {value!r}"),
+    _("expected days like 'mon-fri' or 'sat,sun', got {value!r}"),
     # what ingest says before msgspec does (router/core/ingest.py), and why a reply was not delivered (adapters)
     _("unknown event type (expected agent_status, close, transfer, accept, tick or rating)"), _("not one complete array"),
     _("no adapter for shop {shop!r}"), _("adapter {name!r} cannot send replies"),

@@ -279,7 +279,7 @@ class PluginSet:
                     raise ImportError(f"no plugin named {name!r}")
             except ModuleNotFoundError as exc:
                 if ep is None and exc.name == name.split(".")[0]:
-                    known = ", ".join(sorted(found)) or "none installed"
+                    known = ", ".join(repr(f) for f in sorted(found)) or "—"
                     errors.append(ConfigError(config_file, f"plugins.enabled[{i}]",
                                               f"no plugin named {name!r} (entry points: {known})"))
                     continue

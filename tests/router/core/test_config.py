@@ -60,8 +60,8 @@ def test_unknown_strategy_lists_the_known_ones(fenliu, cfg):
     edit(cfg / "policies/default.toml", 'strategy = "least_load"', 'strategy = "roundrobin"')
     r = check(fenliu, cfg)
     assert r.returncode == 1
-    assert (f'{cfg}/policies/default.toml: dispatch.strategy: expected one of least_load, '
-            f'round_robin, weighted; got "roundrobin"') in r.stderr
+    assert (f'{cfg}/policies/default.toml: dispatch.strategy: expected one of "least_load", '
+            f'"round_robin", "weighted"; got "roundrobin"') in r.stderr
 
 
 def test_missing_file(fenliu, cfg):
