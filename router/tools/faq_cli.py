@@ -13,12 +13,13 @@ Reads the store for a period — the instance's SQLite file, or with ``storage.r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import re
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,41 +73,40 @@ def faq_command(args: argparse.Namespace) -> int:
     read = open_period(args)
     if read is None:
         return 1
+    with _period_rows(args, read) as rows:
+        if rows is None:
+            return 1
+        proposals, clusters, seen = mine(rows, read.config, read.since, read.until, args.shop, args.min_count, args.examples)
+    sys.stdout.write(to_toml(proposals, clusters, seen, args.since, args.until))
+    return 0
+
+
+@contextlib.contextmanager
+def _period_rows(args: argparse.Namespace, read: Any) -> Iterator[MineRows | None]:
+    """What the miner reads: the shared PostgreSQL history (what every instance routed, not only
+    the one whose file is here), or one SQLite file, read without a lock (``serve`` may be writing
+    it). ``None`` after printing why the database cannot be opened."""
     if read.config.main.storage.records == "postgres" and not args.store:
-        return _mine_postgres(args, read)
+        from router.storage.mining import postgres_rows
+        from router.storage.pg.records import open_records
+
+        store = open_records(read.config)
+        if store is None:
+            yield None
+            return
+        try:
+            yield store.run_sync(lambda conn: postgres_rows(conn, read.since, read.until))
+        finally:
+            store.close_sync()
+        return
     from router.storage.mining import sqlite_rows
     from router.storage.store import connect
 
     conn = connect(read.path)
     try:
-        proposals, clusters, seen = mine(sqlite_rows(conn), read.config, read.since, read.until, args.shop,
-                                         args.min_count, args.examples)
+        yield sqlite_rows(conn)  # cursors, read while the miner runs
     finally:
         conn.close()
-    sys.stdout.write(to_toml(proposals, clusters, seen, args.since, args.until))
-    return 0
-
-
-def _mine_postgres(args: argparse.Namespace, read: Any) -> int:
-    """The shared history: what every instance routed, not only the one whose file is here."""
-    import psycopg
-
-    from router.storage.mining import postgres_rows
-    from router.storage.pg import NO_DATABASE, database_url
-    from router.storage.pg.records import reason
-
-    url = database_url(read.config.main.storage)
-    try:
-        if not url:
-            raise ValueError(NO_DATABASE)
-        with psycopg.connect(url, connect_timeout=5) as conn:
-            rows = postgres_rows(conn, read.since, read.until)
-    except (psycopg.Error, ValueError) as exc:
-        print(i18n.t(i18n._("error: {reason}", reason=reason(exc))), file=sys.stderr)
-        return 1
-    proposals, clusters, seen = mine(rows, read.config, read.since, read.until, args.shop, args.min_count, args.examples)
-    sys.stdout.write(to_toml(proposals, clusters, seen, args.since, args.until))
-    return 0
 
 
 def mine(rows: MineRows, config: Config, since: float | None, until: float | None, shop: str | None = None,

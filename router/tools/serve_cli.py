@@ -118,9 +118,9 @@ def accounts_command(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     if config.main.storage.records == "postgres" and not args.store:  # created once, for every instance
-        from router.storage.pg.records import open_accounts
+        from router.storage.pg.records import open_records
 
-        store: Any = open_accounts(config)
+        store: Any = open_records(config)
         if store is None:
             return 1
     else:

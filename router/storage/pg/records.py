@@ -500,9 +500,10 @@ def read_stats(config: Config, **period: Any) -> Stats:
     return asyncio.run(run())
 
 
-def open_accounts(config: Config) -> Any:
-    """``fenliu accounts`` on the shared records (a :class:`router.storage.pg.compat.SyncStore`), or
-    ``None`` after printing why the database cannot be opened."""
+def open_records(config: Config) -> Any:
+    """The shared records for a command-line tool (``fenliu accounts``, ``fenliu faq mine``): a
+    :class:`router.storage.pg.compat.SyncStore`, or ``None`` after printing why the database cannot
+    be opened."""
     import sys
 
     from router.core import i18n
