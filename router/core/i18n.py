@@ -137,6 +137,13 @@ _NUMERIC = {"n", "line", "column", "index", "count", "limit", "length", "size", 
 Pattern = tuple[int, re.Pattern[str], str]
 
 
+def _regex(parts: list[str]) -> str:
+    """A message id split by :data:`_PLACEHOLDER` as a regular expression over its English text,
+    each field a named group (digits for :data:`_NUMERIC` ones)."""
+    return "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>-?\\d+)" if p in _NUMERIC else f"(?P<{p}>.+?)"
+                   for i, p in enumerate(parts))
+
+
 @functools.cache
 def _patterns(lang: str) -> dict[str, list[Pattern]]:
     """The catalogue's messages with fields as regular expressions over their English text, for
@@ -153,8 +160,7 @@ def _patterns(lang: str) -> dict[str, list[Pattern]]:
         names = parts[1::2]
         if len(set(names)) != len(names):
             continue
-        regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>-?\\d+)" if p in _NUMERIC else f"(?P<{p}>.+?)"
-                        for i, p in enumerate(parts))
+        regex = _regex(parts)
         first = parts[0].split(" ", 1)[0] if " " in parts[0] else ""
         out.setdefault(first, []).append((len(literal), re.compile(regex, re.DOTALL), msgstr))
     return out
@@ -322,11 +328,7 @@ def validation_reason(reason: str) -> Text:
 def _own_words() -> list[re.Pattern[str]]:
     """:data:`PLUGINS`' messages as patterns over their English text: a ``__post_init__`` check
     that says ``expected …, got …`` in its own words must not be read as msgspec's shape."""
-    out = []
-    for msgid in PLUGINS:
-        parts = _PLACEHOLDER.split(str(msgid))
-        out.append(re.compile("".join(re.escape(part) if i % 2 == 0 else ".+?" for i, part in enumerate(parts)), re.DOTALL))
-    return out
+    return [re.compile(_regex(_PLACEHOLDER.split(str(msgid))), re.DOTALL) for msgid in PLUGINS]
 
 
 _SHAPES: list[tuple[re.Pattern[str], Any]] = [
