@@ -149,5 +149,4 @@ async def agent_ws(request: web.Request, scope: Scope) -> web.StreamResponse:
         return error(403, _("account {account!r} is not an agent (set agent_id, or account in agents.toml)",
                             account=scope.account.name),
                      "not_an_agent")
-    instance = getattr(service, "id", None)  # a shared backend's instance, for the logs
-    return await agent_socket(request, service, scope, **({"instance": instance} if instance else {}))
+    return await agent_socket(request, service, scope)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
@@ -117,14 +117,16 @@ class FrameRejected(Exception):
         self.code = code
 
 
-async def agent_socket(request: web.Request, service: Service, scope: Scope, **log_context: Any) -> web.WebSocketResponse:
+async def agent_socket(request: web.Request, service: Service, scope: Scope) -> web.WebSocketResponse:
     """One agent's WebSocket: hello, then one result frame per command. The same on every
     backend: on a shared Redis the service forwards a command to the instance routing it."""
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=64 * 1024)
     await ws.prepare(request)
     session = WsSession(ws, scope)
     agent_id = session.agent_id
-    bound = log.bind(agent_id=agent_id, account=scope.account.name, **log_context)
+    bound = log.bind(agent_id=agent_id, account=scope.account.name)
+    if (instance := getattr(service, "id", None)) is not None:  # a shared backend's instance
+        bound = bound.bind(instance=instance)
     session.task = asyncio.create_task(session.writer())
     book = request.app[BOOK]
     book.watch(ws, scope.account, request[EXPIRES], session.close)
