@@ -143,7 +143,7 @@ def _check_template(file: str, key: str, text: str) -> ConfigError | None:
         return ConfigError(file, key, f"bad template: {exc} (write {{{{ and }}}} for literal braces)")
     for f in fields:
         if f not in PLACEHOLDERS:
-            return ConfigError(file, key, f"unknown placeholder {{{f}}} (known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)})")
+            return ConfigError(file, key, f"unknown placeholder `{{{f}}}` (known: {', '.join('`{' + p + '}`' for p in PLACEHOLDERS)})")
     return None
 
 
@@ -497,7 +497,7 @@ def fenliu_configure(config: Config) -> None:
     for entry_file, i, entry in library.located:
         for j, p in enumerate(entry.platforms):
             if p not in known_platforms:
-                raise ConfigError(entry_file, f"faq[{i}].platforms[{j}]", f"unknown platform {p!r} (known: {', '.join(known_platforms)})")
+                raise ConfigError(entry_file, f"faq[{i}].platforms[{j}]", f"unknown platform {p!r} (known: {', '.join(map(repr, known_platforms))})")
     for name, policy in config.policies.items():
         cfg: BotConfig = policy.bot
         file = str(config.policy_file(name))
@@ -521,7 +521,7 @@ def fenliu_configure(config: Config) -> None:
                     raise ConfigError(file, f"bot.{key}[{i}]", "empty keyword")
         for p in cfg.platform_modes:
             if p not in known_platforms:
-                raise ConfigError(file, f"bot.platform_modes.{p}", f"unknown platform {p!r} (known: {', '.join(known_platforms)})")
+                raise ConfigError(file, f"bot.platform_modes.{p}", f"unknown platform {p!r} (known: {', '.join(map(repr, known_platforms))})")
         for key in ("answer_threshold", "suggest_threshold", "margin", "min_coverage"):
             if not 0.0 <= getattr(cfg, key) <= 1.0:
                 raise ConfigError(file, f"bot.{key}", "must be between 0 and 1")

@@ -390,7 +390,7 @@ def toml_reason(exc: Exception) -> Text:
 PLUGINS = (
     _("empty id"), _("empty keyword"), _("empty text"), _("empty question"), _("empty word"),
     _("duplicate id {id!r} (also in {other})"), _("an FAQ entry needs at least one keyword"),
-    _("unknown platform {platform!r} (known: {known})"), _("no FAQ group {group!r} in {path} (groups: {known})"),
+    _("unknown placeholder {placeholder} (known: {known})"), _("unknown platform {platform!r} (known: {known})"), _("no FAQ group {group!r} in {path} (groups: {known})"),
     _("must be between 0 and 1"), _("must not exceed answer_threshold ({value})"),
     _("a synonym group needs at least two words"),
     _("every list needs a name (used in flags and reasons)"), _("give a word file, extra_files or inline words"),

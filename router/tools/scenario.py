@@ -423,7 +423,7 @@ def check_scenario(file: Path, s: Scenario, config: Config | None) -> list[Confi
     platforms = ("pinduoduo", "taobao", "tmall", "jd", "douyin", "other", "default")
     for plat in s.bot.modes:
         if plat not in platforms:
-            err(f"bot.modes.{plat}", f"expected a platform ({', '.join(platforms)}); got {plat!r}")
+            err(f"bot.modes.{plat}", f"expected a platform ({', '.join(map(repr, platforms))}); got {plat!r}")
     if config is not None:
         for i, sid in enumerate(t.shops):
             if sid not in config.shops:

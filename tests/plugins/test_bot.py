@@ -176,7 +176,7 @@ def test_every_demo_faq_file_is_valid():
 
 
 @pytest.mark.parametrize(("toml", "error"), [
-    ('[[faq]]\nid = "a"\nkeywords = ["x"]\nanswer = "hi {nick}"\n', "faq[0].answer: unknown placeholder {nick}"),
+    ('[[faq]]\nid = "a"\nkeywords = ["x"]\nanswer = "hi {nick}"\n', "faq[0].answer: unknown placeholder `{nick}`"),
     ('[[faq]]\nid = "a"\nkeywords = []\nanswer = "hi"\n', "faq[0].keywords: an FAQ entry needs at least one keyword"),
     ('[[faq]]\nid = "a"\nkeywords = ["x"]\n', "faq[0].answer: required key is missing"),
     ('[[faq]]\nid = "a"\nkeywords = ["x"]\nanswer = "hi"\nscore = 3\n', "faq[0].score: unknown key"),
@@ -194,13 +194,13 @@ def test_bad_faq_files_name_file_and_key(fenliu_config_dir, toml, error):
 
 
 @pytest.mark.parametrize(("body", "error"), [
-    ('[bot]\nwelcome = "{who}"\n', "bot.welcome: unknown placeholder {who}"),
+    ('[bot]\nwelcome = "{who}"\n', "bot.welcome: unknown placeholder `{who}`"),
     ('[bot]\nfaq_groups = ["nope"]\n', "bot.faq_groups[0]: no FAQ group 'nope'"),
     ('[bot]\nhandoff_words = ["人工", " "]\n', "bot.handoff_words[1]: empty keyword"),
     ('[bot]\nwhile_human = ["welcome"]\n', "bot.while_human[0]: invalid enum value 'welcome'"),
     ('[bot]\ngreeting = "hi"\n', "bot.greeting: unknown key"),
     ('[bot.shops."pdd-9999"]\nwelcome = "hi"\n', "bot.shops.pdd-9999: unknown shop 'pdd-9999'"),
-    ('[bot.shops."pdd-1001"]\noffline = "{later}"\n', "bot.shops.pdd-1001.offline: unknown placeholder {later}"),
+    ('[bot.shops."pdd-1001"]\noffline = "{later}"\n', "bot.shops.pdd-1001.offline: unknown placeholder `{later}`"),
 ])
 def test_bad_bot_sections_name_file_and_key(fenliu_config_dir, body, error):
     write_policy(fenliu_config_dir, body)

@@ -522,6 +522,31 @@ def test_a_damaged_configuration_is_explained_in_chinese(tmp_path_factory, demo_
             assert t(e, "zh_CN").startswith(e.file)
 
 
+@pytest.mark.parametrize("edit", [
+    ("policies/default.toml", 'welcome = "{buyer}，您好！', 'welcome = "{nick}，您好！'),  # unknown placeholder
+    ("policies/default.toml", '"fruit"]', '"fruit", "nope"]'),  # an FAQ group that does not exist
+    ("policies/default.toml", 'strategy = "least_load"', 'strategy = "fastest"'),  # a list of strategies
+], ids=["placeholder", "faq-group", "strategy"])
+def test_errors_that_list_what_is_known_read_chinese(tmp_path, demo_config, edit):
+    """Errors that name the choices (placeholders, FAQ groups, strategies): the names are quoted
+    data, the words around them Chinese; random damage rarely writes these."""
+    import shutil
+
+    from router.core.config import ConfigErrors, load_config
+
+    cfg = tmp_path / "config"
+    shutil.copytree(demo_config, cfg)
+    name, old, new = edit
+    text = (cfg / name).read_text(encoding="utf-8")
+    assert old in text
+    (cfg / name).write_text(text.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(ConfigErrors) as raised:
+        load_config(cfg)
+    for e in raised.value.errors:
+        zh = t(e.reason, "zh_CN")
+        assert re.search(r"[\u4e00-\u9fff]", zh) and not leaks(zh), (str(e), zh)
+
+
 def test_charts_use_an_installed_cjk_font_in_chinese(chinese):
     from matplotlib import font_manager
 
