@@ -54,12 +54,15 @@ class Journal:
         self.snapshot_seq = 0  # the journal entry the newest snapshot includes
         self.fingerprint = ""
         self._lookup = JournalLookup(service.store.path)
+        self._snapshotting: asyncio.Task | None = None  # a snapshot being pickled
 
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq
 
     async def close(self) -> None:
+        if self._snapshotting is not None:  # submitted before the writer commits what it has
+            await self._snapshotting
         await self.writer.close()
         self._lookup.close()
 
@@ -97,35 +100,56 @@ class Journal:
 
     # -- snapshots ----------------------------------------------------------------------------------
 
-    async def snapshot(self) -> None:
+    async def snapshot(self, wait: bool = False) -> None:
         """Snapshot the routing state once everything routed so far is committed and told (so
-        the history agents were sent matches the dispatcher), as its own commit."""
+        the history agents were sent matches the dispatcher), as its own commit.
+
+        Routing waits only for that and for a fork: a child pickles the state as it was then
+        (:func:`snapshot.dump_later`) and the body is submitted when it is ready, while routing
+        goes on. One at a time: while one is pickled the next is skipped, unless ``wait`` (at
+        the stop), which waits for it, takes the newest and returns once it is submitted."""
         s = self.service
+        if self._snapshotting is not None:
+            if not wait:
+                return
+            await self._snapshotting
         await self.writer.flush()
         if s.failed is not None or self.seq == self.snapshot_seq:
             return
-        seq, fp = self.seq, self.fingerprint
+        seq, fp, clock = self.seq, self.fingerprint, s.clock
         memory = s.memory
+
+        def service_state() -> bytes:
+            # msgspec, not pickle, for the histories: seven times faster
+            return msgspec.msgpack.encode(ServiceSnapshot(
+                {cid: list(items) for cid, items in memory.history.items()}, memory.context, memory.waiting_since,
+                clock))
+
+        started = time.perf_counter()
+        collect = snapshot.dump_later(s.router.dispatcher, service_state)
+        blocked_ms = round((time.perf_counter() - started) * 1000, 1)  # routing waited this long
+        self.snapshot_seq = seq  # a failed one is tried again after another snapshot_every entries
+        self._snapshotting = task = asyncio.create_task(self._submit_snapshot(seq, fp, collect, blocked_ms))
+        if wait:
+            await task
+
+    async def _submit_snapshot(self, seq: int, fp: str, collect: Callable[[], bytes], blocked_ms: float) -> None:
         started = time.perf_counter()
         try:
-            # msgspec, not pickle, for the histories: seven times faster, and this blocks routing
-            body = snapshot.dump(s.router.dispatcher, msgspec.msgpack.encode(ServiceSnapshot(
-                {cid: list(items) for cid, items in memory.history.items()}, memory.context, memory.waiting_since,
-                s.clock)))
+            body = await asyncio.to_thread(collect)
         except Exception as exc:  # noqa: BLE001 - e.g. a plugin put something unpicklable in meta
-            log.warning("snapshot_failed", seq=seq, error=f"{type(exc).__name__}: {exc}")
-            self.snapshot_seq = seq  # try again after another snapshot_every entries
+            log.warning("snapshot_failed", seq=seq, error=str(exc))
             return
-
-        blocked_ms = round((time.perf_counter() - started) * 1000, 1)  # routing waited this long
+        finally:
+            self._snapshotting = None
+        pickled_ms = round((time.perf_counter() - started) * 1000, 1)
 
         def done(_ids: Any, error: BaseException | None) -> None:
             if error is not None:
                 log.warning("snapshot_not_written", seq=seq, error=str(error))
             else:
-                log.info("snapshot_written", seq=seq, bytes=len(body), ms=blocked_ms)
+                log.info("snapshot_written", seq=seq, bytes=len(body), ms=blocked_ms, pickled_ms=pickled_ms)
 
-        self.snapshot_seq = seq
         self.writer.submit([("snapshot", seq, time.time(), fp, snapshot.FORMAT, body)], done)
 
     # -- replay -----------------------------------------------------------------------------------
@@ -254,4 +278,4 @@ async def load_side_tables(service: Service) -> None:
                 else:
                     del waiting_since[cid]
     for rid, shop_id, cid, buyer_id, text, ts, agent_id, attempts, next_at in pending:
-        s.outbox.queue(OutboundReply(rid, shop_id, cid, buyer_id, text, ts, agent_id), next_at, attempts)
+        s.outbox.queue(OutboundReply(rid, shop_id, cid, buyer_id, text, ts, agent_id), next_at, attempts, in_doubt=True)

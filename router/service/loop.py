@@ -187,7 +187,7 @@ class RouterLoop:
                 await asyncio.sleep(0)
             if stop:
                 if s.config.main.storage.snapshot_every:
-                    await s.journal.snapshot()  # the next start replays nothing
+                    await s.journal.snapshot(wait=True)  # the next start replays nothing
                 await s.journal.writer.flush()
                 return
 
