@@ -62,8 +62,23 @@ class AgentPools:
         self.shops: dict[str, tuple[str, ...]] = {}
         #: per shop, the agents online and in shift who may serve it
         self.online: dict[str, int] = {}
-        #: per agent, the keys its current entries were pushed with (absent: not available)
+        #: per available agent, the highest of its current entries: each of its pools holds one
+        #: entry of its version with this key or a lower one (an agent under several strategies:
+        #: its keys, one per strategy, each pushed into every pool of that strategy)
         self.listed: dict[str, tuple[Any, ...]] = {}
+        #: per available agent, its entry as it would be pushed now (its current key and
+        #: version); under several strategies, one per strategy key function
+        self.current: dict[str, Any] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle (a snapshot); one taken before the pools kept each agent's current entry
+        has every available agent pushed anew, which makes its older entries stale."""
+        self.__dict__.update(state)
+        if "current" not in state:
+            self.current = {}
+            self.listed = {}
+            for st in self.agents.values():
+                self.touch(st, force=True)
 
     @classmethod
     def for_config(cls, agents: dict[str, AgentState], config: Config, policy: dict[str, DispatchConfig],
@@ -127,44 +142,58 @@ class AgentPools:
 
     def touch(self, st: AgentState, force: bool = False) -> None:
         """Re-key the agent in all its pools after a change to its state. Lazy: the entries
-        already in the heaps stay valid while the agent stays available under the same keys (a
-        round-robin agent released below capacity, say), so only a new key or a return to
-        availability pushes; becoming unavailable bumps the version, which invalidates them
-        (stale entries are skipped when they reach the top, and swept when a heap grows past 4×
-        its members). ``force`` pushes anyway, for heaps that may have lost the agent's entries
-        (rebuilt pools, an agent no longer refused)."""
+        already in the heaps stay valid while the agent stays available and none of them is
+        above its key, so only a key below one of them (a release after a pool re-keyed the
+        agent's entry past it) or a return to availability pushes; becoming unavailable bumps
+        the version, which invalidates them (stale entries are skipped when they reach the top,
+        and swept when a heap grows past 4× its members). Under ``least_load`` a conversation
+        that closes before the agent's entries surface again pushes nothing: they still hold the
+        key from before its assignment. ``force`` pushes anyway, for heaps that may have lost
+        the agent's entries (rebuilt pools, an agent no longer refused)."""
         aid = st.id
         listed = self.listed
         if not st.available:
             if aid in listed:
                 del listed[aid]
+                del self.current[aid]
                 st.version += 1
             return
         groups = self.groups.get(aid, ())
-        # one key per strategy among the agent's shops; usually one strategy, so one key
-        single = len(groups) == 1
-        keys = groups[0][0](st) if single else tuple([key(st) for key, _ in groups])
-        if not force:
+        if len(groups) == 1:
+            # one strategy among the agent's shops (the usual case): one entry for all its pools
+            entry = (*groups[0][0](st), st.version, aid)
             old = listed.get(aid)
-            if old == keys:
-                return
-            if single and old is not None and keys > old:
-                # a key that only grew (an assignment, under every built-in strategy): the
-                # entries already pushed sit too high and ``top`` re-keys one when it surfaces,
-                # instead of a push into each of the agent's pools now
-                listed[aid] = keys
-                return
+            if not force and old is not None:
+                if entry >= old:
+                    # no entry of the agent sits above its key (an assignment, under every
+                    # built-in strategy, or a release back to a key no pool has re-keyed it
+                    # past): the entries already pushed sit too low or right, and ``top``
+                    # re-keys one when it surfaces, instead of a push into each pool now
+                    self.current[aid] = old if entry == old else entry
+                    return
+            st.version += 1
+            entry = (*entry[:-2], st.version, aid)
+            listed[aid] = self.current[aid] = entry
+            self._push(entry, groups[0][1])
+            return
+        keys = tuple([key(st) for key, _ in groups])
+        if not force and listed.get(aid) == keys:
+            return
         listed[aid] = keys
         st.version += 1
-        version = st.version
+        entries = {}
+        for key, pools in groups:
+            entry = entries[key] = (*key(st), st.version, aid)
+            self._push(entry, pools)
+        self.current[aid] = entries
+
+    def _push(self, entry: tuple[Any, ...], pools: tuple[Pool, ...]) -> None:
         push = heapq.heappush
-        for i, (_, pools) in enumerate(groups):
-            entry = (*(keys if single else keys[i]), version, aid)
-            for pool in pools:
-                heap = pool.heap
-                push(heap, entry)
-                if len(heap) > pool.limit:
-                    self.compact(pool)
+        for pool in pools:
+            heap = pool.heap
+            push(heap, entry)
+            if len(heap) > pool.limit:
+                self.compact(pool)
 
     def readmit(self, st: AgentState) -> None:
         """Consider the agent again after a refusal (its status changed, or capacity was freed
@@ -186,20 +215,30 @@ class AgentPools:
         is available, and a loss of availability or a smaller key bumps its version, so a
         matching version means the agent is still available with that key or a larger one (a
         key that grew is not pushed, see :meth:`touch`): such an entry is re-keyed when it
-        reaches the top, and the top is right because no agent's key is below its entry's."""
+        reaches the top, and the top is right because no agent's key is below its entry's.
+        The agent's current entry is the very tuple pushed or re-keyed last, so the usual check
+        is one identity test, without computing the strategy's key."""
         heap = pool.heap
-        agents = self.agents
+        current = self.current
         refused = self.refused
-        key = pool.key
         while heap:
             entry = heap[0]
-            a = agents.get(entry[-1])
-            if a is not None and a.version == entry[-2] and a.id not in refused:
-                current = (*key(a), a.version, a.id)
-                if current == entry:
-                    return entry
-                heapq.heapreplace(heap, current)
-                continue
+            aid = entry[-1]
+            cur = current.get(aid)
+            if cur is entry and aid not in refused:
+                return entry
+            if cur is not None and aid not in refused:
+                single = type(cur) is not dict
+                if not single:  # an agent under several strategies: its entry for this pool's
+                    cur = cur[pool.key]
+                if cur[-2] == entry[-2]:
+                    if cur == entry:
+                        return entry
+                    # the agent's key grew since the entry was pushed: re-keyed, now its highest
+                    heapq.heapreplace(heap, cur)
+                    if single:
+                        self.listed[aid] = cur
+                    continue
             heapq.heappop(heap)
         return None
 

@@ -75,6 +75,15 @@ class Queues:
         self.deadline = deadline
         self.live: dict[tuple[str, str], list[Entry]] = {}
         self.late: dict[tuple[str, str], list[Entry]] = {}
+        #: entries in all the heaps, stale ones included: none means nobody waits, and an agent
+        #: freed then need not look at each of its queues
+        self.entries = 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle (a snapshot), counting the entries when it was taken before they were."""
+        self.__dict__.update(state)
+        if "entries" not in state:
+            self.entries = sum(map(len, self.live.values())) + sum(map(len, self.late.values()))
 
     @classmethod
     def for_config(cls, conversations: dict[str, Conversation], config: Config,
@@ -96,6 +105,7 @@ class Queues:
         entry = (key, conv.seq, conv.version, conv.id)
         for skill in skills:
             heapq.heappush(queues.setdefault((conv.shop_id, skill), []), entry)
+            self.entries += 1
 
     def keys(self, shop_id: str) -> list[tuple[str, str]]:
         """The shop's queues (waiting or not), in a stable order."""
@@ -113,6 +123,7 @@ class Queues:
             if conv is not None and conv.version == entry[2] and conv.state == "queued":
                 return entry
             heapq.heappop(q)
+            self.entries -= 1
         return None
 
     def _deadline_best(self, key: tuple[str, str], rule: DeadlineRule, now: float | None) -> Rank | None:
@@ -153,6 +164,8 @@ class Queues:
         """The next conversation for an agent draining ``keys`` (shops that are closed and the
         conversation ``exclude`` left out): highest effective priority first, arrival breaking
         ties."""
+        if not self.entries:
+            return None
         live = self.live
         late = self.late
         deadline = self.deadline
