@@ -27,7 +27,7 @@ single-instance ``serve``) behaviour is unchanged.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from router.core import clock, i18n
@@ -122,7 +122,7 @@ class Dispatcher:
 
     # -- agents ---------------------------------------------------------------------------------
 
-    def _pick(self, shop_id: str, skills: Iterable[str], exclude: str | None = None) -> AgentState | None:
+    def _pick(self, shop_id: str, skills: tuple[str, ...], exclude: str | None = None) -> AgentState | None:
         """The strategy's choice among available agents of any of ``skills`` at the shop."""
         if not self._shop_open.get(shop_id, True):
             return None
@@ -209,11 +209,14 @@ class Dispatcher:
 
     def _try_targets(self, conv: Conversation, exclude: str | None) -> tuple[str, str | None, list[str]]:
         targets = self.targets(conv)
-        skills, _ = targets[min(conv.target, len(targets) - 1)]
-        while (st := self._pick(conv.shop_id, skills, exclude)) is not None:
-            if self._claimed(conv, st):
-                self._assign(conv, st)
-                return conv.state, st.id, []
+        skills = targets[min(conv.target, len(targets) - 1)][0]
+        shop_id = conv.shop_id
+        if self._shop_open.get(shop_id, True):
+            pick = self._pools.pick
+            while (st := pick(shop_id, skills, exclude)) is not None:
+                if self.claim_hook is None or self._claimed(conv, st):
+                    self._assign(conv, st)
+                    return conv.state, st.id, []
         self._enqueue(conv)
         return "queued", None, []
 
@@ -221,7 +224,7 @@ class Dispatcher:
         """Ask the shared claim function (if any); a refused agent is skipped until refreshed."""
         if self.claim_hook is None or self.claim_hook(st.id, conv.id):
             return True
-        self._pools.refused.add(st.id)
+        self._pools.refuse(st)
         return False
 
     def refresh(self, agent_id: str) -> list[Decision]:

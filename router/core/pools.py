@@ -152,7 +152,7 @@ class AgentPools:
         the agent's entries (rebuilt pools, an agent no longer refused)."""
         aid = st.id
         listed = self.listed
-        if not st.available:
+        if not st.available or aid in self.refused:
             if aid in listed:
                 del listed[aid]
                 del self.current[aid]
@@ -195,6 +195,11 @@ class AgentPools:
             if len(heap) > pool.limit:
                 self.compact(pool)
 
+    def refuse(self, st: AgentState) -> None:
+        """The shared claim function refused the agent: skipped here until :meth:`readmit`."""
+        self.refused.add(st.id)
+        self.touch(st)
+
     def readmit(self, st: AgentState) -> None:
         """Consider the agent again after a refusal (its status changed, or capacity was freed
         elsewhere): push it into its pools anew."""
@@ -220,41 +225,46 @@ class AgentPools:
         is one identity test, without computing the strategy's key."""
         heap = pool.heap
         current = self.current
-        refused = self.refused
         while heap:
             entry = heap[0]
-            aid = entry[-1]
-            cur = current.get(aid)
-            if cur is entry and aid not in refused:
+            cur = current.get(entry[-1])
+            if cur is entry:
                 return entry
-            if cur is not None and aid not in refused:
-                single = type(cur) is not dict
-                if not single:  # an agent under several strategies: its entry for this pool's
+            if cur is not None:
+                if type(cur) is dict:  # an agent under several strategies: its entry for this pool's
                     cur = cur[pool.key]
-                if cur[-2] == entry[-2]:
-                    if cur == entry:
+                    if cur is entry:
                         return entry
+                elif cur[-2] == entry[-2]:
                     # the agent's key grew since the entry was pushed: re-keyed, now its highest
                     heapq.heapreplace(heap, cur)
-                    if single:
-                        self.listed[aid] = cur
+                    self.listed[entry[-1]] = cur
                     continue
             heapq.heappop(heap)
         return None
 
-    def pick(self, shop_id: str, skills: Iterable[str], exclude: str | None = None) -> AgentState | None:
+    def pick(self, shop_id: str, skills: tuple[str, ...], exclude: str | None = None) -> AgentState | None:
         """The strategy's choice among available agents of any of ``skills`` at the shop (the
         caller checks that the shop is open)."""
-        best = None
-        for skill in skills:
-            pool = self.pools.get((shop_id, skill))
+        pools = self.pools
+        if len(skills) == 1:
+            pool = pools.get((shop_id, skills[0]))
             if pool is None:
-                continue
-            entry = self.top(pool)
-            if entry is not None and entry[-1] == exclude:
-                entry = self._second(pool, exclude)
-            if entry is not None and (best is None or entry < best):
-                best = entry
+                return None
+            best = self.top(pool)
+            if best is not None and best[-1] == exclude:
+                best = self._second(pool, exclude)
+        else:
+            best = None
+            for skill in skills:
+                pool = pools.get((shop_id, skill))
+                if pool is None:
+                    continue
+                entry = self.top(pool)
+                if entry is not None and entry[-1] == exclude:
+                    entry = self._second(pool, exclude)
+                if entry is not None and (best is None or entry < best):
+                    best = entry
         return self.agents[best[-1]] if best is not None else None
 
     def _second(self, pool: Pool, exclude: str) -> tuple[Any, ...] | None:
