@@ -9,6 +9,11 @@ The contract is small on purpose:
 
 - :meth:`Adapter.send` delivers one reply and returns when the channel acknowledged it; raising
   :class:`DeliveryError` makes the service retry with backoff (the reply stays journaled);
+- :meth:`Adapter.delivered` (optional) says whether the platform already holds a reply. It is
+  asked only before sending again a reply whose last attempt's outcome is unknown (the sender
+  died, or the request timed out after it was written), so a reply reaches the buyer once even
+  across a crash; where the platform cannot say, the reply goes out again marked as a
+  redelivery (``OutboundReply.redelivery``) with the same id;
 - :meth:`Adapter.parse_webhook` maps a platform's own envelope to messages and order context,
   after checking the platform's signature; :class:`WebhookError` becomes a clear HTTP error.
 """
@@ -18,7 +23,7 @@ from __future__ import annotations
 import datetime
 import importlib
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
@@ -41,6 +46,8 @@ class OutboundReply(msgspec.Struct, frozen=True):
     text: str
     ts: float
     agent_id: str | None = None
+    #: An earlier attempt may have reached the platform, which could not say: drop it if held.
+    redelivery: bool = False
 
 
 class OrderContext(msgspec.Struct, frozen=True):
@@ -76,7 +83,22 @@ def platform_time(value: str | float | None, default: float) -> float:
 
 
 class DeliveryError(Exception):
-    """A reply could not be delivered now; the service retries with backoff."""
+    """A reply could not be delivered now; the service retries with backoff. ``maybe_delivered``:
+    the request may have reached the platform (no answer came), so the next attempt asks first."""
+
+    def __init__(self, message: str = "", *, maybe_delivered: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_delivered = maybe_delivered
+
+
+class Delivery(NamedTuple):
+    """What one attempt came to: ``error`` is ``None`` when the platform has the reply
+    (``confirmed``: it had it already, nothing was sent); ``doubt``: after a failure, whether
+    the platform may hold it anyway."""
+
+    error: str | None = None
+    doubt: bool = False
+    confirmed: bool = False
 
 
 class WebhookError(Exception):
@@ -116,6 +138,11 @@ class Adapter:
     async def send(self, reply: OutboundReply) -> None:
         raise DeliveryError(f"adapter {self.name!r} cannot send replies")
 
+    async def delivered(self, reply: OutboundReply) -> bool | None:
+        """Whether the platform already holds ``reply`` (asked before a reply whose last attempt
+        is in doubt is sent again); ``None``: the platform cannot say."""
+        return None
+
     def parse_webhook(self, headers: Any, body: bytes) -> WebhookResult:
         raise WebhookError(404, _("adapter {name!r} takes no webhooks", name=self.name))
 
@@ -132,19 +159,30 @@ _BUILTIN = {
 }
 
 
-async def deliver_once(adapter: Adapter | None, item: OutboundReply) -> str | None:
-    """One attempt to hand a reply to its shop's platform: ``None`` when it was taken, else why
-    not. Any exception counts as a failed attempt (an adapter bug must not lose the reply: the
-    outbox keeps it and retries with backoff)."""
+async def deliver_once(adapter: Adapter | None, item: OutboundReply, *, in_doubt: bool = False) -> Delivery:
+    """One attempt to hand a reply to its shop's platform. A reply ``in_doubt`` (an earlier
+    attempt may have reached the platform) is first looked up and not sent again if the platform
+    holds it. Any exception counts as a failed attempt (an adapter bug must not lose the reply:
+    the outbox keeps it and retries with backoff)."""
     try:
         if adapter is None:
             raise DeliveryError(f"no adapter for shop {item.shop_id!r}")
+        if in_doubt:
+            try:
+                held = await adapter.delivered(item)
+            except Exception:  # noqa: BLE001 - a lookup that fails is a platform that cannot say
+                held = None
+            if held:
+                return Delivery(confirmed=True)
+            in_doubt = held is None
+            if in_doubt:
+                item = msgspec.structs.replace(item, redelivery=True)
         await adapter.send(item)
     except DeliveryError as exc:
-        return str(exc) or type(exc).__name__
+        return Delivery(str(exc) or type(exc).__name__, in_doubt or exc.maybe_delivered)
     except Exception as exc:  # noqa: BLE001 - an adapter bug must not lose the reply
-        return f"{type(exc).__name__}: {exc}"
-    return None
+        return Delivery(f"{type(exc).__name__}: {exc}", True)
+    return Delivery()
 
 
 def _load(target: str) -> type[Adapter]:

@@ -2,6 +2,9 @@
 
 A reply is a row before it is a request, so a crash or a platform that is down loses nothing:
 the pending rows are queued again at start, and a failed send is retried with a growing delay.
+A reply whose last attempt may have reached the platform (queued again at start, or a request
+that timed out after it was written) is *in doubt*: the next attempt asks the platform first
+(:meth:`adapters.Adapter.delivered`), so it is not delivered twice.
 One attempt (:func:`attempt`) is the same for every store; what differs is the *ledger* that
 records its outcome (the SQLite file here, PostgreSQL's claimed rows in router/service/redis/pg.py).
 """
@@ -33,7 +36,7 @@ class Ledger(Protocol):
 
     async def acked(self, rid: int, now: float) -> None: ...
 
-    async def retry(self, rid: int, attempts: int, next_at: float, error: str) -> None: ...
+    async def retry(self, rid: int, attempts: int, next_at: float, error: str, doubt: bool) -> None: ...
 
 
 class SqliteLedger:
@@ -43,20 +46,25 @@ class SqliteLedger:
     async def acked(self, rid: int, now: float) -> None:
         await self.store.call(lambda c: mark_acked(c, rid, now))
 
-    async def retry(self, rid: int, attempts: int, next_at: float, error: str) -> None:
+    async def retry(self, rid: int, attempts: int, next_at: float, error: str, doubt: bool) -> None:
+        """``doubt`` stays in memory: after a restart every pending reply is in doubt anyway."""
         await self.store.call(lambda c: mark_retry(c, rid, attempts, next_at, error))
 
 
 async def attempt(adapter: Adapter | None, item: OutboundReply, attempts: int, metrics: Metrics, ledger: Ledger,
                   stopping: Callable[[], bool] = lambda: False, logger: structlog.typing.FilteringBoundLogger = log,
-                  ) -> tuple[int, float] | None:
-    """Send ``item`` once and record the outcome; returns the attempts so far and when to try
-    again if it failed (nothing is recorded once ``stopping``: the store is closing)."""
-    error = await deliver_once(adapter, item)
+                  *, in_doubt: bool = False) -> tuple[int, float, bool] | None:
+    """Send ``item`` once (asking the platform first when ``in_doubt``) and record the outcome;
+    returns the attempts so far, when to try again and whether it is now in doubt if it failed
+    (nothing is recorded once ``stopping``: the store is closing)."""
+    outcome = await deliver_once(adapter, item, in_doubt=in_doubt)
     if stopping():
         return None
-    if error is None:
-        metrics.outbound.labels("acked").inc()
+    if outcome.error is None:
+        metrics.outbound.labels("confirmed" if outcome.confirmed else "acked").inc()
+        if outcome.confirmed:
+            logger.info("delivery_confirmed", shop_id=item.shop_id, conversation_id=item.conversation_id,
+                        reply_id=item.id)
         await ledger.acked(item.id, time.time())
         return None
     attempts += 1
@@ -64,9 +72,9 @@ async def attempt(adapter: Adapter | None, item: OutboundReply, attempts: int, m
     next_at = time.time() + delay
     metrics.outbound.labels("failed").inc()
     logger.warning("delivery_failed", shop_id=item.shop_id, conversation_id=item.conversation_id,
-                   reply_id=item.id, attempts=attempts, retry_in_s=delay, error=error)
-    await ledger.retry(item.id, attempts, next_at, error)
-    return attempts, next_at
+                   reply_id=item.id, attempts=attempts, retry_in_s=delay, error=outcome.error, in_doubt=outcome.doubt)
+    await ledger.retry(item.id, attempts, next_at, outcome.error, outcome.doubt)
+    return attempts, next_at, outcome.doubt
 
 
 class Outbox:
@@ -81,11 +89,15 @@ class Outbox:
         self._due: list[tuple[float, int]] = []
         self._items: dict[int, OutboundReply] = {}
         self._attempts: dict[int, int] = {}
+        self._doubt: set[int] = set()
         self._sending: set[int] = set()
 
-    def queue(self, item: OutboundReply, when: float, attempts: int) -> None:
+    def queue(self, item: OutboundReply, when: float, attempts: int, *, in_doubt: bool = False) -> None:
+        """``in_doubt``: an earlier attempt may have reached the platform (a row found pending at start)."""
         self._items[item.id] = item
         self._attempts[item.id] = attempts
+        if in_doubt:
+            self._doubt.add(item.id)
         heapq.heappush(self._due, (when, item.id))
         if when <= time.time():
             self._deliver_soon(item.id)
@@ -102,14 +114,19 @@ class Outbox:
             if item is None:
                 return
             failed = await attempt(self.adapters().get(item.shop_id), item, self._attempts.get(rid, 0), self.metrics,
-                                   self.ledger, self.stopping)
+                                   self.ledger, self.stopping, in_doubt=rid in self._doubt)
             if self.stopping():
                 return
             if failed is None:
                 self._items.pop(rid, None)
                 self._attempts.pop(rid, None)
+                self._doubt.discard(rid)
                 return
-            self._attempts[rid], next_at = failed
+            self._attempts[rid], next_at, doubt = failed
+            if doubt:
+                self._doubt.add(rid)
+            else:
+                self._doubt.discard(rid)
             heapq.heappush(self._due, (next_at, rid))
         finally:
             self._sending.discard(rid)

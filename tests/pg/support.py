@@ -43,12 +43,14 @@ def add_accounts(cfg: Path, agents: list[str]) -> None:
 
 
 class Platform:
-    """The shops' bridge: counts every reply delivery by ``reply_id`` (and when it came)."""
+    """The shops' bridge: counts every reply delivery by ``reply_id`` (and when it came), and
+    answers the lookup ``GET ?reply_id=N`` a sender makes before sending again a reply in doubt."""
 
     def __init__(self) -> None:
         self.deliveries: Counter[int] = Counter()
         self.first: dict[int, float] = {}
         self.bodies: dict[int, dict[str, Any]] = {}
+        self.lookups = 0
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -62,9 +64,14 @@ class Platform:
         self.bodies[rid] = body
         return web.json_response({"ok": True})
 
+    async def _lookup(self, request: web.Request) -> web.Response:
+        self.lookups += 1
+        return web.json_response({"delivered": int(request.query["reply_id"]) in self.deliveries})
+
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/replies", self._reply)
+        app.router.add_get("/replies", self._lookup)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)

@@ -242,7 +242,6 @@ async def test_sigkill_under_load_loses_nothing_and_counts_nothing_twice(tmp_pat
             await wait_for(lambda: len(platform.deliveries) >= 40, 60, "40 replies delivered")
             victim = 1
             os.kill(nodes.procs[victim].pid, signal.SIGKILL)
-            killed_at = time.time()
             dead.add(victim)
             nodes.procs[victim].wait(timeout=10)
             delivered_at_kill = len(platform.deliveries)
@@ -276,14 +275,11 @@ async def test_sigkill_under_load_loses_nothing_and_counts_nothing_twice(tmp_pat
         assert set(acked) <= set(history) <= set(acked) | unsure and max(history.values()) == 1
         assert got["period"]["total"]["messages"] == len(history)
         assert sorted(platform.deliveries) == sorted(outbox)  # every reply in the outbox delivered
-        twice = {rid for rid, n in platform.deliveries.items() if n > 1}
-        # A reply the killed instance had sent but not yet marked acknowledged is sent again by the
-        # survivor that takes its claim over (same reply_id, which the bridge drops): only those.
-        # The platform answers in this test's own event loop, so a request the victim wrote just
-        # before it died is handled after ``os.kill`` returns: a second of slack for that.
-        assert all(platform.first[rid] <= killed_at + 1.0 for rid in twice), \
-            {rid: round(platform.first[rid] - killed_at, 3) for rid in twice}
-        assert len(twice) <= 3, twice
+        # Delivered exactly once, counted at the platform: a reply the killed instance had sent
+        # but not yet marked acknowledged is in doubt when a survivor takes its claim over, and
+        # the survivor asks the platform before sending it again.
+        twice = {rid: n for rid, n in platform.deliveries.items() if n > 1}
+        assert not twice, twice
     finally:
         nodes.stop()
         await platform.stop()

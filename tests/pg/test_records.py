@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from router.storage import accounts as acct
 from router.core.models import Decision, Message
 from router.storage.pg.compat import SyncStore
-from router.storage.pg.records import CLAIM_S, PgRecords
+from router.storage.pg.outbox import CLAIM_S
+from router.storage.pg.records import PgRecords
 
 pytestmark = pytest.mark.anyio
 
@@ -48,18 +49,20 @@ async def test_accounts_created_once_are_read_by_every_instance(pg_url: str) -> 
 async def test_outbox_rows_are_claimed_by_one_instance_each(pg_url: str) -> None:
     recs = await _records(pg_url, 3)
     try:
-        ids = [await recs[0].add_reply("s1", f"s1:b{i}", f"b{i}", "a1", f"reply {i}", 1000.0 + i) for i in range(60)]
-        claims = await asyncio.gather(*(r.claim_due(2000.0, limit=25) for r in recs for _ in range(2)))
-        got = [item.id for claim in claims for item, _ in claim]
+        ids = [await recs[0].outbox.add_reply("s1", f"s1:b{i}", f"b{i}", "a1", f"reply {i}", 1000.0 + i) for i in range(60)]
+        claims = await asyncio.gather(*(r.outbox.claim_due(2000.0, limit=25) for r in recs for _ in range(2)))
+        got = [item.id for claim in claims for item, _, _ in claim]
+        assert not any(doubt for claim in claims for _, _, doubt in claim)  # never tried: nothing in doubt
         assert sorted(got) == ids  # every row claimed, none twice
-        assert await recs[1].claim_due(2000.0 + 1) == []  # claims still held
-        mine = [item.id for item, _ in claims[0]]
+        assert await recs[1].outbox.claim_due(2000.0 + 1) == []  # claims still held
+        mine = [item.id for item, _, _ in claims[0]]
         for rid in mine:
-            await recs[0].acked(rid, 2001.0)
-            await recs[1].acked(rid, 2001.0)  # not its claim: changes nothing
-        taken_over = await recs[2].claim_due(2000.0 + CLAIM_S + 1)  # the other claims expired (their sender "died")
-        assert sorted(item.id for item, _ in taken_over) == sorted(set(ids) - set(mine))
-        assert await recs[0].pending() == len(ids) - len(mine)
+            await recs[0].outbox.acked(rid, 2001.0)
+            await recs[1].outbox.acked(rid, 2001.0)  # not its claim: changes nothing
+        taken_over = await recs[2].outbox.claim_due(2000.0 + CLAIM_S + 1)  # the other claims expired (their sender "died")
+        assert sorted(item.id for item, _, _ in taken_over) == sorted(set(ids) - set(mine))
+        assert all(doubt for _, _, doubt in taken_over)  # their sender may have sent them: ask first
+        assert await recs[0].outbox.pending() == len(ids) - len(mine)
     finally:
         for r in recs:
             await r.close()
@@ -70,7 +73,7 @@ def _message(i: int) -> tuple:
     d = Decision(f"m{i}", "s1", "s1:b1", "queued", cause="message")
     from msgspec.json import encode as _encode
 
-    return ("message", f"3:{i}-0", 100.0 + i, "s1", f"m{i}", "s1:b1", _encode(msg), [d])
+    return ("message", f"3:{i}-0", 100.0 + i, "s1", f"m{i}", "s1:b1", _encode(msg), [d], 1)
 
 
 async def test_histories_of_a_shard_equal_each_conversations_without_what_is_routed_again(pg_url: str) -> None:
@@ -81,10 +84,10 @@ async def test_histories_of_a_shard_equal_each_conversations_without_what_is_rou
         from msgspec.json import encode as _encode
 
         other = ("message", "m:s2:x", 150.0, "s2", "x", "s2:b9", _encode(Message(msg_id="x", shop_id="s2", buyer_id="b9",
-                 text="elsewhere", ts=150.0)), [Decision("x", "s2", "s2:b9", "queued", cause="message")])
+                 text="elsewhere", ts=150.0)), [Decision("x", "s2", "s2:b9", "queued", cause="message")], 1)
         await r.write_history([_message(1), _message(2), _message(3), other])
-        await r.add_reply("s1", "s1:b1", "b1", "a1", "first answer", 101.5)
-        await r.add_reply("s1", "s1:b1", "b1", "a1", "second answer", 102.5)
+        await r.outbox.add_reply("s1", "s1:b1", "b1", "a1", "first answer", 101.5)
+        await r.outbox.add_reply("s1", "s1:b1", "b1", "a1", "second answer", 102.5)
         opened = {"s1:b1": 100.0, "s2:b9": 0.0, "s1:nobody": 0.0}
         whole = await r.histories(opened)
         assert whole["s1:b1"] == (await r.conversation("s1:b1", 100.0))[0]
@@ -172,10 +175,10 @@ async def test_prune_keeps_what_retention_and_delivery_require(pg_url: str) -> N
         await r.write_history([_message(1), _message(2)])  # clocks 101, 102: a hundred days ago
         async with r.pool.connection() as conn:
             await conn.execute("UPDATE history SET clock = %s WHERE msg_id = 'm2'", (now - day,))
-        old_sent = await r.add_reply("s1", "s1:b1", "b1", "a1", "old, delivered", now - 50 * day)
-        old_pending = await r.add_reply("s1", "s1:b1", "b1", "a1", "old, never delivered", now - 50 * day)
-        await r.claim_due(now)
-        await r.acked(old_sent, now)
+        old_sent = await r.outbox.add_reply("s1", "s1:b1", "b1", "a1", "old, delivered", now - 50 * day)
+        old_pending = await r.outbox.add_reply("s1", "s1:b1", "b1", "a1", "old, never delivered", now - 50 * day)
+        await r.outbox.claim_due(now)
+        await r.outbox.acked(old_sent, now)
         await r.add_note("s1", "s1:b1", "a1", "old note", now - 50 * day)
         await r.add_violations([(now - 50 * day, "s1", "s1:b1", "a1", "微信", "contact", "words")])
         assert await r.prune(0, now=now) == {}
@@ -183,7 +186,7 @@ async def test_prune_keeps_what_retention_and_delivery_require(pg_url: str) -> N
         rows, _, _ = await r.read_rows(None, None)
         assert [row[4] for row in rows if row[0] == "message"] == ["m2"]
         assert [row[5] for row in rows if row[0] == "reply"] == ["old, never delivered"]
-        assert old_pending in [item.id for item, _ in await r.claim_due(now + 60)]
+        assert old_pending in [item.id for item, _, _ in await r.outbox.claim_due(now + 60)]
     finally:
         await r.close()
 

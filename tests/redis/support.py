@@ -147,11 +147,11 @@ def shops_per_shard(shards: int) -> list[str]:
 
 
 def owners(r: redis.Redis, prefix: str, shards: int) -> dict[int, str | None]:
-    """Which instance holds each shard's lease (the token starts with the instance id)."""
+    """Which instance holds each shard's lease (a token is ``epoch:instance:seq``)."""
     out: dict[int, str | None] = {}
     for n in range(shards):
         token = r.get(f"{prefix}:lease:{n}")
-        out[n] = token.decode().rsplit(":", 1)[0] if token else None
+        out[n] = token.decode().split(":", 1)[1].rsplit(":", 1)[0] if token else None
     return out
 
 

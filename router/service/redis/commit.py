@@ -27,6 +27,9 @@ _encode = msgspec.json.Encoder().encode
 AGENT_STREAM_MAX = 1000
 DECISIONS_MAX = 200_000
 REPLIES_TTL_MS = 60_000
+#: The ticks stream's bound, far above what the copiers leave in it (they delete what they copied):
+#: it only matters when PostgreSQL is away for a long time.
+TICKS_MAX = 1_000_000
 
 
 class Lost(Exception):
@@ -98,6 +101,8 @@ class Commits:
         if batch.decisions:
             adds.append([ki(k.decisions), DECISIONS_MAX,
                          _encode({"ds": batch.decisions, "by": link.id, "ts": time.time()}).decode(), 0])
+        if s.pg is not None and (ticks := s.pg.ticks(batch.decisions)) is not None:
+            adds.append([ki(k.ticks), TICKS_MAX, ticks.decode(), 0])
         frames: dict[str, list[bytes]] = {}
         for agent, frame in batch.frames:
             frames.setdefault(agent, []).append(frame)
@@ -117,7 +122,7 @@ class Commits:
         if not ok:
             raise Lost("commit fenced")
         if s.pg is not None:
-            await s.pg.after_commit(batch.decisions)
+            s.pg.after_commit()
         self.mirrored.update(written)
         for cid in gone:
             self.mirrored.pop(cid, None)

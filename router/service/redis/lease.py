@@ -33,6 +33,12 @@ class Leases:
         self._seq = 0
         self._missing_since: dict[str, float] = {}
 
+    def epoch(self, n: int) -> int:
+        """Shard ``n``'s epoch as this instance leased it (0 if not held): the history rows'
+        fence in PostgreSQL."""
+        token = self.held.get(n)
+        return int(token.partition(":")[0]) if token else 0
+
     async def give_back(self, shards: dict[int, str]) -> None:
         """Release leases (an error leaves them to expire)."""
         with contextlib.suppress(RedisError, OSError):
@@ -102,10 +108,10 @@ class Leases:
                 if n in self.held:
                     continue
                 self._seq += 1
-                token = f"{link.id}:{self._seq}"
                 link.rt["lease"].inc()
-                if await link.r.set(k.lease(n), token, nx=True, px=LEASE_MS):
-                    self.held[n] = token
+                got = await link.lease(keys=[k.lease(n), k.epoch(n)], args=[f"{link.id}:{self._seq}", LEASE_MS])
+                if got:
+                    self.held[n] = token = got.decode()
                     s.engine.put(("adopt", n, token))
                     if len(self.held) >= fair:
                         break

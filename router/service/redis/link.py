@@ -33,6 +33,7 @@ class Link:
         self.ingest = self.r.register_script(lua("ingest"))
         self.commit = self.r.register_script(lua("commit"))
         self.renew = self.r.register_script(lua("renew"))
+        self.lease = self.r.register_script(lua("lease"))
         self.unlease = self.r.register_script(lua("unlease"))
         self.claim = self.rs.register_script(lua("claim"))
         self.release = self.rs.register_script(lua("release"))

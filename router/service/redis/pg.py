@@ -5,9 +5,14 @@ kept here so the routing service only says *when* (docs/deploy.md, "PostgreSQL")
 - **History before acknowledgement.** Every message and agent request routed in a batch is
   written (keyed by what it is, so routing it again replaces the row) before ``commit.lua``
   acknowledges the batch; a failed write fails the batch like a Redis error (its entries stay
-  pending and are routed again). Timer decisions go in after the commit.
+  pending and are routed again). Each row carries its shard's lease epoch, and PostgreSQL keeps
+  the row of the highest epoch: an owner that lost the shard cannot overwrite the new owner's.
+- **Timer decisions** (ticks) are explained by no input, so they cannot be written before the
+  commit (a commit that is then fenced would leave decisions that never happened). The commit
+  adds them to the ``ticks`` stream, atomically with everything else, and every instance copies
+  that stream to PostgreSQL (:class:`router.service.redis.ticks.TickCopier`).
 - **Replies** are outbox rows; every instance runs a sender that claims due rows with
-  ``FOR UPDATE SKIP LOCKED`` (:meth:`router.storage.pg.records.PgRecords.claim_due`), so the reply an
+  ``FOR UPDATE SKIP LOCKED`` (:meth:`router.storage.pg.outbox.PgOutbox.claim_due`), so the reply an
   agent wrote through one instance is sent once, by whichever instance claims it first (the
   writer nudges its own sender, so usually itself, at once).
 - **Profiles** are read-modify-written in one transaction; each instance follows the changed
@@ -18,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +34,8 @@ from adapters import OutboundReply
 from router.core.models import Conversation, Decision, Message, Order, WsHistoryItem
 from router.service.buyers import Profile
 from router.service.outbox import attempt
+from router.service.redis.ticks import TickCopier
+from router.service.redis.ticks import entry as tick_entry
 from router.storage.pg.records import PgRecords
 from router.storage.story import order_json
 
@@ -41,6 +47,7 @@ log = structlog.get_logger("fenliu.pg")
 _encode = msgspec.json.Encoder().encode
 _order = msgspec.json.Decoder(Order)
 _conversation = msgspec.json.Decoder(Conversation)
+
 
 #: How often the sender looks for due replies when nothing nudged it.
 OUTBOX_POLL_S = 0.25
@@ -61,8 +68,8 @@ class PgSide:
         self.records = records
         self.rows: list[tuple] = []
         self.orders: list[tuple[str, str, str | None, str, float]] = []
-        self._ticks = itertools.count()
         self._nudge = asyncio.Event()
+        self.ticks_copier = TickCopier(service.link.r, service.keys.ticks, service.link.id, records)
         self._sending: set[int] = set()
         self._profiles_seen = self._orders_seen = 0.0
         self._history_last = self._outbox_last = 0
@@ -84,8 +91,10 @@ class PgSide:
             s.profiles[(shop, buyer)] = Profile(tags, notes)
             self._profiles_seen = max(self._profiles_seen, updated)
         await self._follow_orders()
+        await self.ticks_copier.start()
         return [asyncio.create_task(self._outbox_loop(), name="fenliu-pg-outbox"),
-                asyncio.create_task(self._follow_loop(), name="fenliu-pg-follow")]
+                asyncio.create_task(self._follow_loop(), name="fenliu-pg-follow"),
+                asyncio.create_task(self.ticks_copier.run(), name="fenliu-pg-ticks")]
 
     async def close(self) -> None:
         await self.records.close()
@@ -98,15 +107,16 @@ class PgSide:
         self.orders = []
 
     def add(self, kind: str, entry: str, clock: float, shop: str | None, msg_id: str | None, cid: str | None,
-            body: bytes | None, decisions: list[Decision]) -> None:
-        self.rows.append((kind, entry, clock, shop, msg_id, cid, body, decisions))
+            body: bytes | None, decisions: list[Decision], shard: int) -> None:
+        """An input's row, fenced by the epoch under which this instance holds its shard."""
+        self.rows.append((kind, entry, clock, shop, msg_id, cid, body, decisions, self.service.leases.epoch(shard)))
 
     def add_message(self, msg: Message, clock: float, decisions: list[Decision]) -> None:
         """A routed message, keyed by itself (routed again after a takeover, it replaces its row),
         and the order it names when that changes what is known of the buyer's current order
         (what conversion figures and the buyer's story read)."""
         self.add("message", f"m:{msg.shop_id}:{msg.msg_id}", clock, msg.shop_id, msg.msg_id, msg.conversation_id,
-                 _encode(msg), decisions)
+                 _encode(msg), decisions, self.service.keys.shard(msg.shop_id))
         if msg.order is not None and msg.order.order_id:
             order = self.service.buyers.note_order(msg.shop_id, msg.buyer_id, msg.order)
             if order is not None and order.order_id:
@@ -120,19 +130,21 @@ class PgSide:
             orders, self.orders = self.orders, []
             await self.records.save_orders(orders)
 
-    async def after_commit(self, decisions: list[Decision]) -> None:
-        """Decisions no message or request explains (timers, status changes) as one tick row."""
+    def ticks(self, decisions: list[Decision]) -> bytes | None:
+        """The ``ticks`` stream entry of a batch's decisions no message or request explains
+        (timers, status changes), which the commit adds; ``None`` when there are none."""
         seen = {id(d) for row in self.rows for d in row[7]}
-        self.rows = []
         ticks = [d for d in decisions if id(d) not in seen]
-        if ticks:
-            entry = f"t:{self.service.id}:{next(self._ticks)}"
-            await self.records.write_history([("tick", entry, self.service.clock, None, None, None, None, ticks)])
+        return tick_entry(ticks, self.service.clock) if ticks else None
+
+    def after_commit(self) -> None:
+        self.rows = []
+        self.ticks_copier.nudge()
 
     # -- replies ------------------------------------------------------------------------------------
 
     async def reply(self, shop: str, cid: str, buyer: str, agent_id: str, text: str, now: float) -> int:
-        rid = await self.records.add_reply(shop, cid, buyer, agent_id, text, now)
+        rid = await self.records.outbox.add_reply(shop, cid, buyer, agent_id, text, now)
         self._nudge.set()
         return rid
 
@@ -143,20 +155,21 @@ class PgSide:
                     await self._nudge.wait()
             self._nudge.clear()
             try:
-                claimed = await self.records.claim_due(time.time())
+                claimed = await self.records.outbox.claim_due(time.time())
             except Exception as exc:  # noqa: BLE001 - PostgreSQL away: the rows wait, retry
                 log.warning("outbox_claim_failed", error=str(exc))
                 await asyncio.sleep(1.0)
                 continue
-            for item, attempts in claimed:
+            for item, attempts, doubt in claimed:
                 if item.id not in self._sending:
                     self._sending.add(item.id)
-                    asyncio.get_running_loop().create_task(self._deliver(item, attempts))
+                    asyncio.get_running_loop().create_task(self._deliver(item, attempts, doubt))
 
-    async def _deliver(self, item: OutboundReply, attempts: int) -> None:
+    async def _deliver(self, item: OutboundReply, attempts: int, doubt: bool) -> None:
         s = self.service
         try:
-            await attempt(s.adapters.get(item.shop_id), item, attempts, s.metrics, self.records, logger=log)
+            await attempt(s.adapters.get(item.shop_id), item, attempts, s.metrics, self.records.outbox, logger=log,
+                          in_doubt=doubt)
         except Exception as exc:  # noqa: BLE001 - the claim expires and the row is sent again
             log.warning("outbox_update_failed", reply_id=item.id, error=str(exc))
         finally:

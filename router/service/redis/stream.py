@@ -332,7 +332,7 @@ class StreamLoop:
             s.desk.push(moved)
             if ok and s.pg is not None:
                 s.pg.add("event", f"e:{n}:{eid.decode()}", s.clock, (cid or "").partition(":")[0] or None, None,
-                         cid, fields[b"b"], moved)
+                         cid, fields[b"b"], moved, n)
         req = fields.get(b"req")
         inst = fields.get(b"inst")
         if req and inst:

@@ -7,11 +7,13 @@ instance of a deployment.
 - **History**: each routed input (a message or an agent's request: its shard stream entry) is a
   row keyed by the entry, written *before* the Redis commit that acknowledges it and replaced,
   never added to, when the owner that takes the shard over routes it again. Nothing
-  acknowledged is missing, nothing is counted twice. Timer decisions (ticks) have no entry: they
-  are written after their commit (a crash between the two loses those few, never doubles them).
+  acknowledged is missing, nothing is counted twice. Rows are fenced by the shard's lease epoch.
+  Timer decisions (ticks) have no entry: they are copied from the commit's ``ticks`` stream
+  (router/service/redis/ticks.py).
 - **Outbox**: a reply is a row; every instance's sender claims due rows with ``FOR UPDATE SKIP
   LOCKED`` and a lease (``claimed_until``), so a row is sent by one instance at a time, and
-  taken over by another when its sender dies before acknowledging it.
+  taken over by another when its sender dies before acknowledging it. A row taken over that way
+  (or whose last attempt timed out) is *in doubt*: the platform is asked before it is sent again.
 - **Statistics** read these tables through the one implementation of the figures
   (:func:`router.storage.stats.compute_rows`), so ``/v1/stats`` and ``fenliu stats`` agree everywhere.
 """
@@ -35,10 +37,11 @@ from router.storage.accounts import Account
 from router.core.i18n import Text
 from router.core.models import BuyerOrder, Decision, LogisticsEvent, Message, OpenAfterSale, Order, WsHistoryItem
 from router.storage.pg import schema
+from router.storage.pg.outbox import PgOutbox
 from router.storage.records import Records
 
 if TYPE_CHECKING:
-    from adapters import OrderContext, OutboundReply
+    from adapters import OrderContext
     from router.core.config import Config
     from router.storage.figures import Stats
 
@@ -49,9 +52,6 @@ _decisions = msgspec.json.Decoder(list[Decision])
 _message = msgspec.json.Decoder(Message)
 _COLS = acct._COLS
 
-#: Seconds a claimed outbox row stays with its sender before another instance may take it: above
-#: the bridge's 10 s callback timeout (adapters/bridge.py), so a live sender is never overtaken.
-CLAIM_S = 15.0
 
 _T = TypeVar("_T")
 
@@ -96,6 +96,7 @@ class PgRecords(Records):
         #: Set once the service's follower (router/service/redis/pg.py) has fed the live figures every
         #: instance's rows of the last day: :meth:`figure_rows` waits for it.
         self.followed = asyncio.Event()
+        self.outbox = PgOutbox(self.pool, instance, self._rt)
 
     def _rt(self, what: str, n: int = 1) -> None:
         self.round_trips[what] = self.round_trips.get(what, 0) + n
@@ -278,20 +279,22 @@ class PgRecords(Records):
     # -- history ------------------------------------------------------------------------------------
 
     async def write_history(self, rows: list[tuple]) -> None:
-        """Rows ``(kind, entry, clock, shop, msg_id, conversation, body, decisions)``; a row whose
-        entry is already stored replaces it (the same input routed again after a takeover)."""
+        """Rows ``(kind, entry, clock, shop, msg_id, conversation, body, decisions, fence)``; a row
+        whose entry is already stored is replaced (the same input routed again after a takeover)
+        unless it was written under a higher ``fence`` (the shard's lease epoch): an owner that
+        lost its shard without knowing it yet cannot overwrite what the new owner decided."""
         if not rows:
             return
-        params = [(entry, kind, clock, shop, msg_id, cid, body, _encode(decisions).decode(), self.instance)
-                  for kind, entry, clock, shop, msg_id, cid, body, decisions in rows]
+        params = [(entry, kind, clock, shop, msg_id, cid, body, _encode(decisions).decode(), self.instance, fence)
+                  for kind, entry, clock, shop, msg_id, cid, body, decisions, fence in rows]
         async with self.pool.connection() as conn:
             self._rt("history")
             async with conn.cursor() as cur:
                 await cur.executemany(
-                    "INSERT INTO history (entry, kind, clock, shop_id, msg_id, conversation_id, body, decisions, instance) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT (entry) DO UPDATE SET "
+                    "INSERT INTO history (entry, kind, clock, shop_id, msg_id, conversation_id, body, decisions, instance, fence) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s) ON CONFLICT (entry) DO UPDATE SET "
                     "kind = excluded.kind, clock = excluded.clock, decisions = excluded.decisions, "
-                    "instance = excluded.instance", params)
+                    "instance = excluded.instance, fence = excluded.fence WHERE history.fence <= excluded.fence", params)
 
     @_answers_503
     async def conversation(self, conversation_id: str, since: float, limit: int = 50
@@ -337,54 +340,6 @@ class PgRecords(Records):
                 continue
             by.setdefault(cid, []).append(tuple(row))
         return {cid: _items(found, limit) for cid, found in by.items()}
-
-    # -- outbox -----------------------------------------------------------------------------------
-
-    async def add_reply(self, shop_id: str, conversation_id: str, buyer_id: str, agent_id: str | None, text: str,
-                        ts: float) -> int:
-        async with self.pool.connection() as conn:
-            self._rt("outbox")
-            cur = await conn.execute(
-                "INSERT INTO outbox (shop_id, conversation_id, buyer_id, agent_id, text, ts, next_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id", (shop_id, conversation_id, buyer_id, agent_id, text, ts, ts))
-            row = await cur.fetchone()
-        assert row is not None
-        return int(row[0])
-
-    async def claim_due(self, now: float, limit: int = 100) -> list[tuple[OutboundReply, int]]:
-        """Due replies no live sender holds, claimed for this instance for :data:`CLAIM_S`:
-        ``FOR UPDATE SKIP LOCKED`` lets instances claiming together each take other rows."""
-        from adapters import OutboundReply
-
-        async with self.pool.connection() as conn:
-            self._rt("outbox")
-            cur = await conn.execute(
-                "UPDATE outbox SET claimed_by = %s, claimed_until = %s WHERE id IN ("
-                " SELECT id FROM outbox WHERE acked IS NULL AND next_at <= %s"
-                " AND (claimed_until IS NULL OR claimed_until < %s) ORDER BY next_at LIMIT %s FOR UPDATE SKIP LOCKED) "
-                "RETURNING id, shop_id, conversation_id, buyer_id, text, ts, agent_id, attempts",
-                (self.instance, now + CLAIM_S, now, now, limit))
-            rows = await cur.fetchall()
-        return [(OutboundReply(rid, shop, cid, buyer, text, ts, agent), attempts)
-                for rid, shop, cid, buyer, text, ts, agent, attempts in sorted(rows)]
-
-    async def acked(self, rid: int, now: float) -> None:
-        async with self.pool.connection() as conn:
-            self._rt("outbox")
-            await conn.execute("UPDATE outbox SET acked = %s, failed = NULL, claimed_until = NULL "
-                               "WHERE id = %s AND claimed_by = %s", (now, rid, self.instance))
-
-    async def retry(self, rid: int, attempts: int, next_at: float, error: str) -> None:
-        async with self.pool.connection() as conn:
-            self._rt("outbox")
-            await conn.execute("UPDATE outbox SET attempts = %s, next_at = %s, failed = %s, claimed_until = NULL "
-                               "WHERE id = %s AND claimed_by = %s", (attempts, next_at, error, rid, self.instance))
-
-    async def pending(self) -> int:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute("SELECT count(*) FROM outbox WHERE acked IS NULL")
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
 
     async def add_violations(self, rows: list[tuple]) -> None:
         async with self.pool.connection() as conn:

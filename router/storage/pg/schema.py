@@ -135,6 +135,15 @@ CREATE TABLE violations (
 );
 CREATE INDEX violations_ts ON violations (ts);
 """),
+    Migration(2, "history fence, outbox doubt", """
+-- The shard's lease epoch a history row was written under: a row is replaced only by a write
+-- under the same or a higher epoch, so an owner that lost its shard cannot overwrite the new
+-- owner's row.
+ALTER TABLE history ADD COLUMN fence bigint NOT NULL DEFAULT 0;
+-- A reply whose last attempt may have reached the platform (it timed out after the request was
+-- written): the next sender asks the platform before sending it again.
+ALTER TABLE outbox ADD COLUMN doubt boolean NOT NULL DEFAULT false;
+"""),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -35,6 +35,15 @@ class Keys:
     def lease(self, n: int) -> str:
         return f"{self.p}:lease:{n}"
 
+    def epoch(self, n: int) -> str:
+        """How many times shard ``n`` was leased: the first part of each lease token."""
+        return f"{self.p}:epoch:{n}"
+
+    @property
+    def ticks(self) -> str:
+        """The committed timer decisions, which the records copy to PostgreSQL."""
+        return f"{self.p}:ticks"
+
     def convs(self, n: int) -> str:
         return f"{self.p}:convs:{n}"
 
