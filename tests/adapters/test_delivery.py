@@ -106,15 +106,21 @@ async def _acked(db: Path, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.05)
 
 
+async def _answer_once(tmp_path: Path, bridge: Bridge) -> None:
+    """An agent answers a buyer through a service whose shop calls ``bridge`` back; returns
+    once the outbox has the reply acknowledged."""
+    srv = await start_server(_config(tmp_path, bridge.url), NoWechat())
+    try:
+        await _reply(srv, "有的亲")
+        await _acked(tmp_path / "fenliu.db")
+    finally:
+        await srv.stop()
+
+
 async def test_a_callback_that_timed_out_is_looked_up_not_sent_again(tmp_path, env) -> None:
     async with Bridge() as bridge:
         bridge.stall_first = True
-        srv = await start_server(_config(tmp_path, bridge.url), NoWechat())
-        try:
-            await _reply(srv, "有的亲")
-            await _acked(tmp_path / "fenliu.db")
-        finally:
-            await srv.stop()
+        await _answer_once(tmp_path, bridge)
     assert len(bridge.posts) == 1 and bridge.lookups == ["reply_id=1"]
     assert db_rows(tmp_path / "fenliu.db", "SELECT attempts FROM outbox") == [(1,)]  # the timed-out attempt
 
@@ -122,12 +128,7 @@ async def test_a_callback_that_timed_out_is_looked_up_not_sent_again(tmp_path, e
 async def test_a_bridge_without_the_lookup_gets_a_marked_redelivery(tmp_path, env) -> None:
     async with Bridge(lookup=False) as bridge:
         bridge.stall_first = True
-        srv = await start_server(_config(tmp_path, bridge.url), NoWechat())
-        try:
-            await _reply(srv, "有的亲")
-            await _acked(tmp_path / "fenliu.db")
-        finally:
-            await srv.stop()
+        await _answer_once(tmp_path, bridge)
     (first, h1), (again, h2) = bridge.posts
     assert first == again and REDELIVERY_HEADER not in h1 and h2[REDELIVERY_HEADER] == "1"
 
@@ -136,12 +137,7 @@ async def test_a_failure_with_an_answer_is_sent_again_without_asking(tmp_path, e
     """A ``500`` is the bridge saying it did not take the reply: nothing is in doubt."""
     async with Bridge() as bridge:
         bridge.statuses = [500]
-        srv = await start_server(_config(tmp_path, bridge.url), NoWechat())
-        try:
-            await _reply(srv, "有的亲")
-            await _acked(tmp_path / "fenliu.db")
-        finally:
-            await srv.stop()
+        await _answer_once(tmp_path, bridge)
     assert len(bridge.posts) == 2 and bridge.lookups == []
     assert all(REDELIVERY_HEADER not in headers for _, headers in bridge.posts)
 
