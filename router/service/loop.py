@@ -19,7 +19,7 @@ from adapters import OutboundReply
 from router.core import i18n
 from router.core.models import AcceptEvent, AgentStatusEvent, CloseEvent, Decision, Message, WsHistoryItem
 from router.core.pipeline import InputError
-from router.core.runtime import tune_gc
+from router.core.runtime import SHORT_PAUSES, tune_gc
 from router.service.errors import NotYours
 from router.service.journal import load_side_tables
 from router.storage.replies import add_violations
@@ -109,7 +109,7 @@ class RouterLoop:
             for aid, st in s.router.dispatcher.agents.items():
                 if st.status != "offline":
                     s.desk.start_grace(aid)
-        tune_gc()
+        tune_gc(*SHORT_PAUSES)  # requests wait behind each collection
         log.info("service_started", snapshot=s.journal.snapshot_seq, replayed=self.replayed, seq=s.journal.seq,
                  store=str(s.store.path))
 
