@@ -22,7 +22,13 @@ The load generator is a separate process (its own event loop and core), the agen
 benchmark's process. Run it twice: the machine is shared and a tail is the first thing noise
 moves. ``--rates`` sets absolute rates instead of fractions of the measured maximum.
 
-    .venv/bin/python bench/bench_latency.py [--seconds 10] [--concurrency 64] [--fractions 0.5 0.8]
+``--probe`` says what the server's tail is made of, run by run: its garbage collections by
+generation and its event-loop callbacks over 5 ms (a routing step, a request, a fork), each in
+wall-clock time and in CPU time of the loop's thread. On a shared machine the wall time of a
+pause includes the time the process waited for a core; the CPU time does not, so it tells the
+server's own pauses from the machine's noise. (A ``sitecustomize`` given to the server only.)
+
+    .venv/bin/python bench/bench_latency.py [--seconds 10] [--concurrency 64] [--fractions 0.5 0.8] [--probe]
 """
 
 from __future__ import annotations
@@ -84,6 +90,60 @@ app.router.add_post("/v1/shops/{shop_id}/messages", ingest)
 app.router.add_get("/healthz", health)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 """
+
+
+#: ``--probe``: loaded by the server's interpreter (``sitecustomize``); appends one line per GC
+#: pause and per slow loop callback to ``$FENLIU_LATENCY_PROBE``, stamped with ``time.monotonic``.
+PROBE = """
+import os, sys
+OUT = os.environ.get("FENLIU_LATENCY_PROBE")
+if OUT and "serve" in sys.argv:
+    import asyncio.events, gc, time
+    clock, cpu = time.monotonic, time.thread_time
+    out = open(OUT, "a", buffering=1)
+    started = [0.0, 0.0]
+
+    def on_gc(phase, info):
+        if phase == "start":
+            started[:] = clock(), cpu()
+        else:
+            out.write(f"{clock():.4f} gc{info['generation']} {(clock() - started[0]) * 1000:.2f} "
+                      f"{(cpu() - started[1]) * 1000:.2f}\\n")
+
+    gc.callbacks.append(on_gc)
+    run = asyncio.events.Handle._run
+
+    def timed(self):
+        t, c = clock(), cpu()
+        run(self)
+        wall = clock() - t
+        if wall > 0.005:
+            out.write(f"{clock():.4f} stall {wall * 1000:.2f} {(cpu() - c) * 1000:.2f}\\n")
+
+    asyncio.events.Handle._run = timed
+"""
+
+
+def probe_summary(path: Path, start: float, end: float) -> dict:
+    """The server's pauses between ``start`` and ``end`` (monotonic): per kind, how many, the
+    longest in wall time and in CPU time, ms."""
+    kinds: dict[str, list[tuple[float, float]]] = {}
+    if path.exists():
+        for line_ in path.read_text().splitlines():
+            at, kind, wall, cpu = line_.split()
+            if start <= float(at) <= end:
+                kinds.setdefault(kind, []).append((float(wall), float(cpu)))
+    return {kind: {"n": len(v), "max_wall": max(w for w, _ in v), "max_cpu": max(c for _, c in v),
+                   "total_cpu": sum(c for _, c in v)} for kind, v in sorted(kinds.items())}
+
+
+def probe_line(summary: dict) -> str:
+    parts = [f"{kind} n={v['n']} max {v['max_wall']:.1f} ms ({v['max_cpu']:.1f} CPU)" for kind, v in summary.items()
+             if kind != "stall"]
+    st = summary.get("stall")
+    if st:
+        parts.append(f"loop callbacks > 5 ms n={st['n']} max {st['max_wall']:.1f} ms ({st['max_cpu']:.1f} CPU)")
+    return f"{'':>12} {'server':>11}  " + ("; ".join(parts) or "no GC and no callback over 5 ms")
 
 
 # -- the load generator (a child process) ----------------------------------------------------------
@@ -299,6 +359,7 @@ async def main() -> int:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.8])
     p.add_argument("--rates", type=float, nargs="*", help="absolute rates (requests/s) instead of fractions")
     p.add_argument("--no-bare", action="store_true", help="skip the bare endpoint")
+    p.add_argument("--probe", action="store_true", help="the server's GC pauses and loop stalls per run")
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="fenliu-latency-"))
@@ -310,8 +371,15 @@ async def main() -> int:
 
     agent_ids = sorted(load_config(cfg).agents)
     fport, bport = free_port(), free_port()
+    fenv = dict(env)
+    probe = tmp / "probe.txt"
+    if args.probe:
+        (tmp / "probe").mkdir()
+        (tmp / "probe" / "sitecustomize.py").write_text(PROBE, encoding="utf-8")
+        fenv["PYTHONPATH"] = os.pathsep.join(filter(None, (str(tmp / "probe"), env.get("PYTHONPATH"))))
+        fenv["FENLIU_LATENCY_PROBE"] = str(probe)
     fenliu = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(fport)],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              cwd=ROOT, env=fenv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     bare = subprocess.Popen([sys.executable, "-c", BARE, str(bport), SECRET.decode()], cwd=ROOT,
                             env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     furl, burl = f"http://127.0.0.1:{fport}", f"http://127.0.0.1:{bport}"
@@ -344,6 +412,8 @@ async def main() -> int:
                 if name == "fenliu serve":
                     await asyncio.sleep(0.5)  # the last frames
                     start = res["start"]
+                    if args.probe:
+                        row["probe"] = probe_summary(probe, start, start + res["elapsed"])
                     assigned = []
                     for msg_id, at in agents.arrivals.items():
                         if msg_id.startswith(prefix + "-"):
@@ -353,6 +423,8 @@ async def main() -> int:
                                  **percentiles(assigned), "statuses": ""})
                 for row in rows[-2:] if name == "fenliu serve" else rows[-1:]:
                     print(line(row), flush=True)
+                if name == "fenliu serve" and args.probe:
+                    print(probe_line(rows[-2]["probe"]), flush=True)
     finally:
         await agents.stop()
         stop_processes((fenliu, bare))
@@ -360,6 +432,8 @@ async def main() -> int:
     print(f"\nOpen-loop latency, ms from the scheduled send (max {max_rate:,.0f} requests/s closed-loop)")
     for row in rows:
         print(line(row))
+        if "probe" in row:
+            print(probe_line(row["probe"]))
     save("latency", rows, max_rate=max_rate, seconds=args.seconds)
     return 0
 
