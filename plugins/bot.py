@@ -417,6 +417,7 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
     text = ""
     handoff = True
     faq: FaqEntry | None = None
+    staffed: bool | None = None  # the shop open and someone online: asked once, when needed
     if not held:
         if ctx.skill in cfg.handoff_skills:
             kind, text = "skill", cfg.handoff_skills[ctx.skill]  # type: ignore[index]
@@ -431,10 +432,12 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
         if match.outcome == "answer":
             entry = state.faq[match.entry]
             mode = mode_for(cfg, entry, ctx.shop.platform)
-            if mode == "suggest" and (not ctx.in_business_hours() or ctx.agents_available() == 0):
-                mode = "settle"  # nobody is there to click the suggestion: the buyer gets the answer now
             if mode == "suggest":
-                _suggest(ctx, memory, cfg, entry, message, "suggest")
+                staffed = ctx.in_business_hours() and ctx.agents_available() > 0
+                if not staffed:
+                    mode = "settle"  # nobody is there to click the suggestion: the buyer gets the answer now
+            if mode == "suggest":
+                _suggest(ctx, memory, state, entry, message, "suggest")
             elif entry.id in memory["answered"] and cfg.repeat_handoff and not held:
                 kind, text = "repeat", cfg.repeat_reply
                 ctx.flag(f"bot:repeat:{entry.id}")
@@ -448,12 +451,14 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
                 kind, text = "repeat", cfg.repeat_reply  # 到底几天发货: asked again, more impatiently
                 ctx.flag(f"bot:repeat:{entry.id}")
             else:
-                _suggest(ctx, memory, cfg, entry, message, "plausible")
+                _suggest(ctx, memory, state, entry, message, "plausible")
     # whether the shop is offline is asked last: only a configured offline text needs it
     if (offline_text and (kind is None or (kind != "faq" and handoff))
-            and (not held or "offline" in cfg.while_human)
-            and (not ctx.in_business_hours() or ctx.agents_available() == 0)):
-        kind, text, handoff = "offline", offline_text, True
+            and (not held or "offline" in cfg.while_human)):
+        if staffed is None:
+            staffed = ctx.in_business_hours() and ctx.agents_available() > 0
+        if not staffed:
+            kind, text, handoff = "offline", offline_text, True
     if kind is None and conv is None:
         welcome = shop_texts.welcome if shop_texts and shop_texts.welcome is not None else cfg.welcome
         kind, text = "welcome", welcome
@@ -472,13 +477,13 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
     return BotReply(reply, handoff=handoff, kind=kind)
 
 
-def _suggest(ctx: HookContext, memory: dict[str, Any], cfg: BotConfig, entry: FaqEntry, message: Message,
+def _suggest(ctx: HookContext, memory: dict[str, Any], state: _BotState, entry: FaqEntry, message: Message,
              why: Literal["suggest", "plausible"]) -> None:
     """Put ``entry``'s answer in the agent's composer: the decision is flagged
     ``bot:suggest:ID`` (a confident match in ``suggest`` mode) or ``bot:plausible:ID`` (a plausible
     match), and ``conversation.meta["bot"]["suggestion"]`` holds the filled text."""
     ctx.flag(f"bot:{why}:{entry.id}")
-    text = _state(cfg, ctx.config).fill(entry.answer, ctx.shop, message.buyer, message.order)
+    text = state.fill(entry.answer, ctx.shop, message.buyer, message.order)
     memory["suggestion"] = {"faq": entry.id, "text": text, "why": why}
 
 

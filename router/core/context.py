@@ -71,9 +71,10 @@ class HookContext:
 
     def agents_available(self, skill: str | None = None) -> int:
         """How many agents could take a new conversation of this shop now (optionally of a skill)."""
-        if self._dispatcher is None:
+        d = self._dispatcher
+        if d is None:
             return 0
-        return self._dispatcher.available_count(self.shop.id, skill)
+        return d.online_count(self.shop.id) if skill is None else d.available_count(self.shop.id, skill)
 
     def in_business_hours(self) -> bool:
         """Whether the shop is open at ``now`` by its ``business_hours``: the dispatcher's flag,

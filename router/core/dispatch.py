@@ -341,6 +341,8 @@ class Dispatcher:
         """Give the agent waiting conversations while it has room, highest effective priority
         first (arrival breaks ties)."""
         decisions: list[Decision] = []
+        if not self._queues.entries:
+            return decisions  # nobody waits (the usual close)
         keys = self._pools.queue_keys.get(st.id, ())
         refused = self._pools.refused
         while st.available and st.id not in refused:

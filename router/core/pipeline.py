@@ -121,7 +121,7 @@ class Router:
             now, due = self._step(msg.ts)
             out = await self.advance(now) if due else []
             now = d.now  # type: ignore[assignment]
-            cid = msg.conversation_id
+            cid = f"{msg.shop_id}:{msg.buyer_id}"  # msg.conversation_id, without the property's call
             if self._is_duplicate is not None and self._is_duplicate(msg.shop_id, msg.msg_id):
                 out.append(Decision(msg.msg_id, msg.shop_id, cid, "duplicate", text=None))
                 return out
