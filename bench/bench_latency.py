@@ -98,7 +98,7 @@ PROBE = """
 import os, sys
 OUT = os.environ.get("FENLIU_LATENCY_PROBE")
 if OUT and "serve" in sys.argv:
-    import asyncio.events, gc, time
+    import asyncio, asyncio.events, gc, time
     clock, cpu = time.monotonic, time.thread_time
     out = open(OUT, "a", buffering=1)
     started = [0.0, 0.0]
@@ -118,7 +118,10 @@ if OUT and "serve" in sys.argv:
         run(self)
         wall = clock() - t
         if wall > 0.005:
-            out.write(f"{clock():.4f} stall {wall * 1000:.2f} {(cpu() - c) * 1000:.2f}\\n")
+            fn = self._callback
+            task = next((r for r in gc.get_referents(fn) if isinstance(r, asyncio.Task)), None)
+            name = getattr(task.get_coro(), "__qualname__", "?") if task else getattr(fn, "__qualname__", "?")
+            out.write(f"{clock():.4f} stall {wall * 1000:.2f} {(cpu() - c) * 1000:.2f} {name}\\n")
 
     asyncio.events.Handle._run = timed
 """
@@ -127,14 +130,14 @@ if OUT and "serve" in sys.argv:
 def probe_summary(path: Path, start: float, end: float) -> dict:
     """The server's pauses between ``start`` and ``end`` (monotonic): per kind, how many, the
     longest in wall time and in CPU time, ms."""
-    kinds: dict[str, list[tuple[float, float]]] = {}
+    kinds: dict[str, list[tuple[float, float, str]]] = {}
     if path.exists():
         for line_ in path.read_text().splitlines():
-            at, kind, wall, cpu = line_.split()
+            at, kind, wall, cpu, *name = line_.split()
             if start <= float(at) <= end:
-                kinds.setdefault(kind, []).append((float(wall), float(cpu)))
-    return {kind: {"n": len(v), "max_wall": max(w for w, _ in v), "max_cpu": max(c for _, c in v),
-                   "total_cpu": sum(c for _, c in v)} for kind, v in sorted(kinds.items())}
+                kinds.setdefault(kind, []).append((float(wall), float(cpu), " ".join(name)))
+    return {kind: {"n": len(v), "max_wall": max(v)[0], "max_cpu": max(c for _, c, _ in v), "longest": max(v)[2],
+                   "total_cpu": sum(c for _, c, _ in v)} for kind, v in sorted(kinds.items())}
 
 
 def probe_line(summary: dict) -> str:
@@ -142,7 +145,8 @@ def probe_line(summary: dict) -> str:
              if kind != "stall"]
     st = summary.get("stall")
     if st:
-        parts.append(f"loop callbacks > 5 ms n={st['n']} max {st['max_wall']:.1f} ms ({st['max_cpu']:.1f} CPU)")
+        parts.append(f"loop callbacks > 5 ms n={st['n']} max {st['max_wall']:.1f} ms ({st['max_cpu']:.1f} CPU, "
+                     f"{st['longest']})")
     return f"{'':>12} {'server':>11}  " + ("; ".join(parts) or "no GC and no callback over 5 ms")
 
 
@@ -328,7 +332,7 @@ async def generate(url: str, *, rate: float, seconds: float, prefix: str, seed: 
     return json.loads(out)
 
 
-def bench_config(tmp: Path) -> Path:
+def bench_config(tmp: Path, snapshot_every: int | None = None) -> Path:
     """The demo config, open at any hour, and an agent account per agent in its store."""
     from router.storage import accounts as acct
     from router.core.config import load_config
@@ -338,6 +342,10 @@ def bench_config(tmp: Path) -> Path:
     for name, key in (("shops.toml", "business_hours"), ("agents.toml", "schedule")):
         path = cfg / name
         path.write_text(re.sub(rf"(?m)^{key} = .*\n", "", path.read_text(encoding="utf-8")), encoding="utf-8")
+    if snapshot_every is not None:
+        path = cfg / "fenliu.toml"
+        path.write_text(path.read_text(encoding="utf-8").replace("[storage]\n", f"[storage]\nsnapshot_every = {snapshot_every}\n"),
+                        encoding="utf-8")
     config = load_config(cfg)
     store = Store(config.main.storage.path)
     try:
@@ -360,13 +368,14 @@ async def main() -> int:
     p.add_argument("--rates", type=float, nargs="*", help="absolute rates (requests/s) instead of fractions")
     p.add_argument("--no-bare", action="store_true", help="skip the bare endpoint")
     p.add_argument("--probe", action="store_true", help="the server's GC pauses and loop stalls per run")
+    p.add_argument("--snapshot-every", type=int, help="storage.snapshot_every (default: the demo's, 100,000)")
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="fenliu-latency-"))
     env = {**os.environ, "FENLIU_LOG_LEVEL": "error", "PYTHONUNBUFFERED": "1"}
     for var in ("FENLIU_SECRET_PDD_1001", "FENLIU_SECRET_PDD_1002", "FENLIU_SECRET_TB_2001"):
         env[var] = SECRET.decode()
-    cfg = bench_config(tmp)
+    cfg = bench_config(tmp, args.snapshot_every)
     from router.core.config import load_config
 
     agent_ids = sorted(load_config(cfg).agents)
