@@ -396,6 +396,7 @@ def suggest_replies(config: Config, shop_id: str, text: str, message: Message | 
 # -- the bot ----------------------------------------------------------------------------------------
 
 _HELD = frozenset(("queued", "reserved", "assigned"))
+_NO_MATCH = Match("none")
 
 
 def decide(message: Message, ctx: HookContext) -> BotReply | None:
@@ -407,8 +408,10 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
     held = conv is not None and conv.state in _HELD
     if held and not cfg.while_human:
         return None
-    state = _state(cfg, ctx.config)
-    memory: dict[str, Any] = ctx.meta.setdefault("bot", {"answered": [], "last": None})  # type: ignore[assignment]
+    state = cfg.__dict__.get("state") or _state(cfg, ctx.config)
+    memory: dict[str, Any] | None = ctx.meta.get("bot")  # type: ignore[assignment]
+    if memory is None:
+        memory = ctx.meta["bot"] = {"answered": [], "last": None}
     sid = ctx.shop.id
     shop_texts = cfg.shops.get(sid)
     offline_text = (shop_texts.offline if shop_texts and shop_texts.offline is not None else cfg.offline)
@@ -428,7 +431,7 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
             elif negative:
                 kind, text = "negative", cfg.negative_reply
     if kind is None and (not held or "faq" in cfg.while_human):
-        match = state.match(message.text, sid)
+        match = state.matcher.match(message.text, sid) if state.has_faq else _NO_MATCH
         if match.outcome == "answer":
             entry = state.faq[match.entry]
             mode = mode_for(cfg, entry, ctx.shop.platform)
