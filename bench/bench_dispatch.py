@@ -101,8 +101,9 @@ def load(agents: int, plugins: str):
 
 @contextlib.contextmanager
 def cli_gc() -> Iterator[None]:
-    """The collector as ``fenliu route`` and ``serve`` run it (:func:`router.core.runtime.tune_gc`
-    after building the router: what exists is frozen, collections are rarer), undone afterwards.
+    """The collector as ``fenliu route`` runs it (:func:`router.core.runtime.tune_gc` with its
+    batch thresholds after building the router: what exists is frozen, collections are rarer),
+    undone afterwards.
     Without it a full collection of the benchmark's own start-up heap (configurations, the
     automata, imported modules: ≈100 ms) landed in one timed run or another, in the ceiling's as
     often as in ``route``'s, and moved a round's ratio by up to 2×."""
