@@ -30,6 +30,7 @@ import os
 import pickle
 import signal
 import struct
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,7 +115,12 @@ def dump_later(d: Dispatcher, service_state: Callable[[], bytes]) -> Callable[[]
     if fork is not None:
         r, w = os.pipe()
         try:
-            pid = fork()
+            with warnings.catch_warnings():
+                # Python 3.12+ warns that a child of a threaded process may deadlock on a lock
+                # another thread held: this one only pickles modules already imported, writes its pipe
+                # and exits (no logging, no store, no event loop).
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = fork()
         except OSError:
             os.close(r)
             os.close(w)
