@@ -53,8 +53,10 @@ def explain(exc: BaseException) -> str:
 
 
 def decode_line(line: bytes) -> Message | Event:
-    """A JSONL line: an event when it has a ``type``, else a message."""
-    if _TYPE in line:
+    """A JSONL line: an event when it has a ``type``, else a message. (``find``, not ``in``:
+    ``bytes.__contains__`` first tries its operand as an integer and builds and drops a
+    ``TypeError`` for every line, ≈ 0.1 µs.)"""
+    if line.find(_TYPE) >= 0:
         try:
             return _event.decode(line)
         except msgspec.ValidationError as exc:
@@ -156,11 +158,15 @@ def read_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, Message | Event | 
     """JSONL input as ``(line number, item, None)`` or ``(line number, None, reason)``; blank
     lines and ``#`` comments are skipped. ``route``, ``simulate`` and the replay adapter all read
     through this, so they accept and reject exactly the same lines."""
-    for n, raw in enumerate(lines, 1):
+    message = _message.decode
+    n = 0
+    for raw in lines:
+        n += 1
         line = raw.strip()
-        if not line or line.startswith(b"#"):
+        if not line or line[0] == 35:  # b"#"
             continue
         try:
-            yield n, decode_line(line), None
+            # decode_line, with its usual case (a message: no ``"type"``) inline
+            yield n, message(line) if line.find(_TYPE) < 0 else decode_line(line), None
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             yield n, None, explain(exc)
