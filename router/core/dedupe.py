@@ -2,7 +2,7 @@
 
 Platforms and bridges resend messages (a lost acknowledgement, a bridge replaying its log), so a
 message id seen before must be answered ``duplicate`` and never routed again. The last
-``window`` pairs are kept exactly: a set answers, a deque remembers their order. (A dict
+``window`` pairs are kept exactly: a set per shop answers, a deque remembers their order. (A dict
 popped from the front, ``del d[next(iter(d))]``, looked equivalent but costs time in proportion
 to the pairs deleted since its last resize: 43 µs a message with a window of 100,000, against
 ≈ 1 µs now; ``bench/bench_dedupe.py``.) Keeping every pair exactly would
@@ -30,6 +30,19 @@ WINDOW = 1_000_000
 FALSE_POSITIVE = 0.001
 
 
+class _ShopIds(set[str]):
+    """One shop's message ids in the window. It knows its shop, so the order of arrival is kept
+    as ``(this set, msg_id)`` in two deque slots: no tuple per message, and no message's own
+    copy of the shop id kept alive (≈ 100 bytes a pair less; a tuple key also cost its
+    allocation and hash on every message)."""
+
+    __slots__ = ("shop",)
+
+    def __init__(self, shop: str) -> None:
+        super().__init__()
+        self.shop = shop
+
+
 class SeenIds:
     """The pairs seen: exact for the last ``window``; with ``keep_evicted``, the older ones in
     Bloom filters (:meth:`maybe_seen_long_ago`)."""
@@ -38,26 +51,29 @@ class SeenIds:
 
     def __init__(self, window: int = WINDOW, *, keep_evicted: bool = False) -> None:
         self.window = window
-        self._recent: set[tuple[str, str]] = set()
-        self._order: deque[tuple[str, str]] = deque()
+        self._recent: dict[str, _ShopIds] = {}
+        self._order: deque[_ShopIds | str] = deque()  # per pair: its shop's set, then its msg_id
         self._filters: list[Bloom] = []
         self._room = 0  # pairs the newest filter takes before the next, larger one starts
         self._keep = keep_evicted
 
     def seen_before(self, shop_id: str, msg_id: str) -> bool:
         """Whether the pair is in the window; if not, it is added (the router's dedupe)."""
-        key = (shop_id, msg_id)
-        recent = self._recent
-        if key in recent:
+        ids = self._recent.get(shop_id)
+        if ids is None:
+            ids = self._recent[shop_id] = _ShopIds(shop_id)
+        elif msg_id in ids:
             return True
-        recent.add(key)
+        ids.add(msg_id)
         order = self._order
-        order.append(key)
-        if len(order) > self.window:
-            old = order.popleft()
-            recent.discard(old)
+        order.append(ids)
+        order.append(msg_id)
+        if len(order) > 2 * self.window:
+            old: _ShopIds = order.popleft()  # type: ignore[assignment]
+            old_id: str = order.popleft()  # type: ignore[assignment]
+            old.discard(old_id)
             if self._keep:
-                self._evict(old)
+                self._evict((old.shop, old_id))
         return False
 
     def maybe_seen_long_ago(self, shop_id: str, msg_id: str) -> bool:
@@ -65,9 +81,10 @@ class SeenIds:
         certain; ``True`` means ask the store."""
         if not self._filters:
             return False
-        key = (shop_id, msg_id)
-        if key in self._recent:
+        ids = self._recent.get(shop_id)
+        if ids is not None and msg_id in ids:
             return False
+        key = (shop_id, msg_id)
         return any(key in f for f in self._filters)
 
     def remember_old(self, pairs: Iterable[tuple[str, str]]) -> None:
