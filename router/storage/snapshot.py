@@ -116,9 +116,9 @@ def dump_later(d: Dispatcher, service_state: Callable[[], bytes]) -> Callable[[]
         r, w = os.pipe()
         try:
             with warnings.catch_warnings():
-                # Python 3.12+ warns that a child of a threaded process may deadlock on a lock
-                # another thread held: this one only pickles modules already imported, writes its pipe
-                # and exits (no logging, no store, no event loop).
+                # Python 3.12+ warns that the child of a threaded process may deadlock on a lock
+                # another thread held; this child only pickles objects of modules already imported,
+                # writes its pipe and exits (no logging, no store, no event loop).
                 warnings.simplefilter("ignore", DeprecationWarning)
                 pid = fork()
         except OSError:
