@@ -1,16 +1,16 @@
 """Which ``(shop_id, msg_id)`` pairs the router has seen: idempotent ingest.
 
 Platforms and bridges resend messages (a lost acknowledgement, a bridge replaying its log), so a
-message id seen before must be answered ``duplicate`` and never routed again. The last
-``window`` pairs are kept exactly: a set per shop answers, a deque remembers their order. (A dict
-popped from the front, ``del d[next(iter(d))]``, looked equivalent but costs time in proportion
-to the pairs deleted since its last resize: 43 µs a message with a window of 100,000, against
-≈ 1 µs now; ``bench/bench_dedupe.py``.) Keeping every pair exactly would cost ≈ 120 bytes
-each (RSS over a million ids; 234 with a tuple per pair), so pairs pushed out of the window go
-into Bloom filters (rbloom) instead, at ≈ 2 bytes each: a pair not in the window is then either certainly new (the filters say no: the
-common case, ≈ 0.2 µs) or *maybe* seen long ago, and only then does the caller ask the store,
-which holds the exact answer (the journal's unique index). Without the filters an old duplicate
-was routed again and then refused by that index, failing its whole batch.
+message id seen before must be answered ``duplicate`` and never routed again. The last ``window``
+pairs are kept exactly: a set per shop answers, a deque remembers their order. (A dict popped from
+the front, ``del d[next(iter(d))]``, looked equivalent but costs time in proportion to the pairs
+deleted since its last resize: 43 µs a message with a window of 100,000, against ≈ 1 µs now;
+``bench/bench_dedupe.py``.) Keeping every pair exactly would cost ≈ 120 bytes each (RSS over a
+million ids; 234 with a tuple per pair), so pairs pushed out of the window go into Bloom filters
+(rbloom) instead, at ≈ 2 bytes each: a pair not in the window is then either certainly new (the
+filters say no: the common case, ≈ 0.2 µs) or *maybe* seen long ago, and only then does the caller
+ask the store, which holds the exact answer (the journal's unique index). Without the filters an
+old duplicate was routed again and then refused by that index, failing its whole batch.
 
 The filters grow geometrically (each twice the capacity of the one before), so a long history
 costs a few filter checks, not one per window's worth of messages. Each is sized for
