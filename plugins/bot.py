@@ -203,6 +203,10 @@ def load_faq(config_dir: Path, shops: Mapping[str, Any] = {}) -> FaqLibrary:
 # -- compiled per policy -------------------------------------------------------------------------
 
 
+#: The verdict when a policy has no FAQ (a frozen struct: one for all).
+_NO_MATCH = Match("none")
+
+
 class _BotState:
     """A policy's bot, ready for the hot path: keyword indexes and the FAQ and quick replies of
     its groups. Built in ``fenliu_configure`` and stored on the policy's ``BotConfig``, so it
@@ -250,7 +254,7 @@ class _BotState:
     def match(self, text: str, shop_id: str) -> Match:
         """The matcher's verdict (answer / suggest / none) for a buyer's message in a shop."""
         if not self.has_faq:
-            return Match("none")
+            return _NO_MATCH
         return self.matcher.match(text, shop_id)
 
     def match_faq(self, text: str, shop_id: str) -> FaqEntry | None:
@@ -396,7 +400,6 @@ def suggest_replies(config: Config, shop_id: str, text: str, message: Message | 
 # -- the bot ----------------------------------------------------------------------------------------
 
 _HELD = frozenset(("queued", "reserved", "assigned"))
-_NO_MATCH = Match("none")
 
 
 def decide(message: Message, ctx: HookContext) -> BotReply | None:
@@ -408,7 +411,7 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
     held = conv is not None and conv.state in _HELD
     if held and not cfg.while_human:
         return None
-    state = cfg.__dict__.get("state") or _state(cfg, ctx.config)
+    state = _state(cfg, ctx.config)
     memory: dict[str, Any] | None = ctx.meta.get("bot")  # type: ignore[assignment]
     if memory is None:
         memory = ctx.meta["bot"] = {"answered": [], "last": None}
@@ -431,7 +434,7 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
             elif negative:
                 kind, text = "negative", cfg.negative_reply
     if kind is None and (not held or "faq" in cfg.while_human):
-        match = state.matcher.match(message.text, sid) if state.has_faq else _NO_MATCH
+        match = state.match(message.text, sid)
         if match.outcome == "answer":
             entry = state.faq[match.entry]
             mode = mode_for(cfg, entry, ctx.shop.platform)
