@@ -97,7 +97,7 @@ class BridgeAdapter(Adapter):
         url, secret = self._where()
         query = f"reply_id={reply.id}"
         try:
-            async with self._client().get(url, params={"reply_id": str(reply.id)},
+            async with self._client().get(url, params=query,  # the very bytes signed
                                           headers={SIGNATURE_HEADER: sign(secret, query.encode())}) as resp:
                 body = await resp.read()
                 if resp.status != 200:

@@ -101,7 +101,8 @@ class Commits:
         if batch.decisions:
             adds.append([ki(k.decisions), DECISIONS_MAX,
                          _encode({"ds": batch.decisions, "by": link.id, "ts": time.time()}).decode(), 0])
-        if s.pg is not None and (ticks := s.pg.ticks(batch.decisions)) is not None:
+        ticks = s.pg.ticks(batch.decisions) if s.pg is not None else None
+        if ticks is not None:
             adds.append([ki(k.ticks), TICKS_MAX, ticks.decode(), 0])
         frames: dict[str, list[bytes]] = {}
         for agent, frame in batch.frames:
@@ -122,7 +123,7 @@ class Commits:
         if not ok:
             raise Lost("commit fenced")
         if s.pg is not None:
-            s.pg.after_commit()
+            s.pg.after_commit(ticked=ticks is not None)
         self.mirrored.update(written)
         for cid in gone:
             self.mirrored.pop(cid, None)

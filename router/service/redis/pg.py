@@ -34,8 +34,7 @@ from adapters import OutboundReply
 from router.core.models import Conversation, Decision, Message, Order, WsHistoryItem
 from router.service.buyers import Profile
 from router.service.outbox import attempt
-from router.service.redis.ticks import TickCopier
-from router.service.redis.ticks import entry as tick_entry
+from router.service.redis.ticks import TickCopier, entry as tick_entry
 from router.storage.pg.records import PgRecords
 from router.storage.story import order_json
 
@@ -137,9 +136,12 @@ class PgSide:
         ticks = [d for d in decisions if id(d) not in seen]
         return tick_entry(ticks, self.service.clock) if ticks else None
 
-    def after_commit(self) -> None:
+    def after_commit(self, *, ticked: bool) -> None:
+        """The batch is committed; ``ticked``: it added ticks, which the copier takes at once
+        (a commit without any does not wake it: two Redis commands saved per commit)."""
         self.rows = []
-        self.ticks_copier.nudge()
+        if ticked:
+            self.ticks_copier.nudge()
 
     # -- replies ------------------------------------------------------------------------------------
 
