@@ -13,12 +13,14 @@ import pytest
 from aiohttp import web
 
 from adapters import registry
+from adapters.bridge import REDELIVERY_HEADER
 from adapters.doudian import event_sign
 from adapters.pinduoduo import PinduoduoAdapter, PmcClient
 from adapters.replay import read_messages, replay
 from adapters.simulator import Traffic, rate_at
 from router.core.models import Message
 from router.core.signing import SIGNATURE_HEADER, check_signature, sign
+from tests.adapters.support import Bridge, answer_once
 from tests.conftest import DATA
 from tests.router.serve_support import (
     ENV,
@@ -107,50 +109,20 @@ async def test_doudian_push_signature_and_answer(server, tmp_path):
 
 
 async def test_bridge_delivers_replies_with_retry(tmp_path, monkeypatch):
+    """A ``500`` is the bridge saying it did not take the reply: it is sent again as it was,
+    without asking the bridge first (nothing is in doubt) and without a redelivery mark."""
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)
-    received: list[tuple[bytes, str]] = []
-
-    async def callback(request: web.Request) -> web.Response:
-        body = await request.read()
-        received.append((body, request.headers.get(SIGNATURE_HEADER, "")))
-        return web.Response(status=500 if len(received) == 1 else 200)
-
-    app = web.Application()
-    app.router.add_post("/cb", callback)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    cb_url = f"http://127.0.0.1:{runner.addresses[0][1]}/cb"
-    cfg = write_config(tmp_path)
-    shops = (cfg / "shops.toml").read_text().replace('secret_env = "FENLIU_TEST_SECRET_A"',
-                                                     f'secret_env = "FENLIU_TEST_SECRET_A"\ncallback_url = "{cb_url}"')
-    (cfg / "shops.toml").write_text(shops)
-    add_accounts(tmp_path / "fenliu.db")
-    srv = await start_server(cfg, NoWechat())
-    try:
-        async with aiohttp.ClientSession() as http:
-            c = Client(srv.url, http)
-            agent = await Agent.connect(c, await c.login("acme:a01"))
-            await agent.next("hello")
-            await c.post_messages("pdd-a", message("m-1", "b-1"))
-            await agent.next("assigned")
-            assert (await agent.request({"type": "accept", "conversation_id": "pdd-a:b-1"}))["ok"]
-            assert (await agent.request({"type": "reply", "conversation_id": "pdd-a:b-1", "text": "有的亲"}))["ok"]
-            async with asyncio.timeout(10):
-                while not db_rows(tmp_path / "fenliu.db", "SELECT acked FROM outbox WHERE acked IS NOT NULL"):
-                    await asyncio.sleep(0.05)
-            await agent.close()
-    finally:
-        await srv.stop()
-        await runner.cleanup()
-    assert len(received) == 2 and received[0][0] == received[1][0]
-    body, signature = received[1]
-    assert check_signature(SECRET_A.encode(), body, signature) is None
+    async with Bridge() as bridge:
+        bridge.statuses = [500]
+        await answer_once(tmp_path, bridge)
+    assert len(bridge.bodies) == 2 and bridge.bodies[0] == bridge.bodies[1]
+    body, (_, headers) = bridge.bodies[1], bridge.posts[1]
+    assert check_signature(SECRET_A.encode(), body, headers[SIGNATURE_HEADER]) is None
     sent = json.loads(body)
     assert sent["text"] == "有的亲" and sent["buyer_id"] == "b-1" and sent["reply_id"] == 1
     assert db_rows(tmp_path / "fenliu.db", "SELECT attempts FROM outbox") == [(1,)]
+    assert bridge.lookups == [] and all(REDELIVERY_HEADER not in h for _, h in bridge.posts)
 
 
 async def test_replay_posts_jsonl_and_reports_bad_lines(server, tmp_path):
