@@ -41,12 +41,17 @@ def _message(i: int) -> Message:
     return Message(shop_id="pdd-a", msg_id=f"m-{i}", buyer_id=f"b-{i % 7}", text="在吗")
 
 
-async def test_routing_goes_on_while_a_snapshot_is_pickled(tmp_path, env):
+async def _one_open(tmp_path):
+    """A service snapshotting every 5 entries, with one agent online and one open conversation."""
     cfg = write_config(tmp_path, snapshot_every=5)
     live = await started(cfg)
     await live.event(AgentStatusEvent("a-01", "online"))
     await live.ingest([_message(0)])
-    conv = next(iter(live.router.dispatcher.conversations.values()))
+    return cfg, live, next(iter(live.router.dispatcher.conversations.values()))
+
+
+async def test_routing_goes_on_while_a_snapshot_is_pickled(tmp_path, env):
+    cfg, live, conv = await _one_open(tmp_path)
     conv.meta["slow"] = SlowToPickle()
     i = 1
     while live.journal._snapshotting is None:
@@ -90,11 +95,7 @@ async def test_the_child_pickles_the_state_as_it_was_at_the_fork(tmp_path, env):
 
 
 async def test_an_unpicklable_state_fails_the_snapshot_not_the_service(tmp_path, env):
-    cfg = write_config(tmp_path, snapshot_every=5)
-    live = await started(cfg)
-    await live.event(AgentStatusEvent("a-01", "online"))
-    await live.ingest([_message(0)])
-    conv = next(iter(live.router.dispatcher.conversations.values()))
+    cfg, live, conv = await _one_open(tmp_path)
     conv.meta["bad"] = threading.Lock()
     with structlog.testing.capture_logs() as logs:
         for i in range(1, 12):
