@@ -176,7 +176,7 @@ class JournalWriter:
         self.on_exit = on_exit
         self.on_transaction = on_transaction
         self._proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task | None = None
+        self._reader: asyncio.Future | None = None  # done when the answers' pipe closes
         self._pending: collections.deque[tuple[int, Callable[[Any, BaseException | None], None] | None]] = collections.deque()
         self._next_id = 0
         self._dead: BaseException | None = None
@@ -188,11 +188,17 @@ class JournalWriter:
         # whatever ``router`` the child's sys.path would find first).
         root = os.fspath(Path(__file__).resolve().parents[2])
         code = f"import sys; sys.path.insert(0, {root!r}); from router.storage.writer import child; sys.exit(child({self.path!r}, wal_restart_pages={self.wal_restart_pages}))"
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", code, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        read_fd, write_fd = os.pipe()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", code, stdin=asyncio.subprocess.PIPE, stdout=write_fd)
+        finally:
+            os.close(write_fd)
         self._idle = asyncio.Event()
         self._idle.set()
-        self._reader = asyncio.create_task(self._read_answers(), name="fenliu-journal-writer")
+        loop = asyncio.get_running_loop()
+        self._reader = loop.create_future()
+        await loop.connect_read_pipe(lambda: _Answers(self), os.fdopen(read_fd, "rb", buffering=0))
 
     def submit(self, rows: list[tuple], done: Callable[[Any, BaseException | None], None] | None = None) -> None:
         """Queue ``rows`` (:func:`flat_rows`) for the child's next group commit."""
@@ -229,37 +235,33 @@ class JournalWriter:
             await self._reader
         self._fail_pending(StoreClosed("the journal writer stopped"))
 
-    async def _read_answers(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        stdout = self._proc.stdout
-        try:
-            while True:
-                head = await stdout.readexactly(4)
-                answers = msgspec.msgpack.decode(await stdout.readexactly(_HEADER.unpack(head)[0]))
-                if self.on_transaction is not None:
-                    self.on_transaction()
-                for batch_id, ids, error in answers:
-                    expected, done = self._pending.popleft()
-                    if expected != batch_id:
-                        raise RuntimeError(f"journal writer answered batch {batch_id}, expected {expected}")
-                    if done is not None:
-                        try:
-                            done(ids, None if error is None else sqlite3.OperationalError(error))
-                        except Exception:  # noqa: BLE001 - one broken callback must not stop the answers
-                            log.exception("journal_callback_failed")
-                if not self._pending:
-                    assert self._idle is not None
-                    self._idle.set()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except Exception as exc:  # noqa: BLE001
-            log.error("journal_writer_protocol_error", error=str(exc))
+    def _answered(self, answers: list) -> None:
+        """One transaction's answers, in the order the batches were submitted."""
+        if self.on_transaction is not None:
+            self.on_transaction()
+        for batch_id, ids, error in answers:
+            expected, done = self._pending.popleft()
+            if expected != batch_id:
+                raise RuntimeError(f"journal writer answered batch {batch_id}, expected {expected}")
+            if done is not None:
+                try:
+                    done(ids, None if error is None else sqlite3.OperationalError(error))
+                except Exception:  # noqa: BLE001 - one broken callback must not stop the answers
+                    log.exception("journal_callback_failed")
+        if not self._pending:
+            assert self._idle is not None
+            self._idle.set()
+
+    def _ended(self) -> None:
+        """The child's end of the pipe closed: asked to (``close``), or it died."""
         if not self._closing:
             self._dead = StoreClosed("the journal writer exited; nothing more can be journaled")
             log.error("journal_writer_exited", pending=len(self._pending))
             if self.on_exit is not None:
                 self.on_exit(str(self._dead))
         self._fail_pending(self._dead or StoreClosed("the journal writer stopped"))
+        if self._reader is not None and not self._reader.done():
+            self._reader.set_result(None)
 
     def _fail_pending(self, error: BaseException) -> None:
         while self._pending:
@@ -269,6 +271,44 @@ class JournalWriter:
                     done(None, error)
         if self._idle is not None:
             self._idle.set()
+
+
+class _Answers(asyncio.Protocol):
+    """The parent's read end of the child's answers. Frames are handled in ``data_received``,
+    the callback that reads them: with a ``StreamReader`` the answers waited one more turn of
+    the event loop (the reader task's wake-up) before any caller was told, and under load a turn
+    is milliseconds of other requests' work (bench/bench_latency.py)."""
+
+    def __init__(self, writer: JournalWriter) -> None:
+        self.writer = writer
+        self.buffer = bytearray()
+        self.transport: asyncio.ReadTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        start = 0
+        try:
+            while len(buffer) - start >= 4:
+                end = start + 4 + _HEADER.unpack_from(buffer, start)[0]
+                if len(buffer) < end:
+                    break
+                answers = msgspec.msgpack.decode(buffer[start + 4:end])
+                start = end
+                self.writer._answered(answers)
+        except Exception as exc:  # noqa: BLE001 - the pipe cannot be trusted after this
+            log.error("journal_writer_protocol_error", error=str(exc))
+            self.buffer.clear()
+            assert self.transport is not None
+            self.transport.close()  # connection_lost: the writer is failed
+            return
+        del buffer[:start]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.writer._ended()
 
 
 # -- the child -----------------------------------------------------------------------------------

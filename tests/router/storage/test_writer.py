@@ -18,7 +18,7 @@ import pytest
 
 from router.core.models import Decision
 from router.storage.store import StoreClosed, connect
-from router.storage.writer import JournalWriter, flat_rows, write_rows
+from router.storage.writer import JournalWriter, _Answers, _frame, flat_rows, write_rows
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.anyio
@@ -106,6 +106,36 @@ async def test_a_dead_writer_fails_waiting_and_later_batches(db: Path):
     await writer.flush()
     assert len(failed) == 2 and all(isinstance(e, StoreClosed) for e in failed)
     await writer.close()
+
+
+def test_answers_are_handled_in_the_read_that_completes_their_frame():
+    """Frames split across reads, or several in one, are each answered as soon as their last
+    byte is read: in the pipe's read callback, not a turn of the event loop later."""
+    class Transport:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    writer = JournalWriter("unused.db")
+    writer._idle = asyncio.Event()
+    told: list[tuple[int, object]] = []
+    for i in range(1, 5):
+        writer._pending.append((i, lambda ids, err, i=i: told.append((i, ids))))
+    answers = _Answers(writer)
+    transport = Transport()
+    answers.connection_made(transport)  # type: ignore[arg-type]
+    one, two, three = _frame([[1, {}, None]]), _frame([[2, {0: 7}, None], [3, {}, None]]), _frame([[4, {}, None]])
+    data = one + two + three
+    answers.data_received(data[:3])
+    assert told == []
+    answers.data_received(data[3:len(one) + 5])
+    assert told == [(1, {})]
+    answers.data_received(data[len(one) + 5:])
+    assert told == [(1, {}), (2, {0: 7}), (3, {}), (4, {})] and not answers.buffer and writer._idle.is_set()
+    writer._pending.append((6, None))
+    answers.data_received(_frame([[5, {}, None]]))  # out of order: the pipe is not trusted any more
+    assert transport.closed
 
 
 def test_write_rows_matches_the_service_rows(db: Path):
