@@ -47,10 +47,11 @@ class SeenIds:
     """The pairs seen: exact for the last ``window``; with ``keep_evicted``, the older ones in
     Bloom filters (:meth:`maybe_seen_long_ago`)."""
 
-    __slots__ = ("window", "_recent", "_order", "_filters", "_room", "_keep")
+    __slots__ = ("window", "_recent", "_order", "_filters", "_room", "_keep", "_slots")
 
     def __init__(self, window: int = WINDOW, *, keep_evicted: bool = False) -> None:
         self.window = window
+        self._slots = 2 * window  # the deque's length when the window is full
         self._recent: dict[str, _ShopIds] = {}
         self._order: deque[_ShopIds | str] = deque()  # per pair: its shop's set, then its msg_id
         self._filters: list[Bloom] = []
@@ -68,7 +69,7 @@ class SeenIds:
         order = self._order
         order.append(ids)
         order.append(msg_id)
-        if len(order) > 2 * self.window:
+        if len(order) > self._slots:
             old: _ShopIds = order.popleft()  # type: ignore[assignment]
             old_id: str = order.popleft()  # type: ignore[assignment]
             old.discard(old_id)

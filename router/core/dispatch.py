@@ -165,8 +165,11 @@ class Dispatcher:
     def conversation(self, shop_id: str, buyer_id: str) -> Conversation | None:
         return self.conversations.get(f"{shop_id}:{buyer_id}")
 
-    def open(self, shop_id: str, buyer_id: str, now: float, buyer_tags: tuple[str, ...] = ()) -> Conversation:
-        cid = f"{shop_id}:{buyer_id}"
+    def open(self, shop_id: str, buyer_id: str, now: float, buyer_tags: tuple[str, ...] = (),
+             cid: str | None = None) -> Conversation:
+        """``cid``: the conversation id (``shop_id:buyer_id``) when the caller has it already."""
+        if cid is None:
+            cid = f"{shop_id}:{buyer_id}"
         conv = Conversation(cid, shop_id, buyer_id, now, seq=next(self._conv_seq), buyer_tags=buyer_tags, last_ts=now)
         self.conversations[cid] = conv
         return conv
@@ -208,7 +211,7 @@ class Dispatcher:
         return self._try_targets(conv, exclude=None)
 
     def _try_targets(self, conv: Conversation, exclude: str | None) -> tuple[str, str | None, list[str]]:
-        targets = self.targets(conv)
+        targets = self._targets.get((conv.shop_id, conv.skill or "")) or self.targets(conv)
         skills = targets[min(conv.target, len(targets) - 1)][0]
         shop_id = conv.shop_id
         if self._shop_open.get(shop_id, True):
@@ -385,9 +388,10 @@ class Dispatcher:
         if agent is not None and conv.state == "assigned":
             self.last_agent[conv.id] = (agent, self.now or conv.last_ts)
         self._release(conv)
-        self._forget(conv)
+        conv.version += 1  # what _forget does to a conversation with no agent
+        del self.conversations[conversation_id]
         st = self.agents.get(agent or "")
-        return self._drain_agent(st) if st is not None else []
+        return self._drain_agent(st) if st is not None and self._queues.entries else []
 
     def _forget(self, conv: Conversation) -> None:
         if conv.agent_id is not None:

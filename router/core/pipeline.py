@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import msgspec
 import structlog
 
@@ -33,6 +35,9 @@ from router.core.models import (
     TickEvent,
     TransferEvent,
 )
+
+if TYPE_CHECKING:
+    from router.core.plugins import PluginSet
 
 log = structlog.get_logger("fenliu.router")
 
@@ -59,6 +64,9 @@ class Router:
         simulator makes unique ids)."""
         self.config = config
         self.plugins = config.plugins
+        #: No routing hook and no observer to call: messages and events take :meth:`route_plain`
+        #: and :meth:`apply_plain`. Set with the plugin set (here and in :meth:`reload`).
+        self.plain = _plain(config.plugins)
         self._policies = {sid: config.policy_for(sid) for sid in config.shops}
         self.dispatcher = Dispatcher(config, reservations=reservations)
         self._clock = clock
@@ -97,21 +105,26 @@ class Router:
 
     async def advance(self, now: float) -> list[Decision]:
         """Move the clock; returns what timers (expansion, shifts, reservations) decided."""
+        moved = self._advance(now)
+        if moved and self.plugins.has_observers:
+            await self._observe(moved)
+        return moved
+
+    def _advance(self, now: float) -> list[Decision]:
         d = self.dispatcher
         if not d.due(now):
             if d.now is not None and now > d.now:
                 d.now = now
             return []
-        moved = d.advance(now)
-        if moved and self.plugins.has_observers:
-            await self._observe(moved)
-        return moved
+        return d.advance(now)
 
     # -- messages ------------------------------------------------------------------------------
 
     async def handle_message(self, msg: Message) -> list[Decision]:
         """Route one message. Returns the decisions caused by the clock reaching ``msg.ts`` first,
         then the message's own decision (always exactly one), then any it caused for others."""
+        if self.plain:
+            return self.route_plain(msg)
         token = bind_message(msg)  # one coroutine for the whole message: no inner call
         try:
             shop = self.config.shops.get(msg.shop_id)
@@ -161,12 +174,12 @@ class Router:
                 agent_id = conv.agent_id
             elif bot is not None and not bot.handoff:
                 if conv is None:
-                    conv = d.open(msg.shop_id, msg.buyer_id, now, tags)
+                    conv = d.open(msg.shop_id, msg.buyer_id, now, tags, cid)
                 conv.skill = ctx.skill
                 action, agent_id = "answered", None
             else:
                 if conv is None:
-                    conv = d.open(msg.shop_id, msg.buyer_id, now, tags)
+                    conv = d.open(msg.shop_id, msg.buyer_id, now, tags, cid)
                 conv.skill = ctx.skill
                 conv.priority = ctx.priority
                 conv.buyer_tags = tags
@@ -193,6 +206,61 @@ class Router:
         finally:
             unbind(token)
 
+    def route_plain(self, msg: Message) -> list[Decision]:
+        """:meth:`handle_message` for a router with no hook to call (:attr:`plain`): the same
+        decisions, without a coroutine or a hook context. ``route`` calls it directly for every
+        line. What the hooks would have set is their defaults: the conversation's skill or the
+        policy's default, priority 0, no reply, the text as sent, no flags but routing's own."""
+        token = bind_message(msg)
+        try:
+            shop = self.config.shops.get(msg.shop_id)
+            if shop is None:
+                raise InputError(_("unknown shop {shop!r}", shop=msg.shop_id))
+            d = self.dispatcher
+            ts = msg.ts
+            if ts is None or self._clock is not None or d.now is None or (d._timers and d._timers[0][0] <= ts):
+                now, due = self._step(ts)
+                out = self._advance(now) if due else []
+            else:  # _step's usual case, without its call: a stamped input and no timer due by then
+                out = []
+                if ts > d.now:
+                    d.now = ts
+            now = d.now  # type: ignore[assignment]
+            cid = f"{msg.shop_id}:{msg.buyer_id}"
+            if self._is_duplicate is not None and self._is_duplicate(msg.shop_id, msg.msg_id):
+                out.append(Decision(msg.msg_id, msg.shop_id, cid, "duplicate", text=None))
+                return out
+            self.dropped = []
+            conv = d.conversations.get(cid)
+            skill = (conv.skill if conv is not None else None) or self._policies[shop.id].dispatch.default_skill
+            extra: list[Decision] | None = None
+            if conv is not None and conv.state != "bot":
+                if conv.priority < 0:
+                    d.reprioritise(conv, 0)
+                if skill != conv.skill:
+                    extra = d.change_skill(conv, skill)
+                action = "queued" if conv.state == "queued" else "assigned"
+                agent_id = conv.agent_id
+                flags: list[str] = []
+            else:
+                tags = msg.buyer.tags if msg.buyer is not None else ()
+                if conv is None:
+                    conv = d.open(msg.shop_id, msg.buyer_id, now, tags, cid)
+                conv.skill = skill
+                conv.priority = 0
+                conv.buyer_tags = tags
+                state, agent_id, flags = d.route_new(conv)  # a new list each time, at most one flag
+                action = "queued" if state == "queued" else "assigned"
+            conv.messages += 1
+            conv.last_ts = now
+            out.append(Decision(msg.msg_id, msg.shop_id, cid, action, agent_id, conv.skill,  # type: ignore[arg-type]
+                                conv.priority, None, msg.text, flags))
+            if extra:
+                out.extend(extra)
+            return out
+        finally:
+            unbind(token)
+
     async def replay_message(self, msg: Message, dropped: list[tuple[str, str]]) -> list[Decision]:
         """Route a journaled message again without the hook calls whose results the live run
         dropped: a result the live run lost to an overrun or a failure must not be applied when
@@ -205,35 +273,61 @@ class Router:
 
     async def handle_event(self, event: Event) -> list[Decision]:
         """Apply an event; returns the decisions for every conversation it moved."""
+        if self.plain:
+            return self.apply_plain(event)
         d = self.dispatcher
         now, due = self._step(event.ts)
         out = await self.advance(now) if due else []
-        try:
-            # most frequent first (the simulator's and the workbench's accept and close)
-            if isinstance(event, AcceptEvent):
-                d.accept(event.conversation_id, event.agent_id)
-                return out
-            if isinstance(event, CloseEvent):
-                conv = d.conversations.get(event.conversation_id)
-                moved = d.close(event.conversation_id)
-                if conv is not None and self.plugins.has_observers:
-                    shop = self.config.shops[conv.shop_id]
-                    await self.plugins.closed(conv, HookContext(self.config, shop, now, conv, d, replay=self.replaying))
-            elif isinstance(event, TransferEvent):
-                moved = d.transfer(event.conversation_id, to_agent=event.to_agent, to_skill=event.to_skill)
-            elif isinstance(event, AgentStatusEvent):
-                moved = d.set_status(event.agent_id, event.status)
-            elif isinstance(event, TickEvent | RatingEvent):
-                moved = []
-            else:
-                raise InputError(f"unsupported event {type(event).__name__}")
-        except DispatchError as exc:
-            raise InputError(*exc.args) from None  # the message (router.core.i18n.Text) kept, to translate where shown
+        if isinstance(event, CloseEvent) and self.plugins.has_observers:
+            conv = d.conversations.get(event.conversation_id)
+            moved = self._apply(event)
+            if conv is not None:
+                shop = self.config.shops[conv.shop_id]
+                await self.plugins.closed(conv, HookContext(self.config, shop, now, conv, d, replay=self.replaying))
+        else:
+            moved = self._apply(event)
         if moved:
             if self.plugins.has_observers:
                 await self._observe(moved)
             out.extend(moved)
         return out
+
+    def apply_plain(self, event: Event) -> list[Decision]:
+        """:meth:`handle_event` for a router with no hook to call (:attr:`plain`), without a
+        coroutine."""
+        d = self.dispatcher
+        ts = event.ts
+        if ts is None or self._clock is not None or d.now is None or (d._timers and d._timers[0][0] <= ts):
+            now, due = self._step(ts)
+            out = self._advance(now) if due else []
+        else:  # as in route_plain
+            out = []
+            if ts > d.now:
+                d.now = ts
+        moved = self._apply(event)
+        if moved:
+            out.extend(moved)
+        return out
+
+    def _apply(self, event: Event) -> list[Decision]:
+        """The dispatcher's part of an event: the decisions for the conversations it moved."""
+        d = self.dispatcher
+        try:
+            # most frequent first (route's and the simulator's close, the workbench's accept)
+            if isinstance(event, CloseEvent):
+                return d.close(event.conversation_id)
+            if isinstance(event, AcceptEvent):
+                d.accept(event.conversation_id, event.agent_id)
+                return []
+            if isinstance(event, TransferEvent):
+                return d.transfer(event.conversation_id, to_agent=event.to_agent, to_skill=event.to_skill)
+            if isinstance(event, AgentStatusEvent):
+                return d.set_status(event.agent_id, event.status)
+            if isinstance(event, TickEvent | RatingEvent):
+                return []
+            raise InputError(f"unsupported event {type(event).__name__}")
+        except DispatchError as exc:
+            raise InputError(*exc.args) from None  # the message (router.core.i18n.Text) kept, to translate where shown
 
     async def _observe(self, decisions: list[Decision]) -> None:
         if not self.plugins.has_observers:
@@ -276,8 +370,16 @@ class Router:
         agents; new routing uses the new policies."""
         self.config = config
         self.plugins = config.plugins
+        self.plain = _plain(config.plugins)
         self._policies = {sid: config.policy_for(sid) for sid in config.shops}
         return self.dispatcher.update_config(config)
+
+
+def _plain(plugins: PluginSet) -> bool:
+    """Whether ``plugins`` has no routing hook and no observer: then a message's decision is
+    the dispatcher's alone, and :meth:`Router.route_plain` makes it without a hook context."""
+    return not (plugins._enrich or plugins._filter or plugins._skill or plugins._priority or plugins._bot
+                or plugins.has_observers)
 
 
 def decode_message(data: bytes | str) -> Message:

@@ -28,13 +28,16 @@ async def route_lines(router: Router, lines: Iterable[bytes], out: BinaryIO, err
     bad = 0
     write = out.write
     handle_message, handle_event = router.handle_message, router.handle_event
+    route_plain, apply_plain = router.route_plain, router.apply_plain
     pending: list[Decision] = []
     try:
         for n, item, reason in read_lines(lines):
             try:
                 if item is None:
                     raise InputError(reason)
-                if type(item) is Message:  # read_lines decodes to exactly these types
+                if router.plain:  # no hook to await: no coroutine per line
+                    decisions = route_plain(item) if type(item) is Message else apply_plain(item)
+                elif type(item) is Message:  # read_lines decodes to exactly these types
                     decisions = await handle_message(item)
                 else:
                     decisions = await handle_event(item)

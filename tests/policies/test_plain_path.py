@@ -1,0 +1,100 @@
+"""A router with no hook to call routes through ``Router.route_plain`` / ``apply_plain`` (no
+coroutine, no hook context): its decisions must be exactly those of the general path with empty
+hook chains, for any stream of messages and events."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import anyio
+import msgspec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from router.core.config import load_config
+from router.core.models import AgentStatusEvent, CloseEvent, Message, TickEvent, TransferEvent
+from router.core.pipeline import InputError, Router
+from tests.conftest import T0
+from tests.policies.conftest import agents_toml, policy, write_config
+from tests.policies.test_invariants import SHOPS, SKILLS, agent_st
+
+op_st = st.one_of(
+    st.tuples(st.just("msg"), st.sampled_from(["s1", "s2", "nope"]), st.integers(0, 12), st.integers(0, 40)),
+    st.tuples(st.just("close"), st.integers(0, 50)),
+    st.tuples(st.just("status"), st.integers(0, 5), st.sampled_from(["online", "break", "offline"])),
+    st.tuples(st.just("transfer_agent"), st.integers(0, 50), st.integers(0, 5)),
+    st.tuples(st.just("transfer_skill"), st.integers(0, 50), st.sampled_from(SKILLS)),
+    st.tuples(st.just("tick"), st.integers(1, 200)),
+    st.tuples(st.just("untimed"), st.integers(0, 12)),
+)
+
+
+def build(root: Path, agents: list[dict], strategies: tuple[str, str]) -> Path:
+    targets = '[{ skills = ["@skill"], timeout_s = 30 }, { skills = ["@skill", "presale"], timeout_s = 60 }, { skills = ["presale", "aftersale", "logistics"] }]'
+    extra = 'on_agent_offline = "reroute"\nsticky_hours = 0.01'  # 36 s: when a close happened matters
+    everyone = {"skills": SKILLS, "shops": ["s1"], "max_concurrent": 1, "weight": 1}
+    write_config(root, SHOPS, agents_toml(*({"id": f"a{i}", **a} for i, a in enumerate([*agents, everyone]))),
+                 {"p": policy(strategies[0], extra, targets), "q": policy(strategies[1], extra, targets)})
+    (root / "fenliu.toml").write_text('[plugins]\ndisabled = ["sensitive", "bot", "skills", "vip"]\n', encoding="utf-8")
+    return root
+
+
+async def run(router: Router, ops: list[tuple]) -> list[bytes]:
+    """Every decision encoded, every refusal's reason and the clock after each input, in order."""
+    d = router.dispatcher
+    now = T0
+    out: list[bytes] = []
+    await router.handle_event(TickEvent(now))  # the clock starts here, not at the wall clock's time
+    for n, op in enumerate(ops):
+        now += 1
+        kind = op[0]
+        try:
+            if kind == "msg":  # msg_id repeats: duplicates
+                got = await router.handle_message(Message(op[1], f"m{op[3]}", f"b{op[2]}", "你好", ts=now))
+            elif kind == "untimed":
+                got = await router.handle_message(Message("s1", f"u{n}", f"b{op[1]}", "在吗"))
+            elif kind == "close":
+                got = await router.handle_event(CloseEvent(f"s1:b{op[1] % 13}", ts=now))
+            elif kind == "status":
+                got = await router.handle_event(AgentStatusEvent(sorted(d.agents)[op[1] % len(d.agents)], op[2], ts=now))
+            elif kind == "transfer_agent":
+                to = sorted(d.agents)[op[2] % len(d.agents)]
+                got = await router.handle_event(TransferEvent(f"s1:b{op[1] % 13}", to_agent=to, ts=now))
+            elif kind == "transfer_skill":
+                got = await router.handle_event(TransferEvent(f"s2:b{op[1] % 13}", to_skill=op[2], ts=now))
+            else:
+                now += op[1]
+                got = await router.handle_event(TickEvent(now))
+        except InputError as exc:
+            out.append(f"error: {exc}".encode())
+            got = []
+        out.extend(msgspec.json.encode(x) for x in got)
+        out.append(f"clock {d.now}".encode())
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    agents=st.lists(agent_st, min_size=1, max_size=6),
+    strategies=st.tuples(st.sampled_from(["round_robin", "least_load", "weighted"]),
+                         st.sampled_from(["round_robin", "least_load", "weighted"])),
+    ops=st.lists(op_st, min_size=1, max_size=80),
+)
+def test_the_plain_path_decides_as_the_general_one(agents, strategies, ops):
+    with tempfile.TemporaryDirectory(prefix="fenliu-plain-") as tmp:
+        config = load_config(build(Path(tmp), agents, strategies))
+    plain, general = Router(config), Router(config)
+    assert plain.plain
+    general.plain = False  # the hook loops with empty chains, as before route_plain existed
+    assert anyio.run(run, plain, ops) == anyio.run(run, general, ops)
+    assert plain.dropped == general.dropped
+
+
+def test_a_router_with_a_hook_is_not_plain():
+    with tempfile.TemporaryDirectory(prefix="fenliu-plain-") as tmp:
+        root = build(Path(tmp), [{"skills": ["presale"], "shops": ["*"], "max_concurrent": 1, "weight": 1}],
+                     ("least_load", "least_load"))
+        (root / "fenliu.toml").write_text('[plugins]\nenabled = ["tests.policies.tagging"]\n'
+                                          'disabled = ["sensitive", "bot", "skills", "vip"]\n', encoding="utf-8")
+        assert not Router(load_config(root)).plain
