@@ -212,7 +212,7 @@ class Dispatcher:
 
     def _try_targets(self, conv: Conversation, exclude: str | None) -> tuple[str, str | None, list[str]]:
         targets = self._targets.get((conv.shop_id, conv.skill or "")) or self.targets(conv)
-        skills = targets[min(conv.target, len(targets) - 1)][0]
+        skills = targets[conv.target if conv.target < len(targets) else -1][0]  # the last when past it
         shop_id = conv.shop_id
         if self._shop_open.get(shop_id, True):
             pick = self._pools.pick

@@ -19,7 +19,8 @@ _current: ContextVar[Any] = ContextVar("fenliu_message", default=None)
 #: the token to pass it): one ``ContextVar.set`` on the hot path; the fields are expanded only
 #: when something is actually logged. A context variable (not a global) keeps other tasks' lines,
 #: such as a WebSocket handler's, free of a message they have nothing to do with. The variable's
-#: own bound methods, not wrappers: a Python frame each cost as much as the set and reset.
+#: own bound methods, not wrappers: the two frames added half again (set and reset ≈ 100 ns, 155 ns
+#: through Python functions).
 bind_message: Callable[[Any], Token[Any]] = _current.set
 unbind: Callable[[Token[Any]], None] = _current.reset
 

@@ -230,9 +230,12 @@ class Router:
             if self._is_duplicate is not None and self._is_duplicate(msg.shop_id, msg.msg_id):
                 out.append(Decision(msg.msg_id, msg.shop_id, cid, "duplicate", text=None))
                 return out
-            self.dropped = []
+            if self.dropped:
+                self.dropped = []  # no hook here to drop a result (left alone when already empty)
             conv = d.conversations.get(cid)
-            skill = (conv.skill if conv is not None else None) or self._policies[shop.id].dispatch.default_skill
+            skill = conv.skill if conv is not None else None
+            if not skill:
+                skill = self._policies[shop.id].dispatch.default_skill
             extra: list[Decision] | None = None
             if conv is not None and conv.state != "bot":
                 if conv.priority < 0:
@@ -304,7 +307,13 @@ class Router:
             out = []
             if ts > d.now:
                 d.now = ts
-        moved = self._apply(event)
+        if type(event) is CloseEvent:  # most lines but messages: _apply's first case, without its call
+            try:
+                moved = d.close(event.conversation_id)
+            except DispatchError as exc:
+                raise InputError(*exc.args) from None
+        else:
+            moved = self._apply(event)
         if moved:
             out.extend(moved)
         return out
