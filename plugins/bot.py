@@ -40,7 +40,7 @@ from router.core.config import ConfigError, Platform, _error_from_validation, _r
 from router.core.hookspecs import hookimpl
 from router.core.logging import debug_enabled
 from router.core.models import BotReply, Buyer, Message, Order
-from router.core.plugins import text_cache
+from router.core.plugins import hook_alias, text_cache
 
 if TYPE_CHECKING:
     from router.core.config import Config, Shop
@@ -213,7 +213,7 @@ class _BotState:
     swaps with the configuration."""
 
     __slots__ = ("cfg", "faq", "matcher", "quick", "quick_by_id", "quick_index", "quick_matcher", "handoff",
-                 "negative", "has_faq", "has_handoff", "has_negative", "asks", "_plain")
+                 "negative", "has_faq", "has_handoff", "has_negative", "has_words", "asks", "shops", "_plain")
 
     def __init__(self, cfg: BotConfig, library: FaqLibrary, vocab: Vocabulary,
                  platforms: Mapping[str, str] = {}) -> None:
@@ -230,8 +230,19 @@ class _BotState:
         self.handoff: KeywordIndex[None] = KeywordIndex((w, None) for w in cfg.handoff_words)
         self.negative: KeywordIndex[None] = KeywordIndex((w, None) for w in cfg.negative_words)
         self.has_faq, self.has_handoff, self.has_negative = bool(self.faq), bool(self.handoff), bool(self.negative)
+        self.has_words = self.has_handoff or self.has_negative
         self.asks = text_cache(self._asks, "bot_words")
+        #: per shop id, what the hook looks up about the shop (:class:`_ShopBot`), made on its
+        #: first message
+        self.shops: dict[str, _ShopBot] = {}
         self._plain = functools.lru_cache(maxsize=4096)(self._render_plain)
+
+    def shop(self, shop: Shop) -> _ShopBot:
+        """The bot's view of ``shop`` (its texts, answer mode, matcher, filled replies)."""
+        plan = self.shops.get(shop.id)
+        if plan is None or plan.shop is not shop:
+            plan = self.shops[shop.id] = _ShopBot(self, shop)
+        return plan
 
     def fill(self, template: str, shop: Shop, buyer: Buyer | None, order: Order | None) -> str:
         """``template`` filled for a message, from a bounded cache: a conversation's buyer and
@@ -261,6 +272,38 @@ class _BotState:
         """The entry the bot would answer with (a confident match), or ``None``."""
         m = self.match(text, shop_id)
         return self.faq[m.entry] if m.outcome == "answer" else None
+
+
+class _ShopBot:
+    """What the bot needs to know about one shop, worked out on its first message instead of on
+    every one: its welcome and offline texts, its platform's answer mode, the FAQ matcher for the
+    entries it may use, and the replies filled for it when the message names no buyer nick and
+    no order (the usual case: the fill is then the same for every buyer of the shop)."""
+
+    __slots__ = ("shop", "state", "label", "welcome", "offline", "platform_mode", "match", "filled")
+
+    def __init__(self, state: _BotState, shop: Shop) -> None:
+        cfg = state.cfg
+        texts = cfg.shops.get(shop.id)
+        self.shop = shop
+        self.state = state
+        self.label = shop.name or shop.id
+        self.welcome = texts.welcome if texts is not None and texts.welcome is not None else cfg.welcome
+        self.offline = texts.offline if texts is not None and texts.offline is not None else cfg.offline
+        #: an entry's own ``mode`` wins over this (see :func:`mode_for`)
+        self.platform_mode: Mode = cfg.platform_modes.get(shop.platform) or cfg.mode
+        self.match = state.matcher.for_shop(shop.id) if state.has_faq else None
+        #: template → filled text; bounded by the configuration's templates and answers
+        self.filled: dict[str, str] = {}
+
+    def fill(self, template: str, buyer: Buyer | None, order: Order | None) -> str:
+        """``template`` filled for a message of this shop (as :meth:`_BotState.fill`)."""
+        if order is None and (buyer is None or not buyer.nick):
+            text = self.filled.get(template)
+            if text is None:
+                text = self.filled[template] = self.state._render_plain(template, self.label, None, None)
+            return text
+        return self.state.fill(template, self.shop, buyer, order)
 
 
 def _entry_shops(entry: FaqEntry, platforms: Mapping[str, str]) -> tuple[str, ...]:
@@ -411,13 +454,17 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
     held = conv is not None and conv.state in _HELD
     if held and not cfg.while_human:
         return None
-    state = _state(cfg, ctx.config)
-    memory: dict[str, Any] | None = ctx.meta.get("bot")  # type: ignore[assignment]
+    state: _BotState | None = cfg.__dict__.get("state")
+    if state is None:
+        state = _state(cfg, ctx.config)
+    shop = ctx.shop
+    plan = state.shops.get(shop.id)
+    if plan is None or plan.shop is not shop:
+        plan = state.shop(shop)
+    meta = ctx.meta
+    memory: dict[str, Any] | None = meta.get("bot")  # type: ignore[assignment]
     if memory is None:
-        memory = ctx.meta["bot"] = {"answered": [], "last": None}
-    sid = ctx.shop.id
-    shop_texts = cfg.shops.get(sid)
-    offline_text = (shop_texts.offline if shop_texts and shop_texts.offline is not None else cfg.offline)
+        memory = meta["bot"] = {"answered": [], "last": None}
 
     kind: ReplyKind | None = None
     text = ""
@@ -427,23 +474,23 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
     if not held:
         if ctx.skill in cfg.handoff_skills:
             kind, text = "skill", cfg.handoff_skills[ctx.skill]  # type: ignore[index]
-        elif state.has_handoff or state.has_negative:
+        elif state.has_words:
             request, negative = state.asks(message.text)
             if request:
                 kind, text = "request", cfg.handoff_reply
             elif negative:
                 kind, text = "negative", cfg.negative_reply
-    if kind is None and (not held or "faq" in cfg.while_human):
-        match = state.match(message.text, sid)
+    if kind is None and plan.match is not None and (not held or "faq" in cfg.while_human):
+        match = plan.match(message.text)
         if match.outcome == "answer":
             entry = state.faq[match.entry]
-            mode = mode_for(cfg, entry, ctx.shop.platform)
+            mode = entry.mode or plan.platform_mode  # mode_for, with the shop's part worked out once
             if mode == "suggest":
-                staffed = ctx.in_business_hours() and ctx.agents_available() > 0
+                staffed = ctx.staffed()
                 if not staffed:
                     mode = "settle"  # nobody is there to click the suggestion: the buyer gets the answer now
             if mode == "suggest":
-                _suggest(ctx, memory, state, entry, message, "suggest")
+                _suggest(ctx, memory, plan, entry, message, "suggest")
             elif entry.id in memory["answered"] and cfg.repeat_handoff and not held:
                 kind, text = "repeat", cfg.repeat_reply
                 ctx.flag(f"bot:repeat:{entry.id}")
@@ -457,20 +504,19 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
                 kind, text = "repeat", cfg.repeat_reply  # 到底几天发货: asked again, more impatiently
                 ctx.flag(f"bot:repeat:{entry.id}")
             else:
-                _suggest(ctx, memory, state, entry, message, "plausible")
+                _suggest(ctx, memory, plan, entry, message, "plausible")
     # whether the shop is offline is asked last: only a configured offline text needs it
-    if (offline_text and (kind is None or (kind != "faq" and handoff))
+    if (plan.offline and (kind is None or (kind != "faq" and handoff))
             and (not held or "offline" in cfg.while_human)):
         if staffed is None:
-            staffed = ctx.in_business_hours() and ctx.agents_available() > 0
+            staffed = ctx.staffed()
         if not staffed:
-            kind, text, handoff = "offline", offline_text, True
+            kind, text, handoff = "offline", plan.offline, True
     if kind is None and conv is None:
-        welcome = shop_texts.welcome if shop_texts and shop_texts.welcome is not None else cfg.welcome
-        kind, text = "welcome", welcome
+        kind, text = "welcome", plan.welcome
     if kind is None or not text:
         return None
-    reply = state.fill(text, ctx.shop, message.buyer, message.order)
+    reply = plan.fill(text, message.buyer, message.order)
     if reply == memory["last"]:
         if debug_enabled():
             log.debug("bot_repeat_suppressed", kind=kind)
@@ -483,13 +529,13 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
     return BotReply(reply, handoff=handoff, kind=kind)
 
 
-def _suggest(ctx: HookContext, memory: dict[str, Any], state: _BotState, entry: FaqEntry, message: Message,
+def _suggest(ctx: HookContext, memory: dict[str, Any], plan: _ShopBot, entry: FaqEntry, message: Message,
              why: Literal["suggest", "plausible"]) -> None:
     """Put ``entry``'s answer in the agent's composer: the decision is flagged
     ``bot:suggest:ID`` (a confident match in ``suggest`` mode) or ``bot:plausible:ID`` (a plausible
     match), and ``conversation.meta["bot"]["suggestion"]`` holds the filled text."""
     ctx.flag(f"bot:{why}:{entry.id}")
-    text = state.fill(entry.answer, ctx.shop, message.buyer, message.order)
+    text = plan.fill(entry.answer, message.buyer, message.order)
     memory["suggestion"] = {"faq": entry.id, "text": text, "why": why}
 
 
@@ -541,9 +587,7 @@ def fenliu_configure(config: Config) -> None:
         cfg.__dict__["state"] = _BotState(cfg, library, vocab, platforms)
 
 
-@hookimpl
-def fenliu_bot_reply(message: Message, ctx: HookContext) -> BotReply | None:
-    return decide(message, ctx)
+fenliu_bot_reply = hookimpl(hook_alias(decide, "fenliu_bot_reply"))
 
 
 __all__ = [

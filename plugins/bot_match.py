@@ -304,13 +304,19 @@ class Matcher:
     def match(self, text: str, shop_id: str = "") -> Match:
         """The best entry for ``text`` (raw buyer text) in shop ``shop_id``."""
         cached = self._by_shop.get(shop_id)
+        return (cached if cached is not None else self.for_shop(shop_id))(text)
+
+    def for_shop(self, shop_id: str) -> Callable[[str], Match]:
+        """:meth:`match` for one shop, behind the exact-text cache it shares with the shops that
+        may use the same entries: a caller that knows the shop keeps it and skips the look-up."""
+        cached = self._by_shop.get(shop_id)
         if cached is None:
             key = tuple(self._allowed(shop_id))
             cached = self._by_mask.get(key)
             if cached is None:
                 cached = self._by_mask[key] = text_cache(functools.partial(self._match, shop_id=shop_id), "bot")
             self._by_shop[shop_id] = cached
-        return cached(text)
+        return cached
 
     def _match(self, text: str, shop_id: str = "") -> Match:
         found = self._scores(text, shop_id)

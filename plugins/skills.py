@@ -25,7 +25,7 @@ from router.core.config import ConfigError, Platform
 from router.core.hookspecs import hookimpl
 from router.core.logging import debug_enabled
 from router.core.models import Kind
-from router.core.plugins import text_cache
+from router.core.plugins import hook_alias, text_cache
 
 if TYPE_CHECKING:
     from router.core.config import Config
@@ -115,7 +115,8 @@ class SkillsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, dic
 class _Compiled:
     """A policy's rules with keywords in one index and regexes compiled, built once per config."""
 
-    __slots__ = ("rules", "regex", "text_rules", "keywords", "has_keywords", "has_text", "statuses", "_by_context")
+    __slots__ = ("rules", "regex", "text_rules", "keywords", "has_keywords", "has_text", "has_switch", "statuses",
+                 "_by_context")
 
     def __init__(self, cfg: SkillsConfig) -> None:
         self.rules = cfg.rules
@@ -124,8 +125,10 @@ class _Compiled:
         self.keywords: KeywordIndex[int] = KeywordIndex((k, i) for i, r in enumerate(cfg.rules) for k in r.keywords)
         self.has_keywords = bool(self.keywords)
         self.has_text = any(self.text_rules)
+        self.has_switch = any(r.switch for r in cfg.rules)
         self.statuses = frozenset(st for r in cfg.rules for st in r.order_status)
-        self._by_context: dict[tuple[str, str | None, str], Callable[[str], SkillRule | None]] = {}
+        #: per (kind, order status, platform), and per platform alone for a text with no status
+        self._by_context: dict[tuple[str, str | None, str] | str, Callable[[str], SkillRule | None]] = {}
 
     def _text_hits(self, text: str) -> frozenset[int]:
         """The rules whose text condition (a keyword, or else the regex) holds for ``text``."""
@@ -140,14 +143,25 @@ class _Compiled:
         a status no rule names counts as none, so buyers' input cannot grow the contexts."""
         if not self.rules:
             return None
-        status = message.order.status if message.order is not None else None
-        if status not in self.statuses:
-            status = None
-        key = (message.kind, status, platform)
+        order = message.order
+        if order is None or order.status not in self.statuses:
+            # the usual context (a text, no status a rule names) is keyed by platform alone,
+            # without a tuple made and hashed per message
+            first = self._by_context.get(platform) if message.kind == "text" else None
+            if first is None:
+                first = self._for_context(message.kind, None, platform)
+        else:
+            first = self._for_context(message.kind, order.status, platform)
+        return first(message.text)
+
+    def _for_context(self, kind: str, status: str | None, platform: str) -> Callable[[str], SkillRule | None]:
+        key = (kind, status, platform)
         first = self._by_context.get(key)
         if first is None:
             first = self._by_context[key] = text_cache(functools.partial(self._first, *key), "skills")
-        return first(message.text)
+            if kind == "text" and status is None:
+                self._by_context[platform] = first
+        return first
 
     def _first(self, kind: str, status: str | None, platform: str, text: str) -> SkillRule | None:
         text_hits = self._text_hits(text) if self.has_text else _NONE
@@ -195,9 +209,12 @@ def classify(message: Message, ctx: HookContext) -> str | None:
     cfg: SkillsConfig = ctx.policy.skills
     if not cfg.enabled:
         return None
-    rule = cfg.compiled.match(message, ctx.shop.platform)
+    compiled = cfg.compiled
     conv = ctx.conversation
     current = conv.skill if conv is not None else None
+    if current is not None and not compiled.has_switch:
+        return None  # an open conversation keeps its skill, and no rule may move it
+    rule = compiled.match(message, ctx.shop.platform)
     if current is not None:
         if rule is not None and rule.switch and rule.skill != current:
             if debug_enabled():
@@ -226,9 +243,7 @@ def fenliu_configure(config: Config) -> None:
         cfg.compiled  # noqa: B018 - compile now, not on the first message
 
 
-@hookimpl
-def fenliu_classify_skill(message: Message, ctx: HookContext) -> str | None:
-    return classify(message, ctx)
+fenliu_classify_skill = hookimpl(hook_alias(classify, "fenliu_classify_skill"))
 
 
 __all__ = ["KeywordIndex", "SkillRule", "SkillsConfig", "classify", "validate"]

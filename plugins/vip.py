@@ -169,7 +169,7 @@ def fenliu_configure(config: Config) -> None:
 @hookimpl(tryfirst=True)
 def fenliu_classify_skill(message: Message, ctx: HookContext) -> str | None:
     cfg: VipConfig = ctx.policy.vip
-    if not cfg.enabled or not cfg.vip_skill or ctx.conversation is not None:
+    if not cfg.enabled or not cfg.vip_skill or ctx.conversation is not None or message.buyer is None:
         return None
     if is_vip(message, cfg):
         ctx.flag(f"vip_skill:{cfg.vip_skill}")
@@ -182,10 +182,16 @@ def fenliu_priority(message: Message, ctx: HookContext) -> int | None:
     cfg: VipConfig = ctx.policy.vip
     if not cfg.enabled:
         return None
-    buyer = ctx.meta.get("vip_buyer")
-    if message.buyer is not None:
-        ctx.meta["vip_buyer"] = message.buyer
-    total, flags = score(message, ctx.skill, cfg, buyer)  # type: ignore[arg-type]
+    buyer = message.buyer
+    if buyer is not None:
+        ctx.meta["vip_buyer"] = buyer
+    else:
+        buyer = ctx.meta.get("vip_buyer")  # type: ignore[assignment]
+    c = cfg.compiled
+    if buyer is None and message.order is None and not (
+            c.has_urgent and (not c.urgent_skills or ctx.skill in c.urgent_skills)):
+        return None  # nothing to score: no buyer, no order, no urgency words that apply
+    total, flags = score(message, ctx.skill, cfg, buyer)
     for f in flags:
         ctx.flag(f)
     return total or None

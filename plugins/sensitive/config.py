@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -107,6 +107,18 @@ DEFAULT_PATTERNS: tuple[Pattern, ...] = (
 )
 
 
+class _Uncompiled:
+    """``SensitiveConfig.filter`` before :meth:`SensitiveConfig.compile`: a non-data descriptor,
+    so the compiled filter, stored under the same name in the section's ``__dict__``, shadows it
+    and the inbound hook reads it as a plain attribute (a property cost a Python call per
+    message); read before that, it says what is missing."""
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        raise RuntimeError("sensitive section not compiled: call compile(config_dir) or load it through load_config")
+
+
 class SensitiveConfig(_Table, kw_only=True, dict=True):
     """The ``[sensitive]`` section of a policy file (see docs/plugins/sensitive.md)."""
 
@@ -127,13 +139,8 @@ class SensitiveConfig(_Table, kw_only=True, dict=True):
                 raise ValueError(f"field lists: the name {item.name!r} is used twice (lists and patterns share names)")
             seen.add(item.name)
 
-    @property
-    def filter(self) -> SensitiveFilter:
-        """The compiled filter ``fenliu_configure`` attached (or :meth:`compile` made)."""
-        f = self.__dict__.get("_filter")
-        if f is None:
-            raise RuntimeError("sensitive section not compiled: call compile(config_dir) or load it through load_config")
-        return f
+    #: The compiled filter ``fenliu_configure`` attached (or :meth:`compile` made).
+    filter: ClassVar[_Uncompiled] = _Uncompiled()
 
     @property
     def warnings(self) -> list[str]:
@@ -144,5 +151,5 @@ class SensitiveConfig(_Table, kw_only=True, dict=True):
     def compile(self, base: str | Path, file: str | Path = "sensitive", cache: dict | None = None) -> SensitiveFilter:
         """Read the word files (relative to ``base``) and build the filter; cached on the section."""
         f = build_filter(self, Path(base), str(file), cache if cache is not None else {})
-        self.__dict__["_filter"] = f
+        self.__dict__["_filter"] = self.__dict__["filter"] = f
         return f

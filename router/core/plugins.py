@@ -11,16 +11,16 @@ typed methods of this class.
 from __future__ import annotations
 
 import contextlib
-import gc
 import importlib
+import inspect
 import linecache
 import math
 import textwrap
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import entry_points
 from time import perf_counter
-from types import ModuleType
+from types import FunctionType, ModuleType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
@@ -30,6 +30,7 @@ import structlog
 
 from router.core import hookspecs, i18n
 from router.core.errors import ConfigError, ConfigErrors
+from router.core.inbound import Inbound, _overran, compile_inbound, gc_pause_within
 from router.core.models import BotReply, FilterVerdict, Message
 from router.core.textcache import (  # noqa: F401  (re-exported: plugins written before textcache import them here)
     TEXT_CACHE_MAX_CHARS,
@@ -56,44 +57,23 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.bot",
     "plugins.sensitive",
 )
+_BUILTIN_MODULES = frozenset(BUILTIN_PLUGINS)
 
 log = structlog.get_logger("fenliu.plugins")
 
-#: Recent garbage-collector pauses as ``(start, stop)`` perf-counter pairs. A hook's budget
-#: measures the hook, not the collector: a collection that lands inside a call would otherwise
-#: charge it, and an inbound filter (the sensitive-word mask) would fail open for a reason that
-#: has nothing to do with it. Recorded by a ``gc.callbacks`` entry and only read when a call
-#: looks late, so the hot path pays nothing for it.
-_gc_pauses: deque[tuple[float, float]] = deque(maxlen=256)
-_gc_start = [0.0]
-
-
-def _gc_watch(phase: str, info: dict[str, int]) -> None:
-    if phase == "start":
-        _gc_start[0] = perf_counter()
-    else:
-        _gc_pauses.append((_gc_start[0], perf_counter()))
-
-
-if _gc_watch not in gc.callbacks:
-    gc.callbacks.append(_gc_watch)
-
-
-def gc_pause_within(start: float, end: float) -> float:
-    """Seconds the collector ran between ``start`` and ``end`` (perf-counter readings)."""
-    total = 0.0
-    for a, b in reversed(_gc_pauses):
-        if b <= start:
-            break
-        total += min(b, end) - max(a, start)
-    return total
-
-
-def _overran(start: float, budget: float) -> bool:
-    """Whether a call that started at ``start`` used more than ``budget`` seconds of its own,
-    the collector's pauses during it not counted."""
-    end = perf_counter()
-    return end - start - gc_pause_within(start, end) > budget
+def hook_alias(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """A copy of the function ``fn`` called ``name``, for a plugin to mark as its hook
+    implementation (``fenliu_x = hookimpl(hook_alias(x, "fenliu_x"))``): the hook then runs
+    ``x``'s body itself, one Python call less per message than a ``fenliu_x`` that calls ``x``,
+    while ``x`` stays an unmarked public function (pluggy registers every marked attribute of a
+    plugin, so one function object cannot be both)."""
+    copy = FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    copy.__annotations__ = fn.__annotations__
+    copy.__doc__ = fn.__doc__
+    copy.__module__ = fn.__module__
+    copy.__qualname__ = name
+    return copy
 
 
 class PluginInfo(msgspec.Struct):
@@ -124,13 +104,15 @@ class _Pending:
 
 
 class _Impl:
-    """One resolved hook implementation, callable with the spec's full argument list."""
+    """One resolved hook implementation, callable with the spec's full argument list;
+    ``builtin``: a plain function of a built-in plugin (never returns an awaitable)."""
 
-    __slots__ = ("plugin", "call")
+    __slots__ = ("plugin", "call", "builtin")
 
-    def __init__(self, plugin: str, call: Callable[..., Any]) -> None:
+    def __init__(self, plugin: str, call: Callable[..., Any], builtin: bool = False) -> None:
         self.plugin = plugin
         self.call = call
+        self.builtin = builtin
 
 
 def _binder(impl: pluggy.HookImpl, spec_args: tuple[str, ...]) -> Callable[..., Any]:
@@ -160,6 +142,10 @@ async def {name}(self, message, ctx):
             result = impl.call(message, ctx)
         except Exception as exc:  # isolation is the point
             self._fault(impl, hook, ctx, type(exc).__name__, str(exc))
+            continue
+        if result is None:  # the commonest answer: only the budget to check
+            if perf_counter() - start > self.timeout and _overran(start, self.timeout):
+                {late}
             continue
         if type(result) not in _PLAIN:
             result = await self._settle(impl, hook, ctx, result, start)
@@ -218,6 +204,9 @@ class PluginSet:
         self.strategies: dict[str, type] = {}
         self._chains: dict[str, tuple[_Impl, ...]] = {}
         self.has_observers = False
+        self.plain_routing = False
+        self._inbound_by_chains: dict[tuple[tuple[_Impl, ...], ...], Inbound] = {}
+        self.inbound: Inbound = compile_inbound(self, ((), (), (), ()))
         self.extra: tuple[object, ...] = ()
 
     # -- loading -----------------------------------------------------------------------------
@@ -344,15 +333,34 @@ class PluginSet:
                 if impl.hookwrapper or impl.wrapper:
                     log.warning("plugin_wrapper_ignored", plugin=impl.plugin_name, hook=name)
                     continue
-                impls.append(_Impl(impl.plugin_name, _binder(impl, spec_args)))
+                fn = impl.function
+                builtin = getattr(fn, "__module__", None) in _BUILTIN_MODULES and not inspect.iscoroutinefunction(fn)
+                impls.append(_Impl(impl.plugin_name, _binder(impl, spec_args), builtin))
             chains[name] = tuple(impls)
         self._chains = chains
         for hook, attr in _ROUTING_CHAINS.items():
             setattr(self, attr, chains[hook])
+        #: every routing hook is implemented by built-in functions only (and none enriches), so
+        #: :attr:`inbound` may run them in one plain call
+        self.plain_routing = not self._enrich and all(
+            i.builtin for attr in _ROUTING_CHAINS.values() for i in getattr(self, attr))
+        self._inbound_by_chains = {}
+        self._compile_inbound()
         self._outbound = chains["fenliu_outbound_filter"]
         self._assigned = chains["fenliu_assigned"]
         self._closed = chains["fenliu_closed"]
         self.has_observers = bool(self._assigned or self._closed)
+
+    def _compile_inbound(self) -> None:
+        """:attr:`inbound` for the current chains (compiled once per set of chains: a replay
+        that skips calls swaps them)."""
+        key = (self._filter, self._skill, self._priority, self._bot)
+        fn = self._inbound_by_chains.get(key)
+        if fn is None:
+            fn = self._inbound_by_chains[key] = compile_inbound(self, key)
+        #: the routing hooks of one message in one plain call (see router.core.inbound); only
+        #: for :attr:`plain_routing`, else the awaited loops below
+        self.inbound = fn
 
     def chain(self, hook: str) -> tuple[str, ...]:
         """The plugin names implementing ``hook``, in call order."""
@@ -452,11 +460,15 @@ class PluginSet:
                 continue
             saved.setdefault(attr, getattr(self, attr))
             setattr(self, attr, tuple(i for i in getattr(self, attr) if i.plugin != plugin))
+        if saved:
+            self._compile_inbound()
         try:
             yield
         finally:
             for attr, chain in saved.items():
                 setattr(self, attr, chain)
+            if saved:
+                self._compile_inbound()
 
     def _late(self, impl: _Impl, hook: str, ctx: HookContext | None) -> None:
         """An implementation overran its budget: its result is dropped."""

@@ -367,3 +367,106 @@ async def test_exact_text_caches_answer_repeats_and_stay_bounded(fenliu_harness)
     upper = text_cache(lambda t: calls.append(t) or t.upper(), "test", size=2)
     assert [upper(t) for t in ("a", "b", "a", "c", "a")] == ["A", "B", "A", "C", "A"]
     assert calls == ["a", "b", "c"] and upper.cache_info().currsize == 2  # type: ignore[attr-defined]
+
+
+class WrongBot:
+    @hookimpl
+    def fenliu_bot_reply(self, message, ctx):
+        return "not a BotReply"
+
+
+class TextPriority:
+    @hookimpl
+    def fenliu_priority(self, message, ctx):
+        return "7"
+
+
+def _inbound_contexts(h, **fields):
+    """A message of ``fields`` and a maker of its hook context, as ``handle_message`` builds it."""
+    from router.core.context import HookContext
+
+    r = h.router
+    msg = msgspec.convert({"msg_id": "m-x", "ts": T0 + 5, **fields}, Message)
+    shop, d = r.config.shops[msg.shop_id], r.dispatcher
+    conv = d.conversations.get(f"{msg.shop_id}:{msg.buyer_id}")
+    return msg, lambda: HookContext(r.config, shop, d.now or T0, conv, d, msg.text, r.config.policy_for(shop.id))
+
+
+async def _awaited(plugins, msg, ctx):
+    """The routing hooks as ``handle_message`` awaits them one loop at a time."""
+    verdict = await plugins.inbound_filter(msg, ctx) if plugins._filter else None
+    if verdict is not None and verdict.action == "block":
+        return verdict
+    skill = await plugins.classify_skill(msg, ctx) if plugins._skill else None
+    ctx.skill = skill or ctx.skill or ctx.policy.dispatch.default_skill
+    if plugins._priority:
+        ctx.priority = await plugins.priority(msg, ctx)
+    return await plugins.bot_reply(msg, ctx) if plugins._bot else None
+
+
+async def _both_ways(h, **fields):
+    """What the awaited loops and ``plugins.inbound`` make of one message, on fresh contexts."""
+    plugins = h.router.plugins
+    msg, make = _inbound_contexts(h, **fields)
+    out = []
+    for run in ("awaited", "plain"):
+        ctx = make()
+        before = dict(plugins.errors)
+        result = await _awaited(plugins, msg, ctx) if run == "awaited" else plugins.inbound(msg, ctx)
+        errors = {k: v - before.get(k, 0) for k, v in plugins.errors.items() if v != before.get(k, 0)}
+        out.append((result, ctx.text, ctx.flags, ctx.skill, ctx.priority, ctx.dropped, ctx.meta, errors))
+    return out
+
+
+async def test_the_plain_inbound_call_decides_as_the_awaited_loops_do(fenliu_harness):
+    """The demo's built-ins run in one plain call when nothing else implements a routing hook,
+    with the same verdicts, skills, priorities, flags, replies and bot memory as the loops."""
+    h = fenliu_harness()
+    assert h.router.plugins.plain_routing
+    await h.send(shop_id="pdd-1001", buyer_id="b-open", text="在吗")
+    vip = {"nick": "小王", "tags": ["svip"], "level": 6, "lifetime_spend": 30000}
+    order = {"order_id": "o-1", "status": "shipped", "amount": 2500, "goods": "羽绒服"}
+    cases = [dict(text=t) for t in ("在吗", "什么时候发货", "加我微信聊", "我要退款，再不处理就投诉", "你们是骗子", "转人工",
+                                    "你妈的", "到底什么时候发货")]
+    cases += [dict(text="我要退款，急", buyer=vip, order=order), dict(text="什么时候发货", buyer=vip),
+              dict(text="这个有货吗", kind="image")]
+    for shop, buyer in (("pdd-1001", "b-new"), ("pdd-1002", "b-new"), ("tb-2001", "b-new"), ("pdd-1001", "b-open")):
+        for case in cases:
+            awaited, plain = await _both_ways(h, shop_id=shop, buyer_id=buyer, **case)
+            assert plain == awaited, (shop, buyer, case)
+
+
+async def test_the_plain_inbound_call_isolates_faults_as_the_awaited_loops_do(fenliu_harness, fenliu_logs):
+    """Raising, overrunning and wrongly typed implementations are dropped, flagged and named in
+    ``ctx.dropped`` by the plain call as by the loops; a late inbound verdict is kept. (The
+    pipeline makes the plain call only for built-ins; it is made here on these plugins' chains.)"""
+    h = fenliu_harness(Raises(), SlowSync(), WrongType(), WrongBot(), TextPriority(), SlowMask())
+    plugins = h.router.plugins
+    assert not plugins.plain_routing  # a third-party routing hook: the loops run
+    awaited, plain = await _both_ways(h, shop_id="pdd-1001", buyer_id="b-f", text="告诉你一个秘密，我要退款")
+    assert plain == awaited
+    result, text, flags, skill, priority, dropped, _, errors = plain
+    assert text == "告诉你一个＊＊，我要退款" and "test:mask" in flags
+    assert {"plugin_error:Raises-0", "plugin_error:SlowSync-1", "plugin_error:WrongType-2", "plugin_error:WrongBot-3",
+            "plugin_error:SlowMask-5"} <= set(flags)
+    assert set(dropped) == {("fenliu_classify_skill", "Raises-0"), ("fenliu_priority", "SlowSync-1"),
+                            ("fenliu_inbound_filter", "WrongType-2"), ("fenliu_bot_reply", "WrongBot-3")}
+    assert skill == "aftersale" and priority >= 7 and isinstance(result, BotReply)
+    assert errors == {"Raises-0": 1, "SlowSync-1": 1, "WrongType-2": 1, "WrongBot-3": 1, "SlowMask-5": 1}
+
+
+def test_plain_routing_only_with_builtin_routing_hooks(fenliu_harness):
+    assert fenliu_harness().router.plugins.plain_routing
+    assert not fenliu_harness(AsyncBot()).router.plugins.plain_routing
+    assert not fenliu_harness(WrongType()).router.plugins.plain_routing
+
+
+async def test_staffed_is_open_and_someone_online(fenliu_harness):
+    h = fenliu_harness()
+    await h.send(shop_id="pdd-1001", buyer_id="b-s", text="在吗")
+    for shop in ("pdd-1001", "pdd-1002", "tb-2001"):
+        for now in (T0, T0 + 5, T0 + 12 * 3600):
+            _, make = _inbound_contexts(h, shop_id=shop, buyer_id="b-s", text="x")
+            ctx = make()
+            ctx.now = now
+            assert ctx.staffed() == (ctx.in_business_hours() and ctx.agents_available() > 0)
