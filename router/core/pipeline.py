@@ -64,8 +64,9 @@ class Router:
         simulator makes unique ids)."""
         self.config = config
         self.plugins = config.plugins
-        #: No routing hook and no observer to call: messages and events take :meth:`route_plain`
-        #: and :meth:`apply_plain`. Set with the plugin set (here and in :meth:`reload`).
+        #: No observer to call: events take :meth:`apply_plain`; and no routing hook either:
+        #: messages take :meth:`route_plain`. Set with the plugin set (here and in :meth:`reload`).
+        self.quiet = not config.plugins.has_observers
         self.plain = _plain(config.plugins)
         self._policies = {sid: config.policy_for(sid) for sid in config.shops}
         self.dispatcher = Dispatcher(config, reservations=reservations)
@@ -276,7 +277,7 @@ class Router:
 
     async def handle_event(self, event: Event) -> list[Decision]:
         """Apply an event; returns the decisions for every conversation it moved."""
-        if self.plain:
+        if self.quiet:
             return self.apply_plain(event)
         d = self.dispatcher
         now, due = self._step(event.ts)
@@ -296,8 +297,8 @@ class Router:
         return out
 
     def apply_plain(self, event: Event) -> list[Decision]:
-        """:meth:`handle_event` for a router with no hook to call (:attr:`plain`), without a
-        coroutine."""
+        """:meth:`handle_event` for a router with no observer to call (:attr:`quiet`: events
+        call no other hook), without a coroutine."""
         d = self.dispatcher
         ts = event.ts
         if ts is None or self._clock is not None or d.now is None or (d._timers and d._timers[0][0] <= ts):
@@ -379,6 +380,7 @@ class Router:
         agents; new routing uses the new policies."""
         self.config = config
         self.plugins = config.plugins
+        self.quiet = not config.plugins.has_observers
         self.plain = _plain(config.plugins)
         self._policies = {sid: config.policy_for(sid) for sid in config.shops}
         return self.dispatcher.update_config(config)

@@ -35,12 +35,11 @@ async def route_lines(router: Router, lines: Iterable[bytes], out: BinaryIO, err
             try:
                 if item is None:
                     raise InputError(reason)
-                if router.plain:  # no hook to await: no coroutine per line
-                    decisions = route_plain(item) if type(item) is Message else apply_plain(item)
-                elif type(item) is Message:  # read_lines decodes to exactly these types
-                    decisions = await handle_message(item)
+                # no hook to await (see Router.plain, Router.quiet): no coroutine per line
+                if type(item) is Message:  # read_lines decodes to exactly these types
+                    decisions = route_plain(item) if router.plain else await handle_message(item)
                 else:
-                    decisions = await handle_event(item)
+                    decisions = apply_plain(item) if router.quiet else await handle_event(item)
             except InputError as exc:
                 bad += 1
                 err.write(gettext("line {n}: {reason}", n=n, reason=t(exc)) + "\n")

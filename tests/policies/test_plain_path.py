@@ -1,6 +1,6 @@
-"""A router with no hook to call routes through ``Router.route_plain`` / ``apply_plain`` (no
-coroutine, no hook context): its decisions must be exactly those of the general path with empty
-hook chains, for any stream of messages and events."""
+"""A router with no hook to call routes messages through ``Router.route_plain``, and one with
+no observer applies events through ``apply_plain`` (no coroutine, no hook context): their
+decisions must be exactly those of the general path, for any stream of messages and events."""
 
 from __future__ import annotations
 
@@ -30,13 +30,16 @@ op_st = st.one_of(
 )
 
 
-def build(root: Path, agents: list[dict], strategies: tuple[str, str]) -> Path:
+def build(root: Path, agents: list[dict], strategies: tuple[str, str], tagging: bool = False) -> Path:
+    """No plugins at all; with ``tagging``, a skill and a priority hook (no observer)."""
     targets = '[{ skills = ["@skill"], timeout_s = 30 }, { skills = ["@skill", "presale"], timeout_s = 60 }, { skills = ["presale", "aftersale", "logistics"] }]'
     extra = 'on_agent_offline = "reroute"\nsticky_hours = 0.01'  # 36 s: when a close happened matters
     everyone = {"skills": SKILLS, "shops": ["s1"], "max_concurrent": 1, "weight": 1}
     write_config(root, SHOPS, agents_toml(*({"id": f"a{i}", **a} for i, a in enumerate([*agents, everyone]))),
                  {"p": policy(strategies[0], extra, targets), "q": policy(strategies[1], extra, targets)})
-    (root / "fenliu.toml").write_text('[plugins]\ndisabled = ["sensitive", "bot", "skills", "vip"]\n', encoding="utf-8")
+    if not tagging:
+        (root / "fenliu.toml").write_text('[plugins]\ndisabled = ["sensitive", "bot", "skills", "vip"]\n',
+                                          encoding="utf-8")
     return root
 
 
@@ -51,7 +54,8 @@ async def run(router: Router, ops: list[tuple]) -> list[bytes]:
         kind = op[0]
         try:
             if kind == "msg":  # msg_id repeats: duplicates
-                got = await router.handle_message(Message(op[1], f"m{op[3]}", f"b{op[2]}", "你好", ts=now))
+                text = f"[{SKILLS[op[3] % 3]}] !{op[3] % 4} 你好"  # read by the tagging plugin only
+                got = await router.handle_message(Message(op[1], f"m{op[3]}", f"b{op[2]}", text, ts=now))
             elif kind == "untimed":
                 got = await router.handle_message(Message("s1", f"u{n}", f"b{op[1]}", "在吗"))
             elif kind == "close":
@@ -80,13 +84,14 @@ async def run(router: Router, ops: list[tuple]) -> list[bytes]:
     strategies=st.tuples(st.sampled_from(["round_robin", "least_load", "weighted"]),
                          st.sampled_from(["round_robin", "least_load", "weighted"])),
     ops=st.lists(op_st, min_size=1, max_size=80),
+    tagging=st.booleans(),
 )
-def test_the_plain_path_decides_as_the_general_one(agents, strategies, ops):
+def test_the_plain_path_decides_as_the_general_one(agents, strategies, ops, tagging):
     with tempfile.TemporaryDirectory(prefix="fenliu-plain-") as tmp:
-        config = load_config(build(Path(tmp), agents, strategies))
+        config = load_config(build(Path(tmp), agents, strategies, tagging))
     plain, general = Router(config), Router(config)
-    assert plain.plain
-    general.plain = False  # the hook loops with empty chains, as before route_plain existed
+    assert plain.quiet and plain.plain is not tagging
+    general.plain = general.quiet = False  # the hook loops (empty or not) and events' general path
     assert anyio.run(run, plain, ops) == anyio.run(run, general, ops)
     assert plain.dropped == general.dropped
 
@@ -94,7 +99,6 @@ def test_the_plain_path_decides_as_the_general_one(agents, strategies, ops):
 def test_a_router_with_a_hook_is_not_plain():
     with tempfile.TemporaryDirectory(prefix="fenliu-plain-") as tmp:
         root = build(Path(tmp), [{"skills": ["presale"], "shops": ["*"], "max_concurrent": 1, "weight": 1}],
-                     ("least_load", "least_load"))
-        (root / "fenliu.toml").write_text('[plugins]\nenabled = ["tests.policies.tagging"]\n'
-                                          'disabled = ["sensitive", "bot", "skills", "vip"]\n', encoding="utf-8")
-        assert not Router(load_config(root)).plain
+                     ("least_load", "least_load"), tagging=True)
+        router = Router(load_config(root))
+    assert router.quiet and not router.plain
