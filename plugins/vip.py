@@ -189,8 +189,8 @@ def fenliu_priority(message: Message, ctx: HookContext) -> int | None:
         buyer = ctx.meta.get("vip_buyer")  # type: ignore[assignment]
     c = cfg.compiled
     if buyer is None and message.order is None and not (
-            c.has_urgent and (not c.urgent_skills or ctx.skill in c.urgent_skills)):
-        return None  # nothing to score: no buyer, no order, no urgency words that apply
+            c.has_urgent and (not c.urgent_skills or ctx.skill in c.urgent_skills) and c.urgent_in(message.text)):
+        return None  # nothing to score: no buyer, no order, no urgency word (that applies) in the text
     total, flags = score(message, ctx.skill, cfg, buyer)
     for f in flags:
         ctx.flag(f)
