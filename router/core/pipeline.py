@@ -26,8 +26,10 @@ from router.core.models import (
     AcceptEvent,
     AgentStatusEvent,
     CloseEvent,
+    Conversation,
     Decision,
     Event,
+    FilterVerdict,
     Message,
     OutboundResult,
     RatingEvent,
@@ -144,21 +146,25 @@ class Router:
             ctx = HookContext(self.config, shop, now, conv, d, msg.text, self._policies[shop.id], self.replaying)
             self.dropped = ctx.dropped
             plugins = self.plugins
-            if plugins._enrich:
-                msg = await plugins.inbound_enrich(msg, ctx)
-            verdict = await plugins.inbound_filter(msg, ctx) if plugins._filter else None
-            if verdict is not None and verdict.action == "block":
-                out.append(Decision(msg.msg_id, msg.shop_id, cid, "blocked",
-                                    agent_id=conv.agent_id if conv else None,
-                                    skill=conv.skill if conv else None, flags=ctx.flags))
-                return out
-
-            policy = ctx.policy.dispatch
-            skill = await plugins.classify_skill(msg, ctx) if plugins._skill else None
-            ctx.skill = skill or ctx.skill or policy.default_skill
-            if plugins._priority:
-                ctx.priority = await plugins.priority(msg, ctx)
-            bot = await plugins.bot_reply(msg, ctx) if plugins._bot else None
+            if plugins.plain_routing:
+                # every routing hook a built-in function: all of them in one plain call, same
+                # order and isolation as the awaited loops below (router.core.inbound)
+                bot = plugins.inbound(msg, ctx)
+                if type(bot) is FilterVerdict:
+                    out.append(self._blocked(msg, cid, conv, ctx))
+                    return out
+            else:
+                if plugins._enrich:
+                    msg = await plugins.inbound_enrich(msg, ctx)
+                verdict = await plugins.inbound_filter(msg, ctx) if plugins._filter else None
+                if verdict is not None and verdict.action == "block":
+                    out.append(self._blocked(msg, cid, conv, ctx))
+                    return out
+                skill = await plugins.classify_skill(msg, ctx) if plugins._skill else None
+                ctx.skill = skill or ctx.skill or ctx.policy.dispatch.default_skill
+                if plugins._priority:
+                    ctx.priority = await plugins.priority(msg, ctx)
+                bot = await plugins.bot_reply(msg, ctx) if plugins._bot else None
             reply = bot.text if bot is not None else None
             tags = msg.buyer.tags if msg.buyer is not None else ()
 
@@ -206,6 +212,12 @@ class Router:
             return out
         finally:
             unbind(token)
+
+    @staticmethod
+    def _blocked(msg: Message, cid: str, conv: Conversation | None, ctx: HookContext) -> Decision:
+        """The decision for a message an inbound filter blocked."""
+        return Decision(msg.msg_id, msg.shop_id, cid, "blocked", agent_id=conv.agent_id if conv else None,
+                        skill=conv.skill if conv else None, flags=ctx.flags)
 
     def route_plain(self, msg: Message) -> list[Decision]:
         """:meth:`handle_message` for a router with no hook to call (:attr:`plain`): the same

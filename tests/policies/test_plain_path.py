@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.core.config import load_config
-from router.core.models import AgentStatusEvent, CloseEvent, Message, TickEvent, TransferEvent
+from router.core.models import AgentStatusEvent, Buyer, CloseEvent, Message, TickEvent, TransferEvent
 from router.core.pipeline import InputError, Router
-from tests.conftest import T0
+from tests.conftest import ROOT, T0
 from tests.policies.conftest import agents_toml, policy, write_config
 from tests.policies.test_invariants import SHOPS, SKILLS, agent_st
 
@@ -102,3 +102,42 @@ def test_a_router_with_a_hook_is_not_plain():
                      ("least_load", "least_load"), tagging=True)
         router = Router(load_config(root))
     assert router.quiet and not router.plain
+
+
+TEXTS = ["在吗?这件有货吗", "我的快递到哪了", "我要退款,东西坏了", "能便宜点吗", "什么时候发货", "尺码怎么选",
+         "加我微信 abc123 聊", "这是全网最好的吗", "急!!!还没发货", "你们是骗子", "订单 123456 怎么还没到"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.tuples(st.sampled_from(["pdd-1001", "pdd-1002", "tb-2001"]), st.integers(0, 6),
+                              st.integers(0, len(TEXTS) - 1), st.booleans(),
+                              st.sampled_from([(), ("vip",), ("svip",)])), min_size=1, max_size=40))
+def test_the_built_ins_in_one_call_decide_as_their_loops(ops):
+    """With the demo's real rules every routing hook is a built-in function, so a message's hooks
+    run in one plain call (``PluginSet.inbound``): same decisions, flags, masks, replies and
+    dropped calls as the awaited loops, on any stream."""
+    config = load_config(ROOT / "config")
+    plugins = config.plugins
+    assert plugins.plain_routing
+
+    async def route(plain: bool) -> list[bytes]:
+        plugins.plain_routing = plain
+        router = Router(config)
+        out: list[bytes] = []
+        for n, (shop, buyer, text, close, tags) in enumerate(ops):
+            ts = T0 + n
+            who = Buyer(tags=tags) if tags else None
+            got = await router.handle_message(Message(shop, f"m{n}", f"b{buyer}", TEXTS[text], ts=ts, buyer=who))
+            if close:
+                try:
+                    got += await router.handle_event(CloseEvent(f"{shop}:b{buyer}", ts=ts + 0.5))
+                except InputError as exc:  # the bot answered it: no conversation with an agent
+                    out.append(f"error: {exc}".encode())
+            out.extend(msgspec.json.encode(x) for x in got)
+            out.append(repr(router.dropped).encode())
+        return out
+
+    try:
+        assert anyio.run(route, True) == anyio.run(route, False)
+    finally:
+        plugins.plain_routing = True
