@@ -88,16 +88,9 @@ class HookContext:
         return self.shop.is_open(self.now)
 
     def staffed(self) -> bool:
-        """``in_business_hours() and agents_available() > 0`` in one call (the bot asks it of a
-        new conversation's message)."""
-        d = self._dispatcher
-        if d is None:
-            return False
-        sid = self.shop.id
-        known = d._shop_open.get(sid) if d.now == self.now else None
-        if known is None:
-            known = self.shop.is_open(self.now)
-        return known and d.online_count(sid) > 0
+        """Whether the shop is open and someone is online to answer (the bot asks it before it
+        suggests an answer an agent has to click)."""
+        return self.in_business_hours() and self.agents_available() > 0
 
     def flag(self, flag: str) -> None:
         if flag not in self.flags:

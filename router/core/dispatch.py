@@ -388,10 +388,9 @@ class Dispatcher:
         if agent is not None and conv.state == "assigned":
             self.last_agent[conv.id] = (agent, self.now or conv.last_ts)
         self._release(conv)
-        conv.version += 1  # what _forget does to a conversation with no agent
-        del self.conversations[conversation_id]
+        self._forget(conv)
         st = self.agents.get(agent or "")
-        return self._drain_agent(st) if st is not None and self._queues.entries else []
+        return self._drain_agent(st) if st is not None else []
 
     def _forget(self, conv: Conversation) -> None:
         if conv.agent_id is not None:

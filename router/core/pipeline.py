@@ -320,13 +320,7 @@ class Router:
             out = []
             if ts > d.now:
                 d.now = ts
-        if type(event) is CloseEvent:  # most lines but messages: _apply's first case, without its call
-            try:
-                moved = d.close(event.conversation_id)
-            except DispatchError as exc:
-                raise InputError(*exc.args) from None
-        else:
-            moved = self._apply(event)
+        moved = self._apply(event)
         if moved:
             out.extend(moved)
         return out

@@ -152,9 +152,7 @@ class AgentPools:
         the agent's entries (rebuilt pools, an agent no longer refused)."""
         aid = st.id
         listed = self.listed
-        # ``not st.available``, without the property's call (it runs on every load change)
-        if st.load + st.shared_load >= st.max_concurrent or st.status != "online" or not st.in_shift \
-                or aid in self.refused:
+        if not st.available or aid in self.refused:
             if aid in listed:
                 del listed[aid]
                 del self.current[aid]
