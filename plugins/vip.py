@@ -86,6 +86,10 @@ class _Compiled:
         #: whether any rule could add a point: without one every score is 0 and no flag
         self.scores = bool(cfg.tags or self.levels or self.spend or self.amount or self.has_urgent)
 
+    def urgent_for(self, skill: str | None) -> bool:
+        """Whether urgency words count for a message of ``skill`` (``urgent_skills`` empty: any)."""
+        return self.has_urgent and (not self.urgent_skills or skill in self.urgent_skills)
+
     def _buyer_points(self, buyer: Buyer) -> tuple[int, tuple[str, ...]]:
         total = 0
         flags = []
@@ -125,7 +129,7 @@ def score(message: Message, skill: str | None, cfg: VipConfig, buyer: Buyer | No
     if message.order is not None and (t := _first(c.amount, message.order.amount)) is not None:
         total += t.points
         flags.append(f"vip:order>={_label(t.min)}")
-    if c.has_urgent and (not c.urgent_skills or skill in c.urgent_skills):
+    if c.urgent_for(skill):
         for word, points in c.urgent_in(message.text):
             total += points
             flags.append(f"urgent:{word}")
@@ -188,8 +192,7 @@ def fenliu_priority(message: Message, ctx: HookContext) -> int | None:
     else:
         buyer = ctx.meta.get("vip_buyer")  # type: ignore[assignment]
     c = cfg.compiled
-    if buyer is None and message.order is None and not (
-            c.has_urgent and (not c.urgent_skills or ctx.skill in c.urgent_skills) and c.urgent_in(message.text)):
+    if buyer is None and message.order is None and not (c.urgent_for(ctx.skill) and c.urgent_in(message.text)):
         return None  # nothing to score: no buyer, no order, no urgency word (that applies) in the text
     total, flags = score(message, ctx.skill, cfg, buyer)
     for f in flags:

@@ -145,11 +145,11 @@ class SensitiveConfig(_Table, kw_only=True, dict=True):
     @property
     def warnings(self) -> list[str]:
         """What ``fenliu check`` should say about the compiled lists (``file: key: reason``)."""
-        f = self.__dict__.get("_filter")
+        f = self.__dict__.get("filter")
         return list(f.warnings) if f is not None else []
 
     def compile(self, base: str | Path, file: str | Path = "sensitive", cache: dict | None = None) -> SensitiveFilter:
         """Read the word files (relative to ``base``) and build the filter; cached on the section."""
         f = build_filter(self, Path(base), str(file), cache if cache is not None else {})
-        self.__dict__["_filter"] = self.__dict__["filter"] = f
+        self.__dict__["filter"] = f
         return f
