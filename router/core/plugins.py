@@ -192,6 +192,9 @@ class PluginSet:
     _skill: tuple[_Impl, ...]
     _priority: tuple[_Impl, ...]
     _bot: tuple[_Impl, ...]
+    #: The routing hooks of one message in one plain call, compiled for the chains by
+    #: :meth:`resolve` (see router.core.inbound); used only when :attr:`plain_routing`.
+    inbound: Inbound
 
     def __init__(self, timeout_ms: float = 50.0) -> None:
         self.pm = pluggy.PluginManager("fenliu")
@@ -206,7 +209,6 @@ class PluginSet:
         self.has_observers = False
         self.plain_routing = False
         self._inbound_by_chains: dict[tuple[tuple[_Impl, ...], ...], Inbound] = {}
-        self.inbound: Inbound = compile_inbound(self, ((), (), (), ()))
         self.extra: tuple[object, ...] = ()
 
     # -- loading -----------------------------------------------------------------------------
@@ -358,8 +360,6 @@ class PluginSet:
         fn = self._inbound_by_chains.get(key)
         if fn is None:
             fn = self._inbound_by_chains[key] = compile_inbound(self, key)
-        #: the routing hooks of one message in one plain call (see router.core.inbound); only
-        #: for :attr:`plain_routing`, else the awaited loops below
         self.inbound = fn
 
     def chain(self, hook: str) -> tuple[str, ...]:
