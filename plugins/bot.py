@@ -454,13 +454,8 @@ def decide(message: Message, ctx: HookContext) -> BotReply | None:
     held = conv is not None and conv.state in _HELD
     if held and not cfg.while_human:
         return None
-    state: _BotState | None = cfg.__dict__.get("state")
-    if state is None:
-        state = _state(cfg, ctx.config)
-    shop = ctx.shop
-    plan = state.shops.get(shop.id)
-    if plan is None or plan.shop is not shop:
-        plan = state.shop(shop)
+    state = _state(cfg, ctx.config)
+    plan = state.shop(ctx.shop)
     meta = ctx.meta
     memory: dict[str, Any] | None = meta.get("bot")  # type: ignore[assignment]
     if memory is None:
