@@ -34,7 +34,12 @@ wall-clock time and in CPU time of the loop's thread. On a shared machine the wa
 pause includes the time the process waited for a core; the CPU time does not, so it tells the
 server's own pauses from the machine's noise. A collection runs inside whatever callback
 allocated last, so the longest callback is also given without the collectors' CPU time in it
-(the loop's own longest step). (A ``sitecustomize`` given to the server only.)
+(the loop's own longest step). A heartbeat every 5 ms on the server's loop shows the waits no
+callback explains: one that comes over 10 ms late while the loop's thread used little CPU is
+the server waiting for a core (or in a system call). (A ``sitecustomize`` given to the server
+only.) Every open-loop run also says how late the client itself got round to sending
+(``client sent late``): an open-loop client on a shared machine falls behind its schedule too,
+and that lateness is in every latency it reports.
 
     .venv/bin/python bench/bench_latency.py [--seconds 10] [--concurrency 64] [--fractions 0.5 0.8] [--probe]
 """
@@ -137,6 +142,31 @@ if OUT and "serve" in sys.argv:
                       f"{(used - (collector[0] - g)) * 1000:.2f}\\n")
 
     asyncio.events.Handle._run = timed
+
+    # A heartbeat every 5 ms: one that comes late while no callback was long, and while the
+    # loop's thread used little CPU, is the process waiting outside the loop (for a core, or in
+    # a system call), which no callback timing shows.
+    beat_at = [0.0, 0.0]
+
+    def beat(loop):
+        now, used = clock(), cpu()
+        late = now - beat_at[0]
+        if late > 0.01:
+            out.write(f"{now:.4f} late {late * 1000:.2f} {(used - beat_at[1]) * 1000:.2f}\\n")
+        beat_at[:] = now + 0.005, used
+        loop.call_at(beat_at[0], beat, loop)
+
+    first = timed
+
+    def timed_first(self):
+        asyncio.events.Handle._run = first
+        loop = asyncio.events._get_running_loop()
+        if loop is not None:
+            beat_at[:] = clock() + 0.005, cpu()
+            loop.call_at(beat_at[0], beat, loop)
+        first(self)
+
+    asyncio.events.Handle._run = timed_first
 """
 
 
@@ -154,13 +184,18 @@ def probe_summary(path: Path, start: float, end: float) -> dict:
     for kind, v in sorted(kinds.items()):
         worst = max(v, key=lambda r: r[3])
         out[kind] = {"n": len(v), "max_wall": max(v)[0], "max_cpu": max(r[1] for r in v), "longest": max(v)[2],
+                     "cpu_of_longest": max(v)[1],
                      "total_cpu": sum(r[1] for r in v), "max_own": worst[3], "own_longest": worst[2]}
     return out
 
 
 def probe_line(summary: dict) -> str:
     parts = [f"{kind} n={v['n']} max {v['max_wall']:.1f} ms ({v['max_cpu']:.1f} CPU)" for kind, v in summary.items()
-             if kind != "stall"]
+             if kind not in ("stall", "late")]
+    late = summary.get("late")
+    if late:
+        parts.append(f"heartbeat late > 10 ms n={late['n']} max {late['max_wall']:.1f} ms "
+                     f"({late['cpu_of_longest']:.1f} CPU in its window)")
     st = summary.get("stall")
     if st:
         parts.append(f"loop callbacks > 5 ms n={st['n']} max {st['max_wall']:.1f} ms ({st['max_cpu']:.1f} CPU, "
@@ -191,12 +226,14 @@ async def _generate(args: argparse.Namespace) -> dict:
     bodies = _bodies(args.prefix, count, args.seed)
     start = time.monotonic() + 0.3  # the schedule starts once every body is made and signed
     lat: list[float] = [float("nan")] * count
+    began: list[float] = [float("nan")] * count  # when the client got round to sending it
     status: dict[int, int] = {}
     connector = aiohttp.TCPConnector(limit=args.concurrency if not args.rate else 1024)
     async with aiohttp.ClientSession(connector=connector) as http:
         url = args.url
 
         async def post(i: int) -> None:
+            began[i] = time.monotonic()
             shop, body, sig = bodies[i]
             try:
                 async with http.post(f"{url}/v1/shops/{shop}/messages", data=body,
@@ -225,6 +262,7 @@ async def _generate(args: argparse.Namespace) -> dict:
                 await asyncio.gather(*list(tasks))
             sent = count
             lat = [(done - (start + i / args.rate)) * 1000 for i, done in enumerate(lat)]
+            lag = [(b - (start + i / args.rate)) * 1000 for i, b in enumerate(began)]
             elapsed = time.monotonic() - start
         else:
             it = iter(range(count))
@@ -242,7 +280,8 @@ async def _generate(args: argparse.Namespace) -> dict:
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
             elapsed = time.monotonic() - start
             lat = []
-    return {"sent": sent, "elapsed": elapsed, "status": status, "latency_ms": lat, "start": start}
+            lag = []
+    return {"sent": sent, "elapsed": elapsed, "status": status, "latency_ms": lat, "start": start, "lag_ms": lag}
 
 
 def generate_main(argv: list[str]) -> int:
@@ -338,9 +377,10 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def line(row: dict) -> str:
+    lag = row.get("client_lag")
     return (f"{row['server']:>12} {row['load']:>11} {row['rate/s']:7,.0f}/s {row['what']:>10}  n={row['n']:<6} "
             f"p50 {row['p50']:7.1f}  p99 {row['p99']:7.1f}  p99.9 {row['p99.9']:7.1f}  max {row['max']:7.1f}  "
-            f"{row['statuses']}")
+            f"{row['statuses']}" + (f"  (client sent late: p99 {lag['p99']:.1f}, max {lag['max']:.1f})" if lag else ""))
 
 
 async def generate(url: str, *, rate: float, seconds: float, prefix: str, seed: int, concurrency: int) -> dict:
@@ -442,8 +482,10 @@ async def main() -> int:
                 res = await generate(url, rate=rate, seconds=args.seconds, prefix=prefix, seed=10 + n,
                                      concurrency=args.concurrency)
                 lat = [v for v in res["latency_ms"] if v == v]
+                lag = percentiles([v for v in res["lag_ms"] if v == v])
                 row = {"server": name, "load": label, "rate/s": rate, "what": "202", **percentiles(lat),
-                       "statuses": " ".join(f"{k}:{v}" for k, v in sorted(res["status"].items()))}
+                       "statuses": " ".join(f"{k}:{v}" for k, v in sorted(res["status"].items())),
+                       "client_lag": {"p99": lag["p99"], "max": lag["max"]}}
                 rows.append(row)
                 if name == "fenliu serve":
                     await asyncio.sleep(0.5)  # the last frames
