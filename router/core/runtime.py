@@ -6,27 +6,113 @@ generational GC keeps re-scanning it: full collections paused a long-running rou
 frozen and the thresholds raised. So: load the configuration, then call :func:`tune_gc`.
 
 How high depends on who waits. A batch run (``fenliu route``, the benchmarks of routing) wants
-few collections. A server answering requests wants short ones: almost every young object of a
-routing service survives its first collection (the pools' heap entries, the conversations'
-small tuples and lists), so a young collection's pause grows with the threshold (35–68 ms of
-CPU at 50,000 on the test machine, ≤ 22 ms at 5,000, ≤ 7 ms at 2,000), and a middle-generation
-one with the threshold times ``threshold1`` (docs/service.md, "Latency").
+few collections: :func:`tune_gc` with :data:`FEW_PAUSES`. A server answering requests wants short
+ones, and not inside a request: almost every young object of a routing service survives its
+first collection (the pools' heap entries, the conversations' small tuples and lists), so with
+CPython's thresholds a collection's pause grows with the threshold (35–68 ms of CPU at 50,000 on
+the test machine, 4–31 ms at 5,000) and lands in whichever request allocated last. ``fenliu
+serve`` runs its collections itself from the event loop (:class:`Pacer`, docs/service.md,
+"Latency").
 """
 
 from __future__ import annotations
 
 import gc
+import sys
+import time
 
-#: ``(threshold0, threshold1)`` for a batch run and for a server.
+import structlog
+
+log = structlog.get_logger("fenliu.gc")
+
+#: ``(threshold0, threshold1)`` for a batch run.
 FEW_PAUSES = (50_000, 20)
-SHORT_PAUSES = (5_000, 5)
 
 
 def tune_gc(threshold0: int = FEW_PAUSES[0], threshold1: int = FEW_PAUSES[1]) -> None:
     """Move everything allocated so far out of the collector's sight and set how often it
-    collects (:data:`FEW_PAUSES`, :data:`SHORT_PAUSES`). Reference counting still frees almost
+    collects (:data:`FEW_PAUSES`). Reference counting still frees almost
     everything; the GC only has to find cycles."""
     gc.collect()
     gc.freeze()
     t2 = gc.get_threshold()[2]
     gc.set_threshold(threshold0, threshold1, max(t2, 50))
+
+
+#: The server's collector (:class:`Pacer`): a young collection every ``PACE_S`` of the event
+#: loop's time, a middle one (whose survivors are then frozen) every ``MIDDLE_EVERY`` young ones.
+PACE_S = 0.01
+MIDDLE_EVERY = 10
+#: CPython's own collections, left on with a threshold the pacer's young collections never let
+#: the count reach: they only run if the pacer cannot (the loop blocked for thousands of allocations).
+BACKSTOP = (20_000, 10, 10)
+#: A thaw (everything unfrozen and collected, then frozen again) once the allocator holds this
+#: fraction more blocks than after the last one: the bound on what freezing can keep alive.
+THAW_GROWTH = 1.0
+
+
+class Pacer:
+    """Runs the server's collector from the event loop, between callbacks, in short steps.
+
+    CPython collects inside whichever allocation crosses the threshold, so a request or a
+    routing step pays for the collection, and nearly every young object of a routing service
+    survives it (the pools' entries, the conversations' tuples): pauses of 4–31 ms of CPU
+    (docs/service.md, "Latency"). Instead, every ``every`` seconds a young collection of what
+    was allocated since, and every ``middle_every`` of them a middle one whose survivors are
+    frozen: what outlived it is out of every later collection's sight, so no collection scans
+    more than the last ``every × middle_every`` seconds' survivors.
+
+    Freezing keeps alive the cycles those objects form once they are garbage (reference counting
+    still frees everything else, frozen or not). So the allocator's block count
+    (:func:`sys.getallocatedblocks`, cheap: it adds up the arenas' pools) is watched: once it has
+    grown by ``thaw_growth`` of what it was after the last thaw, everything is unfrozen,
+    collected and frozen again. That is one long pause (a full collection of the whole heap) per
+    doubling of the process's objects and none while a steady service's heap keeps its size, and
+    it bounds the memory cyclic garbage can hold to ``thaw_growth`` of the live heap.
+    """
+
+    def __init__(self, every: float = PACE_S, middle_every: int = MIDDLE_EVERY,
+                 thaw_growth: float = THAW_GROWTH) -> None:
+        self.every = every
+        self.middle_every = middle_every
+        self.thaw_growth = thaw_growth
+        self.steps = 0
+        self.thaws = 0
+        self._blocks = 0  # the allocator's blocks after the last thaw (or the start)
+
+    def start(self) -> None:
+        """Freeze what exists and set the backstop thresholds (then call :meth:`step`, or run :meth:`run`)."""
+        tune_gc(*BACKSTOP[:2])
+        gc.set_threshold(*BACKSTOP)
+        self._blocks = sys.getallocatedblocks()
+
+    def step(self) -> None:
+        """A young collection; every ``middle_every`` steps a middle one and a freeze instead, and
+        a thaw if the heap has grown enough (see the class)."""
+        self.steps += 1
+        if self.steps % self.middle_every:
+            gc.collect(0)
+            return
+        gc.collect(1)
+        gc.freeze()
+        if sys.getallocatedblocks() > self._blocks * (1 + self.thaw_growth):
+            self.thaw()
+
+    def thaw(self) -> None:
+        """Unfreeze everything, collect it all (cycles among once-frozen objects included), freeze again."""
+        started, blocks = time.perf_counter(), sys.getallocatedblocks()
+        gc.unfreeze()
+        found = gc.collect()
+        gc.freeze()
+        self.thaws += 1
+        self._blocks = sys.getallocatedblocks()
+        log.info("gc_thaw", blocks_before=blocks, blocks_after=self._blocks, collected=found,
+                 ms=round((time.perf_counter() - started) * 1000, 1))
+
+    async def run(self) -> None:
+        """A :meth:`step` every ``every`` seconds, each in a callback of its own (after :meth:`start`)."""
+        import asyncio
+
+        while True:
+            await asyncio.sleep(self.every)
+            self.step()

@@ -19,7 +19,7 @@ from adapters import OutboundReply
 from router.core import i18n
 from router.core.models import AcceptEvent, AgentStatusEvent, CloseEvent, Decision, Message, WsHistoryItem
 from router.core.pipeline import InputError
-from router.core.runtime import SHORT_PAUSES, tune_gc
+from router.core.runtime import Pacer
 from router.service.errors import NotYours
 from router.service.journal import load_side_tables
 from router.storage.replies import add_violations
@@ -86,6 +86,7 @@ class RouterLoop:
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self._tick_pending = False
         self._job_s = 0.0  # the cost of a job, averaged over the last steps
+        self.pacer = Pacer()
 
     # -- life cycle (called by the Service) ---------------------------------------------------------
 
@@ -102,7 +103,8 @@ class RouterLoop:
 
     def tasks(self) -> list[asyncio.Task]:
         return [asyncio.create_task(self._consume(), name="fenliu-consumer"),
-                asyncio.create_task(self._ticker(), name="fenliu-ticker")]
+                asyncio.create_task(self._ticker(), name="fenliu-ticker"),
+                asyncio.create_task(self.pacer.run(), name="fenliu-gc")]
 
     def started(self) -> None:
         s = self.service
@@ -114,7 +116,7 @@ class RouterLoop:
             for aid, st in s.router.dispatcher.agents.items():
                 if st.status != "offline":
                     s.desk.start_grace(aid)
-        tune_gc(*SHORT_PAUSES)  # requests wait behind each collection
+        self.pacer.start()  # requests wait behind each collection: short ones, between callbacks
         log.info("service_started", snapshot=s.journal.snapshot_seq, replayed=self.replayed, seq=s.journal.seq,
                  store=str(s.store.path))
 
