@@ -40,12 +40,16 @@ def tune_gc(threshold0: int = FEW_PAUSES[0], threshold1: int = FEW_PAUSES[1]) ->
 
 
 #: The server's collector (:class:`Pacer`): a young collection every ``PACE_S`` of the event
-#: loop's time, a middle one (whose survivors are then frozen) every ``MIDDLE_EVERY`` young ones.
+#: loop's time, a middle one (whose survivors are then frozen) instead once ``MIDDLE_EVERY``
+#: times that has passed since the last.
 PACE_S = 0.01
 MIDDLE_EVERY = 10
-#: CPython's own collections, left on with a threshold the pacer's young collections never let
-#: the count reach: they only run if the pacer cannot (the loop blocked for thousands of allocations).
-BACKSTOP = (20_000, 10, 10)
+#: CPython's own collections stay on as a backstop, at a threshold the pacer's young collections
+#: keep the count from reaching while the loop turns often. When it does not (an overload: one
+#: turn of the loop runs hundreds of callbacks, 50–200 ms, and a timer fires once per turn), they
+#: collect after every 5,000 allocations as before the pacer, instead of letting one late step
+#: scan everything allocated meanwhile.
+BACKSTOP = (5_000, 10, 10)
 #: A thaw (everything unfrozen and collected, then frozen again) once the allocator holds this
 #: fraction more blocks than after the last one: the bound on what freezing can keep alive.
 THAW_GROWTH = 1.0
@@ -58,9 +62,9 @@ class Pacer:
     routing step pays for the collection, and nearly every young object of a routing service
     survives it (the pools' entries, the conversations' tuples): pauses of 4–31 ms of CPU
     (docs/service.md, "Latency"). Instead, every ``every`` seconds a young collection of what
-    was allocated since, and every ``middle_every`` of them a middle one whose survivors are
-    frozen: what outlived it is out of every later collection's sight, so no collection scans
-    more than the last ``every × middle_every`` seconds' survivors.
+    was allocated since, and every ``every × middle_every`` seconds a middle one instead, whose
+    survivors are frozen: what outlived it is out of every later collection's sight, so no
+    collection scans more than the last ``every × middle_every`` seconds' survivors.
 
     Freezing keeps alive the cycles those objects form once they are garbage (reference counting
     still frees everything else, frozen or not). So the allocator's block count
@@ -79,20 +83,25 @@ class Pacer:
         self.steps = 0
         self.thaws = 0
         self._blocks = 0  # the allocator's blocks after the last thaw (or the start)
+        self._middle_at = 0.0  # when the last middle step ran
 
     def start(self) -> None:
         """Freeze what exists and set the backstop thresholds (then call :meth:`step`, or run :meth:`run`)."""
         tune_gc(*BACKSTOP[:2])
         gc.set_threshold(*BACKSTOP)
         self._blocks = sys.getallocatedblocks()
+        self._middle_at = time.monotonic()
 
-    def step(self) -> None:
-        """A young collection; every ``middle_every`` steps a middle one and a freeze instead, and
-        a thaw if the heap has grown enough (see the class)."""
+    def step(self, now: float | None = None) -> None:
+        """A young collection; once ``every × middle_every`` seconds have passed since the last
+        middle one, a middle one and a freeze instead, and a thaw if the heap has grown enough
+        (see the class). ``now``: :func:`time.monotonic`."""
         self.steps += 1
-        if self.steps % self.middle_every:
+        now = time.monotonic() if now is None else now
+        if now - self._middle_at < self.every * self.middle_every:
             gc.collect(0)
             return
+        self._middle_at = now
         gc.collect(1)
         gc.freeze()
         if sys.getallocatedblocks() > self._blocks * (1 + self.thaw_growth):

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import gc
 import weakref
-from time import perf_counter
+from itertools import count
+from time import monotonic, perf_counter
 
 import pytest
 
@@ -57,24 +58,25 @@ def pacer_gc():
 
 
 def test_pacer_collects_young_cycles_in_its_steps(pacer_gc):
-    pacer = Pacer(middle_every=3)
+    pacer = Pacer(every=1.0, middle_every=3)
     pacer.start()
     assert gc.get_threshold() == BACKSTOP
-    for _ in range(2 * pacer.middle_every):  # young steps and middle ones
+    t0 = monotonic()
+    for i in range(1, 7):  # young steps and middle ones
         gone = _cycle()
-        pacer.step()
+        pacer.step(t0 + i)
         assert gone() is None
 
 
 def test_pacer_steps_are_seen_by_the_hooks_gc_watch(pacer_gc):
     """A hook's budget leaves the collector's pauses out (router.core.inbound): the pacer's
     collections are reported like CPython's own."""
-    pacer = Pacer(middle_every=2)
+    pacer = Pacer(every=1.0, middle_every=2)
     pacer.start()
     before = len(_gc_pauses)
-    start = perf_counter()
-    pacer.step()
-    pacer.step()
+    start, t0 = perf_counter(), monotonic()
+    pacer.step(t0 + 1)  # young
+    pacer.step(t0 + 2)  # middle
     assert len(_gc_pauses) >= min(before + 2, _gc_pauses.maxlen)
     assert gc_pause_within(start, perf_counter()) > 0
 
@@ -83,26 +85,41 @@ def test_cycles_frozen_while_alive_are_reclaimed_when_the_heap_grows(pacer_gc):
     """What a middle step freezes is out of the collector's sight; a cycle among such objects that
     becomes garbage later is only freed by a thaw, which comes once the heap has grown by
     ``thaw_growth``: memory stays bounded."""
-    pacer = Pacer(middle_every=1, thaw_growth=0.5)
+    pacer = Pacer(every=1.0, middle_every=1, thaw_growth=0.5)
     pacer.start()
+    later = count(monotonic() + 1)  # every step a middle one
     a, b = _Node(), _Node()
     a.other, b.other = b, a
     gone = weakref.ref(a)
-    pacer.step()  # a middle step: the live cycle is frozen
+    pacer.step(next(later))  # the live cycle is frozen
     del a, b
-    pacer.step()
+    pacer.step(next(later))
     assert gone() is not None and pacer.thaws == 0  # frozen garbage, not yet reclaimed
     ballast = []
     while pacer.thaws == 0:
         ballast.append([[] for _ in range(10_000)])
-        pacer.step()
+        pacer.step(next(later))
     assert gone() is None
 
 
 def test_a_steady_heap_is_never_thawed(pacer_gc):
-    pacer = Pacer(middle_every=1, thaw_growth=0.5)
+    pacer = Pacer(every=1.0, middle_every=1, thaw_growth=0.5)
     pacer.start()
+    later = count(monotonic() + 1)
     for _ in range(200):
         garbage = [[] for _ in range(1_000)]  # noqa: F841 - freed by reference counting
-        pacer.step()
+        pacer.step(next(later))
     assert pacer.thaws == 0
+
+
+def test_a_cycle_that_dies_before_the_next_middle_step_is_not_frozen(pacer_gc):
+    pacer = Pacer(every=1.0, middle_every=3)
+    pacer.start()
+    t0 = monotonic()
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    pacer.step(t0 + 1)  # young: the live cycle moves to the middle generation
+    del a, b
+    pacer.step(t0 + 3)  # middle: found there, not frozen
+    assert gone() is None and pacer.thaws == 0
