@@ -167,6 +167,51 @@ if OUT and "serve" in sys.argv:
         first(self)
 
     asyncio.events.Handle._run = timed_first
+
+    # A commit's round trip as the server sees it (submitted -> its answer handled), when over 20 ms.
+    sys.path.insert(0, os.environ["FENLIU_PROBE_WRITER"])  # the benchmark's tree, not the installed one
+    from router.storage import writer as _w
+
+    submit, answered = _w.JournalWriter.submit, _w.JournalWriter._answered
+    sent = {}
+
+    def timed_submit(self, rows, done=None):
+        submit(self, rows, done)
+        sent[self._next_id] = clock()
+
+    def timed_answered(self, answers):
+        now = clock()
+        for batch_id, _ids, _error in answers:
+            at = sent.pop(batch_id, None)
+            if at is not None and now - at > 0.02:
+                out.write(f"{now:.4f} commit {(now - at) * 1000:.2f} 0\\n")
+        answered(self, answers)
+
+    _w.JournalWriter.submit, _w.JournalWriter._answered = timed_submit, timed_answered
+elif OUT and sys.argv == ["-c"] and os.environ.get("FENLIU_PROBE_WRITER"):
+    # The journal writer child: its transactions, and the checkpoints on its commit path
+    # (finish_up) and on its thread, when over 10 ms.
+    import time
+    sys.path.insert(0, os.environ["FENLIU_PROBE_WRITER"])
+    from router.storage import writer as _w
+
+    clock, out = time.monotonic, open(OUT, "a", buffering=1)
+
+    def timing(kind, fn):
+        def timed(*args):
+            t = clock()
+            try:
+                return fn(*args)
+            finally:
+                took = clock() - t
+                if took > 0.01:
+                    out.write(f"{clock():.4f} {kind} {took * 1000:.2f} 0\\n")
+        return timed
+
+    _w._commit_group = timing("w-commit", _w._commit_group)
+    _w._write_frame = timing("w-answer", _w._write_frame)
+    _w._Checkpointer.finish_up = timing("w-finish", _w._Checkpointer.finish_up)
+    _w._Checkpointer.checkpoint = timing("w-ckpt", _w._Checkpointer.checkpoint)
 """
 
 
@@ -189,9 +234,33 @@ def probe_summary(path: Path, start: float, end: float) -> dict:
     return out
 
 
+def worst_moments(path: Path, latency_ms: list[float], start: float, rate: float, n: int = 3) -> str:
+    """The ``n`` slowest requests at least 0.5 s apart, each with what the probe logged between
+    its scheduled send and its answer: what a tail request waited for."""
+    order = sorted((v, i) for i, v in enumerate(latency_ms) if v == v)[::-1]
+    picked: list[tuple[float, int]] = []
+    for v, i in order:
+        if all(abs(i - j) / rate > 0.5 for _, j in picked):
+            picked.append((v, i))
+        if len(picked) == n:
+            break
+    events = [ln.split() for ln in path.read_text().splitlines()] if path.exists() else []
+    out = []
+    for v, i in picked:
+        due = start + i / rate
+        seen = [f"{e[1]} {float(e[2]):.0f}" + (f"/{float(e[3]):.0f}cpu" if e[1] in ("stall", "late") or e[1].startswith("gc")
+                                                else "") + (f" {e[4]}" if e[1] == "stall" else "")
+                for e in events if due - 0.05 <= float(e[0]) <= due + v / 1000]
+        out.append(f"{'':>12} {'worst':>11}  {v:.0f} ms at +{i / rate:.2f} s: " + (", ".join(seen[:12]) or "nothing logged"))
+    return "\n".join(out)
+
+
 def probe_line(summary: dict) -> str:
     parts = [f"{kind} n={v['n']} max {v['max_wall']:.1f} ms ({v['max_cpu']:.1f} CPU)" for kind, v in summary.items()
-             if kind not in ("stall", "late")]
+             if kind not in ("stall", "late") and not kind.startswith(("w-", "commit"))]
+    for kind in sorted(k for k in summary if k.startswith(("w-", "commit"))):
+        v = summary[kind]
+        parts.append(f"{kind} > {20 if kind == 'commit' else 10} ms n={v['n']} max {v['max_wall']:.1f} ms")
     late = summary.get("late")
     if late:
         parts.append(f"heartbeat late > 10 ms n={late['n']} max {late['max_wall']:.1f} ms "
@@ -454,6 +523,7 @@ async def main() -> int:
         (tmp / "probe" / "sitecustomize.py").write_text(PROBE, encoding="utf-8")
         fenv["PYTHONPATH"] = os.pathsep.join(filter(None, (str(tmp / "probe"), env.get("PYTHONPATH"))))
         fenv["FENLIU_LATENCY_PROBE"] = str(probe)
+        fenv["FENLIU_PROBE_WRITER"] = str(ROOT)
     fenliu = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(fport)],
                               cwd=ROOT, env=fenv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     bare = subprocess.Popen([sys.executable, "-c", BARE, str(bport), SECRET.decode()], cwd=ROOT,
@@ -492,6 +562,7 @@ async def main() -> int:
                     start = res["start"]
                     if args.probe:
                         row["probe"] = probe_summary(probe, start, start + res["elapsed"])
+                        row["worst"] = worst_moments(probe, res["latency_ms"], start, rate)
                     for what, arrivals in (("→ assigned", agents.arrivals), ("→ queued", agents.drained)):
                         assigned = []
                         for msg_id, at in arrivals.items():
@@ -504,9 +575,15 @@ async def main() -> int:
                     print(line(row), flush=True)
                 if name == "fenliu serve" and args.probe:
                     print(probe_line(rows[-3]["probe"]), flush=True)
+                    print(rows[-3]["worst"], flush=True)
     finally:
         await agents.stop()
         stop_processes((fenliu, bare))
+        if probe.exists():  # kept for a closer look: bench/results/latency-probe.txt
+            from bench.common import RESULTS
+
+            RESULTS.mkdir(exist_ok=True)
+            shutil.copy(probe, RESULTS / "latency-probe.txt")
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nOpen-loop latency, ms from the scheduled send (max {max_rate:,.0f} requests/s closed-loop)")
     for row in rows:
