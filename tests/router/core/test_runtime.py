@@ -5,6 +5,7 @@ reclaims every cycle."""
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 from itertools import count
 from time import monotonic, perf_counter
@@ -12,7 +13,7 @@ from time import monotonic, perf_counter
 import pytest
 
 from router.core.inbound import _gc_pauses, gc_pause_within
-from router.core.runtime import BACKSTOP, FEW_PAUSES, Pacer, tune_gc
+from router.core.runtime import BACKSTOP, FEW_PAUSES, QUIET_STEPS, Pacer, tune_gc
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ def test_cycles_frozen_while_alive_are_reclaimed_when_the_heap_grows(pacer_gc):
     """What a middle step freezes is out of the collector's sight; a cycle among such objects that
     becomes garbage later is only freed by a thaw, which comes once the heap has grown by
     ``thaw_growth``: memory stays bounded."""
-    pacer = Pacer(every=1.0, middle_every=1, thaw_growth=0.5)
+    pacer = Pacer(every=1.0, middle_every=1, thaw_growth=0.5, idle_growth=0.5)
     pacer.start()
     later = count(monotonic() + 1)  # every step a middle one
     a, b = _Node(), _Node()
@@ -103,7 +104,7 @@ def test_cycles_frozen_while_alive_are_reclaimed_when_the_heap_grows(pacer_gc):
 
 
 def test_a_steady_heap_is_never_thawed(pacer_gc):
-    pacer = Pacer(every=1.0, middle_every=1, thaw_growth=0.5)
+    pacer = Pacer(every=1.0, middle_every=1, thaw_growth=0.5, idle_growth=0.25)
     pacer.start()
     later = count(monotonic() + 1)
     for _ in range(200):
@@ -123,3 +124,20 @@ def test_a_cycle_that_dies_before_the_next_middle_step_is_not_frozen(pacer_gc):
     del a, b
     pacer.step(t0 + 3)  # middle: found there, not frozen
     assert gone() is None and pacer.thaws == 0
+
+
+def test_a_quiet_loop_is_thawed_at_the_lower_growth(pacer_gc):
+    """Busy steps (many young objects each) wait for ``thaw_growth``; quiet ones get the thaw at
+    ``idle_growth``, where no request waits for its pause."""
+    pacer = Pacer(every=1.0, middle_every=1, thaw_growth=10.0, idle_growth=0.25)
+    pacer.start()
+    later = count(monotonic() + 1)
+    ballast = []
+    start = sys.getallocatedblocks()
+    while sys.getallocatedblocks() < start * 1.5:  # grown past idle_growth, busy all the while
+        ballast.append([[] for _ in range(1_000)])
+        pacer.step(next(later))
+    assert pacer.thaws == 0 and pacer.quiet == 0
+    for _ in range(QUIET_STEPS):
+        pacer.step(next(later))
+    assert pacer.thaws == 1
