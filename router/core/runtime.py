@@ -41,9 +41,12 @@ def tune_gc(threshold0: int = FEW_PAUSES[0], threshold1: int = FEW_PAUSES[1]) ->
 
 #: The server's collector (:class:`Pacer`): a young collection every ``PACE_S`` of the event
 #: loop's time, a middle one (whose survivors are then frozen) instead once ``MIDDLE_EVERY``
-#: times that has passed since the last.
+#: times that has passed since the last. With 1 every step is a middle one: in bench_latency's
+#: server that cost 30 % less collector CPU than 10 (each survivor is scanned once, not twice)
+#: and its longest step was 2.1–2.7 ms of CPU instead of 4–9, for ≈ 2.5× the cycles frozen until
+#: a thaw (8,314 objects at the thaw after ≈ 60,000 requests, against 3,368).
 PACE_S = 0.01
-MIDDLE_EVERY = 10
+MIDDLE_EVERY = 1
 #: CPython's own collections stay on as a backstop, at a threshold the pacer's young collections
 #: keep the count from reaching while the loop turns often. When it does not (an overload: one
 #: turn of the loop runs hundreds of callbacks, 50–200 ms, and a timer fires once per turn), they
