@@ -124,7 +124,7 @@ if OUT and "serve" in sys.argv:
             spent = cpu() - started[1]
             collector[0] += spent
             out.write(f"{clock():.4f} gc{info['generation']} {(clock() - started[0]) * 1000:.2f} "
-                      f"{spent * 1000:.2f}\\n")
+                      f"{spent * 1000:.2f} {info['collected']}\\n")
 
     gc.callbacks.append(on_gc)
     run = asyncio.events.Handle._run
@@ -223,7 +223,7 @@ def probe_summary(path: Path, start: float, end: float) -> dict:
         for line_ in path.read_text().splitlines():
             at, kind, wall, cpu, *rest = line_.split()
             if start <= float(at) <= end:
-                name, own = (rest[0], float(rest[1])) if rest else ("", float(cpu))
+                name, own = (rest[0], float(rest[1])) if len(rest) > 1 else ("", float(cpu))
                 kinds.setdefault(kind, []).append((float(wall), float(cpu), name, own))
     out = {}
     for kind, v in sorted(kinds.items()):
