@@ -9,6 +9,7 @@ Register a new strategy from a plugin with the ``fenliu_strategies`` hook.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -19,6 +20,12 @@ class Strategy:
     """Base class: subclasses set ``name`` and implement :meth:`key` (smallest is picked)."""
 
     name: ClassVar[str] = ""
+    #: Optional: a function of the agent giving a non-negative integer that orders agents as
+    #: :meth:`key` does, :meth:`key`'s last field left off, which must then be ``agent.id``
+    #: (the pools break ties by id themselves). The pools then hold plain integers, which a
+    #: heap compares several times faster than tuples. Only used when the class that defines
+    #: :meth:`key` defines it too (a subclass with another key does not inherit a wrong one).
+    packed_key: ClassVar[Callable[[AgentState], int] | None] = None
 
     @staticmethod
     def key(agent: AgentState) -> tuple[Any, ...]:

@@ -16,6 +16,11 @@ class LeastLoad(Strategy):
     def key(agent: AgentState) -> tuple[int, int, str]:
         return (agent.load + agent.shared_load, agent.last_seq, agent.id)
 
+    @staticmethod
+    def packed_key(agent: AgentState) -> int:
+        """:meth:`key` without the id, as one integer (``last_seq`` stays below 2**64)."""
+        return (agent.load + agent.shared_load) << 64 | agent.last_seq
+
 
 @hookimpl
 def fenliu_strategies():

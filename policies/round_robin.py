@@ -14,6 +14,11 @@ class RoundRobin(Strategy):
     def key(agent: AgentState) -> tuple[int, str]:
         return (agent.last_seq, agent.id)
 
+    @staticmethod
+    def packed_key(agent: AgentState) -> int:
+        """:meth:`key` without the id, as one integer."""
+        return agent.last_seq
+
 
 @hookimpl
 def fenliu_strategies():

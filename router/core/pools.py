@@ -4,7 +4,11 @@ One *pool* per ``(shop, skill)``: a heap of the agents who could take a conversa
 keyed by the shop's strategy (:mod:`policies`), so a pick is O(log n) in the number of agents.
 Entries are invalidated lazily: each carries the agent's ``version`` when pushed, and an agent
 whose key or availability changes is pushed again (a change that keeps both, such as a
-round-robin release below capacity, pushes nothing).
+round-robin release below capacity, pushes nothing). An entry is one flat tuple (the key's
+fields, the version, the agent's id) or, under a strategy that offers ``packed_key`` (the
+built-in ``least_load`` and ``round_robin``), one integer that sorts the same way (see
+:class:`Pool`): each assignment re-keys the agent in every pool it is in, a sift of some ten
+comparisons each, and integers compare several times faster than tuples.
 
 :class:`AgentPools` also keeps what the pools are built from (which shops each agent serves),
 the agents refused by the shared claim function (skipped until refreshed), and how many agents
@@ -26,20 +30,50 @@ _COMPACT_MIN = 64
 
 #: A strategy's sort key for an agent (``policies``' ``Strategy.key``).
 Key = Callable[[AgentState], tuple[Any, ...]]
+#: A strategy's key as one integer, without the agent's id (``policies``' ``Strategy.packed_key``).
+Packed = Callable[[AgentState], int]
+
+#: Bits of a packed entry: ``key << SHIFT | rank << (VERSION_BITS + RANK_BITS) | version << RANK_BITS | rank``.
+RANK_BITS = 24
+VERSION_BITS = 40
+SHIFT = 2 * RANK_BITS + VERSION_BITS
+RANK_MASK = (1 << RANK_BITS) - 1
+VERSION_MASK = (1 << VERSION_BITS) - 1
+#: the version's place in a packed entry: two entries of one agent have the same version when
+#: their ``^`` has no bit here (their ranks are the same)
+VERSION_FIELD = VERSION_MASK << RANK_BITS
+
+
+def packed_of(strategy: type) -> Packed | None:
+    """The strategy's ``packed_key``, if the class that defines its ``key`` defines it too."""
+    for cls in strategy.__mro__:
+        if "key" in vars(cls):
+            return vars(cls).get("packed_key") and strategy.packed_key  # type: ignore[attr-defined,no-any-return]
+    return None
 
 
 class Pool:
     """Available agents of one (shop, skill), smallest strategy key first. An entry is the
-    key's fields followed by the agent's version and id, one flat tuple: comparing nested key
-    tuples was a tenth of all instructions routing a message."""
+    key's fields followed by the agent's version and id, one flat tuple (comparing nested key
+    tuples was a tenth of all instructions routing a message), or with ``packed`` (the
+    strategy's key as an integer) one integer: the key, the agent's rank in id order (the
+    tie-break ``key`` ends with), the version, and the rank again, where it is cheap to read
+    (:meth:`AgentPools.aid`)."""
 
-    __slots__ = ("heap", "key", "members", "limit")
+    __slots__ = ("heap", "key", "members", "limit", "packed")
 
-    def __init__(self, key: Key) -> None:
-        self.heap: list[tuple[Any, ...]] = []
+    def __init__(self, key: Key, packed: Packed | None = None) -> None:
+        self.heap: list[Any] = []
         self.key = key
+        self.packed = packed
         self.members = 0
         self.limit = _COMPACT_MIN
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        """Unpickle (a snapshot); one taken before packed entries keeps its tuples."""
+        self.packed = None
+        for name, value in state[1].items():
+            setattr(self, name, value)
 
     def add_member(self) -> None:
         self.members += 1
@@ -69,10 +103,16 @@ class AgentPools:
         #: per available agent, its entry as it would be pushed now (its current key and
         #: version); under several strategies, one per strategy key function
         self.current: dict[str, Any] = {}
+        #: agents' ids by rank (id order), for packed entries; per agent, its rank's two
+        #: places in a packed entry (``rank << (VERSION_BITS + RANK_BITS) | rank``)
+        self.ids: list[str] = []
+        self.ranks: dict[str, int] = {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickle (a snapshot); one taken before the pools kept each agent's current entry
         has every available agent pushed anew, which makes its older entries stale."""
+        self.ids = []
+        self.ranks = {}  # a snapshot from before packed entries has none
         self.__dict__.update(state)
         if "current" not in state:
             self.current = {}
@@ -86,6 +126,8 @@ class AgentPools:
         """The pools of ``config``'s agents (``policy``: each shop's dispatch policy), adding the
         agents new to ``agents`` and updating the others' capacity and weight."""
         self = cls(agents, refused)
+        self.ids = sorted(config.agents)
+        self.ranks = {aid: r << (VERSION_BITS + RANK_BITS) | r for r, aid in enumerate(self.ids)}
         all_shops = tuple(config.shops)
         for aid, acfg in config.agents.items():
             st = agents.get(aid)
@@ -93,22 +135,24 @@ class AgentPools:
                 st = agents[aid] = AgentState(aid, acfg.max_concurrent, acfg.weight)
             st.max_concurrent, st.weight = acfg.max_concurrent, acfg.weight
             shops = all_shops if "*" in acfg.shops else tuple(s for s in acfg.shops if s in config.shops)
-            self.join(aid, shops, acfg.skills, lambda sid: config.strategies[policy[sid].strategy].key)
+            self.join(aid, shops, acfg.skills, lambda sid: config.strategies[policy[sid].strategy])
         return self
 
-    def join(self, aid: str, shops: tuple[str, ...], skills: Iterable[str], key_of: Callable[[str], Key]) -> None:
-        """Place agent ``aid`` in the pools of ``shops`` × ``skills`` (``key_of(shop)`` is the
-        shop's strategy key)."""
+    def join(self, aid: str, shops: tuple[str, ...], skills: Iterable[str], strategy_of: Callable[[str], type]) -> None:
+        """Place agent ``aid`` in the pools of ``shops`` × ``skills`` (``strategy_of(shop)`` is
+        the shop's strategy, a ``policies.Strategy``; packed entries need ``aid`` ranked)."""
         self.shops[aid] = shops
         pools = []
         keys = []
         skills = tuple(skills)
         for sid in shops:
-            key = key_of(sid)
+            strategy = strategy_of(sid)
+            key = strategy.key  # type: ignore[attr-defined]
+            packed = packed_of(strategy) if self.ranks else None  # ranked by for_config
             for skill in skills:
                 pool = self.pools.get((sid, skill))
                 if pool is None:
-                    pool = self.pools[(sid, skill)] = Pool(key)
+                    pool = self.pools[(sid, skill)] = Pool(key, packed)
                 pool.add_member()
                 pools.append(pool)
                 keys.append((sid, skill))
@@ -161,7 +205,13 @@ class AgentPools:
         groups = self.groups.get(aid, ())
         if len(groups) == 1:
             # one strategy among the agent's shops (the usual case): one entry for all its pools
-            entry = (*groups[0][0](st), st.version, aid)
+            pools = groups[0][1]
+            packed = pools[0].packed
+            if packed is not None:
+                high = packed(st) << SHIFT | self.ranks[aid]
+                entry = high | st.version << RANK_BITS  # a version stays far below 2**40
+            else:
+                entry = (*groups[0][0](st), st.version, aid)
             old = listed.get(aid)
             if not force and old is not None:
                 if entry >= old:
@@ -172,9 +222,12 @@ class AgentPools:
                     self.current[aid] = old if entry == old else entry
                     return
             st.version += 1
-            entry = (*entry[:-2], st.version, aid)
+            if packed is not None:
+                entry = high | st.version << RANK_BITS
+            else:
+                entry = (*entry[:-2], st.version, aid)
             listed[aid] = self.current[aid] = entry
-            self._push(entry, groups[0][1])
+            self._push(entry, pools)
             return
         keys = tuple([key(st) for key, _ in groups])
         if not force and listed.get(aid) == keys:
@@ -183,7 +236,12 @@ class AgentPools:
         st.version += 1
         entries = {}
         for key, pools in groups:
-            entry = entries[key] = (*key(st), st.version, aid)
+            packed = pools[0].packed
+            if packed is not None:
+                entry = packed(st) << SHIFT | self.ranks[aid] | st.version << RANK_BITS
+            else:
+                entry = (*key(st), st.version, aid)
+            entries[key] = entry
             self._push(entry, pools)
         self.current[aid] = entries
 
@@ -209,13 +267,22 @@ class AgentPools:
     def compact(self, pool: Pool) -> None:
         agents = self.agents
         refused = self.refused
-        pool.heap = [e for e in pool.heap if (a := agents.get(e[-1])) is not None and a.version == e[-2]
-                     and a.id not in refused]
+        if pool.packed is not None:
+            ids = self.ids
+            pool.heap = [e for e in pool.heap if (a := agents.get(ids[e & RANK_MASK])) is not None
+                         and a.version == e >> RANK_BITS & VERSION_MASK and a.id not in refused]
+        else:
+            pool.heap = [e for e in pool.heap if (a := agents.get(e[-1])) is not None and a.version == e[-2]
+                         and a.id not in refused]
         heapq.heapify(pool.heap)
+
+    def aid(self, pool: Pool, entry: Any) -> str:
+        """The id of the agent of ``entry``, an entry of ``pool``."""
+        return self.ids[entry & RANK_MASK] if pool.packed is not None else entry[-1]  # type: ignore[no-any-return]
 
     # -- picking ----------------------------------------------------------------------------------
 
-    def top(self, pool: Pool) -> tuple[Any, ...] | None:
+    def top(self, pool: Pool) -> Any:
         """The pool's best entry that is still current. An entry is pushed only while its agent
         is available, and a loss of availability or a smaller key bumps its version, so a
         matching version means the agent is still available with that key or a larger one (a
@@ -223,6 +290,8 @@ class AgentPools:
         reaches the top, and the top is right because no agent's key is below its entry's.
         The agent's current entry is the very tuple pushed or re-keyed last, so the usual check
         is one identity test, without computing the strategy's key."""
+        if pool.packed is not None:
+            return self._top_packed(pool)
         heap = pool.heap
         current = self.current
         while heap:
@@ -243,6 +312,31 @@ class AgentPools:
             heapq.heappop(heap)
         return None
 
+    def _top_packed(self, pool: Pool) -> int | None:
+        """:meth:`top` for a pool of packed entries (the agent's rank in the low bits, the
+        version above it)."""
+        heap = pool.heap
+        current = self.current
+        ids = self.ids
+        while heap:
+            entry = heap[0]
+            aid = ids[entry & RANK_MASK]
+            cur = current.get(aid)
+            if cur is entry:
+                return entry  # type: ignore[no-any-return]
+            if cur is not None:
+                if type(cur) is dict:  # an agent under several strategies: its entry for this pool's
+                    cur = cur[pool.key]
+                    if cur is entry:
+                        return entry  # type: ignore[no-any-return]
+                elif not (cur ^ entry) & VERSION_FIELD:
+                    # the agent's key grew since the entry was pushed: re-keyed, now its highest
+                    heapq.heapreplace(heap, cur)
+                    self.listed[aid] = cur
+                    continue
+            heapq.heappop(heap)
+        return None
+
     def pick(self, shop_id: str, skills: tuple[str, ...], exclude: str | None = None) -> AgentState | None:
         """The strategy's choice among available agents of any of ``skills`` at the shop (the
         caller checks that the shop is open)."""
@@ -252,27 +346,33 @@ class AgentPools:
             if pool is None:
                 return None
             best = self.top(pool)
-            if best is not None and best[-1] == exclude:
+            if best is None:
+                return None
+            if exclude is not None and self.aid(pool, best) == exclude:
                 best = self._second(pool, exclude)
+                if best is None:
+                    return None
         else:
             best = None
             for skill in skills:
-                pool = pools.get((shop_id, skill))
-                if pool is None:
+                found = pools.get((shop_id, skill))
+                if found is None:
                     continue
-                entry = self.top(pool)
-                if entry is not None and entry[-1] == exclude:
-                    entry = self._second(pool, exclude)
+                entry = self.top(found)
+                if entry is not None and exclude is not None and self.aid(found, entry) == exclude:
+                    entry = self._second(found, exclude)
                 if entry is not None and (best is None or entry < best):
-                    best = entry
-        return self.agents[best[-1]] if best is not None else None
+                    best, pool = entry, found  # a shop's pools share its strategy: entries compare
+            if best is None:
+                return None
+        return self.agents[self.ids[best & RANK_MASK] if pool.packed is not None else best[-1]]
 
-    def _second(self, pool: Pool, exclude: str) -> tuple[Any, ...] | None:
+    def _second(self, pool: Pool, exclude: str) -> Any:
         held = []
         heap = pool.heap
         found = None
         while (entry := self.top(pool)) is not None:
-            if entry[-1] != exclude:
+            if self.aid(pool, entry) != exclude:
                 found = entry
                 break
             held.append(heapq.heappop(heap))
@@ -298,4 +398,5 @@ class AgentPools:
         pool = self.pools.get((shop_id, skill))
         if pool is None or not open_:
             return 0
-        return len({e[-1] for e in pool.heap if self.eligible(self.agents.get(e[-1]), shop_id)})
+        aids = {self.aid(pool, e) for e in pool.heap}
+        return sum(1 for aid in aids if self.eligible(self.agents.get(aid), shop_id))
