@@ -44,8 +44,11 @@ def tune_gc(threshold0: int = FEW_PAUSES[0], threshold1: int = FEW_PAUSES[1]) ->
 #: times that has passed since the last. With 1 every step is a middle one: in bench_latency's
 #: server that cost 30 % less collector CPU than 10 (each survivor is scanned once, not twice)
 #: and its longest step was 2.1–2.7 ms of CPU instead of 4–9, for ≈ 2.5× the cycles frozen until
-#: a thaw (8,314 objects at the thaw after ≈ 60,000 requests, against 3,368).
-PACE_S = 0.01
+#: a thaw (8,314 objects at the thaw after ≈ 60,000 requests, against 3,368). Every 20 ms rather
+#: than 10: at 1,000 requests/s the collector's CPU fell from 149 to 89–113 ms in 10 s (fewer
+#: requests in flight at a step, so fewer survivors to scan) and the longest step stayed under
+#: 1 ms of CPU.
+PACE_S = 0.02
 MIDDLE_EVERY = 1
 #: CPython's own collections stay on as a backstop, at a threshold the pacer's young collections
 #: keep the count from reaching while the loop turns often. When it does not (an overload: one
