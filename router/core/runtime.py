@@ -60,12 +60,12 @@ BACKSTOP = (5_000, 10, 10)
 #: fraction more blocks than after the last one: the bound on what freezing can keep alive ...
 THAW_GROWTH = 1.0
 #: ... or this fraction, once the loop has been quiet (fewer than ``QUIET_OBJECTS`` young objects
-#: at each of the last ``QUIET_STEPS`` steps, half a second): the long pause where nobody waits.
+#: at each of the last ``QUIET_STEPS`` steps, a second): the long pause where nobody waits.
 IDLE_GROWTH = 0.25
 QUIET_OBJECTS = 200
 QUIET_STEPS = 50
 #: How often the heap's growth is looked at (:func:`sys.getallocatedblocks` walks the arenas:
-#: 0.1 ms at 3.5 million blocks, 1 % of a core if every 10 ms step asked).
+#: 0.1 ms at 3.5 million blocks, 0.5 % of a core if every 20 ms step asked).
 GROWTH_CHECK_S = 1.0
 
 
