@@ -3,6 +3,7 @@ the server checks it, the adapters and the simulator make it, so it lives in the
 
 from __future__ import annotations
 
+import functools
 import hmac
 
 from router.core.i18n import _
@@ -10,9 +11,24 @@ from router.core.i18n import _
 SIGNATURE_HEADER = "X-Fenliu-Signature"
 
 
+@functools.lru_cache(maxsize=1024)
+def _keyed(secret: bytes) -> hmac.HMAC:
+    """An HMAC-SHA256 already keyed with ``secret``, to be copied per body: with OpenSSL 3 the
+    one-shot ``hmac.digest`` looks the digest up and keys the HMAC on every call, ≈ 3.5 µs for a
+    300-byte message here against ≈ 1.6 µs for ``copy``, ``update`` and ``digest`` (under wrk
+    the signature check was ≈ 3 % of the event loop's time). A shop has one secret."""
+    return hmac.new(secret, digestmod="sha256")
+
+
+def _mac(secret: bytes, body: bytes) -> bytes:
+    h = _keyed(secret).copy()
+    h.update(body)
+    return h.digest()
+
+
 def sign(secret: bytes, body: bytes) -> str:
     """The ``X-Fenliu-Signature`` value for ``body``."""
-    return "sha256=" + hmac.digest(secret, body, "sha256").hex()
+    return "sha256=" + _mac(secret, body).hex()
 
 
 def check_signature(secret: bytes, body: bytes, header: str | None) -> str | None:
@@ -24,7 +40,7 @@ def check_signature(secret: bytes, body: bytes, header: str | None) -> str | Non
     # compare_digest raises TypeError on non-ASCII text: such a header is malformed, not a 500.
     if scheme.strip().lower() != "sha256" or not digest or not digest.isascii():
         return _("{header} must look like sha256=<hex>", header=SIGNATURE_HEADER)
-    expected = hmac.digest(secret, body, "sha256").hex()  # the one-shot C path: no HMAC object per request
+    expected = _mac(secret, body).hex()
     if not hmac.compare_digest(expected, digest):
         return _("signature does not match the body")
     return None
