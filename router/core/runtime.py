@@ -40,27 +40,28 @@ def tune_gc(threshold0: int = FEW_PAUSES[0], threshold1: int = FEW_PAUSES[1]) ->
 
 
 #: The server's collector (:class:`Pacer`): a young collection every ``PACE_S`` of the event
-#: loop's time, a middle one (whose survivors are then frozen) instead once ``MIDDLE_EVERY``
-#: times that has passed since the last. With 1 every step is a middle one: in bench_latency's
-#: server that cost 30 % less collector CPU than 10 (each survivor is scanned once, not twice)
-#: and its longest step was 2.1–2.7 ms of CPU instead of 4–9, for ≈ 2.5× the cycles frozen until
-#: a thaw (8,314 objects at the thaw after ≈ 60,000 requests, against 3,368). Every 20 ms rather
-#: than 10: at 1,000 requests/s the collector's CPU fell from 149 to 89–113 ms in 10 s (fewer
-#: requests in flight at a step, so fewer survivors to scan) and the longest step stayed under
-#: 1 ms of CPU.
+#: loop's time, a middle one instead once ``MIDDLE_EVERY`` times that has passed since the last.
+#: With 1 every step is a middle one: in bench_latency's server that cost 30 % less collector CPU
+#: than 10 (each survivor is scanned once, not twice) and its longest step was 2.1–2.7 ms of CPU
+#: instead of 4–9. Every 20 ms rather than 10: at 1,000 requests/s the collector's CPU fell from
+#: 149 to 89–113 ms in 10 s (fewer requests in flight at a step, so fewer survivors to scan) and
+#: the longest step stayed under 1 ms of CPU.
 PACE_S = 0.02
 MIDDLE_EVERY = 1
-#: CPython's own collections stay on as a backstop, at a threshold the pacer's young collections
-#: keep the count from reaching while the loop turns often. When it does not (an overload: one
-#: turn of the loop runs hundreds of callbacks, 50–200 ms, and a timer fires once per turn), they
-#: collect after every 5,000 allocations as before the pacer, instead of letting one late step
-#: scan everything allocated meanwhile.
-BACKSTOP = (5_000, 10, 10)
-#: A thaw (everything unfrozen and collected, then frozen again) once the allocator holds this
-#: fraction more blocks than after the last one: the bound on what freezing can keep alive ...
-THAW_GROWTH = 1.0
-#: ... or this fraction, once the loop has been quiet (fewer than ``QUIET_OBJECTS`` young objects
-#: at each of the last ``QUIET_STEPS`` steps, a second): the long pause where nobody waits.
+#: CPython's own collections stay on as a backstop, at a threshold the pacer's collections keep
+#: the count from reaching while the loop turns often. When it does not (an overload: one turn of
+#: the loop runs hundreds of callbacks, 50–200 ms, and a timer fires once per turn), they collect
+#: the young generation after every 5,000 allocations as before the pacer, instead of letting one
+#: late step scan everything allocated meanwhile. Never the old generation (``threshold2`` out of
+#: reach): a full collection is the pacer's to place.
+BACKSTOP = (5_000, 10, 2**31 - 1)
+#: A full collection (of what survived since the start; the start-up heap stays frozen) once the
+#: allocator holds this fraction more blocks than after the last one: the bound on the memory
+#: cyclic garbage in the old generation can hold ...
+FULL_GROWTH = 1.0
+#: ... or this fraction (CPython's own rule), once the loop has been quiet (fewer than
+#: ``QUIET_OBJECTS`` young objects at each of the last ``QUIET_STEPS`` steps, a second): the long
+#: pause where nobody waits.
 IDLE_GROWTH = 0.25
 QUIET_OBJECTS = 200
 QUIET_STEPS = 50
@@ -76,32 +77,29 @@ class Pacer:
     routing step pays for the collection, and nearly every young object of a routing service
     survives it (the pools' entries, the conversations' tuples): pauses of 4–31 ms of CPU
     (docs/service.md, "Latency"). Instead, every ``every`` seconds a young collection of what
-    was allocated since, and every ``every × middle_every`` seconds a middle one instead, whose
-    survivors are frozen: what outlived it is out of every later collection's sight, so no
-    collection scans more than the last ``every × middle_every`` seconds' survivors.
+    was allocated since, and every ``every × middle_every`` seconds a middle one instead, which
+    moves its survivors to the old generation: no young or middle collection scans more than the
+    last ``every × middle_every`` seconds' survivors.
 
-    Freezing keeps alive the cycles those objects form once they are garbage (reference counting
-    still frees everything else, frozen or not). So the allocator's block count
-    (:func:`sys.getallocatedblocks`, cheap: it adds up the arenas' pools) is watched: once it has
-    grown by ``thaw_growth`` of what it was after the last thaw, everything is unfrozen,
-    collected and frozen again. That is one long pause (a full collection of the whole heap:
-    ≈ 250 ms of CPU in the benchmark's server) per doubling of the process's objects and none
-    while a steady service's heap keeps its size, and it bounds the memory cyclic garbage can
-    hold to ``thaw_growth`` of the live heap. A quiet loop (few young objects at each step for
-    ``QUIET_STEPS`` steps) is thawed sooner, at ``idle_growth``, so that the pause usually falls
-    where no request waits for it.
+    The old generation is only scanned by a full collection, and the pacer places those: once
+    the allocator's block count (:func:`sys.getallocatedblocks`) has grown by ``full_growth`` of
+    what it was after the last one, or by ``idle_growth`` while the loop is quiet (few young
+    objects at each step for ``QUIET_STEPS`` steps), so that the one long pause (all the
+    survivors since the start: ≈ 50–200 ms of CPU in the benchmark's server) usually falls where
+    no request waits for it. None while a steady service's heap keeps its size; cyclic garbage
+    never holds more than ``full_growth`` of the live heap.
     """
 
     def __init__(self, every: float = PACE_S, middle_every: int = MIDDLE_EVERY,
-                 thaw_growth: float = THAW_GROWTH, idle_growth: float = IDLE_GROWTH) -> None:
+                 full_growth: float = FULL_GROWTH, idle_growth: float = IDLE_GROWTH) -> None:
         self.every = every
         self.middle_every = middle_every
-        self.thaw_growth = thaw_growth
+        self.full_growth = full_growth
         self.idle_growth = idle_growth
         self.quiet = 0  # consecutive steps that found fewer than QUIET_OBJECTS young objects
         self.steps = 0
-        self.thaws = 0
-        self._blocks = 0  # the allocator's blocks after the last thaw (or the start)
+        self.fulls = 0
+        self._blocks = 0  # the allocator's blocks after the last full collection (or the start)
         self._middle_at = 0.0  # when the last middle step ran
         self._grown_at = 0.0  # when the heap's growth was last looked at
 
@@ -114,8 +112,8 @@ class Pacer:
 
     def step(self, now: float | None = None) -> None:
         """A young collection; once ``every × middle_every`` seconds have passed since the last
-        middle one, a middle one and a freeze instead, and a thaw if the heap has grown enough
-        (see the class). ``now``: :func:`time.monotonic`."""
+        middle one, a middle one instead, and a full one if the heap has grown enough (see the
+        class). ``now``: :func:`time.monotonic`."""
         self.steps += 1
         self.quiet = self.quiet + 1 if len(gc.get_objects(0)) < QUIET_OBJECTS else 0
         now = time.monotonic() if now is None else now
@@ -124,23 +122,20 @@ class Pacer:
             return
         self._middle_at = now
         gc.collect(1)
-        gc.freeze()
         if now - self._grown_at < GROWTH_CHECK_S:
             return
         self._grown_at = now
         growth = sys.getallocatedblocks() / self._blocks - 1
-        if growth > self.thaw_growth or (growth > self.idle_growth and self.quiet >= QUIET_STEPS):
-            self.thaw()
+        if growth > self.full_growth or (growth > self.idle_growth and self.quiet >= QUIET_STEPS):
+            self.full()
 
-    def thaw(self) -> None:
-        """Unfreeze everything, collect it all (cycles among once-frozen objects included), freeze again."""
+    def full(self) -> None:
+        """Collect everything but the start-up heap (cycles in the old generation included)."""
         started, blocks = time.perf_counter(), sys.getallocatedblocks()
-        gc.unfreeze()
         found = gc.collect()
-        gc.freeze()
-        self.thaws += 1
+        self.fulls += 1
         self._blocks = sys.getallocatedblocks()
-        log.info("gc_thaw", blocks_before=blocks, blocks_after=self._blocks, collected=found, quiet=self.quiet,
+        log.info("gc_full", blocks_before=blocks, blocks_after=self._blocks, collected=found, quiet=self.quiet,
                  ms=round((time.perf_counter() - started) * 1000, 1))
 
     async def run(self) -> None:

@@ -82,38 +82,38 @@ def test_pacer_steps_are_seen_by_the_hooks_gc_watch(pacer_gc):
     assert gc_pause_within(start, perf_counter()) > 0
 
 
-def test_cycles_frozen_while_alive_are_reclaimed_when_the_heap_grows(pacer_gc):
-    """What a middle step freezes is out of the collector's sight; a cycle among such objects that
-    becomes garbage later is only freed by a thaw, which comes once the heap has grown by
-    ``thaw_growth``: memory stays bounded."""
-    pacer = Pacer(every=1.0, middle_every=1, thaw_growth=0.5, idle_growth=0.5)
+def test_cycles_in_the_old_generation_are_reclaimed_when_the_heap_grows(pacer_gc):
+    """What survives a middle step is out of the steps' sight; a cycle among such objects that
+    becomes garbage later is only freed by a full collection, which comes once the heap has
+    grown by ``full_growth``: memory stays bounded."""
+    pacer = Pacer(every=1.0, middle_every=1, full_growth=0.5, idle_growth=0.5)
     pacer.start()
     later = count(monotonic() + 1)  # every step a middle one
     a, b = _Node(), _Node()
     a.other, b.other = b, a
     gone = weakref.ref(a)
-    pacer.step(next(later))  # the live cycle is frozen
+    pacer.step(next(later))  # the live cycle moves to the old generation
     del a, b
     pacer.step(next(later))
-    assert gone() is not None and pacer.thaws == 0  # frozen garbage, not yet reclaimed
+    assert gone() is not None and pacer.fulls == 0  # old garbage, not yet reclaimed
     ballast = []
-    while pacer.thaws == 0:
+    while pacer.fulls == 0:
         ballast.append([[] for _ in range(10_000)])
         pacer.step(next(later))
     assert gone() is None
 
 
-def test_a_steady_heap_is_never_thawed(pacer_gc):
-    pacer = Pacer(every=1.0, middle_every=1, thaw_growth=0.5, idle_growth=0.25)
+def test_a_steady_heap_gets_no_full_collection(pacer_gc):
+    pacer = Pacer(every=1.0, middle_every=1, full_growth=0.5, idle_growth=0.25)
     pacer.start()
     later = count(monotonic() + 1)
     for _ in range(200):
         garbage = [[] for _ in range(1_000)]  # noqa: F841 - freed by reference counting
         pacer.step(next(later))
-    assert pacer.thaws == 0
+    assert pacer.fulls == 0
 
 
-def test_a_cycle_that_dies_before_the_next_middle_step_is_not_frozen(pacer_gc):
+def test_a_cycle_that_dies_before_the_next_middle_step_is_collected_by_it(pacer_gc):
     pacer = Pacer(every=1.0, middle_every=3)
     pacer.start()
     t0 = monotonic()
@@ -122,14 +122,14 @@ def test_a_cycle_that_dies_before_the_next_middle_step_is_not_frozen(pacer_gc):
     gone = weakref.ref(a)
     pacer.step(t0 + 1)  # young: the live cycle moves to the middle generation
     del a, b
-    pacer.step(t0 + 3)  # middle: found there, not frozen
-    assert gone() is None and pacer.thaws == 0
+    pacer.step(t0 + 3)  # middle: found there
+    assert gone() is None and pacer.fulls == 0
 
 
-def test_a_quiet_loop_is_thawed_at_the_lower_growth(pacer_gc):
-    """Busy steps (many young objects each) wait for ``thaw_growth``; quiet ones get the thaw at
-    ``idle_growth``, where no request waits for its pause."""
-    pacer = Pacer(every=1.0, middle_every=1, thaw_growth=10.0, idle_growth=0.25)
+def test_a_quiet_loop_gets_its_full_collection_at_the_lower_growth(pacer_gc):
+    """Busy steps (many young objects each) wait for ``full_growth``; quiet ones get the full
+    collection at ``idle_growth``, where no request waits for its pause."""
+    pacer = Pacer(every=1.0, middle_every=1, full_growth=10.0, idle_growth=0.25)
     pacer.start()
     later = count(monotonic() + 1)
     ballast = []
@@ -137,7 +137,24 @@ def test_a_quiet_loop_is_thawed_at_the_lower_growth(pacer_gc):
     while sys.getallocatedblocks() < start * 1.5:  # grown past idle_growth, busy all the while
         ballast.append([[] for _ in range(1_000)])
         pacer.step(next(later))
-    assert pacer.thaws == 0 and pacer.quiet == 0
+    assert pacer.fulls == 0 and pacer.quiet == 0
     for _ in range(QUIET_STEPS):
         pacer.step(next(later))
-    assert pacer.thaws == 1
+    assert pacer.fulls == 1
+
+
+def test_the_backstop_never_collects_the_old_generation(pacer_gc):
+    """CPython's own collections (the loop blocked, no steps) stay young or middle: a full one is
+    the pacer's to place."""
+    pacer = Pacer(every=1.0, middle_every=1)
+    pacer.start()
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    pacer.step(monotonic() + 1)  # the live cycle moves to the old generation
+    del a, b
+    young = gc.get_stats()[0]["collections"]
+    churn = [[] for _ in range(200_000)]  # many backstop collections, no step
+    del churn
+    assert gc.get_stats()[0]["collections"] > young
+    assert gone() is not None
