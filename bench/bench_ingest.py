@@ -15,7 +15,11 @@ the figure is each size's rate over the single-message rate of the same round (g
 and the requests/s of each round show whether a growing journal slows it down.
 
     .venv/bin/python bench/bench_ingest.py [--requests 6000] [--concurrency 64] [--rounds 9]
-    .venv/bin/python bench/bench_ingest.py --batches 1 10 50 [--messages 20000] [--rounds 5]
+    .venv/bin/python bench/bench_ingest.py --batches 1 10 50 [--messages 20000] [--rounds 5] [--cpu]
+
+``--cpu`` prints, per size and round, each process's CPU per message and how much of the time its
+busiest thread ran and waited for a core (``bench.common.ProcessCPU``): a slow round whose event
+loop was runnable but not running lost its time to other processes, not to waiting for the writer.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import save, show, stop_processes  # noqa: E402
+from bench.common import ProcessCPU, save, show, stop_processes  # noqa: E402
 from adapters.simulator import Traffic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,8 +132,9 @@ def batch_bodies(name: str, round_: int, size: int, messages: int) -> list[tuple
     return out
 
 
-async def batches(args: argparse.Namespace, url: str) -> list[dict]:
-    """Messages/s of each batch size, per round, sizes taking turns."""
+async def batches(args: argparse.Namespace, url: str, pid: int) -> list[dict]:
+    """Messages/s of each batch size, per round, sizes taking turns; with ``--cpu``, each
+    process's CPU per message and how much of the time its busiest thread ran or waited for a core."""
     import statistics
 
     rates: dict[int, list[float]] = {size: [] for size in args.batches}
@@ -139,11 +144,15 @@ async def batches(args: argparse.Namespace, url: str) -> list[dict]:
             bodies = batch_bodies("fenl", round_, size, args.messages)
             warm = max(1, len(bodies) // 20)
             await drive(url, bodies[:warm], args.concurrency)
+            cpu = ProcessCPU(pid)
             elapsed, statuses = await drive(url, bodies[warm:], args.concurrency)
             if set(statuses) != {202}:
                 print(f"round {round_}, batch {size}: statuses {statuses}")
             rps[size].append((len(bodies) - warm) / elapsed)
             rates[size].append((len(bodies) - warm) * size / elapsed)
+            if args.cpu:
+                for line in cpu.since((len(bodies) - warm) * size, elapsed):
+                    print(f"  round {round_}, batch {size}, {line}")
         print(f"round {round_}: " + "  ".join(f"{size}: {rates[size][-1]:,.0f} msg/s ({rps[size][-1]:,.0f} req/s)"
                                              for size in args.batches), flush=True)
     single = rates[args.batches[0]]
@@ -163,6 +172,7 @@ async def main() -> int:
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--batches", type=int, nargs="*", help="batch sizes to compare (e.g. 1 10 50)")
     p.add_argument("--messages", type=int, default=20000, help="messages per batch size and round (--batches)")
+    p.add_argument("--cpu", action="store_true", help="with --batches: CPU per message and run-queue wait per process")
     args = p.parse_args()
     if args.batches:
         return await batch_main(args)
@@ -240,7 +250,7 @@ async def batch_main(args: argparse.Namespace) -> int:
     url = f"http://127.0.0.1:{port}"
     try:
         await wait_up(url, proc)
-        rows = await batches(args, url)
+        rows = await batches(args, url, proc.pid)
     finally:
         stop_processes([proc], timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)

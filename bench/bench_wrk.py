@@ -11,7 +11,10 @@ with msgspec (the same shape as ``bench_latency.py``'s), then answers ``202``.
 wrk comes from Debian's packages: when it is missing and we run as root, ``apt-get install -y
 wrk`` is tried; otherwise the benchmark says why it cannot run and exits 0 (skipped).
 
-    .venv/bin/python bench/bench_wrk.py [--seconds 8] [--connections 64] [--rounds 3] [--batch 1]
+    .venv/bin/python bench/bench_wrk.py [--seconds 8] [--connections 64] [--rounds 3] [--batch 1] [--cpu]
+
+``--cpu``: each server's CPU per request by process (the writer child too), and how much of the
+time the busiest thread ran and waited for a core.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_ingest import SECRET, fenliu_config, free_port, wait_up  # noqa: E402
 from bench.bench_latency import BARE, SHOPS  # noqa: E402
-from bench.common import save, show, stop_processes  # noqa: E402
+from bench.common import ProcessCPU, save, show, stop_processes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,6 +151,7 @@ async def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch", type=int, default=1, help="messages per request")
     p.add_argument("--max-rate", type=float, default=15000, help="requests/s to prepare for (unique bodies)")
+    p.add_argument("--cpu", action="store_true", help="CPU per request and run-queue wait per server process")
     args = p.parse_args()
 
     wrk = ensure_wrk()
@@ -180,8 +184,10 @@ async def main() -> int:
             for name, url in urls.items():
                 reqs = tmp / f"{name[:4]}-{round_}.tsv"
                 write_requests(reqs, f"w{round_}-{name[:4]}", count, args.batch, seed=100 + round_)
+                cpu = ProcessCPU(procs[name].pid)
                 rps, exhausted, bad = run_wrk(wrk, url, script, reqs, seconds=args.seconds,
                                               connections=args.connections, threads=args.threads)
+                usage = cpu.since(round(rps * args.seconds), args.seconds) if args.cpu else []
                 reqs.unlink()
                 runs[name].append(rps)
                 if exhausted:
@@ -189,6 +195,8 @@ async def main() -> int:
                 if bad:
                     notes.append(f"round {round_} {name}: {bad} non-2xx answers")
                 print(f"round {round_}: {name} {rps:,.0f} requests/s ({rps * args.batch:,.0f} messages/s)", flush=True)
+                for line in usage:
+                    print(f"  {name} {line}", flush=True)
     finally:
         stop_processes(procs.values())
         shutil.rmtree(tmp, ignore_errors=True)
