@@ -441,12 +441,16 @@ class _Checkpointer(threading.Thread):
             if copied == pages:
                 self.copied_through = max(self.copied_through, through)
 
-    def finish_up(self, conn: sqlite3.Connection) -> None:
+    def finish_up(self, conn: sqlite3.Connection, waiting: bool = False) -> None:
         """On the writer, after answering a transaction: a long WAL whose frames the thread has
         copied up to the previous transaction is copied to its end (this transaction's frames),
-        so the next transaction starts it over."""
-        if self.wal_pages >= self.restart_pages and (self.copied_through >= self.transactions - 1
-                                                     or self.wal_pages >= 8 * self.restart_pages):
+        so the next transaction starts it over. Not while a batch already waits in the pipe
+        (``waiting``): the copy took 10–35 ms on a busy disk, and that batch's callers would
+        wait for it; the next gap does it, and a WAL eight times too long is copied anyway."""
+        if self.wal_pages < self.restart_pages:
+            return
+        if self.wal_pages >= 8 * self.restart_pages or (
+                not waiting and self.copied_through >= self.transactions - 1):
             self.checkpoint(conn, self.transactions)
 
     def stop(self) -> None:
@@ -529,7 +533,7 @@ def child(path: str, fd_in: int = 0, fd_out: int = 1, wal_restart_pages: int = W
             if took >= SLOW_COMMIT_S:
                 log.warning("journal_commit_slow", ms=round(took * 1000, 1), batches=len(batches),
                             rows=sum(len(rows) for _, rows in batches), wal_pages=checkpointer.wal_pages)
-            checkpointer.finish_up(conn)
+            checkpointer.finish_up(conn, waiting=bool(select.select([fd_in], [], [], 0)[0]))
     finally:
         checkpointer.stop()
         conn.close()

@@ -18,7 +18,7 @@ import pytest
 
 from router.core.models import Decision
 from router.storage.store import StoreClosed, connect
-from router.storage.writer import JournalWriter, _Answers, _frame, flat_rows, write_rows
+from router.storage.writer import JournalWriter, _Answers, _Checkpointer, _frame, flat_rows, write_rows
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.anyio
@@ -268,3 +268,24 @@ async def test_the_wal_is_checkpointed_off_the_commit_path_and_starts_over(db: P
     assert answered and all(err is None for err in answered)
     assert sqlite3.connect(db).execute("SELECT count(*) FROM journal").fetchone() == (seq - 1,)
     assert wal <= 2 * 128 * 4096 + 64 * 1024, f"WAL {wal:,} bytes after writing {written:,}: it never started over"
+
+
+def test_the_writer_leaves_the_wal_restart_to_a_gap_when_a_batch_waits(db: Path):
+    """The writer's own copy of a long WAL (``finish_up``) would hold up a batch already
+    waiting in the pipe: it is left to the next gap, unless the WAL is eight times too long."""
+    conn = connect(db)
+    conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    ckpt = _Checkpointer(str(db), restart_pages=16)
+    ckpt.transactions = ckpt.copied_through = 5
+
+    ckpt.wal_pages = 16  # long enough to start over, and everything but the last copied
+    ckpt.finish_up(conn, waiting=True)
+    assert ckpt.wal_pages == 16, "a waiting batch was made to wait for the copy"
+    ckpt.finish_up(conn, waiting=False)
+    assert ckpt.wal_pages < 16, "in a gap the WAL is copied to its end"
+
+    ckpt.wal_pages = 8 * 16
+    ckpt.finish_up(conn, waiting=True)
+    assert ckpt.wal_pages < 16, "a WAL eight times too long is copied even while a batch waits"
+    conn.close()
