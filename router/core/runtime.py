@@ -70,6 +70,15 @@ QUIET_STEPS = 50
 GROWTH_CHECK_S = 1.0
 
 
+class _Running:
+    """How many pacers run in this process, and CPython's thresholds from before the first: a
+    process that outlives its servers (tests, an embedding application) gets them back when the
+    last one stops, instead of keeping a backstop that never collects the old generation."""
+
+    count = 0
+    saved: tuple[int, ...] | None = None
+
+
 class Pacer:
     """Runs the server's collector from the event loop, between callbacks, in short steps.
 
@@ -102,9 +111,16 @@ class Pacer:
         self._blocks = 0  # the allocator's blocks after the last full collection (or the start)
         self._middle_at = 0.0  # when the last middle step ran
         self._grown_at = 0.0  # when the heap's growth was last looked at
+        self._running = False
 
     def start(self) -> None:
-        """Freeze what exists and set the backstop thresholds (then call :meth:`step`, or run :meth:`run`)."""
+        """Freeze what exists and set the backstop thresholds (then call :meth:`step`, or run
+        :meth:`run`; :meth:`stop` at the end)."""
+        if not self._running:
+            if _Running.count == 0:
+                _Running.saved = gc.get_threshold()
+            _Running.count += 1
+            self._running = True
         tune_gc(*BACKSTOP[:2])
         gc.set_threshold(*BACKSTOP)
         self._blocks = sys.getallocatedblocks()
@@ -138,10 +154,24 @@ class Pacer:
         log.info("gc_full", blocks_before=blocks, blocks_after=self._blocks, collected=found, quiet=self.quiet,
                  ms=round((time.perf_counter() - started) * 1000, 1))
 
+    def stop(self) -> None:
+        """CPython's own thresholds again once no other pacer runs in the process."""
+        if not self._running:
+            return
+        self._running = False
+        _Running.count -= 1
+        if _Running.count == 0 and _Running.saved is not None:
+            gc.set_threshold(*_Running.saved)
+            _Running.saved = None
+
     async def run(self) -> None:
-        """A :meth:`step` every ``every`` seconds, each in a callback of its own (after :meth:`start`)."""
+        """A :meth:`step` every ``every`` seconds, each in a callback of its own (after
+        :meth:`start`), until cancelled: then :meth:`stop`."""
         import asyncio
 
-        while True:
-            await asyncio.sleep(self.every)
-            self.step()
+        try:
+            while True:
+                await asyncio.sleep(self.every)
+                self.step()
+        finally:
+            self.stop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from router.core import i18n
 from router.core.models import AcceptEvent, CloseEvent, Decision, Event, Message, WsHistoryItem
 from router.core.pipeline import InputError
+from router.core.runtime import Pacer
 from router.service.journal import load_side_tables
 from router.service.redis.commit import Batch, Commits, Lost
 from router.service.redis.intake import owner_refusal
@@ -56,6 +56,7 @@ class StreamLoop:
         self._wake = asyncio.Event()
         self._tick_queued = False
         self._pg_tasks: list[asyncio.Task] = []
+        self.pacer = Pacer()  # collections between callbacks, as in the SQLite engine's loop
 
     # -- life cycle (called by the Service) ---------------------------------------------------------
 
@@ -83,11 +84,11 @@ class StreamLoop:
                 asyncio.create_task(s.claims.follow(), name="fenliu-redis-control"),
                 asyncio.create_task(s.presence.relay(), name="fenliu-redis-frames"),
                 asyncio.create_task(self._tick_loop(), name="fenliu-redis-ticker"),
+                asyncio.create_task(self.pacer.run(), name="fenliu-gc"),
                 *self._pg_tasks]
 
     def started(self) -> None:
-        gc.collect()
-        gc.freeze()
+        self.pacer.start()
         k = self.link.keys
         self.link.log.info("service_started", backend="redis", shards=k.shards, prefix=k.p)
 

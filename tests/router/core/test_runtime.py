@@ -13,7 +13,7 @@ from time import monotonic, perf_counter
 import pytest
 
 from router.core.inbound import _gc_pauses, gc_pause_within
-from router.core.runtime import BACKSTOP, FEW_PAUSES, QUIET_STEPS, Pacer, tune_gc
+from router.core.runtime import BACKSTOP, FEW_PAUSES, QUIET_STEPS, Pacer, _Running, tune_gc
 
 
 @pytest.fixture
@@ -56,6 +56,7 @@ def pacer_gc():
     if frozen:
         gc.freeze()
     gc.set_threshold(*thresholds)
+    _Running.count, _Running.saved = 0, None  # the tests' pacers are not all stopped
 
 
 def test_pacer_collects_young_cycles_in_its_steps(pacer_gc):
@@ -158,3 +159,35 @@ def test_the_backstop_never_collects_the_old_generation(pacer_gc):
     del churn
     assert gc.get_stats()[0]["collections"] > young
     assert gone() is not None
+
+
+def test_the_last_pacer_to_stop_gives_cpython_its_thresholds_back(pacer_gc):
+    """A process that outlives its servers (the tests, an embedding application) must not keep
+    a backstop that never collects the old generation."""
+    before = gc.get_threshold()
+    first, second = Pacer(), Pacer()
+    first.start()
+    second.start()
+    assert gc.get_threshold() == BACKSTOP
+    first.stop()
+    assert gc.get_threshold() == BACKSTOP, "another server still paces"
+    first.stop()
+    assert gc.get_threshold() == BACKSTOP, "a second stop counts once"
+    second.stop()
+    assert gc.get_threshold() == before
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_run_stops_the_pacer(pacer_gc):
+    import asyncio
+
+    before = gc.get_threshold()
+    pacer = Pacer(every=0.001)
+    pacer.start()
+    task = asyncio.ensure_future(pacer.run())
+    while pacer.steps < 3:
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert gc.get_threshold() == before
