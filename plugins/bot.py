@@ -259,8 +259,8 @@ class _BotState:
     def _asks(self, text: str) -> tuple[bool, bool]:
         """Whether ``text`` asks for a human (转人工), and whether it is negative (投诉)."""
         lowered = text.lower()
-        return (self.has_handoff and bool(self.handoff.hits(lowered)),
-                self.has_negative and bool(self.negative.hits(lowered)))
+        return (self.has_handoff and self.handoff.found(lowered),
+                self.has_negative and self.negative.found(lowered))
 
     def match(self, text: str, shop_id: str) -> Match:
         """The matcher's verdict (answer / suggest / none) for a buyer's message in a shop."""

@@ -80,6 +80,20 @@ class KeywordIndex(Generic[T]):
             return []
         return sorted(n for i in found for n in self.owners[i])
 
+    def found(self, text: str) -> bool:
+        """Whether any keyword occurs in ``text`` (:meth:`hits`, without building its list)."""
+        if self._ac is None:
+            return any(w in text for w in self.words)
+        return bool(self._ac.find_matches_as_indexes(text, overlapping=True))
+
+    def values_in(self, text: str) -> set[T]:
+        """The values of the pairs whose keyword occurs in ``text`` (:meth:`hits` as a set of
+        values, without sorting the pairs)."""
+        values, owners = self.values, self.owners
+        if self._ac is None:
+            return {values[n] for i, w in enumerate(self.words) if w in text for n in owners[i]}
+        return {values[n] for i, _, _ in self._ac.find_matches_as_indexes(text, overlapping=True) for n in owners[i]}
+
     def matches(self, text: str) -> list[tuple[str, T]]:
         """The ``(keyword, value)`` pairs found (keywords as configured), in pair order."""
         return [(self.keywords[n], self.values[n]) for n in self.hits(text)]
@@ -115,12 +129,14 @@ class SkillsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, dic
 class _Compiled:
     """A policy's rules with keywords in one index and regexes compiled, built once per config."""
 
-    __slots__ = ("rules", "regex", "text_rules", "keywords", "has_keywords", "has_text", "has_switch", "statuses",
-                 "_by_context")
+    __slots__ = ("rules", "regex", "patterns", "text_rules", "keywords", "has_keywords", "has_text", "has_switch",
+                 "statuses", "_by_context")
 
     def __init__(self, cfg: SkillsConfig) -> None:
         self.rules = cfg.rules
         self.regex: list[re.Pattern[str] | None] = [re.compile(r.regex) if r.regex else None for r in cfg.rules]
+        #: ``(rule index, pattern)`` of the rules with a regex
+        self.patterns = [(i, p) for i, p in enumerate(self.regex) if p is not None]
         self.text_rules = [bool(r.keywords or r.regex) for r in cfg.rules]
         self.keywords: KeywordIndex[int] = KeywordIndex((k, i) for i, r in enumerate(cfg.rules) for k in r.keywords)
         self.has_keywords = bool(self.keywords)
@@ -132,9 +148,9 @@ class _Compiled:
 
     def _text_hits(self, text: str) -> frozenset[int]:
         """The rules whose text condition (a keyword, or else the regex) holds for ``text``."""
-        found = {self.keywords.values[n] for n in self.keywords.hits(text.lower())} if self.has_keywords else set()
-        for i, pattern in enumerate(self.regex):
-            if pattern is not None and i not in found and pattern.search(text) is not None:
+        found = self.keywords.values_in(text.lower()) if self.has_keywords else set()
+        for i, pattern in self.patterns:
+            if i not in found and pattern.search(text) is not None:
                 found.add(i)
         return frozenset(found)
 
