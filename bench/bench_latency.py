@@ -199,10 +199,10 @@ elif OUT and sys.argv == ["-c"] and os.environ.get("FENLIU_PROBE_WRITER"):
     clock, out = time.monotonic, open(OUT, "a", buffering=1)
 
     def timing(kind, fn):
-        def timed(*args):
+        def timed(*args, **kwargs):
             t = clock()
             try:
-                return fn(*args)
+                return fn(*args, **kwargs)
             finally:
                 took = clock() - t
                 if took > 0.01:
