@@ -20,7 +20,7 @@ class Strategy:
     """Base class: subclasses set ``name`` and implement :meth:`key` (smallest is picked)."""
 
     name: ClassVar[str] = ""
-    #: Optional: a function of the agent giving a non-negative integer that orders agents as
+    #: Optional: a function of the agent giving an integer (of any sign) that orders agents as
     #: :meth:`key` does, :meth:`key`'s last field left off, which must then be ``agent.id``
     #: (the pools break ties by id themselves). The pools then hold plain integers, which a
     #: heap compares several times faster than tuples. Only used when the class that defines

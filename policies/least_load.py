@@ -18,8 +18,9 @@ class LeastLoad(Strategy):
 
     @staticmethod
     def packed_key(agent: AgentState) -> int:
-        """:meth:`key` without the id, as one integer (``last_seq`` stays below 2**64)."""
-        return (agent.load + agent.shared_load) << 64 | agent.last_seq
+        """:meth:`key` without the id, as one integer. Added, not or-ed: ``last_seq`` is negative
+        under the Redis engine (its claim sequence offset below zero), and stays within ±2**63."""
+        return ((agent.load + agent.shared_load) << 64) + agent.last_seq
 
 
 @hookimpl

@@ -89,6 +89,8 @@ op_st = st.one_of(
     st.tuples(st.just("status"), agent_i, st.sampled_from(["online", "offline", "break"])),
     st.tuples(st.just("shift"), agent_i, st.booleans()),
     st.tuples(st.just("shared"), agent_i, st.integers(0, 3)),
+    # the Redis engine's shared counters: a claim sequence offset below zero (claims.SEQ_OFFSET)
+    st.tuples(st.just("counters"), agent_i, st.integers(0, 50)),
     st.tuples(st.just("refuse"), agent_i),
     st.tuples(st.just("readmit"), agent_i),
     st.tuples(st.just("snapshot")),
@@ -153,6 +155,9 @@ def test_packed_pools_pick_what_tuple_pools_pick(name, ops):
             elif op[0] == "shared":
                 a.shared_load = op[2]
                 pools.touch(a)
+            elif op[0] == "counters":
+                a.last_seq = op[2] - (1 << 62)
+                pools.readmit(a)
             elif op[0] == "refuse":
                 if a.available:
                     pools.refuse(a)
@@ -174,3 +179,18 @@ def test_a_pool_pickled_before_packed_entries_keeps_its_tuples():
     pools.__setstate__({"agents": {}, "refused": set(), "pools": {}, "groups": {}, "queue_keys": {}, "shops": {},
                         "online": {}, "listed": {}, "current": {}})
     assert pools.ids == [] and pools.ranks == {}
+
+
+@given(name=st.sampled_from(["least_load", "round_robin"]),
+       states=st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(-(1 << 62), 1 << 62)),
+                       min_size=2, max_size=2))
+def test_a_packed_key_orders_agents_as_the_key_does(name, states):
+    """For any load, shared load and sequence, the Redis engine's negative claim sequences
+    (``claims.SEQ_OFFSET`` below zero) included."""
+    strategy = CONFIGS[name].strategies[name]
+    a, b = AgentState("a", 5, 1), AgentState("b", 5, 1)
+    for agent, (load, shared, seq) in zip((a, b), states):
+        agent.load, agent.shared_load, agent.last_seq = load, shared, seq
+    keys = strategy.key(a)[:-1], strategy.key(b)[:-1]
+    packed = strategy.packed_key(a), strategy.packed_key(b)
+    assert (keys[0] < keys[1]) == (packed[0] < packed[1]) and (keys[0] == keys[1]) == (packed[0] == packed[1])
