@@ -34,14 +34,11 @@ from router.core import clock, i18n
 from router.core.models import AgentState, Conversation, Decision
 from router.core.pools import AgentPools
 from router.core.queues import Queues
+from router.core.sticky import StickyMemory
 from router.core.timers import Timers, stamp
 
 if TYPE_CHECKING:
     from router.core.config import Config, DispatchConfig
-
-
-#: ``last_agent`` is pruned at the earliest when it holds this many entries.
-_LAST_AGENT_MIN = 1024
 
 
 class DispatchError(ValueError):
@@ -51,16 +48,12 @@ class DispatchError(ValueError):
 class Dispatcher:
     """The routing state of every shop and agent, driven by messages, events and the clock."""
 
-    #: how long ``last_agent`` may grow before its entries past every sticky window are dropped
-    #: (a class default, so snapshots from before it load)
-    _last_limit = _LAST_AGENT_MIN
-
     def __init__(self, config: Config, *, reservations: bool = False) -> None:
         self.reservations = reservations
         self.now: float | None = None
         self.agents: dict[str, AgentState] = {}
         self.conversations: dict[str, Conversation] = {}
-        self.last_agent: dict[str, tuple[str, float]] = {}
+        self.last_agent = StickyMemory()
         self._seq = itertools.count(1)
         self._conv_seq = itertools.count(1)
         self._timer_seq = itertools.count()
@@ -394,30 +387,11 @@ class Dispatcher:
             raise DispatchError(i18n._("no open conversation {cid!r}", cid=conversation_id))
         agent = conv.agent_id
         if agent is not None and conv.state == "assigned":
-            last = self.last_agent
-            last.pop(conv.id, None)  # to the end: the memory stays in order of closing
-            last[conv.id] = (agent, self.now or conv.last_ts)
-            if len(last) > self._last_limit:
-                self._forget_old_agents()
+            self.last_agent.remember(conv.id, agent, self.now or conv.last_ts, self._policy)
         self._release(conv)
         self._forget(conv)
         st = self.agents.get(agent or "")
         return self._drain_agent(st) if st is not None else []
-
-    def _forget_old_agents(self) -> None:
-        """Drop who served conversations closed longer ago than any shop's sticky window
-        (``sticky_hours``): past it nobody asks, and a long-running service closes millions.
-        Runs when the memory has doubled since the last time, so each close pays O(1)."""
-        last = self.last_agent
-        horizon = (self.now or 0.0) - max((p.sticky_hours for p in self._policy.values()), default=0.0) * 3600
-        stale = []
-        for cid, (_, closed_at) in last.items():
-            if closed_at >= horizon:
-                break
-            stale.append(cid)
-        for cid in stale:
-            del last[cid]
-        self._last_limit = max(2 * len(last), _LAST_AGENT_MIN)
 
     def _forget(self, conv: Conversation) -> None:
         if conv.agent_id is not None:

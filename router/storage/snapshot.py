@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from router import __version__
+from router.core.sticky import StickyMemory
 
 if TYPE_CHECKING:
     from router.core.config import Config
@@ -193,4 +194,6 @@ def restore(d: Dispatcher, state: dict[str, Any]) -> None:
     state = dict(state)
     for name in _COUNTERS:
         state[name] = itertools.count(state[name])
+    if type(state.get("last_agent")) is dict:  # taken before the sticky memory was bounded
+        state["last_agent"] = StickyMemory(state["last_agent"])
     vars(d).update(state)

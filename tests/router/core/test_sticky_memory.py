@@ -43,3 +43,29 @@ def test_the_sticky_memory_keeps_its_window_and_forgets_the_rest(tmp_path):
     conv.skill = "presale"
     _, agent, flags = d.route_new(conv)
     assert agent == served[conv.id] and "sticky" in flags
+
+
+def test_a_snapshot_keeps_the_memory_and_an_older_one_is_bounded_from_then_on(tmp_path):
+    from router.core.sticky import StickyMemory
+    from router.storage import snapshot
+
+    cfg = load_config(write_config(tmp_path, ONE_SHOP, agents_toml(
+        {"id": "a1", "skills": ["presale"], "shops": ["*"], "max_concurrent": 5}), {"p": policy(extra="sticky_hours = 1")}))
+    d = Dispatcher(cfg)
+    for n in range(3):
+        d.advance(T0 + n)
+        conv = d.open("s1", f"b{n}", T0 + n)
+        conv.skill = "presale"
+        d.route_new(conv)
+        d.close(conv.id)
+    state = snapshot.load(snapshot.dump(d, b""))["dispatcher"]
+    again = Dispatcher(cfg)
+    snapshot.restore(again, state)
+    assert type(again.last_agent) is StickyMemory and list(again.last_agent) == list(d.last_agent)
+
+    state["last_agent"] = dict(state["last_agent"])  # as a snapshot from before kept it
+    older = Dispatcher(cfg)
+    snapshot.restore(older, state)
+    assert type(older.last_agent) is StickyMemory and older.last_agent == d.last_agent
+    older.last_agent.remember("s1:b9", "a1", T0 + 9, older._policy)
+    assert list(older.last_agent)[-1] == "s1:b9"
