@@ -33,13 +33,15 @@ Key = Callable[[AgentState], tuple[Any, ...]]
 #: A strategy's key as one integer, without the agent's id (``policies``' ``Strategy.packed_key``).
 Packed = Callable[[AgentState], int]
 
-#: Bits of a packed entry: ``key << SHIFT | rank << VERSION_BITS | version``; the low
-#: ``SHIFT`` bits (rank and version) name the agent's entries of one version.
+#: Bits of a packed entry: ``key << SHIFT | rank << (VERSION_BITS + RANK_BITS) | version << RANK_BITS | rank``.
 RANK_BITS = 24
 VERSION_BITS = 40
-SHIFT = RANK_BITS + VERSION_BITS
+SHIFT = 2 * RANK_BITS + VERSION_BITS
 RANK_MASK = (1 << RANK_BITS) - 1
-LOW_MASK = (1 << SHIFT) - 1
+VERSION_MASK = (1 << VERSION_BITS) - 1
+#: the version's place in a packed entry: two entries of one agent have the same version when
+#: their ``^`` has no bit here (their ranks are the same)
+VERSION_FIELD = VERSION_MASK << RANK_BITS
 
 
 def packed_of(strategy: type) -> Packed | None:
@@ -55,7 +57,8 @@ class Pool:
     key's fields followed by the agent's version and id, one flat tuple (comparing nested key
     tuples was a tenth of all instructions routing a message), or with ``packed`` (the
     strategy's key as an integer) one integer: the key, the agent's rank in id order (the
-    tie-break ``key`` ends with) and the version (see :attr:`AgentPools.live`)."""
+    tie-break ``key`` ends with), the version, and the rank again, where it is cheap to read
+    (:meth:`AgentPools.aid`)."""
 
     __slots__ = ("heap", "key", "members", "limit", "packed")
 
@@ -100,28 +103,20 @@ class AgentPools:
         #: per available agent, its entry as it would be pushed now (its current key and
         #: version); under several strategies, one per strategy key function
         self.current: dict[str, Any] = {}
-        #: agents' ids by rank (id order), for packed entries; per agent, its rank in its
-        #: place in a packed entry (``rank << VERSION_BITS``)
+        #: agents' ids by rank (id order), for packed entries; per agent, its rank's two
+        #: places in a packed entry (``rank << (VERSION_BITS + RANK_BITS) | rank``)
         self.ids: list[str] = []
         self.ranks: dict[str, int] = {}
-        #: :attr:`current` of the agents in packed pools, by an entry's low bits (rank and
-        #: version): the top of a heap finds its agent's current entry with one ``&``, and an
-        #: entry of an older version finds nothing
-        self.live: dict[int, Any] = {}
-        #: :attr:`listed` of the agents in packed pools under one strategy, by the same low bits
-        self.high: dict[int, int] = {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickle (a snapshot); one taken before this layout of the entries has its heaps
-        emptied and every available agent pushed anew."""
+        """Unpickle (a snapshot); one taken before the pools kept each agent's current entry
+        has every available agent pushed anew, which makes its older entries stale."""
         self.ids = []
         self.ranks = {}  # a snapshot from before packed entries has none
         self.__dict__.update(state)
-        if "live" not in state:
-            self.ranks = {aid: r << VERSION_BITS for r, aid in enumerate(self.ids)}
-            self.current, self.listed, self.live, self.high = {}, {}, {}, {}
-            for pool in self.pools.values():
-                pool.heap = []
+        if "current" not in state:
+            self.current = {}
+            self.listed = {}
             for st in self.agents.values():
                 self.touch(st, force=True)
 
@@ -132,7 +127,7 @@ class AgentPools:
         agents new to ``agents`` and updating the others' capacity and weight."""
         self = cls(agents, refused)
         self.ids = sorted(config.agents)
-        self.ranks = {aid: r << VERSION_BITS for r, aid in enumerate(self.ids)}
+        self.ranks = {aid: r << (VERSION_BITS + RANK_BITS) | r for r, aid in enumerate(self.ids)}
         all_shops = tuple(config.shops)
         for aid, acfg in config.agents.items():
             st = agents.get(aid)
@@ -201,14 +196,10 @@ class AgentPools:
         the agent's entries (rebuilt pools, an agent no longer refused)."""
         aid = st.id
         listed = self.listed
-        rank = self.ranks.get(aid)
         if not st.available or aid in self.refused:
             if aid in listed:
                 del listed[aid]
                 del self.current[aid]
-                if rank is not None:
-                    self.live.pop(rank | st.version, None)
-                    self.high.pop(rank | st.version, None)
                 st.version += 1
             return
         groups = self.groups.get(aid, ())
@@ -217,53 +208,42 @@ class AgentPools:
             pools = groups[0][1]
             packed = pools[0].packed
             if packed is not None:
-                low = rank | st.version  # type: ignore[operator]  # a version stays far below 2**40
-                entry = packed(st) << SHIFT | low
-                old = self.high.get(low) if not force else None
+                high = packed(st) << SHIFT | self.ranks[aid]
+                entry = high | st.version << RANK_BITS  # a version stays far below 2**40
             else:
                 entry = (*groups[0][0](st), st.version, aid)
-                old = listed.get(aid) if not force else None
-            if old is not None and entry >= old:
-                # no entry of the agent sits above its key (an assignment, under every
-                # built-in strategy, or a release back to a key no pool has re-keyed it
-                # past): the entries already pushed sit too low or right, and ``top``
-                # re-keys one when it surfaces, instead of a push into each pool now
-                self.current[aid] = entry = old if entry == old else entry
-                if packed is not None:
-                    self.live[low] = entry
-                return
+            old = listed.get(aid)
+            if not force and old is not None:
+                if entry >= old:
+                    # no entry of the agent sits above its key (an assignment, under every
+                    # built-in strategy, or a release back to a key no pool has re-keyed it
+                    # past): the entries already pushed sit too low or right, and ``top``
+                    # re-keys one when it surfaces, instead of a push into each pool now
+                    self.current[aid] = old if entry == old else entry
+                    return
+            st.version += 1
             if packed is not None:
-                self.live.pop(low, None)
-                self.high.pop(low, None)
-                st.version += 1
-                entry += 1  # the version, in the lowest bits
-                self.live[low + 1] = self.high[low + 1] = entry
-                listed[aid] = True  # (listed: what self.high holds)
+                entry = high | st.version << RANK_BITS
             else:
-                st.version += 1
-                entry = listed[aid] = (*entry[:-2], st.version, aid)
-            self.current[aid] = entry
+                entry = (*entry[:-2], st.version, aid)
+            listed[aid] = self.current[aid] = entry
             self._push(entry, pools)
             return
         keys = tuple([key(st) for key, _ in groups])
         if not force and listed.get(aid) == keys:
             return
         listed[aid] = keys
-        if rank is not None:
-            self.live.pop(rank | st.version, None)
         st.version += 1
         entries = {}
         for key, pools in groups:
             packed = pools[0].packed
             if packed is not None:
-                entry = packed(st) << SHIFT | rank | st.version  # type: ignore[operator]
+                entry = packed(st) << SHIFT | self.ranks[aid] | st.version << RANK_BITS
             else:
                 entry = (*key(st), st.version, aid)
             entries[key] = entry
             self._push(entry, pools)
         self.current[aid] = entries
-        if rank is not None:
-            self.live[rank | st.version] = entries
 
     def _push(self, entry: tuple[Any, ...], pools: tuple[Pool, ...]) -> None:
         push = heapq.heappush
@@ -288,8 +268,9 @@ class AgentPools:
         agents = self.agents
         refused = self.refused
         if pool.packed is not None:
-            live = self.live  # an agent's current version, while it is available and not refused
-            pool.heap = [e for e in pool.heap if e & LOW_MASK in live]
+            ids = self.ids
+            pool.heap = [e for e in pool.heap if (a := agents.get(ids[e & RANK_MASK])) is not None
+                         and a.version == e >> RANK_BITS & VERSION_MASK and a.id not in refused]
         else:
             pool.heap = [e for e in pool.heap if (a := agents.get(e[-1])) is not None and a.version == e[-2]
                          and a.id not in refused]
@@ -297,7 +278,7 @@ class AgentPools:
 
     def aid(self, pool: Pool, entry: Any) -> str:
         """The id of the agent of ``entry``, an entry of ``pool``."""
-        return self.ids[entry >> VERSION_BITS & RANK_MASK] if pool.packed is not None else entry[-1]  # type: ignore[no-any-return]
+        return self.ids[entry & RANK_MASK] if pool.packed is not None else entry[-1]  # type: ignore[no-any-return]
 
     # -- picking ----------------------------------------------------------------------------------
 
@@ -332,24 +313,26 @@ class AgentPools:
         return None
 
     def _top_packed(self, pool: Pool) -> int | None:
-        """:meth:`top` for a pool of packed entries: the agent's current entry is found by the
-        entry's low bits (rank and version), so an entry of an older version finds none."""
+        """:meth:`top` for a pool of packed entries (the agent's rank in the low bits, the
+        version above it)."""
         heap = pool.heap
-        live = self.live
+        current = self.current
+        ids = self.ids
         while heap:
             entry = heap[0]
-            low = entry & LOW_MASK
-            cur = live.get(low)
+            aid = ids[entry & RANK_MASK]
+            cur = current.get(aid)
             if cur is entry:
                 return entry  # type: ignore[no-any-return]
             if cur is not None:
                 if type(cur) is dict:  # an agent under several strategies: its entry for this pool's
-                    if cur[pool.key] is entry:
+                    cur = cur[pool.key]
+                    if cur is entry:
                         return entry  # type: ignore[no-any-return]
-                else:
+                elif not (cur ^ entry) & VERSION_FIELD:
                     # the agent's key grew since the entry was pushed: re-keyed, now its highest
                     heapq.heapreplace(heap, cur)
-                    self.high[low] = cur
+                    self.listed[aid] = cur
                     continue
             heapq.heappop(heap)
         return None
@@ -382,7 +365,7 @@ class AgentPools:
                     best, pool = entry, found  # a shop's pools share its strategy: entries compare
             if best is None:
                 return None
-        return self.agents[self.ids[best >> VERSION_BITS & RANK_MASK] if pool.packed is not None else best[-1]]
+        return self.agents[self.ids[best & RANK_MASK] if pool.packed is not None else best[-1]]
 
     def _second(self, pool: Pool, exclude: str) -> Any:
         held = []

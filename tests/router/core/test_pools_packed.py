@@ -94,7 +94,6 @@ op_st = st.one_of(
     st.tuples(st.just("refuse"), agent_i),
     st.tuples(st.just("readmit"), agent_i),
     st.tuples(st.just("snapshot")),
-    st.tuples(st.just("old snapshot")),
 )
 
 
@@ -115,13 +114,6 @@ def test_packed_pools_pick_what_tuple_pools_pick(name, ops):
     for op in ops:
         if op[0] == "snapshot":
             twins = [pickle.loads(pickle.dumps(twin)) for twin in twins]  # pools and agents in one pickle
-            continue
-        if op[0] == "old snapshot":  # one taken before the entries' present layout: pushed anew
-            pools, agents = pickle.loads(pickle.dumps(twins[0]))
-            state = dict(vars(pools))
-            del state["live"], state["high"]
-            twins[0] = (AgentPools.__new__(AgentPools), agents)
-            twins[0][0].__setstate__(state)
             continue
         picked = []
         seq += op[0] == "pick"
