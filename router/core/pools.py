@@ -365,7 +365,7 @@ class AgentPools:
                     best, pool = entry, found  # a shop's pools share its strategy: entries compare
             if best is None:
                 return None
-        return self.agents[self.ids[best & RANK_MASK] if pool.packed is not None else best[-1]]
+        return self.agents[self.aid(pool, best)]
 
     def _second(self, pool: Pool, exclude: str) -> Any:
         held = []
