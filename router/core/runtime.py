@@ -29,14 +29,13 @@ log = structlog.get_logger("fenliu.gc")
 FEW_PAUSES = (50_000, 20)
 
 
-def tune_gc(threshold0: int = FEW_PAUSES[0], threshold1: int = FEW_PAUSES[1]) -> None:
+def tune_gc(threshold0: int = FEW_PAUSES[0], threshold1: int = FEW_PAUSES[1], threshold2: int | None = None) -> None:
     """Move everything allocated so far out of the collector's sight and set how often it
-    collects (:data:`FEW_PAUSES`). Reference counting still frees almost
-    everything; the GC only has to find cycles."""
+    collects (:data:`FEW_PAUSES`, :data:`BACKSTOP`; without ``threshold2``, CPython's, at least
+    50). Reference counting still frees almost everything; the GC only has to find cycles."""
     gc.collect()
     gc.freeze()
-    t2 = gc.get_threshold()[2]
-    gc.set_threshold(threshold0, threshold1, max(t2, 50))
+    gc.set_threshold(threshold0, threshold1, max(gc.get_threshold()[2], 50) if threshold2 is None else threshold2)
 
 
 #: The server's collector (:class:`Pacer`): a young collection every ``PACE_S`` of the event
@@ -121,8 +120,7 @@ class Pacer:
                 _Running.saved = gc.get_threshold()
             _Running.count += 1
             self._running = True
-        tune_gc(*BACKSTOP[:2])
-        gc.set_threshold(*BACKSTOP)
+        tune_gc(*BACKSTOP)
         self._blocks = sys.getallocatedblocks()
         self._middle_at = time.monotonic()
 
