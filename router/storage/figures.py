@@ -30,7 +30,6 @@ from router.core.models import CloseEvent, Decision, RatingEvent, TransferEvent
 from router.storage.writer import CLOSE_EVENT
 
 
-
 class _OrderId(msgspec.Struct):
     order_id: str | None = None
 

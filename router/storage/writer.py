@@ -441,21 +441,27 @@ class _Checkpointer(threading.Thread):
             if copied == pages:
                 self.copied_through = max(self.copied_through, through)
 
-    def finish_up(self, conn: sqlite3.Connection, waiting: bool = False) -> None:
+    def finish_up(self, conn: sqlite3.Connection, waiting: Callable[[], bool] = lambda: False) -> None:
         """On the writer, after answering a transaction: a long WAL whose frames the thread has
         copied up to the previous transaction is copied to its end (this transaction's frames),
         so the next transaction starts it over. Not while a batch already waits in the pipe
-        (``waiting``): the copy took 10–35 ms on a busy disk, and that batch's callers would
-        wait for it; the next gap does it, and a WAL eight times too long is copied anyway."""
+        (``waiting()``, asked only of a long WAL): the copy took 10–35 ms on a busy disk, and
+        that batch's callers would wait for it; the next gap does it, and a WAL eight times too
+        long is copied anyway."""
         if self.wal_pages < self.restart_pages:
             return
         if self.wal_pages >= 8 * self.restart_pages or (
-                not waiting and self.copied_through >= self.transactions - 1):
+                self.copied_through >= self.transactions - 1 and not waiting()):
             self.checkpoint(conn, self.transactions)
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=30)
+
+
+def _waiting(fd: int) -> bool:
+    """Whether input is waiting in ``fd`` (without reading it)."""
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def _read_group(fd_in: int) -> tuple[list[tuple[int, list]], bool]:
@@ -468,7 +474,7 @@ def _read_group(fd_in: int) -> tuple[list[tuple[int, list]], bool]:
         return [], True
     batches: list[tuple[int, list]] = [first]
     rows = len(first[1])
-    while len(batches) < MAX_GROUP_BATCHES and rows < MAX_GROUP_ROWS and select.select([fd_in], [], [], 0)[0]:
+    while len(batches) < MAX_GROUP_BATCHES and rows < MAX_GROUP_ROWS and _waiting(fd_in):
         try:
             nxt = _read_frame(fd_in)
         except EOFError:
@@ -519,6 +525,7 @@ def child(path: str, fd_in: int = 0, fd_out: int = 1, wal_restart_pages: int = W
     conn.execute(f"PRAGMA journal_size_limit={checkpointer.size_limit}")
     checkpointer.start()
     clock = time.perf_counter
+    waiting = functools.partial(_waiting, fd_in)
     stop = False
     try:
         while not stop:
@@ -533,7 +540,7 @@ def child(path: str, fd_in: int = 0, fd_out: int = 1, wal_restart_pages: int = W
             if took >= SLOW_COMMIT_S:
                 log.warning("journal_commit_slow", ms=round(took * 1000, 1), batches=len(batches),
                             rows=sum(len(rows) for _, rows in batches), wal_pages=checkpointer.wal_pages)
-            checkpointer.finish_up(conn, waiting=bool(select.select([fd_in], [], [], 0)[0]))
+            checkpointer.finish_up(conn, waiting)
     finally:
         checkpointer.stop()
         conn.close()

@@ -280,12 +280,12 @@ def test_the_writer_leaves_the_wal_restart_to_a_gap_when_a_batch_waits(db: Path)
     ckpt.transactions = ckpt.copied_through = 5
 
     ckpt.wal_pages = 16  # long enough to start over, and everything but the last copied
-    ckpt.finish_up(conn, waiting=True)
+    ckpt.finish_up(conn, waiting=lambda: True)
     assert ckpt.wal_pages == 16, "a waiting batch was made to wait for the copy"
-    ckpt.finish_up(conn, waiting=False)
+    ckpt.finish_up(conn, waiting=lambda: False)
     assert ckpt.wal_pages < 16, "in a gap the WAL is copied to its end"
 
     ckpt.wal_pages = 8 * 16
-    ckpt.finish_up(conn, waiting=True)
+    ckpt.finish_up(conn, waiting=lambda: True)
     assert ckpt.wal_pages < 16, "a WAL eight times too long is copied even while a batch waits"
     conn.close()
