@@ -201,31 +201,46 @@ class Ledger:
         self.hours: dict[tuple[str, int], list[int]] = {}  # (shop, hour since `since`) → [messages, in time, judged]
         self.kept: list[Session] | None = [] if keep_sessions else None
         self.last_clock = since or 0.0
+        self._windows: dict[tuple[str, int], bool] = {}
 
     # -- folding ---------------------------------------------------------------------------------
 
     def apply(self, rows: Iterable[tuple]) -> None:
+        since, until = self.since, self.until
+        message, decision = self._message, self._decision
         for row in rows:
             kind = row[0]
-            if kind == "reply":
+            if kind == "message":  # the most common row, its period check inline (≈ 0.3 µs a row)
+                clock = row[2]
+                if (since is not None and clock < since) or (until is not None and clock >= until):
+                    continue
+                if clock > self.last_clock:
+                    self.last_clock = clock
+                msg_id, decisions = row[4], row[7]
+                own = None
+                for d in decisions:
+                    if d.msg_id == msg_id:
+                        own = d
+                        break
+                message(row[3], row[5], row[6], own, clock)
+                for d in decisions:
+                    if d is not own:
+                        decision(d, clock)
+            elif kind == "reply":
                 _, shop_id, cid, _buyer, agent_id, _text, ts = row
                 if agent_id is not None and self._inside(ts):
                     self._reply(shop_id, cid, agent_id, ts)
-            elif kind in ("message", "event", "tick"):
+            elif kind in ("event", "tick"):
                 _, _seq, clock, shop_id, msg_id, cid, body, decisions = row
                 if not self._inside(clock):
                     continue
-                if kind == "message":
-                    own = next((d for d in decisions if d.msg_id == msg_id), None)
-                    self._message(shop_id, cid, body, own, clock)
-                    decisions = [d for d in decisions if d is not own]
-                elif kind == "event" and body is not None and any(m in body for m in _SESSION_EVENTS):
+                if kind == "event" and body is not None and any(m in body for m in _SESSION_EVENTS):
                     try:
                         self._event(_decode_event.decode(body), clock)
                     except (msgspec.ValidationError, msgspec.DecodeError):
                         pass
                 for d in decisions:
-                    self._decision(d, clock)
+                    decision(d, clock)
 
     def _inside(self, ts: float) -> bool:
         if (self.since is not None and ts < self.since) or (self.until is not None and ts >= self.until):
@@ -240,15 +255,6 @@ class Ledger:
         if c is None:
             c = self.cells[key] = Cell()
         return c
-
-    def _hour(self, shop: str, ts: float) -> list[int] | None:
-        if self.since is None:
-            return None
-        key = (shop, int((ts - self.since) // 3600))
-        h = self.hours.get(key)
-        if h is None:
-            h = self.hours[key] = [0, 0, 0]
-        return h
 
     def _settle(self, s: Session, t: float) -> None:
         """A window still open at ``t`` past its 180 s lapsed before ``t``: charge whoever held the
@@ -265,10 +271,13 @@ class Ledger:
         else:
             self._settle(s, ts)
         s.messages += 1
-        hour = self._hour(shop, ts)
-        if hour is not None:
+        if self.since is not None:
+            key = (shop, int((ts - self.since) // 3600))
+            hour = self.hours.get(key)
+            if hour is None:
+                hour = self.hours[key] = [0, 0, 0]
             hour[0] += 1
-        if body is not None and b'"order"' in body:
+        if body is not None and body.find(b'"order"') >= 0:  # find: ``in`` first tries an int
             msg = _decode_order.decode(body)
             if msg.order is not None and msg.order.order_id:
                 s.orders_asked.add(msg.order.order_id)
@@ -282,11 +291,27 @@ class Ledger:
                 s.answered += 1
             if s.clock_start is None:
                 s.clock_start = ts
-                tz = (sh.timezone if (sh := self.config.shops.get(shop)) else None) or self.config.main.defaults.timezone
-                s.eligible = self.config.main.defaults.in_reply_window(_local_minute(tz, int(ts // 60)))
+                s.eligible = self._in_window(shop, int(ts // 60))
             if s.waiting is None:
                 s.waiting = ts
-        s.part(s.holder).messages += 1
+        holder = s.holder or QUEUE
+        part = s.parts.get(holder)
+        if part is None:
+            part = s.parts[holder] = _Part()
+        part.messages += 1
+
+    def _in_window(self, shop: str, minute: int) -> bool:
+        """Whether the epoch minute ``minute`` is inside the reply window in the shop's time zone,
+        remembered per shop and minute (new sessions start in the same few minutes; the zone's
+        conversion and the window's parse cost ≈ 1.5 µs a session)."""
+        key = (shop, minute)
+        found = self._windows.get(key)
+        if found is None:
+            if len(self._windows) > 4096:
+                self._windows.clear()
+            tz = (sh.timezone if (sh := self.config.shops.get(shop)) else None) or self.config.main.defaults.timezone
+            found = self._windows[key] = self.config.main.defaults.in_reply_window(_local_minute(tz, minute))
+        return found
 
     def _decision(self, d: Decision, ts: float) -> None:
         s = self.open.get(d.conversation_id)
