@@ -132,10 +132,11 @@ class BuyerRecords:
                 changes["order"] = msgspec.structs.replace(msg.order, status=order.status)
         return msgspec.structs.replace(msg, **changes) if changes else msg
 
-    def orders_of(self, seen: list[tuple[Message, Any, float]]) -> list[tuple]:
-        """The ``orders`` rows a routed run of messages writes (orders they name that changed)."""
+    def orders_of(self, seen: list[tuple[Message, Any, float, str]]) -> list[tuple]:
+        """The ``orders`` rows a routed run of messages writes (orders they name that changed);
+        ``seen``: ``(message, its own decision, clock, conversation)`` as the consumer keeps them."""
         orders = []
-        for m, _, c in seen:
+        for m, _, c, _ in seen:
             if m.order is not None and m.order.order_id and (order := self.note_order(m.shop_id, m.buyer_id, m.order)):
                 orders.append((m.shop_id, order.order_id, m.buyer_id, story.order_json(order), c))
         return orders

@@ -274,7 +274,7 @@ class RouterLoop:
         A job that fails unexpectedly gets the exception; the others go on."""
         s = self.service
         pushed: list[Decision] = []
-        seen: list[tuple[Message, Decision | None, float]] = []
+        seen: list[tuple[Message, Decision | None, float, str]] = []
         answers: list[tuple[asyncio.Future | None, IngestResult]] = []
         router, journal, enrich = s.router, s.journal, s.buyers.enrich
         ids = router.seen
@@ -283,12 +283,14 @@ class RouterLoop:
         for job in jobs:
             (messages,) = job.args
             result = IngestResult()
+            accepted = result.accepted
             try:
                 # One clock value for a job's messages (a batch arrived at once): the timers are
                 # run once per request, not once per message.
                 moved = await self._advance(rows)
                 if moved:
                     pushed.extend(moved)
+                clock = s.clock
                 for i, msg in enumerate(messages):
                     if ids.maybe_seen_long_ago(msg.shop_id, msg.msg_id) and await journal.journaled_before(msg):
                         result.duplicates.append(msg.msg_id)
@@ -300,24 +302,25 @@ class RouterLoop:
                     except InputError as exc:
                         result.errors.append((i, str(exc)))
                         continue
+                    msg_id = msg.msg_id
                     own = None
                     for d in decisions:
-                        if d.msg_id == msg.msg_id:
+                        if d.msg_id == msg_id:
                             own = d
                             break
                     if own is not None and own.action == "duplicate":
-                        result.duplicates.append(msg.msg_id)
+                        result.duplicates.append(msg_id)
                         count(metrics.duplicates, msg.shop_id)
                         continue
+                    shop_id, cid = msg.shop_id, msg.conversation_id
                     if router.dropped:  # the entry just before its message, in the same commit
-                        rows.append(("faults", journal.next_seq(), s.clock, msg.shop_id, msg.msg_id,
-                                     msg.conversation_id, _encode(router.dropped), ()))
-                    rows.append(("message", journal.next_seq(), s.clock, msg.shop_id, msg.msg_id,
-                                 msg.conversation_id, _encode(msg), decisions))
-                    result.accepted.append(msg.msg_id)
-                    count(metrics.messages, msg.shop_id)
-                    pushed.extend(decisions)
-                    seen.append((msg, own, s.clock))
+                        rows.append(("faults", journal.next_seq(), clock, shop_id, msg_id, cid,
+                                     _encode(router.dropped), ()))
+                    rows.append(("message", journal.next_seq(), clock, shop_id, msg_id, cid, _encode(msg), decisions))
+                    accepted.append(msg_id)
+                    count(metrics.messages, shop_id)
+                    pushed += decisions
+                    seen.append((msg, own, clock, cid))
             except Exception as exc:  # noqa: BLE001 - one bad job must not stop routing
                 log.exception("job_failed", kind="messages")
                 if job.future is not None and not job.future.done():
@@ -328,9 +331,10 @@ class RouterLoop:
             answers.append((job.future, result))
 
         def after(ids: dict[int, int]) -> None:
-            for msg, own, clock in seen:
-                s.memory.remember_message(msg, own, clock)
-            s.desk.push(pushed, {m.msg_id: m for m, _, _ in seen})
+            remember = s.memory.remember_message
+            for msg, own, clock, cid in seen:
+                remember(msg, own, clock, cid)
+            s.desk.push(pushed, {m.msg_id: m for m, _, _, _ in seen})
             for fut, result in answers:
                 if fut is not None and not fut.done():
                     fut.set_result(result)

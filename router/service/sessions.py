@@ -86,22 +86,35 @@ class Memory:
         self.context: dict[str, tuple[Buyer | None, Order | None]] = {}
         self.waiting_since: dict[str, float] = {}
 
-    def remember_message(self, msg: Message, own: Decision | None, clock: float) -> None:
-        cid = msg.conversation_id
+    def remember_message(self, msg: Message, own: Decision | None, clock: float, cid: str | None = None) -> None:
+        """What agents are shown of a routed message (``cid``: its conversation, when the caller
+        has it). A conversation's deque is made once: ``setdefault`` built and dropped one on
+        every message (≈ 1 µs of the after-commit callback's)."""
         if own is not None and own.action == "blocked":
             return
+        if cid is None:
+            cid = msg.conversation_id
         text = own.text if own is not None and own.text is not None else msg.text
-        hist = self.history.setdefault(cid, deque(maxlen=HISTORY))
-        hist.append(WsHistoryItem("buyer", text, msg.ts or clock, msg_id=msg.msg_id, kind=msg.kind))
+        hist = self.history.get(cid)
+        if hist is None:
+            hist = self.history[cid] = deque(maxlen=HISTORY)
+        hist.append(WsHistoryItem("buyer", text, msg.ts or clock, msg.msg_id, None, msg.kind))
         if own is not None and own.reply:
             hist.append(WsHistoryItem("bot", own.reply, clock))
-        prev_buyer, prev_order = self.context.get(cid, (None, None))
-        self.context[cid] = (msg.buyer or prev_buyer, msg.order or prev_order)
-        if own is not None and own.action in ("assigned", "queued"):
+        context = self.context
+        prev = context.get(cid)
+        if prev is None:
+            context[cid] = (msg.buyer, msg.order)
+        else:
+            context[cid] = (msg.buyer or prev[0], msg.order or prev[1])
+        if own is not None and (own.action == "assigned" or own.action == "queued"):
             self.waiting_since.setdefault(cid, clock)
 
     def add(self, cid: str, item: WsHistoryItem) -> None:
-        self.history.setdefault(cid, deque(maxlen=HISTORY)).append(item)
+        hist = self.history.get(cid)
+        if hist is None:
+            hist = self.history[cid] = deque(maxlen=HISTORY)
+        hist.append(item)
 
     def forget(self, cid: str) -> None:
         self.history.pop(cid, None)
