@@ -18,7 +18,8 @@ and the requests/s of each round show whether a growing journal slows it down.
     .venv/bin/python bench/bench_ingest.py --batches 1 10 50 [--messages 20000] [--rounds 5] [--cpu]
 
 ``--cpu`` prints, per size and round, each process's CPU per message and how much of the time its
-busiest thread ran and waited for a core (``bench.common.ProcessCPU``): a slow round whose event
+busiest thread ran and waited for a core (``bench.common.ProcessCPU``), and the client's own CPU
+per message (on 2 cores the server, its writer child and the client share the machine): a slow round whose event
 loop was runnable but not running lost its time to other processes, not to waiting for the writer.
 """
 
@@ -145,7 +146,9 @@ async def batches(args: argparse.Namespace, url: str, pid: int) -> list[dict]:
             warm = max(1, len(bodies) // 20)
             await drive(url, bodies[:warm], args.concurrency)
             cpu = ProcessCPU(pid)
+            client = time.process_time()
             elapsed, statuses = await drive(url, bodies[warm:], args.concurrency)
+            client = time.process_time() - client
             if set(statuses) != {202}:
                 print(f"round {round_}, batch {size}: statuses {statuses}")
             rps[size].append((len(bodies) - warm) / elapsed)
@@ -153,6 +156,8 @@ async def batches(args: argparse.Namespace, url: str, pid: int) -> list[dict]:
             if args.cpu:
                 for line in cpu.since((len(bodies) - warm) * size, elapsed):
                     print(f"  round {round_}, batch {size}, {line}")
+                print(f"  round {round_}, batch {size}, client (this process, signing and sending): "
+                      f"{client / ((len(bodies) - warm) * size) * 1e6:.1f} µs CPU each")
         print(f"round {round_}: " + "  ".join(f"{size}: {rates[size][-1]:,.0f} msg/s ({rps[size][-1]:,.0f} req/s)"
                                              for size in args.batches), flush=True)
     single = rates[args.batches[0]]
