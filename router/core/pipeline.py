@@ -134,8 +134,14 @@ class Router:
             if shop is None:
                 raise InputError(_("unknown shop {shop!r}", shop=msg.shop_id))
             d = self.dispatcher
-            now, due = self._step(msg.ts)
-            out = await self.advance(now) if due else []
+            ts = msg.ts
+            if ts is None or self._clock is not None or d.now is None or (d._timers and d._timers[0][0] <= ts):
+                now, due = self._step(ts)
+                out = await self.advance(now) if due else []
+            else:  # as in route_plain
+                out = []
+                if ts > d.now:
+                    d.now = ts
             now = d.now  # type: ignore[assignment]
             cid = f"{msg.shop_id}:{msg.buyer_id}"  # msg.conversation_id, without the property's call
             if self._is_duplicate is not None and self._is_duplicate(msg.shop_id, msg.msg_id):
@@ -168,7 +174,7 @@ class Router:
             reply = bot.text if bot is not None else None
             tags = msg.buyer.tags if msg.buyer is not None else ()
 
-            extra: list[Decision] = []
+            extra: list[Decision] | None = None
             new_assignment = False
             if conv is not None and conv.state != "bot":
                 if ctx.priority > conv.priority:

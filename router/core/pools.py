@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from router.core.config import Config, DispatchConfig
 
 _COMPACT_MIN = 64
+_heappop, _heapreplace = heapq.heappop, heapq.heapreplace
 
 #: A strategy's sort key for an agent (``policies``' ``Strategy.key``).
 Key = Callable[[AgentState], tuple[Any, ...]]
@@ -288,10 +289,35 @@ class AgentPools:
         matching version means the agent is still available with that key or a larger one (a
         key that grew is not pushed, see :meth:`touch`): such an entry is re-keyed when it
         reaches the top, and the top is right because no agent's key is below its entry's.
-        The agent's current entry is the very tuple pushed or re-keyed last, so the usual check
-        is one identity test, without computing the strategy's key."""
-        if pool.packed is not None:
-            return self._top_packed(pool)
+        The agent's current entry is the very entry pushed or re-keyed last, so the usual check
+        is one identity test, without computing the strategy's key. Packed entries (the usual
+        pool) are looked at here, tuples in :meth:`_top_tuples`: one frame a pick, not two."""
+        if pool.packed is None:
+            return self._top_tuples(pool)
+        heap = pool.heap
+        current = self.current
+        ids = self.ids
+        while heap:
+            entry = heap[0]
+            aid = ids[entry & RANK_MASK]  # the rank in the low bits, the version above it
+            cur = current.get(aid)
+            if cur is entry:
+                return entry
+            if cur is not None:
+                if type(cur) is dict:  # an agent under several strategies: its entry for this pool's
+                    cur = cur[pool.key]
+                    if cur is entry:
+                        return entry
+                elif not (cur ^ entry) & VERSION_FIELD:
+                    # the agent's key grew since the entry was pushed: re-keyed, now its highest
+                    _heapreplace(heap, cur)
+                    self.listed[aid] = cur
+                    continue
+            _heappop(heap)
+        return None
+
+    def _top_tuples(self, pool: Pool) -> Any:
+        """:meth:`top` for a pool of tuple entries (the version and the agent's id last)."""
         heap = pool.heap
         current = self.current
         while heap:
@@ -306,35 +332,10 @@ class AgentPools:
                         return entry
                 elif cur[-2] == entry[-2]:
                     # the agent's key grew since the entry was pushed: re-keyed, now its highest
-                    heapq.heapreplace(heap, cur)
+                    _heapreplace(heap, cur)
                     self.listed[entry[-1]] = cur
                     continue
-            heapq.heappop(heap)
-        return None
-
-    def _top_packed(self, pool: Pool) -> int | None:
-        """:meth:`top` for a pool of packed entries (the agent's rank in the low bits, the
-        version above it)."""
-        heap = pool.heap
-        current = self.current
-        ids = self.ids
-        while heap:
-            entry = heap[0]
-            aid = ids[entry & RANK_MASK]
-            cur = current.get(aid)
-            if cur is entry:
-                return entry  # type: ignore[no-any-return]
-            if cur is not None:
-                if type(cur) is dict:  # an agent under several strategies: its entry for this pool's
-                    cur = cur[pool.key]
-                    if cur is entry:
-                        return entry  # type: ignore[no-any-return]
-                elif not (cur ^ entry) & VERSION_FIELD:
-                    # the agent's key grew since the entry was pushed: re-keyed, now its highest
-                    heapq.heapreplace(heap, cur)
-                    self.listed[aid] = cur
-                    continue
-            heapq.heappop(heap)
+            _heappop(heap)
         return None
 
     def pick(self, shop_id: str, skills: tuple[str, ...], exclude: str | None = None) -> AgentState | None:
