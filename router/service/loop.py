@@ -269,8 +269,9 @@ class RouterLoop:
             afters.append(After(after, fut))
 
     async def _process_messages(self, jobs: list[Job], rows: list[tuple], afters: list) -> None:
-        """Route the messages of consecutive ingest jobs; one after-commit callback tells agents
-        and resolves every job's future (per job, it cost more than routing a short message).
+        """Route the messages of consecutive ingest jobs at one clock value; one after-commit
+        callback tells agents and resolves every job's future (per job, it cost more than routing
+        a short message).
         A job that fails unexpectedly gets the exception; the others go on."""
         s = self.service
         pushed: list[Decision] = []
@@ -280,16 +281,20 @@ class RouterLoop:
         ids = router.seen
         assert ids is not None
         count, metrics = s.metrics.count, s.metrics
+        advanced = False
         for job in jobs:
             (messages,) = job.args
             result = IngestResult()
             accepted = result.accepted
             try:
-                # One clock value for a job's messages (a batch arrived at once): the timers are
-                # run once per request, not once per message.
-                moved = await self._advance(rows)
-                if moved:
-                    pushed.extend(moved)
+                # One clock value for the run's messages (they were all queued when the step
+                # began): the timers run once per step, not once per message or request (an
+                # advance per request was ≈ 2.5 % of the loop under single-message load).
+                if not advanced:
+                    moved = await self._advance(rows)
+                    advanced = True
+                    if moved:
+                        pushed.extend(moved)
                 clock = s.clock
                 for i, msg in enumerate(messages):
                     if ids.maybe_seen_long_ago(msg.shop_id, msg.msg_id) and await journal.journaled_before(msg):
