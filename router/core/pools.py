@@ -306,7 +306,7 @@ class AgentPools:
             if cur is not None:
                 if type(cur) is dict:  # an agent under several strategies: its entry for this pool's
                     cur = cur[pool.key]
-                    if cur is entry:
+                    if cur is entry or cur == entry:  # (equal: unpickled, as integers are not memoised)
                         return entry
                 elif not (cur ^ entry) & VERSION_FIELD:
                     # the agent's key grew since the entry was pushed: re-keyed, now its highest
@@ -328,7 +328,7 @@ class AgentPools:
             if cur is not None:
                 if type(cur) is dict:  # an agent under several strategies: its entry for this pool's
                     cur = cur[pool.key]
-                    if cur is entry:
+                    if cur is entry or cur == entry:
                         return entry
                 elif cur[-2] == entry[-2]:
                     # the agent's key grew since the entry was pushed: re-keyed, now its highest
