@@ -289,3 +289,39 @@ def test_the_writer_leaves_the_wal_restart_to_a_gap_when_a_batch_waits(db: Path)
     ckpt.finish_up(conn, waiting=lambda: True)
     assert ckpt.wal_pages < 16, "a WAL eight times too long is copied even while a batch waits"
     conn.close()
+
+
+def test_the_wal_starts_over_only_once_it_is_long(db: Path):
+    """Each time the WAL starts over, the commit that does it syncs the WAL's new header. The
+    checkpointer holds a reader in the WAL while it is short, so catching up between commits
+    does not make every next commit start it over; once it is long, it lets go."""
+    conn = connect(db)
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+    ckpt = _Checkpointer(str(db), restart_pages=64)
+    side = sqlite3.connect(db, isolation_level=None)
+    readers = [sqlite3.connect(db, isolation_level=None) for _ in range(2)]
+    wal = db.with_name(db.name + "-wal")
+
+    def salt() -> bytes:  # changes each time the WAL starts over
+        return wal.read_bytes()[16:24]
+
+    def one_pass() -> None:  # what the thread does each time round
+        ckpt.step(side, readers)
+
+    conn.execute("INSERT INTO t VALUES (?)", (b"x" * 100,))
+    one_pass()
+    first, salts = salt(), set()
+    while ckpt.wal_pages < ckpt.restart_pages:
+        conn.execute("INSERT INTO t VALUES (?)", (b"x" * 100,))
+        salts.add(salt())
+        one_pass()
+        assert ckpt.wal_pages > 0
+    assert salts == {first}, "the WAL started over while it was short"
+    assert not any(r.in_transaction for r in readers), "a long WAL is left free to start over"
+    conn.execute("INSERT INTO t VALUES (?)", (b"x" * 100,))
+    assert salt() != first, "the long, copied WAL did not start over"
+    one_pass()
+    assert any(r.in_transaction for r in readers), "the short WAL is held again"
+    for c in (conn, side, *readers):
+        c.close()
