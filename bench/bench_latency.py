@@ -38,7 +38,9 @@ allocated last, so the longest callback is also given without the collectors' CP
 (the loop's own longest step). A heartbeat every 5 ms on the server's loop shows the waits no
 callback explains: one that comes over 10 ms late while the loop's thread used little CPU is
 the server waiting for a core (or in a system call). (A ``sitecustomize`` given to the server
-only.) Every open-loop run also says how late the client itself got round to sending
+only; in the journal writer child it times each transaction over 10 ms, with the CPU of its
+thread, the time it was runnable but waiting for a core (``runq``, from schedstat), its rows and
+the WAL file's size in pages.) Every open-loop run also says how late the client itself got round to sending
 (``client sent late``): an open-loop client on a shared machine falls behind its schedule too,
 and that lateness is in every latency it reports.
 
@@ -192,7 +194,7 @@ if OUT and "serve" in sys.argv:
 elif OUT and sys.argv == ["-c"] and os.environ.get("FENLIU_PROBE_WRITER"):
     # The journal writer child: its transactions, and the checkpoints on its commit path
     # (finish_up) and on its thread, when over 10 ms.
-    import time
+    import threading, time
     sys.path.insert(0, os.environ["FENLIU_PROBE_WRITER"])
     from router.storage import writer as _w
 
@@ -209,7 +211,40 @@ elif OUT and sys.argv == ["-c"] and os.environ.get("FENLIU_PROBE_WRITER"):
                     out.write(f"{clock():.4f} {kind} {took * 1000:.2f} 0\\n")
         return timed
 
-    _w._commit_group = timing("w-commit", _w._commit_group)
+    # A transaction's wall time split: CPU of the writer's thread, and time it was runnable but
+    # waiting for a core (schedstat); the rest it was blocked (the disk, a lock). Its rows too.
+    commit_group = _w._commit_group
+    stat = f"/proc/self/task/{threading.get_native_id()}/schedstat" if os.path.exists("/proc/self/task") else None
+
+    def queued():
+        if stat is None:
+            return 0.0
+        with open(stat) as f:
+            return int(f.read().split()[1]) / 1e9
+
+    wal = []
+
+    def wal_size():
+        try:
+            return os.path.getsize(wal[0]) // 4096
+        except OSError:
+            return -1
+
+    def timed_commit(conn, batches):
+        if not wal:
+            wal.append(conn.execute("PRAGMA database_list").fetchone()[2] + "-wal")
+        t, c, q, size = clock(), time.thread_time(), queued(), wal_size()
+        try:
+            return commit_group(conn, batches)
+        finally:
+            took = clock() - t
+            if took > 0.01:
+                used, waited = time.thread_time() - c, queued() - q
+                out.write(f"{clock():.4f} w-commit {took * 1000:.2f} {used * 1000:.2f} "
+                          f"rows={sum(len(r) for _, r in batches)}/runq={waited * 1000:.1f}/walfile={size}->{wal_size()} "
+                          f"{used * 1000:.2f}\\n")
+
+    _w._commit_group = timed_commit
     _w._write_frame = timing("w-answer", _w._write_frame)
     _w._Checkpointer.finish_up = timing("w-finish", _w._Checkpointer.finish_up)
     _w._Checkpointer.checkpoint = timing("w-ckpt", _w._Checkpointer.checkpoint)
@@ -249,8 +284,9 @@ def worst_moments(path: Path, latency_ms: list[float], start: float, rate: float
     out = []
     for v, i in picked:
         due = start + i / rate
-        seen = [f"{e[1]} {float(e[2]):.0f}" + (f"/{float(e[3]):.0f}cpu" if e[1] in ("stall", "late") or e[1].startswith("gc")
-                                                else "") + (f" {e[4]}" if e[1] == "stall" else "")
+        seen = [f"{e[1]} {float(e[2]):.0f}" + (f"/{float(e[3]):.0f}cpu" if e[1] in ("stall", "late", "w-commit")
+                                                or e[1].startswith("gc") else "")
+                + (f" {e[4]}" if e[1] in ("stall", "w-commit") and len(e) > 4 else "")
                 for e in events if due - 0.05 <= float(e[0]) <= due + v / 1000]
         out.append(f"{'':>12} {'worst':>11}  {v:.0f} ms at +{i / rate:.2f} s: " + (", ".join(seen[:12]) or "nothing logged"))
     return "\n".join(out)
