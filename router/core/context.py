@@ -64,6 +64,32 @@ class HookContext:
         self.dropped: list[tuple[str, str]] = []
         self._dispatcher = dispatcher
 
+    @classmethod
+    def reusable(cls, config: Config, dispatcher: Dispatcher) -> HookContext:
+        """A context of ``config`` and ``dispatcher`` whose message :meth:`rebind` sets."""
+        ctx = cls.__new__(cls)
+        ctx.config = config
+        ctx._dispatcher = dispatcher
+        ctx.rebind(None, 0.0, None, "", None, False)  # type: ignore[arg-type]
+        return ctx
+
+    def rebind(self, shop: Shop, now: float, conversation: Conversation | None, text: str, policy: Any,
+               replay: bool) -> None:
+        """Make this the context of the next message of the same configuration and dispatcher,
+        as :meth:`__init__` would have made it (the pipeline reuses one context when every
+        routing hook is a built-in one and nothing observes: none of them keeps it)."""
+        self.shop = shop
+        self.policy = policy
+        self.conversation = conversation
+        self.now = now
+        self.text = text
+        self.skill = conversation.skill if conversation is not None else None
+        self.priority = 0
+        self.flags = []
+        self.meta = conversation.meta if conversation is not None else {}
+        self.replay = replay
+        self.dropped = []
+
     @property
     def is_new(self) -> bool:
         """True when the buyer has no open conversation at this shop."""

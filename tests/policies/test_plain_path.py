@@ -13,8 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.core.config import load_config
+from router.core.hookspecs import hookimpl
 from router.core.models import AgentStatusEvent, Buyer, CloseEvent, Message, TickEvent, TransferEvent
 from router.core.pipeline import InputError, Router
+from router.core.plugins import PluginSet
 from tests.conftest import ROOT, T0
 from tests.policies.conftest import agents_toml, policy, write_config
 from tests.policies.test_invariants import SHOPS, SKILLS, agent_st
@@ -144,3 +146,37 @@ def test_the_built_ins_in_one_call_decide_as_their_loops(ops):
             assert anyio.run(route, True) == anyio.run(route, False)
     finally:
         plugins.plain_routing = True
+
+
+def test_one_hook_context_for_every_message_only_while_no_hook_could_keep_it():
+    """With the demo's built-in hooks and no observer the router rebinds one hook context for
+    every message (``HookContext.rebind``), each message with its own flags and dropped lists
+    (the decision and the journal keep them); with an observer, which may keep what it is
+    given, every message gets a context of its own, made as before."""
+    config = load_config(ROOT / "config")
+    assert config.plugins.plain_routing and not config.plugins.has_observers
+    router = Router(config)
+
+    async def two(router: Router) -> list:
+        kept = []
+        for n in range(2):
+            got = await router.handle_message(Message("pdd-1001", f"m{n}", f"b{n}", "加我微信 abc123 聊", ts=T0 + n))
+            kept.append((got[-1].flags, router.dropped))
+        return kept
+
+    (flags1, dropped1), (flags2, dropped2) = anyio.run(two, router)
+    assert flags1 == flags2 and flags1 and flags1 is not flags2 and dropped1 is not dropped2
+    assert router._context.shop.id == "pdd-1001" and router._context.conversation is None
+
+    contexts = []
+
+    class Keeper:
+        @hookimpl
+        def fenliu_assigned(self, decision, ctx):
+            contexts.append(ctx)
+
+    observed = Router(load_config(ROOT / "config", PluginSet.load(extra=[Keeper()])))
+    assert observed.plugins.has_observers
+    anyio.run(two, observed)
+    assert len(contexts) == 2 and contexts[0] is not contexts[1] and contexts[0] is not observed._context
+    assert (contexts[0].now, contexts[1].now) == (T0, T0 + 1)  # each still the one its message was given
