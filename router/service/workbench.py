@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import time
 from collections import deque
@@ -260,14 +261,16 @@ class Feed:
         """Called after every commit: keep the decisions (as they are: turned into JSON only
         when a dashboard asks, see :meth:`recent_items`) and push them to open dashboards."""
         now = time.time()
+        if not self.sockets:  # the usual case: no dashboard open, one C-level extend
+            self.recent.extend(zip(decisions, itertools.repeat(now)))
+            return
         for d in decisions:
             self.recent.append((d, now))
-            if self.sockets:
-                item = _feed_item(d, now)
-                for scope, queue in self.sockets.values():
-                    if scope.sees(d.shop_id):
-                        with contextlib.suppress(asyncio.QueueFull):
-                            queue.put_nowait({"type": "decision", **item})
+            item = _feed_item(d, now)
+            for scope, queue in self.sockets.values():
+                if scope.sees(d.shop_id):
+                    with contextlib.suppress(asyncio.QueueFull):
+                        queue.put_nowait({"type": "decision", **item})
 
     def recent_items(self, shops: Container[str], last: int = 50) -> list[dict[str, Any]]:
         """The last ``last`` decisions of ``shops``, newest last, as the dashboard shows them."""
