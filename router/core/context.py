@@ -1,7 +1,9 @@
 """The per-message context handed to hooks.
 
-A plain slotted class rather than a Struct: it is built once per message on the hot path and
-mutated as the hooks run (``text``, ``skill``, ``priority``, ``flags``).
+A plain slotted class rather than a Struct: it is built once per message on the hot path (or,
+while every routing hook is a built-in one and nothing observes, one is rebound to each message:
+:meth:`HookContext.rebind`) and mutated as the hooks run (``text``, ``skill``, ``priority``,
+``flags``). The built-in hooks do not keep it past their call.
 """
 
 from __future__ import annotations
