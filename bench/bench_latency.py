@@ -347,6 +347,9 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
+    def usable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
     def send(self, request: bytes, done: Any) -> None:
         self.done = done
         assert self.transport is not None
@@ -370,9 +373,11 @@ class _Connection(asyncio.Protocol):
         status = int(head[9:12])
         del buffer[:head_end + 4 + length]
         done, self.done = self.done, None
+        if done is None:  # an answer to nothing this client asked (say, a timeout): not reusable
+            self._fail()
+            return
         self.idle.append(self)
-        if done is not None:
-            done(status)
+        done(status)
 
     def _fail(self) -> None:
         done, self.done = self.done, None
@@ -382,8 +387,7 @@ class _Connection(asyncio.Protocol):
             done(0)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self in self.idle:
-            self.idle.remove(self)
+        self.idle[:] = [c for c in self.idle if c is not self]
         self.transport = None
         done, self.done = self.done, None
         if done is not None:
@@ -436,6 +440,8 @@ async def _generate(args: argparse.Namespace) -> dict:
     def post(i: int, done: Any) -> None:
         began[i] = clock()
         outstanding[0] += 1
+        while idle and not idle[-1].usable():  # closed by the server while idle
+            idle.pop()
         if idle:
             idle.pop().send(requests[i], done)
         else:

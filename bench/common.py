@@ -137,7 +137,12 @@ class ProcessCPU:
             top = max(threads, key=lambda t: threads[t][0] - before.get(t, (0.0, 0.0))[0])
             run = threads[top][0] - before.get(top, (0.0, 0.0))[0]
             wait = threads[top][1] - before.get(top, (0.0, 0.0))[1]
-            lines.append(f"{name}: {cpu / items * 1e6:.1f} µs CPU each; busiest thread running {run / seconds:.0%}, "
+            line = f"{name}: {cpu / items * 1e6:.1f} µs CPU each"
+            if top in before:  # a thread new since the last reading counts from its start
+                line += (f"; busiest thread running {run / seconds:.0%}, "
                          f"runnable but waiting for a core {wait / seconds:.0%}")
+            else:
+                line += " (started during the measurement: counted from its start)"
+            lines.append(line)
         self.start = now
         return lines
