@@ -257,12 +257,13 @@ async def load_side_tables(service: Service) -> None:
     profiles, orders, replies, pending = await s.store.call(lambda c: side_tables(c, open_ids))
     s.buyers.load(profiles, orders)
     history, waiting_since = s.memory.history, s.memory.waiting_since
+    history_of = s.memory.history_of
     conversations = s.router.dispatcher.conversations
     for cid, agent_id, text, ts in replies:
         conv = conversations.get(cid)
         if conv is None or ts < conv.opened_at:  # sent in an earlier conversation of the same buyer
             continue
-        hist = history.setdefault(cid, deque(maxlen=HISTORY))
+        hist = history_of(cid)
         item = WsHistoryItem("agent", text, ts, agent_id=agent_id)
         if item not in hist:  # a restored snapshot holds the replies sent before it
             hist.append(item)

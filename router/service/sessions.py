@@ -88,16 +88,13 @@ class Memory:
 
     def remember_message(self, msg: Message, own: Decision | None, clock: float, cid: str | None = None) -> None:
         """What agents are shown of a routed message (``cid``: its conversation, when the caller
-        has it). A conversation's deque is made once: ``setdefault`` built and dropped one on
-        every message (≈ 1 µs of the after-commit callback's)."""
+        has it)."""
         if own is not None and own.action == "blocked":
             return
         if cid is None:
             cid = msg.conversation_id
         text = own.text if own is not None and own.text is not None else msg.text
-        hist = self.history.get(cid)
-        if hist is None:
-            hist = self.history[cid] = deque(maxlen=HISTORY)
+        hist = self.history_of(cid)
         hist.append(WsHistoryItem("buyer", text, msg.ts or clock, msg.msg_id, None, msg.kind))
         if own is not None and own.reply:
             hist.append(WsHistoryItem("bot", own.reply, clock))
@@ -110,11 +107,16 @@ class Memory:
         if own is not None and (own.action == "assigned" or own.action == "queued"):
             self.waiting_since.setdefault(cid, clock)
 
-    def add(self, cid: str, item: WsHistoryItem) -> None:
+    def history_of(self, cid: str) -> deque[WsHistoryItem]:
+        """The conversation's history, made the first time (``setdefault`` would build and drop
+        a deque on every call)."""
         hist = self.history.get(cid)
         if hist is None:
             hist = self.history[cid] = deque(maxlen=HISTORY)
-        hist.append(item)
+        return hist
+
+    def add(self, cid: str, item: WsHistoryItem) -> None:
+        self.history_of(cid).append(item)
 
     def forget(self, cid: str) -> None:
         self.history.pop(cid, None)
