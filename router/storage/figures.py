@@ -294,11 +294,7 @@ class Ledger:
                 s.eligible = self._in_window(shop, int(ts // 60))
             if s.waiting is None:
                 s.waiting = ts
-        holder = s.holder or QUEUE
-        part = s.parts.get(holder)
-        if part is None:
-            part = s.parts[holder] = _Part()
-        part.messages += 1
+        s.part(s.holder).messages += 1
 
     def _in_window(self, shop: str, minute: int) -> bool:
         """Whether the epoch minute ``minute`` is inside the reply window in the shop's time zone,
